@@ -1,0 +1,1 @@
+"""Headless DHT bootstrap daemon."""

@@ -1,0 +1,155 @@
+"""Canonical msgpack and base32 text, shared by every format that is hashed, signed or sent.
+
+One place decides how structured data becomes bytes, so that the same value
+always gives the same bytes (content ids and signatures depend on it) and so
+that every decoder applies hard limits before it allocates anything.
+
+Canonical rules (enforced by :func:`pack`, checked again by :func:`unpack_canonical`):
+
+* only ``None``, ``bool``, ``int``, ``bytes``, ``str`` and lists (tuples) of these;
+  no maps and no floats, so there is no key order or float form to disagree on;
+* msgpack's smallest encoding for each value (what ``msgpack.packb`` produces);
+* ``str`` is UTF-8 and ``bytes`` is the bin type.
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from .errors import DecodeError
+
+Value = None | bool | int | bytes | str | Sequence["Value"]
+
+
+def _check(value: Any, depth: int) -> None:
+    if depth > 16:
+        raise TypeError("nesting too deep for canonical encoding")
+    if value is None or isinstance(value, bool | int | bytes | str):
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    raise TypeError(f"type {type(value).__name__} has no canonical encoding")
+
+
+def pack(value: Value) -> bytes:
+    """Encode ``value`` canonically. Raises ``TypeError`` for values outside the canonical subset."""
+    _check(value, 0)
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_bin: int,
+    max_str: int = 4096,
+    max_array: int = 4096,
+) -> Any:
+    """Decode one msgpack value from ``data`` with hard limits.
+
+    Every element must be consumed (no trailing bytes). Limits bound the size
+    of any single bin, str and array *before* allocation. Raises
+    :class:`DecodeError` on anything malformed; nothing else escapes.
+    """
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_bin,
+            max_str_len=max_str,
+            max_array_len=max_array,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            UnicodeDecodeError, RecursionError, OverflowError) as exc:
+        raise DecodeError(f"malformed encoding: {exc}") from None
+
+
+def unpack_canonical(data: bytes, *, max_bin: int, max_str: int = 4096,
+                     max_array: int = 4096) -> Any:
+    """Like :func:`unpack`, and also require that ``data`` is the canonical encoding of the result.
+
+    Used for anything signed or hashed, so that two different byte strings can
+    never stand for the same signed value.
+    """
+    value = unpack(data, max_bin=max_bin, max_str=max_str, max_array=max_array)
+    try:
+        again = pack(value)
+    except TypeError as exc:
+        raise DecodeError(f"non-canonical encoding: {exc}") from None
+    if again != bytes(data):
+        raise DecodeError("non-canonical encoding")
+    return value
+
+
+# -- field checks used by every decoder -----------------------------------------------
+
+
+def expect_list(value: Any, length: int | None = None, what: str = "value") -> list[Any]:
+    """Return ``value`` if it is a list (of exactly ``length`` items when given), else raise."""
+    if not isinstance(value, list):
+        raise DecodeError(f"{what}: expected a list")
+    if length is not None and len(value) != length:
+        raise DecodeError(f"{what}: expected {length} fields, got {len(value)}")
+    return value
+
+
+def expect_int(value: Any, lo: int, hi: int, what: str = "value") -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[lo, hi]``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise DecodeError(f"{what}: expected an integer in [{lo}, {hi}]")
+    return value
+
+
+def expect_bytes(value: Any, length: int | None = None, what: str = "value",
+                 max_len: int | None = None) -> bytes:
+    """Return ``value`` if it is bytes (of exactly ``length`` or at most ``max_len``), else raise."""
+    if not isinstance(value, bytes):
+        raise DecodeError(f"{what}: expected bytes")
+    if length is not None and len(value) != length:
+        raise DecodeError(f"{what}: expected {length} bytes, got {len(value)}")
+    if max_len is not None and len(value) > max_len:
+        raise DecodeError(f"{what}: longer than {max_len} bytes")
+    return value
+
+
+def expect_str(value: Any, max_len: int, what: str = "value") -> str:
+    """Return ``value`` if it is a str of at most ``max_len`` UTF-8 bytes, else raise."""
+    if not isinstance(value, str):
+        raise DecodeError(f"{what}: expected text")
+    if len(value.encode("utf-8", "surrogatepass")) > max_len:
+        raise DecodeError(f"{what}: longer than {max_len} bytes")
+    return value
+
+
+# -- text forms ------------------------------------------------------------------------
+
+
+def b32encode(data: bytes) -> str:
+    """Lowercase RFC 4648 base32 without padding: URL-safe, case-insensitive, no look-alikes."""
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+def b32decode(text: str, what: str = "value") -> bytes:
+    """Inverse of :func:`b32encode`; accepts either case. Raises :class:`DecodeError`."""
+    if not text or not text.isascii() or not text.isalnum():
+        raise DecodeError(f"{what}: not base32 text")
+    pad = "=" * (-len(text) % 8)
+    try:
+        data = base64.b32decode(text.upper() + pad)
+    except (binascii.Error, ValueError):
+        raise DecodeError(f"{what}: not base32 text") from None
+    if b32encode(data) != text.lower():  # rejects non-zero trailing bits: one text per value
+        raise DecodeError(f"{what}: not canonical base32")
+    return data

@@ -1,0 +1,135 @@
+"""Errors, typed by who is to blame.
+
+Every error the library raises on purpose derives from :class:`P2PError`. The
+front ends translate them to exit codes in exactly one place (the CLI's
+exit-code map) using :attr:`P2PError.exit_code`; the library never exits.
+
+The families:
+
+* :class:`BadInput` -- the person (or script) gave us something malformed: an
+  id, a ticket, an address, a path. Exit code 2.
+* :class:`NotFound` -- the content (or a record) could not be found in time.
+  Exit code 3.
+* :class:`IntegrityError` -- bytes or signatures did not check out. Exit code 4.
+* :class:`NetworkError` -- the world got in the way: cannot bind, nobody
+  reachable. Exit code 5. Retrying elsewhere may help.
+* :class:`PeerMisbehaved` -- a remote peer broke the protocol. The node drops
+  that peer (and may strike or ban it); it never reaches a person as-is.
+* :class:`StoreError` -- the local state directory is unusable (locked, a key
+  file with unsafe permissions, a full disk). Exit code 1 unless more specific.
+"""
+
+from __future__ import annotations
+
+
+class P2PError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    exit_code: int = 1
+
+
+# -- the person's input ---------------------------------------------------------
+
+
+class BadInput(P2PError, ValueError):
+    """Input from a person or a script is malformed (a bad id, ticket, address or path)."""
+
+    exit_code = 2
+
+
+class UnsafePath(BadInput):
+    """A relative path from an untrusted manifest could escape the destination folder.
+
+    The whole download is refused: a publisher that names such a path is either
+    broken or hostile, and nothing of it is written.
+    """
+
+    exit_code = 4
+
+
+# -- not found ------------------------------------------------------------------
+
+
+class NotFound(P2PError):
+    """The content (or record) was not found: no provider answered within the time allowed."""
+
+    exit_code = 3
+
+
+# -- integrity --------------------------------------------------------------------
+
+
+class IntegrityError(P2PError):
+    """Bytes, a manifest or a signature failed verification."""
+
+    exit_code = 4
+
+
+class ContentIdMismatch(IntegrityError):
+    """The manifest's chunk list does not hash to the content id that was asked for."""
+
+
+class BadSignature(IntegrityError):
+    """A signature does not verify under the key it claims."""
+
+
+class WrongPublisher(IntegrityError):
+    """The content is signed by a different publisher than the one that was required (``--from``)."""
+
+
+class ChunkHashMismatch(IntegrityError):
+    """A chunk's bytes do not hash to the chunk hash in the manifest."""
+
+
+class ContentChanged(IntegrityError):
+    """A shared file changed on disk since it was shared; it is no longer served as the old content."""
+
+
+# -- network ------------------------------------------------------------------------
+
+
+class NetworkError(P2PError):
+    """The network got in the way: cannot bind, cannot connect, nobody reachable."""
+
+    exit_code = 5
+
+
+# -- remote peers -------------------------------------------------------------------
+
+
+class PeerMisbehaved(P2PError):
+    """A remote peer sent something the protocol forbids (malformed frame, bad field, tampered record).
+
+    The connection to that peer is closed; the node goes on.
+    """
+
+    exit_code = 5
+
+
+class DecodeError(PeerMisbehaved, BadInput):
+    """Bytes that were supposed to be one of our encodings are malformed or exceed a limit.
+
+    Raised by every decoder. When the bytes came from a peer, the peer is to
+    blame; when they came from a person (a ticket), it is bad input.
+    """
+
+    exit_code = 2
+
+
+# -- local state ----------------------------------------------------------------------
+
+
+class StoreError(P2PError):
+    """The local state directory or database cannot be used as asked."""
+
+
+class StateDirLocked(StoreError):
+    """Another process is using this resource of the state directory right now."""
+
+
+class InsecureKeyFile(StoreError):
+    """The identity key file can be read by other users; refusing to use it (as ssh does)."""
+
+
+class DiskFull(StoreError):
+    """The disk (or the file-size limit) is full. Verified progress is kept; free space and run again."""

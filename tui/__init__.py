@@ -1,0 +1,1 @@
+"""Textual terminal app for the p2p node."""
