@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
 from .errors import DecodeError
-
-Value = None | bool | int | bytes | str | Sequence["Value"]
 
 
 def _check(value: Any, depth: int) -> None:
@@ -40,7 +37,7 @@ def _check(value: Any, depth: int) -> None:
     raise TypeError(f"type {type(value).__name__} has no canonical encoding")
 
 
-def pack(value: Value) -> bytes:
+def pack(value: object) -> bytes:
     """Encode ``value`` canonically. Raises ``TypeError`` for values outside the canonical subset."""
     _check(value, 0)
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]

@@ -1,0 +1,165 @@
+"""Chunking and hashing: how a file becomes a list of BLAKE3 chunk hashes and a content id.
+
+The chunk-size rule (also in docs/PROTOCOL.md):
+
+1. Aim for about :data:`TARGET_CHUNKS` (1024) chunks: ``next_power_of_two(ceil(size / 1024))``.
+2. Clamp to ``[MIN_CHUNK, SOFT_MAX_CHUNK]`` = [64 KiB, 1 MiB]. The floor keeps per-message
+   overhead small; the ceiling keeps the memory of a download (chunks in flight times chunk
+   size) small, so files past 1 GiB get *more* 1 MiB chunks rather than bigger ones.
+3. If that still gives more than :data:`MAX_CHUNKS` (65,536, a 2 MiB hash list), double the
+   chunk size until it does not, up to :data:`MAX_CHUNK` (16 MiB): files up to 1 TiB.
+
+So a 1 MiB file has 16 chunks of 64 KiB (enough to spread over many peers), a 1 GiB file
+1,024 chunks of 1 MiB (32 KiB of hashes) and a 4 GiB file 4,096 chunks of 1 MiB.
+
+The file id is BLAKE3 over ``pack([FORMAT_VERSION, "file", size, chunk_size, hashes])``
+where ``hashes`` is the concatenation of the chunk hashes: it depends only on the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from ..encoding import pack
+from ..errors import BadInput, DecodeError
+from .ids import ContentId
+
+FORMAT_VERSION = 1
+HASH_LEN = 32
+MIN_CHUNK = 64 * 1024
+SOFT_MAX_CHUNK = 1024 * 1024
+MAX_CHUNK = 16 * 1024 * 1024
+TARGET_CHUNKS = 1024
+MAX_CHUNKS = 65536
+MAX_FILE_SIZE = MAX_CHUNKS * MAX_CHUNK  # 1 TiB
+
+# Hashing batch: enough chunks per task that thread hand-off costs nothing, few
+# enough that progress moves smoothly.
+_HASH_BATCH_BYTES = 64 * 1024 * 1024
+
+
+def chunk_size_for(size: int) -> int:
+    """The chunk size for a file of ``size`` bytes (see the module docstring for the rule)."""
+    if size < 0:
+        raise ValueError("negative size")
+    if size > MAX_FILE_SIZE:
+        raise BadInput(f"file too large: {size} bytes (the limit is {MAX_FILE_SIZE})")
+    target = max(1, math.ceil(size / TARGET_CHUNKS))
+    chunk = 1 << (target - 1).bit_length()
+    chunk = min(max(chunk, MIN_CHUNK), SOFT_MAX_CHUNK)
+    while math.ceil(size / chunk) > MAX_CHUNKS:
+        chunk *= 2
+    return chunk
+
+
+def hash_chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """The 32-byte BLAKE3 hash of one chunk."""
+    return blake3.blake3(data).digest()
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a file's id covers: its size, chunk size and chunk hashes."""
+
+    size: int
+    chunk_size: int
+    hashes: bytes
+    """Concatenated 32-byte BLAKE3 hashes, one per chunk, in order."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.size <= MAX_FILE_SIZE:
+            raise DecodeError("file size out of range")
+        if (self.chunk_size & (self.chunk_size - 1) or not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK):
+            raise DecodeError("chunk size must be a power of two in [64 KiB, 16 MiB]")
+        if len(self.hashes) != HASH_LEN * math.ceil(self.size / self.chunk_size):
+            raise DecodeError("chunk hash list does not match the size and chunk size")
+
+    @property
+    def chunk_count(self) -> int:
+        """Number of chunks (0 for an empty file)."""
+        return len(self.hashes) // HASH_LEN
+
+    @property
+    def content_id(self) -> ContentId:
+        """The file's content id: the same bytes give the same id, whatever the name or publisher."""
+        return ContentId(blake3.blake3(
+            pack([FORMAT_VERSION, "file", self.size, self.chunk_size, self.hashes])).digest())
+
+    def chunk_hash(self, index: int) -> bytes:
+        """The expected hash of chunk ``index``."""
+        return self.hashes[index * HASH_LEN:(index + 1) * HASH_LEN]
+
+    def chunk_offset(self, index: int) -> int:
+        """Byte offset of chunk ``index`` in the file."""
+        return index * self.chunk_size
+
+    def chunk_length(self, index: int) -> int:
+        """Length of chunk ``index`` (the last one may be short)."""
+        if not 0 <= index < self.chunk_count:
+            raise IndexError(index)
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    def verify_chunk(self, index: int, data: bytes | bytearray | memoryview) -> bool:
+        """True if ``data`` is exactly chunk ``index``."""
+        return len(data) == self.chunk_length(index) and hash_chunk(data) == self.chunk_hash(index)
+
+
+def hash_bytes(data: bytes | memoryview, chunk_size: int | None = None) -> FileInfo:
+    """:class:`FileInfo` of an in-memory buffer (tests and small payloads)."""
+    size = len(data)
+    chunk = chunk_size or chunk_size_for(size)
+    view = memoryview(data)
+    hashes = b"".join(hash_chunk(view[o:o + chunk]) for o in range(0, size, chunk))
+    return FileInfo(size, chunk, hashes)
+
+
+def hash_file(
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    *,
+    threads: int | None = None,
+) -> FileInfo:
+    """Hash the file at ``path`` chunk by chunk, in parallel threads (BLAKE3 releases the GIL).
+
+    ``progress(n)`` is called with the number of bytes just hashed, from the
+    calling thread. Raises ``OSError`` if the file cannot be read and
+    :class:`BadInput` if it is too large or changes size while being hashed.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        chunk = chunk_size_for(size)
+        if size == 0:
+            return FileInfo(0, chunk, b"")
+        count = math.ceil(size / chunk)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if len(mm) != size:
+                raise BadInput(f"{path} changed size while being hashed")
+            view = memoryview(mm)
+            try:
+                per_batch = max(1, _HASH_BATCH_BYTES // chunk)
+
+                def run(first: int) -> bytes:
+                    last = min(count, first + per_batch)
+                    return b"".join(hash_chunk(view[i * chunk:(i + 1) * chunk])
+                                    for i in range(first, last))
+
+                parts: list[bytes] = []
+                workers = threads or os.cpu_count() or 1
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+                    for first, digest in zip(range(0, count, per_batch),
+                                             pool.map(run, range(0, count, per_batch)),
+                                             strict=True):
+                        parts.append(digest)
+                        if progress is not None:
+                            progress(min(size, (first + per_batch) * chunk) - first * chunk)
+            finally:
+                view.release()
+    return FileInfo(size, chunk, b"".join(parts))

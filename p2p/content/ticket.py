@@ -1,0 +1,106 @@
+"""Tickets: a copy-pasteable string that is enough to fetch, with no bootstrap configured.
+
+Text form: ``"p2pt1"`` followed by lowercase base32 (no padding) of
+``pack([content_id, publisher_key, [[ip, port], ...]])`` where ``ip`` is the
+4- or 16-byte packed address. A ticket names the content, who published it (so
+the fetch checks the signer) and up to :data:`MAX_TICKET_ADDRS` addresses to dial.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..encoding import (
+    b32decode,
+    b32encode,
+    expect_bytes,
+    expect_int,
+    expect_list,
+    pack,
+    unpack_canonical,
+)
+from ..errors import BadInput, DecodeError
+from ..identity import PeerId
+from .ids import ContentId
+
+TICKET_PREFIX = "p2pt1"
+MAX_TICKET_ADDRS = 8
+"""A few addresses: enough for a peer's v4 + v6 + LAN forms; more makes tickets unwieldy."""
+
+
+def normalize_host(host: str) -> str:
+    """Return ``host`` as a canonical IP literal; raise :class:`BadInput` if it is not an IP address."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        raise BadInput(f"not an IP address: {host!r}") from None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Content id + publisher + a few addresses."""
+
+    content_id: ContentId
+    publisher: PeerId
+    addresses: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.addresses) > MAX_TICKET_ADDRS:
+            raise BadInput(f"a ticket carries at most {MAX_TICKET_ADDRS} addresses")
+        for host, port in self.addresses:
+            normalize_host(host)
+            if not 1 <= port <= 65535:
+                raise BadInput(f"bad port in ticket address: {port}")
+
+    def __str__(self) -> str:
+        addrs = [[ipaddress.ip_address(h).packed, p] for h, p in self.addresses]
+        return TICKET_PREFIX + b32encode(pack([self.content_id.digest, self.publisher.key, addrs]))
+
+    @classmethod
+    def parse(cls, text: str) -> Ticket:
+        """Parse a ticket. Raises :class:`BadInput` saying what is wrong."""
+        text = text.strip()
+        if not text.lower().startswith(TICKET_PREFIX):
+            raise BadInput(f"not a ticket (expected text starting with {TICKET_PREFIX!r}): {text[:60]!r}")
+        if len(text) > 2048:
+            raise BadInput("ticket too long")
+        try:
+            raw = unpack_canonical(b32decode(text[len(TICKET_PREFIX):], "ticket"), max_bin=32,
+                                   max_array=MAX_TICKET_ADDRS)
+            cid, pub, addrs = expect_list(raw, 3, "ticket")
+            addresses = []
+            for item in expect_list(addrs, None, "ticket addresses"):
+                ip, port = expect_list(item, 2, "ticket address")
+                ip = expect_bytes(ip, None, "ticket ip")
+                if len(ip) not in (4, 16):
+                    raise DecodeError("ticket ip: expected 4 or 16 bytes")
+                addresses.append((str(ipaddress.ip_address(ip)), expect_int(port, 1, 65535, "ticket port")))
+            return cls(ContentId(expect_bytes(cid, 32, "ticket content id")),
+                       PeerId(expect_bytes(pub, 32, "ticket publisher")), tuple(addresses))
+        except DecodeError as exc:
+            raise BadInput(f"malformed ticket: {exc}") from None
+
+
+def make_ticket(content_id: ContentId, publisher: PeerId, addresses: Sequence[tuple[str, int]]) -> Ticket:
+    """A ticket for ``content_id`` with the first usable addresses (unspecified ones skipped)."""
+    usable = []
+    for host, port in addresses:
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            continue
+        if ip.is_unspecified or (str(ip), port) in usable:
+            continue
+        usable.append((str(ip), port))
+    return Ticket(content_id, publisher, tuple(usable[:MAX_TICKET_ADDRS]))
+
+
+def parse_id_or_ticket(text: str) -> tuple[ContentId, Ticket | None]:
+    """What ``p2p fetch`` accepts: a content id or a ticket. Raises :class:`BadInput`."""
+    stripped = text.strip()
+    if stripped.lower().startswith(TICKET_PREFIX):
+        ticket = Ticket.parse(stripped)
+        return ticket.content_id, ticket
+    return ContentId.parse(stripped), None
