@@ -1,0 +1,359 @@
+"""The download scheduler: which chunk to ask of which peer, and when to give up on a request.
+
+Sans-IO: it holds no sockets and reads no clock. The driver
+(:mod:`p2p.swarm.download`) feeds it what happened (a peer joined, sent its
+bitfield, delivered or botched a chunk) with the current time ``now`` and asks
+it what to do next (:meth:`Scheduler.plan`, :meth:`Scheduler.expire`).
+
+Policy, in the order it is applied:
+
+* **Rarest first.** Chunks no held and not requested are tried in order of
+  how few connected peers have them (random among equals, so downloaders of
+  the same content spread out instead of all asking for chunk 0).
+* **Pipelines sized by speed.** Each peer gets enough requests in flight to
+  cover :data:`PIPELINE_SECONDS` of its measured rate, between
+  :data:`MIN_INFLIGHT` and :data:`MAX_INFLIGHT`: fast peers get more.
+* **End game.** When nothing is left unrequested, an idle peer duplicates the
+  oldest outstanding request it can serve (at most :data:`ENDGAME_DUPLICATES`
+  peers per chunk); the first copy to arrive wins and the others are cancelled.
+* **Timeouts.** A request not answered by its deadline goes back to the pool
+  (asked of another peer first), and the slow peer's pipeline shrinks.
+* **Strikes.** A chunk that fails its hash is a strike against the peer that
+  sent it; at :data:`STRIKE_LIMIT` strikes the peer is banned. Bytes wasted on a
+  liar are therefore at most ``STRIKE_LIMIT`` chunks plus what was in flight.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+PIPELINE_SECONDS = 0.25
+"""Seconds of a peer's throughput kept in flight: covers latency without hoarding chunks."""
+MIN_INFLIGHT = 2
+"""Never fewer than two requests in flight: one arriving, one being served."""
+MAX_INFLIGHT = 16
+"""Upper bound per peer: bounds memory (16 x 1 MiB) and what a stalled peer can hold up."""
+INITIAL_INFLIGHT = 4
+"""Before a peer's rate is known."""
+REQUEST_TIMEOUT = 15.0
+"""A request older than this goes to another peer. Generous: a queued request waits for those ahead of it."""
+ENDGAME_DUPLICATES = 2
+"""During the end game, at most this many peers are asked for the same chunk."""
+STRIKE_LIMIT = 2
+"""Bad chunks before a peer is banned. One could be a disk error on their side; two is a pattern."""
+RATE_HALF_LIFE = 1.0
+"""Seconds over which a peer's measured rate forgets half its history."""
+REORDER_INTERVAL = 0.2
+"""Rarest-first order is rebuilt at most this often when availability changes."""
+
+Peer = Hashable
+
+
+@dataclass
+class PeerState:
+    """What the scheduler knows about one connected peer."""
+
+    bits: set[int] = field(default_factory=set)
+    """Chunks the peer says it has (when it is not a seeder)."""
+    seeder: bool = False
+    """Has every chunk (its bitfield was full)."""
+    inflight: dict[int, float] = field(default_factory=dict)
+    """Chunk -> time requested."""
+    rate: float = 0.0
+    """Bytes per second, exponentially smoothed."""
+    last_rate_update: float | None = None
+    delivered: int = 0
+    """Chunks this peer delivered that verified."""
+    bytes_delivered: int = 0
+    strikes: int = 0
+    timeouts: int = 0
+    choked_until: float = 0.0
+    """After a reject, do not ask this peer again until then."""
+
+    def has(self, index: int) -> bool:
+        return self.seeder or index in self.bits
+
+
+@dataclass(frozen=True)
+class DataOutcome:
+    """What to do after a chunk arrived."""
+
+    accepted: bool
+    """The bytes verified and this was the first copy: write them."""
+    cancel: tuple[tuple[Peer, int], ...] = ()
+    """Duplicate end-game requests to cancel: (peer, index)."""
+    ban: bool = False
+    """The sender reached the strike limit: drop and ban it."""
+
+
+class Scheduler:
+    """Chunk selection for one download over many peers. Pure: feed events with ``now``, ask for plans."""
+
+    def __init__(self, chunk_count: int, held: Iterable[int], chunk_size: int,
+                 *, rng: random.Random | None = None) -> None:
+        self.chunk_count = chunk_count
+        self.chunk_size = chunk_size
+        self.held: set[int] = set(held)
+        self.peers: dict[Peer, PeerState] = {}
+        self._rng = rng or random.Random()
+        self._availability = [0] * chunk_count
+        self._seeders = 0
+        self._order: list[int] = []
+        self._order_dirty = True
+        self._order_built_at = float("-inf")
+        self._requested: dict[int, set[Peer]] = {}
+        """Chunk -> peers it is requested from."""
+        self._avoid: dict[int, set[Peer]] = {}
+        """Chunk -> peers that timed out or lied about it: ask others first."""
+        self._cursor = 0
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk is held."""
+        return len(self.held) == self.chunk_count
+
+    @property
+    def outstanding(self) -> int:
+        """Chunks requested and not yet received."""
+        return len(self._requested)
+
+    def available_anywhere(self) -> bool:
+        """Some connected peer has some chunk we still need."""
+        if self._seeders:
+            return not self.complete
+        return any(self._availability[i] for i in range(self.chunk_count) if i not in self.held)
+
+    # -- peers -----------------------------------------------------------------------
+
+    def add_peer(self, peer: Peer) -> None:
+        """A peer connected (its bitfield follows)."""
+        self.peers.setdefault(peer, PeerState())
+
+    def remove_peer(self, peer: Peer) -> list[int]:
+        """A peer left or was dropped: its requests go back to the pool. Returns them."""
+        state = self.peers.pop(peer, None)
+        if state is None:
+            return []
+        released = list(state.inflight)
+        for index in released:
+            self._unrequest(peer, index)
+        if state.seeder:
+            self._seeders -= 1
+        else:
+            for index in state.bits:
+                self._availability[index] -= 1
+        self._order_dirty = True
+        return released
+
+    def set_bitfield(self, peer: Peer, indexes: Iterable[int], full: bool = False) -> None:
+        """The peer's bitfield: the chunks it has (or ``full=True`` for all)."""
+        state = self.peers[peer]
+        if state.seeder:
+            self._seeders -= 1
+        for index in state.bits:
+            self._availability[index] -= 1
+        state.bits = set()
+        state.seeder = full
+        if full:
+            self._seeders += 1
+        else:
+            for index in indexes:
+                if 0 <= index < self.chunk_count and index not in state.bits:
+                    state.bits.add(index)
+                    self._availability[index] += 1
+        self._order_dirty = True
+
+    def add_have(self, peer: Peer, index: int) -> None:
+        """The peer got one more chunk."""
+        state = self.peers.get(peer)
+        if state is None or state.seeder or not 0 <= index < self.chunk_count or index in state.bits:
+            return
+        state.bits.add(index)
+        self._availability[index] += 1
+        if len(state.bits) == self.chunk_count:
+            for i in state.bits:
+                self._availability[i] -= 1
+            state.bits = set()
+            state.seeder = True
+            self._seeders += 1
+        self._order_dirty = True
+
+    def interesting(self, peer: Peer) -> bool:
+        """Whether ``peer`` has anything we still need."""
+        state = self.peers.get(peer)
+        if state is None:
+            return False
+        if state.seeder:
+            return not self.complete
+        return any(i not in self.held for i in state.bits)
+
+    # -- planning ----------------------------------------------------------------------
+
+    def depth(self, peer: Peer) -> int:
+        """How many requests ``peer`` should have in flight now."""
+        state = self.peers[peer]
+        if state.last_rate_update is None:
+            return INITIAL_INFLIGHT
+        want = int(state.rate * PIPELINE_SECONDS / self.chunk_size) + 1
+        return max(MIN_INFLIGHT, min(MAX_INFLIGHT, want))
+
+    def plan(self, now: float) -> list[tuple[Peer, int]]:
+        """New requests to send: fills every peer's pipeline. The caller sends them all."""
+        self._maybe_reorder(now)
+        out: list[tuple[Peer, int]] = []
+        # Faster peers choose first, so scarce chunks go where they arrive soonest.
+        for peer, state in sorted(self.peers.items(), key=lambda kv: -kv[1].rate):
+            if state.choked_until > now:
+                continue
+            room = self.depth(peer) - len(state.inflight)
+            while room > 0:
+                index = self._pick(peer, state)
+                if index is None:
+                    index = self._pick_endgame(peer, state)
+                    if index is None:
+                        break
+                self._request(peer, state, index, now)
+                out.append((peer, index))
+                room -= 1
+        return out
+
+    def _maybe_reorder(self, now: float) -> None:
+        if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
+            return
+        wanted = [i for i in range(self.chunk_count) if i not in self.held]
+        self._rng.shuffle(wanted)
+        avail = self._availability
+        # Stable sort: random among equally rare chunks. Chunks nobody has go last, so
+        # picking does not scan past them on every call.
+        wanted.sort(key=lambda i: avail[i] or self.chunk_count + 1)
+        self._order = wanted
+        self._cursor = 0
+        self._order_dirty = False
+        self._order_built_at = now
+
+    def _pick(self, peer: Peer, state: PeerState) -> int | None:
+        order = self._order
+        # Skip the prefix that is done or requested for good; it only grows.
+        while self._cursor < len(order) and order[self._cursor] in self.held:
+            self._cursor += 1
+        fallback = None
+        for pos in range(self._cursor, len(order)):
+            index = order[pos]
+            if index in self.held or index in self._requested or not state.has(index):
+                continue
+            if peer in self._avoid.get(index, ()):
+                if fallback is None:
+                    fallback = index
+                continue
+            return index
+        return fallback
+
+    def _pick_endgame(self, peer: Peer, state: PeerState) -> int | None:
+        best = None
+        best_time = float("inf")
+        for index, holders in self._requested.items():
+            if peer in holders or len(holders) >= ENDGAME_DUPLICATES or not state.has(index):
+                continue
+            if peer in self._avoid.get(index, ()):
+                continue
+            asked = min(self.peers[p].inflight[index] for p in holders)
+            if asked < best_time:
+                best, best_time = index, asked
+        return best
+
+    def _request(self, peer: Peer, state: PeerState, index: int, now: float) -> None:
+        state.inflight[index] = now
+        self._requested.setdefault(index, set()).add(peer)
+
+    def _unrequest(self, peer: Peer, index: int) -> None:
+        holders = self._requested.get(index)
+        if holders is not None:
+            holders.discard(peer)
+            if not holders:
+                del self._requested[index]
+        state = self.peers.get(peer)
+        if state is not None:
+            state.inflight.pop(index, None)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def on_data(self, peer: Peer, index: int, verified: bool, nbytes: int, now: float) -> DataOutcome:
+        """A chunk arrived from ``peer``; ``verified`` says whether its hash matched."""
+        state = self.peers.get(peer)
+        if state is None or index not in state.inflight:
+            # Unrequested or cancelled data: count it against nobody, use nothing.
+            return DataOutcome(False)
+        self._update_rate(state, nbytes, now)
+        self._unrequest(peer, index)
+        if not verified:
+            state.strikes += 1
+            self._avoid.setdefault(index, set()).add(peer)
+            return DataOutcome(False, ban=state.strikes >= STRIKE_LIMIT)
+        if index in self.held:
+            return DataOutcome(False)
+        self.held.add(index)
+        state.delivered += 1
+        state.bytes_delivered += nbytes
+        self._avoid.pop(index, None)
+        others = tuple((p, index) for p in self._requested.pop(index, set()))
+        for p, _ in others:
+            self.peers[p].inflight.pop(index, None)
+        return DataOutcome(True, cancel=others)
+
+    def on_reject(self, peer: Peer, index: int, now: float, *, busy: bool = False) -> None:
+        """``peer`` refused a request: it does not have the chunk, or (``busy``) too many are in flight."""
+        state = self.peers.get(peer)
+        if state is None:
+            return
+        self._unrequest(peer, index)
+        if busy:
+            state.choked_until = now + 0.05
+        else:
+            if state.seeder:
+                state.seeder = False
+                self._seeders -= 1
+                state.bits = set(range(self.chunk_count)) - {index}
+                for i in state.bits:
+                    self._availability[i] += 1
+            elif index in state.bits:
+                state.bits.discard(index)
+                self._availability[index] -= 1
+            self._order_dirty = True
+
+    def expire(self, now: float, timeout: float = REQUEST_TIMEOUT) -> list[tuple[Peer, int]]:
+        """Requests older than ``timeout``: released (to be asked elsewhere) and returned for cancelling."""
+        expired = []
+        for peer, state in self.peers.items():
+            for index, asked in list(state.inflight.items()):
+                if now - asked >= timeout:
+                    expired.append((peer, index))
+        for peer, index in expired:
+            state = self.peers[peer]
+            state.timeouts += 1
+            self._unrequest(peer, index)
+            self._avoid.setdefault(index, set()).add(peer)
+            # A slow peer's measured rate is overstated: halve it so its pipeline shrinks.
+            state.rate /= 2
+        return expired
+
+    def next_deadline(self, timeout: float = REQUEST_TIMEOUT) -> float | None:
+        """When :meth:`expire` next has something to do, or None."""
+        times = [t for s in self.peers.values() for t in s.inflight.values()]
+        return min(times) + timeout if times else None
+
+    def _update_rate(self, state: PeerState, nbytes: int, now: float) -> None:
+        if state.last_rate_update is None:
+            # First sample: time since the oldest outstanding request.
+            start = min(state.inflight.values(), default=now)
+            elapsed = max(now - start, 1e-3)
+            state.rate = nbytes / elapsed
+        else:
+            elapsed = max(now - state.last_rate_update, 1e-4)
+            instant = nbytes / elapsed
+            weight = 1 - 0.5 ** (elapsed / RATE_HALF_LIFE)
+            state.rate += (instant - state.rate) * weight
+        state.last_rate_update = now
