@@ -1,0 +1,415 @@
+"""Application messages and their frames: encode and decode side by side.
+
+A frame is ``length:u32be || type:u8 || body`` where ``length`` counts the type
+byte and the body. Every body except :class:`Data` is one canonical msgpack list
+(``p2p.encoding``). :class:`Data` is a fixed binary header followed by the raw
+chunk bytes, so that a megabyte is never wrapped (or unwrapped) by msgpack and
+the receiver gets the payload as a view of the buffer the frame was decrypted into.
+
+This module does no I/O. Every decoder raises :class:`ProtocolError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .. import encoding
+from ..errors import DecodeError
+from ..identity import PUBLIC_KEY_LEN, PeerId
+from .errors import LocalProtocolError, ProtocolError
+
+# -- limits (docs/PROTOCOL.md explains each) --------------------------------------------
+
+PROTOCOL_VERSION = 1
+"""The version in Hello. A peer speaking another version is sent Goodbye and dropped."""
+CONTENT_ID_LEN = 32
+"""A content id is a BLAKE3-256 digest."""
+MIN_CHUNK = 64 * 1024
+"""Smallest chunk size a manifest may choose."""
+MAX_CHUNK = 16 * 1024 * 1024
+"""Largest chunk size a manifest may choose; a Data payload is one whole chunk."""
+MAX_MANIFEST = 4 * 1024 * 1024
+"""Largest encoded signed manifest carried in a Manifest message."""
+MAX_CHUNK_COUNT = MAX_MANIFEST // CONTENT_ID_LEN
+"""A manifest of at most MAX_MANIFEST bytes cannot list more chunk hashes than this."""
+MAX_INDEX = 0xFFFF_FFFF
+"""Chunk indexes travel as u32."""
+MAX_ADDRS = 16
+"""Listen addresses in a Hello: enough for dual stack and a few interfaces."""
+MAX_HOST = 253
+"""Longest host text (a DNS name's maximum length)."""
+MAX_AGENT = 128
+"""Longest agent string in a Hello (for logs and UIs only)."""
+MAX_REASON = 256
+"""Longest reason text in a Goodbye."""
+MAX_CONTROL_BODY = MAX_MANIFEST + 1024
+"""Largest msgpack body: a Manifest (the largest non-Data message) plus its fields."""
+FRAME_HEADER = 4
+"""The u32 length prefix."""
+DATA_HEADER = 1 + CONTENT_ID_LEN + 4
+"""type, content id, index: the fixed part of a Data frame before the payload."""
+MAX_FRAME = DATA_HEADER + MAX_CHUNK
+"""Largest frame length (type + body): one Data message carrying the largest chunk."""
+
+
+class MessageType(enum.IntEnum):
+    """The type byte of each frame."""
+
+    HELLO = 1
+    GET_MANIFEST = 2
+    MANIFEST = 3
+    GET_BITFIELD = 4
+    BITFIELD = 5
+    HAVE = 6
+    REQUEST = 7
+    DATA = 8
+    REJECT = 9
+    CANCEL = 10
+    PING = 11
+    PONG = 12
+    GOODBYE = 13
+
+
+class RejectReason(enum.IntEnum):
+    """Why a Request was not answered with Data. Unknown codes decode as plain ints."""
+
+    NOT_HELD = 1
+    """The server does not hold this chunk (or this content)."""
+    CHANGED = 2
+    """The shared file changed on disk; the server no longer serves it as this content."""
+    TOO_MANY_IN_FLIGHT = 3
+    """The client has more requests outstanding than the server allows; retry later."""
+    BAD_INDEX = 4
+    """The index is beyond the content's chunk count."""
+    CANCELLED = 5
+    """Not sent on the wire today; reserved so clients can share one code space."""
+    INTERNAL = 6
+    """The server could not read the chunk (an I/O error on its side)."""
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First application message from each side, right after the Noise handshake."""
+
+    version: int
+    """Protocol version the sender speaks (PROTOCOL_VERSION)."""
+    peer_id: PeerId
+    """The sender's peer id; must equal the identity proven in the handshake."""
+    listen_addrs: tuple[tuple[str, int], ...]
+    """Where the sender accepts connections (host, port); may be empty."""
+    agent: str
+    """Free text naming the software, e.g. ``p2p/0.1``."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetManifest:
+    """Ask for the signed manifest of ``content_id``."""
+
+    content_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Answer to GetManifest: the encoded signed manifest, or None if unknown to the sender."""
+
+    content_id: bytes
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetBitfield:
+    """Ask which chunks of ``content_id`` the peer can serve; subscribes to its Have messages."""
+
+    content_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Bitfield:
+    """The chunks the sender can serve: bit i (MSB first) of ``bits`` is chunk i.
+
+    ``chunk_count == 0`` and empty ``bits`` mean "I hold nothing of it".
+    """
+
+    content_id: bytes
+    chunk_count: int
+    bits: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """The sender can now serve chunk ``index`` of ``content_id``."""
+
+    content_id: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Ask for the whole chunk ``index`` of ``content_id``."""
+
+    content_id: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """The bytes of one chunk. ``payload`` is a view of the receive buffer (no copy)."""
+
+    content_id: bytes
+    index: int
+    payload: bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A Request that will not be answered with Data; ``reason`` is a RejectReason code."""
+
+    content_id: bytes
+    index: int
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The client no longer wants chunk ``index``; the server drops it if not yet sent."""
+
+    content_id: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness probe; answered by a Pong with the same nonce."""
+
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to Ping."""
+
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The sender is closing the connection; ``reason`` is for logs."""
+
+    reason: str
+
+
+Message = (Hello | GetManifest | Manifest | GetBitfield | Bitfield | Have | Request | Data
+           | Reject | Cancel | Ping | Pong | Goodbye)
+
+_U32 = struct.Struct(">I")
+_DATA_HEAD = struct.Struct(">IB32sI")  # frame length, type, content id, index
+_MAX_U64 = (1 << 64) - 1
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+def encode_frame(msg: Message) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """Encode ``msg`` as one frame, returned as ``(head, tail)`` to be sent back to back.
+
+    For Data, ``head`` is the 41-byte fixed header and ``tail`` the payload as given
+    (not copied); for every other message ``head`` is the whole frame and ``tail`` empty.
+    Raises :class:`LocalProtocolError` for a message that breaks a limit (our bug).
+    """
+    if type(msg) is Data:
+        payload = msg.payload
+        n = len(payload)
+        if n > MAX_CHUNK or len(msg.content_id) != CONTENT_ID_LEN or not 0 <= msg.index <= MAX_INDEX:
+            raise LocalProtocolError("Data message breaks a wire limit")
+        head = _DATA_HEAD.pack(DATA_HEADER + n, MessageType.DATA, msg.content_id, msg.index)
+        return head, payload
+    mtype, fields = _fields(msg)
+    body = encoding.pack(fields)
+    if len(body) > MAX_CONTROL_BODY:
+        raise LocalProtocolError(f"{type(msg).__name__} is larger than the wire allows")
+    return _U32.pack(1 + len(body)) + bytes((mtype,)) + body, b""
+
+
+def encode(msg: Message) -> bytes:
+    """The frame of ``msg`` as one bytes object (copies a Data payload; for tests and small messages)."""
+    head, tail = encode_frame(msg)
+    return head + bytes(tail) if tail else head
+
+
+def _fields(msg: Message) -> tuple[MessageType, list[Any]]:
+    match msg:
+        case Hello(version, peer_id, addrs, agent):
+            _check_hello(version, addrs, agent)
+            return MessageType.HELLO, [version, peer_id.key, [[h, p] for h, p in addrs], agent]
+        case GetManifest(cid):
+            return MessageType.GET_MANIFEST, [_cid_out(cid)]
+        case Manifest(cid, data):
+            if data is not None and len(data) > MAX_MANIFEST:
+                raise LocalProtocolError("manifest larger than MAX_MANIFEST")
+            return MessageType.MANIFEST, [_cid_out(cid), None if data is None else bytes(data)]
+        case GetBitfield(cid):
+            return MessageType.GET_BITFIELD, [_cid_out(cid)]
+        case Bitfield(cid, count, bits):
+            _check_bitfield(count, bits, LocalProtocolError)
+            return MessageType.BITFIELD, [_cid_out(cid), count, bytes(bits)]
+        case Have(cid, index):
+            return MessageType.HAVE, [_cid_out(cid), _index_out(index)]
+        case Request(cid, index):
+            return MessageType.REQUEST, [_cid_out(cid), _index_out(index)]
+        case Reject(cid, index, reason):
+            if not 0 <= reason <= 255:
+                raise LocalProtocolError("reject reason is a u8")
+            return MessageType.REJECT, [_cid_out(cid), _index_out(index), int(reason)]
+        case Cancel(cid, index):
+            return MessageType.CANCEL, [_cid_out(cid), _index_out(index)]
+        case Ping(nonce):
+            return MessageType.PING, [_nonce_out(nonce)]
+        case Pong(nonce):
+            return MessageType.PONG, [_nonce_out(nonce)]
+        case Goodbye(reason):
+            if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON:
+                reason = reason.encode("utf-8", "ignore")[:MAX_REASON].decode("utf-8", "ignore")
+            return MessageType.GOODBYE, [reason]
+    raise LocalProtocolError(f"not a wire message: {type(msg).__name__}")
+
+
+def _cid_out(cid: bytes) -> bytes:
+    if not isinstance(cid, bytes) or len(cid) != CONTENT_ID_LEN:
+        raise LocalProtocolError("content id must be 32 bytes")
+    return cid
+
+
+def _index_out(index: int) -> int:
+    if not 0 <= index <= MAX_INDEX:
+        raise LocalProtocolError("chunk index must fit in u32")
+    return index
+
+
+def _nonce_out(nonce: int) -> int:
+    if not 0 <= nonce <= _MAX_U64:
+        raise LocalProtocolError("ping nonce must fit in u64")
+    return nonce
+
+
+def _check_hello(version: int, addrs: tuple[tuple[str, int], ...], agent: str) -> None:
+    if not 0 <= version <= 0xFFFF or len(addrs) > MAX_ADDRS or len(agent.encode()) > MAX_AGENT:
+        raise LocalProtocolError("Hello breaks a wire limit")
+    for host, port in addrs:
+        if not host or len(host.encode()) > MAX_HOST or not 0 < port <= 0xFFFF:
+            raise LocalProtocolError(f"bad listen address {host!r}:{port}")
+
+
+def _check_bitfield(count: int, bits: bytes, error: type[Exception]) -> None:
+    if not 0 <= count <= MAX_CHUNK_COUNT or len(bits) != (count + 7) // 8:
+        raise error("bitfield: length does not match chunk count")
+    spare = -count % 8
+    if spare and bits[-1] & ((1 << spare) - 1):
+        raise error("bitfield: bits set beyond the chunk count")
+
+
+# -- decoding -----------------------------------------------------------------------------
+
+
+def decode_frame_length(header: bytes | bytearray | memoryview) -> int:
+    """The frame length in a 4-byte header, checked against MAX_FRAME. Raises ProtocolError."""
+    n: int = _U32.unpack(header)[0]
+    if not 1 <= n <= MAX_FRAME:
+        raise ProtocolError(f"frame length {n} outside [1, {MAX_FRAME}]")
+    return n
+
+
+def decode(frame: bytes | bytearray | memoryview) -> Message:
+    """Decode one frame body (type byte + body, without the length prefix).
+
+    A Data payload is returned as a memoryview of ``frame`` (no copy), so the
+    caller must not reuse ``frame``. Raises :class:`ProtocolError` and nothing else.
+    """
+    view = memoryview(frame)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    if len(view) < 1:
+        raise ProtocolError("empty frame")
+    mtype = view[0]
+    if mtype == MessageType.DATA:
+        if len(view) < DATA_HEADER:
+            raise ProtocolError("Data frame shorter than its header")
+        if len(view) - DATA_HEADER > MAX_CHUNK:
+            raise ProtocolError("Data payload larger than MAX_CHUNK")
+        cid = bytes(view[1:33])
+        (index,) = _U32.unpack_from(view, 33)
+        return Data(cid, index, view[DATA_HEADER:])
+    if len(view) - 1 > MAX_CONTROL_BODY:
+        raise ProtocolError("control message larger than the wire allows")
+    try:
+        fields = encoding.unpack(view[1:], max_bin=MAX_MANIFEST, max_str=max(MAX_HOST, MAX_REASON),
+                                 max_array=max(MAX_ADDRS, 4))
+        return _decode_fields(mtype, fields)
+    except DecodeError as exc:
+        raise ProtocolError(f"malformed message (type {mtype}): {exc}") from None
+
+
+def _decode_fields(mtype: int, value: Any) -> Message:
+    expect_list, expect_int = encoding.expect_list, encoding.expect_int
+    match mtype:
+        case MessageType.HELLO:
+            version, key, addrs, agent = expect_list(value, 4, "Hello")
+            version = expect_int(version, 0, 0xFFFF, "Hello.version")
+            peer = PeerId(encoding.expect_bytes(key, PUBLIC_KEY_LEN, "Hello.peer_id"))
+            out: list[tuple[str, int]] = []
+            for item in expect_list(addrs, None, "Hello.listen_addrs"):
+                host, port = expect_list(item, 2, "Hello address")
+                host = encoding.expect_str(host, MAX_HOST, "Hello address host")
+                if not host:
+                    raise DecodeError("Hello address: empty host")
+                out.append((host, expect_int(port, 1, 0xFFFF, "Hello address port")))
+            if len(out) > MAX_ADDRS:
+                raise DecodeError("Hello: too many listen addresses")
+            agent = encoding.expect_str(agent, MAX_AGENT, "Hello.agent")
+            return Hello(version, peer, tuple(out), agent)
+        case MessageType.GET_MANIFEST:
+            (cid,) = expect_list(value, 1, "GetManifest")
+            return GetManifest(_cid_in(cid))
+        case MessageType.MANIFEST:
+            cid, data = expect_list(value, 2, "Manifest")
+            if data is not None:
+                data = encoding.expect_bytes(data, None, "Manifest.data", MAX_MANIFEST)
+            return Manifest(_cid_in(cid), data)
+        case MessageType.GET_BITFIELD:
+            (cid,) = expect_list(value, 1, "GetBitfield")
+            return GetBitfield(_cid_in(cid))
+        case MessageType.BITFIELD:
+            cid, count, bits = expect_list(value, 3, "Bitfield")
+            count = expect_int(count, 0, MAX_CHUNK_COUNT, "Bitfield.chunk_count")
+            bits = encoding.expect_bytes(bits, None, "Bitfield.bits")
+            _check_bitfield(count, bits, DecodeError)
+            return Bitfield(_cid_in(cid), count, bits)
+        case MessageType.HAVE | MessageType.REQUEST | MessageType.CANCEL:
+            cid, index = expect_list(value, 2, MessageType(mtype).name)
+            cid, index = _cid_in(cid), expect_int(index, 0, MAX_INDEX, "index")
+            if mtype == MessageType.HAVE:
+                return Have(cid, index)
+            return Request(cid, index) if mtype == MessageType.REQUEST else Cancel(cid, index)
+        case MessageType.REJECT:
+            cid, index, reason = expect_list(value, 3, "Reject")
+            return Reject(_cid_in(cid), expect_int(index, 0, MAX_INDEX, "Reject.index"),
+                          expect_int(reason, 0, 255, "Reject.reason"))
+        case MessageType.PING:
+            (nonce,) = expect_list(value, 1, "Ping")
+            return Ping(expect_int(nonce, 0, _MAX_U64, "Ping.nonce"))
+        case MessageType.PONG:
+            (nonce,) = expect_list(value, 1, "Pong")
+            return Pong(expect_int(nonce, 0, _MAX_U64, "Pong.nonce"))
+        case MessageType.GOODBYE:
+            (reason,) = expect_list(value, 1, "Goodbye")
+            return Goodbye(encoding.expect_str(reason, MAX_REASON, "Goodbye.reason"))
+    raise DecodeError(f"unknown message type {mtype}")
+
+
+def _cid_in(value: Any) -> bytes:
+    return encoding.expect_bytes(value, CONTENT_ID_LEN, "content id")

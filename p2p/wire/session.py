@@ -1,0 +1,323 @@
+"""One secure session: Noise XX handshake, identity proof, Hello, then encrypted frames.
+
+A :class:`Session` is a pure object (h11 style): feed it received bytes, take
+decrypted messages out; give it messages, take ciphertext to send. No sockets,
+no clock. The asyncio shell in ``transport.py`` only moves bytes.
+
+Stream format (docs/PROTOCOL.md has the whole conversation):
+
+* every Noise message, handshake or transport, travels as ``len:u16be || message``
+  (the Noise spec, section 3, caps a message at 65535 bytes and leaves framing to
+  the application);
+* the decrypted transport payloads form one byte stream of application frames
+  (``messages.py``); a large frame spans many Noise messages. A Data frame's
+  fixed header is sealed in its own record so that the payload's records line up
+  with the payload and can be decrypted straight into the frame buffer.
+
+Receiving is zero-copy for Data: :meth:`get_buffer`/:meth:`buffer_updated`
+follow ``asyncio.BufferedProtocol``, ciphertext lands in the session's own
+buffer and payload records are decrypted into the frame buffer that the
+returned :class:`Data` views.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from .. import encoding
+from ..errors import BadSignature, DecodeError
+from ..identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, PeerId
+from .errors import LocalProtocolError, ProtocolError, WrongPeer
+from .messages import (
+    FRAME_HEADER,
+    PROTOCOL_VERSION,
+    Goodbye,
+    Hello,
+    Message,
+    decode,
+    decode_frame_length,
+    encode_frame,
+)
+from .noise import MAX_MESSAGE, TAGLEN, CipherState, HandshakeXX, KeyPair
+
+PROLOGUE = b"p2p-wire/1"
+"""Noise prologue (section 6): both sides must agree on it, or the handshake fails."""
+IDENTITY_TAG = b"p2p-wire/1 noise static key + handshake hash:"
+"""Domain separation for the Ed25519 signature that binds a peer id to this handshake."""
+MAX_HANDSHAKE_MESSAGE = 512
+"""Our handshake messages are under 300 bytes; anything larger is refused before use."""
+MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
+"""Plaintext bytes per Noise transport message."""
+RECV_BUFFER = 1 << 20
+"""Default ciphertext receive buffer: large reads mean few trips through the event loop."""
+
+_U16 = struct.Struct(">H")
+
+
+class State(enum.Enum):
+    """Where a session is in its life."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Session:
+    """The sans-IO secure channel of one connection (either side)."""
+
+    def __init__(self, identity: Identity, hello: Hello, *, initiator: bool,
+                 expected_peer: PeerId | None = None, cipher: str = "AESGCM",
+                 recv_buffer: int = RECV_BUFFER) -> None:
+        if recv_buffer < 2 * (MAX_MESSAGE + 2):
+            raise LocalProtocolError("receive buffer must hold at least two Noise messages")
+        if hello.peer_id != identity.peer_id:
+            raise LocalProtocolError("our Hello must carry our own peer id")
+        self.identity = identity
+        self.initiator = initiator
+        self.expected_peer = expected_peer
+        self.state = State.HANDSHAKE
+        self.remote_peer: PeerId | None = None
+        """The peer id the remote proved in the handshake."""
+        self.remote_hello: Hello | None = None
+        """The remote's Hello, once received (the session is usable from then on)."""
+        self.handshake_hash = b""
+        self._hello = hello
+        # A fresh static X25519 key per session: the Ed25519 identity, not this key,
+        # is what peers remember, so there is nothing to gain by reusing it.
+        self._hs: HandshakeXX | None = HandshakeXX(initiator, KeyPair.generate(),
+                                                   prologue=PROLOGUE, cipher=cipher)
+        self._send_cs: CipherState | None = None
+        self._recv_cs: CipherState | None = None
+        self._out: list[bytes | bytearray] = []
+        self._rbuf = bytearray(recv_buffer)
+        self._rview = memoryview(self._rbuf)
+        self._rstart = 0
+        self._rend = 0
+        self._events: list[Message] = []
+        self._hdr = bytearray()
+        self._frame: bytearray | None = None
+        self._fview = memoryview(b"")
+        self._fpos = 0
+        self._fneed = 0
+        if initiator:
+            self._queue_handshake(self._hs.write_message(b""))  # -> e (no payload: nothing is secret yet)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Encrypt ``msg`` for sending; take the bytes with :meth:`data_to_send`."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send in state {self.state.value}")
+        head, tail = encode_frame(msg)
+        self._out.append(self._seal(head, tail))
+
+    def data_to_send(self) -> bytes | bytearray:
+        """All ciphertext produced so far and not yet taken (handshake and records)."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self, reason: str = "") -> None:
+        """Queue a Goodbye (when the session is open) and refuse further sending and receiving."""
+        if self.state is State.OPEN:
+            self.send(Goodbye(reason))
+        self.state = State.CLOSED
+
+    def _queue_handshake(self, message: bytes) -> None:
+        self._out.append(_U16.pack(len(message)) + message)
+
+    def _seal(self, head: bytes, tail: bytes | bytearray | memoryview) -> bytearray:
+        """Encrypt one frame into records: ``head`` alone, then ``tail`` in full records."""
+        cs = self._send_cs
+        assert cs is not None
+        pieces = (head, tail) if len(tail) else (head,)
+        total = 0
+        for piece in pieces:
+            n = len(piece)
+            total += n + -(-n // MAX_PLAINTEXT) * (2 + TAGLEN)
+        out = bytearray(total)
+        view = memoryview(out)
+        pos = 0
+        pack_into = _U16.pack_into
+        encrypt_into = cs.encrypt_into
+        for piece in pieces:
+            src = memoryview(piece)
+            n = len(src)
+            for start in range(0, n, MAX_PLAINTEXT):
+                chunk = src[start:start + MAX_PLAINTEXT]
+                size = len(chunk) + TAGLEN
+                pack_into(out, pos, size)
+                encrypt_into(chunk, view[pos + 2:pos + 2 + size])
+                pos += 2 + size
+        return out
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Feed received bytes (any split); returns the messages they complete.
+
+        Raises :class:`ProtocolError` (or :class:`WrongPeer`) when the peer
+        misbehaved; the session is then closed and must be dropped.
+        """
+        view = memoryview(data)
+        events: list[Message] = []
+        while len(view):
+            buf = self.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            view = view[n:]
+            events += self.buffer_updated(n)
+        return events
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes should be written (``BufferedProtocol.get_buffer``)."""
+        return self._rview[self._rend:]
+
+    def buffer_updated(self, nbytes: int) -> list[Message]:
+        """``nbytes`` were written into :meth:`get_buffer`; returns the completed messages."""
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("session is closed")
+        self._rend += nbytes
+        try:
+            self._process()
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        events, self._events = self._events, []
+        return events
+
+    def receive_eof(self) -> None:
+        """The peer closed its side. Raises :class:`ProtocolError` if it cut a record or frame short."""
+        if self._rend != self._rstart or self._hdr or self._frame is not None:
+            self.state = State.CLOSED
+            raise ProtocolError("stream truncated in the middle of a record or frame")
+        self.state = State.CLOSED
+
+    @property
+    def pending_receive(self) -> int:
+        """Bytes held for incomplete records and frames (for memory accounting)."""
+        return self._rend - self._rstart + (len(self._frame) if self._frame is not None else 0)
+
+    def _process(self) -> None:
+        view, pos, end = self._rview, self._rstart, self._rend
+        while end - pos >= 2:
+            size = (view[pos] << 8) | view[pos + 1]
+            if end - pos - 2 < size:
+                break
+            record = view[pos + 2:pos + 2 + size]
+            pos += 2 + size
+            self._rstart = pos
+            if self._hs is not None:
+                self._handshake_record(bytes(record))
+            else:
+                self._transport_record(record)
+        self._rstart = pos
+        if pos == end:
+            self._rstart = self._rend = 0
+        elif len(self._rbuf) - end < MAX_MESSAGE + 2:
+            # Not enough room for a whole record after the partial one: move it to the front.
+            keep = end - pos
+            self._rbuf[0:keep] = self._rbuf[pos:end]
+            self._rstart, self._rend = 0, keep
+
+    def _handshake_record(self, message: bytes) -> None:
+        hs = self._hs
+        assert hs is not None
+        if len(message) > MAX_HANDSHAKE_MESSAGE:
+            raise ProtocolError("handshake message too long")
+        payload = hs.read_message(message)
+        if hs.step == 1:  # responder read "-> e": answer "<- e, ee, s, es" with our proof
+            self._queue_handshake(hs.write_message(self._proof))
+            return
+        # Message 2 (read by the initiator) or 3 (read by the responder) carries a proof.
+        assert hs.rs is not None
+        peer = self._check_proof(payload, hs.rs, hs.h_before_payload)
+        if self.expected_peer is not None and peer != self.expected_peer:
+            raise WrongPeer(f"expected peer {self.expected_peer.short()}, got {peer.short()}")
+        self.remote_peer = peer
+        if hs.step == 2:  # initiator: "-> s, se" with our proof
+            self._queue_handshake(hs.write_message(self._proof))
+        self.handshake_hash = hs.h
+        self._send_cs, self._recv_cs = hs.split()
+        self._hs = None
+        self.state = State.OPEN
+        self.send(self._hello)
+
+    def _proof(self, h: bytes) -> bytes:
+        """Our handshake payload: Ed25519 key and its signature over our static key and ``h``."""
+        assert self._hs is not None
+        sig = self.identity.sign(IDENTITY_TAG + self._hs.s.public + h)
+        return encoding.pack([self.identity.public_key, sig])
+
+    @staticmethod
+    def _check_proof(payload: bytes, remote_static: bytes, h: bytes) -> PeerId:
+        try:
+            key, sig = encoding.expect_list(encoding.unpack(payload, max_bin=64), 2, "proof")
+            key = encoding.expect_bytes(key, PUBLIC_KEY_LEN, "proof key")
+            sig = encoding.expect_bytes(sig, SIGNATURE_LEN, "proof signature")
+            peer = PeerId(key)
+            peer.verify(sig, IDENTITY_TAG + remote_static + h)
+        except (DecodeError, BadSignature) as exc:
+            raise ProtocolError(f"handshake identity proof rejected: {exc}") from None
+        return peer
+
+    def _transport_record(self, record: memoryview) -> None:
+        cs = self._recv_cs
+        assert cs is not None
+        plen = len(record) - TAGLEN
+        if plen < 0:
+            raise ProtocolError("record shorter than its tag")
+        if self._frame is not None and 0 < plen <= self._fneed:
+            # Fast path: the whole record belongs to the current frame; decrypt in place.
+            pos = self._fpos
+            cs.decrypt_into(record, self._fview[pos:pos + plen])
+            self._fpos = pos + plen
+            self._fneed -= plen
+            if not self._fneed:
+                self._finish_frame()
+            return
+        self._feed_plain(cs.decrypt_with_ad(b"", record))
+
+    def _feed_plain(self, plain: bytes) -> None:
+        i, n = 0, len(plain)
+        while i < n:
+            if self._frame is None:
+                take = min(FRAME_HEADER - len(self._hdr), n - i)
+                self._hdr += plain[i:i + take]
+                i += take
+                if len(self._hdr) == FRAME_HEADER:
+                    length = decode_frame_length(self._hdr)
+                    self._hdr.clear()
+                    self._frame = bytearray(length)
+                    self._fview = memoryview(self._frame)
+                    self._fpos, self._fneed = 0, length
+            else:
+                take = min(self._fneed, n - i)
+                self._fview[self._fpos:self._fpos + take] = plain[i:i + take]
+                i += take
+                self._fpos += take
+                self._fneed -= take
+                if not self._fneed:
+                    self._finish_frame()
+
+    def _finish_frame(self) -> None:
+        view = self._fview
+        self._frame = None
+        self._fview = memoryview(b"")
+        msg = decode(view)
+        if self.remote_hello is None:
+            if not isinstance(msg, Hello):
+                raise ProtocolError(f"expected Hello first, got {type(msg).__name__}")
+            if msg.peer_id != self.remote_peer:
+                raise ProtocolError("Hello names a different peer id than the handshake proved")
+            if msg.version != PROTOCOL_VERSION:
+                self.close(f"unsupported protocol version {msg.version}")
+                raise ProtocolError(f"peer speaks protocol version {msg.version}, not {PROTOCOL_VERSION}")
+            self.remote_hello = msg
+            return
+        if isinstance(msg, Hello):
+            raise ProtocolError("second Hello")
+        self._events.append(msg)
