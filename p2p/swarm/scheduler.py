@@ -26,8 +26,9 @@ Policy, in the order it is applied:
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 PIPELINE_SECONDS = 0.25
 """Seconds of a peer's throughput kept in flight: covers latency without hoarding chunks."""
@@ -48,7 +49,8 @@ RATE_HALF_LIFE = 1.0
 REORDER_INTERVAL = 0.2
 """Rarest-first order is rebuilt at most this often when availability changes."""
 
-Peer = Hashable
+Peer = Any
+"""Any hashable key naming a peer (the driver uses PeerId)."""
 
 
 @dataclass
