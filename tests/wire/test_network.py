@@ -1,0 +1,213 @@
+"""Real peers over 127.0.0.1, port 0: transfer, limits, backpressure and garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from p2p.identity import Identity
+from p2p.wire.errors import ConnectionClosed, WrongPeer
+from p2p.wire.messages import (
+    MAX_FRAME,
+    Bitfield,
+    Data,
+    GetBitfield,
+    GetManifest,
+    Have,
+    Manifest,
+    Ping,
+    Pong,
+    Reject,
+    RejectReason,
+    Request,
+)
+from p2p.wire.server import (
+    Backpressure,
+    PeerDisconnected,
+    Server,
+    ServerEvent,
+    ServerLimits,
+    Uploaded,
+)
+from p2p.wire.sources import FileSource, MemorySource
+from p2p.wire.transport import connect
+
+CID = blake3.blake3(b"content").digest()
+T = 30  # generous deadline for any single awaited event on a loaded machine
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]]:
+    source = MemorySource({CID: [b"a" * 1000, None, b"c" * 10]}, {CID: b"manifest bytes"})
+    events: list[ServerEvent] = []
+    server = Server(Identity.generate(), source, ServerLimits(max_connections_per_ip=64),
+                    on_event=events.append)
+    addr = await server.start("127.0.0.1", 0)
+    yield server, addr, source, events
+    await server.aclose()
+    await server.aclose()  # idempotent
+
+
+async def test_conversation(served: tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]) -> None:
+    server, (host, port), _, events = served
+    conn = await connect(host, port, Identity.generate(), expected_peer=server.identity.peer_id,
+                         listen_addrs=[("192.0.2.7", 4001)])
+    try:
+        async with asyncio.timeout(T):
+            await conn.send(GetManifest(CID))
+            assert await conn.receive() == Manifest(CID, b"manifest bytes")
+            await conn.send(GetManifest(bytes(32)))
+            assert await conn.receive() == Manifest(bytes(32), None)
+            await conn.send(GetBitfield(CID))
+            assert await conn.receive() == Bitfield(CID, 3, b"\xa0")
+            await conn.send(Request(CID, 0))
+            await conn.send(Request(CID, 1))
+            await conn.send(Ping(42))
+            got = [await conn.receive() for _ in range(3)]
+            assert Data(CID, 0, b"a" * 1000) in got
+            assert Reject(CID, 1, RejectReason.NOT_HELD) in got
+            assert Pong(42) in got
+            server.announce_have(CID, 1)
+            assert await conn.receive() == Have(CID, 1)
+            (info,) = server.connections()
+            assert info.bytes_sent > 1000 and info.bytes_received > 0
+            assert conn.remote_hello.agent == "p2p/0.1"
+    finally:
+        await conn.aclose("done")
+        await conn.aclose()
+    assert any(isinstance(e, Uploaded) and e.index == 0 and e.nbytes == 1000 for e in events)
+
+
+async def test_wrong_expected_peer(served: tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]) -> None:
+    _, (host, port), _, _ = served
+    with pytest.raises(WrongPeer):
+        await connect(host, port, Identity.generate(), expected_peer=Identity.generate().peer_id)
+
+
+async def test_garbage_peer_is_dropped_others_go_on(
+        served: tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]) -> None:
+    _, (host, port), _, events = served
+    good = await connect(host, port, Identity.generate())
+    bad = await connect(host, port, Identity.generate())
+    try:
+        async with asyncio.timeout(T):
+            # Raw garbage after the handshake: a record that fails authentication.
+            transport = bad._p.transport
+            assert transport is not None
+            transport.write(b"\x00\x20" + os.urandom(32))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await bad.receive()
+            while not any(isinstance(e, PeerDisconnected) and "protocol" in e.reason for e in events):
+                await good.send(Ping(1))
+                assert await good.receive() == Pong(1)
+            await good.send(Request(CID, 2))
+            assert await good.receive() == Data(CID, 2, b"c" * 10)
+            # Garbage before any handshake is dropped too.
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"\xff\xff" + b"\x00" * 70000)
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+            await good.send(Ping(2))
+            assert await good.receive() == Pong(2)
+    finally:
+        await good.aclose()
+        await bad.aclose()
+
+
+async def test_per_ip_limit() -> None:
+    server = Server(Identity.generate(), MemorySource(), ServerLimits(max_connections_per_ip=1))
+    host, port = await server.start("127.0.0.1", 0)
+    first = await connect(host, port, Identity.generate())
+    try:
+        with pytest.raises(ConnectionClosed):
+            await connect(host, port, Identity.generate(), timeout=T)
+    finally:
+        await first.aclose()
+        await server.aclose()
+
+
+async def test_transfer_64_mib(tmp_path: Path) -> None:
+    chunk_size, size = 1 << 20, 64 << 20
+    path = tmp_path / "file.bin"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    hashes = [blake3.blake3(data[i:i + chunk_size]).digest() for i in range(0, size, chunk_size)]
+    del data
+    source = FileSource(path, CID, chunk_size)
+    server = Server(Identity.generate(), source)
+    host, port = await server.start("127.0.0.1", 0)
+    conn = await connect(host, port, Identity.generate(), expected_peer=server.identity.peer_id)
+    out = bytearray(size)
+    try:
+        async with asyncio.timeout(60):
+            await conn.send(GetBitfield(CID))
+            bf = await conn.receive()
+            assert isinstance(bf, Bitfield) and bf.chunk_count == 64
+            next_index, received, window = 0, 0, 8
+            while received < 64:
+                while next_index < 64 and next_index - received < window:
+                    await conn.send(Request(CID, next_index))
+                    next_index += 1
+                msg = await conn.receive()
+                assert isinstance(msg, Data)
+                assert blake3.blake3(msg.payload).digest() == hashes[msg.index]
+                out[msg.index * chunk_size:(msg.index + 1) * chunk_size] = msg.payload
+                received += 1
+    finally:
+        await conn.aclose()
+        await server.aclose()
+        source.close()
+    assert bytes(out) == path.read_bytes()
+
+
+async def test_reader_that_never_reads_does_not_grow_server_memory() -> None:
+    chunk = os.urandom(1 << 20)
+    limits = ServerLimits(max_send_buffer=1 << 20, max_receive_queue=64 << 10)
+    paused = asyncio.Event()
+
+    def on_event(event: ServerEvent) -> None:
+        if isinstance(event, Backpressure) and event.paused:
+            paused.set()
+
+    server = Server(Identity.generate(), MemorySource({CID: [chunk]}), limits, on_event=on_event)
+    host, port = await server.start("127.0.0.1", 0)
+    conn = await connect(host, port, Identity.generate(), max_receive_queue=1 << 20)
+    sender_blocked = asyncio.Event()
+
+    async def flood() -> None:
+        for _ in range(20000):
+            conn._p.write_message(Request(CID, 0))
+            if conn._p.write_paused:
+                sender_blocked.set()
+                await conn._p.drain()
+
+    # The client stops reading: nothing takes its messages off the socket.
+    transport = conn._p.transport
+    assert transport is not None
+    transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(flood())
+    blocked = loop.create_task(sender_blocked.wait())
+    try:
+        async with asyncio.timeout(T):
+            await paused.wait()
+            # Either every request went out, or the client itself is now blocked
+            # because the server stopped reading: in both cases the server is stable.
+            await asyncio.wait([task, blocked], return_when=asyncio.FIRST_COMPLETED)
+        (info,) = server.connections()
+        bound = limits.max_send_buffer + 2 * MAX_FRAME + limits.max_receive_queue + limits.receive_buffer
+        assert info.write_buffer + info.receive_buffered <= bound
+        assert info.pending_requests <= limits.max_inflight_requests
+    finally:
+        task.cancel()
+        blocked.cancel()
+        await asyncio.gather(task, blocked, return_exceptions=True)
+        await conn.aclose()
+        await server.aclose()
