@@ -1,0 +1,110 @@
+"""Many real nodes on 127.0.0.1: providers, peers and channels end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from dhtnet import config, network
+
+from p2p.dht import DHT, StaleSequence
+from p2p.errors import NetworkError, NotFound
+from p2p.identity import Identity
+
+
+async def test_fifty_nodes_five_providers_found_by_a_late_joiner() -> None:
+    async with network(50) as nodes:
+        cid = os.urandom(32)
+        providers = nodes[10:15]
+        async with asyncio.timeout(10):
+            acks = await asyncio.gather(*(d.announce(cid) for d in providers))
+        assert all(a >= 1 for a in acks)
+        boot = (("127.0.0.1", nodes[0].port),)
+        async with DHT.open_ctx(Identity.generate(), config(bootstrap=boot)) as late:
+            async with asyncio.timeout(10):
+                found = await late.find_providers(cid)
+            assert {r.peer_id for r in found} == {d._identity.peer_id for d in providers}
+            assert all(r.addresses == (("127.0.0.1", d.port),) for r in found
+                       for d in providers if d._identity.peer_id == r.peer_id)
+            seen = [r.peer_id async for r in late.iter_providers(cid, limit=2)]
+            assert len(seen) == 2 == len(set(seen))
+            assert await late.find_providers(os.urandom(32)) == []
+            stats = late.stats()
+            assert stats["contacts"] > 0 and stats["rejected"] == {}
+
+
+async def test_peer_and_channel_records() -> None:
+    async with network(12) as nodes:
+        a, b = nodes[3], nodes[8]
+        assert await a.announce_peer() >= 1
+        rec = await b.find_peer(a._identity.peer_id)
+        assert rec.addresses == a.reachable_addresses()
+        with pytest.raises(NotFound):
+            await b.find_peer(Identity.generate().peer_id)
+
+        publisher = Identity.generate()
+        v1, v2 = os.urandom(32), os.urandom(32)
+        first = await a.put_channel(publisher, "releases", v1)
+        second = await a.put_channel(publisher, "releases", v2)
+        assert second.seq == first.seq + 1
+        got = await b.get_channel(publisher.peer_id, "releases")
+        assert (got.content_id, got.seq) == (v2, second.seq)
+        with pytest.raises(StaleSequence):  # replaying a lower sequence number
+            await b.put_channel(publisher, "releases", v1, seq=first.seq)
+        assert (await a.get_channel(publisher.peer_id, "releases")).content_id == v2
+        with pytest.raises(NotFound):
+            await b.get_channel(publisher.peer_id, "nothing")
+
+
+async def test_provide_reannounces_and_unprovide_stops() -> None:
+    async with network(6, reannounce_interval=0.2) as nodes:
+        cid = os.urandom(32)
+        me = nodes[2]
+        await me.provide(cid)
+        reannounced = asyncio.Event()
+        announce = me.announce
+
+        async def spy(content_id: bytes, addresses: object = None) -> int:
+            assert content_id == cid
+            reannounced.set()
+            return await announce(content_id)
+
+        me.announce = spy  # type: ignore[method-assign]
+        async with asyncio.timeout(5):
+            await reannounced.wait()
+        me.unprovide(cid)
+        assert me.stats()["provided"] == 0
+
+
+async def test_lone_node_errors_are_typed() -> None:
+    async with DHT.open_ctx(Identity.generate(), config()) as lone:
+        with pytest.raises(NetworkError):
+            await lone.announce(os.urandom(32))
+        with pytest.raises(NetworkError):
+            await lone.find_providers(os.urandom(32))
+        with pytest.raises(NetworkError):
+            await lone.bootstrap([("127.0.0.1", lone.port)])  # ourselves: not a contact
+        assert lone.reachable_addresses() == (("127.0.0.1", lone.port),)
+
+
+async def test_announce_addrs_override_and_observed_address() -> None:
+    async with network(3) as nodes:
+        # the identify reply told each joiner where it was seen
+        assert nodes[1].reachable_addresses() == (("127.0.0.1", nodes[1].port),)
+        async with DHT.open_ctx(Identity.generate(), config(
+            announce_addrs=(("203.0.113.9", 7000),),
+            bootstrap=(("127.0.0.1", nodes[0].port),),
+        )) as d:
+            assert d.reachable_addresses() == (("203.0.113.9", 7000),)
+
+
+async def test_aclose_is_idempotent_and_cancels_everything() -> None:
+    async with network(4) as nodes:
+        d = nodes[1]
+        assert d._tasks
+        await d.aclose()
+        await d.aclose()
+        assert not d._tasks and not d.protocol._tasks and not d.protocol._outstanding
+        assert d._server.refresh_loop is None  # the library's call_later timer never armed
+        assert d.protocol.closed.is_set()
