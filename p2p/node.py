@@ -1,0 +1,488 @@
+"""The node: the one object the command line, the terminal app and the tests drive.
+
+``async with Node(config) as node:`` returns once the node listens on TCP (chunk
+server) and UDP (DHT) on the same port, and on exit stops every download
+(progress kept), the server, the DHT and the store. Everything the node does is
+published on :attr:`Node.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
+from .dht import DHT, ChannelRecord, DHTConfig
+from .errors import BadInput, NetworkError, NotFound, P2PError, StateDirLocked
+from .events import (
+    ChunkUploaded,
+    DownloadFailed,
+    DownloadPaused,
+    EventBus,
+    LogMessage,
+    PeerConnected,
+    PeerDropped,
+    Shared,
+)
+from .identity import Identity, PeerId, load_or_create
+from .store import DownloadInfo, ShareInfo, Store, bit_get
+from .swarm.download import Download, FetchOptions
+from .wire import server as wire_server
+from .wire.transport import connect
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7473
+"""TCP (chunks) and UDP (DHT) port a node listens on unless told otherwise."""
+BIND_ATTEMPTS = 8
+"""With port 0, tries to find a port free for both TCP and UDP."""
+HASH_THREADS = 2
+"""Threads that check and write chunks (BLAKE3 and pwrite release the GIL)."""
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to know, built by the CLI from flags and by tests from tmp_path."""
+
+    state_dir: Path
+    """Identity key, database and default downloads live here."""
+    host: str = "0.0.0.0"
+    """Address to listen on (TCP and UDP)."""
+    port: int = DEFAULT_PORT
+    """Port for TCP and UDP; 0 picks a free one."""
+    bootstrap: tuple[Address, ...] = ()
+    """DHT nodes to join through."""
+    announce_addrs: tuple[Address, ...] = ()
+    """Addresses to announce instead of the learned one (port forwarding, known public IP)."""
+    download_dir: Path = field(default_factory=Path.cwd)
+    """Where fetches go when no destination is given."""
+    max_contacts_per_ip: int | None = 2
+    """DHT contacts per IP; None lifts the cap (many peers on 127.0.0.1 in tests and the demo)."""
+    rpc_timeout: float = 1.0
+    """DHT per-RPC timeout."""
+    server_limits: wire_server.ServerLimits = field(default_factory=wire_server.ServerLimits)
+    agent: str = "p2p/0.1"
+
+
+@dataclass(frozen=True)
+class ShareResult:
+    """What ``share`` made: the manifest, its id and a ticket to hand out."""
+
+    manifest: Manifest
+    ticket: Ticket
+
+    @property
+    def content_id(self) -> ContentId:
+        return self.manifest.content_id
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One connected peer, for ``p2p peers`` and the terminal app."""
+
+    peer: PeerId
+    address: Address
+    direction: str
+    """``"in"`` (it dialled us) or ``"out"``."""
+    bytes_in: int
+    bytes_out: int
+    strikes: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of re-hashing the local copy of some content."""
+
+    content_id: ContentId
+    chunks: int
+    good: int
+    bad: list[int]
+    missing: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.missing
+
+
+class Node:
+    """A peer: identity, store, DHT, chunk server and downloads. Use as an async context manager."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.events = EventBus()
+        self.identity: Identity
+        self.store: Store
+        self.dht: DHT
+        self.server: wire_server.Server
+        self.port = 0
+        self._downloads: dict[ContentId, tuple[Download, asyncio.Task[Any]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="chunks")
+        self._started = False
+        self._closed = False
+        self.bootstrap_error: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Load identity and store, listen on TCP and UDP, join the DHT, announce shares."""
+        cfg = self.config
+        self.identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
+        self.store = Store(cfg.state_dir)
+        try:
+            await self._bind()
+        except BaseException:
+            self.store.close()
+            self._pool.shutdown(wait=False)
+            raise
+        self._started = True
+        if cfg.bootstrap:
+            try:
+                await self.dht.bootstrap(cfg.bootstrap)
+            except P2PError as exc:
+                self.bootstrap_error = str(exc)
+                self._log("warning", f"bootstrap failed: {exc}")
+        for share in self.store.shares():
+            await self.dht.provide(share.content_id.digest)
+
+    async def _bind(self) -> None:
+        cfg = self.config
+        last: Exception | None = None
+        for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
+            server = wire_server.Server(self.identity, self.store, cfg.server_limits,
+                                        agent=cfg.agent, on_event=self._on_server_event)
+            _, port = await server.start(cfg.host, cfg.port)
+            dht_config = DHTConfig(host=cfg.host, port=port, ksize=20,
+                                   max_contacts_per_ip=cfg.max_contacts_per_ip,
+                                   rpc_timeout=cfg.rpc_timeout,
+                                   announce_addrs=cfg.announce_addrs,
+                                   state_path=cfg.state_dir / "routing.json")
+            try:
+                self.dht = await DHT.open(self.identity, dht_config)
+            except NetworkError as exc:
+                last = exc
+                await server.aclose()
+                continue
+            self.server = server
+            self.port = port
+            return
+        raise NetworkError(f"cannot listen on {cfg.host}:{cfg.port} (TCP and UDP): {last}")
+
+    async def aclose(self) -> None:
+        """Pause downloads (progress kept), stop serving, leave the DHT, close the store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        for cid in list(self._downloads):
+            await self.pause(cid)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.aclose()
+        await self.dht.aclose()
+        self._pool.shutdown(wait=True)
+        self.store.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _log(self, level: str, message: str) -> None:
+        getattr(log, level)(message)
+        self.events.publish(LogMessage(level, message))
+
+    # -- addresses ------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        """This node's peer id."""
+        return self.identity.peer_id
+
+    def listen_address(self) -> Address:
+        """The bound (host, port)."""
+        return self.config.host, self.port
+
+    def addresses(self) -> list[Address]:
+        """Where other peers can reach us, best first (what tickets and records carry)."""
+        found = list(self.dht.reachable_addresses())
+        host = self.config.host
+        ip = ipaddress.ip_address(host)
+        if ip.is_unspecified:
+            lan = _primary_ip(ip.version)
+            if lan and (lan, self.port) not in found:
+                found.append((lan, self.port))
+            loop_host = "127.0.0.1" if ip.version == 4 else "::1"
+            if (loop_host, self.port) not in found:
+                found.append((loop_host, self.port))
+        elif (host, self.port) not in found:
+            found.append((host, self.port))
+        return found
+
+    # -- sharing ---------------------------------------------------------------------------
+
+    async def share(self, path: Path, progress: Callable[[int], None] | None = None) -> ShareResult:
+        """Hash, sign and store ``path`` (file or folder), serve it in place and announce it."""
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise BadInput(f"{path}: no such file or folder")
+        loop = asyncio.get_running_loop()
+
+        def report(n: int) -> None:
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, n)
+
+        manifest, files = await asyncio.to_thread(build_manifest, path, self.identity, report)
+        self.store.add_share(manifest, files, root=path)
+        await self.dht.provide(manifest.content_id.digest)
+        self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
+        return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher))
+
+    def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
+        """A ticket for content we hold: its id, publisher and our addresses."""
+        if publisher is None:
+            manifest = self.store.get_manifest(content_id)
+            if manifest is None:
+                raise NotFound(f"{content_id} is not in this node's library")
+            publisher = manifest.publisher
+        return make_ticket(content_id, publisher, self.addresses())
+
+    def unshare(self, content_id: ContentId) -> bool:
+        """Stop serving ``content_id`` (the files stay). True if it was shared."""
+        removed = self.store.remove_share(content_id)
+        self.dht.unprovide(content_id.digest)
+        return removed
+
+    def library(self) -> tuple[list[ShareInfo], list[DownloadInfo]]:
+        """What this node serves and what it downloads or downloaded."""
+        return self.store.shares(), self.store.downloads()
+
+    async def verify(self, content_id: ContentId) -> VerifyReport:
+        """Re-hash the local copy of ``content_id`` chunk by chunk."""
+        return await asyncio.to_thread(self._verify, content_id)
+
+    def _verify(self, content_id: ContentId) -> VerifyReport:
+        manifest = self.store.get_manifest(content_id)
+        if manifest is None:
+            raise NotFound(f"{content_id} is not in this node's library")
+        cid = content_id.digest
+        count = manifest.chunk_count
+        held = self.store.bitfield(cid)
+        bad: list[int] = []
+        good = missing = 0
+        for index in range(count):
+            if held is None or not bit_get(held[1], index):
+                missing += 1
+                continue
+            try:
+                self.store.read_chunk(cid, index)
+                good += 1
+            except P2PError:
+                bad.append(index)
+        return VerifyReport(content_id, count, good, bad, missing)
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    def _options(self, target: str | ContentId | Ticket, dest: Path | None, publisher: PeerId | None,
+                 peers: Sequence[Address], timeout: float) -> FetchOptions:
+        ticket: Ticket | None = None
+        if isinstance(target, Ticket):
+            cid, ticket = target.content_id, target
+        elif isinstance(target, ContentId):
+            cid = target
+        else:
+            cid, ticket = parse_id_or_ticket(target)
+        addrs = list(peers)
+        if ticket is not None:
+            addrs = list(ticket.addresses) + addrs
+        return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
+                            self.config.download_dir, publisher, tuple(addrs), timeout)
+
+    async def fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
+                    publisher: PeerId | None = None, peers: Sequence[Address] = (),
+                    timeout: float = 30.0) -> Path:
+        """Download ``target`` (an id, a ticket or their text) and return the verified path.
+
+        Already complete here: returns the local copy at once. Cancelling the
+        calling task pauses the download; fetching again resumes it.
+        """
+        options = self._options(target, dest, publisher, peers, timeout)
+        if options.content_id in self._downloads:
+            raise StateDirLocked(f"{options.content_id} is already being downloaded by this node")
+        done = self._completed_path(options.content_id)
+        if done is not None:
+            return done
+        download = self._new_download(options)
+        task = asyncio.current_task()
+        assert task is not None
+        self._downloads[options.content_id] = (download, task)
+        try:
+            return await download.run()
+        except asyncio.CancelledError:
+            self.store.set_download_state(options.content_id, "paused")
+            self.events.publish(DownloadPaused(options.content_id))
+            raise
+        except P2PError as exc:
+            self._record_failure(options.content_id, exc)
+            raise
+        finally:
+            self._downloads.pop(options.content_id, None)
+
+    def start_fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
+                    publisher: PeerId | None = None, peers: Sequence[Address] = (),
+                    timeout: float = 30.0) -> ContentId:
+        """Start a download owned by the node (the terminal app's way); returns its id at once.
+
+        Raises :class:`BadInput` for a malformed target, before anything starts.
+        """
+        options = self._options(target, dest, publisher, peers, timeout)
+        if options.content_id in self._downloads:
+            return options.content_id
+
+        async def run() -> None:
+            with contextlib.suppress(P2PError):
+                await self.fetch(options.content_id, options.dest, publisher=publisher,
+                                 peers=options.peers, timeout=timeout)
+
+        self._spawn(run(), f"fetch {options.content_id.short()}")
+        return options.content_id
+
+    async def pause(self, content_id: ContentId) -> bool:
+        """Pause a running download (progress kept). True if one was running."""
+        entry = self._downloads.get(content_id)
+        if entry is None:
+            return False
+        entry[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError, P2PError):
+            await entry[1]
+        return True
+
+    async def cancel(self, content_id: ContentId) -> None:
+        """Stop a download and delete its partial data."""
+        await self.pause(content_id)
+        self.store.remove_download(content_id)
+
+    def download(self, content_id: ContentId) -> Download | None:
+        """The running download of ``content_id``, if any (for live views)."""
+        entry = self._downloads.get(content_id)
+        return entry[0] if entry else None
+
+    def running_downloads(self) -> list[Download]:
+        """Every running download."""
+        return [d for d, _ in self._downloads.values()]
+
+    def _completed_path(self, content_id: ContentId) -> Path | None:
+        info = self.store.download_info(content_id)
+        if info is not None and info.state == "complete" and info.dest.exists() \
+                and self.store.is_shared(content_id):
+            return info.dest
+        return None
+
+    def _record_failure(self, content_id: ContentId, exc: P2PError) -> None:
+        if self.store.download_info(content_id) is not None and not isinstance(exc, StateDirLocked):
+            self.store.set_download_state(content_id, "failed", str(exc))
+        self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
+
+    def _new_download(self, options: FetchOptions) -> Download:
+        async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
+            for info in self.server.connections():
+                # Peers already talking to us: their listen addresses come from their Hello.
+                yield info.peer, [info.address]
+            async for record in self.dht.iter_providers(cid.digest):
+                yield record.peer_id, record.addresses
+
+        async def dial(addr: Address, peer: PeerId | None) -> Any:
+            return await connect(addr[0], addr[1], self.identity, expected_peer=peer,
+                                 listen_addrs=self.addresses(), agent=self.config.agent)
+
+        def on_manifest(manifest: Manifest) -> None:
+            # Partial seeding: announce as soon as we can serve chunks.
+            self._spawn(self.dht.provide(manifest.content_id.digest), "provide")
+
+        return Download(options, store=self.store, events=self.events, connect=dial,
+                        providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
+                        on_have=self.server.announce_have, on_manifest=on_manifest, pool=self._pool)
+
+    # -- peers and the DHT ---------------------------------------------------------------------
+
+    def peers(self) -> list[PeerInfo]:
+        """Connected peers, inbound and outbound, with byte counts and strikes."""
+        out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent)
+               for c in self.server.connections()]
+        for download in self.running_downloads():
+            scheduler = download.scheduler
+            for peer in download.peers:
+                conn = download._peers[peer].conn
+                strikes = scheduler.peers[peer].strikes if scheduler and peer in scheduler.peers else 0
+                out.append(PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
+                                    conn.bytes_sent, strikes))
+        return out
+
+    def dht_summary(self) -> dict[str, Any]:
+        """Routing-table size per bucket, records held, bootstrap status, our addresses."""
+        table = self.dht.routing_table()
+        stats = self.dht.stats()
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "buckets": [len(b) for b in table],
+            "contacts": sum(len(b) for b in table),
+            "bootstrap": list(self.config.bootstrap),
+            "bootstrap_error": self.bootstrap_error,
+            "addresses": self.addresses(),
+            "stats": stats,
+        }
+
+    async def publish(self, name: str, content_id: ContentId) -> ChannelRecord:
+        """Point our channel ``name`` at ``content_id`` (a signed, sequenced DHT record)."""
+        return await self.dht.put_channel(self.identity, name, content_id.digest)
+
+    async def resolve(self, publisher: PeerId, name: str) -> ChannelRecord:
+        """The content id ``publisher`` currently names ``name``. Raises :class:`NotFound`."""
+        return await self.dht.get_channel(publisher, name)
+
+    # -- server events ------------------------------------------------------------------------
+
+    def _on_server_event(self, event: Any) -> None:
+        match event:
+            case wire_server.PeerConnected(peer=peer, address=address):
+                self.events.publish(PeerConnected(peer, address, inbound=True))
+            case wire_server.PeerDisconnected(peer=peer, reason=reason) if peer is not None:
+                self.events.publish(PeerDropped(peer, reason))
+            case wire_server.Uploaded(peer=peer, content_id=cid, index=index, nbytes=nbytes):
+                self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
+            case _:
+                pass
+
+
+def _primary_ip(version: int) -> str | None:
+    """The address this host would use to reach the outside, without sending anything."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    probe = "192.0.2.1" if version == 4 else "2001:db8::1"  # documentation ranges: never routed
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((probe, 9))
+        host = str(s.getsockname()[0])
+        if not ipaddress.ip_address(host).is_unspecified:
+            return host
+    return None
+
