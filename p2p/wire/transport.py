@@ -323,7 +323,7 @@ class Connection:
 
 async def connect(host: str, port: int, identity: Identity, *, expected_peer: PeerId | None = None,
                   listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
-                  timeout: float = 10.0, cipher: str = "AESGCM",  # noqa: ASYNC109 (API shape asked for by the download engine)
+                  timeout: float = 10.0, cipher: str = "AESGCM",  # the API shape the download engine asked for
                   max_send_buffer: int = MAX_SEND_BUFFER,
                   max_receive_queue: int = MAX_RECEIVE_QUEUE) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
