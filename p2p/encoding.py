@@ -30,6 +30,8 @@ def _check(value: Any, depth: int) -> None:
         raise TypeError("nesting too deep for canonical encoding")
     if value is None or isinstance(value, bool | int | bytes | str):
         return
+    if isinstance(value, msgpack.ExtType):  # a namedtuple: must not pass as a list
+        raise TypeError("msgpack extension types have no canonical encoding")
     if isinstance(value, list | tuple):
         for item in value:
             _check(item, depth + 1)
@@ -57,7 +59,7 @@ def unpack(
     :class:`DecodeError` on anything malformed; nothing else escapes.
     """
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
@@ -71,6 +73,12 @@ def unpack(
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             UnicodeDecodeError, RecursionError, OverflowError) as exc:
         raise DecodeError(f"malformed encoding: {exc}") from None
+    try:
+        # The length limits let empty maps, zero-length extensions and floats through.
+        _check(value, 0)
+    except TypeError as exc:
+        raise DecodeError(f"malformed encoding: {exc}") from None
+    return value
 
 
 def unpack_canonical(data: bytes, *, max_bin: int, max_str: int = 4096,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +158,9 @@ def load_or_create(state_dir: Path) -> Identity:
     except FileNotFoundError:
         pass
     identity = Identity.generate()
-    tmp = state_dir / f".{KEY_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # mkstemp: a unique name (a crashed earlier run may have left one) created with mode 0600.
+    fd, tmp_name = tempfile.mkstemp(dir=state_dir, prefix=f".{KEY_FILE}.", suffix=".tmp")
+    tmp = Path(tmp_name)
     try:
         os.write(fd, identity.seed())
         os.fsync(fd)

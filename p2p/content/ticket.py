@@ -49,10 +49,12 @@ class Ticket:
     def __post_init__(self) -> None:
         if len(self.addresses) > MAX_TICKET_ADDRS:
             raise BadInput(f"a ticket carries at most {MAX_TICKET_ADDRS} addresses")
-        for host, port in self.addresses:
-            normalize_host(host)
-            if not 1 <= port <= 65535:
+        for _, port in self.addresses:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise BadInput(f"bad port in ticket address: {port}")
+        # Canonical host spelling, so a ticket equals itself after a round trip.
+        object.__setattr__(self, "addresses",
+                           tuple((normalize_host(h), p) for h, p in self.addresses))
 
     def __str__(self) -> str:
         addrs = [[ipaddress.ip_address(h).packed, p] for h, p in self.addresses]

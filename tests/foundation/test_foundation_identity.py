@@ -103,16 +103,6 @@ def test_losing_the_creation_race_uses_the_winners_key(
     assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "p2p/identity.py load_or_create(): the temp key file is named only by pid "
-        "('.identity.key.<pid>.tmp') and opened O_EXCL, so a temp file left by a crash of an "
-        "earlier process with the same pid (pid 1 in every container start) makes every later "
-        "start fail with a raw FileExistsError; two threads of one process collide the same way. "
-        "Fix: create it with tempfile.mkstemp(dir=state_dir, prefix='.identity.key.')."
-    ),
-)
 def test_stale_temp_file_from_a_crash_does_not_block_creation(tmp_path: Path) -> None:
     stale = tmp_path / f".{KEY_FILE}.{os.getpid()}.tmp"
     stale.write_bytes(b"half-written")

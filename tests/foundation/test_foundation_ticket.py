@@ -147,16 +147,6 @@ def test_any_ip_survives_a_ticket(ip: ipaddress.IPv4Address | ipaddress.IPv6Addr
         assert Ticket.parse(str(ticket)).addresses == ((str(ip), 443),)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "p2p/content/ticket.py Ticket.__post_init__ validates hosts with normalize_host() (which "
-        "strips [brackets]) but keeps the raw text, so Ticket(cid, pub, (('[::1]', 80),)) is "
-        "accepted and then str(ticket) raises a raw ValueError from ipaddress. Fix: store the "
-        "normalized hosts, object.__setattr__(self, 'addresses', tuple((normalize_host(h), p) "
-        "for h, p in self.addresses))."
-    ),
-)
 def test_ticket_built_with_a_bracketed_host_can_be_printed() -> None:
     ticket = Ticket(CID, PUB, (("[2001:db8::1]", 80),))
     assert Ticket.parse(str(ticket)).addresses == (("2001:db8::1", 80),)
