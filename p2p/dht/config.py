@@ -42,6 +42,9 @@ class DHTConfig:
     """Seconds after which a bucket with no lookup is refreshed by a lookup of a random id in it."""
     reannounce_interval: float = REANNOUNCE_INTERVAL
     """Seconds between re-announcements of the content registered with ``DHT.provide``."""
+    lookup_stall: float = 0.25
+    """Seconds after which an unanswered lookup request stops holding the walk open (it may
+    still answer until ``rpc_timeout``). Above a typical WAN round trip, far below a timeout."""
     max_outstanding: int = 1024
     """Requests that may wait for an answer at once; more are refused with ``Overloaded``."""
     max_pending_verifications: int = 64
@@ -56,6 +59,8 @@ class DHTConfig:
             raise BadInput("port must be in 0..65535")
         if not (0 < self.rpc_timeout <= 30 and math.isfinite(self.rpc_timeout)):
             raise BadInput("rpc_timeout must be in (0, 30] seconds")
+        if not 0 < self.lookup_stall <= self.rpc_timeout:
+            raise BadInput("lookup_stall must be in (0, rpc_timeout]")
         if self.max_contacts_per_ip is not None and self.max_contacts_per_ip < 1:
             raise BadInput("max_contacts_per_ip must be >= 1 or None")
         if self.rate_limit_per_ip is not None and not self.rate_limit_per_ip > 0:

@@ -309,7 +309,7 @@ class DHT:
     async def _walk(self, key: bytes, query: Callable[[Any], Any],
                     done: Callable[[], bool] | None = None) -> Lookup:
         lookup = Lookup(self._protocol, Node(key), self._start_nodes(key), self._config.ksize,
-                        self._config.alpha, query, done)
+                        self._config.alpha, query, done, self._config.lookup_stall)
         await lookup.find()
         self._lookups += 1
         self._lookup_rpcs += lookup.rpcs
