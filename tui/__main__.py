@@ -1,0 +1,5 @@
+"""``python -m tui``."""
+
+from tui.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,646 @@
+"""``p2p-tui``: a node run in-process, its swarm made visible.
+
+The app owns one node. Node work runs in workers; the node's events arrive as
+Textual messages from a single reader worker (progress coalesced); the views
+only ever get plain data from the app (attributes down) and post requests up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.message import Message
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+
+from p2p.content import ContentId, Ticket, parse_id_or_ticket
+from p2p.errors import BadInput, NetworkError, P2PError
+from p2p.events import (
+    ChunkUploaded,
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadPaused,
+    DownloadProgress,
+    DownloadStarted,
+    Event,
+    EventsDropped,
+    LogMessage,
+    PeerBanned,
+    PeerConnected,
+    PeerDropped,
+    Shared,
+    Subscription,
+)
+from p2p.node import Node, NodeConfig, PeerInfo
+from p2p.store import DownloadInfo, ShareInfo
+
+from .model import DhtData, LibraryRow, Peers, Transfers, human_bytes
+from .screens import FetchScreen, HelpScreen, ShareScreen
+from .widgets import DhtView, LibraryView, LogEntry, LogView, PeersView, TransfersView
+
+BATCH_WINDOW = 0.1
+"""Seconds the event reader gathers events before posting one message (keeps the UI light)."""
+BATCH_MAX = 5000
+PROVIDER_LOOKUP_EVERY = 60.0
+"""Seconds between DHT provider lookups for the library's items."""
+
+TABS = ("library", "transfers", "peers", "dht", "log")
+
+
+# -- messages from workers --------------------------------------------------------------------
+
+
+class NodeReady(Message):
+    """The node listens; views can be filled."""
+
+
+@dataclass
+class NodeFailed(Message):
+    """The node could not start."""
+
+    error: str
+
+
+@dataclass
+class NodeEvents(Message):
+    """A batch of node events (progress coalesced to the latest per download)."""
+
+    events: list[Event]
+
+
+@dataclass
+class NodeSnapshot(Message):
+    """Periodic local state of the node, read in a worker."""
+
+    at: float
+    shares: list[ShareInfo]
+    downloads: list[DownloadInfo]
+    peers: list[PeerInfo]
+    bans: list[Any]
+    dht: DhtData
+    running: set[ContentId] = field(default_factory=set)
+    held: dict[ContentId, tuple[int, list[int]]] = field(default_factory=dict)
+
+
+@dataclass
+class ProvidersFound(Message):
+    """A DHT lookup counted the providers of ``content_id``."""
+
+    content_id: ContentId
+    count: int | None
+
+
+def coalesce(events: Sequence[Event]) -> list[Event]:
+    """Keep every event but only the latest progress of each download, in order."""
+    last: dict[ContentId, int] = {}
+    for i, event in enumerate(events):
+        if isinstance(event, DownloadProgress):
+            last[event.content_id] = i
+    return [e for i, e in enumerate(events)
+            if not isinstance(e, DownloadProgress) or last[e.content_id] == i]
+
+
+def describe(event: Event) -> tuple[str, str] | None:
+    """A log line (level, text) for a notable event, or None."""
+    match event:
+        case LogMessage(level=level, message=message):
+            return level, message
+        case Shared(content_id=cid, name=name, size=size):
+            return "info", f"shared {name} ({human_bytes(size)}) as {cid}"
+        case DownloadStarted(content_id=cid, name=name, chunk_count=count, held=held):
+            return "info", f"download {name} [{cid.short()}]: {count} chunks, {held} held"
+        case DownloadCompleted(content_id=cid, path=path, seconds=seconds):
+            return "info", f"download {cid.short()} complete in {seconds:.1f} s: {path}"
+        case DownloadFailed(content_id=cid, error=error):
+            return "error", f"download {cid.short()} failed: {error}"
+        case DownloadPaused(content_id=cid):
+            return "info", f"download {cid.short()} paused"
+        case PeerConnected(peer=peer, address=address, inbound=inbound):
+            way = "in" if inbound else "out"
+            return "debug", f"peer {peer.short()} connected ({way}) from {address[0]}:{address[1]}"
+        case PeerDropped(peer=peer, reason=reason):
+            return "debug", f"peer {peer.short()} dropped: {reason}"
+        case PeerBanned(peer=peer, reason=reason):
+            return "warning", f"peer {peer.short()} banned: {reason}"
+        case EventsDropped(count=count):
+            return "warning", f"the app fell behind and skipped {count} events"
+        case _:
+            return None
+
+
+# -- command palette ---------------------------------------------------------------------------
+
+
+class P2PCommands(Provider):
+    """The app's main actions in the command palette."""
+
+    def _commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        app = self.app
+        assert isinstance(app, P2PApp)
+        return app.palette_commands()
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+class P2PApp(App[None]):
+    """The terminal app. Build it with :func:`build_app`."""
+
+    TITLE = "p2p"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {P2PCommands}
+    BINDINGS = [
+        Binding("s", "share", "Share"),
+        Binding("f", "fetch", "Fetch"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("1", "tab('library')", "Library", show=False),
+        Binding("2", "tab('transfers')", "Transfers", show=False),
+        Binding("3", "tab('peers')", "Peers", show=False),
+        Binding("4", "tab('dht')", "DHT", show=False),
+        Binding("5", "tab('log')", "Log", show=False),
+    ]
+
+    def __init__(self, config: NodeConfig, *, node: Node | None = None,
+                 refresh_interval: float = 1.0, picker_root: Path | None = None,
+                 start_node: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.node: Node | None = node
+        self._owns_node = node is None
+        self.refresh_interval = refresh_interval
+        self.picker_root = picker_root or Path.home()
+        self._start_node = start_node
+        self.transfers = Transfers()
+        self.peers = Peers()
+        self.providers: dict[ContentId, int | None] = {}
+        self._looked_up: dict[ContentId, float] = {}
+        self._tickets: dict[ContentId, Ticket] = {}
+        self._library: list[LibraryRow] = []
+        self._stopped = False
+        self.ready = asyncio.Event()
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("starting…", id="status")
+        with TabbedContent(id="tabs", initial="library"):
+            with TabPane("Library [1]", id="library"):
+                yield LibraryView(id="library-view")
+            with TabPane("Transfers [2]", id="transfers"):
+                yield TransfersView(id="transfers-view")
+            with TabPane("Peers [3]", id="peers"):
+                yield PeersView(id="peers-view")
+            with TabPane("DHT [4]", id="dht"):
+                yield DhtView(id="dht-view")
+            with TabPane("Log [5]", id="log"):
+                yield LogView(id="log-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#library-table").focus()
+        if self._start_node:
+            self.run_node()
+
+    @on(TabbedContent.TabActivated)
+    def _focus_tab(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane
+        for widget in pane.query("*"):
+            if widget.focusable:
+                widget.focus()
+                break
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    # -- node lifecycle --------------------------------------------------------------------------
+
+    @work(exclusive=True, group="node", exit_on_error=False)
+    async def run_node(self) -> None:
+        """Start the node (unless given one), then read its events until the app stops."""
+        if self.node is None:
+            node = Node(self.config)
+            self.node = node
+            try:
+                await node.start()
+            except (P2PError, OSError) as exc:
+                self.node = None
+                self.post_message(NodeFailed(str(exc)))
+                return
+        node = self.node
+        sub = node.events.subscribe()
+        try:
+            self.post_message(NodeReady())
+            await self._read_events(sub)
+        finally:
+            sub.close()
+
+    async def _read_events(self, sub: Subscription) -> None:
+        while True:
+            batch = [await sub.get()]
+            # Gather for a moment so a fast download costs a few messages a second, not thousands.
+            await asyncio.sleep(BATCH_WINDOW)
+            while len(batch) < BATCH_MAX and (event := sub.get_nowait()) is not None:
+                batch.append(event)
+            self.post_message(NodeEvents(coalesce(batch)))
+
+    def on_node_ready(self, _: NodeReady) -> None:
+        node = self.node
+        assert node is not None
+        host, port = node.listen_address()
+        self.sub_title = f"peer {node.peer_id.short()} on {host}:{port}"
+        self.query_one("#status", Static).update(
+            f"peer {node.peer_id}  listening on {host}:{port}")
+        self.log_line("info", f"node {node.peer_id} listening on {host}:{port}")
+        self.set_interval(self.refresh_interval, self.refresh_snapshot)
+        self.refresh_snapshot()
+        self.ready.set()
+
+    def on_node_failed(self, message: NodeFailed) -> None:
+        self.query_one("#status", Static).update(f"the node could not start: {message.error}")
+        self.log_line("error", f"the node could not start: {message.error}")
+        self.notify(message.error, title="Node failed", severity="error", timeout=30)
+
+    async def stop_node(self) -> None:
+        """Stop the node (downloads paused, resumable). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.workers.cancel_group(self, "node")
+        node = self.node
+        if node is not None and self._owns_node:
+            await node.aclose()
+
+    async def action_quit(self) -> None:
+        self.query_one("#status", Static).update("stopping…")
+        await self.stop_node()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        await self.stop_node()
+
+    # -- node events ---------------------------------------------------------------------------
+
+    def on_node_events(self, message: NodeEvents) -> None:
+        transfers_changed = peers_changed = library_changed = False
+        for event in message.events:
+            if self.transfers.apply(event):
+                transfers_changed = True
+            match event:
+                case PeerConnected(peer=peer, address=address, inbound=inbound):
+                    self.peers.seen(peer, address, inbound)
+                    peers_changed = True
+                case Shared() | DownloadCompleted():
+                    library_changed = True
+                case ChunkUploaded():
+                    pass
+            line = describe(event)
+            if line is not None:
+                self.log_line(*line)
+        if transfers_changed:
+            self.push_transfers()
+        if peers_changed:
+            self.query_one(PeersView).rows = tuple(self.peers.rows())
+        if library_changed:
+            self.refresh_snapshot()
+
+    def log_line(self, level: str, message: str) -> None:
+        """Add a line to the log view."""
+        self.query_one(LogView).add(LogEntry(time.strftime("%H:%M:%S"), level, message))
+
+    def push_transfers(self) -> None:
+        """Send the transfers' rows and the selected chunk map down to the view."""
+        view = self.query_one(TransfersView)
+        view.rows = tuple(self.transfers.rows())
+        view.chunk_map = self.transfers.chunk_map(view.selected())
+
+    @on(TransfersView.Selected)
+    def _transfer_selected(self, message: TransfersView.Selected) -> None:
+        self.query_one(TransfersView).chunk_map = self.transfers.chunk_map(message.content_id)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="refresh", exit_on_error=False)
+    async def refresh_snapshot(self) -> None:
+        """Read the node's local state (library, peers, bans, DHT) and post it."""
+        node = self.node
+        if node is None or self._stopped:
+            return
+        shares, downloads = await asyncio.to_thread(node.library)
+        bans = await asyncio.to_thread(node.store.bans)
+        running = {d.content_id for d in node.running_downloads()}
+        held: dict[ContentId, tuple[int, list[int]]] = {}
+        for info in downloads:
+            if info.content_id not in self.transfers and info.content_id not in running:
+                held[info.content_id] = await asyncio.to_thread(self._held_chunks, node, info)
+        host, port = node.listen_address()
+        dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id), f"{host}:{port}")
+        self.post_message(NodeSnapshot(time.monotonic(), shares, downloads, node.peers(), bans,
+                                       dht, running, held))
+
+    @staticmethod
+    def _held_chunks(node: Node, info: DownloadInfo) -> tuple[int, list[int]]:
+        if info.state == "complete":
+            return info.chunks, list(range(info.chunks))
+        bits = node.store.bitfield(info.content_id.digest)
+        if bits is None:
+            return info.chunks, []
+        count, raw = bits
+        return count, [i for i in range(count) if raw[i >> 3] & (0x80 >> (i & 7))]
+
+    def on_node_snapshot(self, snap: NodeSnapshot) -> None:
+        for cid, (count, held) in snap.held.items():
+            self.transfers.set_held(cid, count, held)
+        self.transfers.merge_store(snap.downloads, snap.running)
+        self.push_transfers()
+        self.peers.update(snap.at, snap.peers, snap.bans)
+        self.query_one(PeersView).rows = tuple(self.peers.rows())
+        self.query_one(DhtView).data = snap.dht
+        rows: list[LibraryRow] = []
+        listed: set[ContentId] = set()
+        for s in snap.shares:
+            rows.append(LibraryRow(s.content_id, s.name, s.size, s.origin,
+                                   self.providers.get(s.content_id)))
+            listed.add(s.content_id)
+        for d in snap.downloads:
+            if d.content_id not in listed:
+                rows.append(LibraryRow(d.content_id, d.name, d.size, f"download: {d.state}",
+                                       self.providers.get(d.content_id)))
+                listed.add(d.content_id)
+        self._library = rows
+        self.query_one(LibraryView).rows = tuple(rows)
+        now = time.monotonic()
+        for cid in listed:
+            if now - self._looked_up.get(cid, -PROVIDER_LOOKUP_EVERY) >= PROVIDER_LOOKUP_EVERY:
+                self._looked_up[cid] = now
+                self.lookup_providers(cid)
+        node = self.node
+        if node is not None:
+            host, port = node.listen_address()
+            active = sum(1 for r in self.transfers.rows() if r.state == "active")
+            self.query_one("#status", Static).update(
+                f"peer {node.peer_id.short()} · {host}:{port} · {len(snap.shares)} shared · "
+                f"{active} downloading · {sum(1 for p in snap.peers)} connections · "
+                f"{snap.dht.contacts} DHT contacts")
+
+    @work(group="providers", exit_on_error=False)
+    async def lookup_providers(self, cid: ContentId) -> None:
+        """Count the providers the DHT knows for ``cid``."""
+        node = self.node
+        if node is None:
+            return
+        try:
+            records = await node.dht.find_providers(cid.digest)
+        except P2PError:
+            self.post_message(ProvidersFound(cid, None))
+            return
+        self.post_message(ProvidersFound(cid, len({r.peer_id for r in records})))
+
+    def on_providers_found(self, message: ProvidersFound) -> None:
+        self.providers[message.content_id] = message.count
+        self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
+                                    self.providers.get(r.content_id)) for r in self._library]
+        self.query_one(LibraryView).rows = tuple(self._library)
+
+    # -- library actions ---------------------------------------------------------------------------
+
+    @on(LibraryView.Action)
+    def _library_action(self, message: LibraryView.Action) -> None:
+        cid = message.content_id
+        match message.action:
+            case "copy_ticket":
+                self.copy_ticket(cid)
+            case "verify":
+                self.verify(cid)
+            case "unshare":
+                self.unshare(cid)
+            case "lookup":
+                self.lookup_providers(cid)
+
+    def copy_ticket(self, cid: ContentId) -> None:
+        """Copy the ticket of ``cid`` to the clipboard and show it."""
+        node = self.node
+        if node is None:
+            return
+        try:
+            ticket = str(node.ticket(cid))
+        except P2PError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.copy_to_clipboard(ticket)
+        self.notify(ticket, title="Ticket copied", timeout=15)
+
+    @work(group="library", exit_on_error=False)
+    async def verify(self, cid: ContentId) -> None:
+        """Re-hash the local copy of ``cid`` and report."""
+        node = self.node
+        if node is None:
+            return
+        self.notify(f"Verifying {cid.short()}…")
+        try:
+            report = await node.verify(cid)
+        except P2PError as exc:
+            self.notify(str(exc), title="Verify failed", severity="error")
+            return
+        if report.ok:
+            self.notify(f"{cid.short()}: all {report.chunks} chunks good", title="Verified")
+        else:
+            self.notify(f"{cid.short()}: {report.good} good, {len(report.bad)} bad, "
+                        f"{report.missing} missing", title="Verify found problems",
+                        severity="warning")
+
+    @work(group="library", exit_on_error=False)
+    async def unshare(self, cid: ContentId) -> None:
+        """Stop serving ``cid``."""
+        node = self.node
+        if node is None:
+            return
+        removed = node.unshare(cid)
+        self.notify(f"{cid.short()} is no longer shared" if removed else
+                    f"{cid.short()} was not shared")
+        self.refresh_snapshot()
+
+    # -- share and fetch ---------------------------------------------------------------------------
+
+    def action_share(self) -> None:
+        self.push_screen(ShareScreen(self.picker_root), self._share_picked)
+
+    def _share_picked(self, path: Path | None) -> None:
+        if path is not None:
+            self.share(path)
+
+    @work(group="share", exit_on_error=False)
+    async def share(self, path: Path) -> None:
+        """Hash, sign and announce ``path``."""
+        node = self.node
+        if node is None:
+            self.notify("The node is not running yet", severity="warning")
+            return
+        self.notify(f"Hashing {path.name}…")
+        try:
+            result = await node.share(path)
+        except NetworkError as exc:
+            # The node stores the share before announcing it: with no DHT contacts the
+            # announce fails, yet the ticket (which carries our addresses) still works.
+            self.refresh_snapshot()
+            share = next((s for s in node.store.shares() if s.root == path.resolve()
+                          or s.root == path), None)
+            if share is None:
+                self.notify(str(exc), title="Share failed", severity="error")
+                return
+            ticket = str(node.ticket(share.content_id))
+            self.log_line("warning", f"shared {share.name} but not announced on the DHT: {exc}")
+            self.notify(f"{ticket}\n(not announced on the DHT: {exc})",
+                        title=f"Shared {share.name}", severity="warning", timeout=15)
+            return
+        except (P2PError, OSError) as exc:
+            self.notify(str(exc), title="Share failed", severity="error")
+            return
+        self.notify(str(result.ticket), title=f"Shared {result.manifest.name}", timeout=15)
+        self.refresh_snapshot()
+
+    def action_fetch(self) -> None:
+        self.push_screen(FetchScreen(), self._fetch_entered)
+
+    def _fetch_entered(self, text: str | None) -> None:
+        if text is not None:
+            self.start_fetch(text)
+
+    def start_fetch(self, text: str) -> ContentId | None:
+        """Start downloading an id or ticket; show it in Transfers."""
+        node = self.node
+        if node is None:
+            self.notify("The node is not running yet", severity="warning")
+            return None
+        try:
+            cid, ticket = parse_id_or_ticket(text)
+            node.start_fetch(ticket if ticket is not None else cid)
+        except BadInput as exc:
+            self.notify(str(exc), title="Cannot fetch", severity="error")
+            return None
+        if ticket is not None:
+            self._tickets[cid] = ticket
+        self.log_line("info", f"fetching {cid}")
+        self.notify(f"Fetching {cid.short()}…")
+        self.action_tab("transfers")
+        self.call_after_refresh(self.query_one(TransfersView).select, cid)
+        return cid
+
+    # -- transfer actions -------------------------------------------------------------------------
+
+    @on(TransfersView.Action)
+    def _transfer_action(self, message: TransfersView.Action) -> None:
+        self.transfer_action(message.action, message.content_id)
+
+    @work(group="transfers", exit_on_error=False)
+    async def transfer_action(self, action: str, cid: ContentId) -> None:
+        """Pause, resume or cancel a download."""
+        node = self.node
+        if node is None:
+            return
+        match action:
+            case "pause":
+                if not await node.pause(cid):
+                    self.notify(f"{cid.short()} is not running", severity="warning")
+            case "resume":
+                if node.download(cid) is not None:
+                    self.notify(f"{cid.short()} is already running")
+                    return
+                ticket = self._tickets.get(cid)
+                node.start_fetch(ticket if ticket is not None else cid)
+                self.notify(f"Resuming {cid.short()}…")
+            case "cancel":
+                await node.cancel(cid)
+                self.transfers.forget(cid)
+                self.push_transfers()
+                self.notify(f"Cancelled {cid.short()}; partial data deleted")
+        self.refresh_snapshot()
+
+    # -- help and palette ---------------------------------------------------------------------------
+
+    def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Every binding, grouped by where it applies."""
+        def keys(bindings: Sequence[Any]) -> list[tuple[str, str]]:
+            out = []
+            for b in bindings:
+                if isinstance(b, tuple):
+                    b = Binding(*b)
+                out.append((b.key, b.description or b.action))
+            return out
+
+        return [
+            ("Everywhere", [*keys(self.BINDINGS), ("ctrl+p", "command palette"), ("tab", "next widget")]),
+            ("Library", keys(LibraryView.BINDINGS)),
+            ("Transfers", keys(TransfersView.BINDINGS)),
+            ("Log", keys(LogView.BINDINGS)),
+            ("Dialogs", [("enter", "confirm"), ("escape", "cancel")]),
+        ]
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_sections()))
+
+    def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        """(name, help, callback) of the actions offered in the command palette."""
+        cmds: list[tuple[str, str, Callable[[], Any]]] = [
+            ("Share a file or folder", "Hash, sign and announce it", self.action_share),
+            ("Fetch by id or ticket", "Download content from the swarm", self.action_fetch),
+            ("Help: keys", "List every binding", self.action_help),
+            ("Refresh", "Re-read library, peers and DHT now", self.refresh_snapshot),
+        ]
+        for tab in TABS:
+            cmds.append((f"Show {tab}", f"Switch to the {tab} view", partial(self.action_tab, tab)))
+        for row in self.transfers.rows():
+            if row.state == "active":
+                cmds.append((f"Pause {row.name}", str(row.content_id),
+                             partial(self.transfer_action, "pause", row.content_id)))
+            elif row.state in ("paused", "failed"):
+                cmds.append((f"Resume {row.name}", str(row.content_id),
+                             partial(self.transfer_action, "resume", row.content_id)))
+        for lib in self._library:
+            cmds.append((f"Copy ticket of {lib.name}", str(lib.content_id),
+                         partial(self.copy_ticket, lib.content_id)))
+        return cmds
+
+
+def build_app(config: NodeConfig, *, node: Node | None = None, refresh_interval: float = 1.0,
+              picker_root: Path | None = None) -> P2PApp:
+    """The one factory: the CLI and the tests build the app here.
+
+    Without ``node`` the app starts (and on quit stops) a node from ``config``; with one,
+    it shows that node and leaves its lifetime to the caller.
+    """
+    return P2PApp(config, node=node, refresh_interval=refresh_interval, picker_root=picker_root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``p2p-tui``."""
+    from .config import config_from_args
+
+    try:
+        config = config_from_args(argv)
+    except BadInput as exc:
+        print(f"p2p-tui: {exc}")
+        return 2
+    build_app(config).run()
+    return 0

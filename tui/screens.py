@@ -1,0 +1,146 @@
+"""Modal screens: share picker, fetch dialog, help. They return plain values to the app."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DirectoryTree, Input, Label, Static
+
+from p2p.content import parse_id_or_ticket
+from p2p.errors import BadInput
+
+
+class ShareScreen(ModalScreen[Path | None]):
+    """Pick a file or folder to share: browse the tree or type a path."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label("Share a file or folder", classes="title")
+            yield DirectoryTree(self.root, id="share-tree")
+            yield Input(placeholder="path to a file or folder", id="share-path")
+            yield Static("", id="share-error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Share", variant="primary", id="share-ok")
+                yield Button("Cancel", id="share-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#share-path", Input).focus()
+
+    @on(DirectoryTree.FileSelected)
+    @on(DirectoryTree.DirectorySelected)
+    def _picked(self, event: DirectoryTree.FileSelected | DirectoryTree.DirectorySelected) -> None:
+        self.query_one("#share-path", Input).value = str(event.path)
+
+    def _check(self) -> Path | None:
+        text = self.query_one("#share-path", Input).value.strip()
+        error = self.query_one("#share-error", Static)
+        if not text:
+            error.update("Type a path or pick one in the tree")
+            return None
+        path = Path(text).expanduser()
+        if not path.exists():
+            error.update(f"{path}: no such file or folder")
+            return None
+        error.update("")
+        return path
+
+    @on(Input.Submitted, "#share-path")
+    @on(Button.Pressed, "#share-ok")
+    def _confirm(self) -> None:
+        path = self._check()
+        if path is not None:
+            self.dismiss(path)
+
+    @on(Button.Pressed, "#share-cancel")
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+def check_target(text: str) -> str | None:
+    """The error for a fetch target, or None when it parses as an id or a ticket."""
+    if not text.strip():
+        return "Paste a content id (p2p…) or a ticket"
+    try:
+        parse_id_or_ticket(text)
+    except BadInput as exc:
+        return str(exc)
+    return None
+
+
+class FetchScreen(ModalScreen[str | None]):
+    """Paste a content id or a ticket; validated as you type."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label("Fetch by content id or ticket", classes="title")
+            yield Input(placeholder="p2p… id or ticket", id="fetch-input")
+            yield Static("", id="fetch-error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Fetch", variant="primary", id="fetch-ok", disabled=True)
+                yield Button("Cancel", id="fetch-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#fetch-input", Input).focus()
+
+    @on(Input.Changed, "#fetch-input")
+    def _validate(self, event: Input.Changed) -> None:
+        error = check_target(event.value)
+        self.query_one("#fetch-error", Static).update(
+            "" if error is None or not event.value.strip() else error)
+        self.query_one("#fetch-ok", Button).disabled = error is not None
+
+    @on(Input.Submitted, "#fetch-input")
+    @on(Button.Pressed, "#fetch-ok")
+    def _confirm(self) -> None:
+        text = self.query_one("#fetch-input", Input).value
+        error = check_target(text)
+        if error is not None:
+            self.query_one("#fetch-error", Static).update(error)
+            return
+        self.dismiss(text.strip())
+
+    @on(Button.Pressed, "#fetch-cancel")
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every binding, by view."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def __init__(self, sections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+        super().__init__()
+        self.sections = sections
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        for title, bindings in self.sections:
+            text.append(f"{title}\n", style="bold underline")
+            for key, description in bindings:
+                text.append(f"  {key:>14}  ", style="bold #4e9af1")
+                text.append(f"{description}\n")
+            text.append("\n")
+        with Vertical(id="dialog", classes="dialog help"):
+            yield Label("Keys", classes="title")
+            with VerticalScroll():
+                yield Static(text, id="help-body")
+            yield Label("escape closes · ctrl+p opens the command palette", classes="hint")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
