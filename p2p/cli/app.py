@@ -1,0 +1,264 @@
+"""Argument parsing, signal handling and the one map from errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..errors import BadInput, P2PError
+from . import commands, demo
+from .commands import Run
+from .output import Output
+from .settings import build_settings, environment
+
+PROG = "p2p"
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = """\
+exit codes:
+  0    success (share, serve and fetch --seed also exit 0 when stopped by Ctrl-C or SIGTERM)
+  1    internal error (a bug, or an unusable state directory)
+  2    bad usage or malformed input (a bad id, ticket, address or option)
+  3    content not found (no provider answered within --timeout)
+  4    integrity or signature failure (bad chunks, a bad signature, a publisher other than --from)
+  5    network failure (cannot bind, nobody reachable, no running node to ask)
+  130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
+
+environment:
+  P2P_STATE_DIR, P2P_LISTEN, P2P_BOOTSTRAP (comma-separated), P2P_ANNOUNCE_ADDR
+  (comma-separated); an option given on the command line wins.
+"""
+
+Command = Callable[[Run, argparse.Namespace], Awaitable[int]]
+
+
+class Interrupted(Exception):
+    """The command was stopped by a signal."""
+
+    def __init__(self, signum: int, serving: bool) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.serving = serving
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """THE map from an exception to the process exit code (the only one in the program)."""
+    match exc:
+        case Interrupted(serving=True):
+            return EXIT_OK
+        case Interrupted(signum=signum):
+            return 128 + signum
+        case KeyboardInterrupt():
+            return EXIT_INTERRUPTED
+        case P2PError():
+            return exc.exit_code
+        case _:
+            return EXIT_INTERNAL
+
+
+def describe(exc: BaseException) -> str:
+    """The one plain line a person reads for ``exc``."""
+    match exc:
+        case P2PError():
+            return str(exc) or type(exc).__name__
+        case OSError(filename=name, strerror=reason) if reason:
+            return f"{name}: {reason}" if name else str(reason)
+        case _:
+            return f"internal error: {type(exc).__name__}: {exc}"
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+_SHARED = ("state_dir", "listen", "bootstrap", "announce_addr", "json", "verbose", "quiet")
+
+
+def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
+    """The settings every command takes; on subcommands they default to 'not given'."""
+    group = parser.add_argument_group("settings (before or after the command)")
+    prefix = "sub_" if sub else ""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if sub else value
+
+    group.add_argument("--state-dir", dest=prefix + "state_dir", metavar="DIR", default=default(None),
+                       help="identity, database and control socket (env P2P_STATE_DIR; "
+                            "default: the user data dir for p2p)")
+    group.add_argument("--listen", dest=prefix + "listen", metavar="HOST:PORT", default=default(None),
+                       help="TCP and UDP address (env P2P_LISTEN; default 0.0.0.0:7473; "
+                            "port 0 for any; [V6]:PORT)")
+    group.add_argument("--bootstrap", dest=prefix + "bootstrap", metavar="HOST:PORT", action="append",
+                       default=default([]),
+                       help="a DHT node to join through; repeatable (env P2P_BOOTSTRAP, comma-separated)")
+    group.add_argument("--announce-addr", dest=prefix + "announce_addr", metavar="HOST:PORT",
+                       action="append", default=default([]),
+                       help="address to announce instead of the learned one; repeatable "
+                            "(env P2P_ANNOUNCE_ADDR)")
+    group.add_argument("--json", dest=prefix + "json", action="store_true", default=default(False),
+                       help="machine-readable output: one JSON object per line on stdout")
+    group.add_argument("-v", "--verbose", dest=prefix + "verbose", action="count",
+                       default=default(0), help="more detail (repeat for more); tracebacks on errors")
+    group.add_argument("-q", "--quiet", dest=prefix + "quiet", action="store_true",
+                       default=default(False), help="only results and errors")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        # argparse's own errors: usage line, then one plain line, exit 2.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``p2p`` argument parser."""
+    parser = _Parser(
+        prog=PROG, description="Peer-to-peer, content-addressed file sharing.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_shared(parser, sub=False)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                 parser_class=_Parser)
+
+    def command(name: str, func: Command, help_text: str, description: str | None = None) -> Any:
+        p = subs.add_parser(name, help=help_text, description=description or help_text,
+                            epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    command("id", commands.cmd_id, "show this peer's id, public key and addresses")
+
+    p = command("share", commands.cmd_share, "share a file or folder, print its id and a ticket, serve it",
+                "Hash, sign, store and announce PATH; print its content id and a ticket; then serve "
+                "until Ctrl-C or SIGTERM (exit 0).")
+    p.add_argument("path", metavar="PATH", help="file or folder to share (served in place)")
+    p.add_argument("--no-serve", action="store_true", help="add to the library and exit")
+
+    p = command("fetch", commands.cmd_fetch, "download by content id or ticket",
+                "Download ID-or-TICKET from every peer that has it, verifying every chunk; print the "
+                "path. Interrupted, it resumes where it stopped next time.")
+    p.add_argument("target", metavar="ID-or-TICKET", help="a content id (p2pc1...) or a ticket (p2pt1...)")
+    p.add_argument("-o", "--output", metavar="DEST",
+                   help="destination path or folder (default: the name from the manifest, here)")
+    p.add_argument("--from", dest="from_", metavar="PUBLISHER",
+                   help="require this publisher (a peer id as `p2p id` prints it)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="also ask this peer; repeatable")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to find the content, and the longest stall with no peer (default 30)")
+    p.add_argument("--seed", action="store_true", help="keep serving after the download, until Ctrl-C")
+
+    command("serve", commands.cmd_serve, "seed everything in the store until signalled",
+            "Seed everything in the library until Ctrl-C or SIGTERM (exit 0). With an empty "
+            "library, this is a DHT bootstrap node.")
+    command("ls", commands.cmd_ls, "list shares and downloads (works offline)")
+    command("peers", commands.cmd_peers, "connected peers of the running node, with rates and strikes")
+    command("dht", commands.cmd_dht, "routing-table summary",
+            "Routing-table summary of the running node of this state directory; with none running, "
+            "of a short-lived node that joins through --bootstrap now.")
+    p = command("verify", commands.cmd_verify, "re-hash the local copy of some content (exit 4 if bad)")
+    p.add_argument("id", metavar="ID", help="content id (or an unambiguous prefix of one held here)")
+    p = command("unshare", commands.cmd_unshare, "stop serving some content (files stay)")
+    p.add_argument("id", metavar="ID", help="content id (or an unambiguous prefix of one held here)")
+    p = command("publish", commands.cmd_publish, "point your channel NAME at a content id (needs --bootstrap)")
+    p.add_argument("name", metavar="NAME", help="channel name")
+    p.add_argument("id", metavar="ID", help="content id")
+    p = command("resolve", commands.cmd_resolve, "the content id a channel points at (needs --bootstrap)")
+    p.add_argument("ref", metavar="PUBLISHER/NAME", help="publisher peer id and channel name")
+
+    p = command("demo", demo.cmd_demo, "a swarm on this machine: N seeders, one download, live per-peer view",
+                "Start a bootstrap node, N seeders and a downloader on 127.0.0.1 in this process, fetch "
+                "a generated file from all seeders at once with a live per-peer view, and report.")
+    p.add_argument("--peers", type=int, default=demo.DEFAULT_PEERS, metavar="N",
+                   help=f"seeders (default {demo.DEFAULT_PEERS})")
+    p.add_argument("--size", type=demo.parse_size, default=demo.DEFAULT_SIZE, metavar="SIZE",
+                   help="file size, e.g. 64M, 1G, 500K or bytes (default 256M)")
+
+    for sub in subs.choices.values():
+        _add_shared(sub, sub=True)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
+    """Parse ``argv`` and merge options (before or after the command) with the environment."""
+    args = build_parser().parse_args(argv)
+    merged: dict[str, Any] = {}
+    for name in _SHARED:
+        main_value = getattr(args, name)
+        sub_value = getattr(args, "sub_" + name, None)
+        if name in ("bootstrap", "announce_addr"):
+            merged[name] = list(main_value) + list(sub_value or [])
+        elif name == "verbose":
+            merged[name] = main_value + (sub_value or 0)
+        else:
+            merged[name] = sub_value if sub_value not in (None, False) else main_value
+    settings = build_settings(state_dir=merged["state_dir"], listen=merged["listen"],
+                              bootstrap=merged["bootstrap"], announce=merged["announce_addr"],
+                              json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
+                              env=environment())
+    out = Output(json_mode=settings.json, verbosity=settings.verbosity)
+    return args, Run(settings, out)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if verbosity < 2:
+        # The DHT library logs every unanswered RPC; that is noise unless debugging.
+        for name in ("kademlia", "rpcudp", "p2p.dht", "asyncio"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # The node's warnings reach the person as events, rendered by the views.
+        logging.getLogger("p2p").setLevel(max(level, logging.ERROR if verbosity < 1 else level))
+
+
+async def _run(func: Command, run: Run, args: argparse.Namespace) -> int:
+    """Run the command; SIGINT and SIGTERM cancel it and become :class:`Interrupted`."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await func(run, args)
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0], run.serving) from None
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``p2p`` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
+    try:
+        args, run = parse(argv)
+        verbose = run.settings.verbosity > 0
+        _setup_logging(run.settings.verbosity)
+        return asyncio.run(_run(args.func, run, args))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BaseException as exc:
+        code = exit_code_for(exc)
+        if not isinstance(exc, Interrupted | KeyboardInterrupt):
+            if verbose and not isinstance(exc, BadInput):
+                traceback.print_exception(exc, file=sys.stderr)
+            print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+        return code

@@ -1,0 +1,358 @@
+"""One coroutine per command: build a node from the settings, call it, render the result.
+
+Commands raise the library's typed errors; the one exit-code map in :mod:`p2p.cli.app`
+turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..content import ContentId, parse_id_or_ticket
+from ..errors import BadInput, IntegrityError, NotFound
+from ..identity import PeerId, load_or_create
+from ..node import Node, NodeConfig
+from ..store import Store
+from . import control
+from .output import Output
+from .progress import FetchView, UploadView, following, hashing_bar, human_bytes, human_seconds
+from .settings import Settings, format_address, parse_address
+
+
+@dataclass
+class Run:
+    """What one invocation knows about itself while it runs."""
+
+    settings: Settings
+    out: Output
+    serving: bool = False
+    """Set once the command only serves: a signal then ends it cleanly (exit 0)."""
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: NodeConfig, *, endpoint: bool = False) -> AsyncIterator[Node]:
+    """A started node (with the control socket when ``endpoint``), closed on exit."""
+    async with Node(config) as node:
+        if not endpoint:
+            yield node
+            return
+        async with control.control_endpoint(node):
+            yield node
+
+
+def _warn_bootstrap(run: Run, node: Node) -> None:
+    if node.bootstrap_error:
+        run.out.note(f"p2p: warning: could not join the DHT through the bootstrap nodes: "
+                     f"{node.bootstrap_error}")
+
+
+async def serve_until_signalled(run: Run, node: Node) -> None:
+    """Serve (showing uploads) until SIGINT or SIGTERM cancels this task."""
+    run.serving = True
+    view = UploadView(run.out)
+    with node.events.subscribed() as sub:
+        try:
+            async with following(sub, view.handle):
+                await asyncio.Event().wait()
+        finally:
+            if view.chunks and not run.out.json:
+                run.out.note("uploaded " + view.summary())
+
+
+def _content_id(text: str, state_dir: Path) -> ContentId:
+    """A full content id, a ticket, or an unambiguous prefix of an id in the local store."""
+    try:
+        return parse_id_or_ticket(text)[0]
+    except BadInput:
+        if (state_dir / "store.sqlite3").exists():
+            with Store(state_dir) as store:
+                found = store.resolve_prefix(text.strip())
+            if found is not None:
+                return found
+        raise
+
+
+# -- id -----------------------------------------------------------------------------------
+
+
+async def cmd_id(run: Run, args: argparse.Namespace) -> int:
+    """Peer id, public key, listen and announced addresses."""
+    s = run.settings
+    identity = await asyncio.to_thread(load_or_create, s.state_dir)
+    info: dict[str, Any] = {
+        "peer_id": str(identity.peer_id), "public_key": identity.public_key.hex(),
+        "state_dir": str(s.state_dir), "listen": format_address(s.listen),
+        "announce": [format_address(a) for a in s.announce], "running": False,
+    }
+    with contextlib.suppress(control.NoRunningNode):
+        live = await control.query(s.state_dir, {"cmd": "id"})
+        info.update(running=True, listen=live["listen"], addresses=live["addresses"])
+    lines = [f"peer id     {info['peer_id']}", f"public key  {info['public_key']}",
+             f"listen      {info['listen']}" + ("" if info["running"] else " (not running)")]
+    if info.get("addresses"):
+        lines.append(f"reachable   {', '.join(info['addresses'])}")
+    if info["announce"]:
+        lines.append(f"announce    {', '.join(info['announce'])}")
+    run.out.result(info, "\n".join(lines))
+    return 0
+
+
+# -- share / serve ---------------------------------------------------------------------------
+
+
+async def cmd_share(run: Run, args: argparse.Namespace) -> int:
+    """Hash, sign, store and announce PATH, then serve until signalled."""
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise BadInput(f"{path}: no such file or folder")
+    total = _tree_size(path)
+    config = run.settings.node_config(long_running=not args.no_serve)
+    async with running_node(config, endpoint=not args.no_serve) as node:
+        _warn_bootstrap(run, node)
+        started = time.monotonic()
+        with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
+            result = await node.share(path, progress)
+        seconds = time.monotonic() - started
+        manifest = result.manifest
+        info = {
+            "content_id": str(result.content_id), "ticket": str(result.ticket),
+            "name": manifest.name, "size": manifest.total_size, "chunks": manifest.chunk_count,
+            "publisher": str(manifest.publisher), "peer_id": str(node.peer_id),
+            "listen": format_address(node.listen_address()),
+            "addresses": [format_address(a) for a in node.addresses()],
+            "hash_seconds": round(seconds, 3), "serving": not args.no_serve,
+        }
+        run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
+        run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
+                     f"{manifest.chunk_count} chunks) in {seconds:.1f} s")
+        if args.no_serve:
+            return 0
+        run.out.note(f"serving on {info['listen']} as {node.peer_id.short()}; "
+                     "Ctrl-C to stop")
+        await serve_until_signalled(run, node)
+    return 0
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
+    """Seed everything in the store until signalled (with an empty store: a DHT bootstrap node)."""
+    async with running_node(run.settings.node_config(long_running=True), endpoint=True) as node:
+        _warn_bootstrap(run, node)
+        shares = node.store.shares()
+        info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
+                "addresses": [format_address(a) for a in node.addresses()],
+                "shares": len(shares)}
+        run.out.result(info, f"serving {len(shares)} shares as {node.peer_id} "
+                             f"on {info['listen']}; Ctrl-C to stop")
+        await serve_until_signalled(run, node)
+    return 0
+
+
+# -- fetch ------------------------------------------------------------------------------
+
+
+async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
+    """Download by id or ticket with a progress bar; print the verified path."""
+    content_id, _ticket = parse_id_or_ticket(args.target)
+    publisher = PeerId.parse(args.from_) if args.from_ else None
+    peers = [parse_address(p, what="peer address") for p in args.peer]
+    if args.timeout <= 0:
+        raise BadInput("--timeout must be more than 0 seconds")
+    dest = Path(args.output).expanduser() if args.output else None
+    config = run.settings.node_config(long_running=args.seed)
+    async with running_node(config, endpoint=args.seed) as node:
+        _warn_bootstrap(run, node)
+        started = time.monotonic()
+        with node.events.subscribed() as sub, FetchView(run.out, node, content_id) as view:
+            async with following(sub, view.handle):
+                path = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
+                                        timeout=args.timeout)
+        seconds = time.monotonic() - started
+        fetched, resumed, by_peer = view.totals()
+        manifest = node.store.get_manifest(content_id)
+        size = manifest.total_size if manifest is not None else 0
+        chunks = manifest.chunk_count if manifest is not None else fetched + resumed
+        if view.download is None:  # already complete here: nothing fetched
+            resumed = chunks - fetched
+        info = {"event": "completed", "path": str(path), "content_id": str(content_id),
+                "bytes": size, "seconds": round(seconds, 3), "peers": len(by_peer),
+                "chunks": chunks, "fetched_chunks": fetched, "resumed_chunks": resumed,
+                "chunks_by_peer": by_peer}
+        rate = size / seconds if seconds > 0 else 0.0
+        run.out.result(info, str(path))
+        if not run.out.json:
+            run.out.note(f"verified {human_bytes(size)} in {seconds:.1f} s ({human_bytes(rate)}/s) "
+                         f"from {len(by_peer)} peers"
+                         + (f"; {resumed} chunks were already here" if resumed else ""))
+        if args.seed:
+            run.out.note("seeding; Ctrl-C to stop")
+            await serve_until_signalled(run, node)
+    return 0
+
+
+# -- library ---------------------------------------------------------------------------------
+
+
+async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
+    """Shares and downloads with state and progress, straight from the store (no network)."""
+    state_dir = run.settings.state_dir
+    shares: list[dict[str, Any]] = []
+    downloads: list[dict[str, Any]] = []
+    if (state_dir / "store.sqlite3").exists():
+        with Store(state_dir) as store:
+            for s in store.shares():
+                shares.append({"content_id": str(s.content_id), "name": s.name, "kind": s.kind,
+                               "size": s.size, "chunks": s.chunks, "path": str(s.root),
+                               "origin": s.origin, "publisher": str(s.publisher)})
+            for d in store.downloads():
+                downloads.append({"content_id": str(d.content_id), "name": d.name, "size": d.size,
+                                  "chunks": d.chunks, "done_chunks": d.done_chunks,
+                                  "state": d.state, "path": str(d.dest), "error": d.error})
+    lines = []
+    if shares:
+        lines.append("SHARED")
+        for row in shares:
+            lines.append(f"  {row['content_id']}  {human_bytes(row['size']):>10}  "
+                         f"{row['origin']:<10}  {row['path']}")
+    if downloads:
+        lines.append("DOWNLOADS")
+        for row in downloads:
+            pct = 100 * row["done_chunks"] / row["chunks"] if row["chunks"] else 100.0
+            lines.append(f"  {row['content_id']}  {human_bytes(row['size']):>10}  "
+                         f"{row['state']:<8} {pct:5.1f}%  {row['path']}"
+                         + (f"  ({row['error']})" if row["error"] else ""))
+    run.out.result({"shares": shares, "downloads": downloads},
+                   "\n".join(lines) if lines else "nothing shared or downloaded yet")
+    return 0
+
+
+async def cmd_verify(run: Run, args: argparse.Namespace) -> int:
+    """Re-hash the local copy of some content; exit 4 if any chunk is bad."""
+    content_id = _content_id(args.id, run.settings.state_dir)
+    async with running_node(run.settings.node_config(long_running=False)) as node:
+        report = await node.verify(content_id)
+    info = {"content_id": str(content_id), "chunks": report.chunks, "good": report.good,
+            "bad": report.bad, "missing": report.missing, "ok": report.ok}
+    text = (f"{content_id}: {report.good}/{report.chunks} chunks good"
+            + (f", {len(report.bad)} bad" if report.bad else "")
+            + (f", {report.missing} missing" if report.missing else ""))
+    run.out.result(info, text)
+    if report.bad:
+        raise IntegrityError(f"{len(report.bad)} chunks of {content_id} do not match their hashes "
+                             f"(first: {report.bad[:5]})")
+    return 0
+
+
+async def cmd_unshare(run: Run, args: argparse.Namespace) -> int:
+    """Stop serving some content (through the running node if there is one)."""
+    content_id = _content_id(args.id, run.settings.state_dir)
+    try:
+        result = await control.query(run.settings.state_dir,
+                                     {"cmd": "unshare", "content_id": str(content_id)})
+        removed = bool(result["removed"])
+    except control.NoRunningNode:
+        async with running_node(run.settings.node_config(long_running=False)) as node:
+            removed = node.unshare(content_id)
+    if not removed:
+        raise NotFound(f"{content_id} is not shared by this node")
+    run.out.result({"content_id": str(content_id), "removed": True},
+                   f"no longer sharing {content_id}")
+    return 0
+
+
+# -- live node state --------------------------------------------------------------------------
+
+
+async def cmd_peers(run: Run, args: argparse.Namespace) -> int:
+    """Connected peers of the running node, with rates and strikes."""
+    rows = await control.query(run.settings.state_dir, {"cmd": "peers"})
+    lines = [f"{'PEER':<10} {'ADDRESS':<22} DIR {'IN':>10} {'OUT':>10} {'RATE IN':>12} "
+             f"{'RATE OUT':>12} STRIKES"]
+    for r in rows:
+        lines.append(f"{r['peer_id'][4:12]:<10} {r['address']:<22} {r['direction']:<3} "
+                     f"{human_bytes(r['bytes_in']):>10} {human_bytes(r['bytes_out']):>10} "
+                     f"{human_bytes(r['rate_in']) + '/s':>12} {human_bytes(r['rate_out']) + '/s':>12} "
+                     f"{r['strikes']}")
+    run.out.result({"peers": rows}, "\n".join(lines) if rows else "no peers connected")
+    return 0
+
+
+async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
+    """Routing-table summary of the running node, or of a short-lived node that bootstraps now."""
+    try:
+        summary = await control.query(run.settings.state_dir, {"cmd": "dht"})
+        source = "running node"
+    except control.NoRunningNode:
+        async with running_node(run.settings.node_config(long_running=False)) as node:
+            _warn_bootstrap(run, node)
+            summary = node.dht_summary()
+            summary["addresses"] = [format_address(a) for a in summary["addresses"]]
+            summary["bootstrap"] = [format_address(a) for a in summary["bootstrap"]]
+        source = "fresh node (no node running for this state directory)"
+    summary["source"] = source
+    buckets = [n for n in summary["buckets"] if n]
+    stats = summary.get("stats", {})
+    lines = [f"source      {source}", f"contacts    {summary['contacts']} in {len(buckets)} "
+             f"non-empty buckets {buckets}", f"addresses   {', '.join(summary['addresses'])}",
+             f"bootstrap   {', '.join(summary['bootstrap']) or '(none)'}"]
+    if summary.get("bootstrap_error"):
+        lines.append(f"bootstrap error: {summary['bootstrap_error']}")
+    if "records" in stats:
+        lines.append(f"records     {stats['records']}")
+    if "uptime" in stats:
+        lines.append(f"uptime      {human_seconds(stats['uptime'])}")
+    run.out.result(summary, "\n".join(lines))
+    return 0
+
+
+# -- channels -----------------------------------------------------------------------------------
+
+
+def _need_bootstrap(run: Run, what: str) -> None:
+    if not run.settings.bootstrap:
+        raise BadInput(f"{what} needs a DHT: give --bootstrap HOST:PORT (or set P2P_BOOTSTRAP)")
+
+
+async def cmd_publish(run: Run, args: argparse.Namespace) -> int:
+    """Point this peer's channel NAME at a content id."""
+    _need_bootstrap(run, "publish")
+    content_id = _content_id(args.id, run.settings.state_dir)
+    if not args.name or "/" in args.name:
+        raise BadInput(f"bad channel name {args.name!r}: it must be non-empty and contain no '/'")
+    async with running_node(run.settings.node_config(long_running=False)) as node:
+        _warn_bootstrap(run, node)
+        record = await node.publish(args.name, content_id)
+        ref = f"{node.peer_id}/{args.name}"
+    run.out.result({"publisher": str(record.publisher), "name": record.name,
+                    "content_id": str(ContentId(record.content_id)), "seq": record.seq,
+                    "ref": ref},
+                   f"{ref} -> {ContentId(record.content_id)} (seq {record.seq})")
+    return 0
+
+
+async def cmd_resolve(run: Run, args: argparse.Namespace) -> int:
+    """The content id PUBLISHER/NAME currently points at."""
+    publisher_text, sep, name = args.ref.partition("/")
+    if not sep or not name:
+        raise BadInput(f"expected PUBLISHER/NAME (a peer id as `p2p id` prints it), got {args.ref!r}")
+    publisher = PeerId.parse(publisher_text)
+    _need_bootstrap(run, "resolve")
+    async with running_node(run.settings.node_config(long_running=False)) as node:
+        _warn_bootstrap(run, node)
+        record = await node.resolve(publisher, name)
+    cid = ContentId(record.content_id)
+    run.out.result({"publisher": str(record.publisher), "name": record.name,
+                    "content_id": str(cid), "seq": record.seq}, str(cid))
+    return 0
