@@ -1,0 +1,352 @@
+"""The pure download scheduler: fed events and ``now`` by hand, no sockets, no clock."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2p.swarm.scheduler import (
+    ENDGAME_DUPLICATES,
+    INITIAL_INFLIGHT,
+    MAX_INFLIGHT,
+    MIN_INFLIGHT,
+    REQUEST_TIMEOUT,
+    STRIKE_LIMIT,
+    Scheduler,
+)
+
+CHUNK = 64 * 1024
+
+
+def make(count: int, *, held: tuple[int, ...] = (), seed: int = 0) -> Scheduler:
+    return Scheduler(count, held, CHUNK, rng=random.Random(seed))
+
+
+def join(s: Scheduler, peer: str, bits: object = None) -> None:
+    """Connect ``peer``; ``bits`` None means a full seeder."""
+    s.add_peer(peer)
+    if bits is None:
+        s.set_bitfield(peer, (), full=True)
+    else:
+        s.set_bitfield(peer, bits)  # type: ignore[arg-type]
+
+
+def by_peer(plan: list[tuple[str, int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for peer, index in plan:
+        out.setdefault(peer, []).append(index)
+    return out
+
+
+# -- rarest first -----------------------------------------------------------------------
+
+
+def test_chunk_held_by_one_peer_is_requested_before_common_ones() -> None:
+    s = make(10)
+    join(s, "a", range(10))
+    join(s, "b", range(8))
+    join(s, "c", range(8))
+    plan = by_peer(s.plan(0.0))
+    # Only "a" has chunks 8 and 9: they are its first two requests, whoever plans first.
+    assert set(plan["a"][:2]) == {8, 9}
+
+
+def test_rarest_first_order_over_many_chunks() -> None:
+    """Fresh (non-duplicate) requests follow availability: 1 holder, then 2, then 3."""
+    s = make(60, seed=3)
+    join(s, "all", range(60))
+    join(s, "x", range(20, 60))  # silent peers that only add availability
+    join(s, "y", range(40, 60))
+    asked: list[int] = []
+    now = 0.0
+    while not s.complete and now < 100:
+        requested_before = {i for st_ in s.peers.values() for i in st_.inflight}
+        for peer, index in s.plan(now):
+            if peer == "all" and index not in requested_before:
+                asked.append(index)
+        for index in list(s.peers["all"].inflight):
+            s.on_data("all", index, True, CHUNK, now + 0.001)
+        now += 0.01
+    assert s.complete
+    rarity = [1 if i < 20 else 2 if i < 40 else 3 for i in asked]
+    assert len(asked) > 40
+    assert rarity == sorted(rarity), asked
+
+
+# -- pipelines ----------------------------------------------------------------------------
+
+
+def test_pipeline_starts_at_initial_depth() -> None:
+    s = make(100)
+    join(s, "a")
+    assert len(s.plan(0.0)) == INITIAL_INFLIGHT
+    assert s.plan(0.0) == []  # full pipeline: nothing more
+
+
+def test_pipeline_grows_with_rate_and_is_bounded() -> None:
+    s = make(5000)
+    join(s, "fast")
+    join(s, "slow")
+    now = 0.0
+    for _ in range(60):
+        for peer, index in s.plan(now):
+            if peer == "fast":
+                s.on_data(peer, index, True, CHUNK, now + 0.0001)
+        now += 0.0001
+        for state in s.peers.values():
+            assert len(state.inflight) <= MAX_INFLIGHT
+    assert s.depth("fast") == MAX_INFLIGHT
+    # The slow peer delivers one chunk after ten seconds: its pipeline shrinks to the minimum.
+    index = next(iter(s.peers["slow"].inflight))
+    s.on_data("slow", index, True, CHUNK, 10.0)
+    assert s.depth("slow") == MIN_INFLIGHT
+    assert s.depth("fast") > s.depth("slow")
+
+
+# -- end game ------------------------------------------------------------------------------
+
+
+def test_end_game_duplicates_at_most_limit_and_cancels_losers() -> None:
+    s = make(4)
+    for peer in ("a", "b", "c", "d"):
+        join(s, peer)
+    plan = s.plan(0.0)
+    holders: dict[int, set[str]] = {}
+    for peer, index in plan:
+        holders.setdefault(index, set()).add(peer)
+    assert set(holders) == {0, 1, 2, 3}
+    assert all(1 <= len(h) <= ENDGAME_DUPLICATES for h in holders.values())
+    assert any(len(h) == ENDGAME_DUPLICATES for h in holders.values()), "no end game"
+    # First copy wins; the other holders of that chunk are told to cancel.
+    index, peers = next((i, h) for i, h in holders.items() if len(h) > 1)
+    winner, *losers = sorted(peers)
+    outcome = s.on_data(winner, index, True, CHUNK, 0.1)
+    assert outcome.accepted
+    assert sorted(outcome.cancel) == sorted((p, index) for p in losers)
+    for p in losers:
+        assert index not in s.peers[p].inflight
+        # A late copy from a loser is used by nobody and is no strike.
+        late = s.on_data(p, index, True, CHUNK, 0.2)
+        assert not late.accepted and not late.ban
+        assert s.peers[p].strikes == 0
+
+
+def test_no_end_game_duplicate_of_held_chunk_after_arrival() -> None:
+    s = make(2)
+    join(s, "a")
+    join(s, "b")
+    for peer, index in s.plan(0.0):
+        s.on_data(peer, index, True, CHUNK, 0.1)
+    assert s.complete
+    assert s.plan(0.2) == []
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+def test_timed_out_requests_go_to_another_peer() -> None:
+    s = make(8)
+    join(s, "stuck")
+    join(s, "quick")
+    plan = by_peer(s.plan(0.0))
+    stuck = set(plan["stuck"])
+    assert stuck
+    for index in plan["quick"]:
+        s.on_data("quick", index, True, CHUNK, 0.5)
+    assert s.next_deadline() == REQUEST_TIMEOUT
+    assert s.expire(REQUEST_TIMEOUT - 0.01) == []
+    expired = s.expire(REQUEST_TIMEOUT)
+    assert sorted(expired) == sorted(("stuck", i) for i in stuck)
+    assert s.peers["stuck"].inflight == {}
+    assert s.peers["stuck"].timeouts == len(stuck)
+    now = REQUEST_TIMEOUT
+    again = by_peer(s.plan(now))
+    # The faster, not-timed-out peer takes the released chunks first, as far as its pipeline goes.
+    assert again["quick"] and set(again["quick"]) <= stuck
+    # Only "quick" ever answers: every chunk still arrives, re-asking "stuck" at worst as a fallback.
+    while not s.complete and now < 10 * REQUEST_TIMEOUT:
+        for index in list(s.peers["quick"].inflight):
+            s.on_data("quick", index, True, CHUNK, now)
+        now += 1.0
+        s.expire(now)
+        s.plan(now)
+    assert s.complete
+    assert s.peers["quick"].delivered == 8
+
+
+# -- strikes and rejects -------------------------------------------------------------------
+
+
+def test_strikes_reach_ban_at_limit() -> None:
+    s = make(50)
+    join(s, "liar")
+    join(s, "honest")
+    now = 0.0
+    bans = []
+    for _ in range(STRIKE_LIMIT):
+        now += 0.1
+        s.plan(now)
+        index = next(iter(s.peers["liar"].inflight))
+        outcome = s.on_data("liar", index, False, CHUNK, now)
+        assert not outcome.accepted
+        assert index not in s.held
+        bans.append(outcome.ban)
+    assert bans == [False] * (STRIKE_LIMIT - 1) + [True]
+    assert s.peers["liar"].strikes == STRIKE_LIMIT
+
+
+def test_bad_chunk_is_asked_of_another_peer() -> None:
+    s = make(1)
+    join(s, "liar")
+    assert s.plan(0.0) == [("liar", 0)]
+    s.on_data("liar", 0, False, CHUNK, 0.1)
+    join(s, "honest")
+    # Sorted by rate the liar plans first, yet the honest peer is asked too.
+    assert ("honest", 0) in s.plan(0.2)
+
+
+def test_not_held_reject_stops_asking_that_peer_for_the_chunk() -> None:
+    s = make(4)
+    join(s, "a")
+    plan = s.plan(0.0)
+    index = plan[0][1]
+    s.on_reject("a", index, 0.1)
+    assert not s.peers["a"].has(index)
+    for later in (0.5, 1.0):
+        for peer, i in s.plan(later):
+            assert (peer, i) != ("a", index)
+
+
+def test_busy_reject_chokes_briefly() -> None:
+    s = make(10)
+    join(s, "a")
+    first = s.plan(0.0)
+    s.on_reject("a", first[0][1], 0.0, busy=True)
+    assert s.plan(0.01) == []
+    assert [p for p, _ in s.plan(0.1)] == ["a"]
+
+
+def test_remove_peer_releases_its_requests() -> None:
+    s = make(10)
+    join(s, "gone")
+    join(s, "only-evens", range(0, 10, 2))
+    plan = by_peer(s.plan(0.0))
+    released = s.remove_peer("gone")
+    assert sorted(released) == sorted(plan["gone"])
+    assert s.outstanding == len(plan["only-evens"])
+    assert "gone" not in s.peers
+    # Odd chunks were only on the departed seeder.
+    assert s.available_anywhere()
+    for _, index in s.plan(1.0):
+        assert index % 2 == 0
+    for index in list(s.peers["only-evens"].inflight):
+        s.on_data("only-evens", index, True, CHUNK, 1.5)
+    while s.plan(2.0):
+        for index in list(s.peers["only-evens"].inflight):
+            s.on_data("only-evens", index, True, CHUNK, 2.0)
+    assert not s.available_anywhere()
+    assert s.remove_peer("gone") == []
+
+
+# -- property: random event sequences --------------------------------------------------------
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["plan", "data", "bad", "reject", "busy", "expire", "leave",
+                               "join", "have", "tick"]),
+              st.integers(0, 1 << 16)),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(count=st.integers(1, 40), held=st.sets(st.integers(0, 39), max_size=10),
+       others=st.lists(st.sets(st.integers(0, 39), max_size=40), max_size=4),
+       ops=OPS, seed=st.integers(0, 2**32 - 1))
+def test_random_events_keep_invariants_and_complete(
+        count: int, held: set[int], others: list[set[int]], ops: list[tuple[str, int]],
+        seed: int) -> None:
+    held = {i for i in held if i < count}
+    s = Scheduler(count, held, CHUNK, rng=random.Random(seed))
+    now = 0.0
+    join(s, "seeder")  # stays for good and never lies or rejects
+    names = 0
+    for bits in others:
+        join(s, f"p{names}", {i for i in bits if i < count})
+        names += 1
+
+    def checked_plan() -> list[tuple[str, int]]:
+        before = {p: (len(st_.inflight), s.depth(p), set(st_.inflight)) for p, st_ in s.peers.items()}
+        plan = s.plan(now)
+        new: dict[str, int] = {}
+        for peer, index in plan:
+            assert index not in s.held, f"requested held chunk {index}"
+            assert index not in before[peer][2], "asked the same peer twice for a chunk"
+            assert s.peers[peer].has(index), "asked a peer for a chunk it does not have"
+            new[peer] = new.get(peer, 0) + 1
+        for peer, n in new.items():
+            inflight, depth, _ = before[peer]
+            assert inflight + n <= max(depth, inflight), "pipeline deeper than depth"
+            assert len(s.peers[peer].inflight) <= MAX_INFLIGHT
+        holders: dict[int, int] = {}
+        for state in s.peers.values():
+            for index in state.inflight:
+                assert index not in s.held
+                holders[index] = holders.get(index, 0) + 1
+        assert all(n <= ENDGAME_DUPLICATES for n in holders.values())
+        return plan
+
+    def pick(r: int) -> tuple[str, int] | None:
+        pairs = sorted((p, i) for p, st_ in s.peers.items() for i in st_.inflight)
+        return pairs[r % len(pairs)] if pairs else None
+
+    for op, r in ops:
+        if op == "plan":
+            checked_plan()
+        elif op in ("data", "bad"):
+            target = pick(r)
+            if target is None:
+                continue
+            peer, index = target
+            verified = op == "data" or peer == "seeder"
+            was_held = index in s.held
+            outcome = s.on_data(peer, index, verified, CHUNK, now)
+            assert outcome.accepted == (verified and not was_held)
+            if outcome.ban:
+                s.remove_peer(peer)
+        elif op in ("reject", "busy"):
+            target = pick(r)
+            if target is None or target[0] == "seeder":
+                continue
+            s.on_reject(target[0], target[1], now, busy=op == "busy")
+        elif op == "expire":
+            now += REQUEST_TIMEOUT
+            s.expire(now)
+        elif op == "leave":
+            victims = sorted(p for p in s.peers if p != "seeder")
+            if victims:
+                s.remove_peer(victims[r % len(victims)])
+        elif op == "join":
+            join(s, f"p{names}", {i for i in range(count) if (r >> (i % 16)) & 1})
+            names += 1
+        elif op == "have":
+            peers = sorted(p for p in s.peers if p != "seeder")
+            if peers:
+                s.add_have(peers[r % len(peers)], r % count)
+        else:
+            now += (r % 1000) / 1000
+
+    # Everyone else falls silent; the seeder answers every request it gets.
+    for _ in range(count * 4 + 50):
+        if s.complete:
+            break
+        now += 1.0
+        checked_plan()
+        for index in list(s.peers["seeder"].inflight):
+            s.on_data("seeder", index, True, CHUNK, now)
+        if not s.peers["seeder"].inflight and s.outstanding:
+            now += REQUEST_TIMEOUT
+            s.expire(now)
+    assert s.complete, f"stuck with {count - len(s.held)} chunks missing"
+    assert s.outstanding == 0
