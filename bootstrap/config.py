@@ -1,0 +1,230 @@
+"""The daemon's settings: a frozen dataclass built from flags and environment variables.
+
+Precedence: a command-line option wins over its environment variable, which wins over the
+default. Nothing here opens a socket or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import platformdirs
+
+from p2p.dht import DHTConfig
+from p2p.errors import BadInput
+from p2p.node import DEFAULT_PORT
+
+PROG = "p2p-bootstrap"
+APP_DIR = "p2p-bootstrap"
+STATE_FILE = "routing.json"
+"""The routing table inside the state directory (the DHT's JSON format)."""
+
+_DHT_DEFAULTS = DHTConfig()
+DEFAULT_MAX_CONTACTS_PER_IP = _DHT_DEFAULTS.max_contacts_per_ip
+DEFAULT_RATE_LIMIT_PER_IP = _DHT_DEFAULTS.rate_limit_per_ip
+DEFAULT_RATE_LIMIT_BURST = _DHT_DEFAULTS.rate_limit_burst
+DEFAULT_SAVE_INTERVAL = _DHT_DEFAULTS.save_interval
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+ENV_PREFIX = "P2P_BOOTSTRAP_"
+"""Every option ``--some-name`` can also be given as ``P2P_BOOTSTRAP_SOME_NAME``."""
+
+Address = tuple[str, int]
+
+
+class UsageError(BadInput):
+    """A flag or environment variable is malformed. The message names which one and why."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs, built by :func:`parse` (CLI) or directly (tests)."""
+
+    listen: Address
+    """UDP address the DHT binds (a literal IP; port 0 lets the system choose)."""
+    state_dir: Path
+    """Identity key and saved routing table live here."""
+    metrics: Address | None = None
+    """Where ``/metrics`` and ``/healthz`` are served over HTTP; None = not served."""
+    bootstrap: tuple[Address, ...] = ()
+    """Other bootstrap daemons (or any peers) to join on start; usually empty."""
+    log_level: str = "info"
+    """One of :data:`LOG_LEVELS`."""
+    log_format: str = "text"
+    """``text`` for people, ``json`` (one object per line) for log collectors."""
+    max_contacts_per_ip: int | None = DEFAULT_MAX_CONTACTS_PER_IP
+    """Routing-table contacts per IP address; None lifts the cap (many peers on one host)."""
+    rate_limit_per_ip: float | None = DEFAULT_RATE_LIMIT_PER_IP
+    """Inbound datagrams per second from one IP; None = unlimited."""
+    rate_limit_burst: float = DEFAULT_RATE_LIMIT_BURST
+    """Datagrams one IP may send in a burst before the rate applies."""
+    save_interval: float = DEFAULT_SAVE_INTERVAL
+    """Seconds between routing-table saves while running (it is also saved on shutdown)."""
+
+    @property
+    def state_path(self) -> Path:
+        """The saved routing table."""
+        return self.state_dir / STATE_FILE
+
+    def dht_config(self) -> DHTConfig:
+        """The :class:`DHTConfig` this daemon runs with."""
+        return DHTConfig(
+            host=self.listen[0],
+            port=self.listen[1],
+            bootstrap=self.bootstrap,
+            max_contacts_per_ip=self.max_contacts_per_ip,
+            rate_limit_per_ip=self.rate_limit_per_ip,
+            rate_limit_burst=self.rate_limit_burst,
+            state_path=self.state_path,
+            save_interval=self.save_interval,
+        )
+
+
+def parse_address(text: str, what: str, *, literal: bool = True) -> Address:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port). ``literal`` demands an IP, not a name."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise UsageError(f"{what}: expected [IPV6]:PORT, got {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
+    if not host:
+        raise UsageError(f"{what}: missing host in {text!r}")
+    if literal:
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise UsageError(f"{what}: host must be an IP address, got {host!r}") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"{what}: port must be a number in 0..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _optional_int(text: str, what: str) -> int | None:
+    if text.strip().lower() in ("none", "unlimited", "off"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{what}: expected a positive integer or 'none', got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"{what}: expected a positive integer or 'none', got {text!r}")
+    return value
+
+
+def _optional_float(text: str, what: str) -> float | None:
+    if text.strip().lower() in ("none", "unlimited", "off"):
+        return None
+    return _positive_float(text, what)
+
+
+def _positive_float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{what}: expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{what}: expected a positive number, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
+        description="Headless DHT bootstrap node: a stable first contact for new peers. "
+        f"Every option can also be set with an environment variable {ENV_PREFIX}<OPTION> "
+        "(e.g. P2P_BOOTSTRAP_LISTEN); the option wins.",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help=f"UDP address to listen on (default 0.0.0.0:{DEFAULT_PORT})")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="identity key and routing table (default: the user data dir "
+                   f"{platformdirs.user_data_dir(APP_DIR)})")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /healthz over HTTP here (default: off)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", action="append",
+                   help="another node to join on start (repeatable; default: none)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, help="default info")
+    p.add_argument("--log-format", choices=LOG_FORMATS, type=str.lower, help="default text")
+    p.add_argument("--max-contacts-per-ip", metavar="N|none",
+                   help=f"routing-table contacts per IP (default {DEFAULT_MAX_CONTACTS_PER_IP})")
+    p.add_argument("--rate-limit-per-ip", metavar="N|none",
+                   help="datagrams per second accepted from one IP "
+                   f"(default {DEFAULT_RATE_LIMIT_PER_IP:g})")
+    p.add_argument("--rate-limit-burst", metavar="N",
+                   help=f"datagram burst allowed from one IP (default {DEFAULT_RATE_LIMIT_BURST:g})")
+    p.add_argument("--save-interval", metavar="SECONDS",
+                   help=f"seconds between routing-table saves (default {DEFAULT_SAVE_INTERVAL:g})")
+    return p
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Build the configuration from ``argv`` (without the program name) and ``environ``.
+
+    Raises :class:`UsageError` with a one-line reason.
+    """
+    env = os.environ if environ is None else environ
+    ns = _parser().parse_args(list(argv))
+
+    def get(name: str) -> str | None:
+        value = getattr(ns, name)
+        if value is not None:
+            return str(value)
+        raw = env.get(ENV_PREFIX + name.upper())
+        return raw if raw not in (None, "") else None
+
+    def flag(name: str) -> str:
+        return f"--{name.replace('_', '-')}"
+
+    listen = parse_address(get("listen") or f"0.0.0.0:{DEFAULT_PORT}", flag("listen"))
+    state_dir = Path(get("state_dir") or platformdirs.user_data_dir(APP_DIR)).expanduser()
+    metrics_text = get("metrics")
+    metrics = parse_address(metrics_text, flag("metrics")) if metrics_text else None
+    boot_items: list[str] = list(ns.bootstrap or [])
+    if not boot_items and env.get(ENV_PREFIX + "BOOTSTRAP"):
+        boot_items = [s for s in env[ENV_PREFIX + "BOOTSTRAP"].replace(",", " ").split() if s]
+    bootstrap = tuple(parse_address(b, flag("bootstrap"), literal=False) for b in boot_items)
+    log_level = (get("log_level") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    log_format = (get("log_format") or "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"--log-format: expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    text = get("max_contacts_per_ip")
+    max_contacts = (_optional_int(text, flag("max_contacts_per_ip")) if text is not None
+                    else DEFAULT_MAX_CONTACTS_PER_IP)
+    text = get("rate_limit_per_ip")
+    rate = (_optional_float(text, flag("rate_limit_per_ip")) if text is not None
+            else DEFAULT_RATE_LIMIT_PER_IP)
+    text = get("rate_limit_burst")
+    burst = (_positive_float(text, flag("rate_limit_burst")) if text is not None
+             else DEFAULT_RATE_LIMIT_BURST)
+    if burst < 1:
+        raise UsageError(f"--rate-limit-burst: must be >= 1, got {burst:g}")
+    text = get("save_interval")
+    save_interval = (_positive_float(text, flag("save_interval")) if text is not None
+                     else DEFAULT_SAVE_INTERVAL)
+    return DaemonConfig(
+        listen=listen, state_dir=state_dir, metrics=metrics, bootstrap=bootstrap,
+        log_level=log_level, log_format=log_format, max_contacts_per_ip=max_contacts,
+        rate_limit_per_ip=rate, rate_limit_burst=burst, save_interval=save_interval,
+    )
