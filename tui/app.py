@@ -20,6 +20,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.message import Message
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from p2p.content import ContentId, Ticket, parse_id_or_ticket
@@ -199,6 +200,8 @@ class P2PApp(App[None]):
         self._library: list[LibraryRow] = []
         self._stopped = False
         self.ready = asyncio.Event()
+        self.clock: Callable[[], str] = lambda: time.strftime("%H:%M:%S")
+        """Time stamps of log lines (tests fix it)."""
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -218,8 +221,13 @@ class P2PApp(App[None]):
                 yield LogView(id="log-view")
         yield Footer()
 
+    @property
+    def main(self) -> Screen[Any]:
+        """The screen holding the views (modal dialogs may sit above it)."""
+        return self.screen_stack[0]
+
     def on_mount(self) -> None:
-        self.query_one("#library-table").focus()
+        self.main.query_one("#library-table").focus()
         if self._start_node:
             self.run_node()
 
@@ -232,7 +240,7 @@ class P2PApp(App[None]):
                 break
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        self.main.query_one(TabbedContent).active = tab
 
     # -- node lifecycle --------------------------------------------------------------------------
 
@@ -266,11 +274,13 @@ class P2PApp(App[None]):
             self.post_message(NodeEvents(coalesce(batch)))
 
     def on_node_ready(self, _: NodeReady) -> None:
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
         node = self.node
         assert node is not None
         host, port = node.listen_address()
         self.sub_title = f"peer {node.peer_id.short()} on {host}:{port}"
-        self.query_one("#status", Static).update(
+        self.main.query_one("#status", Static).update(
             f"peer {node.peer_id}  listening on {host}:{port}")
         self.log_line("info", f"node {node.peer_id} listening on {host}:{port}")
         self.set_interval(self.refresh_interval, self.refresh_snapshot)
@@ -278,7 +288,9 @@ class P2PApp(App[None]):
         self.ready.set()
 
     def on_node_failed(self, message: NodeFailed) -> None:
-        self.query_one("#status", Static).update(f"the node could not start: {message.error}")
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
+        self.main.query_one("#status", Static).update(f"the node could not start: {message.error}")
         self.log_line("error", f"the node could not start: {message.error}")
         self.notify(message.error, title="Node failed", severity="error", timeout=30)
 
@@ -293,7 +305,7 @@ class P2PApp(App[None]):
             await node.aclose()
 
     async def action_quit(self) -> None:
-        self.query_one("#status", Static).update("stopping…")
+        self.main.query_one("#status", Static).update("stopping…")
         await self.stop_node()
         self.exit()
 
@@ -303,6 +315,8 @@ class P2PApp(App[None]):
     # -- node events ---------------------------------------------------------------------------
 
     def on_node_events(self, message: NodeEvents) -> None:
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
         transfers_changed = peers_changed = library_changed = False
         for event in message.events:
             if self.transfers.apply(event):
@@ -321,23 +335,29 @@ class P2PApp(App[None]):
         if transfers_changed:
             self.push_transfers()
         if peers_changed:
-            self.query_one(PeersView).rows = tuple(self.peers.rows())
+            self.main.query_one(PeersView).rows = tuple(self.peers.rows())
         if library_changed:
             self.refresh_snapshot()
 
     def log_line(self, level: str, message: str) -> None:
         """Add a line to the log view."""
-        self.query_one(LogView).add(LogEntry(time.strftime("%H:%M:%S"), level, message))
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
+        self.main.query_one(LogView).add(LogEntry(self.clock(), level, message))
 
     def push_transfers(self) -> None:
         """Send the transfers' rows and the selected chunk map down to the view."""
-        view = self.query_one(TransfersView)
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
+        view = self.main.query_one(TransfersView)
         view.rows = tuple(self.transfers.rows())
         view.chunk_map = self.transfers.chunk_map(view.selected())
 
     @on(TransfersView.Selected)
     def _transfer_selected(self, message: TransfersView.Selected) -> None:
-        self.query_one(TransfersView).chunk_map = self.transfers.chunk_map(message.content_id)
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
+        self.main.query_one(TransfersView).chunk_map = self.transfers.chunk_map(message.content_id)
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -370,13 +390,15 @@ class P2PApp(App[None]):
         return count, [i for i in range(count) if raw[i >> 3] & (0x80 >> (i & 7))]
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
         for cid, (count, held) in snap.held.items():
             self.transfers.set_held(cid, count, held)
         self.transfers.merge_store(snap.downloads, snap.running)
         self.push_transfers()
         self.peers.update(snap.at, snap.peers, snap.bans)
-        self.query_one(PeersView).rows = tuple(self.peers.rows())
-        self.query_one(DhtView).data = snap.dht
+        self.main.query_one(PeersView).rows = tuple(self.peers.rows())
+        self.main.query_one(DhtView).data = snap.dht
         rows: list[LibraryRow] = []
         listed: set[ContentId] = set()
         for s in snap.shares:
@@ -389,7 +411,7 @@ class P2PApp(App[None]):
                                        self.providers.get(d.content_id)))
                 listed.add(d.content_id)
         self._library = rows
-        self.query_one(LibraryView).rows = tuple(rows)
+        self.main.query_one(LibraryView).rows = tuple(rows)
         now = time.monotonic()
         for cid in listed:
             if now - self._looked_up.get(cid, -PROVIDER_LOOKUP_EVERY) >= PROVIDER_LOOKUP_EVERY:
@@ -399,7 +421,7 @@ class P2PApp(App[None]):
         if node is not None:
             host, port = node.listen_address()
             active = sum(1 for r in self.transfers.rows() if r.state == "active")
-            self.query_one("#status", Static).update(
+            self.main.query_one("#status", Static).update(
                 f"peer {node.peer_id.short()} · {host}:{port} · {len(snap.shares)} shared · "
                 f"{active} downloading · {sum(1 for p in snap.peers)} connections · "
                 f"{snap.dht.contacts} DHT contacts")
@@ -418,10 +440,12 @@ class P2PApp(App[None]):
         self.post_message(ProvidersFound(cid, len({r.peer_id for r in records})))
 
     def on_providers_found(self, message: ProvidersFound) -> None:
+        if not self.screen_stack:  # shutting down: the views are gone
+            return
         self.providers[message.content_id] = message.count
         self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
                                     self.providers.get(r.content_id)) for r in self._library]
-        self.query_one(LibraryView).rows = tuple(self._library)
+        self.main.query_one(LibraryView).rows = tuple(self._library)
 
     # -- library actions ---------------------------------------------------------------------------
 
@@ -544,7 +568,7 @@ class P2PApp(App[None]):
         self.log_line("info", f"fetching {cid}")
         self.notify(f"Fetching {cid.short()}…")
         self.action_tab("transfers")
-        self.call_after_refresh(self.query_one(TransfersView).select, cid)
+        self.call_after_refresh(self.main.query_one(TransfersView).select, cid)
         return cid
 
     # -- transfer actions -------------------------------------------------------------------------
@@ -624,13 +648,15 @@ class P2PApp(App[None]):
 
 
 def build_app(config: NodeConfig, *, node: Node | None = None, refresh_interval: float = 1.0,
-              picker_root: Path | None = None) -> P2PApp:
+              picker_root: Path | None = None, start_node: bool = True) -> P2PApp:
     """The one factory: the CLI and the tests build the app here.
 
     Without ``node`` the app starts (and on quit stops) a node from ``config``; with one,
-    it shows that node and leaves its lifetime to the caller.
+    it shows that node and leaves its lifetime to the caller. ``start_node=False`` builds the
+    views only (snapshot tests feed them fixed data).
     """
-    return P2PApp(config, node=node, refresh_interval=refresh_interval, picker_root=picker_root)
+    return P2PApp(config, node=node, refresh_interval=refresh_interval, picker_root=picker_root,
+                  start_node=start_node)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
