@@ -213,8 +213,11 @@ def _setup_logging(verbosity: int) -> None:
                         stream=sys.stderr)
     if verbosity < 2:
         # The DHT library logs every unanswered RPC; that is noise unless debugging.
-        for name in ("kademlia", "rpcudp", "p2p.dht", "asyncio"):
+        for name in ("kademlia", "rpcudp", "p2p.dht"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # A failed background announce of the node surfaces as "Task exception was never
+        # retrieved"; the person learns about DHT trouble from the node's warnings instead.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         # The node's warnings reach the person as events, rendered by the views.
         logging.getLogger("p2p").setLevel(max(level, logging.ERROR if verbosity < 1 else level))
 

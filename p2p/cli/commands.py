@@ -10,15 +10,15 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..content import ContentId, parse_id_or_ticket
-from ..errors import BadInput, IntegrityError, NotFound
+from ..errors import BadInput, IntegrityError, NetworkError, NotFound
 from ..identity import PeerId, load_or_create
-from ..node import Node, NodeConfig
+from ..node import Node, NodeConfig, ShareResult, VerifyReport
 from ..store import Store
 from . import control
 from .output import Output
@@ -118,7 +118,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
-            result = await node.share(path, progress)
+            result = await _share(run, node, path, progress)
         seconds = time.monotonic() - started
         manifest = result.manifest
         info = {
@@ -138,6 +138,23 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
                      "Ctrl-C to stop")
         await serve_until_signalled(run, node)
     return 0
+
+
+async def _share(run: Run, node: Node, path: Path, progress: Callable[[int], None]) -> ShareResult:
+    """``node.share``, where a failed DHT announce is a warning: the share is stored and
+    served, and a ticket still reaches it with no DHT at all."""
+    before = {s.content_id for s in node.store.shares()}
+    try:
+        return await node.share(path, progress)
+    except NetworkError as exc:
+        added = [s for s in node.store.shares()
+                 if s.content_id not in before and s.root.resolve() == path.resolve()]
+        manifest = node.store.get_manifest(added[-1].content_id) if added else None
+        if manifest is None:
+            raise
+        run.out.note(f"p2p: warning: not announced on the DHT ({exc}); "
+                     "share the ticket, or give --bootstrap")
+        return ShareResult(manifest, node.ticket(manifest.content_id, manifest.publisher))
 
 
 def _tree_size(path: Path) -> int:
@@ -241,10 +258,13 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
 async def cmd_verify(run: Run, args: argparse.Namespace) -> int:
     """Re-hash the local copy of some content; exit 4 if any chunk is bad."""
     content_id = _content_id(args.id, run.settings.state_dir)
-    async with running_node(run.settings.node_config(long_running=False)) as node:
-        report = await node.verify(content_id)
-    info = {"content_id": str(content_id), "chunks": report.chunks, "good": report.good,
-            "bad": report.bad, "missing": report.missing, "ok": report.ok}
+    request = {"cmd": "verify", "content_id": str(content_id)}
+    try:
+        info = await control.query(run.settings.state_dir, request)
+    except control.NoRunningNode:
+        async with running_node(run.settings.node_config(long_running=False)) as node:
+            info = control.verify_report(await node.verify(content_id))
+    report = VerifyReport(content_id, info["chunks"], info["good"], info["bad"], info["missing"])
     text = (f"{content_id}: {report.good}/{report.chunks} chunks good"
             + (f", {len(report.bad)} bad" if report.bad else "")
             + (f", {report.missing} missing" if report.missing else ""))

@@ -4,7 +4,8 @@ A running ``p2p share``, ``p2p serve`` or ``p2p fetch --seed`` listens on the Un
 socket ``<state_dir>/control.sock`` (mode 0600: only its owner may talk to it).
 The conversation is one JSON object per line, one request per connection:
 
-1. the client connects and sends ``{"cmd": "peers"}`` (or ``dht``, ``id``, ``unshare``);
+1. the client connects and sends ``{"cmd": "peers"}`` (or ``dht``, ``id``, ``verify``,
+   ``unshare``; the last two with ``"content_id"``);
 2. the node answers ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "...", "exit_code": N}``
    and closes the connection.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from ..content import ContentId
 from ..errors import NetworkError, P2PError
-from ..node import Node
+from ..node import Node, VerifyReport
 from .output import to_json
 from .settings import format_address
 
@@ -106,6 +107,12 @@ def node_identity(node: Node) -> dict[str, Any]:
             "addresses": [format_address(a) for a in node.addresses()]}
 
 
+def verify_report(report: VerifyReport) -> dict[str, Any]:
+    """A :class:`VerifyReport` as JSON data."""
+    return {"content_id": str(report.content_id), "chunks": report.chunks, "good": report.good,
+            "bad": report.bad, "missing": report.missing, "ok": report.ok}
+
+
 async def _answer(node: Node, rates: _Rates, request: dict[str, Any]) -> Any:
     match request.get("cmd"):
         case "peers":
@@ -117,6 +124,9 @@ async def _answer(node: Node, rates: _Rates, request: dict[str, Any]) -> Any:
             return summary
         case "id":
             return node_identity(node)
+        case "verify":
+            cid = ContentId.parse(str(request.get("content_id", "")))
+            return verify_report(await node.verify(cid))
         case "unshare":
             cid = ContentId.parse(str(request.get("content_id", "")))
             return {"content_id": str(cid), "removed": node.unshare(cid)}
