@@ -105,10 +105,15 @@ async def running(tmp_path: Path, state_dir: Path, *args: str, metrics: bool = T
 
 async def http_get(addr: tuple[str, int], path: str) -> tuple[int, bytes]:
     """One GET; returns (status, body)."""
+    return await http_raw(addr, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+async def http_raw(addr: tuple[str, int], request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` as is; returns (status, body)."""
     async with asyncio.timeout(10):
         reader, writer = await asyncio.open_connection(*addr)
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            writer.write(request)
             await writer.drain()
             raw = await reader.read()
         finally:

@@ -15,6 +15,7 @@ from daemonproc import (
     LOOPBACK_FLAGS,
     START_TIMEOUT,
     http_get,
+    http_raw,
     peers,
     running,
     scrape,
@@ -88,6 +89,9 @@ async def test_metrics_parse_and_move_and_health_answers(tmp_path: Path) -> None
         assert health["peer_id"] == daemon.announce["peer_id"]
         assert health["contacts"] >= 3
         assert (await http_get(daemon.metrics, "/nope"))[0] == 404
+        assert (await http_raw(daemon.metrics, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405
+        assert (await http_raw(daemon.metrics, b"\x00\xff garbage\r\n\r\n"))[0] == 400
+        assert (await http_raw(daemon.metrics, b"GET /" + b"a" * 20000))[0] == 431
         assert await daemon.stop() == 0
 
 
