@@ -1,0 +1,373 @@
+"""Swarm downloads between real nodes in one process, on 127.0.0.1 with port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import p2p.node
+from p2p.content import ContentId
+from p2p.errors import DiskFull, NotFound, WrongPublisher
+from p2p.events import (
+    ChunkFailed,
+    ChunkRequested,
+    ChunkVerified,
+    DownloadCompleted,
+    DownloadStarted,
+    Event,
+    PeerBanned,
+)
+from p2p.identity import Identity
+from p2p.node import Node
+from p2p.store import Store
+from p2p.swarm.scheduler import MAX_INFLIGHT, STRIKE_LIMIT
+from p2p.wire.errors import ConnectionClosed
+
+from .conftest import MiB, drain, make_file, node_config, running_nodes, wait_for
+
+# 16 MiB: 256 chunks of 64 KiB, enough to spread over five seeders.
+SIZE = 16 * MiB
+CHUNK = 64 * 1024
+CHUNKS = SIZE // CHUNK
+
+
+def of(kind: type[Event], events: list[Event]) -> list:  # type: ignore[type-arg]
+    return [e for e in events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return make_file(tmp_path / "src" / "movie.bin", SIZE)
+
+
+# -- many seeders ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("discovery", ["dht", "peers"])
+async def test_five_seeders_all_supply_and_file_arrives_identical(
+        tmp_path: Path, source: Path, discovery: str) -> None:
+    async with asyncio.timeout(60), running_nodes(tmp_path, [f"s{i}" for i in range(5)]) as seeders:
+        results = [await s.share(source) for s in seeders]
+        cid = results[0].content_id
+        assert all(r.content_id == cid for r in results)
+        boot = [seeders[0].listen_address()]
+        async with Node(node_config(tmp_path, "dl", boot)) as dl:
+            peers = [s.listen_address() for s in seeders] if discovery == "peers" else []
+            with dl.events.subscribed() as sub:
+                path = await dl.fetch(str(cid), tmp_path / "out.bin", peers=peers, timeout=15)
+                events = drain(sub)
+    assert path.read_bytes() == source.read_bytes()
+    [done] = of(DownloadCompleted, events)
+    by_event = Counter(str(e.peer) for e in of(ChunkVerified, events))
+    assert done.chunks_by_peer == dict(by_event)
+    assert sum(done.chunks_by_peer.values()) == CHUNKS
+    assert set(done.chunks_by_peer) == {str(s.peer_id) for s in seeders}, done.chunks_by_peer
+
+
+# -- a lying seeder -------------------------------------------------------------------------
+
+
+async def test_corrupting_seeder_is_banned_and_download_completes(tmp_path: Path, source: Path) -> None:
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["liar", "h1", "h2", "dl"]) as nodes:
+        liar, h1, h2, dl = nodes
+        for s in (liar, h1, h2):
+            cid = (await s.share(source)).content_id
+        honest_read = liar.store.read_chunk
+
+        def corrupt(content_id: bytes, index: int) -> bytes:
+            data = bytearray(honest_read(content_id, index))
+            data[len(data) // 2] ^= 0x01
+            return bytes(data)
+
+        liar.store.read_chunk = corrupt  # type: ignore[method-assign]
+        with dl.events.subscribed() as sub:
+            fetch = asyncio.create_task(dl.fetch(
+                cid, tmp_path / "out.bin", timeout=15,
+                peers=[liar.listen_address(), h1.listen_address(), h2.listen_address()]))
+            try:
+                await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                download = dl.download(cid)
+                assert download is not None
+                path = await fetch
+            finally:
+                fetch.cancel()
+            events = drain(sub)
+        assert path.read_bytes() == source.read_bytes()
+        assert [e.peer for e in of(PeerBanned, events)] == [liar.peer_id]
+        assert dl.store.is_banned(liar.peer_id)
+        assert liar.peer_id not in download.chunks_by_peer
+        failed = [e for e in of(ChunkFailed, events) if e.peer == liar.peer_id]
+        assert len(failed) == STRIKE_LIMIT
+        # The scheduler bans at the STRIKE_LIMIT-th bad chunk and the driver drops any later
+        # data from a peer it no longer schedules, so only STRIKE_LIMIT chunks are wasted ...
+        assert 0 < download.wasted_bytes <= STRIKE_LIMIT * CHUNK
+        # ... and at most a full pipeline more was ever asked of the liar.
+        asked = [e for e in of(ChunkRequested, events) if e.peer == liar.peer_id]
+        assert len(asked) <= STRIKE_LIMIT + MAX_INFLIGHT
+    with Store(tmp_path / "dl" / "state") as reopened:
+        assert reopened.is_banned(liar.peer_id)
+
+
+# -- a seeder that leaves -------------------------------------------------------------------
+
+WRITER_DIES_ON_CLOSED_CONNECTION = (
+    "p2p/swarm/download.py: Download._writer() lets ConnectionClosed from conn.send() escape. "
+    "It runs in the download's TaskGroup, so when a peer's connection closes while a Request "
+    "for it is queued (the writer sends before the reader notices the close), the TaskGroup "
+    "cancels everything and Node.fetch() raises ExceptionGroup([ConnectionClosed('cannot send: "
+    "the connection is closed')]) instead of dropping that peer and finishing from the others. "
+    "Fix: in _writer() catch ConnectionClosed (and NetworkError/OSError) and return, or make "
+    "_serve_peer() own the writer and treat its failure like the reader's end (drop the peer)."
+)
+
+
+def _raise_if_writer_bug(group: BaseExceptionGroup) -> None:  # type: ignore[type-arg]
+    """The race in WRITER_DIES_ON_CLOSED_CONNECTION: mark xfail, and only for exactly that."""
+    rest = group.split(ConnectionClosed)[1]
+    if rest is None:
+        pytest.xfail(WRITER_DIES_ON_CLOSED_CONNECTION)
+
+
+async def test_seeder_stopped_mid_transfer_download_completes_from_others(
+        tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", 4 * SIZE)  # 1024 chunks
+    chunks = 4 * CHUNKS
+    stop_after = 2
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["s0", "s1", "s2", "dl"]) as nodes:
+        *seeders, dl = nodes
+        for s in seeders:
+            cid = (await s.share(source)).content_id
+        victim = seeders[1]
+        with dl.events.subscribed() as sub:
+            fetch = asyncio.create_task(dl.fetch(
+                cid, tmp_path / "out.bin", timeout=15,
+                peers=[s.listen_address() for s in seeders]))
+            try:
+                from_victim = 0
+                while from_victim < stop_after:
+                    event = await wait_for(sub, lambda e: isinstance(e, ChunkVerified)
+                                           and e.peer == victim.peer_id)
+                    from_victim += 1
+                download = dl.download(cid)
+                assert download is not None, "download finished before the seeder stopped"
+                await victim.aclose()
+                assert download.scheduler is not None and not download.scheduler.complete
+                try:
+                    path = await fetch
+                except BaseExceptionGroup as group:
+                    _raise_if_writer_bug(group)
+                    raise
+            finally:
+                fetch.cancel()
+            events = [event, *drain(sub)]
+    assert path.read_bytes() == source.read_bytes()
+    assert stop_after <= download.chunks_by_peer[victim.peer_id] < chunks
+    others = sum(n for p, n in download.chunks_by_peer.items() if p != victim.peer_id)
+    assert others + download.chunks_by_peer[victim.peer_id] == chunks
+    assert victim.peer_id not in download.peers
+    assert of(DownloadCompleted, events)
+
+
+class _SendFailsAfter:
+    """A real connection whose send side reports closed after ``limit`` messages.
+
+    That is what a connection looks like to the downloader's writer in the moment after
+    the peer went away and before its reader saw the end of the stream.
+    """
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> Any:
+        return self._inner.__aiter__()
+
+    async def send(self, message: Any) -> None:
+        if self._limit <= 0:
+            raise ConnectionClosed("cannot send: the connection is closed")
+        self._limit -= 1
+        await self._inner.send(message)
+
+
+@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup, reason=WRITER_DIES_ON_CLOSED_CONNECTION)
+async def test_peer_whose_connection_closes_under_the_writer_is_dropped(
+        tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["gone", "stays", "dl"]) as nodes:
+        gone, stays, dl = nodes
+        for s in (gone, stays):
+            cid = (await s.share(source)).content_id
+        real_connect = p2p.node.connect
+
+        async def connect(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            conn = await real_connect(host, port, *args, **kwargs)
+            # GetManifest and GetBitfield go out; the first Request finds the connection closed.
+            return _SendFailsAfter(conn, 2) if (host, port) == gone.listen_address() else conn
+
+        monkeypatch.setattr(p2p.node, "connect", connect)
+        with dl.events.subscribed() as sub:
+            path = await dl.fetch(cid, tmp_path / "out.bin", timeout=15,
+                                  peers=[gone.listen_address(), stays.listen_address()])
+            events = drain(sub)
+    assert path.read_bytes() == source.read_bytes()
+    [done] = of(DownloadCompleted, events)
+    assert str(gone.peer_id) not in done.chunks_by_peer
+
+
+# -- partial seeding --------------------------------------------------------------------------
+
+
+async def test_second_downloader_gets_chunks_from_incomplete_first(
+        tmp_path: Path, source: Path) -> None:
+    """A holds only half (its only source advertises half); B fetches from A and a full seeder."""
+    half = CHUNKS // 2
+    async with asyncio.timeout(90), running_nodes(tmp_path, ["half", "full", "a", "b"]) as nodes:
+        half_seeder, full_seeder, a, b = nodes
+        for s in (half_seeder, full_seeder):
+            cid = (await s.share(source)).content_id
+        all_bits = half_seeder.store.bitfield(cid.digest)
+        assert all_bits is not None
+        first_half = bytes([0xFF] * (half // 8)) + bytes(len(all_bits[1]) - half // 8)
+        half_seeder.store.bitfield = (  # type: ignore[method-assign]
+            lambda content_id: (CHUNKS, first_half) if content_id == cid.digest else None)
+        a_events: list[Event] = []
+        with a.events.subscribed() as a_sub, b.events.subscribed() as b_sub:
+            fetch_a = asyncio.create_task(a.fetch(cid, tmp_path / "a.bin", timeout=30,
+                                                  peers=[half_seeder.listen_address()]))
+            fetch_b: asyncio.Task[Path] | None = None
+            try:
+                got = 0
+                while got < half:
+                    await wait_for(a_sub, lambda e: isinstance(e, ChunkVerified), a_events)
+                    got += 1
+                a_download = a.download(cid)
+                assert a_download is not None and a_download.scheduler is not None
+                assert not a_download.scheduler.complete
+                fetch_b = asyncio.create_task(b.fetch(
+                    cid, tmp_path / "b.bin", timeout=30,
+                    peers=[a.listen_address(), full_seeder.listen_address()]))
+                from_a = await wait_for(b_sub, lambda e: isinstance(e, ChunkVerified)
+                                        and e.peer == a.peer_id)
+                b_path = await fetch_b
+                a_events += drain(a_sub)
+                a_done = of(DownloadCompleted, a_events)
+                # A either finished on its own (from B, once B announced) or is still stuck;
+                # either way it was incomplete when B got the chunk from it.
+                assert not a_done or from_a.at < a_done[0].at
+                if not fetch_a.done():
+                    fetch_a.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await fetch_a
+                    a_path = await a.fetch(cid, tmp_path / "a.bin", timeout=30,
+                                           peers=[full_seeder.listen_address()])
+                else:
+                    a_path = fetch_a.result()
+            finally:
+                fetch_a.cancel()
+                if fetch_b is not None:
+                    fetch_b.cancel()
+    assert b_path.read_bytes() == source.read_bytes()
+    assert a_path.read_bytes() == source.read_bytes()
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+async def test_no_providers_raises_not_found_within_timeout(tmp_path: Path) -> None:
+    async with asyncio.timeout(30), running_nodes(tmp_path, ["boot", "dl"]) as (_, dl):
+        missing = ContentId(os.urandom(32))
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            with pytest.raises(NotFound):
+                await dl.fetch(missing, tmp_path / "nothing", timeout=2)
+        elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 10
+    assert not (tmp_path / "nothing").exists()
+
+
+async def test_wrong_publisher_raises_and_writes_nothing(tmp_path: Path, source: Path) -> None:
+    dest_dir = tmp_path / "dest"
+    dest_dir.mkdir()
+    async with asyncio.timeout(30), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(source)
+        someone_else = Identity.generate().peer_id
+        with pytest.raises(WrongPublisher):
+            await dl.fetch(shared.ticket, dest_dir / "out.bin", publisher=someone_else, timeout=10)
+        # Nothing was recorded either.
+        assert dl.store.download_info(shared.content_id) is None
+    assert list(dest_dir.iterdir()) == []
+
+
+async def test_directory_with_nested_folders_and_empty_file_arrives_identical(tmp_path: Path) -> None:
+    root = tmp_path / "album"
+    make_file(root / "cover.bin", 300_000, seed=2)
+    make_file(root / "disc1" / "track1.bin", 2 * MiB + 17, seed=3)
+    make_file(root / "disc1" / "deep" / "er" / "notes.bin", 70_000, seed=4)
+    make_file(root / "disc2" / "track1.bin", 1 * MiB, seed=5)
+    (root / "disc2" / "empty.txt").write_bytes(b"")
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(root)
+        out = await dl.fetch(shared.ticket, tmp_path / "got", timeout=15)
+    assert _tree(out) == _tree(root)
+    assert (out / "disc2" / "empty.txt").stat().st_size == 0
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# -- disk full ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs (needs root); unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_disk_full_keeps_progress_and_resumes(
+        tmp_path: Path, source: Path, small_disk: Path) -> None:
+    async with asyncio.timeout(90), running_nodes(tmp_path, ["s0", "s1", "dl"]) as nodes:
+        *seeders, dl = nodes
+        for s in seeders:
+            cid = (await s.share(source)).content_id
+        peers = [s.listen_address() for s in seeders]
+        with pytest.raises(DiskFull) as info:
+            await dl.fetch(cid, small_disk / "out.bin", peers=peers, timeout=15)
+        assert info.value.exit_code == 1
+        assert "space" in str(info.value)
+        with Store(tmp_path / "dl" / "state") as other:
+            [row] = other.downloads()
+        assert 0 < row.done_chunks < CHUNKS
+        assert row.state == "failed"
+        await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,size=64m", str(small_disk)],
+                                check=True)
+        with dl.events.subscribed() as sub:
+            path = await dl.fetch(cid, small_disk / "out.bin", peers=peers, timeout=15)
+            events = drain(sub)
+    [started] = of(DownloadStarted, events)
+    [done] = of(DownloadCompleted, events)
+    fetched = sum(done.chunks_by_peer.values())
+    assert started.held >= row.done_chunks
+    assert started.held + fetched == CHUNKS
+    assert fetched < CHUNKS
+    assert path.read_bytes() == source.read_bytes()
