@@ -34,17 +34,42 @@ class Run:
     out: Output
     serving: bool = False
     """Set once the command only serves: a signal then ends it cleanly (exit 0)."""
+    dht_warned: bool = False
+    """A warning that the DHT is out of reach was shown (once is enough)."""
 
 
 @contextlib.asynccontextmanager
-async def running_node(config: NodeConfig, *, endpoint: bool = False) -> AsyncIterator[Node]:
-    """A started node (with the control socket when ``endpoint``), closed on exit."""
-    async with Node(config) as node:
-        if not endpoint:
+async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
+                       serves: bool = True) -> AsyncIterator[Node]:
+    """A started node (with the control socket when ``endpoint``), closed on exit.
+
+    ``serves=False`` for short-lived commands, whose DHT announcements do not matter.
+
+    A node that is listening but could not announce its library on the DHT (no DHT
+    node reachable: no bootstrap, or none answering) is still useful: it serves, and
+    tickets reach it. The node raises in that case; here it becomes a warning.
+    """
+    node = Node(config)
+    try:
+        await node.start()
+    except NetworkError as exc:
+        if node.port == 0:  # never listened: nothing to close, nothing to use
+            raise
+        run.dht_warned = True
+        run.out.note(f"p2p: warning: the library is not announced on the DHT ({exc}); "
+                     "tickets still work, or give --bootstrap", level=0 if serves else 1)
+    except BaseException:
+        if node.port:
+            await node.aclose()
+        raise
+    try:
+        if endpoint:
+            async with control.control_endpoint(node):
+                yield node
+        else:
             yield node
-            return
-        async with control.control_endpoint(node):
-            yield node
+    finally:
+        await node.aclose()
 
 
 def _warn_bootstrap(run: Run, node: Node) -> None:
@@ -114,7 +139,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         raise BadInput(f"{path}: no such file or folder")
     total = _tree_size(path)
     config = run.settings.node_config(long_running=not args.no_serve)
-    async with running_node(config, endpoint=not args.no_serve) as node:
+    async with running_node(run, config, endpoint=not args.no_serve) as node:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
@@ -143,17 +168,18 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
 async def _share(run: Run, node: Node, path: Path, progress: Callable[[int], None]) -> ShareResult:
     """``node.share``, where a failed DHT announce is a warning: the share is stored and
     served, and a ticket still reaches it with no DHT at all."""
-    before = {s.content_id for s in node.store.shares()}
     try:
         return await node.share(path, progress)
     except NetworkError as exc:
-        added = [s for s in node.store.shares()
-                 if s.content_id not in before and s.root.resolve() == path.resolve()]
+        # The node stored the share before announcing it: find it by its path.
+        added = sorted((s for s in node.store.shares() if s.root.resolve() == path.resolve()),
+                       key=lambda s: s.added)
         manifest = node.store.get_manifest(added[-1].content_id) if added else None
         if manifest is None:
             raise
-        run.out.note(f"p2p: warning: not announced on the DHT ({exc}); "
-                     "share the ticket, or give --bootstrap")
+        if not run.dht_warned:
+            run.out.note(f"p2p: warning: not announced on the DHT ({exc}); "
+                         "share the ticket, or give --bootstrap")
         return ShareResult(manifest, node.ticket(manifest.content_id, manifest.publisher))
 
 
@@ -165,7 +191,7 @@ def _tree_size(path: Path) -> int:
 
 async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
     """Seed everything in the store until signalled (with an empty store: a DHT bootstrap node)."""
-    async with running_node(run.settings.node_config(long_running=True), endpoint=True) as node:
+    async with running_node(run, run.settings.node_config(long_running=True), endpoint=True) as node:
         _warn_bootstrap(run, node)
         shares = node.store.shares()
         info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
@@ -189,7 +215,7 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         raise BadInput("--timeout must be more than 0 seconds")
     dest = Path(args.output).expanduser() if args.output else None
     config = run.settings.node_config(long_running=args.seed)
-    async with running_node(config, endpoint=args.seed) as node:
+    async with running_node(run, config, endpoint=args.seed) as node:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with node.events.subscribed() as sub, FetchView(run.out, node, content_id) as view:
@@ -262,7 +288,7 @@ async def cmd_verify(run: Run, args: argparse.Namespace) -> int:
     try:
         info = await control.query(run.settings.state_dir, request)
     except control.NoRunningNode:
-        async with running_node(run.settings.node_config(long_running=False)) as node:
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
             info = control.verify_report(await node.verify(content_id))
     report = VerifyReport(content_id, info["chunks"], info["good"], info["bad"], info["missing"])
     text = (f"{content_id}: {report.good}/{report.chunks} chunks good"
@@ -283,7 +309,7 @@ async def cmd_unshare(run: Run, args: argparse.Namespace) -> int:
                                      {"cmd": "unshare", "content_id": str(content_id)})
         removed = bool(result["removed"])
     except control.NoRunningNode:
-        async with running_node(run.settings.node_config(long_running=False)) as node:
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
             removed = node.unshare(content_id)
     if not removed:
         raise NotFound(f"{content_id} is not shared by this node")
@@ -315,7 +341,7 @@ async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
         summary = await control.query(run.settings.state_dir, {"cmd": "dht"})
         source = "running node"
     except control.NoRunningNode:
-        async with running_node(run.settings.node_config(long_running=False)) as node:
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
             _warn_bootstrap(run, node)
             summary = node.dht_summary()
             summary["addresses"] = [format_address(a) for a in summary["addresses"]]
@@ -351,7 +377,7 @@ async def cmd_publish(run: Run, args: argparse.Namespace) -> int:
     content_id = _content_id(args.id, run.settings.state_dir)
     if not args.name or "/" in args.name:
         raise BadInput(f"bad channel name {args.name!r}: it must be non-empty and contain no '/'")
-    async with running_node(run.settings.node_config(long_running=False)) as node:
+    async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
         _warn_bootstrap(run, node)
         record = await node.publish(args.name, content_id)
         ref = f"{node.peer_id}/{args.name}"
@@ -369,7 +395,7 @@ async def cmd_resolve(run: Run, args: argparse.Namespace) -> int:
         raise BadInput(f"expected PUBLISHER/NAME (a peer id as `p2p id` prints it), got {args.ref!r}")
     publisher = PeerId.parse(publisher_text)
     _need_bootstrap(run, "resolve")
-    async with running_node(run.settings.node_config(long_running=False)) as node:
+    async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
         _warn_bootstrap(run, node)
         record = await node.resolve(publisher, name)
     cid = ContentId(record.content_id)

@@ -87,7 +87,7 @@ def hashing_bar(out: Output, label: str, total: int) -> Iterator[Callable[[int],
     if not out.live or out.json:
         yield lambda n: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=out.err,
                   transient=True) as bar:
         task = bar.add_task(label, total=total)
@@ -114,9 +114,9 @@ class FetchView:
     def __enter__(self) -> FetchView:
         if self.out.live and not self.out.json:
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                 TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
-                TextColumn("{task.fields[peers]} peers"), console=self.out.err, transient=True)
+                TextColumn("peers {task.fields[peers]}"), console=self.out.err, transient=True)
             self._bar.start()
             self._task = self._bar.add_task("finding peers", total=None, rate="", eta="?", peers=0)
         return self
