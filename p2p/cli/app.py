@@ -260,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except BaseException as exc:
         code = exit_code_for(exc)
-        if not isinstance(exc, Interrupted | KeyboardInterrupt):
+        if isinstance(exc, Interrupted | KeyboardInterrupt) and code != EXIT_OK:
+            print(f"{PROG}: interrupted (a download keeps its progress: run the same fetch "
+                  "again to resume)", file=sys.stderr)
+        elif not isinstance(exc, Interrupted | KeyboardInterrupt):
             if verbose and not isinstance(exc, BadInput):
                 traceback.print_exception(exc, file=sys.stderr)
             print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)

@@ -60,6 +60,11 @@ def test_fetch_by_ticket_alone_then_share_stops_cleanly(cli: CLI, tmp_path: Path
     # A share stopped by SIGINT exits cleanly, with 0.
     assert sharer.stop(signal.SIGINT) == 0, sharer.err()
     assert not (tmp_path / "state" / "alone" / "control.sock").exists()
+    # The same state dir again, still with no DHT anywhere: a warning, not a failure.
+    again = cli.run("share", str(src), "--no-serve", "--json", *cli.node_args("alone"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["content_id"] == info["content_id"]
+    assert "warning" in again.stderr
 
 
 def test_wrong_publisher_exits_4_and_writes_nothing(cli: CLI, tmp_path: Path) -> None:
@@ -127,6 +132,7 @@ def test_sigint_during_fetch_exits_130_and_the_next_fetch_resumes(cli: CLI, tmp_
     first.json_until(lambda o: o.get("event") == "progress" and o["fetched_chunks"] >= 1)
     first.send(signal.SIGINT)
     assert first.wait() == 130, first.err()
+    assert "interrupted" in first.err()
     assert not dest.exists()
     assert Path(str(dest) + ".p2p-partial").exists()
     second = cli.start(*args)
