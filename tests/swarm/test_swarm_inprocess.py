@@ -15,7 +15,7 @@ import pytest
 
 import p2p.node
 from p2p.content import ContentId
-from p2p.errors import DiskFull, NetworkError, NotFound, WrongPublisher
+from p2p.errors import DiskFull, NotFound, WrongPublisher
 from p2p.events import (
     ChunkFailed,
     ChunkRequested,
@@ -375,18 +375,11 @@ async def test_disk_full_keeps_progress_and_resumes(
 
 # -- a node on its own ------------------------------------------------------------------------
 
-LONE_NODE_CANNOT_SHARE = (
-    "p2p/node.py: Node.share() awaits self.dht.provide(), which raises NoContacts (a "
-    "NetworkError) when the routing table is empty, i.e. on the first node of a swarm or any "
-    "node without bootstrap. The share is already recorded by store.add_share(), so the call "
-    "fails after doing its work and no ShareResult/ticket is returned; and Node.start() awaits "
-    "dht.provide() for every stored share, so such a node cannot even be started again "
-    "(NoContacts from __aenter__). Fix: in share() and start(), suppress NetworkError from "
-    "provide() (DHT.provide keeps the content registered and re-announces it later) and log it."
-)
+# Regression tests: Node.share() and Node.start() used to raise NoContacts (a NetworkError from
+# dht.provide()) when the routing table was empty, so the first node of a swarm could not
+# share, and a node with shares could not start again without a bootstrap node.
 
 
-@pytest.mark.xfail(strict=True, raises=NetworkError, reason=LONE_NODE_CANNOT_SHARE)
 async def test_lone_node_shares_and_serves_by_ticket(tmp_path: Path) -> None:
     source = make_file(tmp_path / "src" / "small.bin", 1 * MiB)
     async with asyncio.timeout(30):
@@ -397,7 +390,6 @@ async def test_lone_node_shares_and_serves_by_ticket(tmp_path: Path) -> None:
         assert path.read_bytes() == source.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, raises=NetworkError, reason=LONE_NODE_CANNOT_SHARE)
 async def test_node_with_shares_restarts_without_bootstrap(tmp_path: Path) -> None:
     source = make_file(tmp_path / "src" / "small.bin", 1 * MiB)
     async with asyncio.timeout(30):
