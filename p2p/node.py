@@ -33,7 +33,7 @@ from .events import (
     Shared,
 )
 from .identity import Identity, PeerId, load_or_create
-from .store import DownloadInfo, ShareInfo, Store, bit_get
+from .store import DownloadInfo, ShareInfo, Store, bit_get, seal
 from .swarm.download import Download, FetchOptions
 from .wire import server as wire_server
 from .wire.transport import connect
@@ -128,6 +128,7 @@ class Node:
         self._downloads: dict[ContentId, tuple[Download, asyncio.Task[Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="chunks")
+        self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="sync")
         self._started = False
         self._closed = False
         self.bootstrap_error: str | None = None
@@ -151,6 +152,7 @@ class Node:
         except BaseException:
             self.store.close()
             self._pool.shutdown(wait=False)
+            self._sync_pool.shutdown(wait=False)
             raise
         self._started = True
         if cfg.bootstrap:
@@ -160,7 +162,7 @@ class Node:
                 self.bootstrap_error = str(exc)
                 self._log("warning", f"bootstrap failed: {exc}")
         for share in self.store.shares():
-            await self.dht.provide(share.content_id.digest)
+            await self._provide(share.content_id)
 
     async def _bind(self) -> None:
         cfg = self.config
@@ -201,6 +203,7 @@ class Node:
         await self.server.aclose()
         await self.dht.aclose()
         self._pool.shutdown(wait=True)
+        self._sync_pool.shutdown(wait=True)  # finishes pending seals: finished downloads become durable
         self.store.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -255,9 +258,18 @@ class Node:
 
         manifest, files = await asyncio.to_thread(build_manifest, path, self.identity, report)
         self.store.add_share(manifest, files, root=path)
-        await self.dht.provide(manifest.content_id.digest)
+        await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
         return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher))
+
+    async def _provide(self, content_id: ContentId) -> None:
+        """Announce ``content_id`` now and keep re-announcing it. Sharing works without a DHT
+        (tickets carry addresses), so a failed first announce is logged, not raised; the
+        DHT retries it at the next re-announce."""
+        try:
+            await self.dht.provide(content_id.digest)
+        except NetworkError as exc:
+            self._log("info", f"{content_id.short()} not announced yet: {exc}")
 
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
@@ -338,7 +350,12 @@ class Node:
         assert task is not None
         self._downloads[options.content_id] = (download, task)
         try:
-            return await download.run()
+            path = await download.run()
+            # Durable against an OS crash too, without holding up the caller; the pool's
+            # shutdown in aclose() waits for it.
+            sealing = asyncio.get_running_loop().run_in_executor(self._sync_pool, seal, path)
+            sealing.add_done_callback(self._sealed)
+            return path
         except asyncio.CancelledError:
             self.store.set_download_state(options.content_id, "paused")
             self.events.publish(DownloadPaused(options.content_id))
@@ -348,6 +365,10 @@ class Node:
             raise
         finally:
             self._downloads.pop(options.content_id, None)
+
+    def _sealed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._log("warning", f"could not sync a finished download to disk: {future.exception()}")
 
     def start_fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
@@ -418,11 +439,12 @@ class Node:
 
         def on_manifest(manifest: Manifest) -> None:
             # Partial seeding: announce as soon as we can serve chunks.
-            self._spawn(self.dht.provide(manifest.content_id.digest), "provide")
+            self._spawn(self._provide(manifest.content_id), "provide")
 
         return Download(options, store=self.store, events=self.events, connect=dial,
                         providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
-                        on_have=self.server.announce_have, on_manifest=on_manifest, pool=self._pool)
+                        on_have=self.server.announce_have, on_manifest=on_manifest, pool=self._pool,
+                        sync_pool=self._sync_pool)
 
     # -- peers and the DHT ---------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ Durability order (what makes a killed download resume without lying):
 2. :meth:`PartialDownload.commit` ``fdatasync``\\ s the partial files, and only
    then writes the new bitfield to SQLite in one transaction.
 
-So a chunk marked complete in the database always has its bytes on disk. A
+So a chunk marked complete in the database always has its bytes on disk. Syncing
+runs on its own thread and never holds up the transfer. A
 chunk written but not yet committed when the process died is not trusted: on
 resume, :meth:`PartialDownload.recover` re-hashes such chunks and keeps those
 whose bytes verify, and everything else is fetched again.
@@ -685,7 +686,14 @@ class PartialDownload:
         return found
 
     def finalize(self) -> Path:
-        """Every chunk is held: sync, rename into place, and serve from there. Returns the final path.
+        """Every chunk is held: rename into place, record completion, serve from there.
+
+        Returns the final path. The bytes are in the page cache, which survives a
+        killed process; making them durable against an OS crash is :func:`seal`'s
+        job, run afterwards off the download's critical path (a slow disk would
+        otherwise cap every download at its sync speed). Until then the file is
+        already served, and every read re-hashes its chunk, so a file torn by an
+        OS crash is never served as this content.
 
         Raises :class:`~p2p.errors.StoreError` if the destination exists already.
         """
@@ -695,12 +703,9 @@ class PartialDownload:
             fd = self._fds[i]
             if os.fstat(fd).st_size != entry.info.size:
                 os.ftruncate(fd, entry.info.size)  # empty files and short writes
-            os.fsync(fd)
-        self.commit()
         if self.dest.exists():
             raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
         os.rename(self.partial_path, self.dest)
-        _fsync_dir(self.dest.parent)
         files = [(entry, self.dest if self.manifest.kind == "file" else self.dest / entry.path)
                  for entry in self.manifest.entries]
         self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
@@ -722,6 +727,27 @@ class PartialDownload:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def seal(path: Path) -> None:
+    """Make a finished download durable: ``fsync`` its file (or every file of its folder), then
+    the folders, so the rename into place survives an OS crash too."""
+    if path.is_dir():
+        for dirpath, _, filenames in os.walk(path):
+            for name in filenames:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(Path(dirpath))
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

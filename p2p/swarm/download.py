@@ -107,7 +107,7 @@ class Download:
                  self_peer: PeerId, self_addrs: Callable[[], Sequence[Address]],
                  on_have: Callable[[bytes, int], None],
                  on_manifest: Callable[[Manifest], None],
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor) -> None:
         self.options = options
         self.content_id = options.content_id
         self.store = store
@@ -119,6 +119,9 @@ class Download:
         self._on_have = on_have
         self._on_manifest = on_manifest
         self._pool = pool
+        self._sync_pool = sync_pool
+        """One thread for fdatasync + progress records: a slow disk never stalls chunk checks."""
+        self._commit: asyncio.Future[int] | None = None
         self._loop = asyncio.get_running_loop()
         self.manifest: Manifest | None = None
         self.partial: PartialDownload | None = None
@@ -181,9 +184,12 @@ class Download:
                 for task in list(self._tasks):
                     task.cancel()
                 await self._close_all()
+                if self._commit is not None:
+                    with contextlib.suppress(P2PError, OSError):
+                        await self._commit
                 if self.partial is not None and not self.partial.complete:
                     with contextlib.suppress(P2PError, OSError):
-                        await self._loop.run_in_executor(self._pool, self.partial.commit)
+                        await self._loop.run_in_executor(self._sync_pool, self.partial.commit)
                     self.partial.close()
         if error is not None:
             raise error
@@ -503,12 +509,16 @@ class Download:
                     state.outbox.put_nowait(msg.Cancel(self.content_id.digest, index))
             self._pump()
             if now - last_commit >= COMMIT_INTERVAL:
-                last_commit = now
-                try:
-                    await self._loop.run_in_executor(self._pool, partial.commit)
-                except DiskFull as exc:
-                    self._fail(exc)
-                    return
+                commit = self._commit
+                if commit is not None and commit.done():
+                    self._commit = None
+                    if isinstance(commit.exception(), DiskFull):
+                        self._fail(commit.exception())  # type: ignore[arg-type]
+                        return
+                if self._commit is None:
+                    # Not awaited: the next one starts once this one is done.
+                    last_commit = now
+                    self._commit = self._loop.run_in_executor(self._sync_pool, partial.commit)
             if self._peers:
                 self._last_peer_seen = now
             elif now - self._last_peer_seen > self.options.timeout and not self._dialing:
