@@ -1,6 +1,6 @@
 """Kademlia DHT for the p2p network, built on the ``kademlia`` package (extended, not forked).
 
-This package is the only code that imports ``kademlia`` or ``rpcudp``. See ``docs/dht.md``
+This package is the only code that imports ``kademlia`` or ``rpcudp``. See ``docs/PROTOCOL.md`` (DHT section)
 for the wire format, the records and the constants.
 """
 

@@ -1,6 +1,6 @@
 """The hardened datagram layer: our RPCs on top of the library's ``KademliaProtocol``.
 
-Wire framing (see ``docs/dht.md``): one datagram is ``type (1 byte) + msg_id (20 bytes) +
+Wire framing (see ``docs/PROTOCOL.md`` (DHT section)): one datagram is ``type (1 byte) + msg_id (20 bytes) +
 canonical msgpack``. A request's payload is ``[name, [sender_node_id, *args]]`` and a
 response's payload is the handler's result.
 

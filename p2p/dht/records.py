@@ -4,7 +4,7 @@ Every record is canonical msgpack (:mod:`p2p.encoding`) and carries its author's
 Ed25519 signature over ``TAG + key + pack(body)``, where ``key`` is the 20-byte
 DHT key the record is stored under. Signing the key binds the record to its
 place: a record copied to another key fails verification. Exact layouts are in
-``docs/dht.md``.
+``docs/PROTOCOL.md`` (DHT section).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _CHANNEL_CONTEXT = "p2p 2026-11 dht channel key v1"
 PROVIDER_TTL = 3 * 3600
 """Provider record lifetime (s). Three re-announce intervals: two announces may fail in a row."""
 REANNOUNCE_INTERVAL = 3600.0
-"""How often a provider re-announces its content (s). See docs/dht.md for the trade-off."""
+"""How often a provider re-announces its content (s). See docs/PROTOCOL.md (DHT) for the trade-off."""
 PEER_TTL = 3 * 3600
 """Peer record lifetime (s); re-announced with the provider records."""
 CHANNEL_TTL = 24 * 3600
