@@ -72,6 +72,14 @@ async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
         await node.aclose()
 
 
+def _warn_alone(run: Run, node: Node) -> None:
+    """Say so when no DHT node is known: then only a ticket leads others to this peer."""
+    if not run.dht_warned and node.dht_summary()["contacts"] == 0:
+        run.dht_warned = True
+        run.out.note("p2p: note: no DHT node known (no --bootstrap): others can reach this "
+                     "peer through its tickets only")
+
+
 def _warn_bootstrap(run: Run, node: Node) -> None:
     if node.bootstrap_error:
         run.out.note(f"p2p: warning: could not join the DHT through the bootstrap nodes: "
@@ -157,6 +165,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
                      f"{manifest.chunk_count} chunks) in {seconds:.1f} s")
+        _warn_alone(run, node)
         if args.no_serve:
             return 0
         run.out.note(f"serving on {info['listen']} as {node.peer_id.short()}; "
@@ -199,6 +208,8 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
                 "shares": len(shares)}
         run.out.result(info, f"serving {len(shares)} shares as {node.peer_id} "
                              f"on {info['listen']}; Ctrl-C to stop")
+        if shares:
+            _warn_alone(run, node)
         await serve_until_signalled(run, node)
     return 0
 
