@@ -610,7 +610,7 @@ class P2PApp(App[None]):
             for b in bindings:
                 if isinstance(b, tuple):
                     b = Binding(*b)
-                out.append((b.key, b.description or b.action))
+                out.append((self.get_key_display(b), b.description or b.action))
             return out
 
         return [

@@ -1,0 +1,128 @@
+"""Snapshots of every view, rendered from fixed data through the app's own message handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from p2p.content import ContentId
+from p2p.events import (
+    ChunkFailed,
+    ChunkRequested,
+    ChunkVerified,
+    DownloadProgress,
+    DownloadStarted,
+    LogMessage,
+    PeerConnected,
+)
+from p2p.identity import PeerId
+from p2p.node import NodeConfig, PeerInfo
+from p2p.store import DownloadInfo, ShareInfo
+from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app
+from tui.model import DhtData
+
+SIZE = (120, 36)
+T0 = 1_700_000_000.0
+
+ALICE = PeerId(bytes([1]) * 32)
+BOB = PeerId(bytes([2]) * 32)
+MALLORY = PeerId(bytes([3]) * 32)
+MOVIE = ContentId(bytes([7]) * 32)
+ALBUM = ContentId(bytes([8]) * 32)
+NOTES = ContentId(bytes([9]) * 32)
+MIB = 1024 * 1024
+
+
+def events() -> list[Any]:
+    out: list[Any] = [
+        LogMessage("info", "node listening on 127.0.0.1:7473", at=T0),
+        LogMessage("debug", "dht refresh: 3 buckets", at=T0),
+        PeerConnected(ALICE, ("10.0.0.2", 7473), inbound=False, at=T0),
+        PeerConnected(BOB, ("10.0.0.3", 7473), inbound=False, at=T0),
+        DownloadStarted(MOVIE, "movie.mkv", 300 * MIB, 300, held=20,
+                        held_indexes=tuple(range(20)), at=T0),
+    ]
+    for i in range(20, 200):
+        peer = ALICE if i % 3 else BOB
+        out.append(ChunkRequested(MOVIE, i, peer, at=T0))
+        out.append(ChunkVerified(MOVIE, i, peer, MIB, at=T0))
+    for i in range(200, 216):
+        out.append(ChunkRequested(MOVIE, i, ALICE, at=T0))
+    out.append(ChunkFailed(MOVIE, 216, MALLORY, at=T0))
+    for k, rate in enumerate([2, 5, 9, 14, 18, 22, 21, 25, 30, 28, 31, 35, 33, 36, 40]):
+        out.append(DownloadProgress(MOVIE, 200, 300, 200 * MIB, 300 * MIB, rate * MIB,
+                                    100 * MIB / (rate * MIB), 2, at=T0 + k))
+    out.append(LogMessage("warning", "peer 3 sent a chunk that fails verification", at=T0))
+    return out
+
+
+def snapshot(at: float, scale: int) -> NodeSnapshot:
+    shares = [
+        ShareInfo(ALBUM, "file", "album.flac", 412 * MIB, 412, Path("/music/album.flac"), T0,
+                  "shared", ALICE),
+        ShareInfo(NOTES, "dir", "notes", 48_213, 1, Path("/home/me/notes"), T0, "downloaded",
+                  BOB),
+    ]
+    downloads = [DownloadInfo(MOVIE, "movie.mkv", 300 * MIB, 300, 200, "active",
+                              Path("/dl/movie.mkv"), Path("/state/partial/x"), None)]
+    peers = [
+        PeerInfo(ALICE, ("10.0.0.2", 7473), "out", 140 * MIB * scale, 30_000 * scale),
+        PeerInfo(BOB, ("10.0.0.3", 7473), "out", 60 * MIB * scale, 12_000 * scale, 1),
+        PeerInfo(BOB, ("10.0.0.3", 40112), "in", 800 * scale, 9 * MIB * scale),
+    ]
+    bans = [(MALLORY, "sent chunks that fail verification", T0, None)]
+    dht = DhtData(node_id="ab" * 32, peer_id=str(ALICE), buckets=(0, 1, 3, 8, 20, 20, 12, 4),
+                  contacts=68, records=(("channel", 1), ("peer", 9), ("provider", 41)),
+                  bootstrap=("203.0.113.5:7473",), bootstrap_error=None,
+                  addresses=("198.51.100.7:7473", "192.168.1.20:7473"), listen="0.0.0.0:7473")
+    return NodeSnapshot(at, shares, downloads, peers, bans, dht, {MOVIE}, {})
+
+
+def fixed_app() -> P2PApp:
+    app = build_app(NodeConfig(state_dir=Path("/nonexistent/state")), start_node=False)
+    app.clock = lambda: "12:00:00"
+    return app
+
+
+async def feed(pilot: Pilot[Any]) -> None:
+    app = pilot.app
+    assert isinstance(app, P2PApp)
+    app.providers.update({ALBUM: 3, NOTES: 1})
+    app.on_node_events(NodeEvents(events()))
+    app.on_node_snapshot(snapshot(100.0, 1))
+    app.on_node_snapshot(snapshot(102.0, 2))
+    await pilot.pause()
+
+
+def run_before(keys: str = "", then: Any = None) -> Any:
+    async def before(pilot: Pilot[Any]) -> None:
+        await feed(pilot)
+        if keys:
+            await pilot.press(*keys)
+        if then is not None:
+            await then(pilot)
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+
+    return before
+
+
+@pytest.mark.parametrize("key", ["1", "2", "3", "4", "5"],
+                         ids=["library", "transfers", "peers", "dht", "log"])
+def test_view(snap_compare: Any, key: str) -> None:
+    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before(key))
+
+
+def test_fetch_dialog_with_error(snap_compare: Any) -> None:
+    async def type_bad(pilot: Pilot[Any]) -> None:
+        pilot.app.screen.query_one("#fetch-input", Input).value = "p2pt1notaticket"
+
+    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("f", type_bad))
+
+
+def test_help(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("?"))
