@@ -300,9 +300,15 @@ class Download:
                 await conn.aclose(reason)
 
     async def _writer(self, state: _Peer) -> None:
-        while True:
-            message = await state.outbox.get()
-            await state.conn.send(message)
+        try:
+            while True:
+                message = await state.outbox.get()
+                await state.conn.send(message)
+        except (NetworkError, OSError) as exc:  # ConnectionClosed is a NetworkError
+            # The reader sees the same close and drops the peer; make sure it does.
+            log.debug("peer %s: send failed: %s", state.peer.short(), exc)
+            with contextlib.suppress(Exception):
+                await state.conn.aclose("send failed")
 
     def _drop(self, peer: PeerId, reason: str) -> None:
         if self._peers.pop(peer, None) is None:

@@ -258,9 +258,15 @@ class Scheduler:
         best = None
         best_time = float("inf")
         for index, holders in self._requested.items():
-            if peer in holders or len(holders) >= ENDGAME_DUPLICATES or not state.has(index):
+            if peer in holders or not state.has(index):
                 continue
-            if peer in self._avoid.get(index, ()):
+            avoided = self._avoid.get(index, ())
+            if len(holders) >= ENDGAME_DUPLICATES:
+                continue
+            # When every peer holding this request is a suspect (it timed out or lied about
+            # this chunk before), a suspect may duplicate it too: otherwise a silent peer
+            # could keep the chunk from a seeder that once timed out, forever.
+            if peer in avoided and not all(h in avoided for h in holders):
                 continue
             asked = min(self.peers[p].inflight[index] for p in holders)
             if asked < best_time:
@@ -289,7 +295,8 @@ class Scheduler:
         if state is None or index not in state.inflight:
             # Unrequested or cancelled data: count it against nobody, use nothing.
             return DataOutcome(False)
-        self._update_rate(state, nbytes, now)
+        if verified:  # bytes that fail their hash are not throughput
+            self._update_rate(state, nbytes, now)
         self._unrequest(peer, index)
         if not verified:
             state.strikes += 1

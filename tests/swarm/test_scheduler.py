@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -385,7 +384,6 @@ SILENT_PEER_HOLDS_CHUNK_HOSTAGE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SILENT_PEER_HOLDS_CHUNK_HOSTAGE)
 def test_silent_peer_does_not_hold_last_chunk_hostage() -> None:
     s = make(1)
     join(s, "seeder")
@@ -402,7 +400,6 @@ def test_silent_peer_does_not_hold_last_chunk_hostage() -> None:
     assert ("seeder", 0) in asked, asked
 
 
-@pytest.mark.xfail(strict=True, reason=SILENT_PEER_HOLDS_CHUNK_HOSTAGE)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**RANDOM_RUN)
 @example(count=1, held=set(), others=[], ops=[("join", 1), ("plan", 0), ("bad", 0), ("expire", 0)],

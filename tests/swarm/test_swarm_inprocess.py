@@ -120,24 +120,6 @@ async def test_corrupting_seeder_is_banned_and_download_completes(tmp_path: Path
 
 # -- a seeder that leaves -------------------------------------------------------------------
 
-WRITER_DIES_ON_CLOSED_CONNECTION = (
-    "p2p/swarm/download.py: Download._writer() lets ConnectionClosed from conn.send() escape. "
-    "It runs in the download's TaskGroup, so when a peer's connection closes while a Request "
-    "for it is queued (the writer sends before the reader notices the close), the TaskGroup "
-    "cancels everything and Node.fetch() raises ExceptionGroup([ConnectionClosed('cannot send: "
-    "the connection is closed')]) instead of dropping that peer and finishing from the others. "
-    "Fix: in _writer() catch ConnectionClosed (and NetworkError/OSError) and return, or make "
-    "_serve_peer() own the writer and treat its failure like the reader's end (drop the peer)."
-)
-
-
-def _raise_if_writer_bug(group: BaseExceptionGroup) -> None:  # type: ignore[type-arg]
-    """The race in WRITER_DIES_ON_CLOSED_CONNECTION: mark xfail, and only for exactly that."""
-    rest = group.split(ConnectionClosed)[1]
-    if rest is None:
-        pytest.xfail(WRITER_DIES_ON_CLOSED_CONNECTION)
-
-
 async def test_seeder_stopped_mid_transfer_download_completes_from_others(
         tmp_path: Path) -> None:
     source = make_file(tmp_path / "src" / "big.bin", 4 * SIZE)  # 1024 chunks
@@ -162,11 +144,7 @@ async def test_seeder_stopped_mid_transfer_download_completes_from_others(
                 assert download is not None, "download finished before the seeder stopped"
                 await victim.aclose()
                 assert download.scheduler is not None and not download.scheduler.complete
-                try:
-                    path = await fetch
-                except BaseExceptionGroup as group:
-                    _raise_if_writer_bug(group)
-                    raise
+                path = await fetch
             finally:
                 fetch.cancel()
             events = [event, *drain(sub)]
@@ -202,7 +180,6 @@ class _SendFailsAfter:
         await self._inner.send(message)
 
 
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup, reason=WRITER_DIES_ON_CLOSED_CONNECTION)
 async def test_peer_whose_connection_closes_under_the_writer_is_dropped(
         tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with asyncio.timeout(60), running_nodes(tmp_path, ["gone", "stays", "dl"]) as nodes:
