@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -67,7 +68,7 @@ def selected_key(table: DataTable[str | Text]) -> str | None:
     """The key of the row under the cursor, or None for an empty table."""
     if not table.row_count or not 0 <= table.cursor_row < table.row_count:
         return None
-    return str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
+    return str(table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value)
 
 
 # -- library --------------------------------------------------------------------------------
@@ -402,7 +403,7 @@ class LogView(Vertical):
         text.append(entry.message)
         return text
 
-    def visible(self) -> list[LogEntry]:
+    def shown_entries(self) -> list[LogEntry]:
         """The entries the current filter shows."""
         return [e for e in self.entries if self._shown(e)]
 
@@ -419,7 +420,7 @@ class LogView(Vertical):
     def _rewrite(self) -> None:
         log = self.query_one(RichLog)
         log.clear()
-        for entry in self.visible():
+        for entry in self.shown_entries():
             log.write(self._line(entry))
 
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -1,0 +1,120 @@
+"""Pure pieces of the app: event folding, chunk grouping, peer rates, coalescing, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2p.content import ContentId
+from p2p.errors import BadInput
+from p2p.events import (
+    ChunkFailed,
+    ChunkRequested,
+    ChunkVerified,
+    DownloadCompleted,
+    DownloadPaused,
+    DownloadProgress,
+    DownloadStarted,
+    LogMessage,
+)
+from p2p.identity import PeerId
+from p2p.node import DEFAULT_PORT, PeerInfo
+from tui.app import coalesce, describe
+from tui.config import config_from_args, parse_address
+from tui.model import Cell, ChunkMapData, Peers, Transfers, group_cells, human_bytes, human_eta
+
+CID = ContentId(bytes([5]) * 32)
+A = PeerId(bytes([1]) * 32)
+B = PeerId(bytes([2]) * 32)
+
+
+def test_transfer_folds_chunk_events() -> None:
+    t = Transfers()
+    t.apply(DownloadStarted(CID, "f", 4000, 8, held=2, held_indexes=(0, 1)))
+    t.apply(ChunkRequested(CID, 2, B))
+    t.apply(ChunkRequested(CID, 3, A))
+    t.apply(ChunkVerified(CID, 3, A, 500))
+    t.apply(ChunkVerified(CID, 4, B, 500))
+    t.apply(ChunkFailed(CID, 5, B))
+    data = t.chunk_map(CID)
+    assert data.states == (Cell.VERIFIED, Cell.VERIFIED, Cell.IN_FLIGHT, Cell.VERIFIED,
+                           Cell.VERIFIED, Cell.FAILED, Cell.MISSING, Cell.MISSING)
+    assert data.owners[:5] == ("", "", "", A.short(), B.short())
+    assert [label for label, _ in data.legend] == [A.short(), B.short()]  # first seen first
+    row = t.row(CID)
+    assert row is not None and row.done_chunks == 4
+    t.apply(DownloadPaused(CID))
+    assert t.chunk_map(CID).states[2] == Cell.MISSING  # in flight is void once paused
+    assert t.row(CID).state == "paused"  # type: ignore[union-attr]
+    t.apply(DownloadProgress(CID, 4, 8, 2000, 4000, 100.0, 20.0, 2))
+    t.apply(DownloadCompleted(CID, "/x", 4000, 1.0, {}))
+    assert set(t.chunk_map(CID).states) == {Cell.VERIFIED}
+    assert t.row(CID).state == "complete"  # type: ignore[union-attr]
+
+
+def test_palette_is_stable_across_transfers() -> None:
+    t = Transfers()
+    other = ContentId(bytes([6]) * 32)
+    for cid in (CID, other):
+        t.apply(DownloadStarted(cid, "f", 100, 2, held=0))
+    t.apply(ChunkVerified(CID, 0, B, 50))
+    t.apply(ChunkVerified(other, 0, A, 50))
+    t.apply(ChunkVerified(other, 1, B, 50))
+    colours = dict(t.chunk_map(other).legend)
+    assert colours[B.short()] == dict(t.chunk_map(CID).legend)[B.short()]
+    assert colours[A.short()] != colours[B.short()]
+
+
+def test_group_cells_fits_and_aggregates() -> None:
+    states = (Cell.VERIFIED,) * 4 + (Cell.VERIFIED, Cell.IN_FLIGHT) + (Cell.FAILED, Cell.MISSING)
+    data = ChunkMapData(states, ("a", "b", "a", "a", "b", "", "", ""))
+    cells = group_cells(data, 4)
+    assert cells == [(Cell.VERIFIED, "a"), (Cell.VERIFIED, "a"), (Cell.IN_FLIGHT, ""),
+                     (Cell.FAILED, "")]
+    assert len(group_cells(data, 100)) == 8
+    big = ChunkMapData((Cell.MISSING,) * 10_000, ("",) * 10_000)
+    assert len(group_cells(big, 300)) == 300
+
+
+def test_peer_rates_from_byte_deltas_and_bans() -> None:
+    p = Peers()
+    p.update(10.0, [PeerInfo(A, ("1.2.3.4", 5), "out", 1000, 100)], [])
+    p.update(12.0, [PeerInfo(A, ("1.2.3.4", 5), "out", 5000, 300)],
+             [(B, "bad chunks", 0.0, None)])
+    rows = {r.peer: r for r in p.rows()}
+    assert rows[A].rate_in == 2000 and rows[A].rate_out == 100
+    assert rows[B].banned == "bad chunks" and not rows[B].connected
+    p.update(13.0, [], [])
+    assert not {r.peer: r for r in p.rows()}[A].connected
+
+
+def test_coalesce_keeps_latest_progress_only() -> None:
+    p1 = DownloadProgress(CID, 1, 8, 1, 8, 1.0, None, 1)
+    p2 = DownloadProgress(CID, 2, 8, 2, 8, 2.0, None, 1)
+    v = ChunkVerified(CID, 1, A, 1)
+    assert coalesce([p1, v, p2]) == [v, p2]
+    assert describe(LogMessage("warning", "hello")) == ("warning", "hello")
+
+
+def test_settings_flags_win_over_environment(tmp_path: Path) -> None:
+    env = {"P2P_STATE_DIR": str(tmp_path / "env"), "P2P_LISTEN": "127.0.0.1:9000",
+           "P2P_BOOTSTRAP": "10.0.0.1:7473, [::1]:7000"}
+    cfg = config_from_args([], env)
+    assert cfg.state_dir == tmp_path / "env"
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 9000)
+    assert cfg.bootstrap == (("10.0.0.1", 7473), ("::1", 7000))
+    cfg = config_from_args(["--state-dir", str(tmp_path / "flag"), "--listen", "0.0.0.0:1",
+                            "--bootstrap", "h:1", "--bootstrap", "k:2"], env)
+    assert cfg.state_dir == tmp_path / "flag"
+    assert cfg.port == 1 and cfg.bootstrap == (("h", 1), ("k", 2))
+    default = config_from_args([], {})
+    assert (default.host, default.port) == ("0.0.0.0", DEFAULT_PORT)
+    with pytest.raises(BadInput):
+        parse_address("no-port")
+
+
+def test_human_units() -> None:
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_eta(3725) == "1:02:05"
+    assert human_eta(None) == "-"
