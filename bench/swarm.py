@@ -121,11 +121,27 @@ def loadavg() -> str:
 # -- our swarm ----------------------------------------------------------------------------
 
 
+class DownloadFailed(RuntimeError):
+    """The downloader child did not deliver the file (counted and retried, not hidden)."""
+
+
+def run_ours_retrying(failures: list[str], *args: object, **kw: object) -> dict[str, object]:
+    """run_ours; a failed download is reported, counted in ``failures`` and run again (3 tries)."""
+    for attempt in range(3):
+        try:
+            return run_ours(*args, **kw)  # type: ignore[arg-type]
+        except DownloadFailed as exc:
+            failures.append(str(exc))
+            print(f"  FAILED (attempt {attempt + 1}): {exc}", flush=True)
+    raise SystemExit("the download failed 3 times in a row")
+
+
 PATCH: list[str] = []
 """``--patch FILE`` for every child (set by main)."""
 
 
-def start_seeders(n: int, data: Path, scratch: Path) -> tuple[list[subprocess.Popen[str]], list[int], str]:
+def start_seeders(n: int, data: Path, scratch: Path,
+                  cprofile: str | None = None) -> tuple[list[subprocess.Popen[str]], list[int], str]:
     """A bare bootstrap node (DHT contact for everyone), then n seeders. Returns them all (boot last)."""
     state = scratch / "boot"
     shutil.rmtree(state, ignore_errors=True)
@@ -142,7 +158,8 @@ def start_seeders(n: int, data: Path, scratch: Path) -> tuple[list[subprocess.Po
         shutil.rmtree(state, ignore_errors=True)
         procs.append(subprocess.Popen(
             [sys.executable, str(PEER), "seed", "--state", str(state), "--file", str(data),
-             "--boot", str(boot), *PATCH],
+             "--boot", str(boot), *PATCH,
+             *(["--cprofile", f"{cprofile}.seed{i}"] if cprofile and i == 0 else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     ports, cids = [], set()
     for p in procs:
@@ -187,7 +204,7 @@ def py_spy(pid: int, out: str, seconds: float) -> subprocess.Popen[bytes] | None
 
 def run_ours(size: int, n: int, data: Path, scratch: Path, profile: str | None = None,
              cprofile: str | None = None) -> dict[str, object]:
-    procs, ports, cid = start_seeders(n, data, scratch)
+    procs, ports, cid = start_seeders(n, data, scratch, cprofile)
     seeders, boot = procs[:-1], ports.pop()
     state, dest = scratch / "dl-state", scratch / "dl" / data.name
     shutil.rmtree(state, ignore_errors=True)
@@ -202,7 +219,10 @@ def run_ours(size: int, n: int, data: Path, scratch: Path, profile: str | None =
             cmd += ["--cprofile", cprofile]
         seed_cpu0 = [(cpu_s(p.pid), cpu_s(p.pid, p.pid)) for p in seeders]
         tot0, idle0 = sys_cpu()
-        dl = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        errlog = scratch / "downloader.stderr"
+        with open(errlog, "w") as err:
+            dl = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                  text=True)
         if profile:
             for pid, tag in ((dl.pid, "downloader"), (seeders[0].pid, "seeder0")):
                 spy = py_spy(pid, f"{profile}-{tag}.txt", max(3, size / MiB / 150))
@@ -213,7 +233,9 @@ def run_ours(size: int, n: int, data: Path, scratch: Path, profile: str | None =
         seed_cpu1 = [(cpu_s(p.pid), cpu_s(p.pid, p.pid)) for p in seeders]
         if not line.strip():
             dl.kill()
-            raise RuntimeError("the downloader failed (see its stderr above)")
+            dl.wait()
+            tail = errlog.read_text().strip().splitlines()[-6:]
+            raise DownloadFailed("the downloader failed: " + " | ".join(x.strip() for x in tail))
         r = json.loads(line)
         r["hwm_kib_proc"] = vm_hwm_kib(dl.pid)
         r["seed_minflt"] = sum(minflt(p.pid) for p in seeders)
@@ -226,7 +248,7 @@ def run_ours(size: int, n: int, data: Path, scratch: Path, profile: str | None =
                 spy.kill()
         stop(procs)
     if not r["ok"]:
-        raise RuntimeError(f"download incomplete: {r}")
+        raise DownloadFailed(f"download incomplete: {r}")
     r["mib_s"] = size / MiB / r["elapsed"]
     r["seed_cpu"] = sum(b[0] - a[0] for a, b in zip(seed_cpu0, seed_cpu1, strict=True))
     r["seed_loop_cpu"] = [b[1] - a[1] for a, b in zip(seed_cpu0, seed_cpu1, strict=True)]
@@ -299,7 +321,8 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="PREFIX", help="py-spy collapsed stacks PREFIX-*.txt")
     ap.add_argument("--patch", metavar="FILE",
                     help="run FILE in every child first (measure a library change without editing it)")
-    ap.add_argument("--cprofile", metavar="FILE", help="cProfile the downloader (first round, largest S)")
+    ap.add_argument("--cprofile", metavar="FILE", help="cProfile (CPU time) the event loop of the downloader -> FILE and of seeder 0 -> "
+                         "FILE.seed0 (first round, largest S)")
     a = ap.parse_args()
     if a.quick:
         a.size = "256M"
@@ -318,6 +341,7 @@ def main() -> None:
     lt: dict[int, list[float]] = {n: [] for n in counts}
     lt_cpu: dict[int, list[float]] = {n: [] for n in counts}
     rss: dict[str, object] | None = None
+    failures: list[str] = []
     try:
         t0 = time.perf_counter()
         data = make_data(scratch, size)
@@ -331,7 +355,7 @@ def main() -> None:
             for n in counts:
                 prof = f"{a.py_spy}-S{n}" if a.py_spy and rnd == 0 else None
                 cprof = a.cprofile if a.cprofile and rnd == 0 and n == max(counts) else None
-                r = run_ours(size, n, data, scratch, prof, cprof)
+                r = run_ours_retrying(failures, size, n, data, scratch, prof, cprof)
                 ours[n].append(r)
                 print(f"  round {rnd + 1}: ours S={n}: {describe(r)}", flush=True)
             if a.vs_libtorrent:
@@ -345,7 +369,7 @@ def main() -> None:
                     f.unlink()
             rdata = make_data(scratch, rsize)
             n = max(counts)
-            r = run_ours(rsize, n, rdata, scratch)
+            r = run_ours_retrying(failures, rsize, n, rdata, scratch)
             rdata.unlink()
             rss = r
             print(f"  RSS run {rsize / MiB:.0f} MiB, S={n}: {describe(r)}; RSS before fetch "
@@ -384,7 +408,7 @@ def main() -> None:
         out["peak_rss_mib"] = round(int(rss["hwm_kib_proc"]) / 1024, 1)  # type: ignore[call-overload]
         out["rss_size_mib"] = parse_size(a.rss_size) // MiB
         out["rss_run_mib_s"] = round(float(rss["mib_s"]), 1)  # type: ignore[arg-type]
-        out["peak_rss_mib_at_size"] = round(peak, 1)
+        out["peak_rss_mib_main_runs"] = round(peak, 1)
     if a.vs_libtorrent and lt.get(hi):
         lm_hi = statistics.median(lt[hi])
         out["libtorrent_mib_s"] = round(lm_hi, 1)
@@ -393,6 +417,9 @@ def main() -> None:
         if lt.get(lo):
             out["libtorrent_mib_s_1"] = round(statistics.median(lt[lo]), 1)
             out["ratio_1"] = round(med[lo] / statistics.median(lt[lo]), 2)
+    out["failed_downloads"] = len(failures)
+    if failures:
+        print(f"  {len(failures)} download(s) FAILED and were run again; first: {failures[0]}")
     out.update(cores=machine["cores"], load_start=machine["load_start"],
                load_end=machine["load_end"], cmd=cmd)
     print(json.dumps(out))

@@ -81,7 +81,13 @@ async def seed(a: argparse.Namespace) -> None:
         result = await node.share(Path(a.file))
         print(json.dumps({"port": node.port, "content_id": str(result.content_id),
                           "share_s": time.perf_counter() - t0}), flush=True)
+        prof = cProfile.Profile(time.thread_time) if a.cprofile else None
+        if prof:
+            prof.enable()
         await wait_stdin_closed()
+        if prof:
+            prof.disable()
+            prof.dump_stats(a.cprofile)
 
 
 async def fetch(a: argparse.Namespace) -> None:
