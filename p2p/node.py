@@ -328,6 +328,10 @@ class Node:
         addrs = list(peers)
         if ticket is not None:
             addrs = list(ticket.addresses) + addrs
+        if addrs:
+            self.store.add_sources(cid, addrs)
+        # A resumed download dials the addresses an earlier run was given (a ticket's) again.
+        addrs += [a for a in self.store.sources(cid) if a not in addrs]
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
                             self.config.download_dir, publisher, tuple(addrs), timeout)
 

@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS downloads (
     dest TEXT NOT NULL, partial TEXT NOT NULL, state TEXT NOT NULL,
     bitfield BLOB NOT NULL, done_chunks INTEGER NOT NULL, started REAL NOT NULL,
     updated REAL NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS download_sources (
+    content_id BLOB NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL, added REAL NOT NULL,
+    PRIMARY KEY (content_id, host, port));
 CREATE TABLE IF NOT EXISTS bans (
     peer_id BLOB PRIMARY KEY, reason TEXT NOT NULL, banned_at REAL NOT NULL, until REAL);
 CREATE TABLE IF NOT EXISTS peers (
@@ -472,6 +475,7 @@ class Store:
         rows = self._query("SELECT partial FROM downloads WHERE content_id=?", (cid,))
         with self._tx() as db:
             db.execute("DELETE FROM downloads WHERE content_id=?", (cid,))
+            db.execute("DELETE FROM download_sources WHERE content_id=?", (cid,))
         if rows:
             path = Path(str(rows[0][0]))
             if path.is_dir():
@@ -479,6 +483,19 @@ class Store:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def add_sources(self, content_id: ContentId | bytes, addrs: list[tuple[str, int]]) -> None:
+        """Remember addresses to fetch ``content_id`` from (a ticket's), so a resume after a
+        restart can dial them again without the ticket."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO download_sources VALUES (?,?,?,?)",
+                           [(_raw(content_id), host, port, now) for host, port in addrs])
+
+    def sources(self, content_id: ContentId | bytes) -> list[tuple[str, int]]:
+        """Addresses remembered for ``content_id``, oldest first."""
+        return [(str(r[0]), int(r[1])) for r in self._query(
+            "SELECT host, port FROM download_sources WHERE content_id=? ORDER BY added", (_raw(content_id),))]
 
     def downloads(self) -> list[DownloadInfo]:
         """Every download this store knows, with its progress."""
