@@ -391,7 +391,9 @@ class Download:
         elif dest.is_dir() and manifest.kind == "file":
             dest = dest / manifest.name
         self.partial = self.store.open_download(manifest, dest)
-        recovered = await self._loop.run_in_executor(self._pool, self.partial.recover)
+        recovered = []
+        if self.partial.resumed:
+            recovered = await self._loop.run_in_executor(self._pool, self.partial.recover)
         if recovered:
             log.info("resume: %d chunks on disk verified again without fetching", len(recovered))
         first = manifest.entries[0].info if manifest.entries else None
@@ -560,7 +562,11 @@ class Download:
         partial = self.partial
         assert partial is not None
         self._publish_progress(time.monotonic())
-        path = await self._loop.run_in_executor(self._pool, partial.finalize)
+        if self._commit is not None:  # let a progress record in flight land first
+            with contextlib.suppress(P2PError, OSError):
+                await self._commit
+            self._commit = None
+        path = await self._loop.run_in_executor(self._sync_pool, partial.finalize)
         seconds = time.monotonic() - self._started
         self.events.publish(DownloadCompleted(
             self.content_id, str(path), partial.manifest.total_size, seconds,

@@ -36,6 +36,11 @@ MIN_INFLIGHT = 2
 """Never fewer than two requests in flight: one arriving, one being served."""
 MAX_INFLIGHT = 16
 """Upper bound per peer: bounds memory (16 x 1 MiB) and what a stalled peer can hold up."""
+INFLIGHT_BUDGET_BYTES = 24 * 1024 * 1024
+"""Bytes requested and not yet received, over all peers of one download. This bounds the
+download's memory whatever the number of peers; faster peers plan first and take most of it.
+24 MiB covers a 1 GiB/s link with 25 ms of latency."""
+MIN_BUDGET_CHUNKS = 8
 INITIAL_INFLIGHT = 4
 """Before a peer's rate is known."""
 REQUEST_TIMEOUT = 15.0
@@ -110,6 +115,8 @@ class Scheduler:
         self._avoid: dict[int, set[Peer]] = {}
         """Chunk -> peers that timed out or lied about it: ask others first."""
         self._cursor = 0
+        self.budget = max(MIN_BUDGET_CHUNKS, INFLIGHT_BUDGET_BYTES // max(chunk_size, 1))
+        """Most requests in flight at once over all peers."""
 
     # -- state ---------------------------------------------------------------------
 
@@ -207,11 +214,15 @@ class Scheduler:
         """New requests to send: fills every peer's pipeline. The caller sends them all."""
         self._maybe_reorder(now)
         out: list[tuple[Peer, int]] = []
-        # Faster peers choose first, so scarce chunks go where they arrive soonest.
+        budget = self.budget - sum(len(state.inflight) for state in self.peers.values())
+        # Faster peers choose first, so scarce chunks and the shared budget go where they
+        # arrive soonest.
         for peer, state in sorted(self.peers.items(), key=lambda kv: -kv[1].rate):
             if state.choked_until > now:
                 continue
-            room = self.depth(peer) - len(state.inflight)
+            room = min(self.depth(peer) - len(state.inflight), budget)
+            if not state.inflight:
+                room = max(room, 1)  # every peer keeps one request, so its rate stays known
             while room > 0:
                 index = self._pick(peer, state)
                 if index is None:
@@ -221,6 +232,7 @@ class Scheduler:
                 self._request(peer, state, index, now)
                 out.append((peer, index))
                 room -= 1
+                budget -= 1
         return out
 
     def _maybe_reorder(self, now: float) -> None:

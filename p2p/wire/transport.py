@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 MAX_SEND_BUFFER = 4 << 20
 """Default write-buffer high-water mark: a few chunks, enough to keep a fast link busy."""
-MAX_RECEIVE_QUEUE = 8 << 20
-"""Default bytes of decoded messages held before reading stops (a few chunks ahead of the app)."""
+MAX_RECEIVE_QUEUE = 2 << 20
+"""Default bytes of decoded messages held before reading stops: two 1 MiB chunks ahead of the
+app is enough to keep it busy; more only grows memory (a download talks to up to 16 peers)."""
 CLOSE_TIMEOUT = 2.0
 """How long aclose() lets a Goodbye and buffered data drain before it aborts the socket."""
 
