@@ -30,10 +30,14 @@ async def test_round_trip_reverifies_every_contact(tmp_path: Path) -> None:
         doc["contacts"][0][0] = os.urandom(20).hex()
         doc["contacts"][1][2] = port
         path.write_text(json.dumps(doc))
+        # Every contact of the network as it really is: (node id, host, port).
+        genuine = {(n.node_id, "127.0.0.1", n.port) for n in nodes}
         async with DHT.open_ctx(me, config(state_path=path)) as again:
             after = {c for bucket in again.routing_table() for c in bucket}
-            assert after <= before
-            assert len(after) >= len(before) // 2  # a loaded machine may time a few out
+            # Re-verification may also learn nodes the file did not list (it looks itself
+            # up), but only genuine ones: a tampered file injects nothing.
+            assert after <= genuine
+            assert len(after & before) >= len(before) // 2  # a loaded machine may time a few out
             assert (bytes.fromhex(doc["contacts"][0][0]), *doc["contacts"][0][1:]) not in after
             assert await again.find_providers(os.urandom(32)) == []
 
