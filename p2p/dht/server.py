@@ -103,6 +103,9 @@ class DHT:
         self._lookups = 0
         self._lookup_rpcs = 0
         self.state_load_error: str | None = None
+        self.restored_contacts = 0
+        """Contacts of the saved routing table that answered re-verification at start."""
+        self._saved_unverified: list[tuple[bytes, str, int]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -160,8 +163,11 @@ class DHT:
                 log.warning("DHT: ignoring saved routing table: %s", exc)
                 self.state_load_error = str(exc)
                 contacts = []
+            # Until they answer, contacts that fail re-verification stay in the saved file:
+            # a restart during a network outage must not forget the whole table.
+            self._saved_unverified = list(contacts)
             if contacts:
-                await self._reverify(contacts)
+                self.restored_contacts = await self._reverify(contacts)
         if self._config.bootstrap:
             try:
                 await self.bootstrap(self._config.bootstrap)
@@ -555,6 +561,7 @@ class DHT:
                                 "misses": self._verify_cache.misses},
             "provided": len(self._provided),
             "state_load_error": self.state_load_error,
+            "restored_contacts": self.restored_contacts,
         }
 
     # -- persistence and maintenance -------------------------------------------------------------
@@ -564,6 +571,12 @@ class DHT:
         if self._config.state_path is None:
             raise BadInput("no state_path configured")
         contacts = [(n.id, n.ip, n.port) for n in self._protocol.router.contacts()]
+        if len(contacts) < self._config.ksize:
+            # A thin table (a restart during an outage, say) keeps the saved contacts that
+            # have not answered yet: they are verified again before any use. Once the
+            # table is healthy, stale ones are let go.
+            known = {c[0] for c in contacts}
+            contacts += [c for c in self._saved_unverified if c[0] not in known]
         save_routing_table(self._config.state_path, self.node_id, contacts)
 
     async def _save_regularly(self) -> None:

@@ -67,3 +67,19 @@ def test_save_is_atomic_and_private(tmp_path: Path) -> None:
     assert load_routing_table(path) == (b"\1" * 20, [(b"\2" * 20, "10.0.0.1", 5)])
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in path.parent.iterdir()] == ["dht.json"]
+
+
+async def test_a_restart_with_nobody_answering_keeps_the_saved_table(tmp_path: Path) -> None:
+    path = tmp_path / "dht.json"
+    me = Identity.generate()
+    async with network(6) as nodes:
+        boot = (("127.0.0.1", nodes[0].port),)
+        async with DHT.open_ctx(me, config(state_path=path, bootstrap=boot)) as first:
+            assert sum(len(b) for b in first.routing_table()) >= 3
+    # The whole network is gone now (an outage): re-verification fails for every contact.
+    _, saved = load_routing_table(path)
+    async with DHT.open_ctx(me, config(state_path=path)) as again:
+        assert again.stats()["restored_contacts"] == 0
+        assert sum(len(b) for b in again.routing_table()) == 0
+    _, kept = load_routing_table(path)
+    assert set(kept) == set(saved)
