@@ -142,9 +142,8 @@ class Daemon:
         self.dht = dht
         self.metrics: MetricsServer | None = None
         self.saved_contacts = saved
-        # With no --bootstrap, every contact present right after open came from the saved
-        # table (re-verified by DHT.open) or from the join lookup through those contacts.
-        self.restored_contacts = min(saved, len(dht.protocol.router)) if saved else 0
+        # Saved contacts that answered re-verification in DHT.open.
+        self.restored_contacts = int(dht.stats()["restored_contacts"])
 
     def healthy(self) -> tuple[bool, dict[str, Any]]:
         """(socket open?, details) for ``/healthz``."""
