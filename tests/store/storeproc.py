@@ -23,6 +23,7 @@ Modes (each prints one line per step, flushed, so the parent can follow it):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from p2p.content import Manifest, build_manifest
@@ -143,6 +145,23 @@ class Child:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@contextlib.contextmanager
+def mounted(fstype: str, where: Path, size: str = "64m") -> Iterator[Path]:
+    """Mount a fresh ``tmpfs`` or ``ramfs`` at ``where`` for the test (skipped unless root)."""
+    import pytest
+
+    where.mkdir()
+    options = ["-o", f"size={size}"] if fstype == "tmpfs" else []
+    result = subprocess.run(["mount", "-t", fstype, *options, fstype, str(where)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a {fstype} (needs root): {result.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, timeout=30)
 
 
 # -- the child side -------------------------------------------------------------------

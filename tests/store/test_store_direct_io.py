@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from p2p.content import build_manifest
 from p2p.identity import Identity
 from p2p.store import Store
 
-from .storeproc import CHUNK, make_bytes
+from .storeproc import CHUNK, make_bytes, mounted
 
 ME = Identity.generate()
 
@@ -44,20 +42,6 @@ def accepts_o_direct(directory: Path) -> bool:
             probe.unlink()
     os.close(fd)
     return True
-
-
-@contextlib.contextmanager
-def mounted(fstype: str, where: Path) -> Iterator[Path]:
-    where.mkdir()
-    options = ["-o", "size=64m"] if fstype == "tmpfs" else []
-    result = subprocess.run(["mount", "-t", fstype, *options, fstype, str(where)],
-                            capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a {fstype} (needs root): {result.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True, timeout=30)
 
 
 def download_all(state: Path, src: Path, dest: Path) -> tuple[bytes, list[int]]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from p2p.content import build_manifest
+from p2p.errors import DiskFull
 from p2p.identity import Identity
 from p2p.store import Store
 
-from .storeproc import CHUNK, Child, chunk_bytes, make_bytes, save_manifest, set_bits
+from .storeproc import CHUNK, Child, chunk_bytes, make_bytes, mounted, save_manifest, set_bits
 
 ME = Identity.generate()
 
@@ -73,3 +74,40 @@ def test_a_new_partial_file_is_preallocated_when_there_is_room(tmp_path: Path) -
         assert os.stat(partial.partial_path).st_size == manifest.total_size
         partial.close()
 
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "p2p/store.py PartialDownload.commit -> Store._save_bits (and every Store._tx write): when "
+    "the disk holding the state directory is full, SQLite's 'database or disk is full' escapes "
+    "as a raw sqlite3.OperationalError instead of DiskFull (exit code 1, 'free space and run "
+    "again'), so handlers of P2PError (the exit-code map) do not catch it. Fix: in Store._tx (or "
+    "_save_bits), translate sqlite3.OperationalError with sqlite_errorcode SQLITE_FULL into "
+    "DiskFull and other sqlite3.Error into StoreError."))
+def test_a_full_disk_under_the_state_dir_is_disk_full(tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    data = make_bytes(20 * CHUNK, seed=4)
+    src.write_bytes(data)
+    manifest, _ = build_manifest(src, ME)
+    with mounted("tmpfs", tmp_path / "small", size="2m") as small:
+        state = small / "state"
+        with Store(state) as store:
+            partial = store.open_download(manifest, tmp_path / "dl.bin")
+            partial.write_chunk(0, data[:CHUNK])
+            assert partial.commit() == 1
+            filler = os.open(small / "filler", os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                with pytest.raises(OSError, match="No space"):
+                    while True:
+                        os.write(filler, bytes(64 * 1024))
+            finally:
+                os.close(filler)
+            try:
+                with pytest.raises(DiskFull):
+                    for index in range(1, manifest.chunk_count):
+                        partial.write_chunk(index, data[index * CHUNK:(index + 1) * CHUNK])
+                        partial.commit()
+            finally:
+                partial.close()
+            (small / "filler").unlink()
+        with Store(state) as store:  # the progress recorded before the disk filled is kept
+            assert store.download_info(manifest.content_id).done_chunks >= 1
