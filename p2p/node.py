@@ -155,14 +155,18 @@ class Node:
             self._sync_pool.shutdown(wait=False)
             raise
         self._started = True
-        if cfg.bootstrap:
-            try:
-                await self.dht.bootstrap(cfg.bootstrap)
-            except P2PError as exc:
-                self.bootstrap_error = str(exc)
-                self._log("warning", f"bootstrap failed: {exc}")
-        for share in self.store.shares():
-            await self._provide(share.content_id)
+        try:
+            if cfg.bootstrap:
+                try:
+                    await self.dht.bootstrap(cfg.bootstrap)
+                except P2PError as exc:
+                    self.bootstrap_error = str(exc)
+                    self._log("warning", f"bootstrap failed: {exc}")
+            for share in self.store.shares():
+                await self._provide(share.content_id)
+        except BaseException:  # cancelled while joining: close what is open, then go on failing
+            await self.aclose()
+            raise
 
     async def _bind(self) -> None:
         cfg = self.config

@@ -228,8 +228,11 @@ class Store:
         _ignore_sigxfsz()
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoint, never corrupt
+            with _setup_lock(self.state_dir):
+                # Switching to WAL does not wait out the busy timeout: processes that open a
+                # new state directory together take turns here.
+                self._db.execute("PRAGMA journal_mode = WAL")
             with self._tx():
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
@@ -246,12 +249,13 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _sqlite_errors(self.state_dir):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -501,7 +505,8 @@ class Store:
     def sources(self, content_id: ContentId | bytes) -> list[tuple[str, int]]:
         """Addresses remembered for ``content_id``, oldest first."""
         return [(str(r[0]), int(r[1])) for r in self._query(
-            "SELECT host, port FROM download_sources WHERE content_id=? ORDER BY added", (_raw(content_id),))]
+            "SELECT host, port FROM download_sources WHERE content_id=? ORDER BY added, rowid",
+            (_raw(content_id),))]
 
     def downloads(self) -> list[DownloadInfo]:
         """Every download this store knows, with its progress."""
@@ -543,6 +548,29 @@ class Store:
         """Recently seen peers, newest first."""
         return [(PeerId(r[0]), str(r[1]), int(r[2])) for r in
                 self._query("SELECT peer_id, host, port FROM peers ORDER BY last_seen DESC LIMIT ?", (limit,))]
+
+
+@contextlib.contextmanager
+def _setup_lock(state_dir: Path) -> Iterator[None]:
+    fd = os.open(state_dir / ".store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sqlite_errors(state_dir: Path) -> Iterator[None]:
+    """The one place SQLite's errors become ours: a full disk is :class:`DiskFull`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise DiskFull(f"no space left for the database in {state_dir}: {exc}") from None
+        if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+            raise StoreError(f"the database in {state_dir} failed: {exc}") from None
+        raise
 
 
 def _raw(content_id: ContentId | bytes) -> bytes:

@@ -10,15 +10,15 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..content import ContentId, parse_id_or_ticket
-from ..errors import BadInput, IntegrityError, NetworkError, NotFound
+from ..errors import BadInput, IntegrityError, NotFound
 from ..identity import PeerId, load_or_create
-from ..node import Node, NodeConfig, ShareResult, VerifyReport
+from ..node import Node, NodeConfig, VerifyReport
 from ..store import Store
 from . import control
 from .output import Output
@@ -44,24 +44,11 @@ async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
     """A started node (with the control socket when ``endpoint``), closed on exit.
 
     ``serves=False`` for short-lived commands, whose DHT announcements do not matter.
-
-    A node that is listening but could not announce its library on the DHT (no DHT
-    node reachable: no bootstrap, or none answering) is still useful: it serves, and
-    tickets reach it. The node raises in that case; here it becomes a warning.
+    A node with no DHT contacts still starts (it serves, and tickets reach it);
+    :func:`_warn_alone` says so.
     """
     node = Node(config)
-    try:
-        await node.start()
-    except NetworkError as exc:
-        if node.port == 0:  # never listened: nothing to close, nothing to use
-            raise
-        run.dht_warned = True
-        run.out.note(f"p2p: warning: the library is not announced on the DHT ({exc}); "
-                     "tickets still work, or give --bootstrap", level=0 if serves else 1)
-    except BaseException:
-        if node.port:
-            await node.aclose()
-        raise
+    await node.start()  # closes what it opened if it fails
     try:
         if endpoint:
             async with control.control_endpoint(node):
@@ -151,7 +138,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
-            result = await _share(run, node, path, progress)
+            result = await node.share(path, progress)
         seconds = time.monotonic() - started
         manifest = result.manifest
         info = {
@@ -172,24 +159,6 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
                      "Ctrl-C to stop")
         await serve_until_signalled(run, node)
     return 0
-
-
-async def _share(run: Run, node: Node, path: Path, progress: Callable[[int], None]) -> ShareResult:
-    """``node.share``, where a failed DHT announce is a warning: the share is stored and
-    served, and a ticket still reaches it with no DHT at all."""
-    try:
-        return await node.share(path, progress)
-    except NetworkError as exc:
-        # The node stored the share before announcing it: find it by its path.
-        added = sorted((s for s in node.store.shares() if s.root.resolve() == path.resolve()),
-                       key=lambda s: s.added)
-        manifest = node.store.get_manifest(added[-1].content_id) if added else None
-        if manifest is None:
-            raise
-        if not run.dht_warned:
-            run.out.note(f"p2p: warning: not announced on the DHT ({exc}); "
-                         "share the ticket, or give --bootstrap")
-        return ShareResult(manifest, node.ticket(manifest.content_id, manifest.publisher))
 
 
 def _tree_size(path: Path) -> int:

@@ -76,13 +76,6 @@ def test_a_new_partial_file_is_preallocated_when_there_is_room(tmp_path: Path) -
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "p2p/store.py PartialDownload.commit -> Store._save_bits (and every Store._tx write): when "
-    "the disk holding the state directory is full, SQLite's 'database or disk is full' escapes "
-    "as a raw sqlite3.OperationalError instead of DiskFull (exit code 1, 'free space and run "
-    "again'), so handlers of P2PError (the exit-code map) do not catch it. Fix: in Store._tx (or "
-    "_save_bits), translate sqlite3.OperationalError with sqlite_errorcode SQLITE_FULL into "
-    "DiskFull and other sqlite3.Error into StoreError."))
 def test_a_full_disk_under_the_state_dir_is_disk_full(tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     data = make_bytes(20 * CHUNK, seed=4)

@@ -46,15 +46,6 @@ def test_two_processes_add_shares_and_bans_at_once(tmp_path: Path, round_: int) 
             assert store.read_chunk(share.content_id.digest, count - 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "p2p/store.py Store.__init__: 'PRAGMA journal_mode = WAL' on a database not yet in WAL "
-    "mode (a fresh state directory). When several processes convert it at once, the PRAGMA "
-    "itself fails with SQLITE_BUSY immediately (SQLite does not call the busy handler for "
-    "that lock upgrade, which would deadlock with the other converter), so Store() "
-    "raises StoreError('the database in ... is unusable: database is locked') despite the "
-    "10 s busy timeout. Fix: serialize the setup with an fcntl.flock on a lock file in the "
-    "state dir around the journal-mode change and schema creation (or retry that PRAGMA on "
-    "'database is locked' with a bounded backoff, skipping it when journal_mode is already wal)."))
 def test_processes_opening_a_fresh_state_dir_at_once_all_succeed(tmp_path: Path) -> None:
     rounds, procs = 50, 4
     errors: list[str] = []
