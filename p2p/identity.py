@@ -25,6 +25,7 @@ import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .durable import fsync_dir
 from .encoding import b32decode, b32encode
 from .errors import BadInput, BadSignature, DecodeError, InsecureKeyFile, StoreError
 
@@ -174,7 +175,7 @@ def load_or_create(state_dir: Path) -> Identity:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return identity
 
 
@@ -193,11 +194,3 @@ def _load(path: Path) -> Identity:
     if len(data) != 32:
         raise StoreError(f"identity key {path} is malformed (expected a 32-byte seed)")
     return Identity.from_seed(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .content import ContentId, FileEntry, Manifest, hash_chunk, open_under
+from .durable import fsync_dir
 from .errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
 from .identity import PeerId
 
@@ -905,19 +906,11 @@ def seal(path: Path) -> None:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            _fsync_dir(Path(dirpath))
+            fsync_dir(Path(dirpath))
     else:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

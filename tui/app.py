@@ -43,8 +43,9 @@ from p2p.events import (
 )
 from p2p.node import Node, NodeConfig, PeerInfo
 from p2p.store import DownloadInfo, ShareInfo
+from p2p.units import human_bytes
 
-from .model import DhtData, LibraryRow, Peers, Transfers, human_bytes
+from .model import DhtData, LibraryRow, Peers, Transfers
 from .screens import FetchScreen, HelpScreen, ShareScreen
 from .widgets import DhtView, LibraryView, LogEntry, LogView, PeersView, TransfersView
 

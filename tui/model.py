@@ -26,6 +26,7 @@ from p2p.events import (
 from p2p.identity import PeerId
 from p2p.node import PeerInfo
 from p2p.store import DownloadInfo
+from p2p.units import human_bytes
 
 RATE_HISTORY = 60
 """Rate samples kept per transfer for its sparkline."""
@@ -397,15 +398,6 @@ class DhtData:
             addresses=tuple(f"{h}:{p}" for h, p in summary.get("addresses", ())),  # type: ignore[attr-defined]
             listen=listen,
         )
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def human_rate(rate: float) -> str:

@@ -20,9 +20,10 @@ from ..errors import BadInput, IntegrityError, NotFound
 from ..identity import PeerId, load_or_create
 from ..node import Node, NodeConfig, VerifyReport
 from ..store import Store
+from ..units import human_bytes
 from . import control
 from .output import Output
-from .progress import FetchView, UploadView, following, hashing_bar, human_bytes, human_seconds
+from .progress import FetchView, UploadView, following, hashing_bar, human_seconds
 from .settings import Settings, format_address, parse_address
 
 

@@ -31,8 +31,9 @@ from ..errors import BadInput, IntegrityError
 from ..events import ChunkFailed, ChunkVerified, DownloadProgress, DownloadStarted, Event
 from ..identity import PeerId
 from ..node import Node, NodeConfig
+from ..units import human_bytes
 from .commands import Run
-from .progress import following, human_bytes, human_seconds
+from .progress import following, human_seconds
 
 DEFAULT_PEERS = 4
 DEFAULT_SIZE = 256 * 1024 * 1024

@@ -39,19 +39,11 @@ from ..events import (
 )
 from ..node import Node
 from ..swarm.download import Download
+from ..units import human_bytes
 from .output import Output
 
 JSON_PROGRESS_INTERVAL = 0.25
 """Seconds between JSON progress records (the first verified chunk is always reported)."""
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def human_seconds(s: float | None) -> str:

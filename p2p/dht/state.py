@@ -10,12 +10,11 @@ Every bucket is saved, not only the k closest. A loaded contact is only a hint:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..durable import write_atomic
 from ..errors import DecodeError
 from ..identity import NODE_ID_LEN
 from .errors import StateFileError
@@ -37,25 +36,7 @@ def save_routing_table(path: Path, node_id: bytes, contacts: list[Contact]) -> N
         "contacts": [[cid.hex(), host, port] for cid, host, port in contacts[:MAX_STATE_CONTACTS]],
     }
     data = json.dumps(doc, separators=(",", ":")).encode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data)
 
 
 def load_routing_table(path: Path) -> tuple[bytes, list[Contact]]:
