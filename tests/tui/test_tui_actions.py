@@ -1,0 +1,157 @@
+"""Pause, resume and cancel a running download through the Transfers tab's key bindings,
+against a real seeder node on 127.0.0.1."""
+
+from __future__ import annotations
+
+import filecmp
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from p2p.content import ContentId
+from p2p.node import Node
+from p2p.store import PARTIAL_SUFFIX
+from tui.app import P2PApp, build_app
+from tui.model import TransferRow
+from tui.widgets import TransfersView
+
+from .conftest import node_config, random_file, wait_until
+
+SIZE = (120, 36)
+FILE_SIZE = 128 * 1024 * 1024  # 1024 chunks of 128 KiB: still running when the key is pressed
+
+
+@asynccontextmanager
+async def fetching(base: Path) -> AsyncIterator[tuple[P2PApp, Pilot[None], ContentId, Path]]:
+    """A seeder node sharing a large file, and an app that has started fetching it."""
+    source = random_file(base / "files" / "big.bin", FILE_SIZE)
+    async with Node(node_config(base, "seed")) as seed:
+        boot = (("127.0.0.1", seed.port),)
+        app = build_app(node_config(base, "b", boot), refresh_interval=0.2)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, app.ready.is_set)
+            result = await seed.share(source)
+            cid = result.content_id
+            assert app.start_fetch(str(result.ticket)) == cid
+            view = app.main.query_one(TransfersView)
+            table = view.query_one(DataTable)
+
+            def running_and_selected() -> bool:
+                row = app.transfers.row(cid)
+                return (row is not None and row.done_chunks > 0 and view.selected() == cid
+                        and table.has_focus)
+
+            await wait_until(pilot, running_and_selected, seconds=30)
+            assert app.main.query_one("#tabs").active == "transfers"
+            yield app, pilot, cid, source
+
+
+async def wait_for_pushes(app: P2PApp, pilot: Pilot[None], count: int) -> list[tuple[TransferRow, ...]]:
+    """Let the app push its transfer rows to the view ``count`` more times (refreshes, events)."""
+    view = app.main.query_one(TransfersView)
+    pushes: list[tuple[TransferRow, ...]] = []
+    view.watch(view, "rows", lambda rows: pushes.append(rows), init=False)
+    await wait_until(pilot, lambda: len(pushes) >= count, seconds=30)
+    return pushes
+
+
+def row_of(app: P2PApp, cid: ContentId) -> TransferRow:
+    row = app.transfers.row(cid)
+    assert row is not None
+    return row
+
+
+async def test_pause_stops_chunks_then_resume_completes(base: Path) -> None:
+    async with fetching(base) as (app, pilot, cid, source):
+        node = app.node
+        assert node is not None
+
+        await pilot.press("p")
+
+        def paused() -> bool:
+            info = node.store.download_info(cid)
+            row = app.transfers.row(cid)
+            return (info is not None and info.state == "paused" and node.download(cid) is None
+                    and row is not None and row.state == "paused")
+
+        await wait_until(pilot, paused, seconds=30)
+        info = node.store.download_info(cid)
+        assert info is not None
+        held = info.done_chunks
+        assert 0 < held < info.chunks, "the download finished before the pause key took effect"
+
+        # No chunk arrives while paused: count several pushes of the rows to the view
+        # (one per refresh) and check the progress never moves.
+        pushes = await wait_for_pushes(app, pilot, 5)
+        seen = [r.done_chunks for rows in pushes for r in rows if r.content_id == cid]
+        assert len(seen) == len(pushes) and set(seen) == {held}
+        assert row_of(app, cid).state == "paused"
+        info = node.store.download_info(cid)
+        assert info is not None and info.state == "paused" and info.done_chunks == held
+        assert node.running_downloads() == []
+
+        await pilot.press("r")
+
+        def complete() -> bool:
+            info = node.store.download_info(cid)
+            row = app.transfers.row(cid)
+            return (info is not None and info.state == "complete"
+                    and row is not None and row.state == "complete")
+
+        await wait_until(pilot, complete, seconds=60)
+        info = node.store.download_info(cid)
+        assert info is not None
+        assert filecmp.cmp(info.dest, source, shallow=False)
+        assert not info.dest.with_name(info.dest.name + PARTIAL_SUFFIX).exists()
+        assert row_of(app, cid).done_chunks == info.chunks
+
+
+async def test_cancel_deletes_partial_data_and_forgets_the_download(base: Path) -> None:
+    async with fetching(base) as (app, pilot, cid, _):
+        node = app.node
+        assert node is not None
+        info = node.store.download_info(cid)
+        assert info is not None
+        partial, dest = info.partial, info.dest
+        assert partial == dest.with_name(dest.name + PARTIAL_SUFFIX)
+        assert partial.exists()
+
+        await pilot.press("x")
+
+        await wait_until(pilot, lambda: node.store.download_info(cid) is None
+                         and not partial.exists() and node.download(cid) is None, seconds=30)
+        assert not dest.exists()
+        assert node.store.downloads() == []
+
+        # Several refreshes later it has not come back on disk or in the store.
+        await wait_for_pushes(app, pilot, 5)
+        assert node.store.download_info(cid) is None
+        assert node.running_downloads() == []
+        assert not partial.exists() and not dest.exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "tui/model.py Transfers.apply: cancelling (tui/app.py P2PApp.transfer_action 'cancel') "
+    "calls node.cancel -> node.pause, which publishes DownloadPaused; the app then calls "
+    "transfers.forget(cid), but the DownloadPaused event reaches on_node_events afterwards "
+    "and Transfers._get re-creates the transfer as a ghost row (name '?', size 0, "
+    "state 'paused') that no snapshot ever removes. Fix: have apply() ignore "
+    "DownloadPaused/Chunk*/DownloadProgress for a content id it does not know (only "
+    "DownloadStarted creates a transfer), or remember cancelled ids until their "
+    "DownloadPaused arrives"))
+async def test_cancel_removes_the_transfer_from_the_view(base: Path) -> None:
+    async with fetching(base) as (app, pilot, cid, _):
+        node = app.node
+        assert node is not None
+
+        await pilot.press("x")
+
+        await wait_until(pilot, lambda: node.store.download_info(cid) is None, seconds=30)
+        await wait_for_pushes(app, pilot, 5)
+        assert app.transfers.row(cid) is None
+        assert app.transfers.rows() == []
+        assert app.main.query_one(TransfersView).query_one(DataTable).row_count == 0
