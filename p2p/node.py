@@ -365,10 +365,14 @@ class Node:
             sealing.add_done_callback(self._sealed)
             return path
         except asyncio.CancelledError:
-            self.store.set_download_state(options.content_id, "paused")
-            self.events.publish(DownloadPaused(options.content_id))
+            info = self.store.download_info(options.content_id)
+            if info is not None and info.state != "complete":  # cancelled during finalize: done
+                self.store.set_download_state(options.content_id, "paused")
+                self.dht.unprovide(options.content_id.digest)  # nothing served until it resumes
+                self.events.publish(DownloadPaused(options.content_id))
             raise
         except P2PError as exc:
+            self.dht.unprovide(options.content_id.digest)
             self._record_failure(options.content_id, exc)
             raise
         finally:
@@ -410,6 +414,7 @@ class Node:
     async def cancel(self, content_id: ContentId) -> None:
         """Stop a download and delete its partial data."""
         await self.pause(content_id)
+        self.dht.unprovide(content_id.digest)
         self.store.remove_download(content_id)
 
     def download(self, content_id: ContentId) -> Download | None:
@@ -436,8 +441,9 @@ class Node:
     def _new_download(self, options: FetchOptions) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
             for info in self.server.connections():
-                # Peers already talking to us: their listen addresses come from their Hello.
-                yield info.peer, [info.address]
+                # Peers already talking to us, at the addresses their Hello says they accept on.
+                if info.listen_addrs:
+                    yield info.peer, info.listen_addrs
             async for record in self.dht.iter_providers(cid.digest):
                 yield record.peer_id, record.addresses
 

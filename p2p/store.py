@@ -355,9 +355,10 @@ class Store:
 
     def manifest(self, content_id: bytes) -> bytes | None:
         """Encoded manifest for a content id we can serve (fully or partly), else None."""
-        rows = self._query("SELECT data FROM manifests WHERE content_id=? AND (content_id IN "
-                           "(SELECT content_id FROM shares) OR content_id IN (SELECT content_id FROM downloads))",
-                           (content_id,))
+        # Downloads are served only while they run here (their files are open).
+        if content_id not in self._active and not self.is_shared(content_id):
+            return None
+        rows = self._query("SELECT data FROM manifests WHERE content_id=?", (content_id,))
         return bytes(rows[0][0]) if rows else None
 
     def bitfield(self, content_id: bytes) -> tuple[int, bytes] | None:
@@ -369,10 +370,6 @@ class Store:
             _, cmap = self._manifest_and_map(content_id)
             assert cmap is not None
             return cmap.count, full_bitfield(cmap.count)
-        rows = self._query("SELECT bitfield, (SELECT chunks FROM manifests m WHERE m.content_id=d.content_id) "
-                           "FROM downloads d WHERE content_id=?", (content_id,))
-        if rows:
-            return int(rows[0][1]), bytes(rows[0][0])
         file_rows = self._query("SELECT f.content_id, f.entry FROM share_files f WHERE f.file_id=? LIMIT 1",
                                 (content_id,))
         if file_rows:
@@ -516,6 +513,12 @@ class Store:
         return [DownloadInfo(ContentId(r[0]), r[1], r[2], r[3], r[4], r[5], Path(r[6]), Path(r[7]), r[8])
                 for r in rows]
 
+    def recorded_bitfield(self, content_id: ContentId | bytes) -> tuple[int, bytes] | None:
+        """(chunk count, bits) a download has recorded as durable, or None if unknown."""
+        rows = self._query("SELECT d.bitfield, m.chunks FROM downloads d JOIN manifests m "
+                           "USING (content_id) WHERE content_id=?", (_raw(content_id),))
+        return (int(rows[0][1]), bytes(rows[0][0])) if rows else None
+
     def download_info(self, content_id: ContentId | bytes) -> DownloadInfo | None:
         """One download's row, or None."""
         cid = ContentId(_raw(content_id))
@@ -627,6 +630,9 @@ class PartialDownload:
         self._committed = bytes(bits)
         self._fds: dict[int, int] = {}
         self._direct: dict[int, int] = {}
+        self._buffered_only: set[int] = set()
+        """Entries whose file system refused a direct write: written through the page cache.
+        Their direct descriptors stay open until :meth:`close` (another thread may be using one)."""
         self._direct_wanted = direct_io
         self._buffers = threading.local()
         self._lock_fd = -1
@@ -761,7 +767,8 @@ class PartialDownload:
 
     def _write(self, span: ChunkSpan, data: bytes | bytearray | memoryview) -> None:
         direct = self._direct.get(span.entry)
-        if direct is not None and span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0:
+        if direct is not None and span.entry not in self._buffered_only and \
+                span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0:
             buf = self._aligned(span.length)
             buf[:span.length] = data
             try:
@@ -770,8 +777,7 @@ class PartialDownload:
                 if exc.errno != errno.EINVAL:
                     raise
                 # This file system takes no direct writes after all: buffered from now on.
-                self._direct.pop(span.entry, None)
-                os.close(direct)
+                self._buffered_only.add(span.entry)
             else:
                 if written == span.length:
                     return

@@ -147,7 +147,10 @@ class Transfers:
         return self._items[cid]
 
     def apply(self, event: Event) -> bool:
-        """Fold one event in. True if it concerned a transfer."""
+        """Fold one event in. True if it concerned a known transfer.
+
+        Only a start (or a failure, which may come before any start) creates a transfer;
+        late events for one that was cancelled and forgotten are dropped."""
         match event:
             case DownloadStarted(content_id=cid, name=name, size=size, chunk_count=count,
                                  held_indexes=held):
@@ -159,11 +162,15 @@ class Transfers:
                         t.states[i] = Cell.VERIFIED
                 t.done_chunks = sum(1 for s in t.states if s == Cell.VERIFIED)
             case ChunkRequested(content_id=cid, index=i):
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 if 0 <= i < len(t.states) and t.states[i] != Cell.VERIFIED:
                     t.states[i] = Cell.IN_FLIGHT
             case ChunkVerified(content_id=cid, index=i, peer=peer):
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 if 0 <= i < len(t.states):
                     if t.states[i] != Cell.VERIFIED:
                         t.done_chunks += 1
@@ -171,11 +178,15 @@ class Transfers:
                     t.owners[i] = peer
                     self.palette.index(peer)
             case ChunkFailed(content_id=cid, index=i):
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 if 0 <= i < len(t.states) and t.states[i] != Cell.VERIFIED:
                     t.states[i] = Cell.FAILED
             case DownloadProgress(content_id=cid) as p:
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 t.done_chunks, t.bytes_done, t.size = p.done_chunks, p.bytes_done, p.size
                 t.rate, t.eta, t.peers = p.rate, p.eta, p.peers
                 if not t.states:
@@ -183,7 +194,9 @@ class Transfers:
                 t.chunk_count = p.chunk_count
                 t.rates.append(p.rate)
             case DownloadCompleted(content_id=cid, size=size):
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 t.state, t.size, t.bytes_done, t.rate, t.eta, t.peers = \
                     "complete", size, size, 0.0, None, 0
                 for i, s in enumerate(t.states):
@@ -195,7 +208,9 @@ class Transfers:
                 t.state, t.error, t.rate, t.eta, t.peers = "failed", error, 0.0, None, 0
                 self._settle(t)
             case DownloadPaused(content_id=cid):
-                t = self._get(cid)
+                t = self._items.get(cid)  # type: ignore[assignment]
+                if t is None:
+                    return False  # the pause that comes with a cancel: the transfer is gone
                 t.state, t.rate, t.eta, t.peers = "paused", 0.0, None, 0
                 self._settle(t)
             case _:

@@ -16,6 +16,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Label, RichLog, Select, Sparkline, Static
 
 from p2p.content import ContentId
+from p2p.units import human_bytes
 
 from .model import (
     Cell,
@@ -25,7 +26,6 @@ from .model import (
     PeerRow,
     TransferRow,
     group_cells,
-    human_bytes,
     human_eta,
     human_rate,
 )

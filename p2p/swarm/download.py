@@ -46,7 +46,7 @@ from ..events import (
     PeerDropped,
 )
 from ..identity import PeerId
-from ..store import PartialDownload, Store, bit_get
+from ..store import PartialDownload, Store, bit_get, bit_set, full_bitfield
 from ..wire import messages as msg
 from ..wire.errors import ConnectionClosed
 from .scheduler import REQUEST_TIMEOUT, Scheduler
@@ -96,6 +96,8 @@ class _Peer:
     conn: Any
     peer: PeerId
     outbox: asyncio.Queue[msg.Message]
+    address: Address
+    """The address we dialled."""
     bitfield: tuple[int, bytes] | None = None
 
 
@@ -128,7 +130,10 @@ class Download:
         self.scheduler: Scheduler | None = None
         self._peers: dict[PeerId, _Peer] = {}
         self._tried: set[Address] = set()
-        self._tried_peers: set[PeerId] = set()
+        """Addresses dialled since the last discovery round."""
+        self._connected_addrs: set[Address] = set()
+        self._checking: set[tuple[PeerId, int]] = set()
+        """(peer, chunk) copies being verified: a second copy of the same request is ignored."""
         self._candidates: asyncio.Queue[tuple[PeerId | None, Address]] = asyncio.Queue()
         self._dialing = 0
         self._peer_slots = asyncio.Semaphore(MAX_PEERS)
@@ -187,9 +192,12 @@ class Download:
                 if self._commit is not None:
                     with contextlib.suppress(P2PError, OSError):
                         await self._commit
-                if self.partial is not None and not self.partial.complete:
-                    with contextlib.suppress(P2PError, OSError):
-                        await self._loop.run_in_executor(self._sync_pool, self.partial.commit)
+                if self.partial is not None:
+                    if not self.partial.complete:
+                        with contextlib.suppress(P2PError, OSError):
+                            await self._loop.run_in_executor(self._sync_pool, self.partial.commit)
+                    # Also after a failed finalize (destination exists): release the lock,
+                    # keep the partial and its record for the next try. Idempotent.
                     self.partial.close()
         if error is not None:
             raise error
@@ -206,13 +214,11 @@ class Download:
 
     def _add_candidate(self, peer: PeerId | None, addr: Address) -> None:
         if peer is not None and (peer == self._self_peer or peer in self._peers
-                                 or peer in self._tried_peers or self.store.is_banned(peer)):
+                                 or self.store.is_banned(peer)):
             return
-        if addr in self._tried or addr in set(self._self_addrs()):
+        if addr in self._tried or addr in self._connected_addrs or addr in set(self._self_addrs()):
             return
         self._tried.add(addr)
-        if peer is not None:
-            self._tried_peers.add(peer)
         self._candidates.put_nowait((peer, addr))
 
     async def _discover(self) -> None:
@@ -229,9 +235,11 @@ class Download:
                 log.debug("provider lookup for %s: %s", self.content_id.short(), exc)
             # Look again later for new providers (partial seeders appear as they start).
             await asyncio.sleep(REDISCOVER_INTERVAL)
-            # Allow re-dialling providers that dropped earlier but still announce.
-            self._tried_peers &= set(self._peers)
-            self._tried = {a for a in self._tried if a in self.options.peers}
+            # Addresses may be dialled again: a provider whose connection dropped may still
+            # be there (a ticket's address above all, when there is no DHT to ask).
+            self._tried.clear()
+            for addr in self.options.peers:
+                self._add_candidate(None, addr)
 
     async def _dialer(self) -> None:
         slots = asyncio.Semaphore(CONNECT_PARALLEL)
@@ -258,14 +266,15 @@ class Download:
             self._peer_slots.release()
             await conn.aclose("duplicate or banned")
             return
-        self._spawn(self._serve_peer(conn), f"peer {remote.short()}")
+        self._spawn(self._serve_peer(conn, addr), f"peer {remote.short()}")
 
     # -- one peer ------------------------------------------------------------------------
 
-    async def _serve_peer(self, conn: Any) -> None:
+    async def _serve_peer(self, conn: Any, addr: Address) -> None:
         peer: PeerId = conn.remote_peer
-        state = _Peer(conn, peer, asyncio.Queue())
+        state = _Peer(conn, peer, asyncio.Queue(), addr)
         self._peers[peer] = state
+        self._connected_addrs.add(addr)
         self._last_peer_seen = time.monotonic()
         self.events.publish(PeerConnected(peer, conn.remote_address, inbound=False))
         reason = "done"
@@ -311,8 +320,10 @@ class Download:
                 await state.conn.aclose("send failed")
 
     def _drop(self, peer: PeerId, reason: str) -> None:
-        if self._peers.pop(peer, None) is None:
+        state = self._peers.pop(peer, None)
+        if state is None:
             return
+        self._connected_addrs.discard(state.address)
         if self.scheduler is not None:
             self.scheduler.remove_peer(peer)
             self._pump()
@@ -334,7 +345,7 @@ class Download:
                     count, bits = state.bitfield
                     if 0 <= index < count:
                         b = bytearray(bits)
-                        b[index >> 3] |= 0x80 >> (index & 7)
+                        bit_set(b, index)
                         state.bitfield = (count, bytes(b))
             case msg.Data(content_id=cid, index=index, payload=payload) if cid == self.content_id.digest:
                 self._spawn_data(state, index, payload)
@@ -344,7 +355,8 @@ class Download:
                     self.scheduler.on_reject(state.peer, index, time.monotonic(), busy=busy)
                     self._pump()
             case msg.Ping(nonce=nonce):
-                state.outbox.put_nowait(msg.Pong(nonce))
+                # Not queued: a peer that pings but never reads must not grow our memory.
+                state.conn.send_nowait(msg.Pong(nonce))
             case _:
                 pass  # other content ids, Pong, Hello repeats: nothing to do
 
@@ -403,7 +415,7 @@ class Download:
         self._history.append((time.monotonic(), self._bytes_done()))
         self.events.publish(DownloadStarted(self.content_id, manifest.name, manifest.total_size,
                                             self.partial.chunk_map.count, len(held), tuple(held)))
-        for state in self._peers.values():
+        for state in list(self._peers.values()):  # a bad bitfield bans (removes) its peer
             self._apply_bitfield(state)
         if self.scheduler.complete:
             self._finished.set()
@@ -412,14 +424,16 @@ class Download:
         if self.scheduler is None or state.bitfield is None or state.peer not in self._peers:
             return
         count, bits = state.bitfield
+        if count == 0:
+            # Holds nothing yet (it may not even have the manifest): its Haves still count.
+            self.scheduler.add_peer(state.peer)
+            return
         if count != self.scheduler.chunk_count:
-            if count == 0:
-                return  # holds nothing
             self._ban(state.peer, "bitfield of the wrong size")
             return
         self.scheduler.add_peer(state.peer)
-        full = bits == _full_bits(count)
-        indexes = () if full else [i for i in range(count) if bits[i >> 3] & (0x80 >> (i & 7))]
+        full = bits == full_bitfield(count)
+        indexes = () if full else [i for i in range(count) if bit_get(bits, i)]
         self.scheduler.set_bitfield(state.peer, indexes, full=full)
         self._pump()
 
@@ -430,6 +444,9 @@ class Download:
         if scheduler is None or state.peer not in scheduler.peers or \
                 index not in scheduler.peers[state.peer].inflight:
             return  # unrequested or cancelled: ignore
+        if (state.peer, index) in self._checking:
+            return  # a second copy for one request: it costs a hash, so it is not looked at
+        self._checking.add((state.peer, index))
         self._spawn(self._on_data(state, index, payload), f"chunk {index}")
 
     async def _on_data(self, state: _Peer, index: int, payload: Any) -> None:
@@ -444,6 +461,8 @@ class Download:
         except OSError as exc:
             self._fail(StoreError(f"cannot write {partial.partial_path}: {exc}"))
             return
+        finally:
+            self._checking.discard((state.peer, index))
         if state.peer not in scheduler.peers:
             return
         outcome = scheduler.on_data(state.peer, index, ok, nbytes, time.monotonic())
@@ -520,8 +539,12 @@ class Download:
                 commit = self._commit
                 if commit is not None and commit.done():
                     self._commit = None
-                    if isinstance(commit.exception(), DiskFull):
-                        self._fail(commit.exception())  # type: ignore[arg-type]
+                    failure = commit.exception()
+                    if failure is not None:
+                        # After a failed fdatasync the kernel may have dropped the dirty pages;
+                        # recording more progress could claim bytes that are not on disk.
+                        self._fail(failure if isinstance(failure, P2PError) else
+                                   StoreError(f"cannot record progress of {partial.partial_path}: {failure}"))
                         return
                 if self._commit is None:
                     # Not awaited: the next one starts once this one is done.
@@ -580,9 +603,3 @@ class Download:
             with contextlib.suppress(Exception):
                 await state.conn.aclose("download finished")
 
-
-def _full_bits(count: int) -> bytes:
-    bits = bytearray(b"\xff" * (count // 8))
-    if count % 8:
-        bits.append((0xFF << (8 - count % 8)) & 0xFF)
-    return bytes(bits)

@@ -27,6 +27,7 @@ from .messages import (
     Have,
     Hello,
     Manifest,
+    Message,
     Ping,
     Pong,
     Reject,
@@ -66,6 +67,14 @@ class ServerLimits:
     """Seconds without any message from a peer before it is dropped."""
     handshake_timeout: float = 10.0
     """Seconds from TCP accept to the peer's Hello."""
+    send_timeout: float = 30.0
+    """Seconds a send may wait for a peer that does not read; then the peer is dropped, so a
+    stalled reader cannot hold its buffers for good."""
+    max_frame: int = 64 * 1024
+    """Largest frame a server accepts: it only receives small control messages, and a frame
+    buffer is allocated as soon as its header arrives."""
+    max_interested: int = 256
+    """Content ids per peer that get Have messages pushed (the ones it asked about)."""
     max_send_buffer: int = 4 << 20
     """Write-buffer high-water mark per connection; a slower reader pauses its requests."""
     max_receive_queue: int = 1 << 20
@@ -121,6 +130,8 @@ class ConnectionInfo:
     address: tuple[str, int]
     bytes_sent: int
     bytes_received: int
+    listen_addrs: tuple[tuple[str, int], ...]
+    """Where the peer accepts connections (from its Hello)."""
     write_buffer: int
     """Bytes in the transport's write buffer."""
     receive_buffered: int
@@ -169,7 +180,7 @@ class Server:
 
     def _make_protocol(self) -> WireProtocol:
         session = Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
-                          recv_buffer=self.limits.receive_buffer)
+                          recv_buffer=self.limits.receive_buffer, max_frame=self.limits.max_frame)
         return WireProtocol(session, max_send_buffer=self.limits.max_send_buffer,
                             max_receive_queue=self.limits.max_receive_queue,
                             on_made=self._accept, on_write_paused=self._write_paused)
@@ -252,9 +263,8 @@ class Server:
                 msg = await conn.receive()
             match msg:
                 case Request(cid, index):
-                    peer.interested.add(cid)
                     if peer.inflight >= limits.max_inflight_requests:
-                        await conn.send(Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
+                        await self._send(conn, Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
                     else:
                         peer.inflight += 1
                         peer.pending.append((cid, index))
@@ -266,15 +276,15 @@ class Server:
                     except ValueError:
                         pass  # already sent or never asked: nothing to do
                 case GetManifest(cid):
-                    peer.interested.add(cid)
-                    await conn.send(Manifest(cid, source.manifest(cid)))
+                    await self._send(conn, Manifest(cid, source.manifest(cid)))
                 case GetBitfield(cid):
-                    peer.interested.add(cid)
                     held = source.bitfield(cid)
+                    if held is not None and len(peer.interested) < limits.max_interested:
+                        peer.interested.add(cid)  # it gets our Haves from now on
                     count, bits = held if held is not None else (0, b"")
-                    await conn.send(Bitfield(cid, count, bits))
+                    await self._send(conn, Bitfield(cid, count, bits))
                 case Ping(nonce):
-                    await conn.send(Pong(nonce))
+                    await self._send(conn, Pong(nonce))
                 case Data():
                     raise ProtocolError("unsolicited Data")
                 case _:
@@ -300,10 +310,18 @@ class Server:
                 reply = Reject(cid, index, RejectReason.INTERNAL)
             else:
                 reply = Data(cid, index, chunk)
-            await conn.send(reply)
+            try:
+                await self._send(conn, reply)
+            except TimeoutError:
+                conn.abort("the peer stopped reading")  # the reader then sees the close
+                return
             peer.inflight -= 1
             if isinstance(reply, Data):
                 self._emit(Uploaded(conn.remote_peer, cid, index, len(chunk)))
+
+    async def _send(self, conn: Connection, msg: Message) -> None:
+        async with asyncio.timeout(self.limits.send_timeout):
+            await conn.send(msg)
 
     def announce_have(self, content_id: bytes, index: int) -> None:
         """Tell connected peers that asked about ``content_id`` that chunk ``index`` can be served.
@@ -318,7 +336,8 @@ class Server:
     def connections(self) -> list[ConnectionInfo]:
         """A snapshot of the connections that finished the handshake."""
         return [ConnectionInfo(p.conn.remote_peer, p.conn.remote_address, p.conn.bytes_sent,
-                               p.conn.bytes_received, p.conn.write_buffer_size,
+                               p.conn.bytes_received, p.conn.remote_hello.listen_addrs,
+                               p.conn.write_buffer_size,
                                p.conn.receive_buffered, p.inflight)
                 for p in self._peers.values()]
 

@@ -31,6 +31,7 @@ from ..identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, PeerId
 from .errors import LocalProtocolError, ProtocolError, WrongPeer
 from .messages import (
     FRAME_HEADER,
+    MAX_FRAME,
     PROTOCOL_VERSION,
     Goodbye,
     Hello,
@@ -68,7 +69,7 @@ class Session:
 
     def __init__(self, identity: Identity, hello: Hello, *, initiator: bool,
                  expected_peer: PeerId | None = None, cipher: str = "AESGCM",
-                 recv_buffer: int = RECV_BUFFER) -> None:
+                 recv_buffer: int = RECV_BUFFER, max_frame: int = MAX_FRAME) -> None:
         if recv_buffer < 2 * (MAX_MESSAGE + 2):
             raise LocalProtocolError("receive buffer must hold at least two Noise messages")
         if hello.peer_id != identity.peer_id:
@@ -77,6 +78,9 @@ class Session:
         self.initiator = initiator
         self.expected_peer = expected_peer
         self.state = State.HANDSHAKE
+        self.max_frame = max_frame
+        """Largest frame accepted from the peer. A server receives only small control
+        messages, so it sets this low: a frame buffer is allocated when its header arrives."""
         self.remote_peer: PeerId | None = None
         """The peer id the remote proved in the handshake."""
         self.remote_hello: Hello | None = None
@@ -290,6 +294,8 @@ class Session:
                 i += take
                 if len(self._hdr) == FRAME_HEADER:
                     length = decode_frame_length(self._hdr)
+                    if length > self.max_frame:
+                        raise ProtocolError(f"frame of {length} bytes exceeds this side's limit of {self.max_frame}")
                     self._hdr.clear()
                     self._frame = bytearray(length)
                     self._fview = memoryview(self._frame)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from ..errors import NetworkError
 from ..identity import Identity, PeerId
 from .errors import ConnectionClosed, ProtocolError
-from .messages import PROTOCOL_VERSION, Data, Goodbye, Hello, Manifest, Message
+from .messages import PROTOCOL_VERSION, Bitfield, Data, Goodbye, Hello, Manifest, Message
 from .session import RECV_BUFFER, Session, State
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,15 @@ CLOSE_TIMEOUT = 2.0
 
 
 def _size(msg: Message) -> int:
+    """What a queued message costs, for the receive-queue bound (payloads counted in full)."""
     if type(msg) is Data:
         return len(msg.payload) + 64
     if type(msg) is Manifest and msg.data is not None:
         return len(msg.data) + 64
+    if type(msg) is Bitfield:
+        return len(msg.bits) + 64
+    if type(msg) is Hello:
+        return 64 + sum(len(h) + 16 for h, _ in msg.listen_addrs) + len(msg.agent)
     return 64
 
 
@@ -266,6 +271,11 @@ class Connection:
         self._p.write_message(msg)
         if self._p.write_paused:
             await self._p.drain()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once, without a Goodbye (a peer that stopped reading)."""
+        self._closed = True
+        self._p.abort(ConnectionClosed(reason))
 
     def send_nowait(self, msg: Message) -> bool:
         """Send a small message unless the write side is paused; returns whether it was sent."""

@@ -56,7 +56,7 @@ def check_resume(state: Path, dest: Path, manifest: Manifest, src: Path, seen: l
     committed = [int(line.split()[1]) for line in seen if line.startswith("committed")]
     partial_path = dest.resolve().with_name(dest.name + ".p2p-partial")
     with Store(state) as store:
-        count, bits = store.bitfield(cid)
+        count, bits = store.recorded_bitfield(cid)
         recorded = set_bits(bits)
         info = store.download_info(cid)
         assert info.done_chunks == len(recorded) and info.state == "active"
@@ -148,4 +148,4 @@ def test_recover_rejects_a_corrupted_unrecorded_chunk(tmp_path: Path, source) ->
             store.read_chunk(manifest.content_id.digest, recorded_one)
         partial.close()
     with Store(state) as store:  # and the refusal holds after another restart
-        assert bad not in set_bits(store.bitfield(manifest.content_id.digest)[1])
+        assert bad not in set_bits(store.recorded_bitfield(manifest.content_id.digest)[1])

@@ -47,13 +47,13 @@ def test_committed_chunks_are_what_a_new_store_object_sees(tmp_path: Path, sourc
         partial.write_chunk(9, chunk(manifest, data, 9))  # written, never committed
         # Another Store object on the same directory reads only what was committed.
         with Store(tmp_path / "state") as other:
-            count, bits = other.bitfield(cid)
+            count, bits = other.recorded_bitfield(cid)
             assert count == 21 and set_bits(bits) == set(written)
             info = other.download_info(manifest.content_id)
             assert (info.done_chunks, info.chunks, info.state) == (4, 21, "active")
         partial.close()
     with Store(tmp_path / "state") as store:
-        assert set_bits(store.bitfield(cid)[1]) == set(written)
+        assert set_bits(store.recorded_bitfield(cid)[1]) == set(written)
         [info] = store.downloads()
         assert (info.done_chunks, info.partial) == (4, partial.partial_path)
         resumed = store.open_download(manifest, tmp_path / "elsewhere.bin")
