@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=int, default=demo.DEFAULT_PEERS, metavar="N",
                    help=f"seeders (default {demo.DEFAULT_PEERS})")
     p.add_argument("--size", type=demo.parse_size, default=demo.DEFAULT_SIZE, metavar="SIZE",
-                   help="file size, e.g. 64M, 1G, 500K or bytes (default 256M)")
+                   help="file size, e.g. 64M, 1G, 500K or bytes (default 512M)")
 
     for sub in subs.choices.values():
         _add_shared(sub, sub=True)

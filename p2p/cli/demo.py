@@ -1,7 +1,8 @@
 """``p2p demo``: a whole swarm on this machine, with a live view of who sends what.
 
-A bootstrap node, N seeders and one downloader run as real nodes on 127.0.0.1
-(port 0) in this process, each with its own temporary state directory. The
+A bootstrap node and N seeders run as real nodes on 127.0.0.1 (port 0) in a
+child process (:mod:`p2p.cli.demo_seeders`), the downloader in this one, each
+with its own temporary state directory. The
 seeders share one generated file; the downloader fetches it by content id
 through the DHT, from all of them at once; a live table shows each seeder's
 part as its chunks are verified. Everything is removed at the end.
@@ -13,11 +14,14 @@ import argparse
 import asyncio
 import contextlib
 import filecmp
+import json
 import os
 import re
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import BadInput, IntegrityError
+from ..content import ContentId
+from ..errors import BadInput, IntegrityError, NetworkError
 from ..events import ChunkFailed, ChunkVerified, DownloadProgress, DownloadStarted, Event
 from ..identity import PeerId
 from ..node import Node, NodeConfig
@@ -36,11 +41,12 @@ from .commands import Run
 from .progress import following, human_seconds
 
 DEFAULT_PEERS = 4
-DEFAULT_SIZE = 256 * 1024 * 1024
+DEFAULT_SIZE = 512 * 1024 * 1024
 MAX_PEERS = 32
 """More seeders than this in one process measures the event loop, not the swarm."""
 GENERATE_PIECE = 8 * 1024 * 1024
 FETCH_TIMEOUT = 30.0
+SEEDERS_START_TIMEOUT = 60.0
 BAR_WIDTH = 30
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -125,22 +131,17 @@ async def cmd_demo(run: Run, args: argparse.Namespace) -> int:
         out.note(f"generating a {human_bytes(args.size)} file")
         await asyncio.to_thread(_generate, source, args.size)
 
-        def config(name: str, boot: tuple[tuple[str, int], ...] = ()) -> NodeConfig:
-            return NodeConfig(state_dir=base / name, host="127.0.0.1", port=0, bootstrap=boot,
-                              max_contacts_per_ip=None, download_dir=base / "downloads")
-
         async with contextlib.AsyncExitStack() as stack:
-            bootstrap = await stack.enter_async_context(Node(config("bootstrap")))
-            boot = (("127.0.0.1", bootstrap.port),)
-            seeders = [await stack.enter_async_context(Node(config(f"seeder{i + 1}", boot)))
-                       for i in range(args.peers)]
-            out.note(f"bootstrap node on 127.0.0.1:{bootstrap.port}; {args.peers} seeders "
-                     f"sharing the file")
-            results = await asyncio.gather(*(s.share(source) for s in seeders))
-            content_id = results[0].content_id
+            seeders = await stack.enter_async_context(_seeders(base, args.peers, source))
+            boot = (("127.0.0.1", seeders["bootstrap"]),)
+            out.note(f"bootstrap node on 127.0.0.1:{seeders['bootstrap']}; {args.peers} seeders "
+                     f"sharing the file (in their own process)")
+            content_id = ContentId.parse(seeders["content_id"])
             out.note(f"content id {content_id}")
-            downloader = await stack.enter_async_context(Node(config("downloader", boot)))
-            names = {s.peer_id: f"seeder{i + 1}" for i, s in enumerate(seeders)}
+            downloader = await stack.enter_async_context(Node(NodeConfig(
+                state_dir=base / "downloader", host="127.0.0.1", port=0, bootstrap=boot,
+                max_contacts_per_ip=None, download_dir=base / "downloads")))
+            names = {PeerId.parse(p): f"seeder{i + 1}" for i, p in enumerate(seeders["seeders"])}
             view = SwarmView(names)
             started = time.monotonic()
             with downloader.events.subscribed() as sub:
@@ -157,6 +158,30 @@ async def cmd_demo(run: Run, args: argparse.Namespace) -> int:
     if not identical or not report.ok:
         raise IntegrityError("the downloaded file does not match the original")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _seeders(base: Path, count: int, source: Path) -> AsyncIterator[dict[str, Any]]:
+    """The bootstrap node and the seeders, in a child process; yields what it announced."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2p.cli.demo_seeders", str(base), str(count), str(source),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(SEEDERS_START_TIMEOUT):
+            line = await proc.stdout.readline()
+        if not line:
+            raise NetworkError("the demo's seeders did not start")
+        yield json.loads(line)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child's signal to stop
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def _summary(view: SwarmView, size: int, seconds: float, verified: bool,
