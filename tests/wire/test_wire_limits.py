@@ -1,0 +1,229 @@
+"""The chunk server's memory limits: the inbound frame cap, the send timeout for peers that stop
+reading, and the receive queue's accounting of Bitfield messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import blake3
+import pytest
+
+from p2p.identity import Identity
+from p2p.wire.errors import ConnectionClosed
+from p2p.wire.messages import (
+    DATA_HEADER,
+    MAX_CHUNK,
+    MAX_CHUNK_COUNT,
+    PROTOCOL_VERSION,
+    Bitfield,
+    Data,
+    Hello,
+    Manifest,
+    MessageType,
+    Ping,
+    Pong,
+    Request,
+)
+from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
+from p2p.wire.session import Session, State
+from p2p.wire.sources import MemorySource
+from p2p.wire.transport import WireProtocol, connect
+
+CID = blake3.blake3(b"limits").digest()
+BIG = 1 << 20
+CHUNKS: list[bytes | None] = [bytes([i]) * BIG for i in range(4)]
+T = 30  # generous deadline for any single awaited event on a loaded machine
+
+
+class Recorder:
+    """Server events, with a way to await the one a test is waiting for."""
+
+    def __init__(self) -> None:
+        self.events: list[ServerEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: ServerEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[ServerEvent], bool]) -> ServerEvent:
+        while True:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            self._changed.clear()
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def serving(limits: ServerLimits) -> AsyncIterator[tuple[Server, tuple[str, int], Recorder]]:
+    recorder = Recorder()
+    server = Server(Identity.generate(), MemorySource({CID: list(CHUNKS)}), limits, on_event=recorder)
+    addr = await server.start("127.0.0.1", 0)
+    try:
+        yield server, addr, recorder
+    finally:
+        await server.aclose()
+
+
+def disconnected(peer: object) -> Callable[[ServerEvent], bool]:
+    return lambda e: isinstance(e, PeerDisconnected) and e.peer == peer
+
+
+# -- inbound frame cap ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "dropped"), [(60 * 1024, False), (BIG, True)])
+async def test_server_drops_a_client_whose_frame_exceeds_64_kib(size: int, dropped: bool) -> None:
+    # A Manifest is a message the server ignores: only the frame's size can get the client dropped.
+    async with asyncio.timeout(T), serving(ServerLimits()) as (server, (host, port), recorder):
+        me = Identity.generate()
+        conn = await connect(host, port, me, expected_peer=server.identity.peer_id, timeout=T)
+        try:
+            await conn.send(Manifest(CID, b"m" * size))
+            await conn.send(Ping(7))
+            if dropped:
+                with pytest.raises(ConnectionClosed):
+                    await conn.receive()
+                event = await recorder.wait_for(disconnected(me.peer_id))
+                assert isinstance(event, PeerDisconnected)
+                assert event.reason.startswith("protocol violation"), event.reason
+            else:
+                assert await conn.receive() == Pong(7)
+        finally:
+            await conn.aclose()
+
+
+async def test_server_drops_a_client_at_the_header_of_a_16_mib_frame() -> None:
+    async with asyncio.timeout(T), serving(ServerLimits()) as (server, (host, port), recorder):
+        me = Identity.generate()
+        conn = await connect(host, port, me, expected_peer=server.identity.peer_id, timeout=T)
+        try:
+            # Only the head of a Data frame announcing a 16 MiB payload; the payload never
+            # comes. A server that waited for the rest would keep the connection (and its
+            # 16 MiB frame buffer) until its idle timeout.
+            head = (DATA_HEADER + MAX_CHUNK).to_bytes(4, "big") + bytes((MessageType.DATA,)) \
+                + CID + (0).to_bytes(4, "big")
+            proto = conn._p
+            proto.session._out.append(proto.session._seal(head, b""))
+            proto._flush()
+            with pytest.raises(ConnectionClosed):
+                await conn.receive()
+            event = await recorder.wait_for(disconnected(me.peer_id))
+            assert isinstance(event, PeerDisconnected)
+            assert "exceeds" in event.reason, event.reason
+            assert server.connections() == []
+        finally:
+            await conn.aclose()
+
+
+# -- peers that stop reading -----------------------------------------------------------------------
+
+
+async def test_client_that_never_reads_is_dropped_after_send_timeout_while_another_is_served() -> None:
+    limits = ServerLimits(send_timeout=0.5, max_send_buffer=64 * 1024, idle_timeout=300)
+    async with asyncio.timeout(T), serving(limits) as (server, (host, port), recorder):
+        honest_id = Identity.generate()
+        honest = await connect(host, port, honest_id,
+                               expected_peer=server.identity.peer_id, timeout=T)
+        staller_id = Identity.generate()
+        # Its receive queue is small, so it soon stops reading the socket altogether.
+        staller = await connect(host, port, staller_id, expected_peer=server.identity.peer_id,
+                                timeout=T, max_receive_queue=64 * 1024)
+        try:
+            # 32 MiB asked for, more than loopback socket buffers hold; never read.
+            for i in range(limits.max_inflight_requests):
+                await staller.send(Request(CID, i % len(CHUNKS)))
+            event = await recorder.wait_for(disconnected(staller_id.peer_id))
+            assert isinstance(event, PeerDisconnected)
+            assert staller_id.peer_id not in [c.peer for c in server.connections()]
+            # The other client is still served, chunk by chunk.
+            for i in range(len(CHUNKS)):
+                await honest.send(Request(CID, i))
+                assert await honest.receive() == Data(CID, i, CHUNKS[i])
+            assert [c.peer for c in server.connections()] == [honest_id.peer_id]
+        finally:
+            await staller.aclose()
+            await honest.aclose()
+
+
+# -- receive-queue accounting --------------------------------------------------------------------
+
+
+class StubTransport(asyncio.Transport):
+    """Records what the protocol asks of its transport; nothing is sent anywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def open_pair() -> tuple[Session, Session]:
+    """Two sessions that finished the handshake and the Hello exchange, joined in memory."""
+    ids = Identity.generate(), Identity.generate()
+    a = Session(ids[0], Hello(PROTOCOL_VERSION, ids[0].peer_id, (), "a"), initiator=True)
+    b = Session(ids[1], Hello(PROTOCOL_VERSION, ids[1].peer_id, (), "b"), initiator=False)
+    for _ in range(4):
+        b.receive_data(a.data_to_send())
+        a.receive_data(b.data_to_send())
+    assert a.state is State.OPEN and b.state is State.OPEN
+    assert a.remote_hello is not None and b.remote_hello is not None
+    return a, b
+
+
+def feed(proto: WireProtocol, data: bytes | bytearray) -> None:
+    """Deliver ``data`` the way asyncio does: into the protocol's own buffer."""
+    view = memoryview(data)
+    while len(view):
+        buf = proto.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+
+
+async def test_queued_bitfield_counts_at_its_size_and_pauses_reading() -> None:
+    a, b = open_pair()
+    transport = StubTransport()
+    proto = WireProtocol(b, max_receive_queue=8 * 1024)
+    proto.connection_made(transport)
+    count = MAX_CHUNK_COUNT
+    bits = b"\xff" * (count // 8)  # 16 KiB of bits, the largest Bitfield there is
+    a.send(Bitfield(CID, count, bits))
+    feed(proto, a.data_to_send())
+    assert list(proto.queue) == [Bitfield(CID, count, bits)]
+    assert proto.queued_bytes >= len(bits)
+    assert transport.paused and proto.reading_paused  # one Bitfield is over the 8 KiB bound
+    assert await proto.next_message() == Bitfield(CID, count, bits)
+    assert proto.queued_bytes == 0
+    assert not transport.paused and not proto.reading_paused
