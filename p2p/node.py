@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
+import shutil
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +75,13 @@ class NodeConfig:
     """DHT per-RPC timeout."""
     server_limits: wire_server.ServerLimits = field(default_factory=wire_server.ServerLimits)
     agent: str = "p2p/0.1"
+    announce_shares: bool = True
+    """Announce the library on the DHT at start. Off for short-lived commands, whose port
+    is gone a moment later (their records would send peers to a dead address)."""
+
+
+class _HashingStopped(Exception):
+    """Raised inside the hashing thread when the share was cancelled."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +172,9 @@ class Node:
                 except P2PError as exc:
                     self.bootstrap_error = str(exc)
                     self._log("warning", f"bootstrap failed: {exc}")
-            for share in self.store.shares():
-                await self._provide(share.content_id)
+            if cfg.announce_shares:
+                for share in self.store.shares():
+                    await self._provide(share.content_id)
         except BaseException:  # cancelled while joining: close what is open, then go on failing
             await self.aclose()
             raise
@@ -255,12 +266,19 @@ class Node:
         if not path.exists():
             raise BadInput(f"{path}: no such file or folder")
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
 
         def report(n: int) -> None:
+            if stop.is_set():  # cancelled: stop hashing at the next batch, not at the end
+                raise _HashingStopped
             if progress is not None:
                 loop.call_soon_threadsafe(progress, n)
 
-        manifest, files = await asyncio.to_thread(build_manifest, path, self.identity, report)
+        try:
+            manifest, files = await asyncio.to_thread(build_manifest, path, self.identity, report)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         self.store.add_share(manifest, files, root=path)
         await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
@@ -344,7 +362,8 @@ class Node:
                     timeout: float = 30.0) -> Path:
         """Download ``target`` (an id, a ticket or their text) and return the verified path.
 
-        Already complete here: returns the local copy at once. Cancelling the
+        Already complete here: the local copy (checked against ``publisher`` like a
+        download; copied to ``dest`` when another place is asked for). Cancelling the
         calling task pauses the download; fetching again resumes it.
         """
         options = self._options(target, dest, publisher, peers, timeout)
@@ -352,7 +371,10 @@ class Node:
             raise StateDirLocked(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
         if done is not None:
-            return done
+            return await self._local_copy(options, done)
+        if options.dest is not None and options.dest.exists() and not options.dest.is_dir():
+            # Say so now, not after the whole download.
+            raise BadInput(f"{options.dest} already exists; not overwriting it")
         download = self._new_download(options)
         task = asyncio.current_task()
         assert task is not None
@@ -425,6 +447,20 @@ class Node:
     def running_downloads(self) -> list[Download]:
         """Every running download."""
         return [d for d, _ in self._downloads.values()]
+
+    async def _local_copy(self, options: FetchOptions, have: Path) -> Path:
+        manifest = self.store.get_manifest(options.content_id)
+        assert manifest is not None
+        manifest.verify(options.content_id, options.publisher)  # --from holds here too
+        if options.dest is None:
+            return have
+        dest = options.dest / manifest.name if options.dest.is_dir() else options.dest
+        if dest.resolve() == have.resolve():
+            return have
+        if dest.exists():
+            raise BadInput(f"{dest} already exists; not overwriting it")
+        await asyncio.to_thread(_copy_into_place, have, dest)
+        return dest
 
     def _completed_path(self, content_id: ContentId) -> Path | None:
         info = self.store.download_info(content_id)
@@ -509,6 +545,17 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+def _copy_into_place(source: Path, dest: Path) -> None:
+    """Copy a verified local file or folder to ``dest`` through a partial name, then rename."""
+    partial = dest.with_name(dest.name + ".p2p-partial")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, partial, symlinks=False)
+    else:
+        shutil.copy2(source, partial)
+    os.rename(partial, dest)
 
 
 def _primary_ip(version: int) -> str | None:

@@ -8,6 +8,10 @@ only ever get plain data from the app (attributes down) and post requests up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +204,9 @@ class P2PApp(App[None]):
         self._tickets: dict[ContentId, Ticket] = {}
         self._library: list[LibraryRow] = []
         self._stopped = False
+        self._stop_signals = 0
+        self.failed: str | None = None
+        """Why the node could not start, if it could not."""
         self.ready = asyncio.Event()
         self.clock: Callable[[], str] = lambda: time.strftime("%H:%M:%S")
         """Time stamps of log lines (tests fix it)."""
@@ -231,6 +238,18 @@ class P2PApp(App[None]):
         self.main.query_one("#library-table").focus()
         if self._start_node:
             self.run_node()
+            # Closing the terminal or `kill` should stop the node cleanly too (downloads
+            # paused, terminal restored); a second signal gives up waiting.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self._on_stop_signal)
+
+    def _on_stop_signal(self) -> None:
+        if self._stop_signals:
+            os._exit(128 + signal.SIGTERM)
+        self._stop_signals += 1
+        self.call_later(self.action_quit)
 
     @on(TabbedContent.TabActivated)
     def _focus_tab(self, event: TabbedContent.TabActivated) -> None:
@@ -289,6 +308,7 @@ class P2PApp(App[None]):
         self.ready.set()
 
     def on_node_failed(self, message: NodeFailed) -> None:
+        self.failed = message.error
         if not self.screen_stack:  # shutting down: the views are gone
             return
         self.main.query_one("#status", Static).update(f"the node could not start: {message.error}")
@@ -667,7 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
     except BadInput as exc:
-        print(f"p2p-tui: {exc}")
+        print(f"p2p-tui: error: {exc}", file=sys.stderr)
         return 2
-    build_app(config).run()
+    app = build_app(config)
+    app.run()
+    if app.failed is not None:
+        print(f"p2p-tui: error: the node could not start: {app.failed}", file=sys.stderr)
+        return 5
     return 0

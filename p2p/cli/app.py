@@ -54,6 +54,8 @@ class Interrupted(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """THE map from an exception to the process exit code (the only one in the program)."""
     match exc:
+        case BaseExceptionGroup() if len(exc.exceptions) == 1:
+            return exit_code_for(exc.exceptions[0])
         case Interrupted(serving=True):
             return EXIT_OK
         case Interrupted(signum=signum):
@@ -69,6 +71,8 @@ def exit_code_for(exc: BaseException) -> int:
 def describe(exc: BaseException) -> str:
     """The one plain line a person reads for ``exc``."""
     match exc:
+        case BaseExceptionGroup() if len(exc.exceptions) == 1:
+            return describe(exc.exceptions[0])
         case P2PError():
             return str(exc) or type(exc).__name__
         case OSError(filename=name, strerror=reason) if reason:
@@ -174,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="PUBLISHER/NAME", help="publisher peer id and channel name")
 
     p = command("demo", demo.cmd_demo, "a swarm on this machine: N seeders, one download, live per-peer view",
-                "Start a bootstrap node, N seeders and a downloader on 127.0.0.1 in this process, fetch "
+                "Start a bootstrap node and N seeders (in a child process) and a downloader on 127.0.0.1, fetch "
                 "a generated file from all seeders at once with a live per-peer view, and report.")
     p.add_argument("--peers", type=int, default=demo.DEFAULT_PEERS, metavar="N",
                    help=f"seeders (default {demo.DEFAULT_PEERS})")
@@ -252,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
     try:
+        args = None
         args, run = parse(argv)
         verbose = run.settings.verbosity > 0
         _setup_logging(run.settings.verbosity)
@@ -261,8 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         code = exit_code_for(exc)
         if isinstance(exc, Interrupted | KeyboardInterrupt) and code != EXIT_OK:
-            print(f"{PROG}: interrupted (a download keeps its progress: run the same fetch "
-                  "again to resume)", file=sys.stderr)
+            hint = (" (the download keeps its progress: run the same fetch again to resume)"
+                    if getattr(args, "func", None) is commands.cmd_fetch else "")
+            print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         elif not isinstance(exc, Interrupted | KeyboardInterrupt):
             if verbose and not isinstance(exc, BadInput):
                 traceback.print_exception(exc, file=sys.stderr)

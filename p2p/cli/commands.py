@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
     A node with no DHT contacts still starts (it serves, and tickets reach it);
     :func:`_warn_alone` says so.
     """
-    node = Node(config)
+    node = Node(dataclasses.replace(config, announce_shares=serves))
     await node.start()  # closes what it opened if it fails
     try:
         if endpoint:
@@ -192,8 +194,8 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     content_id, _ticket = parse_id_or_ticket(args.target)
     publisher = PeerId.parse(args.from_) if args.from_ else None
     peers = [parse_address(p, what="peer address") for p in args.peer]
-    if args.timeout <= 0:
-        raise BadInput("--timeout must be more than 0 seconds")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInput("--timeout must be a number of seconds above 0")
     dest = Path(args.output).expanduser() if args.output else None
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
@@ -279,7 +281,19 @@ async def cmd_verify(run: Run, args: argparse.Namespace) -> int:
     if report.bad:
         raise IntegrityError(f"{len(report.bad)} chunks of {content_id} do not match their hashes "
                              f"(first: {report.bad[:5]})")
+    if report.missing and not _downloading(run, content_id):
+        # Shared or downloaded content should be whole: missing chunks mean the files moved,
+        # changed (the share is then dropped) or were deleted.
+        raise IntegrityError(f"{report.missing} chunks of {content_id} are missing here "
+                             "(moved, changed or deleted?)")
     return 0
+
+
+def _downloading(run: Run, content_id: ContentId) -> bool:
+    """Whether ``content_id`` is an unfinished download (missing chunks are expected then)."""
+    with Store(run.settings.state_dir) as store:
+        info = store.download_info(content_id)
+    return info is not None and info.state != "complete"
 
 
 async def cmd_unshare(run: Run, args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..content import ContentId
-from ..errors import NetworkError, P2PError
+from ..errors import NetworkError, P2PError, StateDirLocked
 from ..node import Node, VerifyReport
 from .output import to_json
 from .settings import format_address
@@ -138,8 +138,8 @@ async def _answer(node: Node, rates: _Rates, request: dict[str, Any]) -> Any:
 async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
     """Serve the control socket of ``node`` for the duration of the block; yields its path.
 
-    If another live node of the same state directory already holds the socket,
-    this one goes without (yields None) rather than taking it over.
+    If another live node of the same state directory already holds the socket, raises
+    :class:`~p2p.errors.StateDirLocked`: two nodes serving one library would disagree.
     """
     path = socket_path(node.config.state_dir)
     rates = _Rates(node)
@@ -164,8 +164,8 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
             await writer.wait_closed()
 
     if await _is_live(path):
-        yield None
-        return
+        raise StateDirLocked(f"a node of {node.config.state_dir} is already running (its control "
+                             "socket answers); stop it first, or use another --state-dir")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     old_umask = os.umask(0o177)  # the socket is created 0600, never briefly open to others

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -38,4 +39,7 @@ async def serve(base: Path, count: int, source: Path) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the demo stops us by closing stdin, and a
+    # second traceback from here would only clutter the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])))

@@ -153,13 +153,17 @@ def hash_file(
 
                 parts: list[bytes] = []
                 workers = threads or os.cpu_count() or 1
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
+                try:
                     for first, digest in zip(range(0, count, per_batch),
                                              pool.map(run, range(0, count, per_batch)),
                                              strict=True):
                         parts.append(digest)
                         if progress is not None:
+                            # May raise to stop (a cancelled share): batches not started are dropped.
                             progress(min(size, (first + per_batch) * chunk) - first * chunk)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             finally:
                 view.release()
     return FileInfo(size, chunk, b"".join(parts))

@@ -185,6 +185,8 @@ class Download:
                 result = await self._complete()
             except P2PError as exc:
                 error = exc
+            except OSError as exc:  # the destination's folder cannot be made, say
+                error = StoreError(f"cannot write the download: {exc}")
             finally:
                 for task in list(self._tasks):
                     task.cancel()

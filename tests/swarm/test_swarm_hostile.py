@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p2p.errors import NotFound, StateDirLocked, StoreError
+from p2p.errors import BadInput, NotFound, StateDirLocked, StoreError
 from p2p.identity import Identity
 from p2p.node import Node
 from p2p.store import PARTIAL_SUFFIX
@@ -86,8 +86,7 @@ async def test_wrong_sized_bitfield_before_manifest_bans_peer_and_download_compl
         await hostile.aclose()
 
 
-async def test_existing_destination_fails_keeps_partial_then_same_node_fetches_again(
-        tmp_path: Path) -> None:
+async def test_existing_destination_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
     source = make_file(tmp_path / "src" / "movie.bin", 1 * MiB)
     dest = tmp_path / "out" / "movie.bin"
     dest.parent.mkdir()
@@ -95,8 +94,32 @@ async def test_existing_destination_fails_keeps_partial_then_same_node_fetches_a
     async with asyncio.timeout(T), Node(node_config(tmp_path, "seed")) as seed, \
             Node(node_config(tmp_path, "dl")) as dl:
         shared = await seed.share(source)
+        with pytest.raises(BadInput, match="already exists"):
+            await dl.fetch(shared.ticket, dest, timeout=T)
+        assert dest.read_bytes() == b"somebody else's file"
+        assert not dest.with_name(dest.name + PARTIAL_SUFFIX).exists()
+        assert dl.store.download_info(shared.content_id) is None
+
+
+async def test_destination_taken_during_the_download_keeps_partial_then_same_node_fetches_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_file(tmp_path / "src" / "movie.bin", 1 * MiB)
+    dest = tmp_path / "out" / "movie.bin"
+    dest.parent.mkdir()
+    async with asyncio.timeout(T), Node(node_config(tmp_path, "seed")) as seed, \
+            Node(node_config(tmp_path, "dl")) as dl:
+        shared = await seed.share(source)
+        open_download = dl.store.open_download
+
+        def taken_meanwhile(manifest, where):  # type: ignore[no-untyped-def]
+            partial = open_download(manifest, where)
+            dest.write_bytes(b"somebody else's file")  # another program writes there meanwhile
+            return partial
+
+        monkeypatch.setattr(dl.store, "open_download", taken_meanwhile)
         with pytest.raises(StoreError, match="already exists") as failed:
             await dl.fetch(shared.ticket, dest, timeout=T)
+        monkeypatch.undo()
         assert not isinstance(failed.value, StateDirLocked)
         assert dest.read_bytes() == b"somebody else's file"  # never overwritten
         partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
