@@ -280,7 +280,8 @@ class Node:
             stop.set()
             raise
         self.store.add_share(manifest, files, root=path)
-        await self._provide(manifest.content_id)
+        if self.config.announce_shares:  # else the next long-running start announces it
+            await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
         return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..content import ContentId, parse_id_or_ticket
+from ..content import ContentId, make_ticket, parse_id_or_ticket
 from ..errors import BadInput, IntegrityError, NotFound
 from ..identity import PeerId, load_or_create
 from ..node import Node, NodeConfig, VerifyReport
@@ -137,15 +137,21 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         raise BadInput(f"{path}: no such file or folder")
     total = _tree_size(path)
     config = run.settings.node_config(long_running=not args.no_serve)
-    async with running_node(run, config, endpoint=not args.no_serve) as node:
+    async with running_node(run, config, endpoint=not args.no_serve,
+                            serves=not args.no_serve) as node:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
             result = await node.share(path, progress)
         seconds = time.monotonic() - started
         manifest = result.manifest
+        ticket = result.ticket
+        if args.no_serve and run.settings.listen[1]:
+            # This process is about to exit: point the ticket at the port `p2p serve` uses.
+            ticket = make_ticket(result.content_id, manifest.publisher,
+                                 [(host, run.settings.listen[1]) for host, _ in node.addresses()])
         info = {
-            "content_id": str(result.content_id), "ticket": str(result.ticket),
+            "content_id": str(result.content_id), "ticket": str(ticket),
             "name": manifest.name, "size": manifest.total_size, "chunks": manifest.chunk_count,
             "publisher": str(manifest.publisher), "peer_id": str(node.peer_id),
             "listen": format_address(node.listen_address()),
