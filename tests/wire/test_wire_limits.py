@@ -31,30 +31,12 @@ from p2p.wire.session import Session, State
 from p2p.wire.sources import MemorySource
 from p2p.wire.transport import WireProtocol, connect
 
+from .recorder import Recorder
+
 CID = blake3.blake3(b"limits").digest()
 BIG = 1 << 20
 CHUNKS: list[bytes | None] = [bytes([i]) * BIG for i in range(4)]
 T = 30  # generous deadline for any single awaited event on a loaded machine
-
-
-class Recorder:
-    """Server events, with a way to await the one a test is waiting for."""
-
-    def __init__(self) -> None:
-        self.events: list[ServerEvent] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: ServerEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[ServerEvent], bool]) -> ServerEvent:
-        while True:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            self._changed.clear()
-            await self._changed.wait()
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import blake3
@@ -23,38 +23,16 @@ from p2p.wire.messages import (
     RejectReason,
     Request,
 )
-from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
+from p2p.wire.server import PeerDisconnected, Server, ServerLimits
 from p2p.wire.session import Session
 from p2p.wire.sources import MemorySource
 from p2p.wire.transport import Connection, connect
 
+from .recorder import Recorder
+
 CID = blake3.blake3(b"timeouts").digest()
 CHUNKS: list[bytes | None] = [bytes([i]) * (100 + i) for i in range(16)]
 T = 30  # generous deadline for any single awaited event on a loaded machine
-
-
-class Recorder:
-    """Server events, with a way to await the one a test is waiting for."""
-
-    def __init__(self) -> None:
-        self.events: list[ServerEvent] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: ServerEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[ServerEvent], bool]) -> ServerEvent:
-        """The first recorded event that satisfies ``predicate`` (waits for it to happen)."""
-        while True:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            self._changed.clear()
-            await self._changed.wait()
-
-    def disconnects(self) -> list[PeerDisconnected]:
-        return [e for e in self.events if isinstance(e, PeerDisconnected)]
 
 
 @asynccontextmanager
