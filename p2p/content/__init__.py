@@ -16,6 +16,7 @@ from .chunking import (
 from .ids import ContentId
 from .manifest import (
     MAX_MANIFEST_BYTES,
+    MAX_TOTAL_CHUNKS,
     FileEntry,
     Manifest,
     build_manifest,
@@ -28,6 +29,7 @@ from .ticket import Ticket, make_ticket, parse_id_or_ticket
 __all__ = [
     "MAX_CHUNK",
     "MAX_MANIFEST_BYTES",
+    "MAX_TOTAL_CHUNKS",
     "MIN_CHUNK",
     "ContentId",
     "FileEntry",

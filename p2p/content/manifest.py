@@ -41,6 +41,9 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """Largest encoded manifest accepted: a 1 TiB file's 2 MiB hash list, or many small files, fit."""
 MAX_ENTRIES = 100_000
 """Most files in one directory manifest: bounds the work a hostile manifest can cause."""
+MAX_TOTAL_CHUNKS = MAX_MANIFEST_BYTES // HASH_LEN
+"""Most chunks over all entries: what a manifest of MAX_MANIFEST_BYTES could list (the wire's
+bitfields are sized by it)."""
 MAX_NAME_BYTES = 255
 KINDS = ("file", "dir")
 
@@ -168,7 +171,7 @@ def _check_entries(kind: str, name: str, entries: Sequence[FileEntry]) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) + "/" in as_dirs:
                 raise DecodeError(f"entry {p!r} lies inside another file entry")
-    if sum(e.info.chunk_count for e in entries) > MAX_CHUNKS * 16:
+    if sum(e.info.chunk_count for e in entries) > MAX_TOTAL_CHUNKS:
         raise DecodeError("directory manifest has too many chunks")
 
 

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .. import encoding
+from .. import content, encoding
 from ..errors import DecodeError
 from ..identity import PUBLIC_KEY_LEN, PeerId
 from .errors import LocalProtocolError, ProtocolError
@@ -27,13 +27,14 @@ PROTOCOL_VERSION = 1
 """The version in Hello. A peer speaking another version is sent Goodbye and dropped."""
 CONTENT_ID_LEN = 32
 """A content id is a BLAKE3-256 digest."""
-MIN_CHUNK = 64 * 1024
+# The content formats set these; the wire only carries what they allow.
+MIN_CHUNK = content.MIN_CHUNK
 """Smallest chunk size a manifest may choose."""
-MAX_CHUNK = 16 * 1024 * 1024
+MAX_CHUNK = content.MAX_CHUNK
 """Largest chunk size a manifest may choose; a Data payload is one whole chunk."""
-MAX_MANIFEST = 4 * 1024 * 1024
+MAX_MANIFEST = content.MAX_MANIFEST_BYTES
 """Largest encoded signed manifest carried in a Manifest message."""
-MAX_CHUNK_COUNT = MAX_MANIFEST // CONTENT_ID_LEN
+MAX_CHUNK_COUNT = content.MAX_TOTAL_CHUNKS
 """A manifest of at most MAX_MANIFEST bytes cannot list more chunk hashes than this."""
 MAX_INDEX = 0xFFFF_FFFF
 """Chunk indexes travel as u32."""
