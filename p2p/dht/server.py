@@ -22,7 +22,7 @@ from ..errors import BadInput, IntegrityError, NetworkError, NotFound, PeerMisbe
 from ..identity import Identity, PeerId
 from .config import DHTConfig
 from .errors import NoContacts, StaleSequence, StateFileError
-from .lookup import Lookup
+from .lookup import Lookup, RoundTrips, Unreachable
 from .protocol import P2PProtocol
 from .records import (
     KIND_CHANNEL,
@@ -103,6 +103,8 @@ class DHT:
         self._lookups = 0
         self._lookup_rpcs = 0
         self.state_load_error: str | None = None
+        self._unreachable = Unreachable()
+        self._round_trips = RoundTrips()
         self.restored_contacts = 0
         """Contacts of the saved routing table that answered re-verification at start."""
         self._saved_unverified: list[tuple[bytes, str, int]] = []
@@ -315,7 +317,8 @@ class DHT:
     async def _walk(self, key: bytes, query: Callable[[Any], Any],
                     done: Callable[[], bool] | None = None) -> Lookup:
         lookup = Lookup(self._protocol, Node(key), self._start_nodes(key), self._config.ksize,
-                        self._config.alpha, query, done, self._config.lookup_stall)
+                        self._config.alpha, query, done, self._config.lookup_stall,
+                        self._unreachable, self._round_trips)
         await lookup.find()
         self._lookups += 1
         self._lookup_rpcs += lookup.rpcs
