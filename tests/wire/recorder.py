@@ -1,11 +1,14 @@
-"""A recorder of chunk-server events that tests can await (shared by the wire tests)."""
+"""A chunk server for tests, with a recorder of its events that tests can await."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
-from p2p.wire.server import PeerDisconnected, ServerEvent
+from p2p.identity import Identity
+from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
+from p2p.wire.sources import MemorySource
 
 
 class Recorder:
@@ -30,3 +33,16 @@ class Recorder:
 
     def disconnects(self) -> list[PeerDisconnected]:
         return [e for e in self.events if isinstance(e, PeerDisconnected)]
+
+
+@asynccontextmanager
+async def serving(limits: ServerLimits, cid: bytes, chunks: list[bytes | None],
+                  ) -> AsyncIterator[tuple[Server, tuple[str, int], Recorder]]:
+    """A server on 127.0.0.1 port 0 holding ``chunks`` of ``cid``; closed on exit."""
+    recorder = Recorder()
+    server = Server(Identity.generate(), MemorySource({cid: list(chunks)}), limits, on_event=recorder)
+    addr = await server.start("127.0.0.1", 0)
+    try:
+        yield server, addr, recorder
+    finally:
+        await server.aclose()

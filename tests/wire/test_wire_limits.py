@@ -4,8 +4,8 @@ reading, and the receive queue's accounting of Bitfield messages."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import blake3
 import pytest
@@ -28,10 +28,10 @@ from p2p.wire.messages import (
 )
 from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
 from p2p.wire.session import Session, State
-from p2p.wire.sources import MemorySource
 from p2p.wire.transport import WireProtocol, connect
 
 from .recorder import Recorder
+from .recorder import serving as shared_serving
 
 CID = blake3.blake3(b"limits").digest()
 BIG = 1 << 20
@@ -39,15 +39,8 @@ CHUNKS: list[bytes | None] = [bytes([i]) * BIG for i in range(4)]
 T = 30  # generous deadline for any single awaited event on a loaded machine
 
 
-@asynccontextmanager
-async def serving(limits: ServerLimits) -> AsyncIterator[tuple[Server, tuple[str, int], Recorder]]:
-    recorder = Recorder()
-    server = Server(Identity.generate(), MemorySource({CID: list(CHUNKS)}), limits, on_event=recorder)
-    addr = await server.start("127.0.0.1", 0)
-    try:
-        yield server, addr, recorder
-    finally:
-        await server.aclose()
+def serving(limits: ServerLimits) -> AbstractAsyncContextManager[tuple[Server, tuple[str, int], Recorder]]:
+    return shared_serving(limits, CID, CHUNKS)
 
 
 def disconnected(peer: object) -> Callable[[ServerEvent], bool]:

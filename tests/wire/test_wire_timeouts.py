@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import blake3
 import pytest
@@ -25,25 +24,18 @@ from p2p.wire.messages import (
 )
 from p2p.wire.server import PeerDisconnected, Server, ServerLimits
 from p2p.wire.session import Session
-from p2p.wire.sources import MemorySource
 from p2p.wire.transport import Connection, connect
 
 from .recorder import Recorder
+from .recorder import serving as shared_serving
 
 CID = blake3.blake3(b"timeouts").digest()
 CHUNKS: list[bytes | None] = [bytes([i]) * (100 + i) for i in range(16)]
 T = 30  # generous deadline for any single awaited event on a loaded machine
 
 
-@asynccontextmanager
-async def serving(limits: ServerLimits) -> AsyncIterator[tuple[Server, tuple[str, int], Recorder]]:
-    recorder = Recorder()
-    server = Server(Identity.generate(), MemorySource({CID: list(CHUNKS)}), limits, on_event=recorder)
-    addr = await server.start("127.0.0.1", 0)
-    try:
-        yield server, addr, recorder
-    finally:
-        await server.aclose()
+def serving(limits: ServerLimits) -> AbstractAsyncContextManager[tuple[Server, tuple[str, int], Recorder]]:
+    return shared_serving(limits, CID, CHUNKS)
 
 
 async def fetch_one(conn: Connection, index: int) -> None:
