@@ -504,12 +504,9 @@ class Node:
         out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent)
                for c in self.server.connections()]
         for download in self.running_downloads():
-            scheduler = download.scheduler
-            for peer in download.peers:
-                conn = download._peers[peer].conn
-                strikes = scheduler.peers[peer].strikes if scheduler and peer in scheduler.peers else 0
-                out.append(PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
-                                    conn.bytes_sent, strikes))
+            out += [PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
+                             conn.bytes_sent, strikes)
+                    for peer, conn, strikes in download.connections()]
         return out
 
     def dht_summary(self) -> dict[str, Any]:

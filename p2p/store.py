@@ -149,27 +149,30 @@ class ChunkMap:
             total += entry.info.chunk_count
         self.count = total
 
-    def locate(self, index: int) -> ChunkSpan:
-        """The span of chunk ``index``. Raises ``IndexError`` when out of range."""
+    def _entry(self, index: int) -> tuple[int, int]:
+        """(entry, the chunk's number within that entry's file)."""
         if not 0 <= index < self.count:
             raise IndexError(index)
         # Empty entries share their start with the next entry; bisect_right picks the last of
         # equal starts, which is the non-empty one.
         entry = bisect.bisect_right(self.starts, index) - 1
+        return entry, index - self.starts[entry]
+
+    def locate(self, index: int) -> ChunkSpan:
+        """The span of chunk ``index``. Raises ``IndexError`` when out of range."""
+        entry, local = self._entry(index)
         info = self.manifest.entries[entry].info
-        local = index - self.starts[entry]
-        return ChunkSpan(entry, local * info.chunk_size, info.chunk_length(local))
+        return ChunkSpan(entry, info.chunk_offset(local), info.chunk_length(local))
 
     def expected_hash(self, index: int) -> bytes:
         """The hash chunk ``index`` must have."""
-        span = self.locate(index)
-        info = self.manifest.entries[span.entry].info
-        return info.chunk_hash(index - self.starts[span.entry])
+        entry, local = self._entry(index)
+        return self.manifest.entries[entry].info.chunk_hash(local)
 
     def verify(self, index: int, data: bytes | bytearray | memoryview) -> bool:
         """True if ``data`` is exactly chunk ``index``."""
-        span = self.locate(index)
-        return len(data) == span.length and hash_chunk(data) == self.expected_hash(index)
+        entry, local = self._entry(index)
+        return self.manifest.entries[entry].info.verify_chunk(local, data)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,13 @@ class Download:
         """Peers connected for this download."""
         return list(self._peers)
 
+    def connections(self) -> list[tuple[PeerId, Any, int]]:
+        """(peer, its connection, its strikes) for each connected peer, for live views."""
+        scheduler = self.scheduler
+        return [(peer, state.conn,
+                 scheduler.peers[peer].strikes if scheduler and peer in scheduler.peers else 0)
+                for peer, state in self._peers.items()]
+
     async def run(self) -> Path:
         """Fetch everything, verify it, put it in place. Returns the final path.
 
