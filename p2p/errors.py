@@ -13,10 +13,15 @@ The families:
 * :class:`IntegrityError` -- bytes or signatures did not check out. Exit code 4.
 * :class:`NetworkError` -- the world got in the way: cannot bind, nobody
   reachable. Exit code 5. Retrying elsewhere may help.
-* :class:`PeerMisbehaved` -- a remote peer broke the protocol. The node drops
-  that peer (and may strike or ban it); it never reaches a person as-is.
+* :class:`RemoteProtocolError` -- a remote peer broke the protocol (h11's name). The
+  node drops that peer (and may strike or ban it); it never reaches a person as-is.
+* :class:`LocalProtocolError` -- this program misused a protocol object: a bug.
 * :class:`StoreError` -- the local state directory is unusable (locked, a key
   file with unsafe permissions, a full disk). Exit code 1 unless more specific.
+* :class:`AlreadyDownloading` -- this node is downloading that content right now.
+
+:mod:`p2p.exitcodes` is the one map from errors (and from anything else that ends a
+front end: interrupts, bugs) to exit codes.
 """
 
 from __future__ import annotations
@@ -77,10 +82,6 @@ class WrongPublisher(IntegrityError):
     """The content is signed by a different publisher than the one that was required (``--from``)."""
 
 
-class ChunkHashMismatch(IntegrityError):
-    """A chunk's bytes do not hash to the chunk hash in the manifest."""
-
-
 class ContentChanged(IntegrityError):
     """A shared file changed on disk since it was shared; it is no longer served as the old content."""
 
@@ -97,16 +98,26 @@ class NetworkError(P2PError):
 # -- remote peers -------------------------------------------------------------------
 
 
-class PeerMisbehaved(P2PError):
+class RemoteProtocolError(P2PError):
     """A remote peer sent something the protocol forbids (malformed frame, bad field, tampered record).
 
-    The connection to that peer is closed; the node goes on.
+    The peer is to blame: the connection to it is closed (and the peer may be struck
+    or banned); the node goes on. You only see this if the one peer you asked for
+    misbehaved; trying other peers usually helps.
     """
 
     exit_code = 5
 
 
-class DecodeError(PeerMisbehaved, BadInput):
+class LocalProtocolError(P2PError, RuntimeError):
+    """This program used a protocol object wrongly (for example, sent before the handshake).
+
+    A bug in this program, not in the peer or in your input: please report it
+    with the command that led to it.
+    """
+
+
+class DecodeError(RemoteProtocolError, BadInput):
     """Bytes that were supposed to be one of our encodings are malformed or exceed a limit.
 
     Raised by every decoder. When the bytes came from a peer, the peer is to
@@ -121,6 +132,15 @@ class DecodeError(PeerMisbehaved, BadInput):
 
 class StoreError(P2PError):
     """The local state directory or database cannot be used as asked."""
+
+
+class AlreadyDownloading(P2PError):
+    """This node is already downloading that content.
+
+    Nothing is wrong: the download in progress goes on. Wait for it (``p2p
+    status``, the terminal app's Transfers tab) or pause it before starting
+    another with different options.
+    """
 
 
 class StateDirLocked(StoreError):

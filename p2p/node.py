@@ -24,7 +24,7 @@ from typing import Any
 
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
-from .errors import BadInput, NetworkError, NotFound, P2PError, StateDirLocked
+from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError
 from .events import (
     ChunkUploaded,
     DownloadFailed,
@@ -369,7 +369,7 @@ class Node:
         """
         options = self._options(target, dest, publisher, peers, timeout)
         if options.content_id in self._downloads:
-            raise StateDirLocked(f"{options.content_id} is already being downloaded by this node")
+            raise AlreadyDownloading(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
         if done is not None:
             return await self._local_copy(options, done)
@@ -471,7 +471,7 @@ class Node:
         return None
 
     def _record_failure(self, content_id: ContentId, exc: P2PError) -> None:
-        if self.store.download_info(content_id) is not None and not isinstance(exc, StateDirLocked):
+        if self.store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):
             self.store.set_download_state(content_id, "failed", str(exc))
         self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import BadInput, NetworkError, PeerMisbehaved, StoreError
+from ..errors import BadInput, NetworkError, RemoteProtocolError, StoreError
 
 
 class RPCTimeout(NetworkError):
@@ -17,18 +17,18 @@ class NoContacts(NetworkError):
     """The routing table is empty: bootstrap the DHT (or restore its saved table) first."""
 
 
-class InvalidContact(PeerMisbehaved):
+class InvalidContact(RemoteProtocolError):
     """A contact (node id, address, port) is malformed: a hostname, a bad port, a wrong id length."""
 
 
-class InvalidRecord(PeerMisbehaved):
+class InvalidRecord(RemoteProtocolError):
     """A DHT record is malformed, expired, too far in the future or stored under the wrong key.
 
     Forged signatures raise :class:`p2p.errors.BadSignature` instead.
     """
 
 
-class IdentityMismatch(PeerMisbehaved):
+class IdentityMismatch(RemoteProtocolError):
     """A node's Ed25519 key does not hash to the node id it claimed (or it answered for another id)."""
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from kademlia.crawling import SpiderCrawl
 
-from ..errors import IntegrityError, NetworkError, PeerMisbehaved
+from ..errors import IntegrityError, NetworkError, RemoteProtocolError
 from .errors import RPCTimeout
 
 Query = Callable[[Any], Coroutine[Any, Any, list[Any]]]
@@ -168,7 +168,7 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
                     nid, sent = in_flight.pop(task)
                     try:
                         contacts = task.result()
-                    except (NetworkError, PeerMisbehaved, IntegrityError) as exc:
+                    except (NetworkError, RemoteProtocolError, IntegrityError) as exc:
                         self.failed += 1
                         self._state[nid] = _FAILED
                         if isinstance(exc, RPCTimeout) and self._unreachable is not None:

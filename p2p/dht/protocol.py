@@ -34,7 +34,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from ..encoding import expect_bytes, expect_int, expect_list, pack, unpack
-from ..errors import DecodeError, IntegrityError, NetworkError, PeerMisbehaved
+from ..errors import DecodeError, IntegrityError, NetworkError, RemoteProtocolError
 from ..identity import NODE_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, node_id_for
 from .config import DHTConfig
 from .errors import IdentityMismatch, InvalidContact, Overloaded, RPCTimeout
@@ -229,7 +229,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                     result = self.rpc_get(addr, sender_id, *args[1:])
                 case _:  # pragma: no cover - RPC_ARITY and this match list the same names
                     return self._reject("unknown_rpc")
-        except PeerMisbehaved:
+        except RemoteProtocolError:
             return self._reject("bad_arguments")
         self.counters.received[name] += 1
         self._send(bytes([RESPONSE]) + msg_id + pack(result), addr)
@@ -271,7 +271,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(datagram, addr)
 
-    # -- handlers (inline, synchronous; they raise PeerMisbehaved on bad arguments) -------------
+    # -- handlers (inline, synchronous; they raise RemoteProtocolError on bad arguments) -------------
 
     def rpc_identify(self, sender: tuple[str, int], nodeid: bytes, nonce: Any) -> list[Any]:
         """Prove our key: sign the caller's nonce, our id, the caller's id and its observed address."""
@@ -296,7 +296,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         now = self.clock()
         try:
             signed = decode_record(raw, key, now, self.verify_cache)
-        except (PeerMisbehaved, IntegrityError):
+        except (RemoteProtocolError, IntegrityError):
             self.counters.rejected["invalid_record"] += 1
             return int(PutStatus.INVALID)
         status = self.records.put(signed, now)
@@ -477,7 +477,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     async def _verify_and_add(self, node: Any) -> None:
         try:
             verified = await self.call_identify((node.ip, node.port), node.id)
-        except (NetworkError, PeerMisbehaved, IntegrityError):
+        except (NetworkError, RemoteProtocolError, IntegrityError):
             self.counters.events["verification_failed"] += 1
             return
         finally:
@@ -519,7 +519,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     async def _check_head(self, node: Any) -> None:
         try:
             await self.call_ping(node)
-        except (NetworkError, PeerMisbehaved):
+        except (NetworkError, RemoteProtocolError):
             pass
         finally:
             self._head_checks.discard(node.id)

@@ -18,7 +18,7 @@ from typing import Any
 from kademlia.network import Server
 from kademlia.node import Node
 
-from ..errors import BadInput, IntegrityError, NetworkError, NotFound, PeerMisbehaved
+from ..errors import BadInput, IntegrityError, NetworkError, NotFound, RemoteProtocolError
 from ..identity import Identity, PeerId
 from .config import DHTConfig
 from .errors import NoContacts, StaleSequence, StateFileError
@@ -261,7 +261,7 @@ class DHT:
         verified = 0
         for result in results:
             if isinstance(result, BaseException):
-                if not isinstance(result, NetworkError | PeerMisbehaved | IntegrityError):
+                if not isinstance(result, NetworkError | RemoteProtocolError | IntegrityError):
                     raise result
                 continue
             self._protocol.admit(result)
@@ -296,7 +296,7 @@ class DHT:
             async with sem:
                 try:
                     node = await self._protocol.call_identify((host, port), cid)
-                except (NetworkError, PeerMisbehaved, IntegrityError):
+                except (NetworkError, RemoteProtocolError, IntegrityError):
                     return False
             self._protocol.admit(node)
             return True
@@ -341,7 +341,7 @@ class DHT:
             for raw in raws:
                 try:
                     accept(decode_record(raw, key, now, self._verify_cache, kind))
-                except (PeerMisbehaved, IntegrityError):
+                except (RemoteProtocolError, IntegrityError):
                     self._protocol.counters.rejected["invalid_record_read"] += 1
             return contacts
 

@@ -28,7 +28,7 @@ from ..errors import (
     NetworkError,
     NotFound,
     P2PError,
-    PeerMisbehaved,
+    RemoteProtocolError,
     StoreError,
     UnsafePath,
     WrongPublisher,
@@ -48,7 +48,7 @@ from ..events import (
 from ..identity import PeerId
 from ..store import PartialDownload, Store, bit_get, bit_set, full_bitfield
 from ..wire import messages as msg
-from ..wire.errors import ConnectionClosed
+from ..wire.errors import ClosedByUs, ConnectionLost
 from .scheduler import REQUEST_TIMEOUT, Scheduler
 
 log = logging.getLogger(__name__)
@@ -298,9 +298,9 @@ class Download:
                 if peer not in self._peers:
                     reason = "banned"
                     break
-        except ConnectionClosed as exc:
+        except (ConnectionLost, ClosedByUs) as exc:
             reason = str(exc) or "closed"
-        except (PeerMisbehaved, IntegrityError) as exc:
+        except (RemoteProtocolError, IntegrityError) as exc:
             reason = f"misbehaved: {exc}"
         except (NetworkError, OSError) as exc:
             reason = f"network: {exc}"
@@ -322,7 +322,7 @@ class Download:
             while True:
                 message = await state.outbox.get()
                 await state.conn.send(message)
-        except (NetworkError, OSError) as exc:  # ConnectionClosed is a NetworkError
+        except (NetworkError, ClosedByUs, OSError) as exc:  # ConnectionLost is a NetworkError
             # The reader sees the same close and drops the peer; make sure it does.
             log.debug("peer %s: send failed: %s", state.peer.short(), exc)
             with contextlib.suppress(Exception):
@@ -380,7 +380,7 @@ class Download:
             if self._wrong_publisher_at is None:
                 self._wrong_publisher_at = time.monotonic()
             return
-        except (IntegrityError, UnsafePath, PeerMisbehaved) as exc:
+        except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
             self._ban(state.peer, f"bad manifest: {exc}")
             return
         self.manifest = manifest

@@ -3,7 +3,7 @@
 Public names are re-exported here; see docs/PROTOCOL.md for the conversation.
 """
 
-from .errors import ConnectionClosed, LocalProtocolError, ProtocolError, WrongPeer
+from .errors import ClosedByUs, ConnectionLost, LocalProtocolError, RemoteProtocolError, WrongPeer
 from .messages import (
     MAX_CHUNK,
     MAX_FRAME,
@@ -34,7 +34,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Bitfield",
     "Cancel",
-    "ConnectionClosed",
+    "ClosedByUs",
+    "ConnectionLost",
     "Data",
     "GetBitfield",
     "GetManifest",
@@ -46,9 +47,9 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
-    "ProtocolError",
     "Reject",
     "RejectReason",
+    "RemoteProtocolError",
     "Request",
     "Session",
     "WrongPeer",

@@ -6,7 +6,7 @@ byte and the body. Every body except :class:`Data` is one canonical msgpack list
 chunk bytes, so that a megabyte is never wrapped (or unwrapped) by msgpack and
 the receiver gets the payload as a view of the buffer the frame was decrypted into.
 
-This module does no I/O. Every decoder raises :class:`ProtocolError` and nothing else.
+This module does no I/O. Every decoder raises :class:`RemoteProtocolError` and nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from .. import content, encoding
 from ..errors import DecodeError
 from ..identity import PUBLIC_KEY_LEN, PeerId
-from .errors import LocalProtocolError, ProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 
 # -- limits (docs/PROTOCOL.md explains each) --------------------------------------------
 
@@ -318,10 +318,10 @@ def _check_bitfield(count: int, bits: bytes, error: type[Exception]) -> None:
 
 
 def decode_frame_length(header: bytes | bytearray | memoryview) -> int:
-    """The frame length in a 4-byte header, checked against MAX_FRAME. Raises ProtocolError."""
+    """The frame length in a 4-byte header, checked against MAX_FRAME. Raises RemoteProtocolError."""
     n: int = _U32.unpack(header)[0]
     if not 1 <= n <= MAX_FRAME:
-        raise ProtocolError(f"frame length {n} outside [1, {MAX_FRAME}]")
+        raise RemoteProtocolError(f"frame length {n} outside [1, {MAX_FRAME}]")
     return n
 
 
@@ -329,30 +329,30 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     """Decode one frame body (type byte + body, without the length prefix).
 
     A Data payload is returned as a memoryview of ``frame`` (no copy), so the
-    caller must not reuse ``frame``. Raises :class:`ProtocolError` and nothing else.
+    caller must not reuse ``frame``. Raises :class:`RemoteProtocolError` and nothing else.
     """
     view = memoryview(frame)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
     if len(view) < 1:
-        raise ProtocolError("empty frame")
+        raise RemoteProtocolError("empty frame")
     mtype = view[0]
     if mtype == MessageType.DATA:
         if len(view) < DATA_HEADER:
-            raise ProtocolError("Data frame shorter than its header")
+            raise RemoteProtocolError("Data frame shorter than its header")
         if len(view) - DATA_HEADER > MAX_CHUNK:
-            raise ProtocolError("Data payload larger than MAX_CHUNK")
+            raise RemoteProtocolError("Data payload larger than MAX_CHUNK")
         cid = bytes(view[1:33])
         (index,) = _U32.unpack_from(view, 33)
         return Data(cid, index, view[DATA_HEADER:])
     if len(view) - 1 > MAX_CONTROL_BODY:
-        raise ProtocolError("control message larger than the wire allows")
+        raise RemoteProtocolError("control message larger than the wire allows")
     try:
         fields = encoding.unpack(view[1:], max_bin=MAX_MANIFEST, max_str=max(MAX_HOST, MAX_REASON),
                                  max_array=max(MAX_ADDRS, 4))
         return _decode_fields(mtype, fields)
     except DecodeError as exc:
-        raise ProtocolError(f"malformed message (type {mtype}): {exc}") from None
+        raise RemoteProtocolError(f"malformed message (type {mtype}): {exc}") from None
 
 
 def _decode_fields(mtype: int, value: Any) -> Message:

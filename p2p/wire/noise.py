@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from .errors import LocalProtocolError, ProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 
 DHLEN = 32  # section 12.1: X25519 public keys and shared secrets are 32 bytes
 HASHLEN = 32  # section 12.5: SHA-256
@@ -93,7 +93,7 @@ class CipherState:
         return self._aead.encrypt(self._next_nonce(), plaintext, ad)
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | bytearray | memoryview) -> bytes:
-        """Section 5.1 DecryptWithAd. A failed tag raises ProtocolError; n is then not advanced."""
+        """Section 5.1 DecryptWithAd. A failed tag raises RemoteProtocolError; n is then not advanced."""
         if self._aead is None:
             return bytes(ciphertext)
         n = self.n
@@ -102,7 +102,7 @@ class CipherState:
         try:
             out = self._aead.decrypt(self._nonce.pack(n), ciphertext, ad)
         except InvalidTag:
-            raise ProtocolError("record failed authentication (tampered, replayed or reordered)") from None
+            raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
         self.n = n + 1
         return out
 
@@ -120,7 +120,7 @@ class CipherState:
         try:
             self._aead.decrypt_into(self._nonce.pack(n), ciphertext, None, out)
         except InvalidTag:
-            raise ProtocolError("record failed authentication (tampered, replayed or reordered)") from None
+            raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
         self.n = n + 1
 
 
@@ -189,7 +189,7 @@ def dh(key: KeyPair, public: bytes) -> bytes:
     try:
         return key.private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
-        raise ProtocolError("peer sent an invalid X25519 public key") from None
+        raise RemoteProtocolError("peer sent an invalid X25519 public key") from None
 
 
 class HandshakeXX:
@@ -256,13 +256,13 @@ class HandshakeXX:
         return bytes(out)
 
     def read_message(self, message: bytes) -> bytes:
-        """Section 5.3 ReadMessage for the next XX message. Raises ProtocolError on bad input."""
+        """Section 5.3 ReadMessage for the next XX message. Raises RemoteProtocolError on bad input."""
         if self.step > 2 or self._my_turn():
             raise LocalProtocolError("not our turn to read a handshake message")
         ss, pos = self.ss, 0
         need = {0: DHLEN, 1: DHLEN + DHLEN + TAGLEN + TAGLEN, 2: DHLEN + TAGLEN + TAGLEN}[self.step]
         if len(message) < need:
-            raise ProtocolError(f"handshake message {self.step + 1} is too short")
+            raise RemoteProtocolError(f"handshake message {self.step + 1} is too short")
         if self.step in (0, 1):  # token "e"
             self.re = bytes(message[:DHLEN])
             ss.mix_hash(self.re)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import ContentChanged, NetworkError, NotFound, PeerMisbehaved
+from ..errors import ContentChanged, NetworkError, NotFound, RemoteProtocolError
 from ..identity import Identity, PeerId
-from .errors import ConnectionClosed, ProtocolError
+from .errors import ClosedByUs, ConnectionLost
 from .messages import (
     PROTOCOL_VERSION,
     Bitfield,
@@ -190,7 +190,7 @@ class Server:
         if (self._closed or len(self._protocols) >= self.limits.max_connections
                 or self._per_ip[ip] >= self.limits.max_connections_per_ip):
             # Refused before any cryptography is spent on it.
-            proto.abort(ConnectionClosed("connection limit reached"))
+            proto.abort(ClosedByUs("connection limit reached"))
             return
         self._protocols.add(proto)
         self._per_ip[ip] += 1
@@ -217,14 +217,14 @@ class Server:
             self._peers[proto] = peer
             self._emit(PeerConnected(peer.conn.remote_peer, proto.address))
             await self._serve(peer)
-        except ConnectionClosed as exc:
+        except (ConnectionLost, ClosedByUs) as exc:
             reason = str(exc)
         except asyncio.CancelledError:
             reason, cancelled = "server closed", True
             raise
         except TimeoutError:
             reason = "timed out"
-        except PeerMisbehaved as exc:
+        except RemoteProtocolError as exc:
             reason = f"protocol violation: {exc}"
             log.info("dropping peer %s: %s", proto.address, exc)
         except Exception as exc:  # the per-peer edge: log it, drop the peer, keep serving
@@ -240,7 +240,7 @@ class Server:
             if peer is not None and not cancelled:
                 await peer.conn.aclose(reason)
             else:
-                proto.abort(ConnectionClosed(reason))
+                proto.abort(ClosedByUs(reason))
             self._emit(PeerDisconnected(proto.session.remote_peer, proto.address, reason))
 
     async def _serve(self, peer: _Peer) -> None:
@@ -286,7 +286,7 @@ class Server:
                 case Ping(nonce):
                     await self._send(conn, Pong(nonce))
                 case Data():
-                    raise ProtocolError("unsolicited Data")
+                    raise RemoteProtocolError("unsolicited Data")
                 case _:
                     pass  # Pong, Have, Bitfield, Manifest, Reject: nothing for a server to do
 
@@ -352,7 +352,7 @@ class Server:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for proto in list(self._protocols):
-            proto.abort(ConnectionClosed("server closed"))
+            proto.abort(ClosedByUs("server closed"))
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

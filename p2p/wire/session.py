@@ -28,7 +28,7 @@ import struct
 from .. import encoding
 from ..errors import BadSignature, DecodeError
 from ..identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, PeerId
-from .errors import LocalProtocolError, ProtocolError, WrongPeer
+from .errors import LocalProtocolError, RemoteProtocolError, WrongPeer
 from .messages import (
     FRAME_HEADER,
     MAX_FRAME,
@@ -163,7 +163,7 @@ class Session:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feed received bytes (any split); returns the messages they complete.
 
-        Raises :class:`ProtocolError` (or :class:`WrongPeer`) when the peer
+        Raises :class:`RemoteProtocolError` (or :class:`WrongPeer`) when the peer
         misbehaved; the session is then closed and must be dropped.
         """
         view = memoryview(data)
@@ -187,17 +187,17 @@ class Session:
         self._rend += nbytes
         try:
             self._process()
-        except ProtocolError:
+        except RemoteProtocolError:
             self.state = State.CLOSED
             raise
         events, self._events = self._events, []
         return events
 
     def receive_eof(self) -> None:
-        """The peer closed its side. Raises :class:`ProtocolError` if it cut a record or frame short."""
+        """The peer closed its side. Raises :class:`RemoteProtocolError` if it cut a record or frame short."""
         if self._rend != self._rstart or self._hdr or self._frame is not None:
             self.state = State.CLOSED
-            raise ProtocolError("stream truncated in the middle of a record or frame")
+            raise RemoteProtocolError("stream truncated in the middle of a record or frame")
         self.state = State.CLOSED
 
     @property
@@ -231,7 +231,7 @@ class Session:
         hs = self._hs
         assert hs is not None
         if len(message) > MAX_HANDSHAKE_MESSAGE:
-            raise ProtocolError("handshake message too long")
+            raise RemoteProtocolError("handshake message too long")
         payload = hs.read_message(message)
         if hs.step == 1:  # responder read "-> e": answer "<- e, ee, s, es" with our proof
             self._queue_handshake(hs.write_message(self._proof))
@@ -265,7 +265,7 @@ class Session:
             peer = PeerId(key)
             peer.verify(sig, IDENTITY_TAG + remote_static + h)
         except (DecodeError, BadSignature) as exc:
-            raise ProtocolError(f"handshake identity proof rejected: {exc}") from None
+            raise RemoteProtocolError(f"handshake identity proof rejected: {exc}") from None
         return peer
 
     def _transport_record(self, record: memoryview) -> None:
@@ -273,7 +273,7 @@ class Session:
         assert cs is not None
         plen = len(record) - TAGLEN
         if plen < 0:
-            raise ProtocolError("record shorter than its tag")
+            raise RemoteProtocolError("record shorter than its tag")
         if self._frame is not None and 0 < plen <= self._fneed:
             # Fast path: the whole record belongs to the current frame; decrypt in place.
             pos = self._fpos
@@ -295,7 +295,7 @@ class Session:
                 if len(self._hdr) == FRAME_HEADER:
                     length = decode_frame_length(self._hdr)
                     if length > self.max_frame:
-                        raise ProtocolError(f"frame of {length} bytes exceeds this side's limit of {self.max_frame}")
+                        raise RemoteProtocolError(f"frame of {length} bytes exceeds this side's limit of {self.max_frame}")
                     self._hdr.clear()
                     self._frame = bytearray(length)
                     self._fview = memoryview(self._frame)
@@ -316,14 +316,14 @@ class Session:
         msg = decode(view)
         if self.remote_hello is None:
             if not isinstance(msg, Hello):
-                raise ProtocolError(f"expected Hello first, got {type(msg).__name__}")
+                raise RemoteProtocolError(f"expected Hello first, got {type(msg).__name__}")
             if msg.peer_id != self.remote_peer:
-                raise ProtocolError("Hello names a different peer id than the handshake proved")
+                raise RemoteProtocolError("Hello names a different peer id than the handshake proved")
             if msg.version != PROTOCOL_VERSION:
                 self.close(f"unsupported protocol version {msg.version}")
-                raise ProtocolError(f"peer speaks protocol version {msg.version}, not {PROTOCOL_VERSION}")
+                raise RemoteProtocolError(f"peer speaks protocol version {msg.version}, not {PROTOCOL_VERSION}")
             self.remote_hello = msg
             return
         if isinstance(msg, Hello):
-            raise ProtocolError("second Hello")
+            raise RemoteProtocolError("second Hello")
         self._events.append(msg)

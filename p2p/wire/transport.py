@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import NetworkError
 from ..identity import Identity, PeerId
-from .errors import ConnectionClosed, ProtocolError
+from .errors import ClosedByUs, ConnectionLost, RemoteProtocolError
 from .messages import PROTOCOL_VERSION, Bitfield, Data, Goodbye, Hello, Manifest, Message
 from .session import RECV_BUFFER, Session, State
 
@@ -102,7 +102,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         self.bytes_received += nbytes
         try:
             msgs = self.session.buffer_updated(nbytes)
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:
             self._flush()  # a Goodbye for an unsupported version, if the session queued one
             self._fail(exc)
             return
@@ -123,18 +123,18 @@ class WireProtocol(asyncio.BufferedProtocol):
         """The peer closed its side: clean if on a record and frame boundary."""
         try:
             self.session.receive_eof()
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:
             self._fail(exc)
             return False
-        self._set_error(ConnectionClosed("the peer closed the connection"))
+        self._set_error(ConnectionLost("the peer closed the connection"))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is gone: wake everyone waiting."""
         if exc is not None:
-            self._set_error(ConnectionClosed(f"connection lost: {exc}"))
+            self._set_error(ConnectionLost(f"connection lost: {exc}"))
         else:
-            self._set_error(ConnectionClosed("connection closed"))
+            self._set_error(ConnectionLost("connection closed"))
         if not self.closed.done():
             self.closed.set_result(None)
         self._resume_drain()
@@ -156,10 +156,11 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     def write_message(self, msg: Message) -> None:
         """Encrypt and hand ``msg`` to the transport (no waiting; see :meth:`drain`)."""
-        if self.error is not None or self.transport is None or self.transport.is_closing():
-            raise ConnectionClosed("cannot send: the connection is closed")
-        if self.session.state is not State.OPEN:
-            raise ConnectionClosed("cannot send: the session is closed")
+        if self.error is not None:
+            raise self.error
+        if self.transport is None or self.transport.is_closing() \
+                or self.session.state is not State.OPEN:
+            raise ConnectionLost("cannot send: the connection is closed")
         self.session.send(msg)
         self._flush()
 
@@ -167,7 +168,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         """Wait until the transport buffer is below its high-water mark."""
         while self.write_paused:
             if self.error is not None:
-                raise ConnectionClosed("connection closed while sending") from self.error
+                raise self.error
             if self._drain is None:
                 self._drain = asyncio.get_running_loop().create_future()
             await self._drain
@@ -266,7 +267,8 @@ class Connection:
     async def send(self, msg: Message) -> None:
         """Send ``msg``; waits while the peer is slower than us (backpressure).
 
-        Raises :class:`ConnectionClosed` when the connection is closed.
+        Raises :class:`ConnectionLost` when the peer went away, :class:`ClosedByUs` after
+        :meth:`aclose` or :meth:`abort`.
         """
         self._p.write_message(msg)
         if self._p.write_paused:
@@ -275,7 +277,7 @@ class Connection:
     def abort(self, reason: str) -> None:
         """Drop the connection at once, without a Goodbye (a peer that stopped reading)."""
         self._closed = True
-        self._p.abort(ConnectionClosed(reason))
+        self._p.abort(ClosedByUs(f"dropped: {reason}", reason=reason))
 
     def send_nowait(self, msg: Message) -> bool:
         """Send a small message unless the write side is paused; returns whether it was sent."""
@@ -283,20 +285,22 @@ class Connection:
             return False
         try:
             self._p.write_message(msg)
-        except ConnectionClosed:
+        except (ConnectionLost, ClosedByUs):
             return False
         return True
 
     async def receive(self) -> Message:
         """The next message from the peer.
 
-        Raises :class:`ConnectionClosed` at the end (Goodbye, EOF, closed by us)
-        and :class:`ProtocolError` when the peer sent something forbidden.
+        Raises :class:`ConnectionLost` at the end (Goodbye, EOF, reset), :class:`ClosedByUs`
+        once we closed it, and :class:`RemoteProtocolError` when the peer sent something
+        forbidden.
         """
         msg = await self._p.next_message()
         if type(msg) is Goodbye:
-            self._p.abort(ConnectionClosed(f"the peer said goodbye: {msg.reason}", reason=msg.reason))
-            raise ConnectionClosed(f"the peer said goodbye: {msg.reason}", reason=msg.reason)
+            lost = ConnectionLost(f"the peer said goodbye: {msg.reason}", reason=msg.reason)
+            self._p.abort(lost)
+            raise lost
         return msg
 
     def __aiter__(self) -> Connection:
@@ -305,7 +309,7 @@ class Connection:
     async def __anext__(self) -> Message:
         try:
             return await self.receive()
-        except ConnectionClosed:
+        except (ConnectionLost, ClosedByUs):
             raise StopAsyncIteration from None
 
     async def aclose(self, reason: str = "") -> None:
@@ -320,7 +324,7 @@ class Connection:
         if p.error is None and p.session.state is State.OPEN and not transport.is_closing():
             p.session.close(reason)
             p._flush()
-            p._set_error(ConnectionClosed("closed by us"))
+            p._set_error(ClosedByUs(reason=reason))
             transport.close()  # flushes the buffer, then closes
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -328,7 +332,7 @@ class Connection:
             except TimeoutError:
                 transport.abort()
         else:
-            p._set_error(ConnectionClosed("closed by us"))
+            p._set_error(ClosedByUs(reason=reason))
             transport.abort()
 
 
@@ -341,7 +345,7 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
 
     Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
-    another identity than ``expected_peer``, :class:`ProtocolError` on garbage.
+    another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
     """
     loop = asyncio.get_running_loop()
     hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)

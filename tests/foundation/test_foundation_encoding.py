@@ -20,7 +20,7 @@ from p2p.encoding import (
     unpack,
     unpack_canonical,
 )
-from p2p.errors import BadInput, DecodeError, PeerMisbehaved
+from p2p.errors import BadInput, DecodeError, RemoteProtocolError
 
 # msgpack's int range: what the canonical subset can hold.
 ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -111,7 +111,7 @@ def test_unpack_malformed(data: bytes) -> None:
 def test_decode_error_is_both_peer_fault_and_bad_input() -> None:
     with pytest.raises(DecodeError) as info:
         unpack(b"\xc1", max_bin=0)
-    assert isinstance(info.value, PeerMisbehaved)
+    assert isinstance(info.value, RemoteProtocolError)
     assert isinstance(info.value, BadInput)
 
 

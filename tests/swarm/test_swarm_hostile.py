@@ -18,7 +18,7 @@ from p2p.identity import Identity
 from p2p.node import Node
 from p2p.store import PARTIAL_SUFFIX
 from p2p.swarm.download import REDISCOVER_INTERVAL
-from p2p.wire.errors import ConnectionClosed
+from p2p.wire.errors import ConnectionLost
 from p2p.wire.messages import Bitfield, Data, Manifest, Message, Ping, Pong
 from p2p.wire.server import Server
 from p2p.wire.transport import Connection, connect
@@ -169,7 +169,7 @@ async def test_ticket_address_is_dialled_again_after_its_connection_drops(
             if conn is first[0]:
                 if sent_on_first >= cut_after:
                     conn.abort("test: first connection cut mid-transfer")
-                    raise ConnectionClosed("cut")
+                    raise ConnectionLost("cut")
                 sent_on_first += 1
             served.add(id(conn))
         await send(conn, message)

@@ -29,7 +29,7 @@ from p2p.identity import Identity
 from p2p.node import Node
 from p2p.store import Store
 from p2p.swarm.scheduler import MAX_INFLIGHT, STRIKE_LIMIT
-from p2p.wire.errors import ConnectionClosed
+from p2p.wire.errors import ConnectionLost
 
 from .conftest import MiB, drain, make_file, node_config, running_nodes, wait_for
 
@@ -175,7 +175,7 @@ class _SendFailsAfter:
 
     async def send(self, message: Any) -> None:
         if self._limit <= 0:
-            raise ConnectionClosed("cannot send: the connection is closed")
+            raise ConnectionLost("cannot send: the connection is closed")
         self._limit -= 1
         await self._inner.send(message)
 

@@ -1,4 +1,4 @@
-"""Hypothesis: decoders and the session let nothing escape but ProtocolError."""
+"""Hypothesis: decoders and the session let nothing escape but RemoteProtocolError."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from p2p.encoding import pack
 from p2p.identity import Identity
-from p2p.wire.errors import ProtocolError
+from p2p.wire.errors import RemoteProtocolError
 from p2p.wire.messages import (
     CONTENT_ID_LEN,
     MessageType,
@@ -32,7 +32,7 @@ values = st.recursive(
 def test_decode_random_bytes(data: bytes) -> None:
     try:
         decode(data)
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
@@ -44,7 +44,7 @@ def test_decode_structured_garbage(mtype: MessageType, fields: list[object]) -> 
         return
     try:
         decode(bytes([mtype]) + body)
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
@@ -56,7 +56,7 @@ def test_mutated_frames(msg: object, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(frame)))
     try:
         decode(bytes(frame[:cut]))
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
@@ -72,7 +72,7 @@ def test_frame_length(header: bytes) -> None:
     try:
         n = decode_frame_length(header)
         assert n == struct.unpack(">I", header)[0]
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
@@ -87,7 +87,7 @@ def test_session_fed_garbage(data: bytes, after_handshake: bool) -> None:
     try:
         b.receive_data(data)
         b.receive_eof()
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 

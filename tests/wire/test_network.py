@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from p2p.identity import Identity
-from p2p.wire.errors import ConnectionClosed, WrongPeer
+from p2p.wire.errors import ConnectionLost, WrongPeer
 from p2p.wire.messages import (
     MAX_FRAME,
     Bitfield,
@@ -100,7 +100,7 @@ async def test_garbage_peer_is_dropped_others_go_on(
             transport = bad._p.transport
             assert transport is not None
             transport.write(b"\x00\x20" + os.urandom(32))
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionLost):
                 while True:
                     await bad.receive()
             while not any(isinstance(e, PeerDisconnected) and "protocol" in e.reason for e in events):
@@ -126,7 +126,7 @@ async def test_per_ip_limit() -> None:
     host, port = await server.start("127.0.0.1", 0)
     first = await connect(host, port, Identity.generate())
     try:
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionLost):
             await connect(host, port, Identity.generate(), timeout=T)
     finally:
         await first.aclose()

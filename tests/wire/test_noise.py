@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2p.wire.errors import LocalProtocolError, ProtocolError
+from p2p.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2p.wire.noise import MAX_NONCE, CipherState, HandshakeXX, KeyPair
 
 # From the cacophony test vectors (tests/vectors/cacophony.txt in the snow and
@@ -68,5 +68,5 @@ def test_nonce_never_wraps() -> None:
 
 def test_wrong_key_is_protocol_error() -> None:
     a, b = CipherState("ChaChaPoly", bytes(32)), CipherState("ChaChaPoly", bytes([1]) * 32)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.decrypt_with_ad(b"", a.encrypt_with_ad(b"", b"hello"))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from p2p.identity import Identity
-from p2p.wire.errors import ProtocolError, WrongPeer
+from p2p.wire.errors import RemoteProtocolError, WrongPeer
 from p2p.wire.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
@@ -134,27 +134,27 @@ def test_tampering_is_detected() -> None:
     b, recs = _three_records()
     bad = bytearray(recs[0])
     bad[5] ^= 1
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_data(bytes(bad))
 
 
 def test_replay_is_detected() -> None:
     b, recs = _three_records()
     assert b.receive_data(recs[0]) == [Ping(0)]
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_data(recs[0])
 
 
 def test_reordering_is_detected() -> None:
     b, recs = _three_records()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_data(recs[1] + recs[0])
 
 
 def test_truncation_is_detected() -> None:
     b, recs = _three_records()
     assert b.receive_data(recs[0] + recs[1][:-3]) == [Ping(0)]
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_eof()
 
 
@@ -163,7 +163,7 @@ def test_truncated_frame_is_detected() -> None:
     a.send(Data(CID, 0, os.urandom(200_000)))
     recs = _records(bytes(a.data_to_send()))
     b.receive_data(b"".join(recs[:-1]))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_eof()
 
 
@@ -172,7 +172,7 @@ def test_tampered_handshake_fails() -> None:
     b.receive_data(a.data_to_send())
     msg2 = bytearray(b.data_to_send())
     msg2[-1] ^= 0x80
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         a.receive_data(bytes(msg2))
 
 
@@ -188,7 +188,7 @@ def test_first_message_must_be_hello() -> None:
     ping = bytes(a.data_to_send())
     # The third record (a's Hello) is dropped: the Ping then fails authentication, since
     # its nonce is one ahead. Nonces make "skip the Hello" impossible without the key.
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_data(recs[0] + ping)
 
 
@@ -198,6 +198,6 @@ def test_other_version_gets_goodbye() -> None:
     b = Session(b_id, hello(b_id), initiator=False)
     b.receive_data(a.data_to_send())
     a.receive_data(b.data_to_send())
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         b.receive_data(a.data_to_send())
     assert a.receive_data(b.data_to_send()) == [Goodbye(f"unsupported protocol version {PROTOCOL_VERSION + 1}")]

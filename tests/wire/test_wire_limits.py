@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from p2p.identity import Identity
-from p2p.wire.errors import ConnectionClosed
+from p2p.wire.errors import ConnectionLost
 from p2p.wire.messages import (
     DATA_HEADER,
     MAX_CHUNK,
@@ -60,7 +60,7 @@ async def test_server_drops_a_client_whose_frame_exceeds_64_kib(size: int, dropp
             await conn.send(Manifest(CID, b"m" * size))
             await conn.send(Ping(7))
             if dropped:
-                with pytest.raises(ConnectionClosed):
+                with pytest.raises(ConnectionLost):
                     await conn.receive()
                 event = await recorder.wait_for(disconnected(me.peer_id))
                 assert isinstance(event, PeerDisconnected)
@@ -84,7 +84,7 @@ async def test_server_drops_a_client_at_the_header_of_a_16_mib_frame() -> None:
             proto = conn._p
             proto.session._out.append(proto.session._seal(head, b""))
             proto._flush()
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionLost):
                 await conn.receive()
             event = await recorder.wait_for(disconnected(me.peer_id))
             assert isinstance(event, PeerDisconnected)

@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from p2p.identity import Identity
-from p2p.wire.errors import ConnectionClosed
+from p2p.wire.errors import ConnectionLost
 from p2p.wire.messages import (
     PROTOCOL_VERSION,
     Data,
@@ -121,7 +121,7 @@ async def test_silent_peer_is_dropped_after_idle_timeout() -> None:
                 await fetch_one(conn, 0)
             last_sent = time.monotonic()
             async with asyncio.timeout(5):
-                with pytest.raises(ConnectionClosed):
+                with pytest.raises(ConnectionLost):
                     await conn.receive()
             silent_for = time.monotonic() - last_sent
             assert silent_for >= idle * 0.9, f"dropped after {silent_for:.3f} s of silence"
@@ -164,7 +164,7 @@ async def test_total_connection_cap_refuses_the_extra_one_and_frees_its_slot() -
         first = await connect(host, port, Identity.generate(), timeout=T)
         second = await connect(host, port, Identity.generate(), timeout=T)
         try:
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionLost):
                 await connect(host, port, Identity.generate(), timeout=T)
             # The first two still work.
             async with asyncio.timeout(T):
@@ -194,7 +194,7 @@ async def test_handshaking_connection_counts_against_total_cap() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             # The raw socket holds the only slot while it (never) handshakes.
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionLost):
                 await connect(host, port, Identity.generate(), timeout=T)
         finally:
             writer.close()
