@@ -109,7 +109,7 @@ async def fetch(a: argparse.Namespace) -> None:
         r0, c0, t0 = os.times(), time.thread_time(), time.perf_counter()
         if prof:
             prof.enable()
-        path = await node.fetch(a.content_id, Path(a.dest), peers=peers, timeout=60)
+        path = (await node.fetch(a.content_id, Path(a.dest), peers=peers, timeout=60)).path
         if prof:
             prof.disable()
         elapsed = time.perf_counter() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .address import Address
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
 from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError
@@ -36,8 +38,11 @@ from .events import (
     Shared,
 )
 from .identity import Identity, PeerId, load_or_create
-from .store import DownloadInfo, ShareInfo, Store, bit_get, seal
+from .library import Library
+from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, VerifyReport
+from .store import Store, bit_get, seal
 from .swarm.download import Download, FetchOptions
+from .tasks import TaskOwner
 from .wire import server as wire_server
 from .wire.transport import connect
 
@@ -49,8 +54,8 @@ BIND_ATTEMPTS = 8
 """With port 0, tries to find a port free for both TCP and UDP."""
 HASH_THREADS = 2
 """Threads that check and write chunks (BLAKE3 and pwrite release the GIL)."""
-
-Address = tuple[str, int]
+RATE_SAMPLE = 1.0
+"""Seconds between samples of per-peer byte counts: the window of :attr:`PeerInfo.rate_in`."""
 
 
 @dataclass(frozen=True)
@@ -84,46 +89,6 @@ class _HashingStopped(Exception):
     """Raised inside the hashing thread when the share was cancelled."""
 
 
-@dataclass(frozen=True)
-class ShareResult:
-    """What ``share`` made: the manifest, its id and a ticket to hand out."""
-
-    manifest: Manifest
-    ticket: Ticket
-
-    @property
-    def content_id(self) -> ContentId:
-        return self.manifest.content_id
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """One connected peer, for ``p2p peers`` and the terminal app."""
-
-    peer: PeerId
-    address: Address
-    direction: str
-    """``"in"`` (it dialled us) or ``"out"``."""
-    bytes_in: int
-    bytes_out: int
-    strikes: int = 0
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """Result of re-hashing the local copy of some content."""
-
-    content_id: ContentId
-    chunks: int
-    good: int
-    bad: list[int]
-    missing: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad and not self.missing
-
-
 class Node:
     """A peer: identity, store, DHT, chunk server and downloads. Use as an async context manager."""
 
@@ -136,7 +101,8 @@ class Node:
         self.server: wire_server.Server
         self.port = 0
         self._downloads: dict[ContentId, tuple[Download, asyncio.Task[Any]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskOwner("node", log)
+        self._rates = _PeerRates()
         self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="chunks")
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="sync")
         self._started = False
@@ -165,6 +131,7 @@ class Node:
             self._sync_pool.shutdown(wait=False)
             raise
         self._started = True
+        self._spawn(self._sample_rates(), "peer rates")
         try:
             if cfg.bootstrap:
                 try:
@@ -211,10 +178,7 @@ class Node:
             return
         for cid in list(self._downloads):
             await self.pause(cid)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         await self.server.aclose()
         await self.dht.aclose()
         self._pool.shutdown(wait=True)
@@ -222,10 +186,7 @@ class Node:
         self.store.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     def _log(self, level: str, message: str) -> None:
         getattr(log, level)(message)
@@ -237,6 +198,25 @@ class Node:
     def peer_id(self) -> PeerId:
         """This node's peer id."""
         return self.identity.peer_id
+
+    @staticmethod
+    def identity_of(state_dir: Path) -> tuple[PeerId, bytes]:
+        """(peer id, public key) of the peer whose state directory this is (made on first use).
+
+        Works with or without a node of ``state_dir`` running.
+        """
+        identity = load_or_create(Path(state_dir))
+        return identity.peer_id, identity.public_key
+
+    @property
+    def public_key(self) -> bytes:
+        """This node's Ed25519 public key (its peer id is derived from it)."""
+        return self.identity.public_key
+
+    @property
+    def library(self) -> Library:
+        """A read-only view of what this node shares and downloads."""
+        return Library(self.store)
 
     def listen_address(self) -> Address:
         """The bound (host, port)."""
@@ -309,10 +289,6 @@ class Node:
         self.dht.unprovide(content_id.digest)
         return removed
 
-    def library(self) -> tuple[list[ShareInfo], list[DownloadInfo]]:
-        """What this node serves and what it downloads or downloaded."""
-        return self.store.shares(), self.store.downloads()
-
     async def verify(self, content_id: ContentId) -> VerifyReport:
         """Re-hash the local copy of ``content_id`` chunk by chunk."""
         return await asyncio.to_thread(self._verify, content_id)
@@ -335,7 +311,9 @@ class Node:
                 good += 1
             except P2PError:
                 bad.append(index)
-        return VerifyReport(content_id, count, good, bad, missing)
+        info = self.store.download_info(content_id)
+        downloading = info is not None and info.state != "complete"
+        return VerifyReport(content_id, count, good, bad, missing, downloading)
 
     # -- fetching -------------------------------------------------------------------------------
 
@@ -360,19 +338,22 @@ class Node:
 
     async def fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                    timeout: float = 30.0) -> Path:
-        """Download ``target`` (an id, a ticket or their text) and return the verified path.
+                    timeout: float = 30.0) -> FetchResult:
+        """Download ``target`` (an id, a ticket or their text); returns where it is and how it came.
 
         Already complete here: the local copy (checked against ``publisher`` like a
         download; copied to ``dest`` when another place is asked for). Cancelling the
-        calling task pauses the download; fetching again resumes it.
+        calling task pauses the download; fetching again resumes it. Raises
+        :class:`AlreadyDownloading` while this node fetches the same content.
         """
+        started = asyncio.get_running_loop().time()
         options = self._options(target, dest, publisher, peers, timeout)
         if options.content_id in self._downloads:
             raise AlreadyDownloading(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
         if done is not None:
-            return await self._local_copy(options, done)
+            path = await self._local_copy(options, done)
+            return self._result(options.content_id, path, None, started)
         if options.dest is not None and options.dest.exists() and not options.dest.is_dir():
             # Say so now, not after the whole download.
             raise BadInput(f"{options.dest} already exists; not overwriting it")
@@ -386,7 +367,7 @@ class Node:
             # shutdown in aclose() waits for it.
             sealing = asyncio.get_running_loop().run_in_executor(self._sync_pool, seal, path)
             sealing.add_done_callback(self._sealed)
-            return path
+            return self._result(options.content_id, path, download, started)
         except asyncio.CancelledError:
             info = self.store.download_info(options.content_id)
             if info is not None and info.state != "complete":  # cancelled during finalize: done
@@ -400,6 +381,18 @@ class Node:
             raise
         finally:
             self._downloads.pop(options.content_id, None)
+
+    def _result(self, content_id: ContentId, path: Path, download: Download | None,
+                started: float) -> FetchResult:
+        manifest = self.store.get_manifest(content_id)
+        assert manifest is not None  # a finished or local fetch has its verified manifest
+        fetched = download.fetched_this_run if download is not None else 0
+        return FetchResult(
+            content_id=content_id, path=path, name=manifest.name, size=manifest.total_size,
+            chunks=manifest.chunk_count, fetched_chunks=fetched,
+            resumed_chunks=manifest.chunk_count - fetched,
+            chunks_by_peer=dict(download.chunks_by_peer) if download is not None else {},
+            seconds=asyncio.get_running_loop().time() - started, local=download is None)
 
     def _sealed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -444,6 +437,10 @@ class Node:
         """The running download of ``content_id``, if any (for live views)."""
         entry = self._downloads.get(content_id)
         return entry[0] if entry else None
+
+    def downloading(self) -> set[ContentId]:
+        """The content ids this node is downloading right now."""
+        return set(self._downloads)
 
     def running_downloads(self) -> list[Download]:
         """Every running download."""
@@ -500,28 +497,47 @@ class Node:
     # -- peers and the DHT ---------------------------------------------------------------------
 
     def peers(self) -> list[PeerInfo]:
-        """Connected peers, inbound and outbound, with byte counts and strikes."""
+        """Connected peers, inbound and outbound, with byte counts, rates and strikes.
+
+        Several connections to one peer in one direction are added up into one row.
+        """
+        return self._rates.apply(self._connections())
+
+    def _connections(self) -> list[PeerInfo]:
         out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent)
                for c in self.server.connections()]
         for download in self.running_downloads():
             out += [PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
-                             conn.bytes_sent, strikes)
+                             conn.bytes_sent, strikes=strikes)
                     for peer, conn, strikes in download.connections()]
-        return out
+        return _merge_connections(out)
 
-    def dht_summary(self) -> dict[str, Any]:
+    async def _sample_rates(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._rates.sample(loop.time(), self._connections())
+            await asyncio.sleep(RATE_SAMPLE)
+
+    def dht_summary(self) -> DHTSummary:
         """Routing-table size per bucket, records held, bootstrap status, our addresses."""
         table = self.dht.routing_table()
-        stats = self.dht.stats()
-        return {
-            "node_id": self.identity.node_id.hex(),
-            "buckets": [len(b) for b in table],
-            "contacts": sum(len(b) for b in table),
-            "bootstrap": list(self.config.bootstrap),
-            "bootstrap_error": self.bootstrap_error,
-            "addresses": self.addresses(),
-            "stats": stats,
-        }
+        stats = dict(self.dht.stats())
+        return DHTSummary(
+            node_id=self.identity.node_id.hex(),
+            buckets=tuple(len(b) for b in table),
+            bootstrap=tuple(self.config.bootstrap),
+            bootstrap_error=self.bootstrap_error,
+            addresses=tuple(self.addresses()),
+            records={str(k): int(v) for k, v in dict(stats.get("records", {})).items()},
+            uptime=float(stats.get("uptime", 0.0)),
+            restored_contacts=int(stats.get("restored_contacts", 0)),
+            stats=stats,
+        )
+
+    async def count_providers(self, content_id: ContentId) -> int:
+        """How many distinct peers the DHT names as providers of ``content_id`` (a lookup)."""
+        records = await self.dht.find_providers(content_id.digest)
+        return len({r.peer_id for r in records})
 
     async def publish(self, name: str, content_id: ContentId) -> ChannelRecord:
         """Point our channel ``name`` at ``content_id`` (a signed, sequenced DHT record)."""
@@ -543,6 +559,47 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+class _PeerRates:
+    """Per-connection transfer rates from byte counts sampled every :data:`RATE_SAMPLE` s."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[PeerId, str], tuple[float, int, int]] = {}
+        self._rates: dict[tuple[PeerId, str], tuple[float, float]] = {}
+
+    def sample(self, now: float, infos: Sequence[PeerInfo]) -> None:
+        """Take a sample at ``now``: rates are byte deltas since the previous sample."""
+        seen: dict[tuple[PeerId, str], tuple[float, int, int]] = {}
+        rates: dict[tuple[PeerId, str], tuple[float, float]] = {}
+        for info in infos:
+            key = (info.peer, info.direction)
+            seen[key] = (now, info.bytes_in, info.bytes_out)
+            before = self._last.get(key)
+            if before is not None and now > before[0]:
+                dt = now - before[0]
+                rates[key] = (max(0.0, (info.bytes_in - before[1]) / dt),
+                              max(0.0, (info.bytes_out - before[2]) / dt))
+            elif key in self._rates:
+                rates[key] = self._rates[key]
+        self._last, self._rates = seen, rates
+
+    def apply(self, infos: Sequence[PeerInfo]) -> list[PeerInfo]:
+        """``infos`` with the rates of the last sample filled in."""
+        return [dataclasses.replace(i, rate_in=r[0], rate_out=r[1])
+                if (r := self._rates.get((i.peer, i.direction))) else i for i in infos]
+
+
+def _merge_connections(infos: Sequence[PeerInfo]) -> list[PeerInfo]:
+    """One row per (peer, direction): byte counts added up, the worst strike count kept."""
+    merged: dict[tuple[PeerId, str], PeerInfo] = {}
+    for info in infos:
+        key = (info.peer, info.direction)
+        prev = merged.get(key)
+        merged[key] = info if prev is None else dataclasses.replace(
+            prev, bytes_in=prev.bytes_in + info.bytes_in, bytes_out=prev.bytes_out + info.bytes_out,
+            strikes=max(prev.strikes, info.strikes))
+    return list(merged.values())
 
 
 def _copy_into_place(source: Path, dest: Path) -> None:

@@ -27,27 +27,37 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from p2p.content import ContentId, Ticket, parse_id_or_ticket
-from p2p.errors import BadInput, NetworkError, P2PError
-from p2p.events import (
+from p2p import (
+    BadInput,
+    Ban,
     ChunkUploaded,
+    ContentId,
     DownloadCompleted,
     DownloadFailed,
+    DownloadInfo,
     DownloadPaused,
     DownloadProgress,
     DownloadStarted,
     Event,
     EventsDropped,
     LogMessage,
+    Node,
+    NodeConfig,
+    P2PError,
     PeerBanned,
     PeerConnected,
     PeerDropped,
+    PeerInfo,
     Shared,
+    ShareInfo,
     Subscription,
+    Ticket,
+    exit_code_for,
+    format_address,
+    human_bytes,
+    parse_id_or_ticket,
 )
-from p2p.node import Node, NodeConfig, PeerInfo
-from p2p.store import DownloadInfo, ShareInfo
-from p2p.units import human_bytes
+from p2p import describe as describe_error
 
 from .model import DhtData, LibraryRow, Peers, Transfers
 from .screens import FetchScreen, HelpScreen, ShareScreen
@@ -73,7 +83,7 @@ class NodeReady(Message):
 class NodeFailed(Message):
     """The node could not start."""
 
-    error: str
+    error: BaseException
 
 
 @dataclass
@@ -91,7 +101,7 @@ class NodeSnapshot(Message):
     shares: list[ShareInfo]
     downloads: list[DownloadInfo]
     peers: list[PeerInfo]
-    bans: list[Any]
+    bans: list[Ban]
     dht: DhtData
     running: set[ContentId] = field(default_factory=set)
     held: dict[ContentId, tuple[int, list[int]]] = field(default_factory=dict)
@@ -132,7 +142,7 @@ def describe(event: Event) -> tuple[str, str] | None:
             return "info", f"download {cid.short()} paused"
         case PeerConnected(peer=peer, address=address, inbound=inbound):
             way = "in" if inbound else "out"
-            return "debug", f"peer {peer.short()} connected ({way}) from {address[0]}:{address[1]}"
+            return "debug", f"peer {peer.short()} connected ({way}) from {format_address(address)}"
         case PeerDropped(peer=peer, reason=reason):
             return "debug", f"peer {peer.short()} dropped: {reason}"
         case PeerBanned(peer=peer, reason=reason):
@@ -205,7 +215,7 @@ class P2PApp(App[None]):
         self._library: list[LibraryRow] = []
         self._stopped = False
         self._stop_signals = 0
-        self.failed: str | None = None
+        self.failed: BaseException | None = None
         """Why the node could not start, if it could not."""
         self.ready = asyncio.Event()
         self.clock: Callable[[], str] = lambda: time.strftime("%H:%M:%S")
@@ -272,9 +282,9 @@ class P2PApp(App[None]):
             self.node = node
             try:
                 await node.start()
-            except (P2PError, OSError) as exc:
+            except (P2PError, OSError) as exc:  # the node's own worker: reported, then shown
                 self.node = None
-                self.post_message(NodeFailed(str(exc)))
+                self.post_message(NodeFailed(exc))
                 return
         node = self.node
         sub = node.events.subscribe()
@@ -298,11 +308,10 @@ class P2PApp(App[None]):
             return
         node = self.node
         assert node is not None
-        host, port = node.listen_address()
-        self.sub_title = f"peer {node.peer_id.short()} on {host}:{port}"
-        self.main.query_one("#status", Static).update(
-            f"peer {node.peer_id}  listening on {host}:{port}")
-        self.log_line("info", f"node {node.peer_id} listening on {host}:{port}")
+        listen = format_address(node.listen_address())
+        self.sub_title = f"peer {node.peer_id.short()} on {listen}"
+        self.main.query_one("#status", Static).update(f"peer {node.peer_id}  listening on {listen}")
+        self.log_line("info", f"node {node.peer_id} listening on {listen}")
         self.set_interval(self.refresh_interval, self.refresh_snapshot)
         self.refresh_snapshot()
         self.ready.set()
@@ -311,9 +320,10 @@ class P2PApp(App[None]):
         self.failed = message.error
         if not self.screen_stack:  # shutting down: the views are gone
             return
-        self.main.query_one("#status", Static).update(f"the node could not start: {message.error}")
-        self.log_line("error", f"the node could not start: {message.error}")
-        self.notify(message.error, title="Node failed", severity="error", timeout=30)
+        reason = describe_error(message.error)
+        self.main.query_one("#status", Static).update(f"the node could not start: {reason}")
+        self.log_line("error", f"the node could not start: {reason}")
+        self.notify(reason, title="Node failed", severity="error", timeout=30)
 
     async def stop_node(self) -> None:
         """Stop the node (downloads paused, resumable). Idempotent."""
@@ -382,33 +392,30 @@ class P2PApp(App[None]):
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    @work(exclusive=True, group="refresh", exit_on_error=False)
+    @work(exclusive=True, group="refresh")
     async def refresh_snapshot(self) -> None:
         """Read the node's local state (library, peers, bans, DHT) and post it."""
         node = self.node
         if node is None or self._stopped:
             return
-        shares, downloads = await asyncio.to_thread(node.library)
-        bans = await asyncio.to_thread(node.store.bans)
-        running = {d.content_id for d in node.running_downloads()}
-        held: dict[ContentId, tuple[int, list[int]]] = {}
-        for info in downloads:
-            if info.content_id not in self.transfers and info.content_id not in running:
-                held[info.content_id] = await asyncio.to_thread(self._held_chunks, node, info)
-        host, port = node.listen_address()
-        dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id), f"{host}:{port}")
+        library = node.library
+        try:
+            shares = await asyncio.to_thread(library.shares)
+            downloads = await asyncio.to_thread(library.downloads)
+            bans = await asyncio.to_thread(library.bans)
+            running = node.downloading()
+            held: dict[ContentId, tuple[int, list[int]]] = {}
+            for info in downloads:
+                if info.content_id not in self.transfers and info.content_id not in running:
+                    held[info.content_id] = await asyncio.to_thread(library.held_chunks,
+                                                                    info.content_id)
+        except P2PError as exc:  # a busy or failing state directory: say so, try again later
+            self.log_line("warning", f"could not read the library: {describe_error(exc)}")
+            return
+        dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id),
+                                   format_address(node.listen_address()))
         self.post_message(NodeSnapshot(time.monotonic(), shares, downloads, node.peers(), bans,
                                        dht, running, held))
-
-    @staticmethod
-    def _held_chunks(node: Node, info: DownloadInfo) -> tuple[int, list[int]]:
-        if info.state == "complete":
-            return info.chunks, list(range(info.chunks))
-        bits = node.store.bitfield(info.content_id.digest)
-        if bits is None:
-            return info.chunks, []
-        count, raw = bits
-        return count, [i for i in range(count) if raw[i >> 3] & (0x80 >> (i & 7))]
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
         if not self.screen_stack:  # shutting down: the views are gone
@@ -417,7 +424,7 @@ class P2PApp(App[None]):
             self.transfers.set_held(cid, count, held)
         self.transfers.merge_store(snap.downloads, snap.running)
         self.push_transfers()
-        self.peers.update(snap.at, snap.peers, snap.bans)
+        self.peers.update(snap.peers, snap.bans, time.time())
         self.main.query_one(PeersView).rows = tuple(self.peers.rows())
         self.main.query_one(DhtView).data = snap.dht
         rows: list[LibraryRow] = []
@@ -440,25 +447,25 @@ class P2PApp(App[None]):
                 self.lookup_providers(cid)
         node = self.node
         if node is not None:
-            host, port = node.listen_address()
+            listen = format_address(node.listen_address())
             active = sum(1 for r in self.transfers.rows() if r.state == "active")
             self.main.query_one("#status", Static).update(
-                f"peer {node.peer_id.short()} · {host}:{port} · {len(snap.shares)} shared · "
+                f"peer {node.peer_id.short()} · {listen} · {len(snap.shares)} shared · "
                 f"{active} downloading · {sum(1 for p in snap.peers)} connections · "
                 f"{snap.dht.contacts} DHT contacts")
 
-    @work(group="providers", exit_on_error=False)
+    @work(group="providers")
     async def lookup_providers(self, cid: ContentId) -> None:
         """Count the providers the DHT knows for ``cid``."""
         node = self.node
         if node is None:
             return
         try:
-            records = await node.dht.find_providers(cid.digest)
+            count = await node.count_providers(cid)
         except P2PError:
             self.post_message(ProvidersFound(cid, None))
             return
-        self.post_message(ProvidersFound(cid, len({r.peer_id for r in records})))
+        self.post_message(ProvidersFound(cid, count))
 
     def on_providers_found(self, message: ProvidersFound) -> None:
         if not self.screen_stack:  # shutting down: the views are gone
@@ -496,7 +503,7 @@ class P2PApp(App[None]):
         self.copy_to_clipboard(ticket)
         self.notify(ticket, title="Ticket copied", timeout=15)
 
-    @work(group="library", exit_on_error=False)
+    @work(group="library")
     async def verify(self, cid: ContentId) -> None:
         """Re-hash the local copy of ``cid`` and report."""
         node = self.node
@@ -508,14 +515,15 @@ class P2PApp(App[None]):
         except P2PError as exc:
             self.notify(str(exc), title="Verify failed", severity="error")
             return
-        if report.ok:
-            self.notify(f"{cid.short()}: all {report.chunks} chunks good", title="Verified")
-        else:
-            self.notify(f"{cid.short()}: {report.good} good, {len(report.bad)} bad, "
-                        f"{report.missing} missing", title="Verify found problems",
-                        severity="warning")
+        match report.verdict:
+            case "ok":
+                self.notify(f"{cid.short()}: all {report.chunks} chunks good", title="Verified")
+            case "incomplete":
+                self.notify(report.summary(), title="Verified (download not finished)")
+            case _:
+                self.notify(report.summary(), title="Verify found problems", severity="warning")
 
-    @work(group="library", exit_on_error=False)
+    @work(group="library")
     async def unshare(self, cid: ContentId) -> None:
         """Stop serving ``cid``."""
         node = self.node
@@ -535,9 +543,9 @@ class P2PApp(App[None]):
         if path is not None:
             self.share(path)
 
-    @work(group="share", exit_on_error=False)
+    @work(group="share")
     async def share(self, path: Path) -> None:
-        """Hash, sign and announce ``path``."""
+        """Hash, sign and announce ``path`` (a failed announce is retried by the node)."""
         node = self.node
         if node is None:
             self.notify("The node is not running yet", severity="warning")
@@ -545,20 +553,6 @@ class P2PApp(App[None]):
         self.notify(f"Hashing {path.name}…")
         try:
             result = await node.share(path)
-        except NetworkError as exc:
-            # The node stores the share before announcing it: with no DHT contacts the
-            # announce fails, yet the ticket (which carries our addresses) still works.
-            self.refresh_snapshot()
-            share = next((s for s in node.store.shares() if s.root == path.resolve()
-                          or s.root == path), None)
-            if share is None:
-                self.notify(str(exc), title="Share failed", severity="error")
-                return
-            ticket = str(node.ticket(share.content_id))
-            self.log_line("warning", f"shared {share.name} but not announced on the DHT: {exc}")
-            self.notify(f"{ticket}\n(not announced on the DHT: {exc})",
-                        title=f"Shared {share.name}", severity="warning", timeout=15)
-            return
         except (P2PError, OSError) as exc:
             self.notify(str(exc), title="Share failed", severity="error")
             return
@@ -598,7 +592,7 @@ class P2PApp(App[None]):
     def _transfer_action(self, message: TransfersView.Action) -> None:
         self.transfer_action(message.action, message.content_id)
 
-    @work(group="transfers", exit_on_error=False)
+    @work(group="transfers")
     async def transfer_action(self, action: str, cid: ContentId) -> None:
         """Pause, resume or cancel a download."""
         node = self.node
@@ -609,7 +603,7 @@ class P2PApp(App[None]):
                 if not await node.pause(cid):
                     self.notify(f"{cid.short()} is not running", severity="warning")
             case "resume":
-                if node.download(cid) is not None:
+                if cid in node.downloading():
                     self.notify(f"{cid.short()} is already running")
                     return
                 ticket = self._tickets.get(cid)
@@ -686,12 +680,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = config_from_args(argv)
-    except BadInput as exc:
-        print(f"p2p-tui: error: {exc}", file=sys.stderr)
-        return 2
+    except P2PError as exc:
+        print(f"p2p-tui: error: {describe_error(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
     app = build_app(config)
     app.run()
     if app.failed is not None:
-        print(f"p2p-tui: error: the node could not start: {app.failed}", file=sys.stderr)
-        return 5
+        print(f"p2p-tui: error: the node could not start: {describe_error(app.failed)}", file=sys.stderr)
+        return exit_code_for(app.failed)
     return 0

@@ -11,22 +11,24 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from p2p.content import ContentId
-from p2p.events import (
+from p2p import (
+    Ban,
     ChunkFailed,
     ChunkRequested,
     ChunkVerified,
+    ContentId,
+    DHTSummary,
     DownloadCompleted,
     DownloadFailed,
+    DownloadInfo,
     DownloadPaused,
     DownloadProgress,
     DownloadStarted,
     Event,
+    PeerId,
+    PeerInfo,
+    format_address,
 )
-from p2p.identity import PeerId
-from p2p.node import PeerInfo
-from p2p.store import DownloadInfo
-from p2p.units import human_bytes
 
 RATE_HISTORY = 60
 """Rate samples kept per transfer for its sparkline."""
@@ -315,48 +317,30 @@ class PeerRow:
 
 
 class Peers:
-    """Connected (and recently seen) peers with rates from byte deltas between snapshots."""
+    """Connected (and recently seen) peers, with the rates the node measured, and bans."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[PeerId, str], tuple[float, int, int]] = {}
         self._rows: dict[tuple[PeerId, str], PeerRow] = {}
 
     def seen(self, peer: PeerId, address: tuple[str, int] | None, inbound: bool) -> None:
         """A peer connected (from an event): show it before the next snapshot."""
         key = (peer, "in" if inbound else "out")
         if key not in self._rows:
-            addr = f"{address[0]}:{address[1]}" if address else "-"
+            addr = format_address(address) if address else "-"
             self._rows[key] = PeerRow(peer, addr, key[1], 0, 0, 0.0, 0.0, 0, True)
 
-    def update(self, now: float, infos: Sequence[PeerInfo],
-               bans: Sequence[tuple[PeerId, str, float, float | None]]) -> None:
-        """Fold in a snapshot of ``node.peers()`` and ``store.bans()`` taken at ``now``."""
-        banned = {peer: reason for peer, reason, _, until in bans if until is None or until > now}
+    def update(self, infos: Sequence[PeerInfo], bans: Sequence[Ban], now: float) -> None:
+        """Fold in a snapshot of ``node.peers()`` and the library's bans; ``now`` is wall time."""
+        banned = {ban.peer: ban.reason for ban in bans if ban.active(now)}
         live: set[tuple[PeerId, str]] = set()
-        totals: dict[tuple[PeerId, str], PeerInfo] = {}
         for info in infos:
-            key = (info.peer, info.direction)
-            prev = totals.get(key)
-            if prev is not None:  # several connections to one peer: add them up
-                info = PeerInfo(info.peer, prev.address, info.direction,
-                                prev.bytes_in + info.bytes_in, prev.bytes_out + info.bytes_out,
-                                max(prev.strikes, info.strikes))
-            totals[key] = info
-        for key, info in totals.items():
+            key: tuple[PeerId, str] = (info.peer, info.direction)
             live.add(key)
-            rate_in = rate_out = 0.0
-            last = self._last.get(key)
-            if last is not None and now > last[0]:
-                dt = now - last[0]
-                rate_in = max(0.0, (info.bytes_in - last[1]) / dt)
-                rate_out = max(0.0, (info.bytes_out - last[2]) / dt)
-            self._last[key] = (now, info.bytes_in, info.bytes_out)
-            self._rows[key] = PeerRow(info.peer, f"{info.address[0]}:{info.address[1]}",
-                                      info.direction, info.bytes_in, info.bytes_out, rate_in,
-                                      rate_out, info.strikes, True, banned.get(info.peer))
+            self._rows[key] = PeerRow(info.peer, format_address(info.address), info.direction,
+                                      info.bytes_in, info.bytes_out, info.rate_in, info.rate_out,
+                                      info.strikes, True, banned.get(info.peer))
         for key, row in list(self._rows.items()):
             if key not in live:
-                self._last.pop(key, None)
                 self._rows[key] = PeerRow(row.peer, row.address, row.direction, row.bytes_in,
                                           row.bytes_out, 0.0, 0.0, row.strikes, False,
                                           banned.get(row.peer))
@@ -397,34 +381,16 @@ class DhtData:
     listen: str = ""
 
     @classmethod
-    def from_summary(cls, summary: dict[str, object], peer_id: str, listen: str) -> DhtData:
-        """Build from ``node.dht_summary()``."""
-        stats = summary.get("stats") or {}
-        records = stats.get("records", {}) if isinstance(stats, dict) else {}
-        buckets = summary.get("buckets") or []
+    def from_summary(cls, summary: DHTSummary, peer_id: str, listen: str) -> DhtData:
+        """Build from :meth:`p2p.Node.dht_summary`."""
         return cls(
-            node_id=str(summary.get("node_id", "")),
+            node_id=summary.node_id,
             peer_id=peer_id,
-            buckets=tuple(int(b) for b in buckets) if isinstance(buckets, list) else (),
-            contacts=int(summary.get("contacts", 0) or 0),  # type: ignore[call-overload]
-            records=tuple(sorted((str(k), int(v)) for k, v in dict(records).items())),
-            bootstrap=tuple(f"{h}:{p}" for h, p in summary.get("bootstrap", ())),  # type: ignore[attr-defined]
-            bootstrap_error=summary.get("bootstrap_error"),  # type: ignore[arg-type]
-            addresses=tuple(f"{h}:{p}" for h, p in summary.get("addresses", ())),  # type: ignore[attr-defined]
+            buckets=summary.buckets,
+            contacts=summary.contacts,
+            records=tuple(sorted(summary.records.items())),
+            bootstrap=tuple(format_address(a) for a in summary.bootstrap),
+            bootstrap_error=summary.bootstrap_error,
+            addresses=tuple(format_address(a) for a in summary.addresses),
             listen=listen,
         )
-
-
-def human_rate(rate: float) -> str:
-    """Bytes per second as text ('-' when idle)."""
-    return "-" if rate <= 0 else human_bytes(rate) + "/s"
-
-
-def human_eta(eta: float | None) -> str:
-    """Seconds as 'h:mm:ss' / 'm:ss' ('-' when unknown)."""
-    if eta is None:
-        return "-"
-    s = int(eta)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

@@ -15,8 +15,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import DataTable, Label, RichLog, Select, Sparkline, Static
 
-from p2p.content import ContentId
-from p2p.units import human_bytes
+from p2p import ContentId, human_bytes, human_rate, human_seconds
 
 from .model import (
     Cell,
@@ -26,8 +25,6 @@ from .model import (
     PeerRow,
     TransferRow,
     group_cells,
-    human_eta,
-    human_rate,
 )
 
 HELD_COLOUR = "#808080"
@@ -226,7 +223,7 @@ class TransfersView(Vertical):
         before = self.selected()
         sync_table(table, [(str(r.content_id), (
             r.name, _bar(r.fraction), f"{r.done_chunks}/{r.chunk_count}", human_bytes(r.size),
-            human_rate(r.rate), human_eta(r.eta), str(r.peers),
+            human_rate(r.rate), human_seconds(r.eta), str(r.peers),
             r.state if not r.error else f"{r.state}: {r.error}"[:60])) for r in rows])
         now = self.selected()
         row = next((r for r in rows if r.content_id == now), None)

@@ -11,18 +11,12 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..errors import BadInput, P2PError
+from .. import EXIT_OK, EXIT_USAGE, BadInput, build_settings, describe, environment, exit_code_for
 from . import commands, demo
 from .commands import Run
 from .output import Output
-from .settings import build_settings, environment
 
 PROG = "p2p"
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 EXIT_CODES = """\
 exit codes:
@@ -51,34 +45,18 @@ class Interrupted(Exception):
         self.serving = serving
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """THE map from an exception to the process exit code (the only one in the program)."""
+def exit_code(exc: BaseException) -> int:
+    """The exit code of this command: a signal that stopped a server is a clean stop (0),
+    another signal is 128 + its number; everything else as :func:`p2p.exit_code_for` says."""
     match exc:
         case BaseExceptionGroup() if len(exc.exceptions) == 1:
-            return exit_code_for(exc.exceptions[0])
+            return exit_code(exc.exceptions[0])
         case Interrupted(serving=True):
             return EXIT_OK
         case Interrupted(signum=signum):
             return 128 + signum
-        case KeyboardInterrupt():
-            return EXIT_INTERRUPTED
-        case P2PError():
-            return exc.exit_code
         case _:
-            return EXIT_INTERNAL
-
-
-def describe(exc: BaseException) -> str:
-    """The one plain line a person reads for ``exc``."""
-    match exc:
-        case BaseExceptionGroup() if len(exc.exceptions) == 1:
-            return describe(exc.exceptions[0])
-        case P2PError():
-            return str(exc) or type(exc).__name__
-        case OSError(filename=name, strerror=reason) if reason:
-            return f"{name}: {reason}" if name else str(reason)
-        case _:
-            return f"internal error: {type(exc).__name__}: {exc}"
+            return exit_code_for(exc)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -219,9 +197,6 @@ def _setup_logging(verbosity: int) -> None:
         # The DHT library logs every unanswered RPC; that is noise unless debugging.
         for name in ("kademlia", "rpcudp", "p2p.dht"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        # A failed background announce of the node surfaces as "Task exception was never
-        # retrieved"; the person learns about DHT trouble from the node's warnings instead.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         # The node's warnings reach the person as events, rendered by the views.
         logging.getLogger("p2p").setLevel(max(level, logging.ERROR if verbosity < 1 else level))
 
@@ -264,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except BaseException as exc:
-        code = exit_code_for(exc)
+        code = exit_code(exc)
         if isinstance(exc, Interrupted | KeyboardInterrupt) and code != EXIT_OK:
             hint = (" (the download keeps its progress: run the same fetch again to resume)"
                     if getattr(args, "func", None) is commands.cmd_fetch else "")

@@ -17,16 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..content import ContentId, make_ticket, parse_id_or_ticket
-from ..errors import BadInput, IntegrityError, NotFound
-from ..identity import PeerId, load_or_create
-from ..node import Node, NodeConfig, VerifyReport
-from ..store import Store
-from ..units import human_bytes
+from .. import (
+    BadInput,
+    ContentId,
+    DHTSummary,
+    Library,
+    Node,
+    NodeConfig,
+    NotFound,
+    PeerId,
+    Settings,
+    VerifyReport,
+    format_address,
+    human_bytes,
+    human_seconds,
+    make_ticket,
+    parse_address,
+    parse_id_or_ticket,
+    plural,
+)
 from . import control
 from .output import Output
-from .progress import FetchView, UploadView, following, hashing_bar, human_seconds
-from .settings import Settings, format_address, parse_address
+from .progress import FetchView, UploadView, following, hashing_bar
 
 
 @dataclass
@@ -64,7 +76,7 @@ async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
 
 def _warn_alone(run: Run, node: Node) -> None:
     """Say so when no DHT node is known: then only a ticket leads others to this peer."""
-    if not run.dht_warned and node.dht_summary()["contacts"] == 0:
+    if not run.dht_warned and node.dht_summary().contacts == 0:
         run.dht_warned = True
         run.out.note("p2p: note: no DHT node known (no --bootstrap): others can reach this "
                      "peer through its tickets only")
@@ -90,16 +102,9 @@ async def serve_until_signalled(run: Run, node: Node) -> None:
 
 
 def _content_id(text: str, state_dir: Path) -> ContentId:
-    """A full content id, a ticket, or an unambiguous prefix of an id in the local store."""
-    try:
-        return parse_id_or_ticket(text)[0]
-    except BadInput:
-        if (state_dir / "store.sqlite3").exists():
-            with Store(state_dir) as store:
-                found = store.resolve_prefix(text.strip())
-            if found is not None:
-                return found
-        raise
+    """A full content id, a ticket, or an unambiguous prefix of an id in the local library."""
+    with Library.open(state_dir) as library:
+        return library.resolve(text)
 
 
 # -- id -----------------------------------------------------------------------------------
@@ -108,9 +113,9 @@ def _content_id(text: str, state_dir: Path) -> ContentId:
 async def cmd_id(run: Run, args: argparse.Namespace) -> int:
     """Peer id, public key, listen and announced addresses."""
     s = run.settings
-    identity = await asyncio.to_thread(load_or_create, s.state_dir)
+    peer_id, public_key = await asyncio.to_thread(Node.identity_of, s.state_dir)
     info: dict[str, Any] = {
-        "peer_id": str(identity.peer_id), "public_key": identity.public_key.hex(),
+        "peer_id": str(peer_id), "public_key": public_key.hex(),
         "state_dir": str(s.state_dir), "listen": format_address(s.listen),
         "announce": [format_address(a) for a in s.announce], "running": False,
     }
@@ -180,11 +185,11 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
     """Seed everything in the store until signalled (with an empty store: a DHT bootstrap node)."""
     async with running_node(run, run.settings.node_config(long_running=True), endpoint=True) as node:
         _warn_bootstrap(run, node)
-        shares = node.store.shares()
+        shares = node.library.shares()
         info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
                 "addresses": [format_address(a) for a in node.addresses()],
                 "shares": len(shares)}
-        run.out.result(info, f"serving {len(shares)} shares as {node.peer_id} "
+        run.out.result(info, f"serving {plural(len(shares), 'share')} as {node.peer_id} "
                              f"on {info['listen']}; Ctrl-C to stop")
         if shares:
             _warn_alone(run, node)
@@ -206,28 +211,17 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
         _warn_bootstrap(run, node)
-        started = time.monotonic()
-        with node.events.subscribed() as sub, FetchView(run.out, node, content_id) as view:
+        with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
-                path = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
-                                        timeout=args.timeout)
-        seconds = time.monotonic() - started
-        fetched, resumed, by_peer = view.totals()
-        manifest = node.store.get_manifest(content_id)
-        size = manifest.total_size if manifest is not None else 0
-        chunks = manifest.chunk_count if manifest is not None else fetched + resumed
-        if view.download is None:  # already complete here: nothing fetched
-            resumed = chunks - fetched
-        info = {"event": "completed", "path": str(path), "content_id": str(content_id),
-                "bytes": size, "seconds": round(seconds, 3), "peers": len(by_peer),
-                "chunks": chunks, "fetched_chunks": fetched, "resumed_chunks": resumed,
-                "chunks_by_peer": by_peer}
-        rate = size / seconds if seconds > 0 else 0.0
-        run.out.result(info, str(path))
+                result = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
+                                          timeout=args.timeout)
+        run.out.result(result.to_json(), str(result.path))
         if not run.out.json:
-            run.out.note(f"verified {human_bytes(size)} in {seconds:.1f} s ({human_bytes(rate)}/s) "
-                         f"from {len(by_peer)} peers"
-                         + (f"; {resumed} chunks were already here" if resumed else ""))
+            resumed = result.resumed_chunks
+            run.out.note(f"verified {human_bytes(result.size)} in {result.seconds:.1f} s "
+                         f"({human_bytes(result.rate)}/s) from "
+                         f"{plural(len(result.chunks_by_peer), 'peer')}"
+                         + (f"; {plural(resumed, 'chunk')} already here" if resumed else ""))
         if args.seed:
             run.out.note("seeding; Ctrl-C to stop")
             await serve_until_signalled(run, node)
@@ -239,19 +233,17 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
 
 async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
     """Shares and downloads with state and progress, straight from the store (no network)."""
-    state_dir = run.settings.state_dir
     shares: list[dict[str, Any]] = []
     downloads: list[dict[str, Any]] = []
-    if (state_dir / "store.sqlite3").exists():
-        with Store(state_dir) as store:
-            for s in store.shares():
-                shares.append({"content_id": str(s.content_id), "name": s.name, "kind": s.kind,
-                               "size": s.size, "chunks": s.chunks, "path": str(s.root),
-                               "origin": s.origin, "publisher": str(s.publisher)})
-            for d in store.downloads():
-                downloads.append({"content_id": str(d.content_id), "name": d.name, "size": d.size,
-                                  "chunks": d.chunks, "done_chunks": d.done_chunks,
-                                  "state": d.state, "path": str(d.dest), "error": d.error})
+    with Library.open(run.settings.state_dir) as library:
+        for s in library.shares():
+            shares.append({"content_id": str(s.content_id), "name": s.name, "kind": s.kind,
+                           "size": s.size, "chunks": s.chunks, "path": str(s.root),
+                           "origin": s.origin, "publisher": str(s.publisher)})
+        for d in library.downloads():
+            downloads.append({"content_id": str(d.content_id), "name": d.name, "size": d.size,
+                              "chunks": d.chunks, "done_chunks": d.done_chunks,
+                              "state": d.state, "path": str(d.dest), "error": d.error})
     lines = []
     if shares:
         lines.append("SHARED")
@@ -275,31 +267,15 @@ async def cmd_verify(run: Run, args: argparse.Namespace) -> int:
     content_id = _content_id(args.id, run.settings.state_dir)
     request = {"cmd": "verify", "content_id": str(content_id)}
     try:
-        info = await control.query(run.settings.state_dir, request)
+        report = VerifyReport.from_json(await control.query(run.settings.state_dir, request))
     except control.NoRunningNode:
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-            info = control.verify_report(await node.verify(content_id))
-    report = VerifyReport(content_id, info["chunks"], info["good"], info["bad"], info["missing"])
-    text = (f"{content_id}: {report.good}/{report.chunks} chunks good"
-            + (f", {len(report.bad)} bad" if report.bad else "")
-            + (f", {report.missing} missing" if report.missing else ""))
-    run.out.result(info, text)
-    if report.bad:
-        raise IntegrityError(f"{len(report.bad)} chunks of {content_id} do not match their hashes "
-                             f"(first: {report.bad[:5]})")
-    if report.missing and not _downloading(run, content_id):
-        # Shared or downloaded content should be whole: missing chunks mean the files moved,
-        # changed (the share is then dropped) or were deleted.
-        raise IntegrityError(f"{report.missing} chunks of {content_id} are missing here "
-                             "(moved, changed or deleted?)")
+            report = await node.verify(content_id)
+    run.out.result(report.to_json(), report.summary())
+    problem = report.problem()
+    if problem is not None:
+        raise problem
     return 0
-
-
-def _downloading(run: Run, content_id: ContentId) -> bool:
-    """Whether ``content_id`` is an unfinished download (missing chunks are expected then)."""
-    with Store(run.settings.state_dir) as store:
-        info = store.download_info(content_id)
-    return info is not None and info.state != "complete"
 
 
 async def cmd_unshare(run: Run, args: argparse.Namespace) -> int:
@@ -339,28 +315,23 @@ async def cmd_peers(run: Run, args: argparse.Namespace) -> int:
 async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
     """Routing-table summary of the running node, or of a short-lived node that bootstraps now."""
     try:
-        summary = await control.query(run.settings.state_dir, {"cmd": "dht"})
+        summary = DHTSummary.from_json(await control.query(run.settings.state_dir, {"cmd": "dht"}))
         source = "running node"
     except control.NoRunningNode:
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
             _warn_bootstrap(run, node)
             summary = node.dht_summary()
-            summary["addresses"] = [format_address(a) for a in summary["addresses"]]
-            summary["bootstrap"] = [format_address(a) for a in summary["bootstrap"]]
         source = "fresh node (no node running for this state directory)"
-    summary["source"] = source
-    buckets = [n for n in summary["buckets"] if n]
-    stats = summary.get("stats", {})
-    lines = [f"source      {source}", f"contacts    {summary['contacts']} in {len(buckets)} "
-             f"non-empty buckets {buckets}", f"addresses   {', '.join(summary['addresses'])}",
-             f"bootstrap   {', '.join(summary['bootstrap']) or '(none)'}"]
-    if summary.get("bootstrap_error"):
-        lines.append(f"bootstrap error: {summary['bootstrap_error']}")
-    if "records" in stats:
-        lines.append(f"records     {stats['records']}")
-    if "uptime" in stats:
-        lines.append(f"uptime      {human_seconds(stats['uptime'])}")
-    run.out.result(summary, "\n".join(lines))
+    buckets = [n for n in summary.buckets if n]
+    lines = [f"source      {source}",
+             f"contacts    {summary.contacts} in {plural(len(buckets), 'non-empty bucket')} {buckets}",
+             f"addresses   {', '.join(format_address(a) for a in summary.addresses)}",
+             f"bootstrap   {', '.join(format_address(a) for a in summary.bootstrap) or '(none)'}"]
+    if summary.bootstrap_error:
+        lines.append(f"bootstrap error: {summary.bootstrap_error}")
+    lines.append(f"records     {summary.records}")
+    lines.append(f"uptime      {human_seconds(summary.uptime)}")
+    run.out.result({**summary.to_json(), "source": source}, "\n".join(lines))
     return 0
 
 

@@ -18,24 +18,18 @@ import asyncio
 import contextlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..content import ContentId
-from ..errors import NetworkError, P2PError, StateDirLocked
-from ..node import Node, VerifyReport
+from .. import ContentId, NetworkError, Node, P2PError, StateDirLocked, format_address
 from .output import to_json
-from .settings import format_address
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
 """A request is one small JSON object; anything longer is refused."""
 REPLY_TIMEOUT = 10.0
 """How long the client waits for a running node to answer."""
-RATE_SAMPLE = 1.0
-"""Seconds between samples of per-peer byte counts (for the rates ``p2p peers`` shows)."""
 _MAX_SUN_PATH = 100
 """Unix socket paths longer than this (the kernel allows 107 bytes) are reached through /proc."""
 
@@ -62,71 +56,24 @@ def _short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-class _Rates:
-    """Per-peer transfer rates from byte counts sampled once a second."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._last: dict[tuple[str, str], tuple[float, int, int]] = {}
-        self.rates: dict[tuple[str, str], tuple[float, float]] = {}
-
-    def sample(self) -> None:
-        now = time.monotonic()
-        seen: dict[tuple[str, str], tuple[float, int, int]] = {}
-        for info in self._node.peers():
-            key = (str(info.peer), info.direction)
-            seen[key] = (now, info.bytes_in, info.bytes_out)
-            before = self._last.get(key)
-            if before is not None and now > before[0]:
-                dt = now - before[0]
-                self.rates[key] = ((info.bytes_in - before[1]) / dt, (info.bytes_out - before[2]) / dt)
-        self._last = seen
-        self.rates = {k: v for k, v in self.rates.items() if k in seen}
-
-    async def run(self) -> None:
-        while True:
-            self.sample()
-            await asyncio.sleep(RATE_SAMPLE)
-
-
-def _peers(node: Node, rates: _Rates) -> list[dict[str, Any]]:
-    rows = []
-    for info in node.peers():
-        rate_in, rate_out = rates.rates.get((str(info.peer), info.direction), (0.0, 0.0))
-        rows.append({"peer_id": str(info.peer), "address": format_address(info.address),
-                     "direction": info.direction, "bytes_in": info.bytes_in,
-                     "bytes_out": info.bytes_out, "rate_in": rate_in, "rate_out": rate_out,
-                     "strikes": info.strikes})
-    return rows
-
-
 def node_identity(node: Node) -> dict[str, Any]:
     """What ``p2p id`` shows of a running node."""
-    return {"peer_id": str(node.peer_id), "public_key": node.identity.public_key.hex(),
+    return {"peer_id": str(node.peer_id), "public_key": node.public_key.hex(),
             "listen": format_address(node.listen_address()),
             "addresses": [format_address(a) for a in node.addresses()]}
 
 
-def verify_report(report: VerifyReport) -> dict[str, Any]:
-    """A :class:`VerifyReport` as JSON data."""
-    return {"content_id": str(report.content_id), "chunks": report.chunks, "good": report.good,
-            "bad": report.bad, "missing": report.missing, "ok": report.ok}
-
-
-async def _answer(node: Node, rates: _Rates, request: dict[str, Any]) -> Any:
+async def _answer(node: Node, request: dict[str, Any]) -> Any:
     match request.get("cmd"):
         case "peers":
-            return _peers(node, rates)
+            return [p.to_json() for p in node.peers()]
         case "dht":
-            summary = node.dht_summary()
-            summary["addresses"] = [format_address(a) for a in summary["addresses"]]
-            summary["bootstrap"] = [format_address(a) for a in summary["bootstrap"]]
-            return summary
+            return node.dht_summary().to_json()
         case "id":
             return node_identity(node)
         case "verify":
             cid = ContentId.parse(str(request.get("content_id", "")))
-            return verify_report(await node.verify(cid))
+            return (await node.verify(cid)).to_json()
         case "unshare":
             cid = ContentId.parse(str(request.get("content_id", "")))
             return {"content_id": str(cid), "removed": node.unshare(cid)}
@@ -142,7 +89,6 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
     :class:`~p2p.errors.StateDirLocked`: two nodes serving one library would disagree.
     """
     path = socket_path(node.config.state_dir)
-    rates = _Rates(node)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -152,7 +98,7 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
             request = json.loads(line)
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
-            reply: dict[str, Any] = {"ok": True, "result": await _answer(node, rates, request)}
+            reply: dict[str, Any] = {"ok": True, "result": await _answer(node, request)}
         except P2PError as exc:
             reply = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
         except (ValueError, TimeoutError) as exc:
@@ -175,13 +121,9 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sampler = asyncio.get_running_loop().create_task(rates.run(), name="control rates")
     try:
         yield path
     finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
         server.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

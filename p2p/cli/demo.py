@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,14 +30,24 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..content import ContentId
-from ..errors import BadInput, IntegrityError, NetworkError
-from ..events import ChunkFailed, ChunkVerified, DownloadProgress, DownloadStarted, Event
-from ..identity import PeerId
-from ..node import Node, NodeConfig
-from ..units import human_bytes
+from .. import (
+    BadInput,
+    ChunkFailed,
+    ChunkVerified,
+    ContentId,
+    DownloadProgress,
+    DownloadStarted,
+    Event,
+    IntegrityError,
+    NetworkError,
+    Node,
+    NodeConfig,
+    PeerId,
+    human_bytes,
+    human_seconds,
+)
 from .commands import Run
-from .progress import following, human_seconds
+from .progress import following
 
 DEFAULT_PEERS = 4
 DEFAULT_SIZE = 512 * 1024 * 1024
@@ -143,17 +152,16 @@ async def cmd_demo(run: Run, args: argparse.Namespace) -> int:
                 max_contacts_per_ip=None, download_dir=base / "downloads")))
             names = {PeerId.parse(p): f"seeder{i + 1}" for i, p in enumerate(seeders["seeders"])}
             view = SwarmView(names)
-            started = time.monotonic()
             with downloader.events.subscribed() as sub:
                 live = (Live(get_renderable=view.render, console=out.err, refresh_per_second=8)
                         if out.live and not out.json else contextlib.nullcontext())
                 with live:
                     async with following(sub, view.handle):
-                        path = await downloader.fetch(str(content_id), timeout=FETCH_TIMEOUT)
-            seconds = time.monotonic() - started
+                        result = await downloader.fetch(str(content_id), timeout=FETCH_TIMEOUT)
             report = await downloader.verify(content_id)
-            identical = await asyncio.to_thread(filecmp.cmp, source, path, False)
-        summary = _summary(view, args.size, seconds, report.ok and view.failed == 0, identical)
+            identical = await asyncio.to_thread(filecmp.cmp, source, result.path, False)
+        summary = _summary(view, args.size, result.seconds, report.ok and view.failed == 0,
+                           identical)
     out.result(summary, _summary_text(summary))
     if not identical or not report.ok:
         raise IntegrityError("the downloaded file does not match the original")

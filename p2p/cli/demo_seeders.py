@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..node import Node, NodeConfig
+from .. import Node, NodeConfig
 
 
 async def serve(base: Path, count: int, source: Path) -> None:

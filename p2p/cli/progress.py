@@ -22,12 +22,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..content import ContentId
-from ..events import (
+from .. import (
     ChunkFailed,
     ChunkUploaded,
     ChunkVerified,
-    DownloadCompleted,
+    ContentId,
     DownloadProgress,
     DownloadStarted,
     Event,
@@ -36,22 +35,16 @@ from ..events import (
     PeerConnected,
     PeerDropped,
     Subscription,
+    format_address,
+    human_bytes,
+    human_rate,
+    human_seconds,
+    plural,
 )
-from ..node import Node
-from ..swarm.download import Download
-from ..units import human_bytes
 from .output import Output
 
 JSON_PROGRESS_INTERVAL = 0.25
 """Seconds between JSON progress records (the first verified chunk is always reported)."""
-
-
-def human_seconds(s: float | None) -> str:
-    """ETA text: '1m05s', '12s', or '?'."""
-    if s is None:
-        return "?"
-    s = int(s + 0.5)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @contextlib.asynccontextmanager
@@ -89,16 +82,13 @@ def hashing_bar(out: Output, label: str, total: int) -> Iterator[Callable[[int],
 class FetchView:
     """Shows one download: a bar with rate, ETA and peers (or JSON progress lines), and its totals."""
 
-    def __init__(self, out: Output, node: Node, content_id: ContentId) -> None:
+    def __init__(self, out: Output, content_id: ContentId) -> None:
         self.out = out
-        self.node = node
         self.content_id = content_id
-        self.download: Download | None = None
         self.chunk_count = 0
         self.resumed = 0
         self.fetched = 0
         self.failed = 0
-        self.chunks_by_peer: Counter[str] = Counter()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._last_json = 0.0
@@ -121,7 +111,6 @@ class FetchView:
         """Render one node event."""
         match event:
             case DownloadStarted(content_id=cid) if cid == self.content_id:
-                self.download = self.node.download(cid)
                 self.chunk_count, self.resumed = event.chunk_count, event.held
                 if self._bar is not None and self._task is not None:
                     done = event.size * event.held // max(1, event.chunk_count)
@@ -129,21 +118,21 @@ class FetchView:
                                      completed=done)
                 elif not self.out.json:
                     self.out.note(f"downloading {event.name} ({human_bytes(event.size)}, "
-                                  f"{event.chunk_count} chunks, {event.held} already here)", level=1)
+                                  f"{plural(event.chunk_count, 'chunk')}, {event.held} already here)",
+                                  level=1)
                 self._json({"event": "started", "content_id": str(cid), "name": event.name,
                             "size": event.size, "chunks": event.chunk_count,
                             "resumed_chunks": event.held}, force=True)
             case ChunkVerified(content_id=cid) if cid == self.content_id:
                 first = self.fetched == 0
                 self.fetched += 1
-                self.chunks_by_peer[str(event.peer)] += 1
                 if self._bar is not None and self._task is not None:
                     self._bar.advance(self._task, event.size)
                 self._json(self._progress_record(), force=first)
             case DownloadProgress(content_id=cid) if cid == self.content_id:
                 if self._bar is not None and self._task is not None:
                     self._bar.update(self._task, completed=event.bytes_done,
-                                     rate=f"{human_bytes(event.rate)}/s",
+                                     rate=human_rate(event.rate),
                                      eta=human_seconds(event.eta), peers=event.peers)
                 self._json({**self._progress_record(), "rate": event.rate, "eta": event.eta,
                             "peers": event.peers})
@@ -151,8 +140,6 @@ class FetchView:
                 self.failed += 1
                 self.out.note(f"chunk {event.index} from {event.peer.short()} failed its hash check; "
                               "discarded", level=1)
-            case DownloadCompleted(content_id=cid) if cid == self.content_id:
-                self.chunks_by_peer = Counter(event.chunks_by_peer)
             case PeerBanned():
                 self.out.note(f"peer {event.peer.short()} banned: {event.reason}")
             case PeerConnected() | PeerDropped() if self.out.verbosity >= 2:
@@ -174,13 +161,6 @@ class FetchView:
         if force or now - self._last_json >= JSON_PROGRESS_INTERVAL:
             self._last_json = now
             self.out.emit(record)
-
-    def totals(self) -> tuple[int, int, dict[str, int]]:
-        """(fetched this run, held before this run, chunks by peer id text) from the download."""
-        if self.download is not None:
-            by_peer = {str(p): n for p, n in self.download.chunks_by_peer.items()}
-            return self.download.fetched_this_run, self.resumed, by_peer
-        return self.fetched, self.resumed, dict(self.chunks_by_peer)
 
 
 class UploadView:
@@ -210,7 +190,7 @@ class UploadView:
                     self._last_line = now
                     self.out.note("uploaded " + self.summary(), level=1)
             case PeerConnected(peer=peer, address=address) if not self.out.json:
-                self.out.note(f"peer {peer.short()} connected from {address[0]}:{address[1]}", level=1)
+                self.out.note(f"peer {peer.short()} connected from {format_address(address)}", level=1)
             case PeerBanned() if not self.out.json:
                 self.out.note(f"peer {event.peer.short()} banned: {event.reason}")
             case LogMessage(level=level, message=message) if level in ("warning", "error"):
@@ -221,5 +201,5 @@ class UploadView:
 
     def summary(self) -> str:
         """'12 chunks (3.0 MiB) to 2 peers'."""
-        return (f"{sum(self.chunks.values())} chunks ({human_bytes(sum(self.bytes.values()))}) "
-                f"to {len(self.chunks)} peers")
+        return (f"{plural(sum(self.chunks.values()), 'chunk')} "
+                f"({human_bytes(sum(self.bytes.values()))}) to {plural(len(self.chunks), 'peer')}")

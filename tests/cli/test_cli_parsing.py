@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from p2p.address import format_address, parse_address
 from p2p.cli import app, control
 from p2p.cli.demo import parse_size
-from p2p.cli.settings import build_settings, format_address, parse_address
 from p2p.errors import (
     BadInput,
     IntegrityError,
@@ -25,6 +25,7 @@ from p2p.errors import (
     WrongPublisher,
 )
 from p2p.node import DEFAULT_PORT
+from p2p.settings import build_settings
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -103,7 +104,7 @@ def test_shared_options_before_and_after_the_command(tmp_path: Path) -> None:
 
 
 def test_one_map_from_errors_to_exit_codes() -> None:
-    code = app.exit_code_for
+    code = app.exit_code
     assert code(BadInput("x")) == 2
     assert code(UnsafePath("x")) == 4
     assert code(NotFound("x")) == 3
@@ -118,6 +119,19 @@ def test_one_map_from_errors_to_exit_codes() -> None:
     assert code(app.Interrupted(signal.SIGTERM, serving=False)) == 143
     assert code(app.Interrupted(signal.SIGINT, serving=True)) == 0
     assert code(control.ControlError("refused", 3)) == 3
+    assert code(ExceptionGroup("one", [NotFound("x")])) == 3
+
+
+def test_every_front_end_uses_the_one_exit_code_map() -> None:
+    """The daemon and the terminal app exit with the same codes as the command line."""
+    import bootstrap.daemon
+    import tui.app
+    from p2p import exit_code_for
+
+    assert bootstrap.daemon.exit_code is exit_code_for
+    assert tui.app.exit_code_for is exit_code_for
+    assert exit_code_for(NotFound("x")) == 3  # the daemon used to exit 1 for these two
+    assert exit_code_for(IntegrityError("x")) == 4
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ async def fetch(args: argparse.Namespace) -> int:
         with node.events.subscribed() as sub:
             printer = asyncio.create_task(run.follow(sub))
             try:
-                path = await node.fetch(args.id, Path(args.dest), peers=args.peer, timeout=20)
+                path = (await node.fetch(args.id, Path(args.dest), peers=args.peer, timeout=20)).path
             except P2PError as exc:
                 emit(event="error", error=str(exc), type=type(exc).__name__, exit_code=exc.exit_code)
                 return exc.exit_code

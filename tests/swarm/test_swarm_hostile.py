@@ -76,8 +76,8 @@ async def test_wrong_sized_bitfield_before_manifest_bans_peer_and_download_compl
         async with asyncio.timeout(T), Node(node_config(tmp_path, "honest")) as honest, \
                 Node(node_config(tmp_path, "dl")) as dl:
             shared = await honest.share(source)
-            path = await dl.fetch(shared.content_id, tmp_path / "out.bin",
-                                  peers=[hostile_addr, honest.listen_address()], timeout=T)
+            path = (await dl.fetch(shared.content_id, tmp_path / "out.bin",
+                                  peers=[hostile_addr, honest.listen_address()], timeout=T)).path
             assert bitfield_handled.is_set()
             assert path.read_bytes() == source.read_bytes()
             assert dl.store.is_banned(hostile.identity.peer_id)
@@ -126,7 +126,7 @@ async def test_destination_taken_during_the_download_keeps_partial_then_same_nod
         assert partial.stat().st_size == source.stat().st_size  # every chunk kept
         dest.unlink()
         # Same node, same id: the failed finalize released the download's lock.
-        path = await dl.fetch(shared.ticket, dest, timeout=T)
+        path = (await dl.fetch(shared.ticket, dest, timeout=T)).path
         assert path == dest.resolve()
         assert path.read_bytes() == source.read_bytes()
         assert not partial.exists()
@@ -145,7 +145,7 @@ async def test_inbound_peer_is_dialled_at_its_hello_listen_address(tmp_path: Pat
             assert info.peer == b.peer_id
             assert info.address != b.listen_address()  # the socket's port is not B's listener
             # No DHT contacts, no peers=, no ticket: only the inbound connection tells A of B.
-            path = await a.fetch(shared.content_id, tmp_path / "out.bin", timeout=8)
+            path = (await a.fetch(shared.content_id, tmp_path / "out.bin", timeout=8)).path
         finally:
             await inbound.aclose()
         assert path.read_bytes() == source.read_bytes()
@@ -180,8 +180,8 @@ async def test_ticket_address_is_dialled_again_after_its_connection_drops(
         shared = await seed.share(source)
         # The ticket is the only source: no DHT contacts, no peers=. The no-peer timeout is
         # longer than the rediscovery interval, shorter than a second one.
-        path = await dl.fetch(shared.ticket, tmp_path / "out.bin",
-                              timeout=REDISCOVER_INTERVAL + 3)
+        path = (await dl.fetch(shared.ticket, tmp_path / "out.bin",
+                              timeout=REDISCOVER_INTERVAL + 3)).path
         assert sent_on_first == cut_after
         assert len(served) == 2  # the rest came over a second connection to the ticket's address
         assert path.read_bytes() == source.read_bytes()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import p2p.node
+from p2p import FetchResult
 from p2p.content import ContentId
 from p2p.errors import DiskFull, NotFound, WrongPublisher
 from p2p.events import (
@@ -64,7 +65,7 @@ async def test_five_seeders_all_supply_and_file_arrives_identical(
         async with Node(node_config(tmp_path, "dl", boot)) as dl:
             peers = [s.listen_address() for s in seeders] if discovery == "peers" else []
             with dl.events.subscribed() as sub:
-                path = await dl.fetch(str(cid), tmp_path / "out.bin", peers=peers, timeout=15)
+                path = (await dl.fetch(str(cid), tmp_path / "out.bin", peers=peers, timeout=15)).path
                 events = drain(sub)
     assert path.read_bytes() == source.read_bytes()
     [done] = of(DownloadCompleted, events)
@@ -98,7 +99,7 @@ async def test_corrupting_seeder_is_banned_and_download_completes(tmp_path: Path
                 await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
                 download = dl.download(cid)
                 assert download is not None
-                path = await fetch
+                path = (await fetch).path
             finally:
                 fetch.cancel()
             events = drain(sub)
@@ -144,7 +145,7 @@ async def test_seeder_stopped_mid_transfer_download_completes_from_others(
                 assert download is not None, "download finished before the seeder stopped"
                 await victim.aclose()
                 assert download.scheduler is not None and not download.scheduler.complete
-                path = await fetch
+                path = (await fetch).path
             finally:
                 fetch.cancel()
             events = [event, *drain(sub)]
@@ -195,8 +196,8 @@ async def test_peer_whose_connection_closes_under_the_writer_is_dropped(
 
         monkeypatch.setattr(p2p.node, "connect", connect)
         with dl.events.subscribed() as sub:
-            path = await dl.fetch(cid, tmp_path / "out.bin", timeout=15,
-                                  peers=[gone.listen_address(), stays.listen_address()])
+            path = (await dl.fetch(cid, tmp_path / "out.bin", timeout=15,
+                                  peers=[gone.listen_address(), stays.listen_address()])).path
             events = drain(sub)
     assert path.read_bytes() == source.read_bytes()
     [done] = of(DownloadCompleted, events)
@@ -223,7 +224,7 @@ async def test_second_downloader_gets_chunks_from_incomplete_first(
         with a.events.subscribed() as a_sub, b.events.subscribed() as b_sub:
             fetch_a = asyncio.create_task(a.fetch(cid, tmp_path / "a.bin", timeout=30,
                                                   peers=[half_seeder.listen_address()]))
-            fetch_b: asyncio.Task[Path] | None = None
+            fetch_b: asyncio.Task[FetchResult] | None = None
             try:
                 got = 0
                 while got < half:
@@ -237,7 +238,7 @@ async def test_second_downloader_gets_chunks_from_incomplete_first(
                     peers=[a.listen_address(), full_seeder.listen_address()]))
                 from_a = await wait_for(b_sub, lambda e: isinstance(e, ChunkVerified)
                                         and e.peer == a.peer_id)
-                b_path = await fetch_b
+                b_path = (await fetch_b).path
                 a_events += drain(a_sub)
                 a_done = of(DownloadCompleted, a_events)
                 # A either finished on its own (from B, once B announced) or is still stuck;
@@ -247,10 +248,10 @@ async def test_second_downloader_gets_chunks_from_incomplete_first(
                     fetch_a.cancel()
                     with pytest.raises(asyncio.CancelledError):
                         await fetch_a
-                    a_path = await a.fetch(cid, tmp_path / "a.bin", timeout=30,
-                                           peers=[full_seeder.listen_address()])
+                    a_path = (await a.fetch(cid, tmp_path / "a.bin", timeout=30,
+                                           peers=[full_seeder.listen_address()])).path
                 else:
-                    a_path = fetch_a.result()
+                    a_path = fetch_a.result().path
             finally:
                 fetch_a.cancel()
                 if fetch_b is not None:
@@ -296,7 +297,7 @@ async def test_directory_with_nested_folders_and_empty_file_arrives_identical(tm
     (root / "disc2" / "empty.txt").write_bytes(b"")
     async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
         shared = await seed.share(root)
-        out = await dl.fetch(shared.ticket, tmp_path / "got", timeout=15)
+        out = (await dl.fetch(shared.ticket, tmp_path / "got", timeout=15)).path
     assert _tree(out) == _tree(root)
     assert (out / "disc2" / "empty.txt").stat().st_size == 0
 
@@ -341,7 +342,7 @@ async def test_disk_full_keeps_progress_and_resumes(
         await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,size=64m", str(small_disk)],
                                 check=True)
         with dl.events.subscribed() as sub:
-            path = await dl.fetch(cid, small_disk / "out.bin", peers=peers, timeout=15)
+            path = (await dl.fetch(cid, small_disk / "out.bin", peers=peers, timeout=15)).path
             events = drain(sub)
     [started] = of(DownloadStarted, events)
     [done] = of(DownloadCompleted, events)
@@ -365,7 +366,7 @@ async def test_lone_node_shares_and_serves_by_ticket(tmp_path: Path) -> None:
         async with Node(node_config(tmp_path, "alone")) as alone:
             shared = await alone.share(source)
             async with Node(node_config(tmp_path, "dl")) as dl:
-                path = await dl.fetch(shared.ticket, tmp_path / "out.bin", timeout=10)
+                path = (await dl.fetch(shared.ticket, tmp_path / "out.bin", timeout=10)).path
         assert path.read_bytes() == source.read_bytes()
 
 

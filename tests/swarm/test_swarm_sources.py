@@ -33,5 +33,5 @@ async def test_resume_after_restart_dials_the_tickets_addresses_again(tmp_path: 
         # has no bootstrap and no --peer, and still finds it.
         back = dataclasses.replace(node_config(tmp_path, "sharer"), port=port)
         async with Node(back), Node(node_config(tmp_path, "fetcher")) as fetcher:
-            path = await fetcher.fetch(shared.content_id, timeout=10.0)
+            path = (await fetcher.fetch(shared.content_id, timeout=10.0)).path
         assert path.read_bytes() == source.read_bytes()

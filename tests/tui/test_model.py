@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from p2p import DEFAULT_PORT, Ban, PeerInfo, human_bytes, human_seconds
 from p2p.content import ContentId
 from p2p.errors import BadInput
 from p2p.events import (
@@ -19,10 +20,9 @@ from p2p.events import (
     LogMessage,
 )
 from p2p.identity import PeerId
-from p2p.node import DEFAULT_PORT, PeerInfo
 from tui.app import coalesce, describe
-from tui.config import config_from_args, parse_address
-from tui.model import Cell, ChunkMapData, Peers, Transfers, group_cells, human_bytes, human_eta
+from tui.config import config_from_args
+from tui.model import Cell, ChunkMapData, Peers, Transfers, group_cells
 
 CID = ContentId(bytes([5]) * 32)
 A = PeerId(bytes([1]) * 32)
@@ -77,15 +77,16 @@ def test_group_cells_fits_and_aggregates() -> None:
     assert len(group_cells(big, 300)) == 300
 
 
-def test_peer_rates_from_byte_deltas_and_bans() -> None:
+def test_peers_show_the_node_rates_and_bans() -> None:
     p = Peers()
-    p.update(10.0, [PeerInfo(A, ("1.2.3.4", 5), "out", 1000, 100)], [])
-    p.update(12.0, [PeerInfo(A, ("1.2.3.4", 5), "out", 5000, 300)],
-             [(B, "bad chunks", 0.0, None)])
+    p.update([PeerInfo(A, ("::1", 5), "out", 5000, 300, rate_in=2000, rate_out=100)],
+             [Ban(B, "bad chunks", 0.0, None), Ban(A, "expired", 0.0, 5.0)], now=12.0)
     rows = {r.peer: r for r in p.rows()}
     assert rows[A].rate_in == 2000 and rows[A].rate_out == 100
+    assert rows[A].address == "[::1]:5"  # IPv6 in brackets, as everywhere
+    assert rows[A].banned is None  # that ban ended
     assert rows[B].banned == "bad chunks" and not rows[B].connected
-    p.update(13.0, [], [])
+    p.update([], [], now=13.0)
     assert not {r.peer: r for r in p.rows()}[A].connected
 
 
@@ -105,16 +106,31 @@ def test_settings_flags_win_over_environment(tmp_path: Path) -> None:
     assert (cfg.host, cfg.port) == ("127.0.0.1", 9000)
     assert cfg.bootstrap == (("10.0.0.1", 7473), ("::1", 7000))
     cfg = config_from_args(["--state-dir", str(tmp_path / "flag"), "--listen", "0.0.0.0:1",
-                            "--bootstrap", "h:1", "--bootstrap", "k:2"], env)
+                            "--bootstrap", "10.0.0.9:1", "--bootstrap", "localhost:2"], env)
     assert cfg.state_dir == tmp_path / "flag"
-    assert cfg.port == 1 and cfg.bootstrap == (("h", 1), ("k", 2))
+    # Host names are resolved, exactly as the command line does.
+    assert cfg.port == 1 and cfg.bootstrap == (("10.0.0.9", 1), ("127.0.0.1", 2))
     default = config_from_args([], {})
     assert (default.host, default.port) == ("0.0.0.0", DEFAULT_PORT)
+
+
+@pytest.mark.parametrize("listen", ["[::1:80", "::1:80", "1.2.3.4:x"])
+def test_settings_refuse_what_the_command_line_refuses(listen: str) -> None:
     with pytest.raises(BadInput):
-        parse_address("no-port")
+        config_from_args(["--listen", listen], {})
+
+
+def test_settings_match_the_command_line(tmp_path: Path) -> None:
+    """One builder: announce addresses, the download folder and the loopback DHT cap."""
+    env = {"P2P_ANNOUNCE_ADDR": "203.0.113.5:7000", "P2P_DOWNLOAD_DIR": str(tmp_path / "dl")}
+    cfg = config_from_args(["--listen", "127.0.0.1:0", "--state-dir", str(tmp_path)], env)
+    assert cfg.announce_addrs == (("203.0.113.5", 7000),)
+    assert cfg.download_dir == tmp_path / "dl"
+    assert cfg.max_contacts_per_ip is None  # every local peer shares 127.0.0.1
 
 
 def test_human_units() -> None:
     assert human_bytes(1536) == "1.5 KiB"
-    assert human_eta(3725) == "1:02:05"
-    assert human_eta(None) == "-"
+    assert human_seconds(3725) == "1h02m"
+    assert human_seconds(65) == "1m05s"
+    assert human_seconds(None) == "?"

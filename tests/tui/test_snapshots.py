@@ -9,23 +9,28 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from p2p.content import ContentId
-from p2p.events import (
+from p2p import (
+    Ban,
     ChunkFailed,
     ChunkRequested,
     ChunkVerified,
+    ContentId,
+    DownloadInfo,
     DownloadProgress,
     DownloadStarted,
     LogMessage,
+    NodeConfig,
     PeerConnected,
+    PeerId,
+    PeerInfo,
+    ShareInfo,
 )
-from p2p.identity import PeerId
-from p2p.node import NodeConfig, PeerInfo
-from p2p.store import DownloadInfo, ShareInfo
 from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app
 from tui.model import DhtData
 
 SIZE = (120, 36)
+SIZES = [SIZE, (80, 24)]
+"""The usual window and the smallest common terminal."""
 T0 = 1_700_000_000.0
 
 ALICE = PeerId(bytes([1]) * 32)
@@ -69,12 +74,16 @@ def snapshot(at: float, scale: int) -> NodeSnapshot:
     ]
     downloads = [DownloadInfo(MOVIE, "movie.mkv", 300 * MIB, 300, 200, "active",
                               Path("/dl/movie.mkv"), Path("/state/partial/x"), None)]
+    # Rates as the node measures them: the byte counts' growth over its sample.
     peers = [
-        PeerInfo(ALICE, ("10.0.0.2", 7473), "out", 140 * MIB * scale, 30_000 * scale),
-        PeerInfo(BOB, ("10.0.0.3", 7473), "out", 60 * MIB * scale, 12_000 * scale, 1),
-        PeerInfo(BOB, ("10.0.0.3", 40112), "in", 800 * scale, 9 * MIB * scale),
+        PeerInfo(ALICE, ("10.0.0.2", 7473), "out", 140 * MIB * scale, 30_000 * scale,
+                 rate_in=70 * MIB, rate_out=15_000),
+        PeerInfo(BOB, ("10.0.0.3", 7473), "out", 60 * MIB * scale, 12_000 * scale,
+                 rate_in=30 * MIB, rate_out=6_000, strikes=1),
+        PeerInfo(BOB, ("10.0.0.3", 40112), "in", 800 * scale, 9 * MIB * scale,
+                 rate_in=400, rate_out=4.5 * MIB),
     ]
-    bans = [(MALLORY, "sent chunks that fail verification", T0, None)]
+    bans = [Ban(MALLORY, "sent chunks that fail verification", T0, None)]
     dht = DhtData(node_id="ab" * 32, peer_id=str(ALICE), buckets=(0, 1, 3, 8, 20, 20, 12, 4),
                   contacts=68, records=(("channel", 1), ("peer", 9), ("provider", 41)),
                   bootstrap=("203.0.113.5:7473",), bootstrap_error=None,
@@ -111,10 +120,11 @@ def run_before(keys: str = "", then: Any = None) -> Any:
     return before
 
 
+@pytest.mark.parametrize("size", SIZES, ids=["120x36", "80x24"])
 @pytest.mark.parametrize("key", ["1", "2", "3", "4", "5"],
                          ids=["library", "transfers", "peers", "dht", "log"])
-def test_view(snap_compare: Any, key: str) -> None:
-    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before(key))
+def test_view(snap_compare: Any, key: str, size: tuple[int, int]) -> None:
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before(key))
 
 
 def test_fetch_dialog_with_error(snap_compare: Any) -> None:

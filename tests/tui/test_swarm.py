@@ -134,5 +134,5 @@ async def test_quit_during_transfer_leaves_it_resumable(base: Path) -> None:
         assert 0 < info.done_chunks < info.chunks, info
 
         async with Node(node_config(base, "b", boot)) as again:
-            path = await again.fetch(result.ticket, timeout=20)
+            path = (await again.fetch(result.ticket, timeout=20)).path
         assert filecmp.cmp(path, source, shallow=False)
