@@ -7,7 +7,7 @@ default. Nothing here opens a socket or a file.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,27 +17,22 @@ from typing import NoReturn
 
 import platformdirs
 
-from p2p.dht import DHTConfig
-from p2p.errors import BadInput
-from p2p.node import DEFAULT_PORT
+from p2p import DEFAULT_PORT, Address, BadInput, NodeConfig, Settings, parse_address
 
 PROG = "p2p-bootstrap"
 APP_DIR = "p2p-bootstrap"
 STATE_FILE = "routing.json"
-"""The routing table inside the state directory (the DHT's JSON format)."""
+"""The routing table inside the state directory (the node's JSON format)."""
 
-_DHT_DEFAULTS = DHTConfig()
-DEFAULT_MAX_CONTACTS_PER_IP = _DHT_DEFAULTS.max_contacts_per_ip
-DEFAULT_RATE_LIMIT_PER_IP = _DHT_DEFAULTS.rate_limit_per_ip
-DEFAULT_RATE_LIMIT_BURST = _DHT_DEFAULTS.rate_limit_burst
-DEFAULT_SAVE_INTERVAL = _DHT_DEFAULTS.save_interval
+DEFAULT_MAX_CONTACTS_PER_IP = NodeConfig.max_contacts_per_ip
+DEFAULT_RATE_LIMIT_PER_IP = NodeConfig.dht_rate_limit_per_ip
+DEFAULT_RATE_LIMIT_BURST = NodeConfig.dht_rate_limit_burst
+DEFAULT_SAVE_INTERVAL = NodeConfig.dht_save_interval
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
 ENV_PREFIX = "P2P_BOOTSTRAP_"
 """Every option ``--some-name`` can also be given as ``P2P_BOOTSTRAP_SOME_NAME``."""
-
-Address = tuple[str, int]
 
 
 class UsageError(BadInput):
@@ -74,42 +69,29 @@ class DaemonConfig:
         """The saved routing table."""
         return self.state_dir / STATE_FILE
 
-    def dht_config(self) -> DHTConfig:
-        """The :class:`DHTConfig` this daemon runs with."""
-        return DHTConfig(
-            host=self.listen[0],
-            port=self.listen[1],
-            bootstrap=self.bootstrap,
+    def node_config(self) -> NodeConfig:
+        """The node this daemon runs: the shared settings builder's, with the daemon's limits.
+
+        Nothing is shared, so nothing is announced; the node only answers the DHT.
+        """
+        settings = Settings(state_dir=self.state_dir, listen=self.listen, listen_given=True,
+                            bootstrap=self.bootstrap, announce=(), download_dir=self.state_dir)
+        return dataclasses.replace(
+            settings.node_config(long_running=True),
             max_contacts_per_ip=self.max_contacts_per_ip,
-            rate_limit_per_ip=self.rate_limit_per_ip,
-            rate_limit_burst=self.rate_limit_burst,
-            state_path=self.state_path,
-            save_interval=self.save_interval,
+            dht_rate_limit_per_ip=self.rate_limit_per_ip,
+            dht_rate_limit_burst=self.rate_limit_burst,
+            dht_save_interval=self.save_interval,
+            agent=f"{PROG}/0.1",
         )
 
 
-def parse_address(text: str, what: str, *, literal: bool = True) -> Address:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port). ``literal`` demands an IP, not a name."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise UsageError(f"{what}: expected [IPV6]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
-    if not host:
-        raise UsageError(f"{what}: missing host in {text!r}")
-    if literal:
-        try:
-            host = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise UsageError(f"{what}: host must be an IP address, got {host!r}") from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"{what}: port must be a number in 0..65535, got {port_text!r}")
-    return host, int(port_text)
+def _address(text: str, what: str, *, literal: bool = True) -> Address:
+    """``HOST:PORT`` or ``[V6]:PORT`` through the one address parser; ``literal`` demands an IP."""
+    try:
+        return parse_address(text, what=what, resolve=not literal)
+    except BadInput as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def _optional_int(text: str, what: str) -> int | None:
@@ -195,14 +177,14 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Daem
     def flag(name: str) -> str:
         return f"--{name.replace('_', '-')}"
 
-    listen = parse_address(get("listen") or f"0.0.0.0:{DEFAULT_PORT}", flag("listen"))
+    listen = _address(get("listen") or f"0.0.0.0:{DEFAULT_PORT}", flag("listen"))
     state_dir = Path(get("state_dir") or platformdirs.user_data_dir(APP_DIR)).expanduser()
     metrics_text = get("metrics")
-    metrics = parse_address(metrics_text, flag("metrics")) if metrics_text else None
+    metrics = _address(metrics_text, flag("metrics")) if metrics_text else None
     boot_items: list[str] = list(ns.bootstrap or [])
     if not boot_items and env.get(ENV_PREFIX + "BOOTSTRAP"):
         boot_items = [s for s in env[ENV_PREFIX + "BOOTSTRAP"].replace(",", " ").split() if s]
-    bootstrap = tuple(parse_address(b, flag("bootstrap"), literal=False) for b in boot_items)
+    bootstrap = tuple(_address(b, flag("bootstrap"), literal=False) for b in boot_items)
     log_level = (get("log_level") or "info").lower()
     if log_level not in LOG_LEVELS:
         raise UsageError(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")

@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from p2p.errors import NetworkError
+from p2p import NetworkError
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import Any
 from .address import Address
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
+from .dht.state import load_routing_table
 from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError
 from .events import (
     ChunkUploaded,
@@ -54,6 +55,8 @@ BIND_ATTEMPTS = 8
 """With port 0, tries to find a port free for both TCP and UDP."""
 HASH_THREADS = 2
 """Threads that check and write chunks (BLAKE3 and pwrite release the GIL)."""
+ROUTING_FILE = "routing.json"
+"""The DHT's routing table inside the state directory (JSON), saved while running and on close."""
 RATE_SAMPLE = 1.0
 """Seconds between samples of per-peer byte counts: the window of :attr:`PeerInfo.rate_in`."""
 
@@ -78,6 +81,12 @@ class NodeConfig:
     """DHT contacts per IP; None lifts the cap (many peers on 127.0.0.1 in tests and the demo)."""
     rpc_timeout: float = 1.0
     """DHT per-RPC timeout."""
+    dht_rate_limit_per_ip: float | None = DHTConfig.rate_limit_per_ip
+    """Inbound DHT datagrams per second accepted from one IP; None = unlimited."""
+    dht_rate_limit_burst: float = DHTConfig.rate_limit_burst
+    """DHT datagrams one IP may send in a burst before the rate applies."""
+    dht_save_interval: float = DHTConfig.save_interval
+    """Seconds between saves of the routing table while running (it is also saved on close)."""
     server_limits: wire_server.ServerLimits = field(default_factory=wire_server.ServerLimits)
     agent: str = "p2p/0.1"
     announce_shares: bool = True
@@ -107,6 +116,7 @@ class Node:
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="sync")
         self._started = False
         self._closed = False
+        self._saved_contacts = 0
         self.bootstrap_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -122,6 +132,7 @@ class Node:
         """Load identity and store, listen on TCP and UDP, join the DHT, announce shares."""
         cfg = self.config
         self.identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
+        self._saved_contacts = await asyncio.to_thread(_saved_contacts, cfg.state_dir / ROUTING_FILE)
         self.store = Store(cfg.state_dir)
         try:
             await self._bind()
@@ -156,8 +167,11 @@ class Node:
             dht_config = DHTConfig(host=cfg.host, port=port, ksize=20,
                                    max_contacts_per_ip=cfg.max_contacts_per_ip,
                                    rpc_timeout=cfg.rpc_timeout,
+                                   rate_limit_per_ip=cfg.dht_rate_limit_per_ip,
+                                   rate_limit_burst=cfg.dht_rate_limit_burst,
+                                   save_interval=cfg.dht_save_interval,
                                    announce_addrs=cfg.announce_addrs,
-                                   state_path=cfg.state_dir / "routing.json")
+                                   state_path=cfg.state_dir / ROUTING_FILE)
             try:
                 self.dht = await DHT.open(self.identity, dht_config)
             except NetworkError as exc:
@@ -531,8 +545,16 @@ class Node:
             records={str(k): int(v) for k, v in dict(stats.get("records", {})).items()},
             uptime=float(stats.get("uptime", 0.0)),
             restored_contacts=int(stats.get("restored_contacts", 0)),
+            saved_contacts=self._saved_contacts,
             stats=stats,
         )
+
+    @property
+    def listening(self) -> bool:
+        """True while the node's sockets are open (what a health check asks)."""
+        transport = self.dht.protocol.transport
+        return (self._started and not self._closed and transport is not None
+                and not transport.is_closing() and not self.dht.protocol.closed.is_set())
 
     async def count_providers(self, content_id: ContentId) -> int:
         """How many distinct peers the DHT names as providers of ``content_id`` (a lookup)."""
@@ -600,6 +622,15 @@ def _merge_connections(infos: Sequence[PeerInfo]) -> list[PeerInfo]:
             prev, bytes_in=prev.bytes_in + info.bytes_in, bytes_out=prev.bytes_out + info.bytes_out,
             strikes=max(prev.strikes, info.strikes))
     return list(merged.values())
+
+
+def _saved_contacts(path: Path) -> int:
+    """Contacts in a saved routing table (0 if there is none or it is unreadable: the DHT
+    then logs why and starts afresh)."""
+    try:
+        return len(load_routing_table(path)[1])
+    except (OSError, P2PError):
+        return 0
 
 
 def _copy_into_place(source: Path, dest: Path) -> None:

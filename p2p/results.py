@@ -190,6 +190,8 @@ class DHTSummary:
     """Seconds since the DHT started."""
     restored_contacts: int = 0
     """Saved contacts that answered when the DHT started."""
+    saved_contacts: int = 0
+    """Contacts the saved routing table listed when the node started."""
     stats: dict[str, Any] = field(default_factory=dict)
     """Every counter the DHT keeps (RPCs, rejected packets...), for metrics and ``--json``."""
 
@@ -205,7 +207,8 @@ class DHTSummary:
                 "bootstrap_error": self.bootstrap_error,
                 "addresses": [format_address(a) for a in self.addresses],
                 "records": dict(self.records), "uptime": self.uptime,
-                "restored_contacts": self.restored_contacts, "stats": self.stats}
+                "restored_contacts": self.restored_contacts,
+                "saved_contacts": self.saved_contacts, "stats": self.stats}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DHTSummary:
@@ -218,4 +221,4 @@ class DHTSummary:
                    addrs("bootstrap"), data.get("bootstrap_error"), addrs("addresses"),
                    {str(k): int(v) for k, v in dict(data.get("records", {})).items()},
                    float(data.get("uptime", 0.0)), int(data.get("restored_contacts", 0)),
-                   dict(data.get("stats", {})))
+                   int(data.get("saved_contacts", 0)), dict(data.get("stats", {})))

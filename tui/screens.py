@@ -13,8 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Static
 
-from p2p.content import parse_id_or_ticket
-from p2p.errors import BadInput
+from p2p import BadInput, parse_id_or_ticket
 
 
 class ShareScreen(ModalScreen[Path | None]):
