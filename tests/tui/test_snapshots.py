@@ -27,6 +27,7 @@ from p2p import (
 )
 from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app
 from tui.model import DhtData
+from tui.widgets import TransfersView
 
 SIZE = (120, 36)
 SIZES = [SIZE, (80, 24)]
@@ -136,3 +137,35 @@ def test_fetch_dialog_with_error(snap_compare: Any) -> None:
 
 def test_help(snap_compare: Any) -> None:
     assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("?"))
+
+
+BIG = ContentId(bytes([10]) * 32)
+BIG_CHUNKS = 100_000
+
+
+def big_transfer_events() -> list[Any]:
+    """A 100,000-chunk download, 60% verified in stripes from two peers, one chunk failed."""
+    out: list[Any] = [DownloadStarted(BIG, "dataset.tar", BIG_CHUNKS * 64 * 1024, BIG_CHUNKS,
+                                      held=0, held_indexes=(), at=T0)]
+    for i in range(60_000):
+        peer = ALICE if (i // 5_000) % 2 == 0 else BOB
+        out.append(ChunkVerified(BIG, i, peer, 64 * 1024, at=T0))
+    out.append(ChunkFailed(BIG, 70_000, MALLORY, at=T0))
+    return out
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["120x36", "80x24"])
+def test_transfers_with_a_100k_chunk_map(snap_compare: Any, size: tuple[int, int]) -> None:
+    async def big(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, P2PApp)
+        app.on_node_events(NodeEvents(big_transfer_events()))
+        row = app.transfers.row(BIG)
+        assert row is not None and row.done_chunks == 60_000 and row.chunk_count == BIG_CHUNKS
+        data = app.transfers.chunk_map(BIG)
+        assert len(data.states) == BIG_CHUNKS
+        await pilot.press("2")
+        app.main.query_one(TransfersView).select(BIG)
+        await pilot.pause()
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=big)

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual import events
 from textual.widgets import Button, Input, Static
 
-from p2p.store import Store
+from p2p import Library
 from tui.app import P2PApp, build_app
 from tui.model import Cell
 from tui.screens import FetchScreen, ShareScreen
@@ -37,8 +37,8 @@ async def test_share_then_fetch_fills_chunk_map_and_peers(base: Path) -> None:
             await pa.click("#share-path")
             await pa.press(*str(source))
             await pa.press("enter")
-            await wait_until(pa, lambda: bool(seeder.node and seeder.node.store.shares()))
-            share = seeder.node.store.shares()[0]
+            await wait_until(pa, lambda: bool(seeder.node and seeder.node.library.shares()))
+            share = seeder.node.library.shares()[0]
             assert share.name == "movie.bin"
             await wait_until(pa, lambda: seeder.query_one("#library-table").row_count == 1)
             ticket = str(seeder.node.ticket(share.content_id))
@@ -55,7 +55,7 @@ async def test_share_then_fetch_fills_chunk_map_and_peers(base: Path) -> None:
                 return row is not None and row.state == "complete"
 
             await wait_until(pb, complete, seconds=30)
-            info = leecher.node.store.download_info(share.content_id)
+            info = leecher.node.library.download(share.content_id)
             assert info is not None and info.state == "complete"
             assert filecmp.cmp(info.dest, source, shallow=False)
 
@@ -98,8 +98,8 @@ async def test_malformed_ticket_shows_error_and_changes_nothing(base: Path) -> N
         assert app.screen is screen
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, FetchScreen))
-        assert app.node.running_downloads() == []
-        assert app.node.store.downloads() == []
+        assert app.node.downloading() == set()
+        assert app.node.library.downloads() == []
         assert app.transfers.rows() == []
     downloads = base / "a" / "downloads"
     assert not downloads.exists() or not any(downloads.iterdir())
@@ -127,8 +127,8 @@ async def test_quit_during_transfer_leaves_it_resumable(base: Path) -> None:
             await wait_until(pilot, lambda: app._stopped, seconds=30)
         assert isinstance(app, P2PApp)
 
-        with Store(base / "b" / "state") as store:
-            info = store.download_info(cid)
+        with Library.open(base / "b" / "state") as library:
+            info = library.download(cid)
         assert info is not None
         assert info.state in ("paused", "active"), info
         assert 0 < info.done_chunks < info.chunks, info

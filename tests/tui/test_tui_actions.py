@@ -72,13 +72,13 @@ async def test_pause_stops_chunks_then_resume_completes(base: Path) -> None:
         await pilot.press("p")
 
         def paused() -> bool:
-            info = node.store.download_info(cid)
+            info = node.library.download(cid)
             row = app.transfers.row(cid)
-            return (info is not None and info.state == "paused" and node.download(cid) is None
+            return (info is not None and info.state == "paused" and cid not in node.downloading()
                     and row is not None and row.state == "paused")
 
         await wait_until(pilot, paused, seconds=30)
-        info = node.store.download_info(cid)
+        info = node.library.download(cid)
         assert info is not None
         held = info.done_chunks
         assert 0 < held < info.chunks, "the download finished before the pause key took effect"
@@ -89,20 +89,20 @@ async def test_pause_stops_chunks_then_resume_completes(base: Path) -> None:
         seen = [r.done_chunks for rows in pushes for r in rows if r.content_id == cid]
         assert len(seen) == len(pushes) and set(seen) == {held}
         assert row_of(app, cid).state == "paused"
-        info = node.store.download_info(cid)
+        info = node.library.download(cid)
         assert info is not None and info.state == "paused" and info.done_chunks == held
-        assert node.running_downloads() == []
+        assert node.downloading() == set()
 
         await pilot.press("r")
 
         def complete() -> bool:
-            info = node.store.download_info(cid)
+            info = node.library.download(cid)
             row = app.transfers.row(cid)
             return (info is not None and info.state == "complete"
                     and row is not None and row.state == "complete")
 
         await wait_until(pilot, complete, seconds=60)
-        info = node.store.download_info(cid)
+        info = node.library.download(cid)
         assert info is not None
         assert filecmp.cmp(info.dest, source, shallow=False)
         assert not info.dest.with_name(info.dest.name + PARTIAL_SUFFIX).exists()
@@ -113,7 +113,7 @@ async def test_cancel_deletes_partial_data_and_forgets_the_download(base: Path) 
     async with fetching(base) as (app, pilot, cid, _):
         node = app.node
         assert node is not None
-        info = node.store.download_info(cid)
+        info = node.library.download(cid)
         assert info is not None
         partial, dest = info.partial, info.dest
         assert partial == dest.with_name(dest.name + PARTIAL_SUFFIX)
@@ -121,15 +121,15 @@ async def test_cancel_deletes_partial_data_and_forgets_the_download(base: Path) 
 
         await pilot.press("x")
 
-        await wait_until(pilot, lambda: node.store.download_info(cid) is None
-                         and not partial.exists() and node.download(cid) is None, seconds=30)
+        await wait_until(pilot, lambda: node.library.download(cid) is None
+                         and not partial.exists() and cid not in node.downloading(), seconds=30)
         assert not dest.exists()
-        assert node.store.downloads() == []
+        assert node.library.downloads() == []
 
         # Several refreshes later it has not come back on disk or in the store.
         await wait_for_pushes(app, pilot, 5)
-        assert node.store.download_info(cid) is None
-        assert node.running_downloads() == []
+        assert node.library.download(cid) is None
+        assert node.downloading() == set()
         assert not partial.exists() and not dest.exists()
 
 
@@ -140,7 +140,7 @@ async def test_cancel_removes_the_transfer_from_the_view(base: Path) -> None:
 
         await pilot.press("x")
 
-        await wait_until(pilot, lambda: node.store.download_info(cid) is None, seconds=30)
+        await wait_until(pilot, lambda: node.library.download(cid) is None, seconds=30)
         await wait_for_pushes(app, pilot, 5)
         assert app.transfers.row(cid) is None
         assert app.transfers.rows() == []
