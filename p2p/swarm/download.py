@@ -2,10 +2,16 @@
 
 It runs the pure :class:`~p2p.swarm.scheduler.Scheduler` against real
 connections. One task per connected peer reads its messages; one writer task
-per peer sends what the scheduler planned; a ticker expires slow requests,
-commits progress and publishes progress events. Hashing and disk writes run in
-a small thread pool (BLAKE3 and ``pwrite`` release the GIL), so the event loop
+per peer sends what the scheduler planned. Hashing and disk writes run in a
+small thread pool (BLAKE3 and ``pwrite`` release the GIL), so the event loop
 keeps decrypting while chunks are checked.
+
+Time, as in aioquic's protocol: the download reads one injected clock and
+keeps one armed timer. After every event it asks what comes next (a request
+to expire, a progress event, a progress record, a dial to abandon, the next
+discovery round, the manifest and no-peer timeouts; :meth:`Download.next_deadline`)
+and arms the timer for the earliest; when the timer fires,
+:meth:`Download.handle_timer` does what is due. Nothing polls.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +53,7 @@ from ..events import (
 )
 from ..identity import PeerId
 from ..store import PartialDownload, Store, bit_get, bit_set, full_bitfield
+from ..tasks import TaskOwner
 from ..wire import messages as msg
 from ..wire.errors import ClosedByUs, ConnectionLost
 from .scheduler import REQUEST_TIMEOUT, Scheduler
@@ -61,18 +68,21 @@ CONNECT_TIMEOUT = 5.0
 """A dial (TCP + handshake) that takes longer is abandoned."""
 COMMIT_INTERVAL = 0.5
 """Seconds between durable progress records: at most this much verified work is re-checked after a crash."""
-TICK = 0.25
-"""Progress events and request expiry run this often."""
+PROGRESS_INTERVAL = 0.25
+"""Seconds between :class:`~p2p.events.DownloadProgress` events while chunks are fetched:
+often enough for a smooth bar, rarely enough to cost nothing."""
 RATE_WINDOW = 3.0
 """Seconds of history behind the reported rate."""
 REDISCOVER_INTERVAL = 5.0
-"""While short of peers, ask the DHT again this often."""
+"""Seconds between discovery rounds (the DHT and the given addresses are asked again)."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
 
 Address = tuple[str, int]
 Connector = Callable[[Address, PeerId | None], Awaitable[Any]]
 ProviderSource = Callable[[ContentId], AsyncIterator[tuple[PeerId | None, Sequence[Address]]]]
+Clock = Callable[[], float]
+"""Seconds on a monotonic clock; only differences matter."""
 
 
 @dataclass(frozen=True)
@@ -102,19 +112,25 @@ class _Peer:
 
 
 class Download:
-    """One running download. Create, then ``await run()``; cancel the task to pause."""
+    """One running download. Create, then ``await run()``; cancel the task to pause.
+
+    ``clock`` is where every time the download acts on comes from (default: the
+    running loop's clock). A test passes a fake one, moves it forward and calls
+    :meth:`handle_timer`; the download never sleeps on its own.
+    """
 
     def __init__(self, options: FetchOptions, *, store: Store, events: EventBus,
                  connect: Connector, providers: ProviderSource | None,
                  self_peer: PeerId, self_addrs: Callable[[], Sequence[Address]],
                  on_have: Callable[[bytes, int], None],
                  on_manifest: Callable[[Manifest], None],
-                 pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor,
+                 clock: Clock | None = None) -> None:
         self.options = options
         self.content_id = options.content_id
         self.store = store
         self.events = events
-        self._connect = connect
+        self._connector = connect
         self._providers = providers
         self._self_peer = self_peer
         self._self_addrs = self_addrs
@@ -123,8 +139,9 @@ class Download:
         self._pool = pool
         self._sync_pool = sync_pool
         """One thread for fdatasync + progress records: a slow disk never stalls chunk checks."""
-        self._commit: asyncio.Future[int] | None = None
         self._loop = asyncio.get_running_loop()
+        self._clock: Clock = clock if clock is not None else self._loop.time
+        self._tasks = TaskOwner(f"download {self.content_id.short()}", log)
         self.manifest: Manifest | None = None
         self.partial: PartialDownload | None = None
         self.scheduler: Scheduler | None = None
@@ -138,15 +155,30 @@ class Download:
         self._dialing = 0
         self._peer_slots = asyncio.Semaphore(MAX_PEERS)
         self._manifest_ready = asyncio.Event()
+        """Set when a verified manifest arrived, or when the download failed before one did."""
         self._finished = asyncio.Event()
-        self._fatal: P2PError | None = None
+        """Set when the download stops: every chunk held, failed, or (in run's cleanup) paused."""
+        self._fatal: Exception | None = None
         self._wrong_publisher: WrongPublisher | None = None
         self._wrong_publisher_at: float | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._started = time.monotonic()
+        # Time: one armed timer, and the deadlines it is armed from.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._started = self._clock()
+        self._alone_since: float | None = self._started
+        """When the last peer left (or the download began without one); None while one is connected."""
+        self._dial_deadlines: dict[asyncio.Timeout, float] = {}
+        self._rediscover = asyncio.Event()
+        self._rediscover_at: float | None = None
+        self._next_progress = math.inf
+        self._next_commit = math.inf
+        """Earliest start of the next progress record (one is started only if there is news)."""
+        self._commit: asyncio.Future[int] | None = None
+        self._recorded = 0
+        """:attr:`fetched_this_run` when the last progress record started."""
         self._bytes_this_run = 0
         self._history: collections.deque[tuple[float, int]] = collections.deque()
-        self._last_peer_seen = time.monotonic()
+        self._progress: DownloadProgress | None = None
         self.chunks_by_peer: collections.Counter[PeerId] = collections.Counter()
         self.fetched_this_run = 0
         """Chunks downloaded (verified) by this run: a resumed run never re-fetches recorded ones."""
@@ -167,59 +199,170 @@ class Download:
                  scheduler.peers[peer].strikes if scheduler and peer in scheduler.peers else 0)
                 for peer, state in self._peers.items()]
 
+    @property
+    def progress(self) -> DownloadProgress | None:
+        """The latest progress figures (chunks and bytes done, rate, ETA, peers): the last
+        :class:`~p2p.events.DownloadProgress` published. None until the transfer starts."""
+        return self._progress
+
     async def run(self) -> Path:
         """Fetch everything, verify it, put it in place. Returns the final path.
 
         Raises :class:`NotFound` when no provider answers within the timeout,
         :class:`IntegrityError` subclasses for a bad or wrongly signed manifest,
-        :class:`DiskFull` when the disk fills (progress kept).
+        :class:`DiskFull` when the disk fills (progress kept), :class:`NetworkError`
+        when every peer is gone for longer than the timeout (progress kept).
         """
-        result: Path | None = None
-        error: P2PError | None = None
-        # Errors are carried out of the task group by hand: raised inside it, they would
-        # come out wrapped in an ExceptionGroup.
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            try:
-                self._spawn(self._discover(), "discover")
-                self._spawn(self._dialer(), "dialer")
-                await self._await_manifest()
-                self._spawn(self._ticker(), "ticker")
-                self._pump()
+        try:
+            self._spawn(self._discover(), "discover")
+            self._spawn(self._dialer(), "dialer")
+            self._update()
+            await self._manifest_ready.wait()
+            if self._fatal is None:
+                await self._start_transfer()
+                self._update()
                 await self._finished.wait()
-                if self._fatal is not None:
-                    raise self._fatal
-                result = await self._complete()
-            except P2PError as exc:
-                error = exc
-            except OSError as exc:  # the destination's folder cannot be made, say
-                error = StoreError(f"cannot write the download: {exc}")
-            finally:
-                for task in list(self._tasks):
-                    task.cancel()
-                await self._close_all()
-                if self._commit is not None:
-                    with contextlib.suppress(P2PError, OSError):
-                        await self._commit
-                if self.partial is not None:
-                    if not self.partial.complete:
-                        with contextlib.suppress(P2PError, OSError):
-                            await self._loop.run_in_executor(self._sync_pool, self.partial.commit)
-                    # Also after a failed finalize (destination exists): release the lock,
-                    # keep the partial and its record for the next try. Idempotent.
-                    self.partial.close()
-        if error is not None:
-            raise error
-        assert result is not None
-        return result
+            if self._fatal is None:
+                return await self._complete()
+        except OSError as exc:  # the destination's folder cannot be made, say
+            raise StoreError(f"cannot write the download: {exc}") from exc
+        finally:
+            await self._stop()
+        # Raised once everything is closed and the progress is recorded.
+        raise self._fatal
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = self._tg.create_task(coro, name=f"{name} {self.content_id.short()}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def next_deadline(self) -> float | None:
+        """When, on the download's clock, :meth:`handle_timer` next has something to do.
+
+        None when nothing is pending on time alone (or the download stopped).
+        """
+        if self._finished.is_set():
+            return None
+        times = list(self._dial_deadlines.values())
+        if self._rediscover_at is not None:
+            times.append(self._rediscover_at)
+        scheduler = self.scheduler
+        if self.manifest is None:
+            times.append(self._started + self.options.timeout)
+            if self._wrong_publisher_at is not None:
+                times.append(self._wrong_publisher_at + WRONG_PUBLISHER_GRACE)
+        elif scheduler is not None:
+            requests = scheduler.next_deadline(REQUEST_TIMEOUT)
+            if requests is not None:
+                times.append(requests)
+            times.append(self._next_progress)
+            if self._commit is None and self.fetched_this_run != self._recorded:
+                times.append(self._next_commit)
+            if not self._peers and not self._dialing and self._alone_since is not None:
+                times.append(self._alone_since + self.options.timeout)
+        deadline = min(times, default=math.inf)
+        return None if deadline == math.inf else deadline
+
+    def handle_timer(self) -> None:
+        """Do everything due by the download's clock, then arm the timer for what is next.
+
+        The armed timer calls this. A test that moved a fake clock forward calls it
+        too: the download cannot know when a fake clock moves.
+        """
+        self._disarm()
+        if self._finished.is_set():
+            return
+        now = self._clock()
+        for scope, deadline in list(self._dial_deadlines.items()):
+            if now >= deadline:
+                del self._dial_deadlines[scope]
+                scope.reschedule(-math.inf)  # already past: the dial times out at once
+        if self._rediscover_at is not None and now >= self._rediscover_at:
+            self._rediscover_at = None
+            self._rediscover.set()
+        if self.manifest is None:
+            self._check_manifest_deadline(now)
+        elif self.scheduler is not None:
+            self._check_transfer_deadlines(now)
+        self._update()
+
+    # -- time --------------------------------------------------------------------------
+
+    def _update(self) -> None:
+        """After every event: send what the scheduler plans now, then arm the timer."""
+        if self._finished.is_set():
+            return
+        scheduler = self.scheduler
+        if scheduler is not None:
+            cid = self.content_id.digest
+            for peer, index in scheduler.plan(self._clock()):
+                state = self._peers.get(peer)
+                if state is None:  # pragma: no cover - scheduler and peer table move together
+                    scheduler.remove_peer(peer)
+                    continue
+                state.outbox.put_nowait(msg.Request(cid, index))
+                self.events.publish(ChunkRequested(self.content_id, index, peer))
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.next_deadline()
+        if deadline is None:
+            return  # a timer still armed fires, finds nothing due and is not armed again
+        if self._timer is not None:
+            assert self._timer_at is not None
+            if self._timer_at <= deadline:
+                return  # it fires first and arms again then: no churn per event
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(max(0.0, deadline - self._clock()), self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        try:
+            self.handle_timer()
+        except Exception as exc:  # a bug: end the download with it rather than stall it
+            log.exception("download %s: timer failed", self.content_id.short())
+            self._fail(exc)
+
+    def _check_manifest_deadline(self, now: float) -> None:
+        deadline = self._started + self.options.timeout
+        wrong, wrong_at = self._wrong_publisher, self._wrong_publisher_at
+        if wrong is not None and wrong_at is not None and \
+                (now >= wrong_at + WRONG_PUBLISHER_GRACE or now >= deadline):
+            self._fail(wrong)
+        elif now >= deadline:
+            self._fail(NotFound(f"no peer provided {self.content_id} within {self.options.timeout:g} s"))
+
+    def _check_transfer_deadlines(self, now: float) -> None:
+        scheduler, partial = self.scheduler, self.partial
+        assert scheduler is not None and partial is not None
+        for peer, index in scheduler.expire(now, REQUEST_TIMEOUT):
+            state = self._peers.get(peer)
+            if state is not None:
+                state.outbox.put_nowait(msg.Cancel(self.content_id.digest, index))
+        if self._commit is None and self.fetched_this_run != self._recorded and now >= self._next_commit:
+            self._start_commit(now)
+        if not self._peers and not self._dialing and self._alone_since is not None \
+                and now >= self._alone_since + self.options.timeout:
+            self._fail(NetworkError(
+                f"no peer to download {self.content_id} from for {self.options.timeout:g} s; "
+                f"progress is kept ({partial.done}/{partial.chunk_map.count} chunks)"))
+            return
+        if now >= self._next_progress:
+            self._publish_progress(now)
 
     # -- sources and dialling ------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = self._tasks.spawn(coro, name)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        # The owner logs it; the download ends with it (each task catches what it expects).
+        if not task.cancelled() and (exc := task.exception()) is not None \
+                and isinstance(exc, Exception):
+            self._fail(exc)
 
     def _add_candidate(self, peer: PeerId | None, addr: Address) -> None:
         if peer is not None and (peer == self._self_peer or peer in self._peers
@@ -231,11 +374,11 @@ class Download:
         self._candidates.put_nowait((peer, addr))
 
     async def _discover(self) -> None:
-        for addr in self.options.peers:
-            self._add_candidate(None, addr)
-        if self._providers is None:
-            return
-        while not self._finished.is_set():
+        while True:
+            for addr in self.options.peers:
+                self._add_candidate(None, addr)
+            if self._providers is None:
+                return
             try:
                 async for peer, addrs in self._providers(self.content_id):
                     for addr in addrs:
@@ -243,12 +386,13 @@ class Download:
             except P2PError as exc:
                 log.debug("provider lookup for %s: %s", self.content_id.short(), exc)
             # Look again later for new providers (partial seeders appear as they start).
-            await asyncio.sleep(REDISCOVER_INTERVAL)
+            self._rediscover.clear()
+            self._rediscover_at = self._clock() + REDISCOVER_INTERVAL
+            self._update()
+            await self._rediscover.wait()
             # Addresses may be dialled again: a provider whose connection dropped may still
             # be there (a ticket's address above all, when there is no DHT to ask).
             self._tried.clear()
-            for addr in self.options.peers:
-                self._add_candidate(None, addr)
 
     async def _dialer(self) -> None:
         slots = asyncio.Semaphore(CONNECT_PARALLEL)
@@ -260,31 +404,47 @@ class Download:
             self._spawn(self._dial(peer, addr, slots), f"dial {addr}")
 
     async def _dial(self, peer: PeerId | None, addr: Address, slots: asyncio.Semaphore) -> None:
+        conn = None
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                conn = await self._connect(addr, peer)
+            conn = await self._connect_in_time(addr, peer)
         except (P2PError, OSError, TimeoutError) as exc:
             log.debug("dial %s failed: %s", addr, exc)
             self._peer_slots.release()
-            return
         finally:
             self._dialing -= 1
             slots.release()
+        if conn is None:
+            self._update()  # the no-peer timeout may be due now
+            return
         remote: PeerId = conn.remote_peer
         if remote == self._self_peer or remote in self._peers or self.store.is_banned(remote):
             self._peer_slots.release()
+            self._update()
             await conn.aclose("duplicate or banned")
             return
-        self._spawn(self._serve_peer(conn, addr), f"peer {remote.short()}")
+        # Registered here, not in the peer's task: there is no moment between the dial and
+        # the peer's task in which the download has neither a peer nor a dial.
+        state = _Peer(conn, remote, asyncio.Queue(), addr)
+        self._peers[remote] = state
+        self._connected_addrs.add(addr)
+        self._alone_since = None
+        self._spawn(self._serve_peer(state), f"peer {remote.short()}")
+        self._update()
+
+    async def _connect_in_time(self, addr: Address, peer: PeerId | None) -> Any:
+        """Dial, abandoned by :meth:`handle_timer` at ``CONNECT_TIMEOUT`` on the download's clock."""
+        async with asyncio.timeout(None) as scope:
+            self._dial_deadlines[scope] = self._clock() + CONNECT_TIMEOUT
+            self._arm()
+            try:
+                return await self._connector(addr, peer)
+            finally:
+                self._dial_deadlines.pop(scope, None)
 
     # -- one peer ------------------------------------------------------------------------
 
-    async def _serve_peer(self, conn: Any, addr: Address) -> None:
-        peer: PeerId = conn.remote_peer
-        state = _Peer(conn, peer, asyncio.Queue(), addr)
-        self._peers[peer] = state
-        self._connected_addrs.add(addr)
-        self._last_peer_seen = time.monotonic()
+    async def _serve_peer(self, state: _Peer) -> None:
+        peer, conn = state.peer, state.conn
         self.events.publish(PeerConnected(peer, conn.remote_address, inbound=False))
         reason = "done"
         writer = self._spawn(self._writer(state), f"writer {peer.short()}")
@@ -333,9 +493,11 @@ class Download:
         if state is None:
             return
         self._connected_addrs.discard(state.address)
+        if not self._peers:
+            self._alone_since = self._clock()
         if self.scheduler is not None:
             self.scheduler.remove_peer(peer)
-            self._pump()
+        self._update()
         self.events.publish(PeerDropped(peer, reason))
 
     def _handle(self, state: _Peer, message: msg.Message) -> None:
@@ -349,7 +511,7 @@ class Download:
             case msg.Have(content_id=cid, index=index) if cid == self.content_id.digest:
                 if self.scheduler is not None:
                     self.scheduler.add_have(state.peer, index)
-                    self._pump()
+                    self._update()
                 elif state.bitfield is not None:
                     count, bits = state.bitfield
                     if 0 <= index < count:
@@ -361,8 +523,8 @@ class Download:
             case msg.Reject(content_id=cid, index=index, reason=reason) if cid == self.content_id.digest:
                 if self.scheduler is not None:
                     busy = reason == msg.RejectReason.TOO_MANY_IN_FLIGHT
-                    self.scheduler.on_reject(state.peer, index, time.monotonic(), busy=busy)
-                    self._pump()
+                    self.scheduler.on_reject(state.peer, index, self._clock(), busy=busy)
+                    self._update()
             case msg.Ping(nonce=nonce):
                 # Not queued: a peer that pings but never reads must not grow our memory.
                 state.conn.send_nowait(msg.Pong(nonce))
@@ -378,7 +540,8 @@ class Download:
             # the right publisher's; give it a moment, then fail with this error.
             self._wrong_publisher = exc
             if self._wrong_publisher_at is None:
-                self._wrong_publisher_at = time.monotonic()
+                self._wrong_publisher_at = self._clock()
+                self._arm()
             return
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
             self._ban(state.peer, f"bad manifest: {exc}")
@@ -386,22 +549,6 @@ class Download:
         self.manifest = manifest
         self._on_manifest(manifest)
         self._manifest_ready.set()
-
-    async def _await_manifest(self) -> None:
-        deadline = time.monotonic() + self.options.timeout
-        while not self._manifest_ready.is_set():
-            now = time.monotonic()
-            if self._wrong_publisher is not None and self._wrong_publisher_at is not None \
-                    and now - self._wrong_publisher_at >= WRONG_PUBLISHER_GRACE:
-                raise self._wrong_publisher
-            if now >= deadline:
-                if self._wrong_publisher is not None:
-                    raise self._wrong_publisher
-                raise NotFound(f"no peer provided {self.content_id} within {self.options.timeout:g} s")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(TICK, deadline - now)):
-                    await self._manifest_ready.wait()
-        await self._start_transfer()
 
     async def _start_transfer(self) -> None:
         manifest = self.manifest
@@ -421,7 +568,10 @@ class Download:
         chunk_size = first.chunk_size if first else 1 << 20
         held = [i for i in range(self.partial.chunk_map.count) if bit_get(self.partial.bits, i)]
         self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size)
-        self._history.append((time.monotonic(), self._bytes_done()))
+        now = self._clock()
+        self._history.append((now, self._bytes_this_run))
+        self._next_progress = now + PROGRESS_INTERVAL
+        self._next_commit = now + COMMIT_INTERVAL
         self.events.publish(DownloadStarted(self.content_id, manifest.name, manifest.total_size,
                                             self.partial.chunk_map.count, len(held), tuple(held)))
         for state in list(self._peers.values()):  # a bad bitfield bans (removes) its peer
@@ -444,7 +594,7 @@ class Download:
         full = bits == full_bitfield(count)
         indexes = () if full else [i for i in range(count) if bit_get(bits, i)]
         self.scheduler.set_bitfield(state.peer, indexes, full=full)
-        self._pump()
+        self._update()
 
     # -- chunks ------------------------------------------------------------------------
 
@@ -474,7 +624,7 @@ class Download:
             self._checking.discard((state.peer, index))
         if state.peer not in scheduler.peers:
             return
-        outcome = scheduler.on_data(state.peer, index, ok, nbytes, time.monotonic())
+        outcome = scheduler.on_data(state.peer, index, ok, nbytes, self._clock())
         for other, idx in outcome.cancel:
             other_state = self._peers.get(other)
             if other_state is not None:
@@ -493,7 +643,7 @@ class Download:
             if scheduler.complete:
                 self._finished.set()
                 return
-        self._pump()
+        self._update()
 
     def _check_and_write(self, index: int, payload: Any) -> bool:
         partial = self.partial
@@ -509,64 +659,45 @@ class Download:
         self.events.publish(PeerBanned(peer, reason))
         state = self._peers.get(peer)
         self._drop(peer, f"banned: {reason}")
-        if state is not None:
+        # Closing wakes the peer's reader if it is waiting; once the download stops,
+        # the reader's own cleanup closes it.
+        if state is not None and not self._tasks.closed:
             self._spawn(state.conn.aclose(f"banned: {reason}"), "close banned")
 
-    def _pump(self) -> None:
-        scheduler = self.scheduler
-        if scheduler is None or self._finished.is_set():
-            return
-        cid = self.content_id.digest
-        for peer, index in scheduler.plan(time.monotonic()):
-            state = self._peers.get(peer)
-            if state is None:  # pragma: no cover - scheduler and peer table move together
-                scheduler.remove_peer(peer)
-                continue
-            state.outbox.put_nowait(msg.Request(cid, index))
-            self.events.publish(ChunkRequested(self.content_id, index, peer))
-
-    def _fail(self, exc: P2PError) -> None:
+    def _fail(self, exc: Exception) -> None:
+        """Stop the download with ``exc``: run() wakes from whichever wait it is in and raises it."""
         if self._fatal is None:
             self._fatal = exc
         self._finished.set()
+        self._manifest_ready.set()
+        self._disarm()
 
-    # -- housekeeping ------------------------------------------------------------------
+    # -- durability and progress -------------------------------------------------------
 
-    async def _ticker(self) -> None:
-        last_commit = time.monotonic()
-        while not self._finished.is_set():
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            scheduler, partial = self.scheduler, self.partial
-            assert scheduler is not None and partial is not None
-            for peer, index in scheduler.expire(now, REQUEST_TIMEOUT):
-                state = self._peers.get(peer)
-                if state is not None:
-                    state.outbox.put_nowait(msg.Cancel(self.content_id.digest, index))
-            self._pump()
-            if now - last_commit >= COMMIT_INTERVAL:
-                commit = self._commit
-                if commit is not None and commit.done():
-                    self._commit = None
-                    failure = commit.exception()
-                    if failure is not None:
-                        # After a failed fdatasync the kernel may have dropped the dirty pages;
-                        # recording more progress could claim bytes that are not on disk.
-                        self._fail(failure if isinstance(failure, P2PError) else
-                                   StoreError(f"cannot record progress of {partial.partial_path}: {failure}"))
-                        return
-                if self._commit is None:
-                    # Not awaited: the next one starts once this one is done.
-                    last_commit = now
-                    self._commit = self._loop.run_in_executor(self._sync_pool, partial.commit)
-            if self._peers:
-                self._last_peer_seen = now
-            elif now - self._last_peer_seen > self.options.timeout and not self._dialing:
-                self._fail(NetworkError(
-                    f"no peer to download {self.content_id} from for {self.options.timeout:g} s; "
-                    f"progress is kept ({partial.done}/{partial.chunk_map.count} chunks)"))
-                return
-            self._publish_progress(now)
+    def _start_commit(self, now: float) -> None:
+        partial = self.partial
+        assert partial is not None
+        self._recorded = self.fetched_this_run
+        self._next_commit = now + COMMIT_INTERVAL
+        # Not awaited here: the next one starts once this one is done (see _committed).
+        self._commit = commit = self._loop.run_in_executor(self._sync_pool, partial.commit)
+        commit.add_done_callback(self._committed)
+
+    def _committed(self, commit: asyncio.Future[int]) -> None:
+        if self._commit is commit:
+            self._commit = None
+        if commit.cancelled() or self._finished.is_set():
+            return  # run() has its own last record to make
+        failure = commit.exception()
+        if failure is not None:
+            # After a failed fdatasync the kernel may have dropped the dirty pages;
+            # recording more progress could claim bytes that are not on disk.
+            partial = self.partial
+            assert partial is not None
+            self._fail(failure if isinstance(failure, P2PError) else
+                       StoreError(f"cannot record progress of {partial.partial_path}: {failure}"))
+            return
+        self._arm()  # the next record may be due
 
     def _bytes_done(self) -> int:
         partial = self.partial
@@ -579,6 +710,7 @@ class Download:
     def _publish_progress(self, now: float) -> None:
         partial = self.partial
         assert partial is not None
+        self._next_progress = now + PROGRESS_INTERVAL
         done_bytes = self._bytes_done()
         self._history.append((now, self._bytes_this_run))
         while len(self._history) > 2 and now - self._history[0][0] > RATE_WINDOW:
@@ -587,28 +719,43 @@ class Download:
         rate = (self._bytes_this_run - b0) / (now - t0) if now > t0 else 0.0
         size = partial.manifest.total_size
         eta = (size - done_bytes) / rate if rate > 0 else None
-        self.events.publish(DownloadProgress(self.content_id, partial.done, partial.chunk_map.count,
-                                             done_bytes, size, rate, eta, len(self._peers)))
+        self._progress = DownloadProgress(self.content_id, partial.done, partial.chunk_map.count,
+                                          done_bytes, size, rate, eta, len(self._peers))
+        self.events.publish(self._progress)
 
     async def _complete(self) -> Path:
         partial = self.partial
         assert partial is not None
-        self._publish_progress(time.monotonic())
+        now = self._clock()
+        self._publish_progress(now)
         if self._commit is not None:  # let a progress record in flight land first
             with contextlib.suppress(P2PError, OSError):
                 await self._commit
             self._commit = None
         path = await self._loop.run_in_executor(self._sync_pool, partial.finalize)
-        seconds = time.monotonic() - self._started
+        seconds = self._clock() - self._started
         self.events.publish(DownloadCompleted(
             self.content_id, str(path), partial.manifest.total_size, seconds,
             {str(p): n for p, n in self.chunks_by_peer.items()}))
         return path
 
-    async def _close_all(self) -> None:
+    async def _stop(self) -> None:
+        """Close everything the download started; keep its progress. Runs once, at the end of run()."""
+        self._finished.set()
+        self._disarm()
+        await self._tasks.aclose()
         peers = list(self._peers.values())
         self._peers.clear()
         for state in peers:
             with contextlib.suppress(Exception):
                 await state.conn.aclose("download finished")
-
+        if self._commit is not None:
+            with contextlib.suppress(P2PError, OSError):
+                await self._commit
+        if self.partial is not None:
+            if not self.partial.complete:
+                with contextlib.suppress(P2PError, OSError):
+                    await self._loop.run_in_executor(self._sync_pool, self.partial.commit)
+            # Also after a failed finalize (destination exists): release the lock,
+            # keep the partial and its record for the next try. Idempotent.
+            self.partial.close()

@@ -3,7 +3,9 @@
 Sans-IO: it holds no sockets and reads no clock. The driver
 (:mod:`p2p.swarm.download`) feeds it what happened (a peer joined, sent its
 bitfield, delivered or botched a chunk) with the current time ``now`` and asks
-it what to do next (:meth:`Scheduler.plan`, :meth:`Scheduler.expire`).
+it what to do next (:meth:`Scheduler.plan`, :meth:`Scheduler.expire`) and when
+to ask again if nothing happens meanwhile (:meth:`Scheduler.next_deadline`).
+The times it is given never decrease.
 
 Policy, in the order it is applied:
 
@@ -53,6 +55,8 @@ RATE_HALF_LIFE = 1.0
 """Seconds over which a peer's measured rate forgets half its history."""
 REORDER_INTERVAL = 0.2
 """Rarest-first order is rebuilt at most this often when availability changes."""
+BUSY_BACKOFF = 0.05
+"""After a peer rejects a request as one too many in flight, it is not asked again for this long."""
 
 Peer = Any
 """Any hashable key naming a peer (the driver uses PeerId)."""
@@ -67,17 +71,18 @@ class PeerState:
     seeder: bool = False
     """Has every chunk (its bitfield was full)."""
     inflight: dict[int, float] = field(default_factory=dict)
-    """Chunk -> time requested."""
+    """Chunk -> time requested, oldest first (requests are added in time order)."""
     rate: float = 0.0
     """Bytes per second, exponentially smoothed."""
     last_rate_update: float | None = None
     delivered: int = 0
     """Chunks this peer delivered that verified."""
-    bytes_delivered: int = 0
     strikes: int = 0
+    """Chunks it sent that failed their hash."""
     timeouts: int = 0
+    """Requests to it that expired unanswered."""
     choked_until: float = 0.0
-    """After a reject, do not ask this peer again until then."""
+    """After a busy reject, do not ask this peer again until then (0: not choked)."""
 
     def has(self, index: int) -> bool:
         return self.seeder or index in self.bits
@@ -129,12 +134,6 @@ class Scheduler:
     def outstanding(self) -> int:
         """Chunks requested and not yet received."""
         return len(self._requested)
-
-    def available_anywhere(self) -> bool:
-        """Some connected peer has some chunk we still need."""
-        if self._seeders:
-            return not self.complete
-        return any(self._availability[i] for i in range(self.chunk_count) if i not in self.held)
 
     # -- peers -----------------------------------------------------------------------
 
@@ -191,15 +190,6 @@ class Scheduler:
             self._seeders += 1
         self._order_dirty = True
 
-    def interesting(self, peer: Peer) -> bool:
-        """Whether ``peer`` has anything we still need."""
-        state = self.peers.get(peer)
-        if state is None:
-            return False
-        if state.seeder:
-            return not self.complete
-        return any(i not in self.held for i in state.bits)
-
     # -- planning ----------------------------------------------------------------------
 
     def depth(self, peer: Peer) -> int:
@@ -217,22 +207,32 @@ class Scheduler:
         budget = self.budget - sum(len(state.inflight) for state in self.peers.values())
         # Faster peers choose first, so scarce chunks and the shared budget go where they
         # arrive soonest.
+        ready = []
         for peer, state in sorted(self.peers.items(), key=lambda kv: -kv[1].rate):
-            if state.choked_until > now:
-                continue
-            room = min(self.depth(peer) - len(state.inflight), budget)
-            if not state.inflight:
-                room = max(room, 1)  # every peer keeps one request, so its rate stays known
-            while room > 0:
-                index = self._pick(peer, state)
-                if index is None:
-                    index = self._pick_endgame(peer, state)
+            if state.choked_until:
+                if state.choked_until > now:
+                    continue
+                state.choked_until = 0.0  # over: no longer a deadline
+            ready.append((peer, state))
+        # While some chunk has a suspect (a peer that timed out on it or sent it bad), every
+        # peer first takes only chunks it is no suspect for; a suspect gets its chunk back
+        # (and the end game starts) only after that, so the chunk goes to another peer first.
+        passes = (False, True) if self._avoid else (True,)
+        for last in passes:
+            for peer, state in ready:
+                room = min(self.depth(peer) - len(state.inflight), budget)
+                if not state.inflight:
+                    room = max(room, 1)  # every peer keeps one request, so its rate stays known
+                while room > 0:
+                    index = self._pick(peer, state, suspect_too=last)
+                    if index is None and last:
+                        index = self._pick_endgame(peer, state)
                     if index is None:
                         break
-                self._request(peer, state, index, now)
-                out.append((peer, index))
-                room -= 1
-                budget -= 1
+                    self._request(peer, state, index, now)
+                    out.append((peer, index))
+                    room -= 1
+                    budget -= 1
         return out
 
     def _maybe_reorder(self, now: float) -> None:
@@ -249,7 +249,9 @@ class Scheduler:
         self._order_dirty = False
         self._order_built_at = now
 
-    def _pick(self, peer: Peer, state: PeerState) -> int | None:
+    def _pick(self, peer: Peer, state: PeerState, *, suspect_too: bool) -> int | None:
+        """The next unrequested chunk for ``peer`` in rarest-first order; one it is a suspect
+        for only with ``suspect_too`` and when there is no other."""
         order = self._order
         # Skip the prefix that is done or requested for good; it only grows.
         while self._cursor < len(order) and order[self._cursor] in self.held:
@@ -260,7 +262,7 @@ class Scheduler:
             if index in self.held or index in self._requested or not state.has(index):
                 continue
             if peer in self._avoid.get(index, ()):
-                if fallback is None:
+                if fallback is None and suspect_too:
                     fallback = index
                 continue
             return index
@@ -318,7 +320,6 @@ class Scheduler:
             return DataOutcome(False)
         self.held.add(index)
         state.delivered += 1
-        state.bytes_delivered += nbytes
         self._avoid.pop(index, None)
         others = tuple((p, index) for p in self._requested.pop(index, set()))
         for p, _ in others:
@@ -332,7 +333,7 @@ class Scheduler:
             return
         self._unrequest(peer, index)
         if busy:
-            state.choked_until = now + 0.05
+            state.choked_until = now + BUSY_BACKOFF
         else:
             if state.seeder:
                 state.seeder = False
@@ -362,9 +363,21 @@ class Scheduler:
         return expired
 
     def next_deadline(self, timeout: float = REQUEST_TIMEOUT) -> float | None:
-        """When :meth:`expire` next has something to do, or None."""
-        times = [t for s in self.peers.values() for t in s.inflight.values()]
-        return min(times) + timeout if times else None
+        """When to call :meth:`expire` and :meth:`plan` again if nothing else happens first.
+
+        The earliest of: the oldest request in flight reaching ``timeout``, and a choked
+        peer's pause ending. None when neither is pending. Cheap (one look per peer), so
+        a driver may ask after every event.
+        """
+        best: float | None = None
+        for state in self.peers.values():
+            if state.inflight:
+                oldest = next(iter(state.inflight.values())) + timeout
+                if best is None or oldest < best:
+                    best = oldest
+            if state.choked_until and (best is None or state.choked_until < best):
+                best = state.choked_until
+        return best
 
     def _update_rate(self, state: PeerState, nbytes: int, now: float) -> None:
         if state.last_rate_update is None:

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from p2p.swarm.scheduler import (
+    BUSY_BACKOFF,
     ENDGAME_DUPLICATES,
     INITIAL_INFLIGHT,
     MAX_INFLIGHT,
@@ -176,6 +177,64 @@ def test_timed_out_requests_go_to_another_peer() -> None:
     assert s.peers["quick"].delivered == 8
 
 
+def test_timed_out_chunk_goes_to_a_new_peer_before_its_silent_holders_take_it_back() -> None:
+    # Two silent peers hold the only chunk (the end game allows two copies), so the seeder
+    # that joins later is not asked for it. Once both requests time out, the seeder is
+    # asked first; before, the silent peers (all rates 0, they were first) took it back
+    # every time and the download never completed.
+    s = make(1)
+    join(s, "silent1")
+    join(s, "silent2")
+    assert sorted(s.plan(0.0)) == [("silent1", 0), ("silent2", 0)]
+    join(s, "seeder")
+    assert s.plan(1.0) == []
+    assert sorted(s.expire(REQUEST_TIMEOUT)) == [("silent1", 0), ("silent2", 0)]
+    assert s.plan(REQUEST_TIMEOUT) == [("seeder", 0)]
+    s.on_data("seeder", 0, True, CHUNK, REQUEST_TIMEOUT + 0.1)
+    assert s.complete
+
+
+def test_next_deadline_is_the_oldest_request_over_all_peers_plus_the_timeout() -> None:
+    s = make(100)
+    assert s.next_deadline() is None
+    join(s, "a")
+    first = [i for _, i in s.plan(10.0)]
+    join(s, "b")
+    s.plan(12.0)
+    assert s.next_deadline() == 10.0 + REQUEST_TIMEOUT
+    assert s.next_deadline(3.0) == 13.0
+    for index in first:  # a answers everything: b's requests are now the oldest
+        s.on_data("a", index, True, CHUNK, 13.0)
+    assert s.next_deadline() == 12.0 + REQUEST_TIMEOUT
+    s.plan(13.0)  # a asked again, later than b
+    assert s.next_deadline() == 12.0 + REQUEST_TIMEOUT
+    assert s.expire(12.0 + REQUEST_TIMEOUT - 0.001) == []
+    assert {p for p, _ in s.expire(12.0 + REQUEST_TIMEOUT)} == {"b"}
+    assert s.next_deadline() == 13.0 + REQUEST_TIMEOUT
+
+
+def test_busy_peer_is_a_deadline_until_its_pause_ends() -> None:
+    s = make(10)
+    join(s, "a")
+    first = s.plan(0.0)
+    s.on_reject("a", first[0][1], 1.0, busy=True)
+    assert s.next_deadline() == 1.0 + BUSY_BACKOFF  # sooner than any request's timeout
+    assert s.plan(1.0 + BUSY_BACKOFF / 2) == []
+    assert s.next_deadline() == 1.0 + BUSY_BACKOFF
+    assert [p for p, _ in s.plan(1.0 + BUSY_BACKOFF)] == ["a"]
+    # The pause is over: it is no deadline any more (a driver would wake for nothing, forever).
+    assert s.next_deadline() == 0.0 + REQUEST_TIMEOUT
+
+
+def test_nothing_in_flight_means_no_deadline() -> None:
+    s = make(2)
+    join(s, "a")
+    for peer, index in s.plan(0.0):
+        s.on_data(peer, index, True, CHUNK, 0.5)
+    assert s.complete
+    assert s.next_deadline() is None
+
+
 # -- strikes and rejects -------------------------------------------------------------------
 
 
@@ -237,8 +296,7 @@ def test_remove_peer_releases_its_requests() -> None:
     assert sorted(released) == sorted(plan["gone"])
     assert s.outstanding == len(plan["only-evens"])
     assert "gone" not in s.peers
-    # Odd chunks were only on the departed seeder.
-    assert s.available_anywhere()
+    # Odd chunks were only on the departed seeder: they are asked of nobody.
     for _, index in s.plan(1.0):
         assert index % 2 == 0
     for index in list(s.peers["only-evens"].inflight):
@@ -246,7 +304,8 @@ def test_remove_peer_releases_its_requests() -> None:
     while s.plan(2.0):
         for index in list(s.peers["only-evens"].inflight):
             s.on_data("only-evens", index, True, CHUNK, 2.0)
-    assert not s.available_anywhere()
+    assert s.held == set(range(0, 10, 2))
+    assert s.outstanding == 0
     assert s.remove_peer("gone") == []
 
 
@@ -295,7 +354,14 @@ def run_random_events(count: int, held: set[int], others: list[set[int]],
                 assert index not in s.held
                 holders[index] = holders.get(index, 0) + 1
         assert all(n <= ENDGAME_DUPLICATES for n in holders.values())
+        check_deadline()
         return plan
+
+    def check_deadline() -> None:
+        """next_deadline() (one look per peer) agrees with a scan of every request and pause."""
+        times = [t + REQUEST_TIMEOUT for st_ in s.peers.values() for t in st_.inflight.values()]
+        times += [st_.choked_until for st_ in s.peers.values() if st_.choked_until]
+        assert s.next_deadline() == min(times, default=None)
 
     def pick(r: int) -> tuple[str, int] | None:
         pairs = sorted((p, i) for p, st_ in s.peers.items() for i in st_.inflight)
@@ -336,6 +402,7 @@ def run_random_events(count: int, held: set[int], others: list[set[int]],
                 s.add_have(peers[r % len(peers)], r % count)
         else:
             now += (r % 1000) / 1000
+        check_deadline()
 
     if others_leave:
         for peer in [p for p in s.peers if p != "seeder"]:

@@ -1,0 +1,335 @@
+"""The download's timeouts and periodic work, on a fake clock.
+
+Each test runs one :class:`~p2p.swarm.download.Download` against real chunk
+servers on 127.0.0.1 (port 0) with its clock injected: the test moves the clock
+and calls ``handle_timer()``, so nothing waits for real time to pass and no
+test depends on how fast this machine is. Every wait for something to happen
+is bounded by ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from p2p.content import ContentId
+from p2p.errors import NetworkError, NotFound, WrongPublisher
+from p2p.events import (
+    ChunkRequested,
+    ChunkVerified,
+    DownloadCompleted,
+    DownloadProgress,
+    DownloadStarted,
+    PeerDropped,
+)
+from p2p.identity import Identity, PeerId
+from p2p.swarm.download import (
+    COMMIT_INTERVAL,
+    CONNECT_TIMEOUT,
+    PROGRESS_INTERVAL,
+    REDISCOVER_INTERVAL,
+    WRONG_PUBLISHER_GRACE,
+)
+from p2p.swarm.scheduler import REQUEST_TIMEOUT
+from p2p.wire.errors import ConnectionLost
+from p2p.wire.messages import Bitfield, Cancel, Data, Manifest, Message, Request
+from p2p.wire.transport import Connection
+
+from .conftest import drain, wait_for
+from .doubles import Address, Dialer, FakeClock, Holder, make_content, running_download, seeders
+
+T = 30
+"""Bound on any single awaited step (real seconds, on a loaded machine): never reached when
+the code works, so no test depends on it."""
+
+
+def of(kind: type, events: list) -> list:  # type: ignore[type-arg]
+    return [e for e in events if isinstance(e, kind)]
+
+
+def providers_from(addresses: list[Address]):  # type: ignore[no-untyped-def]
+    """A provider source that yields, at each discovery round, the addresses listed then."""
+    async def providers(content_id: ContentId) -> AsyncIterator[tuple[PeerId | None, list[Address]]]:
+        for addr in list(addresses):
+            yield None, [addr]
+    return providers
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+async def test_unanswered_request_times_out_on_the_clock_and_the_chunk_goes_to_another_peer(
+        tmp_path: Path) -> None:
+    content = make_content(1)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content), Holder(content), Holder(content)) as (
+            deaf1, deaf2, honest):
+        # Two peers that claim every chunk and never answer hold the only chunk (the end game
+        # allows two copies); the honest seeder is found at the next discovery round.
+        dialer = Dialer(deaf=[deaf1.address, deaf2.address])
+        found: list[Address] = []
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[deaf1.address, deaf2.address],
+                                    providers=providers_from(found)) as rig:
+            asked = set()
+            while len(asked) < 2:
+                event = await wait_for(rig.events, lambda e: isinstance(e, ChunkRequested))
+                asked.add(event.peer)
+            assert asked == {deaf1.peer, deaf2.peer}
+            found.append(honest.address)
+            clock.advance(REDISCOVER_INTERVAL)
+            rig.download.handle_timer()
+            conn = await dialer.connection(honest.address)
+            await conn.received(Bitfield).wait()
+            assert not of(ChunkRequested, drain(rig.events))  # both copies are out already
+            assert not rig.run.done()
+
+            clock.advance(REQUEST_TIMEOUT - REDISCOVER_INTERVAL)  # since the chunk was asked for
+            rig.download.handle_timer()
+            await rig.run
+            events = drain(rig.events)
+    assert [e.peer for e in of(ChunkRequested, events)] == [honest.peer]
+    assert [e.peer for e in of(ChunkVerified, events)] == [honest.peer]
+    assert (tmp_path / "dl" / "downloads" / "movie.bin").read_bytes() == content.data
+    # The timed-out requests were cancelled at the deaf peers.
+    for deaf in (deaf1, deaf2):
+        [watched] = dialer.connections[deaf.address]
+        assert Cancel(content.content_id.digest, 0) in watched.sent
+
+
+async def test_request_is_not_expired_before_its_timeout(tmp_path: Path) -> None:
+    content = make_content(1)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content)) as [deaf]:
+        dialer = Dialer(deaf=[deaf.address])
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[deaf.address]) as rig:
+            await wait_for(rig.events, lambda e: isinstance(e, ChunkRequested))
+            asked_at = clock.now
+            assert rig.download.next_deadline() == asked_at + PROGRESS_INTERVAL
+            clock.advance(REQUEST_TIMEOUT - 0.001)
+            rig.download.handle_timer()
+            # Requests are planned (and their events published) as handle_timer runs: an
+            # expired one would have gone straight back to the only peer.
+            assert not of(ChunkRequested, drain(rig.events))
+            clock.advance(0.001)
+            rig.download.handle_timer()
+            assert [e.peer for e in of(ChunkRequested, drain(rig.events))] == [deaf.peer]
+            [conn] = dialer.connections[deaf.address]
+            await conn.sent_one(Cancel).wait()
+            assert [type(m) for m in conn.sent[2:]] == [Request, Cancel, Request]
+
+
+# -- before the manifest ----------------------------------------------------------------------
+
+
+async def test_no_manifest_within_the_timeout_raises_not_found_and_writes_nothing(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    missing = make_content(1).content_id
+    async with asyncio.timeout(T), running_download(tmp_path, missing, clock, timeout=20) as rig:
+        start = clock.now
+        assert rig.download.next_deadline() == start + 20
+        clock.advance(20 - 0.001)
+        rig.download.handle_timer()
+        assert rig.download.next_deadline() == start + 20  # still waiting
+        clock.advance(0.001)
+        rig.download.handle_timer()
+        assert rig.download.next_deadline() is None  # stopped
+        with pytest.raises(NotFound, match="within 20 s"):
+            await rig.run
+        assert rig.store.download_info(missing) is None
+    assert not (tmp_path / "dl" / "downloads").exists()
+
+
+async def test_wrong_publisher_fails_after_the_grace_on_the_clock_and_writes_nothing(
+        tmp_path: Path) -> None:
+    content = make_content(4)
+    clock = FakeClock()
+    someone_else = Identity.generate().peer_id
+    async with asyncio.timeout(T), seeders(Holder(content)) as [seed]:
+        dialer = Dialer()
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[seed.address], publisher=someone_else) as rig:
+            conn = await dialer.connection(seed.address)
+            await conn.received(Manifest).wait()
+            received_at = clock.now
+            assert rig.download.next_deadline() == received_at + WRONG_PUBLISHER_GRACE
+            clock.advance(WRONG_PUBLISHER_GRACE - 0.001)
+            rig.download.handle_timer()
+            assert rig.download.next_deadline() == received_at + WRONG_PUBLISHER_GRACE
+            clock.advance(0.001)
+            rig.download.handle_timer()
+            with pytest.raises(WrongPublisher):
+                await rig.run
+            assert rig.store.download_info(content.content_id) is None
+            assert not of(DownloadStarted, drain(rig.events))
+    assert not (tmp_path / "dl" / "downloads").exists()
+
+
+async def test_a_dial_that_hangs_is_abandoned_at_the_connect_timeout(tmp_path: Path) -> None:
+    clock = FakeClock()
+    entered, abandoned = asyncio.Event(), asyncio.Event()
+
+    class Hangs(Dialer):
+        async def __call__(self, addr: Address, peer: PeerId | None) -> Connection:
+            entered.set()
+            try:
+                await asyncio.Future()  # a SYN nobody answers
+            except asyncio.CancelledError:
+                abandoned.set()
+                raise
+            raise AssertionError("unreachable")
+
+    content_id = make_content(1).content_id
+    async with asyncio.timeout(T), running_download(
+            tmp_path, content_id, clock, dialer=Hangs(), peers=[("127.0.0.1", 9)]) as rig:
+        await entered.wait()
+        start = clock.now
+        assert rig.download.next_deadline() == start + CONNECT_TIMEOUT  # before the manifest's
+        clock.advance(CONNECT_TIMEOUT - 0.001)
+        rig.download.handle_timer()
+        assert rig.download.next_deadline() == start + CONNECT_TIMEOUT
+        clock.advance(0.001)
+        rig.download.handle_timer()
+        await abandoned.wait()
+        assert not rig.run.done()
+        assert rig.download.next_deadline() == start + 30.0  # only the manifest timeout is left
+
+
+# -- during the transfer ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def half_fetched(tmp_path: Path, clock: FakeClock, **kwargs: object) -> AsyncIterator[tuple]:  # type: ignore[type-arg]
+    """A download of 8 chunks from a seeder that holds the first 4: it stalls at 4."""
+    content = make_content(8)
+    async with seeders(Holder(content, range(4))) as [seed], running_download(
+            tmp_path, content.content_id, clock, peers=[seed.address], **kwargs) as rig:  # type: ignore[arg-type]
+        got = 0
+        while got < 4:
+            await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified))
+            got += 1
+        yield content, seed, rig
+
+
+async def test_progress_events_come_every_interval_of_the_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with asyncio.timeout(T), half_fetched(tmp_path, clock) as (_content, _seed, rig):
+        # The first chunks were fetched at one instant of the fake clock: no progress yet.
+        assert not of(DownloadProgress, drain(rig.events))
+        assert rig.download.progress is None
+        clock.advance(PROGRESS_INTERVAL - 0.001)
+        rig.download.handle_timer()
+        assert not of(DownloadProgress, drain(rig.events))
+        clock.advance(0.001)
+        rig.download.handle_timer()
+        [progress] = of(DownloadProgress, drain(rig.events))
+        assert rig.download.progress == progress
+        assert (progress.done_chunks, progress.chunk_count, progress.peers) == (4, 8, 1)
+        assert progress.bytes_done > 0 and progress.rate > 0
+        rig.download.handle_timer()  # the clock did not move: nothing is due
+        assert not of(DownloadProgress, drain(rig.events))
+        for _ in range(3):
+            clock.advance(PROGRESS_INTERVAL)
+            rig.download.handle_timer()
+        assert len(of(DownloadProgress, drain(rig.events))) == 3
+
+
+async def test_progress_records_are_batched_by_the_clock_and_only_when_there_is_news(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with asyncio.timeout(T), half_fetched(tmp_path, clock) as (content, _seed, rig):
+        assert rig.sync_pool.named("commit") == []
+        clock.advance(COMMIT_INTERVAL - 0.001)
+        rig.download.handle_timer()
+        assert rig.sync_pool.named("commit") == []
+        clock.advance(0.001)
+        rig.download.handle_timer()
+        [commit] = rig.sync_pool.named("commit")
+        assert await asyncio.wrap_future(commit) == 4
+        info = rig.store.download_info(content.content_id)
+        assert info is not None and info.done_chunks == 4
+        clock.advance(10 * COMMIT_INTERVAL)  # nothing new arrived: nothing to record
+        rig.download.handle_timer()
+        assert len(rig.sync_pool.named("commit")) == 1
+
+
+async def test_every_peer_gone_for_the_timeout_fails_and_keeps_the_progress(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with asyncio.timeout(T), half_fetched(tmp_path, clock, timeout=20) as (content, seed, rig):
+        await seed.server.aclose()
+        await wait_for(rig.events, lambda e: isinstance(e, PeerDropped))
+        clock.advance(20 - 0.001)
+        rig.download.handle_timer()
+        # Still running: it published progress (a failing timer publishes none) ...
+        [progress] = of(DownloadProgress, drain(rig.events))
+        assert progress.peers == 0
+        clock.advance(0.001)
+        rig.download.handle_timer()
+        with pytest.raises(NetworkError, match=r"no peer .* for 20 s; progress is kept \(4/8"):
+            await rig.run
+        assert not of(DownloadProgress, drain(rig.events))
+        info = rig.store.download_info(content.content_id)
+        assert info is not None and info.done_chunks == 4
+
+
+async def test_resumed_download_reports_no_negative_rate(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with asyncio.timeout(T), half_fetched(tmp_path, clock) as (content, _seed, _first):
+        pass  # paused with 4 of 8 chunks recorded
+    async with asyncio.timeout(T), seeders(Holder(content)) as [deaf]:
+        dialer = Dialer(deaf=[deaf.address])
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[deaf.address]) as rig:
+            started = await wait_for(rig.events, lambda e: isinstance(e, DownloadStarted))
+            assert started.held == 4
+            clock.advance(PROGRESS_INTERVAL)
+            rig.download.handle_timer()
+            [progress] = of(DownloadProgress, drain(rig.events))
+            # Nothing new arrived: the rate is 0 (it was minus the resumed bytes per second).
+            assert progress.done_chunks == 4 and progress.rate == 0.0 and progress.eta is None
+
+
+async def test_ticket_address_is_dialled_again_at_the_next_discovery_round_after_its_connection_drops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = make_content(16)
+    cut_after = 4
+    first: list[Connection] = []
+    sent_on_first = 0
+    send = Connection.send
+
+    async def cut_first_connection(conn: Connection, message: Message) -> None:
+        nonlocal sent_on_first
+        if isinstance(message, Data):  # only the seeder sends Data
+            if not first:
+                first.append(conn)
+            if conn is first[0]:
+                if sent_on_first >= cut_after:
+                    conn.abort("test: first connection cut mid-transfer")
+                    raise ConnectionLost("cut")
+                sent_on_first += 1
+        await send(conn, message)
+
+    monkeypatch.setattr(Connection, "send", cut_first_connection)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content)) as [seed]:
+        dialer = Dialer()
+        # The ticket's address is the only source; the DHT knows nobody.
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[seed.address], providers=providers_from([])) as rig:
+            await wait_for(rig.events, lambda e: isinstance(e, PeerDropped))
+            assert len(dialer.connections[seed.address]) == 1
+            clock.advance(REDISCOVER_INTERVAL)
+            rig.download.handle_timer()
+            await rig.run
+            events = drain(rig.events)
+    assert sent_on_first == cut_after
+    assert len(dialer.connections[seed.address]) == 2
+    [done] = of(DownloadCompleted, events)
+    assert done.chunks_by_peer == {str(seed.peer): 16}  # over two connections
+    assert (tmp_path / "dl" / "downloads" / "movie.bin").read_bytes() == content.data
