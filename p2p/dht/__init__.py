@@ -26,6 +26,7 @@ from .records import (
     discovery_key,
 )
 from .server import DHT
+from .stats import ContactInfo, DHTStats
 
 __all__ = [
     "CHANNEL_TTL",
@@ -34,7 +35,9 @@ __all__ = [
     "PROVIDER_TTL",
     "REANNOUNCE_INTERVAL",
     "ChannelRecord",
+    "ContactInfo",
     "DHTConfig",
+    "DHTStats",
     "IdentityMismatch",
     "InvalidContact",
     "InvalidRecord",

@@ -10,13 +10,18 @@ timeout. :class:`Lookup` overrides ``_find``:
   contacts are used if it does) -- the "stalled peer" rule of libp2p's lookups;
 * the walk ends when the k closest nodes known, ignoring failed and stalled ones,
   have all answered.
+
+The decisions live in :class:`Walk`, a pure object that takes ``now`` (monotonic
+seconds) and does no I/O; :class:`Lookup` is the thin asyncio shell that sends the
+requests it names and sleeps until its next deadline. Tests drive a :class:`Walk`
+with a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from kademlia.crawling import SpiderCrawl
@@ -94,34 +99,141 @@ class RoundTrips:
         return min(ceiling, max(MIN_STALL, 4 * self.srtt + 0.010))
 
 
-class Lookup(SpiderCrawl):  # type: ignore[misc]
-    """Walk towards ``target`` with ``query``; ``find()`` returns the k closest nodes that answered."""
+class Walk:
+    """One iterative lookup's state: whom to ask next, which requests stalled, when it is done.
 
-    def __init__(self, protocol: Any, target: Any, peers: list[Any], ksize: int, alpha: int,
-                 query: Query, done: Callable[[], bool] | None = None,
-                 stall: float = 0.25, unreachable: Unreachable | None = None,
-                 round_trips: RoundTrips | None = None) -> None:
-        super().__init__(protocol, target, [], ksize, alpha)
-        self._query = query
-        self._done = done
-        self._round_trips = round_trips or RoundTrips()
-        self._stall = self._round_trips.stall(stall)
+    Pure: no I/O, no clock; every method that depends on time takes ``now`` (monotonic
+    seconds). ``peers`` and the contacts fed back are library ``Node`` objects (they
+    carry ``id`` and ``long_id``).
+    """
+
+    def __init__(self, target: int, peers: Iterable[Any], ksize: int, alpha: int,
+                 stall: float, unreachable: Unreachable | None = None) -> None:
+        self._target = target
+        self.ksize = ksize
+        self.alpha = alpha
+        self.stall = stall
+        """Seconds after which an unanswered request stops counting against alpha."""
         self._unreachable = unreachable
         self._order: list[tuple[int, bytes]] = []
         self._nodes: dict[bytes, Any] = {}
         self._state: dict[bytes, int] = {}
-        self._add(peers)
+        self._sent: dict[bytes, float] = {}
+        self._active = 0
         self.rpcs = 0
+        """Requests sent."""
         self.answered = 0
+        """Requests answered."""
         self.failed = 0
-        self.closest: list[Any] = []
+        """Requests that failed or timed out, and nodes skipped as recently unreachable."""
+        self.add(peers)
 
-    def _add(self, nodes: list[Any]) -> None:
+    def add(self, nodes: Iterable[Any]) -> None:
+        """Candidates learned from a reply (nodes already known are ignored)."""
         for node in nodes:
             if node.id not in self._state:
                 self._state[node.id] = _NEW
                 self._nodes[node.id] = node
-                bisect.insort(self._order, (node.long_id ^ self.node.long_id, node.id))
+                bisect.insort(self._order, (node.long_id ^ self._target, node.id))
+
+    def step(self, now: float) -> list[Any]:
+        """The nodes to ask at ``now``, each marked as asked; :attr:`finished` is then current."""
+        stall = self.stall
+        stalled = {nid for nid, sent in self._sent.items() if now - sent >= stall}
+        active = len(self._sent) - len(stalled)
+        ask: list[Any] = []
+        counted = 0
+        for _dist, nid in self._order:
+            state = self._state[nid]
+            if state == _FAILED or nid in stalled:
+                continue
+            if state == _NEW and self._unreachable is not None \
+                    and self._unreachable.recent(nid, now):
+                # Timed out in a recent lookup: skip it rather than stall on it again.
+                self._state[nid] = _FAILED
+                self.failed += 1
+                continue
+            if state == _NEW and active < self.alpha:
+                self._state[nid] = _ASKED
+                self._sent[nid] = now
+                self.rpcs += 1
+                ask.append(self._nodes[nid])
+                active += 1
+            counted += 1
+            if counted >= self.ksize:
+                break
+        self._active = active
+        return ask
+
+    @property
+    def finished(self) -> bool:
+        """As of the last :meth:`step`: the k closest (failed and stalled aside) all answered."""
+        return not self._active
+
+    def next_deadline(self, now: float) -> float | None:
+        """When the next unanswered request stalls (None if none is waiting unstalled)."""
+        pending = [sent + self.stall for sent in self._sent.values() if now - sent < self.stall]
+        return min(pending) if pending else None
+
+    def answer(self, nid: bytes, contacts: Iterable[Any], now: float) -> float:
+        """``nid`` answered at ``now`` naming ``contacts``; returns its round-trip time."""
+        sent = self._sent.pop(nid)
+        self.answered += 1
+        self._state[nid] = _ANSWERED
+        self.add(contacts)
+        return now - sent
+
+    def fail(self, nid: bytes, now: float, timed_out: bool) -> None:
+        """``nid``'s request failed at ``now`` (``timed_out``: no answer within the RPC timeout)."""
+        self._sent.pop(nid, None)
+        self.failed += 1
+        self._state[nid] = _FAILED
+        if timed_out and self._unreachable is not None:
+            self._unreachable.note(nid, now)
+
+    def closest(self) -> list[Any]:
+        """The k closest nodes that answered, closest first."""
+        answered = [self._nodes[nid] for _d, nid in self._order if self._state[nid] == _ANSWERED]
+        return answered[: self.ksize]
+
+
+class Lookup(SpiderCrawl):  # type: ignore[misc]
+    """Walk towards ``target`` with ``query``; ``find()`` returns the k closest nodes that answered.
+
+    The asyncio shell of a :class:`Walk`: it sends what the walk names, waits for the
+    first answer or the walk's next deadline, and reads time from ``clock`` (monotonic
+    seconds). The requests are tasks this lookup owns: when it ends, finished or
+    cancelled, it cancels and awaits every one still in flight.
+    """
+
+    def __init__(self, protocol: Any, target: Any, peers: list[Any], ksize: int, alpha: int,
+                 query: Query, done: Callable[[], bool] | None = None,
+                 stall: float = 0.25, unreachable: Unreachable | None = None,
+                 round_trips: RoundTrips | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        super().__init__(protocol, target, [], ksize, alpha)
+        self._query = query
+        self._done = done
+        self._round_trips = round_trips or RoundTrips()
+        self._clock = clock or asyncio.get_running_loop().time
+        self.walk = Walk(target.long_id, peers, ksize, alpha, self._round_trips.stall(stall),
+                         unreachable)
+        self.closest: list[Any] = []
+
+    @property
+    def rpcs(self) -> int:
+        """Requests sent."""
+        return self.walk.rpcs
+
+    @property
+    def answered(self) -> int:
+        """Requests answered."""
+        return self.walk.answered
+
+    @property
+    def failed(self) -> int:
+        """Requests failed, timed out or skipped."""
+        return self.walk.failed
 
     async def find(self) -> list[Any]:
         """Run the walk to completion (or until ``done()`` says enough was found)."""
@@ -130,62 +242,36 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
 
     async def _find(self, rpcmethod: Query) -> list[Any]:
         loop = asyncio.get_running_loop()
-        in_flight: dict[asyncio.Task[list[Any]], tuple[bytes, float]] = {}
+        walk, clock = self.walk, self._clock
+        in_flight: dict[asyncio.Task[list[Any]], bytes] = {}
         try:
             while self._done is None or not self._done():
-                now = loop.time()
-                stalled = {nid for nid, sent in in_flight.values() if now - sent >= self._stall}
-                active = len(in_flight) - len(stalled)
-                counted = 0
-                for _dist, nid in self._order:
-                    state = self._state[nid]
-                    if state == _FAILED or nid in stalled:
-                        continue
-                    if state == _NEW and self._unreachable is not None \
-                            and self._unreachable.recent(nid, now):
-                        # Timed out in a recent lookup: skip it rather than stall on it again.
-                        self._state[nid] = _FAILED
-                        self.failed += 1
-                        continue
-                    if state == _NEW and active < self.alpha:
-                        self._state[nid] = _ASKED
-                        self.rpcs += 1
-                        task = loop.create_task(rpcmethod(self._nodes[nid]))
-                        in_flight[task] = (nid, now)
-                        active += 1
-                    counted += 1
-                    if counted >= self.ksize:
-                        break
-                if not active:
-                    break  # the k closest (failed and stalled aside) have all answered
-                deadlines = [sent + self._stall for nid, sent in in_flight.values()
-                             if nid not in stalled]
+                now = clock()
+                for node in walk.step(now):
+                    in_flight[loop.create_task(rpcmethod(node))] = node.id
+                if walk.finished:
+                    break
+                deadline = walk.next_deadline(now)
                 finished, _ = await asyncio.wait(
-                    in_flight, timeout=max(0.0, min(deadlines) - now),
+                    in_flight, timeout=None if deadline is None else max(0.0, deadline - now),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                now = clock()
                 for task in finished:
-                    nid, sent = in_flight.pop(task)
+                    nid = in_flight.pop(task)
                     try:
                         contacts = task.result()
                     except (NetworkError, RemoteProtocolError, IntegrityError) as exc:
-                        self.failed += 1
-                        self._state[nid] = _FAILED
-                        if isinstance(exc, RPCTimeout) and self._unreachable is not None:
-                            self._unreachable.note(nid, loop.time())
+                        walk.fail(nid, now, isinstance(exc, RPCTimeout))
                         continue
-                    self.answered += 1
-                    self._state[nid] = _ANSWERED
-                    self._round_trips.observe(loop.time() - sent)
-                    self._add(contacts)
+                    self._round_trips.observe(walk.answer(nid, contacts, now))
         finally:
             # Owned by this walk: a cancelled or finished lookup leaves no request behind.
             for task in in_flight:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
-        answered = [self._nodes[nid] for _d, nid in self._order if self._state[nid] == _ANSWERED]
-        return answered[: self.ksize]
+        return walk.closest()
 
     async def _nodes_found(self, responses: Any) -> Any:  # pragma: no cover - replaced by _find
         raise NotImplementedError

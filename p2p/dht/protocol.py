@@ -18,6 +18,14 @@ What this class replaces in the library, and why (rows of the research table):
   signed nonce round trip; a known contact that answers moves to most-recently-seen;
   nothing is handed to newcomers (rows 5, 7, 8, 16).
 * eviction after :data:`MAX_FAILURES` consecutive failures, not one (row 10).
+* the library's single socket: one UDP socket per address family, all on one port
+  (:class:`_Socket` hands each one's datagrams here); every source address passes
+  through :func:`p2p.address.from_sockaddr` before the rate limit, the caps or the
+  table see it, and a node met over IPv4 and IPv6 is one :class:`Contact` (row 19).
+
+Time is a parameter: ``monotonic`` (seconds) dates requests, rate limits and
+observations. Request timeouts are one armed timer for the oldest deadline; the
+timer calls :meth:`P2PProtocol.handle_timer`, which tests call with a fake clock.
 """
 
 from __future__ import annotations
@@ -33,13 +41,22 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+from ..address import Address, from_sockaddr
 from ..encoding import expect_bytes, expect_int, expect_list, pack, unpack
 from ..errors import DecodeError, IntegrityError, NetworkError, RemoteProtocolError
 from ..identity import NODE_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, node_id_for
+from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import IdentityMismatch, InvalidContact, Overloaded, RPCTimeout
 from .records import KINDS, MAX_RECORD_SIZE, VerifyCache, check_address, decode_record
-from .routing import ExactRoutingTable, parse_contact
+from .routing import (
+    Contact,
+    ExactRoutingTable,
+    addresses_of,
+    ip_group,
+    ip_version,
+    parse_contact,
+)
 from .store import PutStatus, RecordStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +75,13 @@ MAX_FAILURES = 3
 NONCE_LEN = 32
 IDENTIFY_TAG = b"p2p-dht-identify-v1\x00"
 MAX_RECORDS_PER_REPLY = 16
-"""Provider records in one ``get`` reply: 16 x 384 B + 32 contacts x 70 B < MAX_DATAGRAM."""
+"""Provider records in one ``get`` reply. With k = 20 dual-stack contacts (40 entries of at most
+66 B) and 16 records of the largest valid size (330 B) a reply is under 8 KiB; a reply that
+would still be larger (a larger k) sheds its farthest contact entries until it fits."""
+MAX_CONTACT_ENTRIES = 64
+"""Contact entries read from one reply: k <= 32 contacts, each with up to one address per family."""
+CONTACT_ENTRY_SIZE = 66
+"""Largest encoded contact entry: [bin20, 39-character IPv6 text, uint16]."""
 MAX_OBSERVED = 16
 
 # name -> number of arguments including the sender's node id. Nothing else is callable.
@@ -75,7 +98,11 @@ class RateLimiter:
         self._buckets: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
 
     def allow(self, ip: str, now: float) -> bool:
-        """Take one token from ``ip``'s bucket; False when it is empty."""
+        """Take one token from ``ip``'s bucket at ``now`` (monotonic seconds); False when empty.
+
+        ``ip`` is the source's group (:func:`p2p.dht.routing.ip_group`): an IPv4 address or an
+        IPv6 /64.
+        """
         bucket = self._buckets.get(ip)
         if bucket is None:
             bucket = [self.burst, now]
@@ -102,30 +129,66 @@ class Counters:
         self.events: collections.Counter[str] = collections.Counter()
 
 
+class _Socket(asyncio.DatagramProtocol):
+    """One bound UDP socket of the DHT (one per address family), feeding one :class:`P2PProtocol`."""
+
+    def __init__(self, protocol: P2PProtocol, version: int) -> None:
+        self._protocol = protocol
+        self._version = version
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.socket_opened(self._version, transport)  # type: ignore[arg-type]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._protocol.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._protocol.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.socket_lost(self._version, exc)
+
+
 class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
-    """One node's UDP endpoint: answers our five RPCs and sends requests for the lookups."""
+    """One node's UDP endpoint: answers our five RPCs and sends requests for the lookups.
+
+    It serves every socket of the node (:meth:`socket_factory`), one per address family.
+    """
+
+    transport: asyncio.DatagramTransport | None
+    """The first socket opened (the library's name; :attr:`transports` holds them all)."""
 
     def __init__(self, source_node: Any, storage: Any, ksize: int, *, identity: Identity,
-                 config: DHTConfig, records: RecordStore, verify_cache: VerifyCache,
-                 clock: Callable[[], float]) -> None:
+                 config: DHTConfig, records: RecordStore, verify_cache: VerifyCache) -> None:
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = config.rpc_timeout
-        self.router = ExactRoutingTable(self, ksize, source_node, config.max_contacts_per_ip)
+        self.monotonic = config.monotonic_clock
+        self.wall_clock = config.wall_clock
+        self.router = ExactRoutingTable(self, ksize, source_node, config.max_contacts_per_ip,
+                                        self.monotonic)
         self.identity = identity
         self.config = config
         self.records = records
         self.verify_cache = verify_cache
-        self.clock = clock
         self.counters = Counters()
         self.limiter = (RateLimiter(config.rate_limit_per_ip, config.rate_limit_burst)
                         if config.rate_limit_per_ip is not None else None)
-        self.failures: dict[bytes, int] = {}
-        self.observed: dict[tuple[str, int], set[bytes]] = {}
+        self.failures: dict[tuple[bytes, Address], int] = {}
+        """Consecutive unanswered requests per (contact id, address)."""
+        self.observed: dict[Address, set[bytes]] = {}
+        """Addresses the nodes we verified saw us at, and who reported each."""
+        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        """The open sockets by IP version (4, 6)."""
+        self.bound: dict[int, Address] = {}
+        """The bound (host, port) of each socket by IP version."""
         self.closed = asyncio.Event()
-        self._ipv6 = ":" in config.host
-        self._verifying: set[bytes] = set()
+        """Set once every socket is closed."""
+        self._sockets = 0
+        self._verifying: set[tuple[bytes, Address]] = set()
         self._head_checks: set[bytes] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskOwner("DHT protocol", log)
+        self._deadlines: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._shut = False
 
     # -- the library's stub magic is off ---------------------------------------------------
@@ -136,43 +199,71 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The socket is closed (by ``aclose``)."""
+    def socket_factory(self, version: int) -> Callable[[], asyncio.DatagramProtocol]:
+        """The protocol factory for ``create_datagram_endpoint`` of the IPv``version`` socket."""
+        return lambda: _Socket(self, version)
+
+    def socket_opened(self, version: int, transport: asyncio.DatagramTransport) -> None:
+        """A socket is bound: requests to that family go out through it."""
+        self.transports[version] = transport
+        host, port = from_sockaddr(transport.get_extra_info("sockname"))
+        self.bound[version] = (host, port)
+        self._sockets += 1
+        if self.transport is None:
+            self.transport = transport  # the library's name: the first socket
+
+    def socket_lost(self, version: int, exc: Exception | None) -> None:
+        """A socket is closed (by ``aclose``, or by the system)."""
         if exc is not None:
-            log.warning("DHT socket lost: %s", exc)
-        self.closed.set()
+            log.warning("DHT socket (IPv%d) lost: %s", version, exc)
+        self.transports.pop(version, None)
+        self._sockets -= 1
+        if self._sockets <= 0:
+            self.closed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Unused: each socket reports through :meth:`socket_lost`."""
 
     def error_received(self, exc: Exception) -> None:
         """An ICMP error (port unreachable...) for an earlier send; the timeout handles it."""
         self.counters.events["icmp_error"] += 1
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` in a task this protocol owns (cancelled by :meth:`shutdown`)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    @property
+    def listening(self) -> bool:
+        """Whether every socket that was opened is still open."""
+        return (bool(self.transports) and len(self.transports) == self._sockets
+                and not any(t.is_closing() for t in self.transports.values()))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task this protocol owns (cancelled by :meth:`shutdown`); a failure
+        nobody expected is logged."""
+        return self._tasks.spawn(coro, name)
 
     async def shutdown(self) -> None:
-        """Cancel every task and pending request; the transport is closed by the server."""
+        """Cancel every task and pending request; the sockets are closed by the server.
+        Idempotent."""
         self._shut = True
-        for _msg_id, (future, timer, _addr) in list(self._outstanding.items()):
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for future, _deadline, _addr in list(self._outstanding.values()):
             if not future.done():
                 future.cancel()
         self._outstanding.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self._deadlines.clear()
+        await self._tasks.aclose()
+
+    def close_sockets(self) -> None:
+        """Close every socket (``closed`` is set once they are gone)."""
+        for transport in list(self.transports.values()):
+            transport.close()
 
     # -- inbound ---------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Entry point for every datagram. The per-datagram edge: nothing escapes to the loop."""
         try:
-            self._dispatch(data, addr)
+            self._dispatch(data, from_sockaddr(addr))
         except Exception:
             # A bug of ours, not the peer's fault: count it and keep serving.
             self.counters.rejected["internal_error"] += 1
@@ -185,24 +276,25 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     def _reject(self, reason: str) -> None:
         self.counters.rejected[reason] += 1
 
-    def _dispatch(self, data: bytes, addr: Any) -> None:
+    def _dispatch(self, data: bytes, addr: Address) -> None:
         if len(data) < HEADER_LEN + 1:
             return self._reject("too_small")
         if len(data) > MAX_DATAGRAM:
             return self._reject("too_large")
-        if self.limiter is not None and not self.limiter.allow(addr[0], self.clock()):
+        if self.limiter is not None and not self.limiter.allow(ip_group(addr[0]),
+                                                               self.monotonic()):
             return self._reject("rate_limited")
         kind = data[0]
         msg_id = bytes(data[1:HEADER_LEN])
         payload = data[HEADER_LEN:]
         if kind == REQUEST:
-            self._accept_request(msg_id, payload, (addr[0], addr[1]))
+            self._accept_request(msg_id, payload, addr)
         elif kind == RESPONSE:
-            self._accept_response(msg_id, payload, (addr[0], addr[1]))
+            self._accept_response(msg_id, payload, addr)
         else:
             self._reject("unknown_type")
 
-    def _accept_request(self, msg_id: bytes, payload: bytes, addr: tuple[str, int]) -> None:
+    def _accept_request(self, msg_id: bytes, payload: bytes, addr: Address) -> None:
         try:
             name, args = expect_list(
                 unpack(payload, max_bin=MAX_RECORD_SIZE, max_str=64, max_array=8), 2, "request"
@@ -236,16 +328,15 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         if sender_id != self.source_node.id:
             self.welcome_if_new(Node(sender_id, addr[0], addr[1]))
 
-    def _accept_response(self, msg_id: bytes, payload: bytes, addr: tuple[str, int]) -> None:
+    def _accept_response(self, msg_id: bytes, payload: bytes, addr: Address) -> None:
         entry = self._outstanding.get(msg_id)
         if entry is None:
             return self._reject("unexpected_reply")
-        future, timer, expected = entry
+        future, _deadline, expected = entry
         if addr != expected:
             # Matching on msg_id alone would let anyone who guesses it answer for a peer.
             return self._reject("reply_wrong_source")
         del self._outstanding[msg_id]
-        timer.cancel()
         try:
             data = unpack(payload, max_bin=MAX_RECORD_SIZE, max_str=64, max_array=64)
         except DecodeError as exc:
@@ -260,40 +351,76 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         entry = self._outstanding.pop(msg_id, None)
         if entry is None:
             return
-        future, _timer, addr = entry
+        future, _deadline, addr = entry
+        self.counters.events["rpc_timeout"] += 1
         if not future.done():
             future.set_exception(RPCTimeout(f"no answer from {addr[0]}:{addr[1]}"))
 
-    def _send(self, datagram: bytes, addr: tuple[str, int]) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Fail every request still unanswered at its deadline, as of ``now`` (monotonic
+        seconds), and arm the timer for the next deadline.
+
+        The armed timer calls this with the configured clock; a test with a fake clock
+        advances it and calls this itself.
+        """
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._outstanding):
+            self._timeout(deadlines.popleft()[1])
+        if deadlines and self._timer is None and not self._shut:
+            self._arm(deadlines[0][0])
+
+    def _arm(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, deadline - self.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.handle_timer(self.monotonic())
+
+    def _transport_for(self, host: str) -> asyncio.DatagramTransport | None:
+        transport = self.transports.get(ip_version(host))
+        return None if transport is None or transport.is_closing() else transport
+
+    def _send(self, datagram: bytes, addr: Address) -> None:
         if len(datagram) > MAX_DATAGRAM:
             self.counters.events["reply_too_large"] += 1
             return
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(datagram, addr)
+        transport = self._transport_for(addr[0])
+        if transport is not None:
+            transport.sendto(datagram, addr)
 
     # -- handlers (inline, synchronous; they raise RemoteProtocolError on bad arguments) -------------
 
-    def rpc_identify(self, sender: tuple[str, int], nodeid: bytes, nonce: Any) -> list[Any]:
+    def rpc_identify(self, sender: Address, nodeid: bytes, nonce: Any) -> list[Any]:
         """Prove our key: sign the caller's nonce, our id, the caller's id and its observed address."""
         nonce = expect_bytes(nonce, NONCE_LEN, "nonce")
         observed = [sender[0], sender[1]]
         message = IDENTIFY_TAG + nonce + self.source_node.id + nodeid + pack(observed)
         return [self.identity.public_key, self.identity.sign(message), *observed]
 
-    def _neighbours(self, key: bytes, sender: tuple[str, int]) -> list[list[Any]]:
+    def _neighbours(self, key: bytes, sender: Address) -> list[list[Any]]:
+        """The k contacts closest to ``key``, one entry per address, the sender's family first."""
         exclude = Node(b"\0" * NODE_ID_LEN, sender[0], sender[1])
         found = self.router.find_neighbors(Node(key), exclude=exclude)
-        return [[n.id, n.ip, n.port] for n in found]
+        family = ip_version(sender[0])
+        entries = []
+        for node in found:
+            addresses = addresses_of(node)
+            first = addresses.get(family)
+            if first is not None:
+                entries.append([node.id, first[0], first[1]])
+            entries += [[node.id, a[0], a[1]] for v, a in addresses.items() if v != family]
+        return entries
 
-    def rpc_find_node(self, sender: tuple[str, int], nodeid: bytes, target: Any) -> list[Any]:
+    def rpc_find_node(self, sender: Address, nodeid: bytes, target: Any) -> list[Any]:
         """The k contacts closest to ``target``."""
         target = expect_bytes(target, NODE_ID_LEN, "target")
         return self._neighbours(target, sender)
 
-    def rpc_put(self, sender: tuple[str, int], nodeid: bytes, key: Any, raw: Any) -> int:
+    def rpc_put(self, sender: Address, nodeid: bytes, key: Any, raw: Any) -> int:
         """Verify a signed record and hold it; returns a :class:`PutStatus`."""
         key = expect_bytes(key, NODE_ID_LEN, "key")
-        now = self.clock()
+        now = self.wall_clock()
         try:
             signed = decode_record(raw, key, now, self.verify_cache)
         except (RemoteProtocolError, IntegrityError):
@@ -304,19 +431,26 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
             self.counters.rejected[f"record_{status.name.lower()}"] += 1
         return int(status)
 
-    def rpc_get(self, sender: tuple[str, int], nodeid: bytes, kind: Any, key: Any) -> list[Any]:
+    def rpc_get(self, sender: Address, nodeid: bytes, kind: Any, key: Any) -> list[Any]:
         """Records of ``kind`` under ``key`` (verified when stored) and the closest contacts."""
         kind = expect_int(kind, 1, 255, "kind")
         key = expect_bytes(key, NODE_ID_LEN, "key")
         if kind not in KINDS:
             raise DecodeError("get: unknown record kind")
-        now = self.clock()
+        now = self.wall_clock()
         if kind == 1:
             held = self.records.providers(key, now, MAX_RECORDS_PER_REPLY)
         else:
             one = self.records.get(kind, key, now)
             held = [one] if one is not None else []
-        return [[r.raw for r in held], self._neighbours(key, sender)]
+        raws = [r.raw for r in held]
+        contacts = self._neighbours(key, sender)
+        budget = MAX_DATAGRAM - HEADER_LEN - 16
+        if sum(map(len, raws)) + 3 * len(raws) + CONTACT_ENTRY_SIZE * len(contacts) > budget:
+            # Only a large k with many dual-stack contacts gets here: shed the farthest entries.
+            while contacts and len(pack([raws, contacts])) > budget:
+                contacts.pop()
+        return [raws, contacts]
 
     # the library's own RPCs are not dispatched; these make them inert should anything call them
     def rpc_store(self, *args: Any) -> bool:
@@ -329,19 +463,25 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
 
     # -- outbound ------------------------------------------------------------------------------------
 
-    async def _request(self, addr: tuple[str, int], name: str, *args: Any) -> Any:
+    async def _request(self, addr: Address, name: str, *args: Any) -> Any:
         """Send request ``name`` to ``addr`` and return the decoded reply.
 
         Raises :class:`InvalidContact` for an address we must not send to,
         :class:`Overloaded` when too many requests wait, :class:`RPCTimeout`,
-        :class:`DecodeError` for a malformed reply and :class:`NetworkError` once closed.
+        :class:`DecodeError` for a malformed reply and :class:`NetworkError` once closed
+        or for a family we have no socket for.
         """
         try:
             addr = check_address(addr[0], addr[1], "request address")
         except DecodeError as exc:
             raise InvalidContact(str(exc)) from None
-        if self._shut or self.transport is None or self.transport.is_closing():
+        if self._shut:
             raise NetworkError("the DHT is closed")
+        transport = self._transport_for(addr[0])
+        if transport is None:
+            if not self.transports:
+                raise NetworkError("the DHT is closed")
+            raise NetworkError(f"no IPv{ip_version(addr[0])} socket to reach {addr[0]}")
         if len(self._outstanding) >= self.config.max_outstanding:
             self.counters.events["overloaded"] += 1
             raise Overloaded("too many DHT requests in flight")
@@ -349,19 +489,21 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         datagram = bytes([REQUEST]) + msg_id + pack([name, [self.source_node.id, *args]])
         if len(datagram) > MAX_DATAGRAM:
             raise ValueError(f"request {name} is larger than {MAX_DATAGRAM} bytes")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_later(self._wait_timeout, self._timeout, msg_id)
-        self._outstanding[msg_id] = (future, timer, addr)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Every request waits the same time, so deadlines arrive in order: a queue and one
+        # timer for the oldest replace a timer per request.
+        deadline = self.monotonic() + self._wait_timeout
+        self._outstanding[msg_id] = (future, deadline, addr)
+        self._deadlines.append((deadline, msg_id))
+        if self._timer is None:
+            self._arm(deadline)
         self.counters.sent[name] += 1
-        self.transport.sendto(datagram, addr)
+        transport.sendto(datagram, addr)
         try:
             return await future
         finally:
             # Whether answered, timed out or cancelled by the caller: nothing stays behind.
-            entry = self._outstanding.pop(msg_id, None)
-            if entry is not None:
-                entry[1].cancel()
+            self._outstanding.pop(msg_id, None)
 
     async def _call_node(self, node: Any, name: str, *args: Any) -> Any:
         try:
@@ -373,13 +515,15 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         return result
 
     def _contacts(self, value: Any, node: Any) -> list[Any]:
-        """Validated contacts from a reply of ``node``; invalid ones are dropped and counted."""
+        """Validated contacts from a reply of ``node``, one per node id, each at the first of
+        its addresses in a family we have a socket for. Invalid entries are dropped and
+        counted; entries of a family we do not speak are skipped."""
         items = expect_list(value, what="contacts")
         from_loopback = ipaddress.ip_address(node.ip).is_loopback
-        out = []
-        for item in items[:32]:
+        out: dict[bytes, Any] = {}
+        for item in items[:MAX_CONTACT_ENTRIES]:
             try:
-                contact = parse_contact(item, self._ipv6)
+                contact = parse_contact(item)
             except DecodeError:
                 self.counters.rejected["invalid_contact"] += 1
                 continue
@@ -389,8 +533,9 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                 # A remote peer has no business pointing us at our own host.
                 self.counters.rejected["invalid_contact"] += 1
                 continue
-            out.append(contact)
-        return out
+            if contact.id not in out and ip_version(contact.ip) in self.transports:
+                out[contact.id] = contact
+        return list(out.values())
 
     async def call_ping(self, node: Any) -> None:
         """Ping ``node``; raises :class:`RPCTimeout` (and counts a failure against it)."""
@@ -415,7 +560,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         reply = await self._call_node(node, "put", key, raw)
         return PutStatus(expect_int(reply, 0, 3, "put reply"))
 
-    async def call_identify(self, addr: tuple[str, int], expected_id: bytes | None) -> Any:
+    async def call_identify(self, addr: Address, expected_id: bytes | None) -> Any:
         """Make the node at ``addr`` prove its key. Returns its verified ``Node``.
 
         Raises :class:`IdentityMismatch`, :class:`BadSignature`, :class:`DecodeError`,
@@ -443,11 +588,19 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
 
     # -- observed addresses ---------------------------------------------------------------
 
-    def _plausible_observation(self, observed: tuple[str, int]) -> bool:
-        known = {h for h, _ in self.observed} | {h for h, _ in self.config.announce_addrs}
+    def _plausible_observation(self, observed: Address) -> bool:
+        """Whether a node can have seen us at ``observed``.
+
+        Our addresses are compared within one kind (IP version, loopback or not): a node is
+        seen at 127.0.0.1 by local peers, at another IPv4 address by remote ones and at an
+        IPv6 address over IPv6, and the first of each kind is taken on trust.
+        """
+        kind = _address_kind(observed[0])
+        known = {h for h, _ in (*self.observed, *self.config.announce_addrs)
+                 if _address_kind(h) == kind}
         return not known or observed[0] in known
 
-    def _note_observed(self, observed: tuple[str, int], reporter: bytes) -> None:
+    def _note_observed(self, observed: Address, reporter: bytes) -> None:
         reporters = self.observed.get(observed)
         if reporters is None:
             if len(self.observed) >= MAX_OBSERVED:
@@ -459,62 +612,75 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- routing table admission --------------------------------------------------------------
 
     def welcome_if_new(self, node: Any) -> None:
-        """Refresh a known contact, or verify an unknown one before it may enter the table."""
+        """Refresh a known contact, or verify an unknown one (or a known one at a new
+        address) before it may enter the table or gain the address."""
         if node.id == self.source_node.id or self._shut:
             return
         known = self.router.get(node.id)
-        if known is not None and known.ip == node.ip and known.port == node.port:
+        if known is not None and known.knows((node.ip, node.port)):
             self.router.add_contact(known)  # moves it to most-recently-seen
             return
-        if node.id in self._verifying:
+        claim = (node.id, (node.ip, node.port))
+        if claim in self._verifying:
             return
         if len(self._verifying) >= self.config.max_pending_verifications:
             self.counters.events["verification_skipped"] += 1
             return
-        self._verifying.add(node.id)
-        self.spawn(self._verify_and_add(node))
+        self._verifying.add(claim)
+        self.spawn(self._verify_and_add(node, claim), "verify a new contact")
 
-    async def _verify_and_add(self, node: Any) -> None:
+    async def _verify_and_add(self, node: Any, claim: tuple[bytes, Address]) -> None:
         try:
             verified = await self.call_identify((node.ip, node.port), node.id)
         except (NetworkError, RemoteProtocolError, IntegrityError):
             self.counters.events["verification_failed"] += 1
             return
         finally:
-            self._verifying.discard(node.id)
+            self._verifying.discard(claim)
         self.admit(verified)
 
     def admit(self, node: Any) -> None:
-        """Put a node whose key was just verified into the table (replacing a stale address)."""
-        old = self.router.get(node.id)
-        if old is not None and (old.ip, old.port) != (node.ip, node.port):
-            self.router.remove_contact(old)
-        self.failures.pop(node.id, None)
+        """Put a node whose key was just verified at ``(node.ip, node.port)`` into the table,
+        or give the contact with its id that address (replacing one of the same family)."""
+        address = (node.ip, node.port)
+        self.failures.pop((node.id, address), None)
         self.counters.events["contacts_verified"] += 1
-        self.router.add_contact(node)
+        known = self.router.get(node.id)
+        if known is None:
+            self.router.add_contact(Contact(node.id, address))
+            return
+        old = known.addresses.get(ip_version(node.ip))
+        if self.router.add_address(known, address) and old is not None and old != address:
+            self.failures.pop((node.id, old), None)
+        self.router.add_contact(known)  # most-recently-seen
 
     def _note_success(self, node: Any) -> None:
-        self.failures.pop(node.id, None)
+        self.failures.pop((node.id, (node.ip, node.port)), None)
         self.welcome_if_new(node)
 
     def _note_failure(self, node: Any) -> None:
         known = self.router.get(node.id)
-        if known is None or (known.ip, known.port) != (node.ip, node.port):
+        address = (node.ip, node.port)
+        if known is None or not known.knows(address):
             return
-        count = self.failures.get(node.id, 0) + 1
-        if count >= MAX_FAILURES:
-            self.failures.pop(node.id, None)
+        key = (node.id, address)
+        count = self.failures.get(key, 0) + 1
+        if count < MAX_FAILURES:
+            self.failures[key] = count
+            return
+        self.failures.pop(key, None)
+        if not known.forget(address):
             self.router.remove_contact(known)
             self.counters.events["contacts_evicted"] += 1
         else:
-            self.failures[node.id] = count
+            self.counters.events["addresses_dropped"] += 1
 
     def check_head(self, node: Any) -> None:
         """A full bucket met a newcomer: ping its least-recently-seen contact (owned task)."""
         if node.id in self._head_checks or self._shut:
             return
         self._head_checks.add(node.id)
-        self.spawn(self._check_head(node))
+        self.spawn(self._check_head(node), "ping a full bucket's oldest contact")
 
     async def _check_head(self, node: Any) -> None:
         try:
@@ -523,3 +689,8 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
             pass
         finally:
             self._head_checks.discard(node.id)
+
+
+def _address_kind(host: str) -> tuple[int, bool]:
+    """(IP version, loopback?) of a literal IP."""
+    return ip_version(host), ipaddress.ip_address(host.partition("%")[0]).is_loopback

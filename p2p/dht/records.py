@@ -151,6 +151,8 @@ def check_address(host: Any, port: Any, what: str = "address") -> tuple[str, int
         raise DecodeError(f"{what}: {host!r} is not a literal IP address") from None
     if str(ip) != host:
         raise DecodeError(f"{what}: {host!r} is not in canonical form")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise DecodeError(f"{what}: {host!r} is an IPv4 address; write it as IPv4")
     if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and host == "255.255.255.255"):
         raise DecodeError(f"{what}: {host!r} cannot be dialled")
     return host, port

@@ -1,25 +1,31 @@
 """The DHT as the rest of the code sees it: :class:`DHT`, a typed async API over our protocol.
 
-:class:`P2PServer` is the library's ``Server`` with our protocol, an inert storage and
-no self-rearming refresh timer; everything periodic runs in tasks the DHT owns.
+:class:`P2PServer` is the library's ``Server`` with our protocol, an inert storage,
+one UDP socket per address family and no self-rearming refresh timer; everything
+periodic runs in one task the DHT owns, driven by a :class:`~p2p.dht.schedule.Schedule`.
+
+Time is a parameter: the wall clock (``DHTConfig.wall_clock``) signs and checks record
+expiry, the monotonic one (``DHTConfig.monotonic_clock``) times everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from kademlia.network import Server
 from kademlia.node import Node
 
+from ..address import Address, format_address, from_sockaddr, normalize_host
 from ..errors import BadInput, IntegrityError, NetworkError, NotFound, RemoteProtocolError
 from ..identity import Identity, PeerId
+from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import NoContacts, StaleSequence, StateFileError
 from .lookup import Lookup, RoundTrips, Unreachable
@@ -41,8 +47,10 @@ from .records import (
     sign_peer,
     sign_provider,
 )
-from .routing import NullStorage
+from .routing import NullStorage, addresses_of, ip_version
+from .schedule import EXPIRE, REANNOUNCE, REFRESH, SAVE, Schedule
 from .state import load_routing_table, save_routing_table
+from .stats import ContactInfo, DHTStats
 from .store import PutStatus, RecordStore
 
 log = logging.getLogger(__name__)
@@ -53,27 +61,78 @@ five of the k closest holding a record survive heavy churn, and waiting for all 
 every announce as slow as the slowest of twenty nodes."""
 MAX_PARALLEL_VERIFY = 32
 """Saved contacts re-verified at once on start."""
+BIND_ATTEMPTS = 8
+"""Ports tried when port 0 is asked for on two families: the port the system picks for the
+first socket may be taken in the other family."""
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``(host, port)``; an IPv6 one is IPv6-only, so the
+    IPv4 socket can share its port (asyncio's TCP servers do the same)."""
+    family = socket.AF_INET6 if ip_version(host) == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM,
+                                     flags=socket.AI_NUMERICHOST)[0][4])
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class P2PServer(Server):  # type: ignore[misc]
-    """The library's ``Server`` with :class:`P2PProtocol` and :class:`NullStorage`."""
+    """The library's ``Server`` with :class:`P2PProtocol`, :class:`NullStorage` and one socket
+    per address family."""
 
     protocol_class = P2PProtocol
 
     def __init__(self, identity: Identity, config: DHTConfig, records: RecordStore,
-                 verify_cache: VerifyCache, clock: Callable[[], float]) -> None:
+                 verify_cache: VerifyCache) -> None:
         super().__init__(ksize=config.ksize, alpha=config.alpha, node_id=identity.node_id,
                          storage=NullStorage())
         self._identity = identity
         self._config = config
         self._records = records
         self._verify_cache = verify_cache
-        self._clock = clock
 
     def _create_protocol(self) -> P2PProtocol:
         return P2PProtocol(self.node, self.storage, self.ksize, identity=self._identity,
                            config=self._config, records=self._records,
-                           verify_cache=self._verify_cache, clock=self._clock)
+                           verify_cache=self._verify_cache)
+
+    async def bind(self, hosts: Sequence[str], port: int) -> None:
+        """Open one socket per host, all on ``port`` (0: the port the first one got).
+
+        Raises ``OSError``; nothing stays open then.
+        """
+        loop = asyncio.get_running_loop()
+        protocol = self.protocol = self._create_protocol()
+        try:
+            for host in hosts:
+                sock = _bound_socket(host, port)
+                port = sock.getsockname()[1]
+                try:
+                    await loop.create_datagram_endpoint(
+                        protocol.socket_factory(ip_version(host)), sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+        except BaseException:
+            protocol.close_sockets()
+            raise
+        self.transport = protocol.transport
+
+    async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
+        """The library's entry point: one socket on ``interface``."""
+        await self.bind((interface,), port)
+
+    def stop(self) -> None:
+        """Close every socket (the library closes only one)."""
+        if self.protocol is not None:
+            self.protocol.close_sockets()
 
     def refresh_table(self, interval: float = 0.0) -> None:
         """Disabled: the library re-arms an hourly ``call_later`` and a fire-and-forget task;
@@ -84,6 +143,8 @@ class DHT:
     """A Kademlia node on UDP: identity-bound ids, signed records, hardened against hostile input.
 
     Open with :meth:`open` (or ``async with DHT.open_ctx(...)``); close with :meth:`aclose`.
+    It listens on one socket per address family in ``config.host``; a node met over
+    IPv4 and IPv6 is one contact that knows both addresses.
     """
 
     def __init__(self, identity: Identity, config: DHTConfig, server: P2PServer,
@@ -94,15 +155,24 @@ class DHT:
         self._protocol = protocol
         self._records = records
         self._verify_cache = verify_cache
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._provided: dict[bytes, tuple[tuple[str, int], ...] | None] = {}
+        self._wall = config.wall_clock
+        self._monotonic = config.monotonic_clock
+        self._tasks = TaskOwner("DHT", log)
+        self._provided: dict[bytes, tuple[Address, ...] | None] = {}
         self._announce_peer = False
+        self._peer_addresses: tuple[Address, ...] | None = None
         self._channels: dict[bytes, int] = {}
-        self._started = time.monotonic()
+        self._started = self._monotonic()
+        periods = {EXPIRE: min(config.refresh_interval, config.reannounce_interval) / 2,
+                   REFRESH: config.refresh_interval, REANNOUNCE: config.reannounce_interval}
+        if config.state_path is not None:
+            periods = {SAVE: config.save_interval, **periods}
+        self._schedule = Schedule(self._started, periods)
         self._closed = False
         self._lookups = 0
         self._lookup_rpcs = 0
         self.state_load_error: str | None = None
+        """Why the saved routing table was ignored at start, if it was."""
         self._unreachable = Unreachable()
         self._round_trips = RoundTrips()
         self.restored_contacts = 0
@@ -115,21 +185,24 @@ class DHT:
     async def open(cls, identity: Identity, config: DHTConfig) -> DHT:
         """Bind, restore and re-verify the saved table, join ``config.bootstrap``; listening on return.
 
-        Raises :class:`NetworkError` if the socket cannot be bound. A failed bootstrap is
+        Raises :class:`NetworkError` if a socket cannot be bound. A failed bootstrap is
         not fatal here (the first node of a network has nobody to join); call
         :meth:`bootstrap` to get the error.
         """
-        try:
-            ipaddress.ip_address(config.host)
-        except ValueError:
-            raise BadInput(f"DHT host must be a literal IP address, not {config.host!r}") from None
+        hosts = config.hosts
         records = RecordStore()
         cache = VerifyCache()
-        server = P2PServer(identity, config, records, cache, time.time)
-        try:
-            await server.listen(config.port, config.host)
-        except OSError as exc:
-            raise NetworkError(f"cannot bind DHT socket {config.host}:{config.port}: {exc}") from exc
+        attempts = BIND_ATTEMPTS if config.port == 0 and len(hosts) > 1 else 1
+        for attempt in range(attempts):
+            server = P2PServer(identity, config, records, cache)
+            try:
+                await server.bind(hosts, config.port)
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue
+                where = ", ".join(format_address((h, config.port)) for h in hosts)
+                raise NetworkError(f"cannot bind DHT socket {where}: {exc}") from exc
         dht = cls(identity, config, server, server.protocol, records, cache)
         try:
             await dht._start()
@@ -177,20 +250,14 @@ class DHT:
                 log.warning("DHT: bootstrap failed: %s", exc)
         elif len(self._protocol.router):
             await self._join()
-        self._spawn(self._maintain())
-        if path is not None:
-            self._spawn(self._save_regularly())
+        self._spawn(self._maintain(), "periodic work")
 
     async def aclose(self) -> None:
-        """Stop: cancel every task, save the table (if ``state_path``), close the socket. Idempotent."""
+        """Stop: cancel every task, save the table (if ``state_path``), close the sockets. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._config.state_path is not None:
             try:
                 self.save_state()
@@ -202,21 +269,18 @@ class DHT:
             async with asyncio.timeout(1.0):
                 await self._protocol.closed.wait()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         if self._closed:
             coro.close()
             raise NetworkError("the DHT is closed")
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     # -- identity and addresses -----------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        """The bound UDP port (the node's TCP port too, by design)."""
-        return int(self._server.transport.get_extra_info("sockname")[1])
+        """The bound UDP port, the same for every family (the node's TCP port too, by design)."""
+        return next(iter(self._protocol.bound.values()))[1]
 
     @property
     def node_id(self) -> bytes:
@@ -228,29 +292,51 @@ class DHT:
         """The datagram protocol (tests and diagnostics)."""
         return self._protocol
 
-    def reachable_addresses(self) -> tuple[tuple[str, int], ...]:
-        """Where others can reach us: ``announce_addrs`` if set, else the address most peers saw
-        us at (non-loopback preferred), else the bound address if it is not a wildcard."""
+    @property
+    def listening(self) -> bool:
+        """Whether every socket is open (false once closed, or if the system closed one)."""
+        return self._protocol.listening and not self._protocol.closed.is_set()
+
+    def listen_addresses(self) -> tuple[Address, ...]:
+        """The bound ``(host, port)`` of each socket, in the order of ``config.host``."""
+        bound = self._protocol.bound
+        return tuple(bound[v] for v in (ip_version(h) for h in self._config.hosts) if v in bound)
+
+    def reachable_addresses(self) -> tuple[Address, ...]:
+        """Where others can reach us, at most one address per family we listen on.
+
+        ``announce_addrs`` if set. Otherwise, per family: the address most peers saw us at
+        (non-loopback preferred), else the bound address if it is not a wildcard. Loopback
+        addresses are left out once any other address is known.
+        """
         if self._config.announce_addrs:
             return self._config.announce_addrs
-        seen = sorted(self._protocol.observed.items(), key=lambda kv: -len(kv[1]))
-        public = [a for a, _ in seen if not ipaddress.ip_address(a[0]).is_loopback]
-        if public:
-            return (public[0],)
-        if seen:
-            return (seen[0][0],)
-        ip = ipaddress.ip_address(self._config.host)
-        if ip.is_unspecified:
-            return ()
-        return ((self._config.host, self.port),)
+        found: list[Address] = []
+        for host, port in self.listen_addresses():
+            version = ip_version(host)
+            seen = sorted(((a, len(r)) for a, r in self._protocol.observed.items()
+                           if ip_version(a[0]) == version), key=lambda ar: -ar[1])
+            public = [a for a, _ in seen if not _is_loopback(a[0])]
+            if public:
+                found.append(public[0])
+            elif seen:
+                found.append(seen[0][0])
+            elif not ipaddress.ip_address(host).is_unspecified:
+                found.append((host, port))
+        if any(not _is_loopback(h) for h, _ in found):
+            found = [a for a in found if not _is_loopback(a[0])]
+        return tuple(found)
 
     # -- joining ---------------------------------------------------------------------------------------
 
     async def bootstrap(self, addrs: Sequence[tuple[str, int]]) -> int:
         """Verify each address's node, then look up our own id. Returns contacts verified.
 
-        Hostnames are resolved here. Raises :class:`NetworkError` if ``addrs`` is not
-        empty and no node answered with a valid identity.
+        Hostnames are resolved here (one address per family this node listens on);
+        addresses of a family it does not listen on are skipped. A node given at an
+        IPv4 and an IPv6 address becomes one contact with both. Raises
+        :class:`NetworkError` if ``addrs`` is not empty and no node answered with a
+        valid identity.
         """
         if not addrs:
             return 0
@@ -271,18 +357,29 @@ class DHT:
         await self._join()
         return verified
 
-    async def _resolve(self, addrs: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    async def _resolve(self, addrs: Sequence[tuple[str, int]]) -> list[Address]:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self._config.host else socket.AF_INET
-        out = []
+        families = set(self._protocol.transports)
+        out: list[Address] = []
         for host, port in addrs:
             try:
-                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                log.warning("DHT: cannot resolve %s: %s", host, exc)
-                continue
-            for info in infos[:1]:
-                out.append((str(info[4][0]), int(info[4][1])))
+                literal = [(normalize_host(host), port)]
+            except BadInput:
+                try:
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                except OSError as exc:
+                    log.warning("DHT: cannot resolve %s: %s", host, exc)
+                    continue
+                literal = [from_sockaddr(info[4]) for info in infos]
+            picked: set[int] = set()
+            for addr in literal:
+                version = ip_version(addr[0])
+                if version in families and version not in picked:
+                    picked.add(version)
+                    out.append(addr)
+            if not picked:
+                log.warning("DHT: bootstrap %s has no address of a family this node listens on",
+                            format_address((host, port)))
         return out
 
     async def _join(self) -> None:
@@ -291,8 +388,11 @@ class DHT:
 
     async def _reverify(self, contacts: list[tuple[bytes, str, int]]) -> int:
         sem = asyncio.Semaphore(MAX_PARALLEL_VERIFY)
+        families = set(self._protocol.transports)
 
         async def one(cid: bytes, host: str, port: int) -> bool:
+            if ip_version(host) not in families:
+                return False
             async with sem:
                 try:
                     node = await self._protocol.call_identify((host, port), cid)
@@ -302,11 +402,13 @@ class DHT:
             return True
 
         results = await asyncio.gather(*(one(*c) for c in contacts))
-        return sum(results)
+        return len({c[0] for c, ok in zip(contacts, results, strict=True) if ok})
 
     # -- lookups ---------------------------------------------------------------------------------
 
     def _start_nodes(self, key: bytes) -> list[Any]:
+        if self._closed:
+            raise NetworkError("the DHT is closed")
         router = self._protocol.router
         nearest = router.find_neighbors(Node(key), self._config.ksize)
         if not nearest:
@@ -318,7 +420,7 @@ class DHT:
                     done: Callable[[], bool] | None = None) -> Lookup:
         lookup = Lookup(self._protocol, Node(key), self._start_nodes(key), self._config.ksize,
                         self._config.alpha, query, done, self._config.lookup_stall,
-                        self._unreachable, self._round_trips)
+                        self._unreachable, self._round_trips, self._monotonic)
         await lookup.find()
         self._lookups += 1
         self._lookup_rpcs += lookup.rpcs
@@ -337,7 +439,7 @@ class DHT:
                             done: Callable[[], bool] | None = None) -> Lookup:
         async def query(node: Any) -> list[Any]:
             raws, contacts = await self._protocol.call_get(node, kind, key)
-            now = time.time()
+            now = self._wall()
             for raw in raws:
                 try:
                     accept(decode_record(raw, key, now, self._verify_cache, kind))
@@ -353,8 +455,8 @@ class DHT:
         """Store on the k closest; return (acks, stale) once ``quorum`` acked (None = all done)."""
         nodes = await self._lookup_nodes(signed.key)
         self._store_locally(signed, nodes)
-        pending: set[asyncio.Task[PutStatus]] = {
-            self._spawn(self._protocol.call_put(n, signed.key, signed.raw)) for n in nodes
+        pending: set[asyncio.Task[PutStatus | None]] = {
+            self._spawn(self._put(n, signed.key, signed.raw), "store a record") for n in nodes
         }
         acks = stale = 0
         try:
@@ -362,7 +464,7 @@ class DHT:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     if task.cancelled() or task.exception() is not None:
-                        continue
+                        continue  # a bug: the task owner has logged it
                     status = task.result()
                     acks += status == PutStatus.OK
                     stale += status == PutStatus.STALE
@@ -373,14 +475,22 @@ class DHT:
         # Remaining stores keep running in tasks the DHT owns (cancelled by aclose).
         return acks, stale
 
+    async def _put(self, node: Any, key: bytes, raw: bytes) -> PutStatus | None:
+        """One store request; None if the node did not answer or answered nonsense (expected,
+        so not an error for the task owner to log)."""
+        try:
+            return await self._protocol.call_put(node, key, raw)
+        except (NetworkError, RemoteProtocolError):
+            return None
+
     def _store_locally(self, signed: SignedRecord, nodes: list[Any]) -> None:
         """Hold the record ourselves too when we are among the k closest to its key."""
         target = Node(signed.key)
         mine = self._server.node.distance_to(target)
         if len(nodes) < self._config.ksize or any(mine < n.distance_to(target) for n in nodes):
-            self._records.put(signed, time.time())
+            self._records.put(signed, self._wall())
 
-    def _addresses(self, addresses: Sequence[tuple[str, int]] | None) -> tuple[tuple[str, int], ...]:
+    def _addresses(self, addresses: Sequence[tuple[str, int]] | None) -> tuple[Address, ...]:
         addrs = tuple(addresses) if addresses else self.reachable_addresses()
         if not addrs:
             raise NetworkError("no reachable address known yet; set announce_addrs")
@@ -390,14 +500,15 @@ class DHT:
 
     async def announce(self, content_id: bytes,
                        addresses: Sequence[tuple[str, int]] | None = None) -> int:
-        """Announce that we provide ``content_id`` at ``addresses`` (default: reachable addresses).
+        """Announce that we provide ``content_id`` at ``addresses`` (default: reachable
+        addresses; up to four, of either family).
 
         Returns once :data:`ANNOUNCE_QUORUM` of the k closest nodes acknowledged (the
         rest finish in the background). Returns the acks so far. Raises
         :class:`NetworkError` if nobody answered or acknowledged.
         """
         signed = sign_provider(self._identity, discovery_key(content_id),
-                               self._addresses(addresses), time.time())
+                               self._addresses(addresses), self._wall())
         acks, _ = await self._store(signed, ANNOUNCE_QUORUM)
         if not acks:
             raise NetworkError("no DHT node accepted the provider record")
@@ -425,8 +536,7 @@ class DHT:
         dkey = discovery_key(content_id)
         seen: set[bytes] = set()
         queue: asyncio.Queue[ProviderRecord | None] = asyncio.Queue()
-        now = time.time()
-        for held in self._records.providers(dkey, now, limit):
+        for held in self._records.providers(dkey, self._wall(), limit):
             seen.add(held.author)
             yield held.record  # type: ignore[misc]
         if len(seen) >= limit:
@@ -437,19 +547,21 @@ class DHT:
                 seen.add(signed.author)
                 queue.put_nowait(signed.record)  # type: ignore[arg-type]
 
-        async def walk() -> Lookup:
+        async def walk() -> Lookup | None:
             try:
                 return await self._records_walk(KIND_PROVIDER, dkey, accept,
                                                 lambda: len(seen) >= limit)
+            except NoContacts:
+                return None  # reported below, unless a provider was held locally
             finally:
                 queue.put_nowait(None)
 
-        task = self._spawn(walk())
+        task = self._spawn(walk(), "provider lookup")
         try:
             while (item := await queue.get()) is not None:
                 yield item
             lookup = task.result()
-            if not lookup.answered and not seen:
+            if (lookup is None or not lookup.answered) and not seen:
                 raise NetworkError("no DHT node answered the provider lookup")
         finally:
             if not task.done():
@@ -463,20 +575,39 @@ class DHT:
 
     # -- peers --------------------------------------------------------------------------------------------
 
-    async def announce_peer(self) -> int:
-        """Publish our peer record (re-published with the provider records). Returns acks."""
-        signed = sign_peer(self._identity, self._addresses(None), time.time())
+    async def announce_peer(self, addresses: Sequence[Address] | None = None) -> int:
+        """Publish our peer record: "this peer is reachable at ``addresses``" (default: the
+        reachable addresses at each announce; up to four, of either family).
+
+        The record is published again with the provider records, every
+        ``reannounce_interval``, until the DHT closes; a later call replaces the
+        addresses. Returns once :data:`ANNOUNCE_QUORUM` nodes acknowledged. Raises
+        :class:`NetworkError` if none did, :class:`BadInput` for unusable addresses.
+        """
+        fixed = tuple(addresses) if addresses else None
+        signed = sign_peer(self._identity, self._addresses(fixed), self._wall())
         self._announce_peer = True
+        self._peer_addresses = fixed
         acks, _ = await self._store(signed, ANNOUNCE_QUORUM)
         if not acks:
             raise NetworkError("no DHT node accepted the peer record")
         return acks
 
     async def find_peer(self, peer_id: PeerId) -> PeerRecord:
-        """The freshest peer record of ``peer_id``. Raises :class:`NotFound`."""
+        """Where ``peer_id`` says it is now: its peer record with the latest expiry.
+
+        Walks to the k nodes closest to the peer's node id, collecting every valid
+        record of it on the way (each one checked: signed by ``peer_id``'s key, stored
+        under its id, not expired); a copy this node holds counts too. Use it when a
+        provider record's addresses fail: a peer re-announces its peer record as its
+        addresses change. The record's ``addresses`` may hold IPv4 and IPv6 addresses.
+
+        Raises :class:`NotFound` if no node holds a record of ``peer_id`` (or no node
+        could be asked).
+        """
         key = peer_key(peer_id)
         best: list[SignedRecord] = []
-        held = self._records.get(KIND_PEER, key, time.time())
+        held = self._records.get(KIND_PEER, key, self._wall())
         if held is not None:
             best.append(held)
 
@@ -508,8 +639,8 @@ class DHT:
                 known = max(known, (await self.get_channel(identity.peer_id, name)).seq)
             except NotFound:
                 pass
-            seq = max(int(time.time()), known + 1)
-        signed = sign_channel(identity, name, content_id, seq, time.time())
+            seq = max(int(self._wall()), known + 1)
+        signed = sign_channel(identity, name, content_id, seq, self._wall())
         acks, stale = await self._store(signed, None)
         if not acks:
             if stale:
@@ -523,7 +654,7 @@ class DHT:
         """The channel record with the highest seq found. Raises :class:`NotFound`."""
         key = channel_key(publisher, name)
         found: list[ChannelRecord] = []
-        held = self._records.get(KIND_CHANNEL, key, time.time())
+        held = self._records.get(KIND_CHANNEL, key, self._wall())
         if held is not None:
             found.append(held.record)  # type: ignore[arg-type]
 
@@ -539,42 +670,70 @@ class DHT:
     # -- introspection ---------------------------------------------------------------------------
 
     def routing_table(self) -> list[list[tuple[bytes, str, int]]]:
-        """Contacts per bucket: (node_id, host, port), least recently seen first."""
+        """Contacts per bucket: (node_id, host, port) at each one's preferred address, least
+        recently seen first. :meth:`contacts` gives every address."""
         return [[(n.id, n.ip, n.port) for n in b.nodes.values()]
                 for b in self._protocol.router.buckets]
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for health pages and metrics."""
+    def contacts(self) -> list[ContactInfo]:
+        """Every contact of the routing table with all the addresses it was verified at."""
+        out = []
+        for node in self._protocol.router.contacts():
+            addresses = addresses_of(node)
+            first = (node.ip, node.port)
+            out.append(ContactInfo(bytes(node.id),
+                                   (first, *(a for a in addresses.values() if a != first))))
+        return out
+
+    def summary(self) -> DHTStats:
+        """A typed snapshot of the counters and the routing table, for health pages, metrics
+        and views (``summary().to_json()`` for JSON)."""
         c = self._protocol.counters
-        return {
-            "node_id": self.node_id.hex(),
-            "uptime": time.monotonic() - self._started,
-            "contacts": len(self._protocol.router),
-            "buckets": len(self._protocol.router.buckets),
-            "rpcs_received": dict(c.received),
-            "rpcs_sent": dict(c.sent),
-            "rejected": dict(c.rejected),
-            "events": dict(c.events),
-            "records": self._records.counts(),
-            "outstanding": len(self._protocol._outstanding),
-            "lookups": self._lookups,
-            "lookup_rpcs": self._lookup_rpcs,
-            "refused_ip_cap": self._protocol.router.refused_ip_cap,
-            "signature_cache": {"hits": self._verify_cache.hits,
-                                "misses": self._verify_cache.misses},
-            "provided": len(self._provided),
-            "state_load_error": self.state_load_error,
-            "restored_contacts": self.restored_contacts,
-        }
+        router = self._protocol.router
+        contacts = router.contacts()
+        families = [addresses_of(n) for n in contacts]
+        return DHTStats(
+            node_id=self.node_id,
+            uptime=self._monotonic() - self._started,
+            contacts=len(contacts),
+            buckets=len(router.buckets),
+            bucket_sizes=tuple(len(b) for b in router.buckets),
+            contacts_ipv4=sum(4 in f for f in families),
+            contacts_ipv6=sum(6 in f for f in families),
+            listen=self.listen_addresses(),
+            rpcs_received=dict(c.received),
+            rpcs_sent=dict(c.sent),
+            rejected=dict(c.rejected),
+            events=dict(c.events),
+            records=self._records.counts(),
+            outstanding=len(self._protocol._outstanding),
+            lookups=self._lookups,
+            lookup_rpcs=self._lookup_rpcs,
+            refused_ip_cap=router.refused_ip_cap,
+            signature_cache_hits=self._verify_cache.hits,
+            signature_cache_misses=self._verify_cache.misses,
+            provided=len(self._provided),
+            state_load_error=self.state_load_error,
+            restored_contacts=self.restored_contacts,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """``summary().to_json()``: the counters as a dict, kept while callers move to
+        :meth:`summary`."""
+        return self.summary().to_json()
 
     # -- persistence and maintenance -------------------------------------------------------------
 
     def save_state(self) -> None:
-        """Write the routing table to ``config.state_path`` (atomically). Raises BadInput if unset."""
+        """Write the routing table to ``config.state_path`` (atomically). Raises BadInput if unset.
+
+        A contact with addresses in both families is saved as one row per address.
+        """
         if self._config.state_path is None:
             raise BadInput("no state_path configured")
-        contacts = [(n.id, n.ip, n.port) for n in self._protocol.router.contacts()]
-        if len(contacts) < self._config.ksize:
+        contacts = [(bytes(n.id), host, port) for n in self._protocol.router.contacts()
+                    for host, port in addresses_of(n).values()]
+        if len({c[0] for c in contacts}) < self._config.ksize:
             # A thin table (a restart during an outage, say) keeps the saved contacts that
             # have not answered yet: they are verified again before any use. Once the
             # table is healthy, stale ones are let go.
@@ -582,34 +741,43 @@ class DHT:
             contacts += [c for c in self._saved_unverified if c[0] not in known]
         save_routing_table(self._config.state_path, self.node_id, contacts)
 
-    async def _save_regularly(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.save_interval)
-            try:
-                self.save_state()
-            except OSError as exc:
-                log.warning("DHT: could not save routing table: %s", exc)
+    def next_deadline(self) -> float:
+        """When the next periodic job is due (monotonic seconds): see :meth:`handle_timer`."""
+        return self._schedule.next_deadline()
+
+    async def handle_timer(self, now: float | None = None) -> tuple[str, ...]:
+        """Run the periodic work due at ``now`` (monotonic seconds; default: the configured
+        clock) and return the jobs run, of :mod:`p2p.dht.schedule`'s ``SAVE``, ``EXPIRE``,
+        ``REFRESH``, ``REANNOUNCE``.
+
+        The DHT's own task calls this at every deadline; a test with a fake clock advances
+        it and calls this itself.
+        """
+        now = self._monotonic() if now is None else now
+        jobs = self._schedule.due(now)
+        for job in jobs:
+            if job == SAVE:
+                try:
+                    self.save_state()
+                except OSError as exc:
+                    log.warning("DHT: could not save routing table: %s", exc)
+            elif job == EXPIRE:
+                self._records.expire(self._wall())
+            elif job == REFRESH:
+                await self._refresh(now)
+            elif job == REANNOUNCE:
+                await self._reannounce()
+        return tuple(jobs)
 
     async def _maintain(self) -> None:
-        """Refresh lonely buckets, expire records and re-announce, each on its own period."""
-        cfg = self._config
-        period = min(cfg.refresh_interval, cfg.reannounce_interval) / 2
-        next_refresh = time.monotonic() + cfg.refresh_interval
-        next_announce = time.monotonic() + cfg.reannounce_interval
+        """Sleep until the next deadline, run what is due; for ever (cancelled by aclose)."""
         while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            self._records.expire(time.time())
-            if now >= next_refresh:
-                next_refresh = now + cfg.refresh_interval
-                await self._refresh()
-            if now >= next_announce:
-                next_announce = now + cfg.reannounce_interval
-                await self._reannounce()
+            await asyncio.sleep(max(0.0, self._schedule.next_deadline() - self._monotonic()))
+            await self.handle_timer()
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, now: float) -> None:
         router = self._protocol.router
-        for bucket in router.lonely_buckets(self._config.refresh_interval):
+        for bucket in router.lonely_buckets(self._config.refresh_interval, now):
             with contextlib.suppress(NetworkError):
                 await self._lookup_nodes(router.random_id_in(bucket))
 
@@ -620,5 +788,11 @@ class DHT:
             except NetworkError as exc:
                 log.warning("DHT: re-announce failed: %s", exc)
         if self._announce_peer:
-            with contextlib.suppress(NetworkError):
-                await self.announce_peer()
+            try:
+                await self.announce_peer(self._peer_addresses)
+            except NetworkError as exc:
+                log.warning("DHT: peer record re-announce failed: %s", exc)
+
+
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host.partition("%")[0]).is_loopback

@@ -1,4 +1,5 @@
-"""Shared helpers for the DHT tests: real UDP nodes on 127.0.0.1 (port 0) and hand-made datagrams."""
+"""Shared helpers for the DHT tests: real UDP nodes on 127.0.0.1 and ::1 (port 0), a fake clock
+and hand-made datagrams."""
 
 from __future__ import annotations
 
@@ -16,6 +17,23 @@ from p2p.identity import Identity
 
 LOOPBACK = DHTConfig(max_contacts_per_ip=None, rate_limit_per_ip=None)
 """Every test node shares 127.0.0.1, so the per-IP caps are lifted."""
+V4, V6 = "127.0.0.1", "::1"
+DUAL = (V4, V6)
+
+
+class FakeClock:
+    """A clock that moves only when a test says so; pass it as a ``DHTConfig`` clock."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock on; returns the new time."""
+        self.now += seconds
+        return self.now
 
 
 def config(**overrides: Any) -> DHTConfig:
@@ -29,7 +47,7 @@ async def network(n: int, **overrides: Any) -> AsyncIterator[list[DHT]]:
     try:
         first = await DHT.open(Identity.generate(), config(**overrides))
         nodes.append(first)
-        boot = (("127.0.0.1", first.port),)
+        boot = first.listen_addresses()[:1]
         for start in range(1, n, 10):
             batch = await asyncio.gather(*(
                 DHT.open(Identity.generate(), config(bootstrap=boot, **overrides))
@@ -72,10 +90,11 @@ class RawPeer(asyncio.DatagramProtocol):
 
 
 @contextlib.asynccontextmanager
-async def raw_peer(protocol: type[RawPeer] = RawPeer, **kwargs: Any) -> AsyncIterator[Any]:
+async def raw_peer(protocol: type[RawPeer] = RawPeer, host: str = V4,
+                   **kwargs: Any) -> AsyncIterator[Any]:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: protocol(**kwargs), local_addr=("127.0.0.1", 0)
+        lambda: protocol(**kwargs), local_addr=(host, 0)
     )
     try:
         yield proto

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 
 import pytest
 from dhtnet import config, network
 
-from p2p.dht import DHT, StaleSequence
-from p2p.errors import NetworkError, NotFound
+from p2p.dht import DHT, DHTStats, StaleSequence
+from p2p.dht.records import sign_peer
+from p2p.dht.store import PutStatus
+from p2p.errors import BadInput, NetworkError, NotFound
 from p2p.identity import Identity
 
 
@@ -30,8 +34,8 @@ async def test_fifty_nodes_five_providers_found_by_a_late_joiner() -> None:
             seen = [r.peer_id async for r in late.iter_providers(cid, limit=2)]
             assert len(seen) == 2 == len(set(seen))
             assert await late.find_providers(os.urandom(32)) == []
-            stats = late.stats()
-            assert stats["contacts"] > 0 and stats["rejected"] == {}
+            stats = late.summary()
+            assert stats.contacts > 0 and stats.rejected == {}
 
 
 async def test_peer_and_channel_records() -> None:
@@ -39,7 +43,8 @@ async def test_peer_and_channel_records() -> None:
         a, b = nodes[3], nodes[8]
         assert await a.announce_peer() >= 1
         rec = await b.find_peer(a._identity.peer_id)
-        assert rec.addresses == a.reachable_addresses()
+        assert rec.peer_id == a._identity.peer_id
+        assert rec.addresses == a.reachable_addresses() == (("127.0.0.1", a.port),)
         with pytest.raises(NotFound):
             await b.find_peer(Identity.generate().peer_id)
 
@@ -55,26 +60,6 @@ async def test_peer_and_channel_records() -> None:
         assert (await a.get_channel(publisher.peer_id, "releases")).content_id == v2
         with pytest.raises(NotFound):
             await b.get_channel(publisher.peer_id, "nothing")
-
-
-async def test_provide_reannounces_and_unprovide_stops() -> None:
-    async with network(6, reannounce_interval=0.2) as nodes:
-        cid = os.urandom(32)
-        me = nodes[2]
-        await me.provide(cid)
-        reannounced = asyncio.Event()
-        announce = me.announce
-
-        async def spy(content_id: bytes, addresses: object = None) -> int:
-            assert content_id == cid
-            reannounced.set()
-            return await announce(content_id)
-
-        me.announce = spy  # type: ignore[method-assign]
-        async with asyncio.timeout(5):
-            await reannounced.wait()
-        me.unprovide(cid)
-        assert me.stats()["provided"] == 0
 
 
 async def test_lone_node_errors_are_typed() -> None:
@@ -99,12 +84,52 @@ async def test_announce_addrs_override_and_observed_address() -> None:
             assert d.reachable_addresses() == (("203.0.113.9", 7000),)
 
 
+async def test_find_peer_returns_the_freshest_record_and_its_addresses() -> None:
+    async with network(10) as nodes:
+        a, b = nodes[2], nodes[7]
+        moved = (("192.0.2.44", 4000), ("2001:db8::44", 4000))
+        assert await a.announce_peer((("192.0.2.43", 4000),)) >= 1
+        first = await b.find_peer(a._identity.peer_id)
+        assert first.addresses == (("192.0.2.43", 4000),)
+        # The peer moved and says so; a holder that kept the old record is outvoted by expiry.
+        signed = sign_peer(a._identity, moved, a._config.wall_clock() + 60)
+        holders = await a._lookup_nodes(signed.key)
+        assert await a.protocol.call_put(holders[0], signed.key, signed.raw) == PutStatus.OK
+        latest = await b.find_peer(a._identity.peer_id)
+        assert latest.addresses == moved and latest.expires > first.expires
+        with pytest.raises(BadInput):
+            await a.announce_peer((("localhost", 1),))
+
+
+async def test_summary_is_typed_and_stats_keeps_the_old_keys() -> None:
+    async with network(3) as nodes:
+        s = nodes[1].summary()
+        assert isinstance(s, DHTStats) and s.node_id == nodes[1].node_id
+        assert s.contacts == sum(s.bucket_sizes) == len(nodes[1].contacts()) >= 1
+        assert s.listen == ((("127.0.0.1", nodes[1].port)),)
+        old_keys = {"node_id", "uptime", "contacts", "buckets", "rpcs_received", "rpcs_sent",
+                    "rejected", "events", "records", "outstanding", "lookups", "lookup_rpcs",
+                    "refused_ip_cap", "signature_cache", "provided", "state_load_error",
+                    "restored_contacts"}
+        doc = nodes[1].stats()
+        assert old_keys <= set(doc) and doc == s.to_json() | {"uptime": doc["uptime"]}
+        assert doc["node_id"] == nodes[1].node_id.hex()
+        assert doc["signature_cache"] == {"hits": s.signature_cache_hits,
+                                          "misses": s.signature_cache_misses}
+        assert json.loads(json.dumps(doc)) == doc
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.contacts = 0  # type: ignore[misc]
+
+
 async def test_aclose_is_idempotent_and_cancels_everything() -> None:
     async with network(4) as nodes:
         d = nodes[1]
-        assert d._tasks
+        assert len(d._tasks) == 1  # the periodic work
         await d.aclose()
         await d.aclose()
         assert not d._tasks and not d.protocol._tasks and not d.protocol._outstanding
+        assert d._tasks.closed and d.protocol._tasks.closed
         assert d._server.refresh_loop is None  # the library's call_later timer never armed
-        assert d.protocol.closed.is_set()
+        assert d.protocol.closed.is_set() and not d.listening
+        with pytest.raises(NetworkError, match="closed"):
+            await d.announce(os.urandom(32))
