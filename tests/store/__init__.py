@@ -1,1 +1,1 @@
-"""Tests of the local store (p2p/store.py): real SQLite files, real files, real processes."""
+"""Tests of the local store (p2p/store/): real SQLite files, real files, real processes."""

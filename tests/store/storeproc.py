@@ -18,7 +18,7 @@ Modes (each prints one line per step, flushed, so the parent can follow it):
     (and close) a Store there, printing ``error K MESSAGE`` if that fails.
 ``populate STATE WORK TAG COUNT``
     Build COUNT small manifests, print ``ready``, wait for a line on stdin, then open the
-    store and add COUNT shares, bans and peers; print ``done`` and a JSON summary.
+    store and add COUNT shares and bans; print ``done`` and a JSON summary.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from p2p.content import Manifest, build_manifest
 from p2p.errors import DiskFull, StateDirLocked, StoreError
 from p2p.identity import Identity
 from p2p.store import ChunkMap, Store
+from p2p.store.bitfield import bit_indexes
 
 SCRIPT = Path(__file__).resolve()
 KiB = 1024
@@ -69,8 +70,18 @@ def chunk_bytes(cmap: ChunkMap, root: Path, index: int) -> bytes:
 
 
 def set_bits(bits: bytes) -> set[int]:
-    """The indexes set in a bitfield (MSB first)."""
-    return {i for i in range(len(bits) * 8) if bits[i >> 3] & (0x80 >> (i & 7))}
+    """The indexes set in a bitfield."""
+    return set(bit_indexes(bits))
+
+
+class Clock:
+    """A clock the test sets by hand: pass it as ``Store(..., clock=clock)``."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Child:
@@ -244,7 +255,6 @@ def _populate(state: str, work: str, tag: str, count: str) -> None:
         for (path, manifest, files), peer in zip(built, peers, strict=True):
             store.add_share(manifest, files, root=path)
             store.ban(peer, f"{tag} ban")
-            store.remember_peer(peer, "127.0.0.1", 4000 + len(tag))
     _say("done")
     _say(json.dumps({"shares": [m.content_id.digest.hex() for _, m, _ in built],
                      "bans": [p.key.hex() for p in peers]}))

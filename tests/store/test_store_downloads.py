@@ -11,7 +11,7 @@ from p2p.errors import StateDirLocked, StoreError
 from p2p.identity import Identity
 from p2p.store import PARTIAL_SUFFIX, Store, full_bitfield
 
-from .storeproc import CHUNK, Child, chunk_bytes, make_bytes, save_manifest, set_bits
+from .storeproc import CHUNK, Child, Clock, chunk_bytes, make_bytes, save_manifest, set_bits
 
 ME = Identity.generate()
 
@@ -199,20 +199,28 @@ def test_remove_download_deletes_partial_data_and_sources(tmp_path: Path, source
 
 
 def test_bans_persist_and_timed_bans_expire(tmp_path: Path) -> None:
-    forever, timed, expired, never = (Identity.generate().peer_id for _ in range(4))
-    with Store(tmp_path / "state") as store:
+    clock = Clock()
+    start = clock.now
+    forever, timed, short, never = (Identity.generate().peer_id for _ in range(4))
+    with Store(tmp_path / "state", clock=clock) as store:
         store.ban(forever, "sent a bad chunk")
         store.ban(timed, "too many strikes", duration=3600)
-        store.ban(expired, "old news", duration=-1)
+        store.ban(short, "slow to answer", duration=60)
+        assert store.is_banned(forever) and store.is_banned(timed) and store.is_banned(short)
+        assert not store.is_banned(never)
+        clock.now += 60  # a timed ban is over at its end
+        assert not store.is_banned(short) and store.is_banned(timed)
+    with Store(tmp_path / "state", clock=clock) as store:
         assert store.is_banned(forever) and store.is_banned(timed)
-        assert not store.is_banned(expired) and not store.is_banned(never)
-    with Store(tmp_path / "state") as store:
-        assert store.is_banned(forever) and store.is_banned(timed)
-        assert not store.is_banned(expired) and not store.is_banned(never)
+        assert not store.is_banned(short) and not store.is_banned(never)
         rows = {peer: (reason, since, until) for peer, reason, since, until in store.bans()}
-        assert rows[forever][0] == "sent a bad chunk" and rows[forever][2] is None
-        assert rows[timed][2] == pytest.approx(rows[timed][1] + 3600)
-        assert rows[expired][2] < rows[expired][1]
-        # Banning again replaces the old ban (here: shortens it to already over).
-        store.ban(timed, "pardoned", duration=-0.001)
-        assert not store.is_banned(timed)
+        assert rows[forever] == ("sent a bad chunk", start, None)
+        assert rows[timed] == ("too many strikes", start, start + 3600)
+        assert rows[short] == ("slow to answer", start, start + 60)
+        clock.now = start + 3600
+        assert not store.is_banned(timed) and store.is_banned(forever)
+        # Banning again replaces the old ban (here: a ban for good becomes a short one).
+        store.ban(forever, "pardoned", duration=1)
+        assert store.is_banned(forever)
+        clock.now += 1
+        assert not store.is_banned(forever)

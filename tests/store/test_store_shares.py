@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from p2p.content import FileEntry, build_manifest, hash_bytes, sign_manifest
 from p2p.errors import ContentChanged, NotFound
 from p2p.identity import Identity
-from p2p.store import ChunkMap, Store, bit_count, bit_get, bit_set, bitfield_new, full_bitfield
+from p2p.store import ChunkMap, Store, bit_count, full_bitfield
 
-from .storeproc import CHUNK, make_bytes, set_bits
+from .storeproc import CHUNK, make_bytes
 
 ME = Identity.generate()
 
@@ -160,20 +160,7 @@ def test_sharing_a_file_that_is_not_what_was_hashed_is_refused(tmp_path: Path, s
         assert store.shares() == []
 
 
-# -- the pure parts: bitfields and chunk numbering -----------------------------------------
-
-
-@given(st.integers(0, 300), st.sets(st.integers(0, 299)))
-def test_bitfield_helpers_agree(count: int, picks: set[int]) -> None:
-    chosen = {i for i in picks if i < count}
-    bits = bitfield_new(count)
-    assert len(bits) == (count + 7) // 8
-    for i in chosen:
-        bit_set(bits, i)
-    assert set_bits(bytes(bits)) == chosen
-    assert bit_count(bits) == len(chosen)
-    assert all(bit_get(bits, i) == (i in chosen) for i in range(count))
-    assert set_bits(full_bitfield(count)) == set(range(count))
+# -- the pure part: chunk numbering ---------------------------------------------------------
 
 
 @given(st.lists(st.integers(0, 3 * CHUNK + 1), min_size=1, max_size=6))
@@ -184,11 +171,14 @@ def test_chunk_map_covers_every_byte_once(sizes: list[int]) -> None:
     covered: dict[int, int] = {}
     for index in range(cmap.count):
         span = cmap.locate(index)
+        entry, local = cmap.local(index)
+        assert entry == span.entry and span.offset == local * entries[entry].info.chunk_size
         assert sizes[span.entry] > 0 and span.length > 0
         assert covered.get(span.entry, 0) == span.offset
         covered[span.entry] = span.offset + span.length
         assert cmap.verify(index, b"\0" * span.length)
         assert not cmap.verify(index, b"\1" * span.length)
     assert covered == {i: s for i, s in enumerate(sizes) if s}
-    with pytest.raises(IndexError):
-        cmap.locate(cmap.count)
+    for outside in (-1, cmap.count):
+        with pytest.raises(IndexError):
+            cmap.locate(outside)

@@ -1,0 +1,344 @@
+"""Partial downloads: the files a running download writes, and the order that makes it resumable.
+
+A download writes into a partial file (a partial folder for a directory) beside its
+destination: ``NAME.p2p-partial``. On completion it is renamed into place and becomes a
+share served from there.
+
+Durability order (what makes a killed download resume without lying):
+
+1. :meth:`PartialDownload.write_chunk` writes the verified bytes at their offset;
+2. :meth:`PartialDownload.commit` ``fdatasync``\\ s the partial files, and only
+   then writes the new bitfield to SQLite in one transaction.
+
+So a chunk marked complete in the database always has its bytes on disk. Syncing runs on
+its own thread and never holds up the transfer. A chunk written but not yet committed
+when the process died is not trusted: on resume, :meth:`PartialDownload.recover` re-hashes
+such chunks and keeps those whose bytes verify, and everything else is fetched again.
+
+A download holds an exclusive ``flock`` on its partial file, so a second process fetching
+the same content gets :class:`~p2p.errors.StateDirLocked` instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import resource
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..content import ContentId, Manifest, open_under
+from ..durable import fsync_dir
+from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
+from .bitfield import bit_count, bit_get, bit_set
+from .chunks import ChunkMap
+from .directio import DirectWriter
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["PARTIAL_SUFFIX", "PREALLOCATE_MARGIN", "PartialDownload", "ignore_sigxfsz", "seal"]
+
+PARTIAL_SUFFIX = ".p2p-partial"
+"""Appended to a download's destination name while it is being written."""
+PREALLOCATE_MARGIN = 256 * 1024 * 1024
+"""Preallocate only when this much would still be free afterwards."""
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""Out of disk, over the file-size limit, over quota: all reported as :class:`DiskFull`."""
+
+
+def ignore_sigxfsz() -> None:
+    """Make writes past the file-size limit fail (``EFBIG``, reported as :class:`DiskFull`)
+    instead of killing the process. Only the main thread can change signal handlers."""
+    # With a file-size limit, the kernel kills the writer with SIGXFSZ unless it is ignored.
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _disk_full(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise DiskFull(f"no space left to write {path}: {exc.strerror}") from None
+        raise
+
+
+class PartialDownload:
+    """The on-disk side of one running download: write verified chunks, commit, finalize.
+
+    Opened by :meth:`Store.open_download <p2p.store.Store.open_download>`. Not an asyncio
+    object: the download engine calls it from worker threads. Writes may run in parallel;
+    :meth:`commit`, :meth:`finalize` and :meth:`close` take one lock, and closing waits for
+    writes in progress, so a file descriptor is never used after it is closed.
+
+    Writing: a new partial file is preallocated (when the disk has room), and whole aligned
+    chunks are written with ``O_DIRECT`` (:mod:`p2p.store.directio`); any file system that
+    refuses ``O_DIRECT`` (tmpfs) gets ordinary buffered writes.
+    """
+
+    def __init__(self, store: Store, manifest: Manifest, chunk_map: ChunkMap, dest: Path,
+                 partial_path: Path, bits: bytearray, *, direct_io: bool = True) -> None:
+        self.store = store
+        """The store that opened this download, and records its progress."""
+        self.manifest = manifest
+        """What is downloaded (verified)."""
+        self.chunk_map = chunk_map
+        """The manifest's chunk numbering."""
+        self.dest = dest
+        """Where the result goes once complete."""
+        self.partial_path = partial_path
+        """Where the data is written until then (a file, or a folder for a directory)."""
+        self.bits = bits
+        """Chunks whose bytes are written and verified (committed or not)."""
+        self.resumed = False
+        """True when the partial data existed before (a resume): :meth:`recover` is worth running."""
+        self._committed = bytes(bits)
+        self._fds: dict[int, int] = {}
+        """Per entry, a buffered read-write descriptor: reads, syncs, buffered writes."""
+        self._writer = DirectWriter()
+        self._direct_wanted = direct_io
+        self._lock_fd = -1
+        self._closed = False
+        self._bits_lock = threading.Lock()
+        self._life = threading.Condition(threading.RLock())
+        self._users = 0
+        """Writes, reads and syncs in progress: closing waits for them, without holding a lock
+        across slow I/O (the server reads on its event loop)."""
+        try:
+            self._open()
+        except BaseException:
+            store._release(manifest.content_id.digest)
+            self.close()
+            raise
+
+    @property
+    def content_id(self) -> ContentId:
+        """What is being downloaded."""
+        return self.manifest.content_id
+
+    @property
+    def done(self) -> int:
+        """Chunks held."""
+        return bit_count(self.bits)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk held."""
+        return self.done == self.chunk_map.count
+
+    def has(self, index: int) -> bool:
+        """Whether chunk ``index`` is held."""
+        return bit_get(self.bits, index)
+
+    def _open(self) -> None:
+        is_dir = self.manifest.kind == "dir"
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.resumed = self.partial_path.exists()
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        if is_dir:
+            self.partial_path.mkdir(exist_ok=True)
+            self._lock_fd = os.open(self.partial_path, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            self._lock_fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirLocked(f"{self.partial_path} is being downloaded by another process") from None
+        if not is_dir:
+            self._fds[0] = os.dup(self._lock_fd)
+        else:
+            for i, entry in enumerate(self.manifest.entries):
+                self._fds[i] = open_under(self.partial_path, entry.path, os.O_RDWR | os.O_CREAT)
+        if not self.resumed:
+            self._preallocate()
+        if self._direct_wanted:
+            self._writer.open({i: self.partial_path if not is_dir else self.partial_path / entry.path
+                               for i, entry in enumerate(self.manifest.entries)})
+
+    def _preallocate(self) -> None:
+        """Reserve the whole size up front (fewer fragments, no allocation per write), only when
+        the disk and the file-size limit clearly have room: running out must happen chunk by
+        chunk, with progress kept, not all at once here."""
+        total = self.manifest.total_size
+        try:
+            st = os.statvfs(self.partial_path if self.partial_path.is_dir() else self.partial_path.parent)
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except OSError:
+            return
+        largest = max((e.info.size for e in self.manifest.entries), default=0)
+        if st.f_bavail * st.f_frsize < total + PREALLOCATE_MARGIN or \
+                (limit != resource.RLIM_INFINITY and limit < largest):
+            return
+        for i, entry in enumerate(self.manifest.entries):
+            if entry.info.size == 0:
+                continue
+            try:
+                os.posix_fallocate(self._fds[i], 0, entry.info.size)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fds[i], 0)  # give back what a failed call reserved
+                return
+
+    @contextlib.contextmanager
+    def _using(self, closed_error: Exception) -> Iterator[None]:
+        with self._life:
+            if self._closed:
+                raise closed_error
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._life:
+                self._users -= 1
+                self._life.notify_all()
+
+    def write_chunk(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        """Write verified chunk ``index`` at its offset. Raises :class:`DiskFull` when out of space.
+
+        The caller has checked the hash; the bit is set in memory and becomes
+        durable at the next :meth:`commit`.
+        """
+        span = self.chunk_map.locate(index)
+        with self._using(StoreError(f"{self.partial_path} is closed")), _disk_full(self.partial_path):
+            self._writer.write(span, data, self._fds[span.entry])
+        with self._bits_lock:
+            bit_set(self.bits, index)
+
+    def read_chunk(self, index: int) -> bytes:
+        """Serve a held chunk to another peer (partial seeding), re-verified."""
+        if not 0 <= index < self.chunk_map.count or not bit_get(self.bits, index):
+            raise NotFound(f"chunk {index} not held yet")
+        span = self.chunk_map.locate(index)
+        with self._using(NotFound("download closed")):
+            data = os.pread(self._fds[span.entry], span.length, span.offset)
+        if not self.chunk_map.verify(index, data):
+            raise ContentChanged(f"{self.partial_path} was modified on disk")
+        return data
+
+    def commit(self) -> int:
+        """Make written chunks durable, then record them. Returns how many were newly recorded.
+
+        Order: ``fdatasync`` every partial file first, then write the bitfield
+        to the database, so no record ever claims bytes that are not on disk.
+        """
+        with self._bits_lock:
+            snapshot = bytes(self.bits)
+        if snapshot == self._committed or self._closed:
+            return 0
+        with self._using(StoreError(f"{self.partial_path} is closed")):
+            with _disk_full(self.partial_path):
+                for fd in list(self._fds.values()):
+                    os.fdatasync(fd)
+            with self._life:
+                if self._closed:  # finalized meanwhile: its record is the last word
+                    return 0
+                new = bit_count(snapshot) - bit_count(self._committed)
+                self.store._save_bits(self.content_id.digest, snapshot, "active")
+                self._committed = snapshot
+                return new
+
+    def recover(self) -> list[int]:
+        """Re-hash chunks not recorded as done; keep those whose bytes verify. Returns their indexes.
+
+        After a crash, chunks written but not yet committed are still on disk
+        (usually); checking them costs one BLAKE3 pass instead of a download.
+        Only worth calling when :attr:`resumed`: a new partial file holds nothing.
+        """
+        found = []
+        with self._using(StoreError(f"{self.partial_path} is closed")):
+            for index in range(self.chunk_map.count):
+                if bit_get(self.bits, index):
+                    continue
+                span = self.chunk_map.locate(index)
+                fd = self._fds[span.entry]
+                if os.fstat(fd).st_size < span.offset + span.length:
+                    continue
+                data = os.pread(fd, span.length, span.offset)
+                if self.chunk_map.verify(index, data):
+                    with self._bits_lock:
+                        bit_set(self.bits, index)
+                    found.append(index)
+        if found:
+            self.commit()
+        return found
+
+    def finalize(self) -> Path:
+        """Every chunk is held: rename into place, record completion, serve from there.
+
+        Returns the final path. The bytes are in the page cache (or on disk,
+        written directly), which survives a killed process; making them durable
+        against an OS crash is :func:`seal`'s job, run afterwards off the
+        download's critical path (a slow disk would otherwise cap every download
+        at its sync speed). Until then the file is already served, and every
+        read re-hashes its chunk, so a file torn by an OS crash is never served
+        as this content.
+
+        Raises :class:`~p2p.errors.StoreError` if the destination exists already.
+        """
+        with self._life:
+            if not self.complete:
+                raise StoreError("finalize() before every chunk is held")
+            while self._users:  # a duplicate end-game copy still being written, a read, a sync
+                self._life.wait()
+            for i, entry in enumerate(self.manifest.entries):
+                fd = self._fds[i]
+                if os.fstat(fd).st_size != entry.info.size:
+                    os.ftruncate(fd, entry.info.size)  # empty files and short writes
+            if self.dest.exists():
+                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
+            os.rename(self.partial_path, self.dest)
+            files = [(entry, self.dest if self.manifest.kind == "file" else self.dest / entry.path)
+                     for entry in self.manifest.entries]
+            self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
+            self.close()
+        self.store.add_share(self.manifest, files, root=self.dest, origin="downloaded")
+        return self.dest
+
+    def close(self) -> None:
+        """Release files and the lock (progress stays recorded). Idempotent; waits for writes in progress."""
+        with self._life:
+            if self._closed:
+                return
+            self._closed = True
+            while self._users:
+                self._life.wait()
+            self.store._release(self.content_id.digest)
+            self._writer.close()
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds.clear()
+            if self._lock_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+def seal(path: Path) -> None:
+    """Make a finished download durable: ``fsync`` its file (or every file of its folder), then
+    the folders, so the rename into place survives an OS crash too."""
+    if path.is_dir():
+        for dirpath, _, filenames in os.walk(path):
+            for name in filenames:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_dir(Path(dirpath))
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(path.parent)

@@ -1,0 +1,276 @@
+"""The store: one object over the state directory's database and the files it points at.
+
+It wires the pieces together: the :class:`~p2p.store.database.Database` for records, the
+:class:`~p2p.store.serving.SharedFile` change check for shares served in place, and
+:class:`~p2p.store.partial.PartialDownload` for downloads running in this process. It is
+also the wire server's chunk source (:meth:`Store.manifest`, :meth:`Store.bitfield`,
+:meth:`Store.read_chunk`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..content import ContentId, FileEntry, FileInfo, Manifest
+from ..errors import ContentChanged, NotFound, StateDirLocked
+from ..identity import PeerId
+from .bitfield import bit_count, bitfield_new, full_bitfield
+from .chunks import ChunkMap
+from .database import Database, DownloadInfo, ShareInfo
+from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz
+from .serving import SharedFile
+
+__all__ = ["Store"]
+
+
+class Store:
+    """The state directory's database and the files it points at. Thread-safe for reads and writes.
+
+    ``clock`` gives the time, in seconds since the epoch, for every timestamp the store
+    records (a share's age, a download's updates, a ban's expiry); tests pass their own.
+    Raises :class:`~p2p.errors.StoreError` if the state directory cannot be used.
+    """
+
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir = Path(state_dir)
+        """The state directory: the database lives here, the shared files stay where they are."""
+        self._clock = clock
+        self._db = Database(self.state_dir)
+        self._lock = threading.RLock()
+        """Guards the running downloads (and opening one)."""
+        self._active: dict[bytes, PartialDownload] = {}
+        self._manifest_cache: dict[bytes, tuple[Manifest, ChunkMap]] = {}
+        ignore_sigxfsz()
+
+    def close(self) -> None:
+        """Close every open download and the database. Idempotent."""
+        with self._lock:
+            for partial in list(self._active.values()):
+                partial.close()
+            self._active.clear()
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- manifests -------------------------------------------------------------------
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        """Store a (verified) manifest."""
+        self._db.put_manifest(manifest)
+
+    def get_manifest(self, content_id: ContentId | bytes) -> Manifest | None:
+        """The stored manifest for an id, or None."""
+        return self._manifest_and_map(_raw(content_id))[0]
+
+    def _manifest_and_map(self, cid: bytes) -> tuple[Manifest | None, ChunkMap | None]:
+        cached = self._manifest_cache.get(cid)
+        if cached:
+            return cached
+        data = self._db.manifest_data(cid)
+        if data is None:
+            return None, None
+        manifest = Manifest.decode(data)
+        pair = (manifest, ChunkMap(manifest))
+        self._manifest_cache[cid] = pair
+        return pair
+
+    def _chunk_map(self, cid: bytes) -> tuple[Manifest, ChunkMap]:
+        """The manifest and chunk map of ``cid``, which is known to be stored."""
+        manifest, cmap = self._manifest_and_map(cid)
+        assert manifest is not None and cmap is not None
+        return manifest, cmap
+
+    # -- shares ----------------------------------------------------------------------
+
+    def add_share(self, manifest: Manifest, files: list[tuple[FileEntry, Path]], *,
+                  root: Path, origin: str = "shared") -> None:
+        """Serve ``manifest`` from ``files`` in place (recording size and mtime of each).
+
+        Raises :class:`~p2p.errors.ContentChanged` if a file's size is not the one hashed.
+        """
+        by_path = {entry.path: path for entry, path in files}
+        recorded = [SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries]
+        self._db.put_manifest(manifest)
+        self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
+                           now=self._clock())
+
+    def remove_share(self, content_id: ContentId | bytes) -> bool:
+        """Stop serving ``content_id``. True if it was shared."""
+        return self._db.remove_share(_raw(content_id))
+
+    def shares(self) -> list[ShareInfo]:
+        """Everything this node serves in full."""
+        return self._db.shares()
+
+    def is_shared(self, content_id: ContentId | bytes) -> bool:
+        """Whether ``content_id`` is served in full."""
+        return self._db.is_shared(_raw(content_id))
+
+    def resolve_prefix(self, text: str) -> ContentId | None:
+        """The unique stored content id whose text form starts with ``text`` (for ``p2p verify abc``)."""
+        ids = [ContentId(raw) for raw in self._db.manifest_ids()]
+        matches = [cid for cid in ids if str(cid).startswith(text) or cid.short().startswith(text)]
+        return matches[0] if len(matches) == 1 else None
+
+    # -- serving (the wire server's ChunkSource) ---------------------------------------
+
+    def manifest(self, content_id: bytes) -> bytes | None:
+        """Encoded manifest for a content id we can serve (fully or partly), else None."""
+        # Downloads are served only while they run here (their files are open).
+        if content_id not in self._active and not self.is_shared(content_id):
+            return None
+        return self._db.manifest_data(content_id)
+
+    def bitfield(self, content_id: bytes) -> tuple[int, bytes] | None:
+        """(chunk count, bits) of what we can serve of ``content_id``, or None."""
+        partial = self._active.get(content_id)
+        if partial is not None:
+            return partial.chunk_map.count, bytes(partial.bits)
+        if self.is_shared(content_id):
+            _, cmap = self._chunk_map(content_id)
+            return cmap.count, full_bitfield(cmap.count)
+        found = self._db.file_share(content_id)
+        if found is not None:
+            parent, entry, _ = found
+            manifest, _ = self._chunk_map(parent)
+            count = manifest.entries[entry].info.chunk_count
+            return count, full_bitfield(count)
+        return None
+
+    def read_chunk(self, content_id: bytes, index: int) -> bytes:
+        """The verified bytes of chunk ``index`` of ``content_id``.
+
+        Raises :class:`NotFound` if we do not hold it and :class:`ContentChanged`
+        if the file on disk no longer holds those bytes (the share is then
+        dropped, so it is not announced again).
+        """
+        partial = self._active.get(content_id)
+        if partial is not None:
+            return partial.read_chunk(index)
+        files = self._db.share_files(content_id)
+        if files:
+            manifest, cmap = self._chunk_map(content_id)
+            try:
+                entry, local = cmap.local(index)
+            except IndexError:
+                raise NotFound(f"chunk {index} is out of range") from None
+            return self._read_shared(content_id, files[entry], manifest.entries[entry].info, local)
+        found = self._db.file_share(content_id)
+        if found is not None:
+            parent, entry, file = found
+            manifest, _ = self._chunk_map(parent)
+            info = manifest.entries[entry].info
+            if not 0 <= index < info.chunk_count:
+                raise NotFound(f"chunk {index} is out of range")
+            return self._read_shared(parent, file, info, index)
+        if self._db.has_download(content_id):
+            raise NotFound("that download is not running in this process")
+        raise NotFound("content not held here")
+
+    def _read_shared(self, share: bytes, file: SharedFile, info: FileInfo, index: int) -> bytes:
+        data = file.read_chunk(info, index)
+        if data is None:
+            self.remove_share(share)
+            raise ContentChanged(f"{file.path} changed since it was shared; no longer serving it")
+        return data
+
+    # -- downloads ---------------------------------------------------------------------
+
+    def open_download(self, manifest: Manifest, dest: Path) -> PartialDownload:
+        """Start or resume the download of a verified ``manifest`` into ``dest``.
+
+        Takes an exclusive lock (:class:`StateDirLocked` if another process
+        holds it). An existing partial download of the same content resumes
+        from its recorded bitfield.
+        """
+        cid = manifest.content_id.digest
+        with self._lock:
+            if cid in self._active:
+                raise StateDirLocked(f"{manifest.content_id} is already being downloaded")
+            self._db.put_manifest(manifest)
+            record = self._db.download_record(cid)
+            _, cmap = self._chunk_map(cid)
+            if record is not None and record[1].exists():
+                dest, partial_path, recorded = record
+                bits = bytearray(recorded)
+            else:
+                dest = Path(dest).resolve()
+                partial_path = dest.with_name(dest.name + PARTIAL_SUFFIX)
+                bits = bitfield_new(cmap.count)
+            self._db.start_download(cid, dest, partial_path, bytes(bits), bit_count(bits), self._clock())
+            partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits)
+            self._active[cid] = partial
+            return partial
+
+    def _save_bits(self, cid: bytes, bits: bytes, state: str, error: str | None = None) -> None:
+        """Record a running download's bitfield (called by its :class:`PartialDownload`)."""
+        self._db.save_bits(cid, bits, bit_count(bits), state, self._clock(), error)
+
+    def _release(self, cid: bytes) -> None:
+        """A download stopped running here (called by its :class:`PartialDownload`)."""
+        with self._lock:
+            self._active.pop(cid, None)
+
+    def set_download_state(self, content_id: ContentId | bytes, state: str, error: str | None = None) -> None:
+        """Mark a download ``paused``, ``failed`` or ``active`` (the bitfield is untouched)."""
+        self._db.set_download_state(_raw(content_id), state, error, self._clock())
+
+    def remove_download(self, content_id: ContentId | bytes) -> None:
+        """Forget a download and delete its partial data (cancel)."""
+        path = self._db.remove_download(_raw(content_id))
+        if path is None:
+            return
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def add_sources(self, content_id: ContentId | bytes, addrs: list[tuple[str, int]]) -> None:
+        """Remember addresses to fetch ``content_id`` from (a ticket's), so a resume after a
+        restart can dial them again without the ticket."""
+        self._db.add_sources(_raw(content_id), addrs, self._clock())
+
+    def sources(self, content_id: ContentId | bytes) -> list[tuple[str, int]]:
+        """Addresses remembered for ``content_id``, oldest first."""
+        return self._db.sources(_raw(content_id))
+
+    def downloads(self) -> list[DownloadInfo]:
+        """Every download this store knows, with its progress."""
+        return self._db.downloads()
+
+    def recorded_bitfield(self, content_id: ContentId | bytes) -> tuple[int, bytes] | None:
+        """(chunk count, bits) a download has recorded as durable, or None if unknown."""
+        return self._db.recorded_bitfield(_raw(content_id))
+
+    def download_info(self, content_id: ContentId | bytes) -> DownloadInfo | None:
+        """One download's row, or None."""
+        return next(iter(self._db.downloads(_raw(content_id))), None)
+
+    # -- bans --------------------------------------------------------------------------
+
+    def ban(self, peer: PeerId, reason: str, duration: float | None = None) -> None:
+        """Ban ``peer`` (for ``duration`` seconds, or for good). Kept across restarts."""
+        now = self._clock()
+        self._db.ban(peer, reason, now, None if duration is None else now + duration)
+
+    def is_banned(self, peer: PeerId) -> bool:
+        """Whether ``peer`` is banned now."""
+        return self._db.is_banned(peer, self._clock())
+
+    def bans(self) -> list[tuple[PeerId, str, float, float | None]]:
+        """Every ban: (peer, reason, since, until or None)."""
+        return self._db.bans()
+
+
+def _raw(content_id: ContentId | bytes) -> bytes:
+    return content_id.digest if isinstance(content_id, ContentId) else bytes(content_id)
