@@ -17,7 +17,8 @@ from pathlib import Path
 from .content import ContentId, Manifest, parse_id_or_ticket
 from .errors import BadInput
 from .identity import PeerId
-from .store import DB_FILE, DownloadInfo, ShareInfo, Store, bit_get
+from .store import DB_FILE, DownloadInfo, ShareInfo, Store
+from .store.bitfield import bit_indexes
 
 __all__ = ["Ban", "DownloadInfo", "Library", "ShareInfo"]
 
@@ -92,7 +93,7 @@ class Library:
         if recorded is None:
             return (info.chunks if info else 0), []
         count, bits = recorded
-        return count, [i for i in range(count) if bit_get(bits, i)]
+        return count, bit_indexes(bits, count)
 
     def bans(self) -> list[Ban]:
         """Every ban, current or expired."""
