@@ -27,9 +27,9 @@ from pathlib import Path
 import blake3
 
 from p2p.identity import Identity
+from p2p.testing import FileSource
 from p2p.wire.messages import Data, Request
 from p2p.wire.server import Server, ServerLimits
-from p2p.wire.sources import FileSource
 from p2p.wire.transport import connect
 
 CID = bytes(32)

@@ -1,43 +1,70 @@
 """The chunk server: accepts connections and answers manifest, bitfield and chunk requests.
 
-Each accepted connection is served by one owned task (a reader) plus one owned
-worker task that sends chunks in request order; :meth:`Server.aclose` cancels
-and awaits them all. A peer that breaks the protocol is dropped; the server goes on.
+This is the asyncio shell. The rules each connection is held to (handshake, idle
+and stalled-reader timeouts, the in-flight cap, Cancel, who gets Haves) are a pure
+:class:`~p2p.wire.serving.ServedPeer` per connection; the shell feeds it what
+happens, with the time from an injected clock, does what it answers, and keeps one
+timer per connection armed at its next deadline.
+
+Each admitted connection is served by one task owned by the server; once the
+handshake is done that task runs a reader and a chunk sender in a task group
+scoped to the connection. :meth:`Server.aclose` cancels and awaits them all. A
+peer that breaks the protocol is dropped; the server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+import math
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, overload
 
-from ..errors import ContentChanged, NetworkError, NotFound, RemoteProtocolError
+from ..address import Address, format_address, from_sockaddr
+from ..errors import ContentChanged, LocalProtocolError, NetworkError, NotFound, RemoteProtocolError
 from ..identity import Identity, PeerId
+from ..tasks import TaskOwner
 from .errors import ClosedByUs, ConnectionLost
 from .messages import (
     PROTOCOL_VERSION,
     Bitfield,
-    Cancel,
     Data,
-    GetBitfield,
-    GetManifest,
     Have,
     Hello,
     Manifest,
-    Message,
-    Ping,
-    Pong,
     Reject,
     RejectReason,
     Request,
 )
+from .serving import Reply, SendBitfield, SendManifest, ServedPeer, ServerLimits
 from .session import Session
 from .transport import Connection, WireProtocol
 
+__all__ = [
+    "DEFAULT_LIMITS",
+    "PORT_ATTEMPTS",
+    "Backpressure",
+    "ChunkSource",
+    "ConnectionInfo",
+    "PeerConnected",
+    "PeerDisconnected",
+    "Server",
+    "ServerEvent",
+    "ServerLimits",
+    "Uploaded",
+]
+
 log = logging.getLogger(__name__)
+
+DEFAULT_LIMITS = ServerLimits()
+"""The limits a server gets unless it is given others."""
+PORT_ATTEMPTS = 8
+"""Free ports tried when listening on several hosts at port 0: the first bind picks a port
+the others may find taken in their address family; another is then picked."""
 
 
 class ChunkSource(Protocol):
@@ -51,36 +78,6 @@ class ChunkSource(Protocol):
 
     def read_chunk(self, content_id: bytes, index: int) -> bytes | memoryview:
         """The chunk's bytes; raises NotFound if not held, ContentChanged if the file changed."""
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Limits that keep one server safe from many or hostile peers."""
-
-    max_connections: int = 256
-    """Connections in total (handshaking ones included)."""
-    max_connections_per_ip: int = 16
-    """Connections from one IP address."""
-    max_inflight_requests: int = 32
-    """Requests a peer may have outstanding; more are rejected with TOO_MANY_IN_FLIGHT."""
-    idle_timeout: float = 120.0
-    """Seconds without any message from a peer before it is dropped."""
-    handshake_timeout: float = 10.0
-    """Seconds from TCP accept to the peer's Hello."""
-    send_timeout: float = 30.0
-    """Seconds a send may wait for a peer that does not read; then the peer is dropped, so a
-    stalled reader cannot hold its buffers for good."""
-    max_frame: int = 64 * 1024
-    """Largest frame a server accepts: it only receives small control messages, and a frame
-    buffer is allocated as soon as its header arrives."""
-    max_interested: int = 256
-    """Content ids per peer that get Have messages pushed (the ones it asked about)."""
-    max_send_buffer: int = 4 << 20
-    """Write-buffer high-water mark per connection; a slower reader pauses its requests."""
-    max_receive_queue: int = 1 << 20
-    """Decoded-but-unhandled bytes per connection before the socket is no longer read."""
-    receive_buffer: int = 256 << 10
-    """Ciphertext receive buffer per connection (requests are small; chunks flow out)."""
 
 
 @dataclass(frozen=True)
@@ -139,189 +136,338 @@ class ConnectionInfo:
     pending_requests: int
 
 
-@dataclass
-class _Peer:
-    conn: Connection
-    pending: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)
-    inflight: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    interested: set[bytes] = field(default_factory=set)
+class _Link:
+    """The shell of one admitted connection: its socket, its rules and its one timer."""
+
+    def __init__(self, proto: WireProtocol, rules: ServedPeer, loop: asyncio.AbstractEventLoop,
+                 clock: Callable[[], float]) -> None:
+        self.proto = proto
+        self.rules = rules
+        self.conn: Connection | None = None
+        """Set once the handshake is done."""
+        self.reason: str | None = None
+        """Why the connection ended (the first reason wins); None while it is served."""
+        self.wake = asyncio.Event()
+        """Set when requests were queued or the connection ended: wakes the chunk sender."""
+        self._loop = loop
+        self._clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = math.inf
+
+    def now(self) -> float:
+        return self._clock()
+
+    def arm(self) -> None:
+        """Keep the timer armed at or before the rules' next deadline.
+
+        A timer that would fire early is kept (most events only push the idle deadline
+        later): it finds nothing due, and re-arms for the new deadline.
+        """
+        deadline = self.rules.next_deadline()
+        if deadline is None:
+            self.disarm()
+            return
+        if self._timer is not None:
+            if self._armed_for <= deadline:
+                return
+            self._timer.cancel()
+        self._armed_for = deadline
+        # The deadline is in the injected clock's time; the timer runs on the loop's.
+        when = self._loop.time() + max(0.0, deadline - self._clock())
+        self._timer = self._loop.call_at(when, self.expire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_for = math.inf
+
+    def expire(self) -> bool:
+        """Apply what is due now (the timer's callback); returns whether the peer was dropped."""
+        self.disarm()
+        drop = self.rules.handle_timer(self._clock())
+        if drop is not None:
+            self.end(drop.reason, goodbye=drop.goodbye)
+            return True
+        self.arm()
+        return False
+
+    def end(self, reason: str, *, goodbye: bool) -> None:
+        """End the connection for ``reason`` (no-op if it already ended): with a Goodbye when
+        ``goodbye`` and the session can still carry one, else by aborting the socket. The
+        connection's tasks then see it closed and finish."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.rules.close()
+        self.disarm()
+        self.wake.set()
+        if goodbye and self.conn is not None:
+            self.conn.close_nowait(reason)
+        else:
+            self.proto.abort(ClosedByUs(reason))
 
 
 class Server:
     """Serves chunks from a :class:`ChunkSource` to any peer that completes the handshake."""
 
-    def __init__(self, identity: Identity, source: ChunkSource, limits: ServerLimits = ServerLimits(),
+    def __init__(self, identity: Identity, source: ChunkSource, limits: ServerLimits = DEFAULT_LIMITS,
                  *, listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                  on_event: Callable[[ServerEvent], None] | None = None,
-                 cipher: str = "AESGCM") -> None:
+                 cipher: str = "AESGCM", clock: Callable[[], float] | None = None) -> None:
+        """``clock`` is where every deadline's time comes from (default: the event loop's);
+        a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`."""
         self.identity = identity
         self.source = source
         self.limits = limits
         self._hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
         self._on_event = on_event
         self._cipher = cipher
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._protocols: set[WireProtocol] = set()
+        self._clock_arg = clock
+        self._clock: Callable[[], float] = clock if clock is not None else _unstarted
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.Server] = []
+        self._addresses: tuple[Address, ...] = ()
+        self._tasks = TaskOwner("chunk server", log)
+        self._links: dict[WireProtocol, _Link] = {}
         self._per_ip: collections.Counter[str] = collections.Counter()
-        self._peers: dict[WireProtocol, _Peer] = {}
         self._closed = False
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on ``host:port`` (port 0: any free port); returns the bound address."""
+    # -- listening -------------------------------------------------------------------------
+
+    # A str is also a Sequence[str]; the str form is matched first, so the overlap is intended.
+    @overload
+    async def start(self, hosts: str, port: int) -> tuple[str, int]: ...  # type: ignore[overload-overlap]
+    @overload
+    async def start(self, hosts: Sequence[str], port: int) -> int: ...
+
+    async def start(self, hosts: str | Sequence[str], port: int) -> tuple[str, int] | int:
+        """Listen on every one of ``hosts`` at the same ``port``; returns once listening.
+
+        ``hosts`` are IP literals or names, e.g. ``("0.0.0.0", "::")`` for dual stack (an
+        IPv6 socket is bound IPv6-only, so each family has its own). With port 0 the first
+        bind picks a free port and the others reuse it. Returns the port; given a single
+        host as a string, returns the bound ``(host, port)`` instead (the older form).
+        Raises :class:`~p2p.errors.NetworkError` when an address cannot be bound; then
+        nothing is left listening.
+        """
+        single = isinstance(hosts, str)
+        host_list = [hosts] if isinstance(hosts, str) else list(hosts)
+        if self._closed or self._servers:
+            raise LocalProtocolError("a server starts once, and not after aclose()")
+        if not host_list:
+            raise LocalProtocolError("no host to listen on")
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self._clock_arg is None:
+            self._clock = loop.time
+        sockets = await self._bind(loop, host_list, port)
         try:
-            self._server = await loop.create_server(self._make_protocol, host, port)
-        except OSError as exc:
-            raise NetworkError(f"cannot listen on {host}:{port}: {exc}") from None
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
+            for sock in sockets:
+                self._servers.append(await loop.create_server(self._make_protocol, sock=sock))
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            for sock in sockets:
+                sock.close()
+            raise
+        self._addresses = tuple(from_sockaddr(sock.getsockname()) for sock in sockets)
+        return self._addresses[0] if single else self._addresses[0][1]
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The addresses listened on (empty before :meth:`start` and after :meth:`aclose`)."""
+        return self._addresses
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, hosts: list[str],
+                    port: int) -> list[socket.socket]:
+        """Bound (not yet listening) sockets for every address of ``hosts``, on one port."""
+        targets: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
+        for host in hosts:
+            try:
+                infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                               flags=socket.AI_PASSIVE)
+            except OSError as exc:
+                raise NetworkError(f"cannot listen on {host!r}: {exc}") from None
+            for family, _type, _proto, _name, sockaddr in infos:
+                if (family, sockaddr) not in targets:
+                    targets.append((family, sockaddr))
+        attempts = PORT_ATTEMPTS if port == 0 and len(targets) > 1 else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return _bind_on_one_port(targets, port)
+            except NetworkError as exc:
+                cause = exc.__cause__
+                taken = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+                if not (taken and attempt < attempts):
+                    raise
+        return []  # not reached: the last attempt returns or raises
+
+    # -- admission -------------------------------------------------------------------------
 
     def _make_protocol(self) -> WireProtocol:
-        session = Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
-                          recv_buffer=self.limits.receive_buffer, max_frame=self.limits.max_frame)
-        return WireProtocol(session, max_send_buffer=self.limits.max_send_buffer,
+        # No session yet: _accept creates it only for a connection it admits.
+        return WireProtocol(max_send_buffer=self.limits.max_send_buffer,
                             max_receive_queue=self.limits.max_receive_queue,
                             on_made=self._accept, on_write_paused=self._write_paused)
 
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]
-        if (self._closed or len(self._protocols) >= self.limits.max_connections
+        if (self._closed or len(self._links) >= self.limits.max_connections
                 or self._per_ip[ip] >= self.limits.max_connections_per_ip):
-            # Refused before any cryptography is spent on it.
+            # Refused before any cryptography or buffer is spent on it.
             proto.abort(ClosedByUs("connection limit reached"))
             return
-        self._protocols.add(proto)
+        assert self._loop is not None
+        proto.attach(Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
+                             recv_buffer=self.limits.receive_buffer,
+                             max_frame=self.limits.max_frame))
+        link = _Link(proto, ServedPeer(self.limits, self._clock()), self._loop, self._clock)
+        self._links[proto] = link
         self._per_ip[ip] += 1
-        task = asyncio.get_running_loop().create_task(self._run(proto))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        link.arm()
+        self._tasks.spawn(self._run(link), f"serve {format_address(proto.address)}")
+
+    def _forget(self, link: _Link) -> None:
+        if self._links.pop(link.proto, None) is None:
+            return
+        ip = link.proto.address[0]
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
 
     def _write_paused(self, proto: WireProtocol, paused: bool) -> None:
+        link = self._links.get(proto)
+        if link is not None:
+            if paused:
+                link.rules.write_paused(link.now())
+            else:
+                link.rules.write_resumed(link.now())
+            link.arm()
         self._emit(Backpressure(proto.session.remote_peer, proto.address, paused))
 
     def _emit(self, event: ServerEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
 
-    async def _run(self, proto: WireProtocol) -> None:
-        """The per-connection task: the one place where a peer's failure is caught and logged."""
-        peer: _Peer | None = None
-        reason = "closed"
+    # -- one connection --------------------------------------------------------------------
+
+    async def _run(self, link: _Link) -> None:
+        """The per-connection task: handshake, then the reader and the chunk sender."""
         cancelled = False
         try:
-            async with asyncio.timeout(self.limits.handshake_timeout):
-                await proto.ready
-            peer = _Peer(Connection(proto))
-            self._peers[proto] = peer
-            self._emit(PeerConnected(peer.conn.remote_peer, proto.address))
-            await self._serve(peer)
-        except (ConnectionLost, ClosedByUs) as exc:
-            reason = str(exc)
+            await self._guarded(link, self._handshake_and_serve(link))
         except asyncio.CancelledError:
-            reason, cancelled = "server closed", True
+            cancelled = True
+            link.end("server closed", goodbye=False)
             raise
-        except TimeoutError:
-            reason = "timed out"
-        except RemoteProtocolError as exc:
-            reason = f"protocol violation: {exc}"
-            log.info("dropping peer %s: %s", proto.address, exc)
-        except Exception as exc:  # the per-peer edge: log it, drop the peer, keep serving
-            reason = f"internal error: {exc!r}"
-            log.exception("error serving %s", proto.address)
         finally:
-            self._peers.pop(proto, None)
-            self._protocols.discard(proto)
-            ip = proto.address[0]
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
-            if peer is not None and not cancelled:
-                await peer.conn.aclose(reason)
-            else:
-                proto.abort(ClosedByUs(reason))
-            self._emit(PeerDisconnected(proto.session.remote_peer, proto.address, reason))
-
-    async def _serve(self, peer: _Peer) -> None:
-        worker = asyncio.get_running_loop().create_task(self._send_chunks(peer))
-        try:
-            await self._read_requests(peer, worker)
-        finally:
-            worker.cancel()
+            link.end("closed", goodbye=True)  # only if nothing ended it before
+            self._forget(link)
             try:
-                await worker
-            except asyncio.CancelledError:
-                pass
-
-    async def _read_requests(self, peer: _Peer, worker: asyncio.Task[None]) -> None:
-        conn, limits, source = peer.conn, self.limits, self.source
-        while True:
-            if worker.done():
-                worker.result()  # re-raise what ended the worker
-            async with asyncio.timeout(limits.idle_timeout):
-                msg = await conn.receive()
-            match msg:
-                case Request(cid, index):
-                    if peer.inflight >= limits.max_inflight_requests:
-                        await self._send(conn, Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
-                    else:
-                        peer.inflight += 1
-                        peer.pending.append((cid, index))
-                        peer.wake.set()
-                case Cancel(cid, index):
+                if link.conn is not None and not cancelled:
                     try:
-                        peer.pending.remove((cid, index))
-                        peer.inflight -= 1
-                    except ValueError:
-                        pass  # already sent or never asked: nothing to do
-                case GetManifest(cid):
-                    await self._send(conn, Manifest(cid, source.manifest(cid)))
-                case GetBitfield(cid):
+                        await link.conn.aclose(link.reason or "")
+                    except asyncio.CancelledError:
+                        link.proto.abort(ClosedByUs("server closed"))
+                        raise
+            finally:
+                assert link.reason is not None
+                self._emit(PeerDisconnected(link.proto.session.remote_peer, link.proto.address,
+                                            link.reason))
+
+    async def _handshake_and_serve(self, link: _Link) -> None:
+        proto = link.proto
+        await proto.ready  # the timer drops the peer if its Hello is late
+        conn = link.conn = Connection(proto)
+        link.rules.handshake_done(link.now())
+        link.arm()
+        self._emit(PeerConnected(conn.remote_peer, proto.address))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._guarded(link, self._send_chunks(link, conn)))
+            await self._guarded(link, self._read_requests(link, conn))
+
+    async def _guarded(self, link: _Link, work: Coroutine[Any, Any, None]) -> None:
+        """Run one part of serving a peer; whatever ends it ends the connection, with a reason.
+
+        The per-peer edge: the one place a peer's failure is caught and logged.
+        """
+        try:
+            await work
+        except (ConnectionLost, ClosedByUs) as exc:
+            link.end(str(exc), goodbye=True)
+        except RemoteProtocolError as exc:
+            log.info("dropping peer %s: %s", format_address(link.proto.address), exc)
+            link.end(f"protocol violation: {exc}", goodbye=True)
+        except Exception as exc:  # the per-peer edge: log it, drop the peer, keep serving
+            log.exception("error serving %s", format_address(link.proto.address))
+            link.end(f"internal error: {exc!r}", goodbye=True)
+
+    async def _read_requests(self, link: _Link, conn: Connection) -> None:
+        rules, source = link.rules, self.source
+        while link.reason is None:
+            msg = await conn.receive()
+            if link.reason is not None:
+                return  # ended while this message was queued: it is not served
+            action = rules.receive(msg, link.now())
+            link.arm()
+            if rules.queued:
+                link.wake.set()
+            match action:
+                case None:
+                    pass
+                case Reply(message=reply):
+                    await conn.send(reply)
+                case SendManifest(content_id=cid):
+                    await conn.send(Manifest(cid, source.manifest(cid)))
+                case SendBitfield(content_id=cid):
                     held = source.bitfield(cid)
-                    if held is not None and len(peer.interested) < limits.max_interested:
-                        peer.interested.add(cid)  # it gets our Haves from now on
+                    rules.bitfield_sent(cid, held is not None)
                     count, bits = held if held is not None else (0, b"")
-                    await self._send(conn, Bitfield(cid, count, bits))
-                case Ping(nonce):
-                    await self._send(conn, Pong(nonce))
-                case Data():
-                    raise RemoteProtocolError("unsolicited Data")
-                case _:
-                    pass  # Pong, Have, Bitfield, Manifest, Reject: nothing for a server to do
+                    await conn.send(Bitfield(cid, count, bits))
 
-    async def _send_chunks(self, peer: _Peer) -> None:
-        conn, source = peer.conn, self.source
-        while True:
-            while not peer.pending:
-                peer.wake.clear()
-                await peer.wake.wait()
-            cid, index = peer.pending.popleft()
-            try:
-                # A synchronous pread from the page cache (~100 us per MiB) is cheaper
-                # than a thread hop; the store may still block on a cold disk.
-                chunk = source.read_chunk(cid, index)
-            except NotFound:
-                reply: Data | Reject = Reject(cid, index, RejectReason.NOT_HELD)
-            except ContentChanged:
-                reply = Reject(cid, index, RejectReason.CHANGED)
-            except OSError:
-                log.warning("cannot read chunk %d of %s", index, cid.hex()[:16], exc_info=True)
-                reply = Reject(cid, index, RejectReason.INTERNAL)
-            else:
-                reply = Data(cid, index, chunk)
-            try:
-                await self._send(conn, reply)
-            except TimeoutError:
-                conn.abort("the peer stopped reading")  # the reader then sees the close
-                return
-            peer.inflight -= 1
-            if isinstance(reply, Data):
-                self._emit(Uploaded(conn.remote_peer, cid, index, len(chunk)))
+    async def _send_chunks(self, link: _Link, conn: Connection) -> None:
+        """Answers queued requests in order, one at a time (a slow reader slows only itself)."""
+        rules = link.rules
+        while link.reason is None:
+            request = rules.next_request()
+            if request is None:
+                link.wake.clear()
+                await link.wake.wait()
+                continue
+            reply = self._answer(request)
+            await conn.send(reply)
+            rules.request_done()
+            if type(reply) is Data:
+                self._emit(Uploaded(conn.remote_peer, reply.content_id, reply.index,
+                                    len(reply.payload)))
 
-    async def _send(self, conn: Connection, msg: Message) -> None:
-        async with asyncio.timeout(self.limits.send_timeout):
-            await conn.send(msg)
+    def _answer(self, request: Request) -> Data | Reject:
+        cid, index = request.content_id, request.index
+        try:
+            # A synchronous pread from the page cache (~100 us per MiB) is cheaper
+            # than a thread hop; the store may still block on a cold disk.
+            chunk = self.source.read_chunk(cid, index)
+        except NotFound:
+            return Reject(cid, index, RejectReason.NOT_HELD)
+        except ContentChanged:
+            return Reject(cid, index, RejectReason.CHANGED)
+        except OSError:
+            log.warning("cannot read chunk %d of %s", index, cid.hex()[:16], exc_info=True)
+            return Reject(cid, index, RejectReason.INTERNAL)
+        return Data(cid, index, chunk)
+
+    # -- the public surface ----------------------------------------------------------------
+
+    def handle_timers(self) -> int:
+        """Apply every connection's deadlines that the clock has passed; returns how many
+        connections that dropped.
+
+        Each connection's own timer does this for it; call it after moving an injected
+        clock so that the move takes effect at once.
+        """
+        return sum(link.expire() for link in list(self._links.values()) if link.reason is None)
 
     def announce_have(self, content_id: bytes, index: int) -> None:
         """Tell connected peers that asked about ``content_id`` that chunk ``index`` can be served.
@@ -329,30 +475,61 @@ class Server:
         Best effort: a peer whose write side is paused does not get it (it can ask
         for a Bitfield again); nothing is buffered without bound.
         """
-        for peer in list(self._peers.values()):
-            if content_id in peer.interested:
-                peer.conn.send_nowait(Have(content_id, index))
+        for link in list(self._links.values()):
+            if link.conn is not None and link.rules.is_interested(content_id):
+                link.conn.send_nowait(Have(content_id, index))
 
     def connections(self) -> list[ConnectionInfo]:
-        """A snapshot of the connections that finished the handshake."""
-        return [ConnectionInfo(p.conn.remote_peer, p.conn.remote_address, p.conn.bytes_sent,
-                               p.conn.bytes_received, p.conn.remote_hello.listen_addrs,
-                               p.conn.write_buffer_size,
-                               p.conn.receive_buffered, p.inflight)
-                for p in self._peers.values()]
+        """A snapshot of the connections that finished the handshake and are still served."""
+        return [ConnectionInfo(c.remote_peer, c.remote_address, c.bytes_sent, c.bytes_received,
+                               c.remote_hello.listen_addrs, c.write_buffer_size,
+                               c.receive_buffered, link.rules.inflight)
+                for link in self._links.values()
+                if (c := link.conn) is not None and link.reason is None]
 
     async def aclose(self) -> None:
         """Stop listening and close every connection and task this server owns. Idempotent."""
         self._closed = True
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for proto in list(self._protocols):
-            proto.abort(ClosedByUs("server closed"))
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        await self._tasks.aclose()
+        # A connection whose task was cancelled before it first ran has nothing to close it.
+        for link in list(self._links.values()):
+            link.end("server closed", goodbye=False)
+            self._forget(link)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+        self._addresses = ()
+
+
+def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, tuple[Any, ...]]],
+                      port: int) -> list[socket.socket]:
+    """One socket bound per target, all on ``port`` (0: the first bind picks it).
+
+    Raises :class:`NetworkError` (caused by the ``OSError``) and closes what it bound.
+    """
+    sockets: list[socket.socket] = []
+    chosen = port
+    where = ""
+    try:
+        for family, sockaddr in targets:
+            where = format_address((sockaddr[0], chosen))
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # One socket per family: an IPv4 peer arrives on the IPv4 socket, as IPv4.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((sockaddr[0], chosen, *sockaddr[2:]))
+            if chosen == 0:
+                chosen = int(sock.getsockname()[1])
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise NetworkError(f"cannot listen on {where}: {exc}") from exc
+    return sockets
+
+
+def _unstarted() -> float:
+    raise LocalProtocolError("the server's clock is the event loop's: start() it first")

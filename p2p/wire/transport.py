@@ -20,9 +20,10 @@ import collections
 import logging
 from collections.abc import Callable, Sequence
 
+from ..address import format_address, from_sockaddr
 from ..errors import NetworkError
 from ..identity import Identity, PeerId
-from .errors import ClosedByUs, ConnectionLost, RemoteProtocolError
+from .errors import ClosedByUs, ConnectionLost, LocalProtocolError, RemoteProtocolError
 from .messages import PROTOCOL_VERSION, Bitfield, Data, Goodbye, Hello, Manifest, Message
 from .session import RECV_BUFFER, Session, State
 
@@ -51,16 +52,23 @@ def _size(msg: Message) -> int:
 
 
 class WireProtocol(asyncio.BufferedProtocol):
-    """Moves bytes between a socket and a Session; queues messages for :class:`Connection`."""
+    """Moves bytes between a socket and a Session; queues messages for :class:`Connection`.
 
-    def __init__(self, session: Session, *, max_send_buffer: int = MAX_SEND_BUFFER,
+    A dialler passes its ``session`` up front. A listener passes none: its ``on_made``
+    callback sees the peer's address first, then gives the connection a session
+    (:meth:`attach`) or refuses it (:meth:`abort`), so a refused connection costs no key
+    and no buffer.
+    """
+
+    def __init__(self, session: Session | None = None, *, max_send_buffer: int = MAX_SEND_BUFFER,
                  max_receive_queue: int = MAX_RECEIVE_QUEUE,
                  on_made: Callable[[WireProtocol], None] | None = None,
                  on_write_paused: Callable[[WireProtocol, bool], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self.session = session
+        self._session = session
         self.transport: asyncio.Transport | None = None
         self.address: tuple[str, int] = ("", 0)
+        """The remote socket address, normalised (an IPv4-mapped IPv6 address is IPv4)."""
         self.ready: asyncio.Future[None] = loop.create_future()
         """Resolves when the remote Hello has arrived; fails with the reason the session died."""
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -79,6 +87,20 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
 
+    @property
+    def session(self) -> Session:
+        """The connection's session (raises :class:`LocalProtocolError` before :meth:`attach`)."""
+        if self._session is None:
+            raise LocalProtocolError("this connection has no session yet")
+        return self._session
+
+    def attach(self, session: Session) -> None:
+        """Give an accepted connection its session (once the listener admitted it)."""
+        if self._session is not None:
+            raise LocalProtocolError("this connection already has a session")
+        self._session = session
+        self._flush()
+
     # -- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,11 +109,15 @@ class WireProtocol(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.address = (str(peer[0]), int(peer[1]))
+            self.address = from_sockaddr(peer)
         transport.set_write_buffer_limits(high=self._max_send, low=self._max_send // 4)
-        self._flush()
         if self._on_made is not None:
             self._on_made(self)
+        if self._session is None:
+            if self.error is None:  # nobody attached a session nor refused the connection
+                self._fail(LocalProtocolError("an accepted connection was given no session"))
+            return
+        self._flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """The session's receive buffer: the socket writes ciphertext straight into it."""
@@ -121,8 +147,10 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         """The peer closed its side: clean if on a record and frame boundary."""
+        if self._session is None:
+            return False
         try:
-            self.session.receive_eof()
+            self._session.receive_eof()
         except RemoteProtocolError as exc:
             self._fail(exc)
             return False
@@ -198,7 +226,9 @@ class WireProtocol(asyncio.BufferedProtocol):
     # -- internals -----------------------------------------------------------------------
 
     def _flush(self) -> None:
-        data = self.session.data_to_send()
+        if self._session is None:
+            return
+        data = self._session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.bytes_sent += len(data)
             self.transport.write(data)
@@ -312,8 +342,13 @@ class Connection:
         except (ConnectionLost, ClosedByUs):
             raise StopAsyncIteration from None
 
-    async def aclose(self, reason: str = "") -> None:
-        """Close the connection, sending Goodbye when possible. Idempotent."""
+    def close_nowait(self, reason: str = "") -> None:
+        """Start closing: queue a Goodbye when the session is open, stop receiving, and let the
+        socket close once what is buffered has been sent. :meth:`aclose` waits for that.
+
+        Receivers and senders waiting on this connection get :class:`ClosedByUs` at once.
+        Idempotent.
+        """
         if self._closed:
             return
         self._closed = True
@@ -326,13 +361,23 @@ class Connection:
             p._flush()
             p._set_error(ClosedByUs(reason=reason))
             transport.close()  # flushes the buffer, then closes
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(p.closed)
-            except TimeoutError:
-                transport.abort()
         else:
             p._set_error(ClosedByUs(reason=reason))
+            transport.abort()
+
+    async def aclose(self, reason: str = "") -> None:
+        """Close the connection, sending Goodbye when possible, and wait until the socket is gone
+        (aborting it after :data:`CLOSE_TIMEOUT` if the peer does not take what is buffered).
+        Idempotent."""
+        self.close_nowait(reason)
+        p = self._p
+        transport = p.transport
+        if transport is None or p.closed.done():
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(p.closed)
+        except TimeoutError:
             transport.abort()
 
 
@@ -343,7 +388,7 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   max_receive_queue: int = MAX_RECEIVE_QUEUE) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
 
-    Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
+    ``host`` is an IPv4 or IPv6 literal (``::1``, no brackets) or a name. Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
     another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
     """
@@ -360,12 +405,12 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                                          max_receive_queue=max_receive_queue), host, port)
                 transport = proto.transport
             except OSError as exc:
-                raise NetworkError(f"cannot connect to {host}:{port}: {exc}") from None
+                raise NetworkError(f"cannot connect to {format_address((host, port))}: {exc}") from None
             await proto.ready
     except TimeoutError:
         if transport is not None:
             transport.abort()
-        raise NetworkError(f"no handshake with {host}:{port} within {timeout} s") from None
+        raise NetworkError(f"no handshake with {format_address((host, port))} within {timeout} s") from None
     except BaseException:
         if transport is not None:
             transport.abort()

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from p2p.identity import Identity
+from p2p.testing import MemorySource
 from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
-from p2p.wire.sources import MemorySource
 
 
 class Recorder:

@@ -11,6 +11,7 @@ import blake3
 import pytest
 
 from p2p.identity import Identity
+from p2p.testing import FileSource, MemorySource
 from p2p.wire.errors import ConnectionLost, WrongPeer
 from p2p.wire.messages import (
     MAX_FRAME,
@@ -34,7 +35,6 @@ from p2p.wire.server import (
     ServerLimits,
     Uploaded,
 )
-from p2p.wire.sources import FileSource, MemorySource
 from p2p.wire.transport import connect
 
 CID = blake3.blake3(b"content").digest()

@@ -1,6 +1,8 @@
-"""Simple :class:`~p2p.wire.server.ChunkSource` implementations for tests, benchmarks and tools.
+"""Test doubles, shipped with the library (as trio ships ``trio.testing``).
 
-The real source is the store; these serve bytes held in memory or one file as it lies.
+For tests, benchmarks and tools: chunk sources that serve bytes held in memory or one
+file as it lies (the real source is the store), and a clock that moves only when told
+to, for the components that take ``clock=``.
 """
 
 from __future__ import annotations
@@ -8,24 +10,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..errors import NotFound
+from .errors import LocalProtocolError, NotFound
+from .store.bitfield import bitfield_of, full_bitfield
 
-
-def full_bitfield(count: int) -> bytes:
-    """The bits (MSB first) of a bitfield with all ``count`` chunks set."""
-    bits = bytearray(b"\xff" * ((count + 7) // 8))
-    if count % 8:
-        bits[-1] = (0xFF << (8 - count % 8)) & 0xFF
-    return bytes(bits)
+__all__ = ["FakeClock", "FileSource", "MemorySource"]
 
 
 @dataclass
 class MemorySource:
-    """Serves chunks held in memory: ``{content_id: list of chunks}`` and optional manifests."""
+    """A :class:`~p2p.wire.server.ChunkSource` of chunks held in memory:
+    ``{content_id: list of chunks}`` and optional manifests."""
 
     chunks: dict[bytes, list[bytes | None]] = field(default_factory=dict)
     """Per content id, the chunks; None marks a chunk not held (a partial holder)."""
     manifests: dict[bytes, bytes] = field(default_factory=dict)
+    """Per content id, the encoded signed manifest to answer GetManifest with."""
 
     def manifest(self, content_id: bytes) -> bytes | None:
         """The stored manifest bytes, or None."""
@@ -36,24 +35,23 @@ class MemorySource:
         chunks = self.chunks.get(content_id)
         if chunks is None:
             return None
-        bits = bytearray((len(chunks) + 7) // 8)
-        for i, chunk in enumerate(chunks):
-            if chunk is not None:
-                bits[i // 8] |= 0x80 >> (i % 8)
-        return len(chunks), bytes(bits)
+        held = (i for i, chunk in enumerate(chunks) if chunk is not None)
+        return len(chunks), bitfield_of(len(chunks), held)
 
     def read_chunk(self, content_id: bytes, index: int) -> bytes | memoryview:
         """The chunk, or NotFound."""
         chunks = self.chunks.get(content_id)
-        if chunks is None or not 0 <= index < len(chunks) or chunks[index] is None:
+        if chunks is None or not 0 <= index < len(chunks):
             raise NotFound(f"chunk {index} not held")
         chunk = chunks[index]
-        assert chunk is not None
+        if chunk is None:
+            raise NotFound(f"chunk {index} not held")
         return chunk
 
 
 class FileSource:
-    """Serves one whole file in fixed-size chunks under a given content id (pread per chunk)."""
+    """A :class:`~p2p.wire.server.ChunkSource` serving one whole file in fixed-size chunks
+    under a given content id (one pread per chunk)."""
 
     def __init__(self, path: str | os.PathLike[str], content_id: bytes, chunk_size: int,
                  manifest: bytes | None = None) -> None:
@@ -65,7 +63,7 @@ class FileSource:
         self.chunk_count = -(-self.size // chunk_size)
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file. Idempotent."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -85,3 +83,29 @@ class FileSource:
         if content_id != self.content_id or not 0 <= index < self.chunk_count:
             raise NotFound(f"chunk {index} not held")
         return os.pread(self._fd, self.chunk_size, index * self.chunk_size)
+
+
+class FakeClock:
+    """A clock that stands still until :meth:`advance` moves it (``trio.testing.MockClock``
+    without the auto-jump). Call it for the time, like ``time.monotonic``.
+
+    A component driven by its own timers learns of a move only when told (for the
+    chunk server, :meth:`~p2p.wire.server.Server.handle_timers`).
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = float(start)
+
+    def __call__(self) -> float:
+        return self._now
+
+    @property
+    def now(self) -> float:
+        """The time it shows."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (it never goes back)."""
+        if not seconds >= 0:
+            raise LocalProtocolError(f"a clock cannot go back (advance by {seconds})")
+        self._now += seconds

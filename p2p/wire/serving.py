@@ -1,0 +1,306 @@
+"""The chunk server's rules for one connection, as a pure object: no I/O, no clock.
+
+A :class:`ServedPeer` is what the server holds one accepted connection to: the
+handshake deadline, the idle timeout, the stalled-reader timeout, the cap on
+requests in flight, Cancel, and the content the peer gets Have messages for. The
+asyncio shell in ``server.py`` tells it what happened, always with ``now``, and
+does what it answers; it keeps one timer armed at :meth:`ServedPeer.next_deadline`
+and calls :meth:`ServedPeer.handle_timer` when that fires (aioquic's pattern), so
+tests drive every timeout by hand-setting ``now``.
+
+The life of a connection, as the shell feeds it:
+
+1. Accepted: ``ServedPeer(limits, now)``. The peer has ``handshake_timeout`` to
+   finish the Noise handshake and send its Hello, or it is dropped.
+2. :meth:`~ServedPeer.handshake_done`. From now on ``idle_timeout`` without a
+   message drops the peer, with a Goodbye.
+3. Every message: :meth:`~ServedPeer.receive` answers with nothing or one
+   :data:`Action`. A Request within the cap is queued; the shell's chunk sender
+   takes the queue in order with :meth:`~ServedPeer.next_request` and reports
+   each one sent with :meth:`~ServedPeer.request_done`.
+4. Whenever the connection's write buffer is above its high-water mark
+   (:meth:`~ServedPeer.write_paused` until :meth:`~ServedPeer.write_resumed`),
+   the peer has ``send_timeout`` to read it down, or it is dropped without a
+   Goodbye (it would not read one).
+5. After a :class:`Drop` or :meth:`~ServedPeer.close` nothing is due any more.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .messages import (
+    Cancel,
+    Data,
+    GetBitfield,
+    GetManifest,
+    Message,
+    Ping,
+    Pong,
+    Reject,
+    RejectReason,
+    Request,
+)
+
+__all__ = [
+    "STOPPED_READING",
+    "TIMED_OUT",
+    "Action",
+    "Drop",
+    "Reply",
+    "SendBitfield",
+    "SendManifest",
+    "ServedPeer",
+    "ServerLimits",
+    "State",
+]
+
+TIMED_OUT = "timed out"
+"""Drop reason: no Hello within ``handshake_timeout``, or no message within ``idle_timeout``."""
+STOPPED_READING = "dropped: the peer stopped reading"
+"""Drop reason: the write buffer stayed above its high-water mark for ``send_timeout``."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Limits that keep one server safe from many or hostile peers.
+
+    docs/PROTOCOL.md lists them with the wire's other limits.
+    """
+
+    max_connections: int = 256
+    """Connections in total, handshaking ones included. Each may hold its receive buffer,
+    a receive queue and a write buffer (about 5.3 MiB at the defaults), so this bounds the
+    server's memory and file descriptors."""
+    max_connections_per_ip: int = 16
+    """Connections from one IP address: room for a few nodes behind one NAT, too few for
+    one host to take every slot."""
+    max_inflight_requests: int = 32
+    """Requests a peer may have queued or being sent; more are rejected with
+    TOO_MANY_IN_FLIGHT. 32 MiB of work at 1 MiB chunks fills a fast link, and it bounds
+    the queue one peer can make us keep."""
+    idle_timeout: float = 120.0
+    """Seconds without any message from a peer before it is dropped (with a Goodbye): a peer
+    silent that long is gone or idle, and its slot and buffers are better used."""
+    handshake_timeout: float = 10.0
+    """Seconds from TCP accept to the peer's Hello. A handshake is one and a half round
+    trips, so this allows slow links while a socket that never speaks (slow loris) frees
+    its slot soon."""
+    send_timeout: float = 30.0
+    """Seconds the write buffer may stay above ``max_send_buffer`` (the peer reads too
+    little to bring it down); then the peer is dropped without a Goodbye, so a stalled
+    reader cannot hold its buffers and its slot for good."""
+    max_frame: int = 64 * 1024
+    """Largest frame a server accepts: it only receives small control messages, and a frame
+    buffer is allocated as soon as its header arrives."""
+    max_interested: int = 256
+    """Content ids per peer that get Have messages pushed (ones it asked a Bitfield of and
+    that we hold): bounds the per-peer set and what one new chunk fans out to."""
+    max_send_buffer: int = 4 << 20
+    """Write-buffer high-water mark per connection: a few 1 MiB chunks keep a fast link
+    busy; above it the senders wait, and the ``send_timeout`` clock runs."""
+    max_receive_queue: int = 1 << 20
+    """Decoded-but-unhandled bytes per connection before the socket is no longer read:
+    requests are tiny, so this is thousands of them; TCP then slows the peer down."""
+    receive_buffer: int = 256 << 10
+    """Ciphertext receive buffer per connection, allocated once it is admitted: requests
+    are small and chunks flow out, so the client's 1 MiB is not needed."""
+
+
+class State(enum.Enum):
+    """Where a served connection is in its life."""
+
+    HANDSHAKE = "handshake"
+    """Accepted; the peer's Hello has not arrived."""
+    OPEN = "open"
+    """The peer is authenticated and may send requests."""
+    CLOSED = "closed"
+    """Dropped or closed: nothing more is due, nothing more is served."""
+
+
+# -- what the shell is told to do ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``message`` to the peer now (a Pong, or the Reject of a request over the cap)."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendManifest:
+    """Answer with our manifest of ``content_id``, or None: looking it up is the shell's I/O."""
+
+    content_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendBitfield:
+    """Answer with our bitfield of ``content_id``, then report whether we hold it with
+    :meth:`ServedPeer.bitfield_sent` (that decides whether the peer gets our Haves)."""
+
+    content_id: bytes
+
+
+Action = Reply | SendManifest | SendBitfield
+"""What :meth:`ServedPeer.receive` asks the shell to do for one message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Drop the peer (from :meth:`ServedPeer.handle_timer`)."""
+
+    reason: str
+    """For logs and UIs: :data:`TIMED_OUT` or :data:`STOPPED_READING`."""
+    goodbye: bool
+    """Close with a Goodbye (the peer still reads) rather than abort the socket."""
+
+
+# -- the rules -------------------------------------------------------------------------------
+
+
+class ServedPeer:
+    """The server's side of one connection: its deadlines and its queue of requests."""
+
+    def __init__(self, limits: ServerLimits, now: float) -> None:
+        self.limits = limits
+        self.state = State.HANDSHAKE
+        self._handshake_deadline = now + limits.handshake_timeout
+        self._last_message = now
+        self._paused_since: float | None = None
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._serving = 0
+        self._interested: set[bytes] = set()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def handshake_done(self, now: float) -> None:
+        """The peer's Hello arrived: it is authenticated, and the idle clock starts."""
+        if self.state is State.HANDSHAKE:
+            self.state = State.OPEN
+            self._last_message = now
+
+    def receive(self, msg: Message, now: float) -> Action | None:
+        """The peer sent ``msg``; returns what to answer, if anything.
+
+        Raises :class:`RemoteProtocolError` for a message a client may not send to a
+        server (the connection is then closed). Messages that were still queued when the
+        connection closed are ignored.
+        """
+        if self.state is State.CLOSED:
+            return None
+        if self.state is State.HANDSHAKE:
+            raise LocalProtocolError("a message was fed before the handshake was done")
+        self._last_message = now
+        match msg:
+            case Request(content_id=cid, index=index):
+                if self.inflight >= self.limits.max_inflight_requests:
+                    return Reply(Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
+                self._queue.append((cid, index))
+            case Cancel(content_id=cid, index=index):
+                try:
+                    self._queue.remove((cid, index))
+                except ValueError:
+                    pass  # being sent, already sent, or never asked: nothing to undo
+            case GetManifest(content_id=cid):
+                return SendManifest(cid)
+            case GetBitfield(content_id=cid):
+                return SendBitfield(cid)
+            case Ping(nonce=nonce):
+                return Reply(Pong(nonce))
+            case Data():
+                self.state = State.CLOSED
+                raise RemoteProtocolError("unsolicited Data")
+            case _:
+                pass  # Pong, Have, Bitfield, Manifest, Reject: nothing for a server to do
+        return None
+
+    def bitfield_sent(self, content_id: bytes, held: bool) -> None:
+        """We answered the peer's GetBitfield; if we hold the content, it gets our Haves for
+        it from now on (up to ``max_interested`` content ids)."""
+        if held and len(self._interested) < self.limits.max_interested:
+            self._interested.add(content_id)
+
+    def next_request(self) -> Request | None:
+        """The oldest queued request, now being served; None if there is none (or closed).
+
+        It counts as in flight until :meth:`request_done`.
+        """
+        if self.state is not State.OPEN or not self._queue:
+            return None
+        cid, index = self._queue.popleft()
+        self._serving += 1
+        return Request(cid, index)
+
+    def request_done(self) -> None:
+        """The answer (Data or Reject) to the request from :meth:`next_request` was sent."""
+        if self._serving <= 0:
+            raise LocalProtocolError("request_done() without a request being served")
+        self._serving -= 1
+
+    def write_paused(self, now: float) -> None:
+        """The write buffer went above its high-water mark: the stalled-reader clock starts."""
+        if self._paused_since is None:
+            self._paused_since = now
+
+    def write_resumed(self, now: float) -> None:
+        """The write buffer drained below its low-water mark: the peer is reading."""
+        self._paused_since = None
+
+    def close(self) -> None:
+        """The connection ended (or is ending) for any other reason: nothing more is due."""
+        self.state = State.CLOSED
+
+    # -- time --------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called; None once closed."""
+        if self.state is State.CLOSED:
+            return None
+        if self.state is State.HANDSHAKE:
+            deadline = self._handshake_deadline
+        else:
+            deadline = self._last_message + self.limits.idle_timeout
+        if self._paused_since is not None:
+            deadline = min(deadline, self._paused_since + self.limits.send_timeout)
+        return deadline
+
+    def handle_timer(self, now: float) -> Drop | None:
+        """Apply what is due at ``now``; returns the :class:`Drop` if the peer must go.
+
+        Calling it early (or again) is harmless: nothing happens before a deadline.
+        """
+        if self.state is State.CLOSED:
+            return None
+        drop: Drop | None = None
+        if (self._paused_since is not None
+                and now >= self._paused_since + self.limits.send_timeout):
+            drop = Drop(STOPPED_READING, goodbye=False)
+        elif self.state is State.HANDSHAKE:
+            if now >= self._handshake_deadline:
+                drop = Drop(TIMED_OUT, goodbye=False)
+        elif now >= self._last_message + self.limits.idle_timeout:
+            drop = Drop(TIMED_OUT, goodbye=True)
+        if drop is not None:
+            self.state = State.CLOSED
+        return drop
+
+    # -- views -------------------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        """Requests queued or being sent (what ``max_inflight_requests`` caps)."""
+        return len(self._queue) + self._serving
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for :meth:`next_request`."""
+        return len(self._queue)
+
+    def is_interested(self, content_id: bytes) -> bool:
+        """Whether the peer gets our Have messages for ``content_id``."""
+        return self.state is State.OPEN and content_id in self._interested
