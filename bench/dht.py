@@ -40,11 +40,11 @@ async def phase(nodes: list[DHT], rng: random.Random, lookups: int, announces: i
     for i in range(lookups):
         cid, expected = cids[i % len(cids)]
         asker = rng.choice(nodes)
-        before = asker.stats()["lookup_rpcs"]
+        before = asker.summary().lookup_rpcs
         t = time.perf_counter()
         found = await asker.find_providers(cid)
         lookup_ms.append((time.perf_counter() - t) * 1000)
-        rpcs.append(asker.stats()["lookup_rpcs"] - before)
+        rpcs.append(asker.summary().lookup_rpcs - before)
         ok += any(r.peer_id == expected for r in found)
     return {
         "success_rate": ok / lookups,
@@ -69,7 +69,7 @@ async def main(n: int, lookups: int, announces: int, seed: int) -> dict[str, Any
                 max_contacts_per_ip=None, rate_limit_per_ip=None,
                 bootstrap=(("127.0.0.1", b.port),))) for b in boots))
     join_s = time.perf_counter() - t0
-    contacts = [d.stats()["contacts"] for d in nodes]
+    contacts = [d.summary().contacts for d in nodes]
     try:
         live = await phase(nodes, rng, lookups, announces)
         dead = rng.sample(nodes, n // 5)

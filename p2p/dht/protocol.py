@@ -83,6 +83,8 @@ MAX_CONTACT_ENTRIES = 64
 CONTACT_ENTRY_SIZE = 66
 """Largest encoded contact entry: [bin20, 39-character IPv6 text, uint16]."""
 MAX_OBSERVED = 16
+MAX_REMEMBERED_HOSTS = 4096
+"""Source hosts whose normalised form is remembered (the memo is emptied when full)."""
 
 # name -> number of arguments including the sender's node id. Nothing else is callable.
 RPC_ARITY: dict[str, int] = {"ping": 1, "identify": 2, "find_node": 2, "put": 3, "get": 3}
@@ -184,6 +186,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         self.closed = asyncio.Event()
         """Set once every socket is closed."""
         self._sockets = 0
+        self._hosts: dict[str, str] = {}
         self._verifying: set[tuple[bytes, Address]] = set()
         self._head_checks: set[bytes] = set()
         self._tasks = TaskOwner("DHT protocol", log)
@@ -263,11 +266,21 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Entry point for every datagram. The per-datagram edge: nothing escapes to the loop."""
         try:
-            self._dispatch(data, from_sockaddr(addr))
+            self._dispatch(data, self._source(addr))
         except Exception:
             # A bug of ours, not the peer's fault: count it and keep serving.
             self.counters.rejected["internal_error"] += 1
             log.exception("DHT: error while handling a datagram from %s", addr)
+
+    def _source(self, sockaddr: Any) -> Address:
+        """``from_sockaddr(sockaddr)``, remembered per host text: it runs for every datagram."""
+        host = self._hosts.get(sockaddr[0])
+        if host is None:
+            host = from_sockaddr(sockaddr)[0]
+            if len(self._hosts) >= MAX_REMEMBERED_HOSTS:
+                self._hosts.clear()
+            self._hosts[sockaddr[0]] = host
+        return host, int(sockaddr[1])
 
     async def _solve_datagram(self, datagram: bytes, address: Any) -> None:
         # Kept for the library's callers; datagrams are handled inline.
