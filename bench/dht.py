@@ -1,6 +1,6 @@
 """DHT benchmark: N nodes in one process on 127.0.0.1, then the same with 20% of them dead.
 
-Run:  python bench/dht.py --nodes 200   (and --nodes 500)
+Run:  python bench/dht.py --nodes 200   (and --nodes 500; --dual: every node on 127.0.0.1 and ::1)
 Prints figures, the command, and as its last line one JSON object.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -56,18 +57,21 @@ async def phase(nodes: list[DHT], rng: random.Random, lookups: int, announces: i
     }
 
 
-async def main(n: int, lookups: int, announces: int, seed: int) -> dict[str, Any]:
+async def main(n: int, lookups: int, announces: int, seed: int,
+               dual: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
+    cfg = dataclasses.replace(CFG, host=("127.0.0.1", "::1")) if dual else CFG
     t0 = time.perf_counter()
-    first = await DHT.open(Identity.generate(), CFG)
+    first = await DHT.open(Identity.generate(), cfg)
     nodes = [first]
     while len(nodes) < n:
         batch = min(10, n - len(nodes))
-        boots = [rng.choice(nodes) for _ in range(batch)]
+        boots = [rng.choice(nodes).listen_addresses() for _ in range(batch)]
+        # dual stack: each joins over one family, picked at random
+        boots = [rng.choice(b) if dual else b[0] for b in boots]
         nodes += await asyncio.gather(*(
-            DHT.open(Identity.generate(), DHTConfig(
-                max_contacts_per_ip=None, rate_limit_per_ip=None,
-                bootstrap=(("127.0.0.1", b.port),))) for b in boots))
+            DHT.open(Identity.generate(), dataclasses.replace(cfg, bootstrap=(b,)))
+            for b in boots))
     join_s = time.perf_counter() - t0
     contacts = [d.summary().contacts for d in nodes]
     try:
@@ -79,7 +83,7 @@ async def main(n: int, lookups: int, announces: int, seed: int) -> dict[str, Any
     finally:
         await asyncio.gather(*(d.aclose() for d in nodes))
     result: dict[str, Any] = {
-        "bench": "dht", "nodes": n, "join_total_s": round(join_s, 2),
+        "bench": "dht", "nodes": n, "dual_stack": dual, "join_total_s": round(join_s, 2),
         "join_per_node_ms": round(join_s / n * 1000, 2),
         "contacts_mean": round(statistics.mean(contacts), 1), "lookups": lookups,
         "announces": announces, **live,
@@ -94,10 +98,11 @@ if __name__ == "__main__":
     ap.add_argument("--lookups", type=int, default=100)
     ap.add_argument("--announces", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dual", action="store_true", help="nodes listen on 127.0.0.1 and ::1")
     args = ap.parse_args()
-    res = asyncio.run(main(args.nodes, args.lookups, args.announces, args.seed))
+    res = asyncio.run(main(args.nodes, args.lookups, args.announces, args.seed, args.dual))
     for key, value in res.items():
         print(f"{key:>28}: {value}")
     print(f"command: {sys.executable} bench/dht.py --nodes {args.nodes} --lookups {args.lookups} "
-          f"--announces {args.announces} --seed {args.seed}")
+          f"--announces {args.announces} --seed {args.seed}" + (" --dual" if args.dual else ""))
     print(json.dumps(res))
