@@ -186,6 +186,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         self.closed = asyncio.Event()
         """Set once every socket is closed."""
         self._sockets = 0
+        self._opened = 0
         self._hosts: dict[str, str] = {}
         self._verifying: set[tuple[bytes, Address]] = set()
         self._head_checks: set[bytes] = set()
@@ -212,6 +213,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         host, port = from_sockaddr(transport.get_extra_info("sockname"))
         self.bound[version] = (host, port)
         self._sockets += 1
+        self._opened += 1
         if self.transport is None:
             self.transport = transport  # the library's name: the first socket
 
@@ -234,7 +236,7 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     @property
     def listening(self) -> bool:
         """Whether every socket that was opened is still open."""
-        return (bool(self.transports) and len(self.transports) == self._sockets
+        return (bool(self.transports) and len(self.transports) == self._opened
                 and not any(t.is_closing() for t in self.transports.values()))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

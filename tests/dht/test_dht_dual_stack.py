@@ -179,3 +179,11 @@ def test_records_carry_both_families() -> None:
     with pytest.raises(DecodeError):
         from p2p.dht.records import check_address
         check_address("::ffff:192.0.2.7", 1)
+
+
+async def test_listening_is_false_once_either_socket_is_gone() -> None:
+    async with DHT.open_ctx(Identity.generate(), config(host=DUAL)) as d:
+        assert d.listening
+        d.protocol.transports[6].close()  # as if the system closed the IPv6 socket
+        assert not d.listening
+        assert d.summary().listen == ((V4, d.port), (V6, d.port))  # still where it was bound
