@@ -121,7 +121,11 @@ class P2PServer(Server):  # type: ignore[misc]
                     sock.close()
                     raise
         except BaseException:
-            protocol.close_sockets()
+            if protocol.transports:
+                protocol.close_sockets()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await protocol.closed.wait()
             raise
         self.transport = protocol.transport
 

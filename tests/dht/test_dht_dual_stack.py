@@ -187,3 +187,18 @@ async def test_listening_is_false_once_either_socket_is_gone() -> None:
         d.protocol.transports[6].close()  # as if the system closed the IPv6 socket
         assert not d.listening
         assert d.summary().listen == ((V4, d.port), (V6, d.port))  # still where it was bound
+
+
+async def test_a_port_taken_in_one_family_fails_the_open_and_leaves_nothing_bound() -> None:
+    taken = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    taken.bind((V6, 0))
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(NetworkError, match=str(port)):
+            await DHT.open(Identity.generate(), config(host=DUAL, port=port))
+        free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        free.bind((V4, port))  # the IPv4 socket of the failed open is closed
+        free.close()
+    finally:
+        taken.close()
