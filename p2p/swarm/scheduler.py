@@ -351,7 +351,7 @@ class Scheduler:
         expired = []
         for peer, state in self.peers.items():
             for index, asked in list(state.inflight.items()):
-                if now - asked >= timeout:
+                if asked + timeout <= now:  # the same sum next_deadline() reports
                     expired.append((peer, index))
         for peer, index in expired:
             state = self.peers[peer]

@@ -213,6 +213,18 @@ def test_next_deadline_is_the_oldest_request_over_all_peers_plus_the_timeout() -
     assert s.next_deadline() == 13.0 + REQUEST_TIMEOUT
 
 
+@given(st.floats(0, 1e9), st.floats(1e-3, 1e4))
+def test_expire_at_next_deadline_always_expires(asked: float, timeout: float) -> None:
+    # A driver that wakes at next_deadline() and finds nothing expired would re-arm for the
+    # same instant and spin: the two must agree to the last bit.
+    s = make(1)
+    join(s, "a")
+    s.plan(asked)
+    deadline = s.next_deadline(timeout)
+    assert deadline is not None
+    assert s.expire(deadline, timeout) == [("a", 0)]
+
+
 def test_busy_peer_is_a_deadline_until_its_pause_ends() -> None:
     s = make(10)
     join(s, "a")
