@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +219,9 @@ class Rig:
 async def running_download(base: Path, content_id: ContentId, clock: FakeClock, *,
                            peers: Sequence[Address] = (), dialer: Dialer | Any = None,
                            providers: ProviderSource | None = None, timeout: float = 30.0,
-                           publisher: PeerId | None = None, name: str = "dl") -> AsyncIterator[Rig]:
+                           publisher: PeerId | None = None, name: str = "dl",
+                           on_have: Callable[[bytes, int], None] = lambda cid, index: None,
+                           ) -> AsyncIterator[Rig]:
     """A :class:`Download` on ``clock`` with its state under ``base / name``, started.
 
     Its events are subscribed before it starts. At the end it is cancelled (paused)
@@ -232,7 +234,7 @@ async def running_download(base: Path, content_id: ContentId, clock: FakeClock, 
                                tuple(peers), timeout)
         download = Download(options, store=store, events=EventBus(), connect=dial,
                             providers=providers, self_peer=dial.identity.peer_id,
-                            self_addrs=lambda: (), on_have=lambda cid, index: None,
+                            self_addrs=lambda: (), on_have=on_have,
                             on_manifest=lambda manifest: None, pool=pool, sync_pool=sync_pool,
                             clock=clock)
         with download.events.subscribed() as events:

@@ -1,4 +1,4 @@
-"""The download's timeouts and periodic work, on a fake clock.
+"""The download's timeouts and periodic work, on a fake clock; and who owns its tasks.
 
 Each test runs one :class:`~p2p.swarm.download.Download` against real chunk
 servers on 127.0.0.1 (port 0) with its clock injected: the test moves the clock
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -333,3 +334,49 @@ async def test_ticket_address_is_dialled_again_at_the_next_discovery_round_after
     [done] = of(DownloadCompleted, events)
     assert done.chunks_by_peer == {str(seed.peer): 16}  # over two connections
     assert (tmp_path / "dl" / "downloads" / "movie.bin").read_bytes() == content.data
+
+
+# -- task ownership -----------------------------------------------------------------------------
+
+
+def tasks_of(content_id: ContentId) -> list[asyncio.Task]:  # type: ignore[type-arg]
+    """Tasks still running that a download of ``content_id`` started (they carry its name)."""
+    prefix = f"download {content_id.short()}: "
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()]
+
+
+async def test_a_finished_or_paused_download_leaves_no_task_behind(tmp_path: Path) -> None:
+    content = make_content(8)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content), Holder(content, range(4))) as (
+            full, half):
+        async with running_download(tmp_path, content.content_id, clock, name="done",
+                                    peers=[full.address, half.address]) as rig:
+            await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified))
+            assert tasks_of(content.content_id)  # discovery, dialler, peers, writers ...
+            await rig.run
+            assert tasks_of(content.content_id) == []
+        async with half_fetched(tmp_path, clock) as (_content, _seed, paused):
+            assert tasks_of(content.content_id)
+            paused.run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await paused.run
+            assert tasks_of(content.content_id) == []
+
+
+async def test_a_bug_in_a_download_task_is_logged_and_ends_the_download(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    content = make_content(4)
+    clock = FakeClock()
+
+    def broken(content_id: bytes, index: int) -> None:
+        raise RuntimeError("a bug in the Have announcer")
+
+    async with asyncio.timeout(T), seeders(Holder(content)) as [seed], running_download(
+            tmp_path, content.content_id, clock, peers=[seed.address], on_have=broken) as rig:
+        with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="a bug"):
+            await rig.run
+        assert tasks_of(content.content_id) == []
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed  # each chunk task that hit the bug, with its traceback
+    assert all(r.exc_info and "a bug in the Have announcer" in str(r.exc_info[1]) for r in failed)
