@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from p2p.identity import Identity
-from p2p.testing import MemorySource
-from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
+from p2p.identity import Identity, PeerId
+from p2p.testing import FakeClock, MemorySource
+from p2p.wire.server import Backpressure, PeerDisconnected, Server, ServerEvent, ServerLimits
 
 
 class Recorder:
@@ -31,16 +31,33 @@ class Recorder:
             self._changed.clear()
             await self._changed.wait()
 
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checking it again after every new event."""
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
     def disconnects(self) -> list[PeerDisconnected]:
         return [e for e in self.events if isinstance(e, PeerDisconnected)]
 
+    def write_paused(self, peer: PeerId) -> bool:
+        """Whether the last Backpressure event for ``peer`` says its sending is paused."""
+        states = [e.paused for e in self.events if isinstance(e, Backpressure) and e.peer == peer]
+        return bool(states) and states[-1]
+
 
 @asynccontextmanager
-async def serving(limits: ServerLimits, cid: bytes, chunks: list[bytes | None],
+async def serving(limits: ServerLimits, cid: bytes, chunks: list[bytes | None], *,
+                  clock: FakeClock | None = None,
                   ) -> AsyncIterator[tuple[Server, tuple[str, int], Recorder]]:
-    """A server on 127.0.0.1 port 0 holding ``chunks`` of ``cid``; closed on exit."""
+    """A server on 127.0.0.1 port 0 holding ``chunks`` of ``cid``; closed on exit.
+
+    Its deadlines run on ``clock`` (a fresh :class:`FakeClock` if none is given), so no
+    timeout fires unless the test moves the clock and calls ``server.handle_timers()``.
+    """
     recorder = Recorder()
-    server = Server(Identity.generate(), MemorySource({cid: list(chunks)}), limits, on_event=recorder)
+    server = Server(Identity.generate(), MemorySource({cid: list(chunks)}), limits,
+                    on_event=recorder, clock=clock if clock is not None else FakeClock())
     addr = await server.start("127.0.0.1", 0)
     try:
         yield server, addr, recorder

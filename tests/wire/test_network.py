@@ -1,18 +1,24 @@
-"""Real peers over 127.0.0.1, port 0: transfer, limits, backpressure and garbage."""
+"""Real peers over 127.0.0.1 and ::1, port 0: transfer, limits, backpressure, garbage, and a
+dual-stack server.
+
+The servers run on a :class:`~p2p.testing.FakeClock`, so none of their timeouts can fire while
+a slow machine runs these tests."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import blake3
 import pytest
 
+from p2p.errors import LocalProtocolError, NetworkError
 from p2p.identity import Identity
-from p2p.testing import FileSource, MemorySource
-from p2p.wire.errors import ConnectionLost, WrongPeer
+from p2p.testing import FakeClock, FileSource, MemorySource
+from p2p.wire.errors import ClosedByUs, ConnectionLost, WrongPeer
 from p2p.wire.messages import (
     MAX_FRAME,
     Bitfield,
@@ -29,13 +35,16 @@ from p2p.wire.messages import (
 )
 from p2p.wire.server import (
     Backpressure,
+    PeerConnected,
     PeerDisconnected,
     Server,
     ServerEvent,
     ServerLimits,
     Uploaded,
 )
-from p2p.wire.transport import connect
+from p2p.wire.transport import WireProtocol, connect
+
+from .recorder import Recorder
 
 CID = blake3.blake3(b"content").digest()
 T = 30  # generous deadline for any single awaited event on a loaded machine
@@ -46,7 +55,7 @@ async def served() -> AsyncIterator[tuple[Server, tuple[str, int], MemorySource,
     source = MemorySource({CID: [b"a" * 1000, None, b"c" * 10]}, {CID: b"manifest bytes"})
     events: list[ServerEvent] = []
     server = Server(Identity.generate(), source, ServerLimits(max_connections_per_ip=64),
-                    on_event=events.append)
+                    on_event=events.append, clock=FakeClock())
     addr = await server.start("127.0.0.1", 0)
     yield server, addr, source, events
     await server.aclose()
@@ -122,7 +131,8 @@ async def test_garbage_peer_is_dropped_others_go_on(
 
 
 async def test_per_ip_limit() -> None:
-    server = Server(Identity.generate(), MemorySource(), ServerLimits(max_connections_per_ip=1))
+    server = Server(Identity.generate(), MemorySource(), ServerLimits(max_connections_per_ip=1),
+                    clock=FakeClock())
     host, port = await server.start("127.0.0.1", 0)
     first = await connect(host, port, Identity.generate())
     try:
@@ -141,7 +151,7 @@ async def test_transfer_64_mib(tmp_path: Path) -> None:
     hashes = [blake3.blake3(data[i:i + chunk_size]).digest() for i in range(0, size, chunk_size)]
     del data
     source = FileSource(path, CID, chunk_size)
-    server = Server(Identity.generate(), source)
+    server = Server(Identity.generate(), source, clock=FakeClock())
     host, port = await server.start("127.0.0.1", 0)
     conn = await connect(host, port, Identity.generate(), expected_peer=server.identity.peer_id)
     out = bytearray(size)
@@ -176,17 +186,17 @@ async def test_reader_that_never_reads_does_not_grow_server_memory() -> None:
         if isinstance(event, Backpressure) and event.paused:
             paused.set()
 
-    server = Server(Identity.generate(), MemorySource({CID: [chunk]}), limits, on_event=on_event)
+    server = Server(Identity.generate(), MemorySource({CID: [chunk]}), limits, on_event=on_event,
+                    clock=FakeClock())
     host, port = await server.start("127.0.0.1", 0)
     conn = await connect(host, port, Identity.generate(), max_receive_queue=1 << 20)
     sender_blocked = asyncio.Event()
 
     async def flood() -> None:
         for _ in range(20000):
-            conn._p.write_message(Request(CID, 0))
-            if conn._p.write_paused:
+            if not conn.send_nowait(Request(CID, 0)):  # our write side is paused
                 sender_blocked.set()
-                await conn._p.drain()
+                await conn.send(Request(CID, 0))
 
     # The client stops reading: nothing takes its messages off the socket.
     transport = conn._p.transport
@@ -211,3 +221,144 @@ async def test_reader_that_never_reads_does_not_grow_server_memory() -> None:
         await asyncio.gather(task, blocked, return_exceptions=True)
         await conn.aclose()
         await server.aclose()
+
+
+# -- both address families -----------------------------------------------------------------------
+
+
+class PeernameTransport(asyncio.Transport):
+    """Just enough of a transport to hand a protocol the peer address a socket would."""
+
+    def __init__(self, peername: tuple[object, ...]) -> None:
+        super().__init__()
+        self.peername = peername
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peername if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+@pytest.mark.parametrize(("peername", "address"), [
+    (("::ffff:192.0.2.7", 4001, 0, 0), ("192.0.2.7", 4001)),
+    (("192.0.2.7", 4001), ("192.0.2.7", 4001)),
+    (("2001:db8:0:0::1", 4001, 0, 0), ("2001:db8::1", 4001)),
+])
+async def test_peer_address_off_the_socket_is_normalised(
+        peername: tuple[object, ...], address: tuple[str, int]) -> None:
+    # What a dual-stack (not IPv6-only) socket reports for an IPv4 peer is that IPv4 peer.
+    seen: list[tuple[str, int]] = []
+
+    def refuse(proto: WireProtocol) -> None:
+        seen.append(proto.address)
+        proto.abort(ClosedByUs("refused by the test"))
+
+    proto = WireProtocol(on_made=refuse)
+    transport = PeernameTransport(peername)
+    proto.connection_made(transport)
+    assert seen == [address] and proto.address == address
+    assert transport.closing
+    with pytest.raises(ClosedByUs):
+        await proto.ready
+
+
+async def test_an_accepted_connection_nobody_gave_a_session_is_aborted() -> None:
+    proto = WireProtocol(on_made=lambda _proto: None)
+    transport = PeernameTransport(("127.0.0.1", 1))
+    proto.connection_made(transport)
+    assert transport.closing
+    with pytest.raises(LocalProtocolError):
+        await proto.ready
+
+
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "::1"), ("0.0.0.0", "::")],
+                         ids=["loopbacks", "wildcards"])
+async def test_dual_stack_server_serves_both_families_on_one_port(hosts: tuple[str, str]) -> None:
+    recorder = Recorder()
+    source = MemorySource({CID: [b"a" * 1000, b"b" * 10]})
+    server = Server(Identity.generate(), source, on_event=recorder, clock=FakeClock())
+    port = await server.start(hosts, 0)
+    try:
+        assert isinstance(port, int) and port > 0
+        assert server.addresses == tuple((host, port) for host in hosts)
+        v4_id, v6_id = Identity.generate(), Identity.generate()
+        v4 = await connect("127.0.0.1", port, v4_id, expected_peer=server.identity.peer_id,
+                           timeout=T)
+        v6 = await connect("::1", port, v6_id, expected_peer=server.identity.peer_id, timeout=T)
+        try:
+            assert v4.remote_address == ("127.0.0.1", port)
+            assert v6.remote_address == ("::1", port)
+            async with asyncio.timeout(T):
+                for conn in (v4, v6):
+                    await conn.send(Request(CID, 0))
+                    assert await conn.receive() == Data(CID, 0, b"a" * 1000)
+                    await conn.send(GetBitfield(CID))
+                    assert await conn.receive() == Bitfield(CID, 2, b"\xc0")
+            hosts_seen = {c.peer: c.address[0] for c in server.connections()}
+            assert hosts_seen == {v4_id.peer_id: "127.0.0.1", v6_id.peer_id: "::1"}
+            connected = {e.peer: e.address[0] for e in recorder.events
+                         if isinstance(e, PeerConnected)}
+            assert connected == hosts_seen
+        finally:
+            await v4.aclose()
+            await v6.aclose()
+    finally:
+        await server.aclose()
+    assert server.addresses == ()
+    # Closed means closed: both families refuse connections now.
+    for host in ("127.0.0.1", "::1"):
+        with pytest.raises(NetworkError):
+            await connect(host, port, Identity.generate(), timeout=T)
+
+
+async def test_single_host_form_still_returns_the_bound_address() -> None:
+    server = Server(Identity.generate(), MemorySource(), clock=FakeClock())
+    try:
+        host, port = await server.start("::1", 0)
+        assert host == "::1" and port > 0
+        conn = await connect("::1", port, Identity.generate(), timeout=T)
+        try:
+            async with asyncio.timeout(T):
+                await conn.send(Ping(5))
+                assert await conn.receive() == Pong(5)
+            (info,) = server.connections()
+            assert info.address[0] == "::1"
+        finally:
+            await conn.aclose()
+    finally:
+        await server.aclose()
+
+
+async def test_a_host_that_cannot_be_bound_leaves_nothing_listening() -> None:
+    # The port is taken on ::1 (by this test), free on 127.0.0.1.
+    taken = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(Identity.generate(), MemorySource(), clock=FakeClock())
+        with pytest.raises(NetworkError, match=r"\[::1\]"):
+            await server.start(("127.0.0.1", "::1"), port)
+        assert server.addresses == ()
+        # Nothing was left listening on the IPv4 address: we can bind it ourselves.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+        finally:
+            probe.close()
+        await server.aclose()
+    finally:
+        taken.close()

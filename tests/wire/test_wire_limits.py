@@ -1,5 +1,5 @@
 """The chunk server's memory limits: the inbound frame cap, the send timeout for peers that stop
-reading, and the receive queue's accounting of Bitfield messages."""
+reading (on a fake clock), and the receive queue's accounting of Bitfield messages."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import blake3
 import pytest
 
 from p2p.identity import Identity
+from p2p.testing import FakeClock, MemorySource
 from p2p.wire.errors import ConnectionLost
 from p2p.wire.messages import (
     DATA_HEADER,
@@ -27,6 +28,7 @@ from p2p.wire.messages import (
     Request,
 )
 from p2p.wire.server import PeerDisconnected, Server, ServerEvent, ServerLimits
+from p2p.wire.serving import STOPPED_READING
 from p2p.wire.session import Session, State
 from p2p.wire.transport import WireProtocol, connect
 
@@ -39,8 +41,9 @@ CHUNKS: list[bytes | None] = [bytes([i]) * BIG for i in range(4)]
 T = 30  # generous deadline for any single awaited event on a loaded machine
 
 
-def serving(limits: ServerLimits) -> AbstractAsyncContextManager[tuple[Server, tuple[str, int], Recorder]]:
-    return shared_serving(limits, CID, CHUNKS)
+def serving(limits: ServerLimits, clock: FakeClock | None = None,
+            ) -> AbstractAsyncContextManager[tuple[Server, tuple[str, int], Recorder]]:
+    return shared_serving(limits, CID, CHUNKS, clock=clock)
 
 
 def disconnected(peer: object) -> Callable[[ServerEvent], bool]:
@@ -98,8 +101,9 @@ async def test_server_drops_a_client_at_the_header_of_a_16_mib_frame() -> None:
 
 
 async def test_client_that_never_reads_is_dropped_after_send_timeout_while_another_is_served() -> None:
-    limits = ServerLimits(send_timeout=0.5, max_send_buffer=64 * 1024, idle_timeout=300)
-    async with asyncio.timeout(T), serving(limits) as (server, (host, port), recorder):
+    clock = FakeClock()
+    limits = ServerLimits(send_timeout=30.0, max_send_buffer=64 * 1024)
+    async with asyncio.timeout(T), serving(limits, clock) as (server, (host, port), recorder):
         honest_id = Identity.generate()
         honest = await connect(host, port, honest_id,
                                expected_peer=server.identity.peer_id, timeout=T)
@@ -111,17 +115,83 @@ async def test_client_that_never_reads_is_dropped_after_send_timeout_while_anoth
             # 32 MiB asked for, more than loopback socket buffers hold; never read.
             for i in range(limits.max_inflight_requests):
                 await staller.send(Request(CID, i % len(CHUNKS)))
+            await recorder.wait_until(lambda: recorder.write_paused(staller_id.peer_id))
+            # The other client is served chunk by chunk while the staller is stuck.
+            for i in range(len(CHUNKS)):
+                await honest.send(Request(CID, i))
+                assert await honest.receive() == Data(CID, i, CHUNKS[i])
+
+            # The clock runs only from here, with the staller's sending paused: at first
+            # it is not due, then it is, exactly send_timeout after its sending paused.
+            await recorder.wait_until(lambda: recorder.write_paused(staller_id.peer_id))
+            clock.advance(limits.send_timeout - 0.5)
+            assert server.handle_timers() == 0
+            assert staller_id.peer_id in [c.peer for c in server.connections()]
+            clock.advance(0.5)
+            assert server.handle_timers() == 1
             event = await recorder.wait_for(disconnected(staller_id.peer_id))
-            assert isinstance(event, PeerDisconnected)
+            assert isinstance(event, PeerDisconnected) and event.reason == STOPPED_READING
             assert staller_id.peer_id not in [c.peer for c in server.connections()]
-            # The other client is still served, chunk by chunk.
+
+            # The other client is still served.
             for i in range(len(CHUNKS)):
                 await honest.send(Request(CID, i))
                 assert await honest.receive() == Data(CID, i, CHUNKS[i])
             assert [c.peer for c in server.connections()] == [honest_id.peer_id]
+            assert len(recorder.disconnects()) == 1
         finally:
             await staller.aclose()
             await honest.aclose()
+
+
+@pytest.mark.parametrize("clock", [FakeClock(), None], ids=["fake clock", "loop clock"])
+async def test_the_servers_own_timer_drops_a_stalled_reader_when_due(clock: FakeClock | None) -> None:
+    # With no stall allowed, the first pause is due at once: the timer, armed for an idle
+    # deadline an hour away, has to be re-armed for it.
+    limits = ServerLimits(send_timeout=0.0, idle_timeout=3600.0, max_send_buffer=64 * 1024)
+    recorder = Recorder()
+    server = Server(Identity.generate(), MemorySource({CID: list(CHUNKS)}), limits,
+                    on_event=recorder, clock=clock)
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        me = Identity.generate()
+        conn = await connect(host, port, me, timeout=T, max_receive_queue=64 * 1024)
+        try:
+            async with asyncio.timeout(T):
+                for i in range(limits.max_inflight_requests):
+                    await conn.send(Request(CID, i % len(CHUNKS)))
+                event = await recorder.wait_for(disconnected(me.peer_id))
+            assert isinstance(event, PeerDisconnected) and event.reason == STOPPED_READING
+        finally:
+            await conn.aclose()
+    finally:
+        await server.aclose()
+
+
+async def test_a_reader_that_catches_up_in_time_is_kept() -> None:
+    clock = FakeClock()
+    limits = ServerLimits(send_timeout=30.0, max_send_buffer=64 * 1024)
+    async with asyncio.timeout(T), serving(limits, clock) as (server, (host, port), recorder):
+        me = Identity.generate()
+        conn = await connect(host, port, me, expected_peer=server.identity.peer_id,
+                             timeout=T, max_receive_queue=64 * 1024)
+        try:
+            for i in range(limits.max_inflight_requests):
+                await conn.send(Request(CID, i % len(CHUNKS)))
+            await recorder.wait_until(lambda: recorder.write_paused(me.peer_id))
+            clock.advance(limits.send_timeout - 0.5)
+            assert server.handle_timers() == 0
+            # It reads everything before the deadline: the stall is over.
+            for i in range(limits.max_inflight_requests):
+                assert await conn.receive() == Data(CID, i % len(CHUNKS), CHUNKS[i % len(CHUNKS)])
+            await recorder.wait_until(lambda: not recorder.write_paused(me.peer_id))
+            clock.advance(limits.send_timeout)
+            assert server.handle_timers() == 0
+            await conn.send(Ping(3))
+            assert await conn.receive() == Pong(3)
+            assert recorder.disconnects() == []
+        finally:
+            await conn.aclose()
 
 
 # -- receive-queue accounting --------------------------------------------------------------------
