@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..address import normalize_host
 from ..encoding import (
     b32decode,
     b32encode,
@@ -28,14 +29,6 @@ from .ids import ContentId
 TICKET_PREFIX = "p2pt1"
 MAX_TICKET_ADDRS = 8
 """A few addresses: enough for a peer's v4 + v6 + LAN forms; more makes tickets unwieldy."""
-
-
-def normalize_host(host: str) -> str:
-    """Return ``host`` as a canonical IP literal; raise :class:`BadInput` if it is not an IP address."""
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        raise BadInput(f"not an IP address: {host!r}") from None
 
 
 @dataclass(frozen=True)
