@@ -362,3 +362,43 @@ async def test_a_host_that_cannot_be_bound_leaves_nothing_listening() -> None:
         await server.aclose()
     finally:
         taken.close()
+
+
+async def test_aclose_ends_every_connection_and_task_it_owns() -> None:
+    recorder = Recorder()
+    source = MemorySource({CID: [os.urandom(1 << 20)]})
+    limits = ServerLimits(max_send_buffer=64 << 10)
+    server = Server(Identity.generate(), source, limits, on_event=recorder, clock=FakeClock())
+    host, port = await server.start("127.0.0.1", 0)
+    served = await connect(host, port, Identity.generate(), timeout=T)
+    staller_id = Identity.generate()
+    staller = await connect(host, port, staller_id, timeout=T, max_receive_queue=64 << 10)
+    reader, writer = await asyncio.open_connection(host, port)  # never handshakes
+    try:
+        async with asyncio.timeout(T):
+            await served.send(Ping(1))
+            assert await served.receive() == Pong(1)
+            for _ in range(limits.max_inflight_requests):
+                await staller.send(Request(CID, 0))
+            await recorder.wait_until(lambda: recorder.write_paused(staller_id.peer_id))
+
+            def owned() -> list[asyncio.Task[object]]:
+                return [t for t in asyncio.all_tasks() if t.get_name().startswith("chunk server:")]
+
+            assert len(owned()) == 3
+            await server.aclose()
+            assert owned() == []
+            assert server.connections() == []
+            assert sorted(e.reason for e in recorder.disconnects()) == ["server closed"] * 3
+            with pytest.raises(ConnectionLost):
+                await served.receive()
+            try:
+                assert await reader.read() == b""
+            except ConnectionResetError:
+                pass  # closed either way
+            await server.aclose()  # idempotent
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        await served.aclose()
+        await staller.aclose()
