@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..address import normalize_host
+from ..address import is_unspecified, normalize_host
 from ..encoding import (
     b32decode,
     b32encode,
@@ -83,12 +83,12 @@ def make_ticket(content_id: ContentId, publisher: PeerId, addresses: Sequence[tu
     usable = []
     for host, port in addresses:
         try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+            literal = normalize_host(host)
+        except BadInput:
             continue
-        if ip.is_unspecified or (str(ip), port) in usable:
+        if is_unspecified(literal) or (literal, port) in usable:
             continue
-        usable.append((str(ip), port))
+        usable.append((literal, port))
     return Ticket(content_id, publisher, tuple(usable[:MAX_TICKET_ADDRS]))
 
 
