@@ -73,8 +73,8 @@ class ServerLimits:
 
     max_connections: int = 256
     """Connections in total, handshaking ones included. Each may hold its receive buffer,
-    a receive queue and a write buffer (about 5.3 MiB at the defaults), so this bounds the
-    server's memory and file descriptors."""
+    a receive queue, a write buffer and a frame or two (about 6 MiB at the defaults;
+    docs/PROTOCOL.md adds them up), so this bounds the server's memory and descriptors."""
     max_connections_per_ip: int = 16
     """Connections from one IP address: room for a few nodes behind one NAT, too few for
     one host to take every slot."""
