@@ -283,16 +283,16 @@ class Server:
     async def _bind(self, loop: asyncio.AbstractEventLoop, hosts: list[str],
                     port: int) -> list[socket.socket]:
         """Bound (not yet listening) sockets for every address of ``hosts``, on one port."""
-        targets: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
+        targets: list[tuple[socket.AddressFamily, int, tuple[Any, ...]]] = []
         for host in hosts:
             try:
                 infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                flags=socket.AI_PASSIVE)
             except OSError as exc:
                 raise NetworkError(f"cannot listen on {host!r}: {exc}") from None
-            for family, _type, _proto, _name, sockaddr in infos:
-                if (family, sockaddr) not in targets:
-                    targets.append((family, sockaddr))
+            for family, _type, proto, _name, sockaddr in infos:
+                if (family, proto, sockaddr) not in targets:
+                    targets.append((family, proto, sockaddr))
         attempts = PORT_ATTEMPTS if port == 0 and len(targets) > 1 else 1
         for attempt in range(1, attempts + 1):
             try:
@@ -503,7 +503,7 @@ class Server:
         self._addresses = ()
 
 
-def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, tuple[Any, ...]]],
+def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, int, tuple[Any, ...]]],
                       port: int) -> list[socket.socket]:
     """One socket bound per target, all on ``port`` (0: the first bind picks it).
 
@@ -513,9 +513,11 @@ def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, tuple[Any, .
     chosen = port
     where = ""
     try:
-        for family, sockaddr in targets:
+        for family, proto, sockaddr in targets:
             where = format_address((sockaddr[0], chosen))
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # The protocol number matters: asyncio turns Nagle's algorithm off only on
+            # sockets that say IPPROTO_TCP (else each small reply can wait 40 ms for an ACK).
+            sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:

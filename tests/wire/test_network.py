@@ -322,6 +322,32 @@ async def test_dual_stack_server_serves_both_families_on_one_port(hosts: tuple[s
             await connect(host, port, Identity.generate(), timeout=T)
 
 
+async def test_accepted_connections_of_both_families_send_without_nagle_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small replies (Pong, Reject, Bitfield) must leave at once, not wait for the ACK of the
+    # previous segment: asyncio turns Nagle's algorithm off only on IPPROTO_TCP sockets.
+    nodelay: dict[str, int] = {}
+    made = WireProtocol.connection_made
+
+    def record(proto: WireProtocol, transport: asyncio.BaseTransport) -> None:
+        made(proto, transport)
+        sock = transport.get_extra_info("socket")
+        if proto.session.initiator is False:
+            nodelay[proto.address[0]] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    monkeypatch.setattr(WireProtocol, "connection_made", record)
+    server = Server(Identity.generate(), MemorySource(), clock=FakeClock())
+    port = await server.start(("127.0.0.1", "::1"), 0)
+    try:
+        for host in ("127.0.0.1", "::1"):
+            conn = await connect(host, port, Identity.generate(), timeout=T)
+            await conn.aclose()
+        assert set(nodelay) == {"127.0.0.1", "::1"}
+        assert all(nodelay.values()), nodelay
+    finally:
+        await server.aclose()
+
+
 async def test_single_host_form_still_returns_the_bound_address() -> None:
     server = Server(Identity.generate(), MemorySource(), clock=FakeClock())
     try:
