@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .address import Address
+from .address import Address, format_address
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
 from .dht.state import load_routing_table
@@ -55,8 +55,15 @@ BIND_ATTEMPTS = 8
 """With port 0, tries to find a port free for both TCP and UDP."""
 HASH_THREADS = 2
 """Threads that check and write chunks (BLAKE3 and pwrite release the GIL)."""
+DUAL_STACK = ("0.0.0.0", "::")
+"""Every address of both families: one IPv4 and one IPv6-only socket per protocol."""
 ROUTING_FILE = "routing.json"
 """The DHT's routing table inside the state directory (JSON), saved while running and on close."""
+PEER_LOOKUP_TTL = 60.0
+"""Seconds a peer-record lookup is reused: addresses change rarely; a DHT walk per failed
+dial would let one unreachable provider cost a lookup per address it lists."""
+MAX_PEER_LOOKUPS = 256
+"""Peer-record lookups remembered at once (the oldest is forgotten first)."""
 RATE_SAMPLE = 1.0
 """Seconds between samples of per-peer byte counts: the window of :attr:`PeerInfo.rate_in`."""
 
@@ -67,8 +74,9 @@ class NodeConfig:
 
     state_dir: Path
     """Identity key, database and default downloads live here."""
-    host: str = "0.0.0.0"
-    """Address to listen on (TCP and UDP)."""
+    host: str | tuple[str, ...] = DUAL_STACK
+    """Address to listen on (TCP and UDP), or one per family on the same port: the default
+    listens on every IPv4 and IPv6 address (IPv6 is left out on a host without it)."""
     port: int = DEFAULT_PORT
     """Port for TCP and UDP; 0 picks a free one."""
     bootstrap: tuple[Address, ...] = ()
@@ -89,6 +97,11 @@ class NodeConfig:
     """Seconds between saves of the routing table while running (it is also saved on close)."""
     server_limits: wire_server.ServerLimits = field(default_factory=wire_server.ServerLimits)
     agent: str = "p2p/0.1"
+    clock: Callable[[], float] | None = None
+    """Monotonic seconds for the deadlines of the chunk server and the downloads; None = the
+    event loop's clock. Tests pass :class:`p2p.testing.FakeClock` and call
+    :meth:`handle_timers`. (The DHT keeps its own clocks, in its configuration: its periodic
+    work sleeps on the event loop.)"""
     announce_shares: bool = True
     """Announce the library on the DHT at start. Off for short-lived commands, whose port
     is gone a moment later (their records would send peers to a dead address)."""
@@ -117,6 +130,8 @@ class Node:
         self._started = False
         self._closed = False
         self._saved_contacts = 0
+        self._hosts: tuple[str, ...] = ()
+        self._peer_lookups: dict[PeerId, tuple[float, asyncio.Task[list[Address]]]] = {}
         self.bootstrap_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -151,6 +166,8 @@ class Node:
                     self.bootstrap_error = str(exc)
                     self._log("warning", f"bootstrap failed: {exc}")
             if cfg.announce_shares:
+                # Our current addresses, so a peer whose provider record is stale finds us.
+                self._spawn(self._announce_peer(), "announce peer record")
                 for share in self.store.shares():
                     await self._provide(share.content_id)
         except BaseException:  # cancelled while joining: close what is open, then go on failing
@@ -159,12 +176,14 @@ class Node:
 
     async def _bind(self) -> None:
         cfg = self.config
+        hosts = _bindable(_hosts(cfg.host))
         last: Exception | None = None
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             server = wire_server.Server(self.identity, self.store, cfg.server_limits,
-                                        agent=cfg.agent, on_event=self._on_server_event)
-            _, port = await server.start(cfg.host, cfg.port)
-            dht_config = DHTConfig(host=cfg.host, port=port, ksize=20,
+                                        agent=cfg.agent, on_event=self._on_server_event,
+                                        clock=cfg.clock)
+            port = await server.start(hosts, cfg.port)
+            dht_config = DHTConfig(host=hosts[0] if len(hosts) == 1 else hosts, port=port, ksize=20,
                                    max_contacts_per_ip=cfg.max_contacts_per_ip,
                                    rpc_timeout=cfg.rpc_timeout,
                                    rate_limit_per_ip=cfg.dht_rate_limit_per_ip,
@@ -180,8 +199,10 @@ class Node:
                 continue
             self.server = server
             self.port = port
+            self._hosts = hosts
             return
-        raise NetworkError(f"cannot listen on {cfg.host}:{cfg.port} (TCP and UDP): {last}")
+        where = ", ".join(format_address((h, cfg.port)) for h in hosts)
+        raise NetworkError(f"cannot listen on {where} (TCP and UDP): {last}")
 
     async def aclose(self) -> None:
         """Pause downloads (progress kept), stop serving, leave the DHT, close the store. Idempotent."""
@@ -233,24 +254,28 @@ class Node:
         return Library(self.store)
 
     def listen_address(self) -> Address:
-        """The bound (host, port)."""
-        return self.config.host, self.port
+        """The first bound (host, port) (see :meth:`listen_addresses` for every family)."""
+        return self._hosts[0], self.port
+
+    def listen_addresses(self) -> list[Address]:
+        """Every bound (host, port): one per address family in dual stack."""
+        return [(host, self.port) for host in self._hosts]
 
     def addresses(self) -> list[Address]:
-        """Where other peers can reach us, best first (what tickets and records carry)."""
+        """Where other peers can reach us, best first (what tickets and records carry):
+        the addresses the DHT learned or was told, then this host's own per family."""
         found = list(self.dht.reachable_addresses())
-        host = self.config.host
-        ip = ipaddress.ip_address(host)
-        if ip.is_unspecified:
-            lan = _primary_ip(ip.version)
-            if lan and (lan, self.port) not in found:
-                found.append((lan, self.port))
-            loop_host = "127.0.0.1" if ip.version == 4 else "::1"
-            if (loop_host, self.port) not in found:
-                found.append((loop_host, self.port))
-        elif (host, self.port) not in found:
-            found.append((host, self.port))
-        return found
+        extra: list[Address] = []
+        for host in self._hosts:
+            ip = ipaddress.ip_address(host)
+            if ip.is_unspecified:
+                lan = _primary_ip(ip.version)
+                if lan:
+                    found.append((lan, self.port))
+                extra.append(("127.0.0.1" if ip.version == 4 else "::1", self.port))
+            else:
+                found.append((host, self.port))
+        return list(dict.fromkeys(found + extra))
 
     # -- sharing ---------------------------------------------------------------------------
 
@@ -287,6 +312,36 @@ class Node:
             await self.dht.provide(content_id.digest)
         except NetworkError as exc:
             self._log("info", f"{content_id.short()} not announced yet: {exc}")
+
+    async def _announce_peer(self) -> None:
+        """Publish our peer record (the DHT re-announces it with the provider records)."""
+        try:
+            await self.dht.announce_peer()
+        except NetworkError as exc:  # no contacts yet: the DHT retries at each re-announce
+            self._log("debug", f"peer record not announced yet: {exc}")
+
+    async def _current_addresses(self, peer: PeerId) -> list[Address]:
+        """Where ``peer``'s own peer record says it is now (empty if the DHT has none).
+
+        One lookup per peer per :data:`PEER_LOOKUP_TTL`: a download that fails to dial
+        several stale addresses of one provider asks the DHT once.
+        """
+        now = asyncio.get_running_loop().time()
+        cached = self._peer_lookups.get(peer)
+        if cached is None or now - cached[0] > PEER_LOOKUP_TTL:
+            cached = (now, self._spawn(self._find_peer(peer), f"find peer {peer.short()}"))
+            self._peer_lookups[peer] = cached
+            if len(self._peer_lookups) > MAX_PEER_LOOKUPS:
+                oldest = min(self._peer_lookups, key=lambda p: self._peer_lookups[p][0])
+                self._peer_lookups.pop(oldest, None)
+        return list(await asyncio.shield(cached[1]))
+
+    async def _find_peer(self, peer: PeerId) -> list[Address]:
+        try:
+            record = await self.dht.find_peer(peer)
+        except (NotFound, NetworkError):
+            return []
+        return [tuple(a) for a in record.addresses]  # type: ignore[misc]
 
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
@@ -496,8 +551,22 @@ class Node:
                 yield record.peer_id, record.addresses
 
         async def dial(addr: Address, peer: PeerId | None) -> Any:
-            return await connect(addr[0], addr[1], self.identity, expected_peer=peer,
-                                 listen_addrs=self.addresses(), agent=self.config.agent)
+            try:
+                return await connect(addr[0], addr[1], self.identity, expected_peer=peer,
+                                     listen_addrs=self.addresses(), agent=self.config.agent)
+            except NetworkError:
+                if peer is None:
+                    raise
+                # The address (from a provider record, a ticket, a Hello) is stale: the
+                # peer's own signed peer record says where it is now.
+                for fresh in await self._current_addresses(peer):
+                    if fresh == addr:
+                        continue
+                    with contextlib.suppress(NetworkError):
+                        return await connect(fresh[0], fresh[1], self.identity,
+                                             expected_peer=peer, listen_addrs=self.addresses(),
+                                             agent=self.config.agent)
+                raise
 
         def on_manifest(manifest: Manifest) -> None:
             # Partial seeding: announce as soon as we can serve chunks.
@@ -506,7 +575,7 @@ class Node:
         return Download(options, store=self.store, events=self.events, connect=dial,
                         providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
                         on_have=self.server.announce_have, on_manifest=on_manifest, pool=self._pool,
-                        sync_pool=self._sync_pool)
+                        sync_pool=self._sync_pool, clock=self.config.clock)
 
     # -- peers and the DHT ---------------------------------------------------------------------
 
@@ -534,27 +603,30 @@ class Node:
 
     def dht_summary(self) -> DHTSummary:
         """Routing-table size per bucket, records held, bootstrap status, our addresses."""
-        table = self.dht.routing_table()
-        stats = dict(self.dht.stats())
+        stats = self.dht.summary()
         return DHTSummary(
-            node_id=self.identity.node_id.hex(),
-            buckets=tuple(len(b) for b in table),
+            node_id=stats.node_id.hex(),
+            buckets=stats.bucket_sizes,
             bootstrap=tuple(self.config.bootstrap),
             bootstrap_error=self.bootstrap_error,
             addresses=tuple(self.addresses()),
-            records={str(k): int(v) for k, v in dict(stats.get("records", {})).items()},
-            uptime=float(stats.get("uptime", 0.0)),
-            restored_contacts=int(stats.get("restored_contacts", 0)),
+            records=dict(stats.records),
+            uptime=stats.uptime,
+            restored_contacts=stats.restored_contacts,
             saved_contacts=self._saved_contacts,
-            stats=stats,
+            stats=stats.to_json(),
         )
+
+    def handle_timers(self) -> None:
+        """Run every deadline that is due on :attr:`NodeConfig.clock` (after a test moved it)."""
+        self.server.handle_timers()
+        for download, _task in list(self._downloads.values()):
+            download.handle_timer()
 
     @property
     def listening(self) -> bool:
         """True while the node's sockets are open (what a health check asks)."""
-        transport = self.dht.protocol.transport
-        return (self._started and not self._closed and transport is not None
-                and not transport.is_closing() and not self.dht.protocol.closed.is_set())
+        return self._started and not self._closed and self.dht.listening and bool(self.server.addresses)
 
     async def count_providers(self, content_id: ContentId) -> int:
         """How many distinct peers the DHT names as providers of ``content_id`` (a lookup)."""
@@ -622,6 +694,29 @@ def _merge_connections(infos: Sequence[PeerInfo]) -> list[PeerInfo]:
             prev, bytes_in=prev.bytes_in + info.bytes_in, bytes_out=prev.bytes_out + info.bytes_out,
             strikes=max(prev.strikes, info.strikes))
     return list(merged.values())
+
+
+def _hosts(host: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (host,) if isinstance(host, str) else tuple(host)
+
+
+def _bindable(hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """``hosts`` without the families this machine cannot bind (no IPv6 on some hosts and
+    containers), unless that would leave nothing: then binding fails with its own reason."""
+    if len(hosts) < 2:
+        return hosts
+    usable = tuple(h for h in hosts if _family_usable(h))
+    return usable or hosts
+
+
+def _family_usable(host: str) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _saved_contacts(path: Path) -> int:

@@ -17,7 +17,7 @@ import platformdirs
 
 from .address import Address, format_address, is_unspecified, parse_address
 from .errors import BadInput
-from .node import DEFAULT_PORT, NodeConfig
+from .node import DEFAULT_PORT, DUAL_STACK, NodeConfig
 
 __all__ = ["ENV_ANNOUNCE", "ENV_BOOTSTRAP", "ENV_DOWNLOAD_DIR", "ENV_LISTEN", "ENV_STATE_DIR",
            "Settings", "build_settings", "environment"]
@@ -36,7 +36,8 @@ class Settings:
     state_dir: Path
     """Identity, database and control socket of this peer."""
     listen: Address
-    """Where a long-running command listens (TCP and UDP)."""
+    """Where a long-running command listens (TCP and UDP); unless ``listen_given``, on
+    every IPv4 and IPv6 address at this port."""
     listen_given: bool
     """Whether ``--listen``/``P2P_LISTEN`` was set (short-lived commands otherwise pick a free port)."""
     bootstrap: tuple[Address, ...]
@@ -57,8 +58,10 @@ class Settings:
             port = 0
         # Every peer on a loopback address shares one IP: the per-IP DHT cap would hide them.
         loopback = ipaddress.ip_address(host).is_loopback
+        # Not told where: every address of both families (dual stack).
+        hosts: str | tuple[str, ...] = host if self.listen_given else DUAL_STACK
         return NodeConfig(
-            state_dir=self.state_dir, host=host, port=port, bootstrap=self.bootstrap,
+            state_dir=self.state_dir, host=hosts, port=port, bootstrap=self.bootstrap,
             announce_addrs=self.announce,
             download_dir=download_dir if download_dir is not None else self.download_dir,
             max_contacts_per_ip=None if loopback else NodeConfig.max_contacts_per_ip,

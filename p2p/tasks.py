@@ -3,9 +3,10 @@
 A component with a lifetime (the node, a download, the chunk server, the DHT) owns
 a :class:`TaskOwner`. It spawns its background work there instead of calling
 ``create_task`` and keeping a set by hand; its ``aclose()`` cancels and awaits
-everything it started, and an exception nobody awaited is logged with its
-traceback instead of vanishing (asyncio would only mention it when the task is
-garbage-collected, if ever).
+everything it started, and every task that fails is logged with its traceback,
+at once and whether or not somebody also awaits it (asyncio would only mention an
+unread failure when the task is garbage-collected, if ever). Expected failures
+are therefore caught inside the task; what reaches the owner is a bug.
 
 Why not a bare :class:`asyncio.TaskGroup`: a group cancels the task that entered
 it when a child fails, so one failed re-announce would tear down the whole node.
@@ -45,7 +46,7 @@ class TaskOwner:
         return self._closed
 
     def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-        """Run ``coro`` as a task owned here; its unawaited failure is logged, never lost."""
+        """Run ``coro`` as a task owned here; its failure is logged, never lost."""
         if self._closed:
             coro.close()
             raise LocalProtocolError(f"{self._owner} is closed; cannot start {name!r}")

@@ -308,7 +308,7 @@ class P2PApp(App[None]):
             return
         node = self.node
         assert node is not None
-        listen = format_address(node.listen_address())
+        listen = ", ".join(format_address(a) for a in node.listen_addresses())
         self.sub_title = f"peer {node.peer_id.short()} on {listen}"
         self.main.query_one("#status", Static).update(f"peer {node.peer_id}  listening on {listen}")
         self.log_line("info", f"node {node.peer_id} listening on {listen}")

@@ -160,6 +160,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
             "name": manifest.name, "size": manifest.total_size, "chunks": manifest.chunk_count,
             "publisher": str(manifest.publisher), "peer_id": str(node.peer_id),
             "listen": format_address(node.listen_address()),
+            "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
             "hash_seconds": round(seconds, 3), "serving": not args.no_serve,
         }
@@ -169,7 +170,8 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         _warn_alone(run, node)
         if args.no_serve:
             return 0
-        run.out.note(f"serving on {info['listen']} as {node.peer_id.short()}; "
+        listening = ", ".join(format_address(a) for a in node.listen_addresses())
+        run.out.note(f"serving on {listening} as {node.peer_id.short()}; "
                      "Ctrl-C to stop")
         await serve_until_signalled(run, node)
     return 0
@@ -187,10 +189,12 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
         _warn_bootstrap(run, node)
         shares = node.library.shares()
         info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
+                "listening": [format_address(a) for a in node.listen_addresses()],
                 "addresses": [format_address(a) for a in node.addresses()],
                 "shares": len(shares)}
         run.out.result(info, f"serving {plural(len(shares), 'share')} as {node.peer_id} "
-                             f"on {info['listen']}; Ctrl-C to stop")
+                             f"on {', '.join(format_address(a) for a in node.listen_addresses())}; "
+                             "Ctrl-C to stop")
         if shares:
             _warn_alone(run, node)
         await serve_until_signalled(run, node)

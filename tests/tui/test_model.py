@@ -111,7 +111,7 @@ def test_settings_flags_win_over_environment(tmp_path: Path) -> None:
     # Host names are resolved, exactly as the command line does.
     assert cfg.port == 1 and cfg.bootstrap == (("10.0.0.9", 1), ("127.0.0.1", 2))
     default = config_from_args([], {})
-    assert (default.host, default.port) == ("0.0.0.0", DEFAULT_PORT)
+    assert (default.host, default.port) == (("0.0.0.0", "::"), DEFAULT_PORT)  # dual stack
 
 
 @pytest.mark.parametrize("listen", ["[::1:80", "::1:80", "1.2.3.4:x"])
