@@ -101,6 +101,10 @@ class Library:
             return []
         return [Ban(peer, reason, since, until) for peer, reason, since, until in self._store.bans()]
 
+    def is_banned(self, peer: PeerId) -> bool:
+        """Whether ``peer`` is banned now."""
+        return bool(self._store and self._store.is_banned(peer))
+
     def resolve(self, text: str) -> ContentId:
         """A content id from a full id, a ticket, or an unambiguous prefix of an id held here.
 

@@ -117,10 +117,10 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.events = EventBus()
-        self.identity: Identity
-        self.store: Store
-        self.dht: DHT
-        self.server: wire_server.Server
+        self._identity: Identity
+        self._store: Store
+        self._dht: DHT
+        self._server: wire_server.Server
         self.port = 0
         self._downloads: dict[ContentId, tuple[Download, asyncio.Task[Any]]] = {}
         self._tasks = TaskOwner("node", log)
@@ -146,13 +146,13 @@ class Node:
     async def start(self) -> None:
         """Load identity and store, listen on TCP and UDP, join the DHT, announce shares."""
         cfg = self.config
-        self.identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
+        self._identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
         self._saved_contacts = await asyncio.to_thread(_saved_contacts, cfg.state_dir / ROUTING_FILE)
-        self.store = Store(cfg.state_dir)
+        self._store = Store(cfg.state_dir)
         try:
             await self._bind()
         except BaseException:
-            self.store.close()
+            self._store.close()
             self._pool.shutdown(wait=False)
             self._sync_pool.shutdown(wait=False)
             raise
@@ -161,14 +161,14 @@ class Node:
         try:
             if cfg.bootstrap:
                 try:
-                    await self.dht.bootstrap(cfg.bootstrap)
+                    await self._dht.bootstrap(cfg.bootstrap)
                 except P2PError as exc:
                     self.bootstrap_error = str(exc)
                     self._log("warning", f"bootstrap failed: {exc}")
             if cfg.announce_shares:
                 # Our current addresses, so a peer whose provider record is stale finds us.
                 self._spawn(self._announce_peer(), "announce peer record")
-                for share in self.store.shares():
+                for share in self._store.shares():
                     await self._provide(share.content_id)
         except BaseException:  # cancelled while joining: close what is open, then go on failing
             await self.aclose()
@@ -179,7 +179,7 @@ class Node:
         hosts = _bindable(_hosts(cfg.host))
         last: Exception | None = None
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
-            server = wire_server.Server(self.identity, self.store, cfg.server_limits,
+            server = wire_server.Server(self._identity, self._store, cfg.server_limits,
                                         agent=cfg.agent, on_event=self._on_server_event,
                                         clock=cfg.clock)
             port = await server.start(hosts, cfg.port)
@@ -192,12 +192,12 @@ class Node:
                                    announce_addrs=cfg.announce_addrs,
                                    state_path=cfg.state_dir / ROUTING_FILE)
             try:
-                self.dht = await DHT.open(self.identity, dht_config)
+                self._dht = await DHT.open(self._identity, dht_config)
             except NetworkError as exc:
                 last = exc
                 await server.aclose()
                 continue
-            self.server = server
+            self._server = server
             self.port = port
             self._hosts = hosts
             return
@@ -214,11 +214,11 @@ class Node:
         for cid in list(self._downloads):
             await self.pause(cid)
         await self._tasks.aclose()
-        await self.server.aclose()
-        await self.dht.aclose()
+        await self._server.aclose()
+        await self._dht.aclose()
         self._pool.shutdown(wait=True)
         self._sync_pool.shutdown(wait=True)  # finishes pending seals: finished downloads become durable
-        self.store.close()
+        self._store.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
@@ -232,7 +232,7 @@ class Node:
     @property
     def peer_id(self) -> PeerId:
         """This node's peer id."""
-        return self.identity.peer_id
+        return self._identity.peer_id
 
     @staticmethod
     def identity_of(state_dir: Path) -> tuple[PeerId, bytes]:
@@ -246,12 +246,12 @@ class Node:
     @property
     def public_key(self) -> bytes:
         """This node's Ed25519 public key (its peer id is derived from it)."""
-        return self.identity.public_key
+        return self._identity.public_key
 
     @property
     def library(self) -> Library:
         """A read-only view of what this node shares and downloads."""
-        return Library(self.store)
+        return Library(self._store)
 
     def listen_address(self) -> Address:
         """The first bound (host, port) (see :meth:`listen_addresses` for every family)."""
@@ -264,7 +264,7 @@ class Node:
     def addresses(self) -> list[Address]:
         """Where other peers can reach us, best first (what tickets and records carry):
         the addresses the DHT learned or was told, then this host's own per family."""
-        found = list(self.dht.reachable_addresses())
+        found = list(self._dht.reachable_addresses())
         extra: list[Address] = []
         for host in self._hosts:
             ip = ipaddress.ip_address(host)
@@ -294,11 +294,11 @@ class Node:
                 loop.call_soon_threadsafe(progress, n)
 
         try:
-            manifest, files = await asyncio.to_thread(build_manifest, path, self.identity, report)
+            manifest, files = await asyncio.to_thread(build_manifest, path, self._identity, report)
         except asyncio.CancelledError:
             stop.set()
             raise
-        self.store.add_share(manifest, files, root=path)
+        self._store.add_share(manifest, files, root=path)
         if self.config.announce_shares:  # else the next long-running start announces it
             await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
@@ -309,14 +309,14 @@ class Node:
         (tickets carry addresses), so a failed first announce is logged, not raised; the
         DHT retries it at the next re-announce."""
         try:
-            await self.dht.provide(content_id.digest)
+            await self._dht.provide(content_id.digest)
         except NetworkError as exc:
             self._log("info", f"{content_id.short()} not announced yet: {exc}")
 
     async def _announce_peer(self) -> None:
         """Publish our peer record (the DHT re-announces it with the provider records)."""
         try:
-            await self.dht.announce_peer()
+            await self._dht.announce_peer()
         except NetworkError as exc:  # no contacts yet: the DHT retries at each re-announce
             self._log("debug", f"peer record not announced yet: {exc}")
 
@@ -338,7 +338,7 @@ class Node:
 
     async def _find_peer(self, peer: PeerId) -> list[Address]:
         try:
-            record = await self.dht.find_peer(peer)
+            record = await self._dht.find_peer(peer)
         except (NotFound, NetworkError):
             return []
         return [tuple(a) for a in record.addresses]  # type: ignore[misc]
@@ -346,7 +346,7 @@ class Node:
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
         if publisher is None:
-            manifest = self.store.get_manifest(content_id)
+            manifest = self._store.get_manifest(content_id)
             if manifest is None:
                 raise NotFound(f"{content_id} is not in this node's library")
             publisher = manifest.publisher
@@ -354,8 +354,8 @@ class Node:
 
     def unshare(self, content_id: ContentId) -> bool:
         """Stop serving ``content_id`` (the files stay). True if it was shared."""
-        removed = self.store.remove_share(content_id)
-        self.dht.unprovide(content_id.digest)
+        removed = self._store.remove_share(content_id)
+        self._dht.unprovide(content_id.digest)
         return removed
 
     async def verify(self, content_id: ContentId) -> VerifyReport:
@@ -363,12 +363,12 @@ class Node:
         return await asyncio.to_thread(self._verify, content_id)
 
     def _verify(self, content_id: ContentId) -> VerifyReport:
-        manifest = self.store.get_manifest(content_id)
+        manifest = self._store.get_manifest(content_id)
         if manifest is None:
             raise NotFound(f"{content_id} is not in this node's library")
         cid = content_id.digest
         count = manifest.chunk_count
-        held = self.store.bitfield(cid)
+        held = self._store.bitfield(cid)
         bad: list[int] = []
         good = missing = 0
         for index in range(count):
@@ -376,11 +376,11 @@ class Node:
                 missing += 1
                 continue
             try:
-                self.store.read_chunk(cid, index)
+                self._store.read_chunk(cid, index)
                 good += 1
             except P2PError:
                 bad.append(index)
-        info = self.store.download_info(content_id)
+        info = self._store.download_info(content_id)
         downloading = info is not None and info.state != "complete"
         return VerifyReport(content_id, count, good, bad, missing, downloading)
 
@@ -399,9 +399,9 @@ class Node:
         if ticket is not None:
             addrs = list(ticket.addresses) + addrs
         if addrs:
-            self.store.add_sources(cid, addrs)
+            self._store.add_sources(cid, addrs)
         # A resumed download dials the addresses an earlier run was given (a ticket's) again.
-        addrs += [a for a in self.store.sources(cid) if a not in addrs]
+        addrs += [a for a in self._store.sources(cid) if a not in addrs]
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
                             self.config.download_dir, publisher, tuple(addrs), timeout)
 
@@ -438,14 +438,14 @@ class Node:
             sealing.add_done_callback(self._sealed)
             return self._result(options.content_id, path, download, started)
         except asyncio.CancelledError:
-            info = self.store.download_info(options.content_id)
+            info = self._store.download_info(options.content_id)
             if info is not None and info.state != "complete":  # cancelled during finalize: done
-                self.store.set_download_state(options.content_id, "paused")
-                self.dht.unprovide(options.content_id.digest)  # nothing served until it resumes
+                self._store.set_download_state(options.content_id, "paused")
+                self._dht.unprovide(options.content_id.digest)  # nothing served until it resumes
                 self.events.publish(DownloadPaused(options.content_id))
             raise
         except P2PError as exc:
-            self.dht.unprovide(options.content_id.digest)
+            self._dht.unprovide(options.content_id.digest)
             self._record_failure(options.content_id, exc)
             raise
         finally:
@@ -453,7 +453,7 @@ class Node:
 
     def _result(self, content_id: ContentId, path: Path, download: Download | None,
                 started: float) -> FetchResult:
-        manifest = self.store.get_manifest(content_id)
+        manifest = self._store.get_manifest(content_id)
         assert manifest is not None  # a finished or local fetch has its verified manifest
         fetched = download.fetched_this_run if download is not None else 0
         return FetchResult(
@@ -499,8 +499,8 @@ class Node:
     async def cancel(self, content_id: ContentId) -> None:
         """Stop a download and delete its partial data."""
         await self.pause(content_id)
-        self.dht.unprovide(content_id.digest)
-        self.store.remove_download(content_id)
+        self._dht.unprovide(content_id.digest)
+        self._store.remove_download(content_id)
 
     def download(self, content_id: ContentId) -> Download | None:
         """The running download of ``content_id``, if any (for live views)."""
@@ -516,7 +516,7 @@ class Node:
         return [d for d, _ in self._downloads.values()]
 
     async def _local_copy(self, options: FetchOptions, have: Path) -> Path:
-        manifest = self.store.get_manifest(options.content_id)
+        manifest = self._store.get_manifest(options.content_id)
         assert manifest is not None
         manifest.verify(options.content_id, options.publisher)  # --from holds here too
         if options.dest is None:
@@ -530,29 +530,29 @@ class Node:
         return dest
 
     def _completed_path(self, content_id: ContentId) -> Path | None:
-        info = self.store.download_info(content_id)
+        info = self._store.download_info(content_id)
         if info is not None and info.state == "complete" and info.dest.exists() \
-                and self.store.is_shared(content_id):
+                and self._store.is_shared(content_id):
             return info.dest
         return None
 
     def _record_failure(self, content_id: ContentId, exc: P2PError) -> None:
-        if self.store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):
-            self.store.set_download_state(content_id, "failed", str(exc))
+        if self._store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):
+            self._store.set_download_state(content_id, "failed", str(exc))
         self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
 
     def _new_download(self, options: FetchOptions) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
-            for info in self.server.connections():
+            for info in self._server.connections():
                 # Peers already talking to us, at the addresses their Hello says they accept on.
                 if info.listen_addrs:
                     yield info.peer, info.listen_addrs
-            async for record in self.dht.iter_providers(cid.digest):
+            async for record in self._dht.iter_providers(cid.digest):
                 yield record.peer_id, record.addresses
 
         async def dial(addr: Address, peer: PeerId | None) -> Any:
             try:
-                return await connect(addr[0], addr[1], self.identity, expected_peer=peer,
+                return await connect(addr[0], addr[1], self._identity, expected_peer=peer,
                                      listen_addrs=self.addresses(), agent=self.config.agent)
             except NetworkError:
                 if peer is None:
@@ -563,7 +563,7 @@ class Node:
                     if fresh == addr:
                         continue
                     with contextlib.suppress(NetworkError):
-                        return await connect(fresh[0], fresh[1], self.identity,
+                        return await connect(fresh[0], fresh[1], self._identity,
                                              expected_peer=peer, listen_addrs=self.addresses(),
                                              agent=self.config.agent)
                 raise
@@ -572,9 +572,9 @@ class Node:
             # Partial seeding: announce as soon as we can serve chunks.
             self._spawn(self._provide(manifest.content_id), "provide")
 
-        return Download(options, store=self.store, events=self.events, connect=dial,
+        return Download(options, store=self._store, events=self.events, connect=dial,
                         providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
-                        on_have=self.server.announce_have, on_manifest=on_manifest, pool=self._pool,
+                        on_have=self._server.announce_have, on_manifest=on_manifest, pool=self._pool,
                         sync_pool=self._sync_pool, clock=self.config.clock)
 
     # -- peers and the DHT ---------------------------------------------------------------------
@@ -588,7 +588,7 @@ class Node:
 
     def _connections(self) -> list[PeerInfo]:
         out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent)
-               for c in self.server.connections()]
+               for c in self._server.connections()]
         for download in self.running_downloads():
             out += [PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
                              conn.bytes_sent, strikes=strikes)
@@ -603,7 +603,7 @@ class Node:
 
     def dht_summary(self) -> DHTSummary:
         """Routing-table size per bucket, records held, bootstrap status, our addresses."""
-        stats = self.dht.summary()
+        stats = self._dht.summary()
         return DHTSummary(
             node_id=stats.node_id.hex(),
             buckets=stats.bucket_sizes,
@@ -619,27 +619,27 @@ class Node:
 
     def handle_timers(self) -> None:
         """Run every deadline that is due on :attr:`NodeConfig.clock` (after a test moved it)."""
-        self.server.handle_timers()
+        self._server.handle_timers()
         for download, _task in list(self._downloads.values()):
             download.handle_timer()
 
     @property
     def listening(self) -> bool:
         """True while the node's sockets are open (what a health check asks)."""
-        return self._started and not self._closed and self.dht.listening and bool(self.server.addresses)
+        return self._started and not self._closed and self._dht.listening and bool(self._server.addresses)
 
     async def count_providers(self, content_id: ContentId) -> int:
         """How many distinct peers the DHT names as providers of ``content_id`` (a lookup)."""
-        records = await self.dht.find_providers(content_id.digest)
+        records = await self._dht.find_providers(content_id.digest)
         return len({r.peer_id for r in records})
 
     async def publish(self, name: str, content_id: ContentId) -> ChannelRecord:
         """Point our channel ``name`` at ``content_id`` (a signed, sequenced DHT record)."""
-        return await self.dht.put_channel(self.identity, name, content_id.digest)
+        return await self._dht.put_channel(self._identity, name, content_id.digest)
 
     async def resolve(self, publisher: PeerId, name: str) -> ChannelRecord:
         """The content id ``publisher`` currently names ``name``. Raises :class:`NotFound`."""
-        return await self.dht.get_channel(publisher, name)
+        return await self._dht.get_channel(publisher, name)
 
     # -- server events ------------------------------------------------------------------------
 

@@ -51,13 +51,13 @@ async def seed(args: argparse.Namespace) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with Node(config(args)) as node:
         if args.throttle:
-            served = node.store.read_chunk
+            served = node._store.read_chunk
 
             def slow_read(content_id: bytes, index: int) -> bytes | memoryview:
                 time.sleep(args.throttle)  # a slow disk: blocking on purpose
                 return served(content_id, index)
 
-            node.store.read_chunk = slow_read  # type: ignore[method-assign]
+            node._store.read_chunk = slow_read  # type: ignore[method-assign]
         result = await node.share(Path(args.file))
         emit(event="seeding", port=node.port, content_id=str(result.content_id),
              ticket=str(result.ticket), peer_id=str(node.peer_id))

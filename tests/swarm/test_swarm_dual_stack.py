@@ -99,7 +99,7 @@ async def test_a_stale_provider_address_is_healed_by_the_peer_record(tmp_path: P
             async with Node(stale) as sharer, Node(node_config(tmp_path, "dl", contact)) as dl:
                 shared = await sharer.share(source)
                 # The peer record tells the truth (as it does after the sharer moved).
-                assert await sharer.dht.announce_peer([sharer.listen_address()]) >= 1
+                assert await sharer._dht.announce_peer([sharer.listen_address()]) >= 1
                 async with asyncio.timeout(T):
                     result = await dl.fetch(shared.content_id, tmp_path / "out.bin", timeout=T)
     assert result.path.read_bytes() == source.read_bytes()

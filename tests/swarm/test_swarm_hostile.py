@@ -79,8 +79,8 @@ async def test_wrong_sized_bitfield_before_manifest_bans_peer_and_download_compl
                                   peers=[hostile_addr, honest.listen_address()], timeout=T)).path
             assert bitfield_handled.is_set()
             assert path.read_bytes() == source.read_bytes()
-            assert dl.store.is_banned(hostile.identity.peer_id)
-            assert not dl.store.is_banned(honest.peer_id)
+            assert dl.library.is_banned(hostile.identity.peer_id)
+            assert not dl.library.is_banned(honest.peer_id)
     finally:
         await hostile.aclose()
 
@@ -97,7 +97,7 @@ async def test_existing_destination_is_refused_before_anything_is_fetched(tmp_pa
             await dl.fetch(shared.ticket, dest, timeout=T)
         assert dest.read_bytes() == b"somebody else's file"
         assert not dest.with_name(dest.name + PARTIAL_SUFFIX).exists()
-        assert dl.store.download_info(shared.content_id) is None
+        assert dl.library.download(shared.content_id) is None
 
 
 async def test_destination_taken_during_the_download_keeps_partial_then_same_node_fetches_again(
@@ -108,14 +108,14 @@ async def test_destination_taken_during_the_download_keeps_partial_then_same_nod
     async with asyncio.timeout(T), Node(node_config(tmp_path, "seed")) as seed, \
             Node(node_config(tmp_path, "dl")) as dl:
         shared = await seed.share(source)
-        open_download = dl.store.open_download
+        open_download = dl._store.open_download
 
         def taken_meanwhile(manifest, where):  # type: ignore[no-untyped-def]
             partial = open_download(manifest, where)
             dest.write_bytes(b"somebody else's file")  # another program writes there meanwhile
             return partial
 
-        monkeypatch.setattr(dl.store, "open_download", taken_meanwhile)
+        monkeypatch.setattr(dl._store, "open_download", taken_meanwhile)
         with pytest.raises(StoreError, match="already exists") as failed:
             await dl.fetch(shared.ticket, dest, timeout=T)
         monkeypatch.undo()
@@ -137,10 +137,10 @@ async def test_inbound_peer_is_dialled_at_its_hello_listen_address(tmp_path: Pat
             Node(node_config(tmp_path, "b")) as b:
         shared = await b.share(source)
         # B talks to A first (inbound to A), from an ephemeral port, saying where it listens.
-        inbound = await connect(*a.listen_address(), b.identity, expected_peer=a.peer_id,
+        inbound = await connect(*a.listen_address(), b._identity, expected_peer=a.peer_id,
                                 listen_addrs=b.addresses(), timeout=T)
         try:
-            [info] = a.server.connections()
+            [info] = a._server.connections()
             assert info.peer == b.peer_id
             assert info.address != b.listen_address()  # the socket's port is not B's listener
             # No DHT contacts, no peers=, no ticket: only the inbound connection tells A of B.

@@ -79,14 +79,14 @@ async def test_corrupting_seeder_is_banned_and_download_completes(tmp_path: Path
         liar, h1, h2, dl = nodes
         for s in (liar, h1, h2):
             cid = (await s.share(source)).content_id
-        honest_read = liar.store.read_chunk
+        honest_read = liar._store.read_chunk
 
         def corrupt(content_id: bytes, index: int) -> bytes:
             data = bytearray(honest_read(content_id, index))
             data[len(data) // 2] ^= 0x01
             return bytes(data)
 
-        liar.store.read_chunk = corrupt  # type: ignore[method-assign]
+        liar._store.read_chunk = corrupt  # type: ignore[method-assign]
         with dl.events.subscribed() as sub:
             fetch = asyncio.create_task(dl.fetch(
                 cid, tmp_path / "out.bin", timeout=15,
@@ -101,7 +101,7 @@ async def test_corrupting_seeder_is_banned_and_download_completes(tmp_path: Path
             events = drain(sub)
         assert path.read_bytes() == source.read_bytes()
         assert [e.peer for e in of(PeerBanned, events)] == [liar.peer_id]
-        assert dl.store.is_banned(liar.peer_id)
+        assert dl.library.is_banned(liar.peer_id)
         assert liar.peer_id not in download.chunks_by_peer
         failed = [e for e in of(ChunkFailed, events) if e.peer == liar.peer_id]
         assert len(failed) == STRIKE_LIMIT
@@ -211,10 +211,10 @@ async def test_second_downloader_gets_chunks_from_incomplete_first(
         half_seeder, full_seeder, a, b = nodes
         for s in (half_seeder, full_seeder):
             cid = (await s.share(source)).content_id
-        all_bits = half_seeder.store.bitfield(cid.digest)
+        all_bits = half_seeder._store.bitfield(cid.digest)
         assert all_bits is not None
         first_half = bytes([0xFF] * (half // 8)) + bytes(len(all_bits[1]) - half // 8)
-        half_seeder.store.bitfield = (  # type: ignore[method-assign]
+        half_seeder._store.bitfield = (  # type: ignore[method-assign]
             lambda content_id: (CHUNKS, first_half) if content_id == cid.digest else None)
         a_events: list[Event] = []
         with a.events.subscribed() as a_sub, b.events.subscribed() as b_sub:
@@ -347,4 +347,4 @@ async def test_node_with_shares_restarts_without_bootstrap(tmp_path: Path) -> No
         async with running_nodes(tmp_path, ["seed", "other"]) as (seed, _):
             shared = await seed.share(source)
         async with Node(node_config(tmp_path, "seed")) as again:
-            assert [s.content_id for s in again.store.shares()] == [shared.content_id]
+            assert [s.content_id for s in again.library.shares()] == [shared.content_id]
