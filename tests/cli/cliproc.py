@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import blake3
 import pytest
+from testbed import make_file
 
 WAIT = 30.0
 """Longest wait for one expected line or exit."""
@@ -33,14 +33,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def make_file(path: Path, size: int, seed: bytes = b"cli tests") -> Path:
-    """``size`` pseudo-random bytes (a BLAKE3 stream: fast and reproducible)."""
-    stream = blake3.blake3(seed)
-    piece = 8 << 20
-    with path.open("wb") as f:
-        for offset in range(0, size, piece):
-            f.write(stream.digest(length=min(piece, size - offset), seek=offset))
-    return path
+__all__ = ["CLI", "Proc", "make_file"]
 
 
 class Proc:

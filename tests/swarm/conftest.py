@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from p2p.events import Event, Subscription
-from p2p.node import Node, NodeConfig
+from testbed import MiB, make_file, node_config
 
-MiB = 1 << 20
+from p2p.events import Event, Subscription
+from p2p.node import Node
 
 Address = tuple[str, int]
 
-
-def make_file(path: Path, size: int, seed: int = 1) -> Path:
-    """A file of ``size`` pseudo-random bytes (incompressible, reproducible)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(random.Random(seed).randbytes(size))
-    return path
-
-
-def node_config(base: Path, name: str, bootstrap: Sequence[Address] = ()) -> NodeConfig:
-    """A node on 127.0.0.1, port 0, state and downloads under ``base / name``."""
-    return NodeConfig(state_dir=base / name / "state", host="127.0.0.1", port=0,
-                      bootstrap=tuple(bootstrap), download_dir=base / name / "downloads",
-                      max_contacts_per_ip=None)
+__all__ = ["MiB", "drain", "make_file", "node_config", "running_nodes", "wait_for"]
 
 
 @contextlib.asynccontextmanager

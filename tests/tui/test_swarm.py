@@ -14,13 +14,13 @@ from tui.model import Cell
 from tui.screens import FetchScreen, ShareScreen
 from tui.widgets import ChunkMap, PeersView
 
-from .conftest import node_config, random_file, wait_until
+from .conftest import make_file, node_config, wait_until
 
 SIZE = (120, 36)
 
 
 async def test_share_then_fetch_fills_chunk_map_and_peers(base: Path) -> None:
-    source = random_file(base / "files" / "movie.bin", 5 * 1024 * 1024 + 12345)
+    source = make_file(base / "files" / "movie.bin", 5 * 1024 * 1024 + 12345)
     seeder = build_app(node_config(base, "a"), refresh_interval=0.2, picker_root=base / "files")
     async with seeder.run_test(size=SIZE) as pa:
         await wait_until(pa, seeder.ready.is_set)
@@ -108,7 +108,7 @@ async def test_malformed_ticket_shows_error_and_changes_nothing(base: Path) -> N
 async def test_quit_during_transfer_leaves_it_resumable(base: Path) -> None:
     from p2p.node import Node
 
-    source = random_file(base / "files" / "big.bin", 128 * 1024 * 1024)
+    source = make_file(base / "files" / "big.bin", 128 * 1024 * 1024)
     async with Node(node_config(base, "seed")) as seed:
         boot = (("127.0.0.1", seed.port),)
         app = build_app(node_config(base, "b", boot), refresh_interval=0.2)

@@ -18,7 +18,7 @@ from tui.app import P2PApp, build_app
 from tui.model import TransferRow
 from tui.widgets import TransfersView
 
-from .conftest import node_config, random_file, wait_until
+from .conftest import make_file, node_config, wait_until
 
 SIZE = (120, 36)
 FILE_SIZE = 128 * 1024 * 1024  # 1024 chunks of 128 KiB: still running when the key is pressed
@@ -27,7 +27,7 @@ FILE_SIZE = 128 * 1024 * 1024  # 1024 chunks of 128 KiB: still running when the 
 @asynccontextmanager
 async def fetching(base: Path) -> AsyncIterator[tuple[P2PApp, Pilot[None], ContentId, Path]]:
     """A seeder node sharing a large file, and an app that has started fetching it."""
-    source = random_file(base / "files" / "big.bin", FILE_SIZE)
+    source = make_file(base / "files" / "big.bin", FILE_SIZE)
     async with Node(node_config(base, "seed")) as seed:
         boot = (("127.0.0.1", seed.port),)
         app = build_app(node_config(base, "b", boot), refresh_interval=0.2)
