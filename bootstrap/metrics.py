@@ -1,6 +1,6 @@
 """Prometheus metrics and a health check over a tiny asyncio HTTP server.
 
-The collector reads ``DHT.stats()`` at scrape time (no background task keeps numbers up to
+The collector reads the node's DHT summary (``Node.dht_summary().stats``) at scrape time (no background task keeps numbers up to
 date) and lives in a dedicated :class:`CollectorRegistry`, never the process-global one.
 The HTTP server answers ``GET /metrics`` and ``GET /healthz``, one request per connection;
 it runs on the daemon's event loop, so nothing is left running after :meth:`aclose`.
@@ -37,7 +37,7 @@ Stats = Callable[[], dict[str, Any]]
 
 
 class DHTCollector(Collector):
-    """Turns one ``DHT.stats()`` snapshot into metric families at each scrape."""
+    """Turns one DHT summary snapshot into metric families at each scrape."""
 
     def __init__(self, stats: Stats, info: dict[str, str], restored: Callable[[], int]) -> None:
         self._stats = stats

@@ -122,7 +122,7 @@ class RateLimiter:
 
 
 class Counters:
-    """What the protocol counts, for ``DHT.stats()``."""
+    """What the protocol counts, for ``DHT.summary()``."""
 
     def __init__(self) -> None:
         self.received: collections.Counter[str] = collections.Counter()

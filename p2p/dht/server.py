@@ -721,11 +721,6 @@ class DHT:
             restored_contacts=self.restored_contacts,
         )
 
-    def stats(self) -> dict[str, Any]:
-        """``summary().to_json()``: the counters as a dict, kept while callers move to
-        :meth:`summary`."""
-        return self.summary().to_json()
-
     # -- persistence and maintenance -------------------------------------------------------------
 
     def save_state(self) -> None:

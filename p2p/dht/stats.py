@@ -24,7 +24,7 @@ class DHTStats:
     """A snapshot of one DHT node's counters and routing table (:meth:`p2p.dht.DHT.summary`).
 
     Counters count from the node's start. :meth:`to_json` gives the same numbers under
-    the keys ``DHT.stats()`` has always used, plus the newer ones.
+    the keys the old ``DHT.stats()`` dict used, plus the newer ones.
     """
 
     node_id: bytes
@@ -75,7 +75,7 @@ class DHTStats:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``node_id`` in hex, addresses as ``[host, port]`` lists, and
-        ``signature_cache`` as ``{"hits", "misses"}``, as ``DHT.stats()`` has always given."""
+        ``signature_cache`` as ``{"hits", "misses"}``, as the old ``DHT.stats()`` dict gave."""
         return {
             "node_id": self.node_id.hex(),
             "uptime": self.uptime,

@@ -95,7 +95,7 @@ def test_fuzzed_datagrams() -> None:
 
         loop.run_until_complete(afterwards())
         assert not a.protocol.transport.is_closing()
-        assert a.stats()["rejected"].get("internal_error", 0) == 0
+        assert a.summary().rejected.get("internal_error", 0) == 0
     finally:
         loop.run_until_complete(a.aclose())
         loop.run_until_complete(b.aclose())

@@ -111,7 +111,7 @@ async def test_summary_is_typed_and_stats_keeps_the_old_keys() -> None:
                     "rejected", "events", "records", "outstanding", "lookups", "lookup_rpcs",
                     "refused_ip_cap", "signature_cache", "provided", "state_load_error",
                     "restored_contacts"}
-        doc = nodes[1].stats()
+        doc = nodes[1].summary().to_json()
         assert old_keys <= set(doc) and doc == s.to_json() | {"uptime": doc["uptime"]}
         assert doc["node_id"] == nodes[1].node_id.hex()
         assert doc["signature_cache"] == {"hits": s.signature_cache_hits,

@@ -78,7 +78,7 @@ async def test_row1_poisoned_contacts_leave_the_transport_open(bad: Any) -> None
         async with asyncio.timeout(5):
             await victim.find_providers(os.urandom(32))
         assert not victim.protocol.transport.is_closing()
-        assert victim.stats()["rejected"].get("invalid_contact", 0) >= 1
+        assert victim.summary().rejected.get("invalid_contact", 0) >= 1
         # still serving: an honest node's lookup through the victim works
         assert await nodes[2].announce(os.urandom(32)) >= 1
     assert errors == []
@@ -97,7 +97,7 @@ async def test_row2_short_node_ids_do_not_break_find_neighbors() -> None:
         async with asyncio.timeout(5):
             data, _ = await raw.received.get()  # only the valid request is answered
         assert len(nodes[0].routing_table()[0]) >= 1
-        assert nodes[0].stats()["rejected"]["bad_arguments"] == 3
+        assert nodes[0].summary().rejected["bad_arguments"] == 3
         assert len(await nodes[1].protocol.call_find_node(Node(nodes[0].node_id, "127.0.0.1", nodes[0].port), Node(os.urandom(20)))) >= 1
         assert data[0] == 0x11
 
@@ -115,7 +115,7 @@ async def test_row3_unauthenticated_and_oversize_stores_do_nothing() -> None:
         async with asyncio.timeout(5):
             data, _ = await raw.received.get()
         assert data[21:] == pack(int(PutStatus.INVALID))  # the only answer
-        stats = nodes[0].stats()
+        stats = nodes[0].summary().to_json()
         assert stats["records"] == {"provider": 0, "peer": 0, "channel": 0}
         assert stats["rejected"]["unknown_type"] == 1
         assert stats["rejected"]["unknown_rpc"] == 1
@@ -191,9 +191,9 @@ async def test_rows7_8_newcomers_cost_nothing_per_stored_key_and_get_no_handover
         victim.protocol.router.find_neighbors = counting  # type: ignore[method-assign]
         for _ in range(50):
             victim.protocol.datagram_received(request("ping", [os.urandom(20)]), raw.addr)
-        assert victim.stats()["rpcs_received"]["ping"] == 50
+        assert victim.summary().rpcs_received["ping"] == 50
         assert searches == 0  # stock: 50 x 10,000 (226 ms per ping)
-        assert victim.stats()["rpcs_sent"].get("put", 0) == 0  # nothing handed over
+        assert victim.summary().rpcs_sent.get("put", 0) == 0  # nothing handed over
 
 
 async def test_row9_find_neighbors_is_exact() -> None:

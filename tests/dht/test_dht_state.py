@@ -56,7 +56,7 @@ async def test_tampered_file_is_rejected_cleanly(tmp_path: Path, content: bytes)
     with pytest.raises(StateFileError):
         load_routing_table(path)
     async with DHT.open_ctx(Identity.generate(), config(state_path=path)) as d:
-        assert d.stats()["state_load_error"]
+        assert d.summary().state_load_error
         assert d.routing_table() == [[]]
     assert load_routing_table(path)[1] == []
 
@@ -79,7 +79,7 @@ async def test_a_restart_with_nobody_answering_keeps_the_saved_table(tmp_path: P
     # The whole network is gone now (an outage): re-verification fails for every contact.
     _, saved = load_routing_table(path)
     async with DHT.open_ctx(me, config(state_path=path)) as again:
-        assert again.stats()["restored_contacts"] == 0
+        assert again.summary().restored_contacts == 0
         assert sum(len(b) for b in again.routing_table()) == 0
     _, kept = load_routing_table(path)
     assert set(kept) == set(saved)
