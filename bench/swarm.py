@@ -13,7 +13,7 @@ measured inside the downloader.
 
 ``--vs-libtorrent`` runs the same swarm in libtorrent in the same run (rounds
 interleaved, so both see the same machine load) by invoking the reference
-harness (``--lt-bench``, default /work/shared/bench/bench_libtorrent.py) with
+harness (``--lt-bench``, default ``../shared/bench/bench_libtorrent.py`` beside the repository) with
 the Python of a venv that has libtorrent (``--lt-python``); both read the same
 data file. ``--rss-size 4G`` adds one download of a 4 GiB file and reports the
 downloader's peak RSS (VmHWM read from /proc/PID/status of the downloader child).
@@ -315,8 +315,10 @@ def main() -> None:
     ap.add_argument("--seeders", default="1,4")
     ap.add_argument("--runs", type=int, default=1, help="rounds; figures are medians")
     ap.add_argument("--vs-libtorrent", action="store_true")
-    ap.add_argument("--lt-python", default="/tmp/lt-venv/bin/python")
-    ap.add_argument("--lt-bench", default="/work/shared/bench/bench_libtorrent.py")
+    ap.add_argument("--lt-python", default=str(Path(tempfile.gettempdir()) / "lt-venv" / "bin" / "python"),
+                    help="Python of a venv with libtorrent (default: lt-venv in the system temp dir)")
+    ap.add_argument("--lt-bench", default=str(Path(__file__).resolve().parents[2] / "shared" / "bench"
+                                              / "bench_libtorrent.py"))
     ap.add_argument("--rss-size", help="also download a file of this size and report peak RSS")
     ap.add_argument("--py-spy", metavar="PREFIX", help="py-spy collapsed stacks PREFIX-*.txt")
     ap.add_argument("--patch", metavar="FILE",
