@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bitfield import bit_indexes
 from .content import ContentId, Manifest, parse_id_or_ticket
 from .errors import BadInput
 from .identity import PeerId
 from .store import DB_FILE, DownloadInfo, ShareInfo, Store
-from .store.bitfield import bit_indexes
 
 __all__ = ["Ban", "DownloadInfo", "Library", "ShareInfo"]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .address import Address, format_address
+from .bitfield import bit_get
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
 from .dht.state import load_routing_table
@@ -41,7 +42,7 @@ from .events import (
 from .identity import Identity, PeerId, load_or_create
 from .library import Library
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, VerifyReport
-from .store import Store, bit_get, seal
+from .store import Store, seal
 from .swarm.download import Download, FetchOptions
 from .tasks import TaskOwner
 from .wire import server as wire_server

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .bitfield import bitfield_of, full_bitfield
 from .errors import LocalProtocolError, NotFound
-from .store.bitfield import bitfield_of, full_bitfield
 
 __all__ = ["FakeClock", "FileSource", "MemorySource"]
 

@@ -23,14 +23,14 @@ The modules, one concern each:
 * :mod:`~p2p.store.store` -- :class:`Store`, the one object that wires the rest together;
 * :mod:`~p2p.store.database` -- the schema, its migrations, every query, and the one place
   SQLite's errors become ours; the :class:`ShareInfo` and :class:`DownloadInfo` rows;
-* :mod:`~p2p.store.bitfield` -- every operation on the bits of a bitfield (the wire's layout);
+* :mod:`p2p.bitfield` (beside the store: the wire uses it too) -- every operation on the bits of a bitfield (the wire's layout);
 * :mod:`~p2p.store.chunks` -- :class:`ChunkMap`, a manifest's chunk numbering;
 * :mod:`~p2p.store.serving` -- shared files read in place, and the change check;
 * :mod:`~p2p.store.partial` -- :class:`PartialDownload` and :func:`seal`;
 * :mod:`~p2p.store.directio` -- ``O_DIRECT`` aligned writes and the buffered fallback.
 """
 
-from .bitfield import bit_count, bit_get, bit_set, bitfield_new, full_bitfield
+from ..bitfield import bit_count, bit_get, bit_set, bitfield_new, full_bitfield
 from .chunks import ChunkMap
 from .database import DB_FILE, DownloadInfo, ShareInfo
 from .partial import PARTIAL_SUFFIX, PartialDownload, seal

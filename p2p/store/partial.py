@@ -32,10 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..bitfield import bit_count, bit_get, bit_set
 from ..content import ContentId, Manifest, open_under
 from ..durable import fsync_dir
 from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
-from .bitfield import bit_count, bit_get, bit_set
 from .chunks import ChunkMap
 from .directio import DirectWriter
 

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..bitfield import bit_count, bitfield_new, full_bitfield
 from ..content import ContentId, FileEntry, FileInfo, Manifest
 from ..errors import ContentChanged, NotFound, StateDirLocked
 from ..identity import PeerId
-from .bitfield import bit_count, bitfield_new, full_bitfield
 from .chunks import ChunkMap
 from .database import Database, DownloadInfo, ShareInfo
 from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bitfield import bit_indexes, bit_set, full_bitfield
 from ..content import ContentId, Manifest
 from ..errors import (
     DiskFull,
@@ -52,7 +53,7 @@ from ..events import (
     PeerDropped,
 )
 from ..identity import PeerId
-from ..store import PartialDownload, Store, bit_get, bit_set, full_bitfield
+from ..store import PartialDownload, Store
 from ..tasks import TaskOwner
 from ..wire import messages as msg
 from ..wire.errors import ClosedByUs, ConnectionLost
@@ -566,7 +567,7 @@ class Download:
             log.info("resume: %d chunks on disk verified again without fetching", len(recovered))
         first = manifest.entries[0].info if manifest.entries else None
         chunk_size = first.chunk_size if first else 1 << 20
-        held = [i for i in range(self.partial.chunk_map.count) if bit_get(self.partial.bits, i)]
+        held = bit_indexes(self.partial.bits, self.partial.chunk_map.count)
         self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size)
         now = self._clock()
         self._history.append((now, self._bytes_this_run))
@@ -592,7 +593,7 @@ class Download:
             return
         self.scheduler.add_peer(state.peer)
         full = bits == full_bitfield(count)
-        indexes = () if full else [i for i in range(count) if bit_get(bits, i)]
+        indexes = () if full else bit_indexes(bits, count)
         self.scheduler.set_bitfield(state.peer, indexes, full=full)
         self._update()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import content, encoding
+from ..bitfield import bitfield_size, bits_beyond
 from ..errors import DecodeError
 from ..identity import PUBLIC_KEY_LEN, PeerId
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -307,10 +308,9 @@ def _check_hello(version: int, addrs: tuple[tuple[str, int], ...], agent: str) -
 
 
 def _check_bitfield(count: int, bits: bytes, error: type[Exception]) -> None:
-    if not 0 <= count <= MAX_CHUNK_COUNT or len(bits) != (count + 7) // 8:
+    if not 0 <= count <= MAX_CHUNK_COUNT or len(bits) != bitfield_size(count):
         raise error("bitfield: length does not match chunk count")
-    spare = -count % 8
-    if spare and bits[-1] & ((1 << spare) - 1):
+    if bits_beyond(bits, count):
         raise error("bitfield: bits set beyond the chunk count")
 
 

@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 from daemonproc import (
@@ -45,9 +44,8 @@ async def test_sigterm_saves_state_and_a_restart_restores_it(tmp_path: Path) -> 
         peer_id = first.announce["peer_id"]
         assert first.announce["restored_contacts"] == 0
         await wait_for_contacts(first.metrics, CONTACTS)
-        started = time.monotonic()
-        assert await first.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - started < 2.0
+        # Bounded (the daemon gives shutdown 1.5 s, SHUTDOWN_BUDGET), not timed.
+        assert await first.stop(signal.SIGTERM, timeout=30) == 0
 
         doc = json.loads((state / "routing.json").read_text())
         assert doc["node_id"] == first.announce["node_id"]

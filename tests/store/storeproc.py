@@ -36,11 +36,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from p2p.bitfield import bit_indexes
 from p2p.content import Manifest, build_manifest
 from p2p.errors import DiskFull, StateDirLocked, StoreError
 from p2p.identity import Identity
 from p2p.store import ChunkMap, Store
-from p2p.store.bitfield import bit_indexes
 
 SCRIPT = Path(__file__).resolve()
 KiB = 1024

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.store.bitfield import (
+from p2p.bitfield import (
     bit_count,
     bit_get,
     bit_indexes,
