@@ -342,7 +342,7 @@ class Node:
             record = await self._dht.find_peer(peer)
         except (NotFound, NetworkError):
             return []
-        return [tuple(a) for a in record.addresses]  # type: ignore[misc]
+        return list(record.addresses)
 
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
