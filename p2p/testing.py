@@ -104,8 +104,9 @@ class FakeClock:
         """The time it shows."""
         return self._now
 
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds`` (it never goes back)."""
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward by ``seconds`` (it never goes back); returns the new time."""
         if not seconds >= 0:
             raise LocalProtocolError(f"a clock cannot go back (advance by {seconds})")
         self._now += seconds
+        return self._now

@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from p2p import testing
 from p2p.dht import DHT, DHTConfig
 from p2p.dht.protocol import REQUEST, RESPONSE
 from p2p.encoding import pack, unpack
@@ -21,19 +22,12 @@ V4, V6 = "127.0.0.1", "::1"
 DUAL = (V4, V6)
 
 
-class FakeClock:
-    """A clock that moves only when a test says so; pass it as a ``DHTConfig`` clock."""
+class FakeClock(testing.FakeClock):
+    """:class:`p2p.testing.FakeClock` starting at a plausible Unix time, so that it can stand
+    in for ``DHTConfig.wall_clock`` (record expiry) as well as the monotonic clock."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        """Move the clock on; returns the new time."""
-        self.now += seconds
-        return self.now
+        super().__init__(start)
 
 
 def config(**overrides: Any) -> DHTConfig:

@@ -81,10 +81,9 @@ async def test_records_expire_by_the_wall_clock() -> None:
 
 
 async def test_a_record_from_a_clock_far_ahead_is_refused() -> None:
-    wall_ahead = FakeClock()
     async with network(3) as nodes:
         boot = nodes[0].listen_addresses()[:1]
-        wall_ahead.now = nodes[0]._config.wall_clock() + 2 * CLOCK_SKEW
+        wall_ahead = FakeClock(nodes[0]._config.wall_clock() + 2 * CLOCK_SKEW)
         async with DHT.open_ctx(Identity.generate(),
                                 config(bootstrap=boot, wall_clock=wall_ahead)) as ahead:
             cid = os.urandom(32)

@@ -24,25 +24,13 @@ from p2p.events import EventBus, Subscription
 from p2p.identity import Identity, PeerId
 from p2p.store import Store
 from p2p.swarm.download import Download, FetchOptions, ProviderSource
+from p2p.testing import FakeClock
 from p2p.wire.messages import Message, Request
 from p2p.wire.server import Server
 from p2p.wire.transport import Connection, connect
 
 CHUNK = 64 * 1024
 Address = tuple[str, int]
-
-
-class FakeClock:
-    """A clock that moves only when the test says so (trio.testing.MockClock's idea)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)
