@@ -56,7 +56,11 @@ class UnsafePath(BadInput):
 
 
 class NotFound(P2PError):
-    """The content (or record) was not found: no provider answered within the time allowed."""
+    """The content (or record) was not found: no provider answered within the time allowed.
+
+    Check the id (a ticket names the sharer's addresses and needs no DHT), make sure
+    the sharer is still running and reachable, or allow more time (``--timeout``).
+    """
 
     exit_code = 3
 
@@ -65,7 +69,11 @@ class NotFound(P2PError):
 
 
 class IntegrityError(P2PError):
-    """Bytes, a manifest or a signature failed verification."""
+    """Bytes, a manifest or a signature failed verification.
+
+    Nothing unverified was written. The peer that sent it is struck; fetching again
+    asks other peers.
+    """
 
     exit_code = 4
 
@@ -79,7 +87,8 @@ class BadSignature(IntegrityError):
 
 
 class WrongPublisher(IntegrityError):
-    """The content is signed by a different publisher than the one that was required (``--from``)."""
+    """The content is signed by a different publisher than the one required (``--from`` or the
+    ticket's). Someone else published these bytes: check who gave you the id or ticket."""
 
 
 class ContentChanged(IntegrityError):
@@ -90,7 +99,11 @@ class ContentChanged(IntegrityError):
 
 
 class NetworkError(P2PError):
-    """The network got in the way: cannot bind, cannot connect, nobody reachable."""
+    """The network got in the way: cannot bind, cannot connect, nobody reachable.
+
+    Retrying, later or elsewhere, may help; for a port in use, pick another with
+    ``--listen HOST:PORT`` (port 0 takes any free one).
+    """
 
     exit_code = 5
 
@@ -131,20 +144,24 @@ class DecodeError(RemoteProtocolError, BadInput):
 
 
 class StoreError(P2PError):
-    """The local state directory or database cannot be used as asked."""
+    """The local state directory or database cannot be used as asked (its path is in the message).
+
+    Check that it exists, is yours and is writable, or point ``--state-dir`` elsewhere.
+    """
 
 
 class AlreadyDownloading(P2PError):
     """This node is already downloading that content.
 
-    Nothing is wrong: the download in progress goes on. Wait for it (``p2p
-    status``, the terminal app's Transfers tab) or pause it before starting
-    another with different options.
+    Nothing is wrong: the download in progress goes on. Wait for it (the
+    terminal app's Transfers tab shows it) or pause it before fetching again with
+    other options.
     """
 
 
 class StateDirLocked(StoreError):
-    """Another process is using this resource of the state directory right now."""
+    """Another process is using this part of the state directory right now (a running node, or
+    the same download in another process). Stop it, wait for it, or use another ``--state-dir``."""
 
 
 class InsecureKeyFile(StoreError):
