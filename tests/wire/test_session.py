@@ -27,6 +27,7 @@ from p2p.wire.messages import (
     RejectReason,
     Request,
 )
+from p2p.wire.noise import MAX_MESSAGE
 from p2p.wire.session import Session, State
 
 CID = bytes(range(32))
@@ -103,6 +104,25 @@ def test_large_data_spans_many_records() -> None:
     assert isinstance(got, Data) and got.payload == payload
     (back,) = a.receive_data(b.data_to_send())
     assert isinstance(back, Data) and bytes(back.payload) == payload[:1_000_001]
+
+
+def test_smallest_receive_buffer_never_runs_out_of_room() -> None:
+    """Reads that never end on a record boundary: the partial record moves to the front in time."""
+    a_id, b_id = Identity.generate(), Identity.generate()
+    a = Session(a_id, hello(a_id), initiator=True)
+    b = Session(b_id, hello(b_id), initiator=False, recv_buffer=2 * (MAX_MESSAGE + 2))
+    shuttle(a, b)
+    payload = os.urandom(1_000_000)
+    a.send(Data(CID, 1, payload))
+    a.send(Ping(3))
+    data = bytes(a.data_to_send())
+    got: list[Message] = []
+    step = 1021  # prime: the reads straddle record boundaries (records are 65537 bytes)
+    for pos in range(0, len(data), step):
+        # Room for a whole record before every read; with less, a record could never complete.
+        assert len(b.get_buffer()) >= MAX_MESSAGE + 2
+        got += b.receive_data(data[pos:pos + step])
+    assert got == [Data(CID, 1, payload), Ping(3)]
 
 
 def test_wrong_expected_peer_aborts() -> None:
