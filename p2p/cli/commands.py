@@ -123,13 +123,19 @@ async def cmd_id(run: Run, args: argparse.Namespace) -> int:
         live = await control.query(s.state_dir, {"cmd": "id"})
         info.update(running=True, listen=live["listen"], addresses=live["addresses"])
     lines = [f"peer id     {info['peer_id']}", f"public key  {info['public_key']}",
-             f"listen      {info['listen']}" + ("" if info["running"] else " (not running)")]
+             f"listen      {_listen_text(s, info)}" + ("" if info["running"] else " (not running)")]
     if info.get("addresses"):
         lines.append(f"reachable   {', '.join(info['addresses'])}")
     if info["announce"]:
         lines.append(f"announce    {', '.join(info['announce'])}")
     run.out.result(info, "\n".join(lines))
     return 0
+
+
+def _listen_text(s: Settings, info: dict[str, Any]) -> str:
+    if info["running"] or s.listen_given:
+        return str(info["listen"])
+    return f"every IPv4 and IPv6 address, port {s.listen[1]}"
 
 
 # -- share / serve ---------------------------------------------------------------------------
