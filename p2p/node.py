@@ -28,7 +28,7 @@ from .bitfield import bit_get
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
 from .dht.state import load_routing_table
-from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError
+from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError, WrongPublisher
 from .events import (
     ChunkUploaded,
     DownloadFailed,
@@ -396,6 +396,13 @@ class Node:
             cid = target
         else:
             cid, ticket = parse_id_or_ticket(target)
+        if ticket is not None:
+            # The ticket's publisher is binding, exactly as --from is: a peer at the ticket's
+            # address that serves the same bytes under its own signature is an impostor.
+            if publisher is not None and publisher != ticket.publisher:
+                raise WrongPublisher(f"the ticket names publisher {ticket.publisher}, but "
+                                     f"{publisher} was required")
+            publisher = ticket.publisher
         addrs = list(peers)
         if ticket is not None:
             addrs = list(ticket.addresses) + addrs
