@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .address import Address, format_address
+from .address import Address, format_address, normalize_host
 from .bitfield import bit_get
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
@@ -60,6 +60,8 @@ DUAL_STACK = ("0.0.0.0", "::")
 """Every address of both families: one IPv4 and one IPv6-only socket per protocol."""
 ROUTING_FILE = "routing.json"
 """The DHT's routing table inside the state directory (JSON), saved while running and on close."""
+MAX_HELLO_DIALS = 2
+"""Listen addresses of one inbound peer that a download dials (its own host, a port or two)."""
 PEER_LOOKUP_TTL = 60.0
 """Seconds a peer-record lookup is reused: addresses change rarely; a DHT walk per failed
 dial would let one unreachable provider cost a lookup per address it lists."""
@@ -552,9 +554,12 @@ class Node:
     def _new_download(self, options: FetchOptions) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
             for info in self._server.connections():
-                # Peers already talking to us, at the addresses their Hello says they accept on.
-                if info.listen_addrs:
-                    yield info.peer, info.listen_addrs
+                # Peers already talking to us, at the ports their Hello says they accept on,
+                # but only on the host we see them at: a Hello is an unsigned claim, and a
+                # peer must not make us dial third parties (or resolve names) for it.
+                addrs = hello_dial_targets(info.address, info.listen_addrs)
+                if addrs:
+                    yield info.peer, addrs
             async for record in self._dht.iter_providers(cid.digest):
                 yield record.peer_id, record.addresses
 
@@ -661,6 +666,24 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+def hello_dial_targets(seen_at: Address, claimed: Sequence[tuple[str, int]]) -> list[Address]:
+    """What of an inbound peer's claimed listen addresses we dial: those on the host the
+    connection came from (the one address it proved, by talking to us), at most
+    :data:`MAX_HELLO_DIALS`; never a host name, never another host."""
+    host = seen_at[0]
+    out: list[Address] = []
+    for claimed_host, port in claimed:
+        try:
+            literal = normalize_host(claimed_host)
+        except BadInput:  # a host name: never resolved on a peer's word
+            continue
+        if literal == host and (literal, port) not in out:
+            out.append((literal, port))
+        if len(out) >= MAX_HELLO_DIALS:
+            break
+    return out
 
 
 class _PeerRates:

@@ -42,3 +42,18 @@ def test_connections_to_one_peer_and_direction_are_one_row() -> None:
     assert len(rows) == 3
     assert (by_key[(A, "out")].bytes_in, by_key[(A, "out")].strikes) == (150, 3)
     assert by_key[(A, "in")].bytes_in == 7
+
+
+def test_an_inbound_hello_cannot_steer_our_dialling() -> None:
+    """Only the host a connection came from is dialled, at most a couple of its ports;
+    third-party addresses and host names in a Hello are ignored."""
+    from p2p.node import MAX_HELLO_DIALS, hello_dial_targets
+
+    seen = ("198.51.100.7", 40123)
+    claimed = [("203.0.113.1", 7473), ("victim.example.org", 80), ("198.51.100.7", 7473),
+               ("::ffff:198.51.100.7", 7473), ("198.51.100.7", 7474), ("198.51.100.7", 7475),
+               *[(f"203.0.113.{i}", 7473) for i in range(2, 16)]]
+    assert hello_dial_targets(seen, claimed) == [("198.51.100.7", 7473), ("198.51.100.7", 7474)]
+    assert MAX_HELLO_DIALS == 2
+    assert hello_dial_targets(("::1", 5), [("::1", 7473), ("127.0.0.1", 7473)]) == [("::1", 7473)]
+    assert hello_dial_targets(seen, []) == []
