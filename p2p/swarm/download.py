@@ -9,7 +9,7 @@ keeps decrypting while chunks are checked.
 Time, as in aioquic's protocol: the download reads one injected clock and
 keeps one armed timer. After every event it asks what comes next (a request
 to expire, a progress event, a progress record, a dial to abandon, the next
-discovery round, the manifest and no-peer timeouts; :meth:`Download.next_deadline`)
+discovery round, the manifest, no-peer and no-progress timeouts; :meth:`Download.next_deadline`)
 and arms the timer for the earliest; when the timer fires,
 :meth:`Download.handle_timer` does what is due. Nothing polls.
 """
@@ -99,7 +99,8 @@ class FetchOptions:
     peers: tuple[Address, ...] = ()
     """Addresses to dial before (and besides) the DHT: the ticket's and ``--peer``."""
     timeout: float = 30.0
-    """Seconds to find a verified manifest, and the longest stall with no peer at all."""
+    """Seconds to find a verified manifest, the longest stall with no peer at all, and the
+    longest stall with no verified chunk (counted from the start of the transfer)."""
 
 
 @dataclass
@@ -168,6 +169,13 @@ class Download:
         self._started = self._clock()
         self._alone_since: float | None = self._started
         """When the last peer left (or the download began without one); None while one is connected."""
+        self._last_verified_at = self._started
+        """When the last new chunk verified (or the transfer started): peers that claim chunks
+        and never deliver them cannot hold the download past this plus the timeout."""
+        self._banned_for_bad_data: set[PeerId] = set()
+        """Peers dropped because the chunks they sent failed verification."""
+        self._dropped_otherwise = False
+        """A peer was dropped for another reason (it left, a network error, a bad bitfield)."""
         self._dial_deadlines: dict[asyncio.Timeout, float] = {}
         self._rediscover = asyncio.Event()
         self._rediscover_at: float | None = None
@@ -212,7 +220,10 @@ class Download:
         Raises :class:`NotFound` when no provider answers within the timeout,
         :class:`IntegrityError` subclasses for a bad or wrongly signed manifest,
         :class:`DiskFull` when the disk fills (progress kept), :class:`NetworkError`
-        when every peer is gone for longer than the timeout (progress kept).
+        when every peer is gone for longer than the timeout (progress kept),
+        :class:`NotFound` when peers are connected but no chunk verified for the
+        timeout (progress kept), and :class:`IntegrityError` when every peer that
+        offered the content was banned for sending chunks that fail verification.
         """
         try:
             self._spawn(self._discover(), "discover")
@@ -256,6 +267,7 @@ class Download:
                 times.append(self._next_commit)
             if not self._peers and not self._dialing and self._alone_since is not None:
                 times.append(self._alone_since + self.options.timeout)
+            times.append(self._last_verified_at + self.options.timeout)
         deadline = min(times, default=math.inf)
         return None if deadline == math.inf else deadline
 
@@ -343,14 +355,37 @@ class Download:
                 state.outbox.put_nowait(msg.Cancel(self.content_id.digest, index))
         if self._commit is None and self.fetched_this_run != self._recorded and now >= self._next_commit:
             self._start_commit(now)
-        if not self._peers and not self._dialing and self._alone_since is not None \
-                and now >= self._alone_since + self.options.timeout:
-            self._fail(NetworkError(
-                f"no peer to download {self.content_id} from for {self.options.timeout:g} s; "
-                f"progress is kept ({partial.done}/{partial.chunk_map.count} chunks)"))
+        alone = not self._peers and not self._dialing and self._alone_since is not None \
+            and now >= self._alone_since + self.options.timeout
+        stalled = now >= self._last_verified_at + self.options.timeout
+        if alone or stalled:
+            self._fail(self._no_progress_error(alone))
             return
         if now >= self._next_progress:
             self._publish_progress(now)
+
+    def _no_progress_error(self, alone: bool) -> P2PError:
+        """Why the download ends when the timeout passed with no peer or no verified chunk."""
+        scheduler, partial = self.scheduler, self.partial
+        assert scheduler is not None and partial is not None
+        timeout = self.options.timeout
+        kept = f"progress is kept ({partial.done}/{partial.chunk_map.count} chunks)"
+        if not self._peers and self._banned_for_bad_data and not self._dropped_otherwise:
+            count = len(self._banned_for_bad_data)
+            return IntegrityError(
+                f"{_peers(count)} that offered {self.content_id} sent chunks that fail "
+                f"verification and {'was' if count == 1 else 'were'} banned; no other peer "
+                f"has it; {kept}")
+        if alone:
+            return NetworkError(f"no peer to download {self.content_id} from for {timeout:g} s; {kept}")
+        claiming = sum(1 for state in scheduler.peers.values()
+                       if state.seeder or not state.bits <= scheduler.held)
+        if claiming:
+            claim = "claims" if claiming == 1 else "claim"
+            return NotFound(f"no verified data for {timeout:g} s from {_peers(claiming)} that "
+                            f"{claim} the content {self.content_id}; {kept}")
+        return NotFound(f"no verified data for {timeout:g} s: no connected peer has the missing "
+                        f"chunks of {self.content_id}; {kept}")
 
     # -- sources and dialling ------------------------------------------------------------
 
@@ -494,6 +529,8 @@ class Download:
         if state is None:
             return
         self._connected_addrs.discard(state.address)
+        if peer not in self._banned_for_bad_data:
+            self._dropped_otherwise = True
         if not self._peers:
             self._alone_since = self._clock()
         if self.scheduler is not None:
@@ -573,6 +610,7 @@ class Download:
         self._history.append((now, self._bytes_this_run))
         self._next_progress = now + PROGRESS_INTERVAL
         self._next_commit = now + COMMIT_INTERVAL
+        self._last_verified_at = now
         self.events.publish(DownloadStarted(self.content_id, manifest.name, manifest.total_size,
                                             self.partial.chunk_map.count, len(held), tuple(held)))
         for state in list(self._peers.values()):  # a bad bitfield bans (removes) its peer
@@ -634,11 +672,13 @@ class Download:
             self.wasted_bytes += nbytes
             self.events.publish(ChunkFailed(self.content_id, index, state.peer))
             if outcome.ban:
+                self._banned_for_bad_data.add(state.peer)
                 self._ban(state.peer, "sent chunks that fail verification")
         elif outcome.accepted:
             self.chunks_by_peer[state.peer] += 1
             self.fetched_this_run += 1
             self._bytes_this_run += nbytes
+            self._last_verified_at = self._clock()
             self.events.publish(ChunkVerified(self.content_id, index, state.peer, nbytes))
             self._on_have(self.content_id.digest, index)
             if scheduler.complete:
@@ -760,3 +800,7 @@ class Download:
             # Also after a failed finalize (destination exists): release the lock,
             # keep the partial and its record for the next try. Idempotent.
             self.partial.close()
+
+
+def _peers(count: int) -> str:
+    return f"{count} peer" if count == 1 else f"{count} peers"

@@ -2,7 +2,7 @@
 
 A fake clock the test moves; content held in memory and served by real chunk
 servers on 127.0.0.1 (port 0); a dialler whose connections the test watches
-(and can make deaf to our requests); and a download built from these pieces
+(and can make deaf to our requests, or to some of them); and a download built from these pieces
 without a node, so its clock can be injected.
 """
 
@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +115,12 @@ class Watched:
     reach the peer: a peer that claims chunks and never sends them.
     """
 
-    def __init__(self, inner: Connection, *, deaf: bool = False) -> None:
+    def __init__(self, inner: Connection, *, deaf: bool = False,
+                 deaf_to: Container[int] = ()) -> None:
         self._inner = inner
         self.deaf = deaf
+        self.deaf_to = deaf_to
+        """Chunk indexes whose Requests never reach the peer (the others do)."""
         self.sent: list[Message] = []
         self._sent: collections.defaultdict[type, asyncio.Event] = \
             collections.defaultdict(asyncio.Event)
@@ -138,8 +141,12 @@ class Watched:
     async def send(self, message: Message) -> None:
         self.sent.append(message)
         self._sent[type(message)].set()
-        if self.deaf and isinstance(message, Request):
+        if isinstance(message, Request) and (self.deaf or message.index in self.deaf_to):
             return
+        await self._inner.send(message)
+
+    async def deliver(self, message: Message) -> None:
+        """Send ``message`` to the peer past the deafness: a held-back Request, answered late."""
         await self._inner.send(message)
 
     def sent_one(self, kind: type) -> asyncio.Event:
@@ -154,9 +161,12 @@ class Watched:
 class Dialer:
     """The download's connector: real dials, each connection :class:`Watched`."""
 
-    def __init__(self, deaf: Iterable[Address] = ()) -> None:
+    def __init__(self, deaf: Iterable[Address] = (),
+                 deaf_to: Mapping[Address, Container[int]] | None = None) -> None:
         self.identity = Identity.generate()
         self.deaf = set(deaf)
+        self.deaf_to = dict(deaf_to or {})
+        """Per address, the chunks whose Requests never reach that peer."""
         self.connections: collections.defaultdict[Address, list[Watched]] = \
             collections.defaultdict(list)
         self._dialled: collections.defaultdict[Address, asyncio.Event] = \
@@ -164,7 +174,7 @@ class Dialer:
 
     async def __call__(self, addr: Address, peer: PeerId | None) -> Watched:
         conn = await connect(addr[0], addr[1], self.identity, expected_peer=peer)
-        watched = Watched(conn, deaf=addr in self.deaf)
+        watched = Watched(conn, deaf=addr in self.deaf, deaf_to=self.deaf_to.get(addr, ()))
         self.connections[addr].append(watched)
         self._dialled[addr].set()
         return watched

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from p2p import exit_code_for
 from p2p.content import ContentId
-from p2p.errors import NetworkError, NotFound, WrongPublisher
+from p2p.errors import IntegrityError, NetworkError, NotFound, WrongPublisher
 from p2p.events import (
+    ChunkFailed,
     ChunkRequested,
     ChunkVerified,
     DownloadCompleted,
     DownloadProgress,
     DownloadStarted,
+    PeerBanned,
     PeerDropped,
 )
 from p2p.identity import Identity, PeerId
@@ -41,7 +44,16 @@ from p2p.wire.messages import Bitfield, Cancel, Data, Manifest, Message, Request
 from p2p.wire.transport import Connection
 
 from .conftest import drain, wait_for
-from .doubles import Address, Dialer, FakeClock, Holder, make_content, running_download, seeders
+from .doubles import (
+    Address,
+    Content,
+    Dialer,
+    FakeClock,
+    Holder,
+    make_content,
+    running_download,
+    seeders,
+)
 
 T = 30
 """Bound on any single awaited step (real seconds, on a loaded machine): never reached when
@@ -277,6 +289,109 @@ async def test_every_peer_gone_for_the_timeout_fails_and_keeps_the_progress(tmp_
         assert not of(DownloadProgress, drain(rig.events))
         info = rig.store.download_info(content.content_id)
         assert info is not None and info.done_chunks == 4
+
+
+async def test_a_peer_that_claims_every_chunk_and_stops_answering_fails_at_the_timeout(
+        tmp_path: Path) -> None:
+    content = make_content(8)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content)) as [seed]:
+        # A full bitfield, and chunks 4-7 asked for are never sent: the request timeout alone
+        # would ask the same silent peer again, forever.
+        dialer = Dialer(deaf_to={seed.address: range(4, 8)})
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[seed.address], timeout=6) as rig:
+            for _ in range(4):
+                await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified))
+            last_verified = clock.now
+            assert REQUEST_TIMEOUT > 6  # so the request timeout cannot end it first
+            clock.advance(6 - 0.001)
+            rig.download.handle_timer()
+            assert not rig.run.done()
+            assert rig.download.next_deadline() == last_verified + 6
+            clock.advance(0.001)
+            rig.download.handle_timer()
+            with pytest.raises(NotFound) as failure:
+                await rig.run
+            assert str(failure.value).startswith(
+                "no verified data for 6 s from 1 peer that claims the content ")
+            assert str(failure.value).endswith("progress is kept (4/8 chunks)")
+            assert exit_code_for(failure.value) == 3
+            info = rig.store.download_info(content.content_id)
+            assert info is not None and info.done_chunks == 4
+    [partial] = (tmp_path / "dl" / "downloads").iterdir()  # kept for the next try
+    assert partial.name != "movie.bin"
+
+
+async def test_a_peer_that_answers_each_chunk_within_the_timeout_never_trips_it(
+        tmp_path: Path) -> None:
+    content = make_content(3)
+    clock = FakeClock()
+    step = 4.5
+    """Under the timeout (6 s) between chunks; the whole download takes more than twice it,
+    and less than the request timeout, so no request is asked again."""
+    assert 3 * step < REQUEST_TIMEOUT
+    async with asyncio.timeout(T), seeders(Holder(content)) as [seed]:
+        dialer = Dialer(deaf=[seed.address])  # the test passes each request on, late
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[seed.address], timeout=6) as rig:
+            asked = [await wait_for(rig.events, lambda e: isinstance(e, ChunkRequested))
+                     for _ in range(3)]
+            conn = await dialer.connection(seed.address)
+            start = clock.now
+            for event in asked:
+                clock.advance(step)
+                rig.download.handle_timer()
+                assert rig.download.next_deadline() is not None  # None once it stopped
+                await conn.deliver(Request(content.content_id.digest, event.index))
+                await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified | DownloadCompleted))
+            await rig.run
+    assert clock.now - start == 3 * step
+    assert (tmp_path / "dl" / "downloads" / "movie.bin").read_bytes() == content.data
+
+
+class Corrupting(Holder):
+    """Claims every chunk and sends each one with its first byte flipped."""
+
+    def read_chunk(self, content_id: bytes, index: int) -> bytes:
+        chunk = super().read_chunk(content_id, index)
+        return bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+
+
+async def test_the_only_peer_sending_bad_chunks_ends_in_an_integrity_failure(
+        tmp_path: Path) -> None:
+    content: Content = make_content(8)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Corrupting(content)) as [liar], running_download(
+            tmp_path, content.content_id, clock, peers=[liar.address], timeout=6) as rig:
+        seen: list[object] = []
+        banned = await wait_for(rig.events, lambda e: isinstance(e, PeerBanned), seen)
+        assert banned.peer == liar.peer
+        assert of(ChunkFailed, seen)
+        clock.advance(6)
+        rig.download.handle_timer()
+        with pytest.raises(IntegrityError) as failure:
+            await rig.run
+    assert str(failure.value).startswith(
+        f"1 peer that offered {content.content_id} sent chunks that fail verification "
+        "and was banned")
+    assert exit_code_for(failure.value) == 4
+
+
+async def test_a_liar_banned_next_to_a_peer_that_left_is_a_network_failure(
+        tmp_path: Path) -> None:
+    content = make_content(8)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Corrupting(content), Holder(content, ())) as (
+            liar, empty), running_download(tmp_path, content.content_id, clock,
+                                           peers=[liar.address, empty.address], timeout=6) as rig:
+        await wait_for(rig.events, lambda e: isinstance(e, PeerBanned))
+        await empty.server.aclose()
+        await wait_for(rig.events, lambda e: isinstance(e, PeerDropped) and e.peer == empty.peer)
+        clock.advance(6)
+        rig.download.handle_timer()
+        with pytest.raises(NetworkError, match="no peer to download"):
+            await rig.run
 
 
 async def test_resumed_download_reports_no_negative_rate(tmp_path: Path) -> None:
