@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                    help="also ask this peer; repeatable")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to find the content, and the longest stall with no peer (default 30)")
+                   help="seconds to find the content, and the longest stall with no peer or no verified chunk (default 30)")
     p.add_argument("--seed", action="store_true", help="keep serving after the download, until Ctrl-C")
 
     command("serve", commands.cmd_serve, "seed everything in the store until signalled",
