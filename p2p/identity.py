@@ -35,6 +35,7 @@ PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
 NODE_ID_LEN = 20
 _NODE_ID_CONTEXT = "p2p 2026-11 dht node id v1"
+"""BLAKE3 derive-key context of the node id; docs/PROTOCOL.md (DHT) states it with a test vector."""
 
 
 @dataclass(frozen=True, order=True)

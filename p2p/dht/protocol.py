@@ -433,8 +433,14 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         return self._neighbours(target, sender)
 
     def rpc_put(self, sender: Address, nodeid: bytes, key: Any, raw: Any) -> int:
-        """Verify a signed record and hold it; returns a :class:`PutStatus`."""
+        """Verify a signed record and hold it; returns a :class:`PutStatus`.
+
+        A ``raw`` that is not a bin (at most MAX_RECORD_SIZE, as the datagram decoder
+        enforces) is a bad argument: no reply. A bin that is not a valid record is
+        answered INVALID and not stored (docs/PROTOCOL.md, DHT RPCs).
+        """
         key = expect_bytes(key, NODE_ID_LEN, "key")
+        raw = expect_bytes(raw, what="record", max_len=MAX_RECORD_SIZE)
         now = self.wall_clock()
         try:
             signed = decode_record(raw, key, now, self.verify_cache)

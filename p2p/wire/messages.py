@@ -6,6 +6,10 @@ byte and the body. Every body except :class:`Data` is one canonical msgpack list
 chunk bytes, so that a megabyte is never wrapped (or unwrapped) by msgpack and
 the receiver gets the payload as a view of the buffer the frame was decrypted into.
 
+Decoding is canonical: a control body must be exactly the encoding of the message it
+decodes to (re-encoded and compared), so one message has one body. A Data header is
+fixed binary, which has one form for each value already.
+
 This module does no I/O. Every decoder raises :class:`RemoteProtocolError` and nothing else.
 """
 
@@ -329,7 +333,8 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     """Decode one frame body (type byte + body, without the length prefix).
 
     A Data payload is returned as a memoryview of ``frame`` (no copy), so the
-    caller must not reuse ``frame``. Raises :class:`RemoteProtocolError` and nothing else.
+    caller must not reuse ``frame``. A control body that is not the canonical encoding of
+    what it decodes to (a value not in msgpack's smallest form, say) is refused. Raises :class:`RemoteProtocolError` and nothing else.
     """
     view = memoryview(frame)
     if view.ndim != 1 or view.itemsize != 1:
@@ -347,12 +352,22 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
         return Data(cid, index, view[DATA_HEADER:])
     if len(view) - 1 > MAX_CONTROL_BODY:
         raise RemoteProtocolError("control message larger than the wire allows")
+    body = view[1:]
     try:
-        fields = encoding.unpack(view[1:], max_bin=MAX_MANIFEST, max_str=max(MAX_HOST, MAX_REASON),
+        fields = encoding.unpack(body, max_bin=MAX_MANIFEST, max_str=max(MAX_HOST, MAX_REASON),
                                  max_array=max(MAX_ADDRS, 4))
-        return _decode_fields(mtype, fields)
+        msg = _decode_fields(mtype, fields)
     except DecodeError as exc:
         raise RemoteProtocolError(f"malformed message (type {mtype}): {exc}") from None
+    # One message, one body: what we decoded must encode back to exactly the bytes received
+    # (msgpack's smallest form of every value; docs/PROTOCOL.md, Frames).
+    try:
+        again = encoding.pack(_fields(msg)[1])
+    except LocalProtocolError as exc:  # pragma: no cover - every decoded field is within limits
+        raise RemoteProtocolError(f"malformed message (type {mtype}): {exc}") from None
+    if body != again:
+        raise RemoteProtocolError(f"non-canonical encoding of a {type(msg).__name__} message")
+    return msg
 
 
 def _decode_fields(mtype: int, value: Any) -> Message:

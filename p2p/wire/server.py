@@ -436,21 +436,24 @@ class Server:
                 link.wake.clear()
                 await link.wake.wait()
                 continue
-            reply = self._answer(request)
+            reply = self._answer(rules, request)
             await conn.send(reply)
             rules.request_done()
             if type(reply) is Data:
                 self._emit(Uploaded(conn.remote_peer, reply.content_id, reply.index,
                                     len(reply.payload)))
 
-    def _answer(self, request: Request) -> Data | Reject:
+    def _answer(self, rules: ServedPeer, request: Request) -> Data | Reject:
         cid, index = request.content_id, request.index
         try:
             # A synchronous pread from the page cache (~100 us per MiB) is cheaper
             # than a thread hop; the store may still block on a cold disk.
             chunk = self.source.read_chunk(cid, index)
         except NotFound:
-            return Reject(cid, index, RejectReason.NOT_HELD)
+            # Past the last chunk is BAD_INDEX, else NOT_HELD. The bitfield costs at most
+            # one bit per chunk (16 KiB), less than the chunk a valid request reads.
+            held = self.source.bitfield(cid)
+            return rules.unavailable(request, None if held is None else held[0])
         except ContentChanged:
             return Reject(cid, index, RejectReason.CHANGED)
         except OSError:

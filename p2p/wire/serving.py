@@ -236,6 +236,18 @@ class ServedPeer:
         self._serving += 1
         return Request(cid, index)
 
+    def unavailable(self, request: Request, chunk_count: int | None) -> Reject:
+        """The Reject for a request whose chunk the source could not give us.
+
+        ``chunk_count`` is how many chunks the content has, if we know the content at
+        all (None otherwise). An index at or past it is ``BAD_INDEX``; anything else we
+        do not hold is ``NOT_HELD`` (docs/PROTOCOL.md, Reject reasons).
+        """
+        cid, index = request.content_id, request.index
+        if chunk_count is not None and index >= chunk_count:
+            return Reject(cid, index, RejectReason.BAD_INDEX)
+        return Reject(cid, index, RejectReason.NOT_HELD)
+
     def request_done(self) -> None:
         """The answer (Data or Reject) to the request from :meth:`next_request` was sent."""
         if self._serving <= 0:

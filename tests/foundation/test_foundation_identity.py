@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -168,6 +169,25 @@ def test_node_id_is_not_the_key_prefix() -> None:
     ident = Identity.generate()
     assert ident.node_id != ident.public_key[:20]
     assert ident.node_id == ident.peer_id.node_id
+
+
+# docs/PROTOCOL.md (DHT) gives this vector; RFC 8032 section 7.1, test 1, gives the key.
+RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+VECTOR_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+VECTOR_NODE_ID = "643a7e2ccc6752df786b826719097d1af49d7b86"
+NODE_ID_CONTEXT = "p2p 2026-11 dht node id v1"
+
+
+def test_node_id_matches_the_documented_derivation_and_test_vector() -> None:
+    key = bytes.fromhex(VECTOR_KEY)
+    assert Identity.from_seed(RFC8032_SEED).public_key == key
+    assert node_id_for(key).hex() == VECTOR_NODE_ID
+    assert PeerId(key).node_id.hex() == VECTOR_NODE_ID
+    # the first 20 bytes of the 32-byte derive-key output: what any BLAKE3 library gives
+    assert blake3.blake3(key, derive_key_context=NODE_ID_CONTEXT).digest()[:20].hex() == VECTOR_NODE_ID
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
+    assert f'"{NODE_ID_CONTEXT}"' in doc
+    assert f"public key  {VECTOR_KEY}\nnode id     {VECTOR_NODE_ID}\n" in doc
 
 
 def _valid_text() -> str:

@@ -89,12 +89,14 @@ def _decode_checked(frame: bytes | bytearray) -> Message | None:
     """``decode(frame)``, which may raise RemoteProtocolError and nothing else (then None).
 
     What it does return must be a message that this side could have sent: it encodes
-    without breaking a limit, and decodes back to itself.
+    without breaking a limit, to exactly the bytes received (decoding is canonical),
+    and decodes back to itself.
     """
     try:
         msg = decode(frame)
     except RemoteProtocolError:
         return None
+    assert encode(msg)[FRAME_HEADER:] == bytes(frame)
     assert decode(encode(msg)[FRAME_HEADER:]) == msg
     return msg
 

@@ -76,10 +76,14 @@ async def test_conversation(served: tuple[Server, tuple[str, int], MemorySource,
             assert await conn.receive() == Bitfield(CID, 3, b"\xa0")
             await conn.send(Request(CID, 0))
             await conn.send(Request(CID, 1))
+            await conn.send(Request(CID, 3))  # past the last of 3 chunks
+            await conn.send(Request(bytes(32), 0))  # content the server does not know
             await conn.send(Ping(42))
-            got = [await conn.receive() for _ in range(3)]
+            got = [await conn.receive() for _ in range(5)]
             assert Data(CID, 0, b"a" * 1000) in got
             assert Reject(CID, 1, RejectReason.NOT_HELD) in got
+            assert Reject(CID, 3, RejectReason.BAD_INDEX) in got
+            assert Reject(bytes(32), 0, RejectReason.NOT_HELD) in got
             assert Pong(42) in got
             server.announce_have(CID, 1)
             assert await conn.receive() == Have(CID, 1)

@@ -203,6 +203,22 @@ def test_a_repeated_request_is_queued_twice_and_cancelled_once_per_cancel() -> N
     assert peer.next_request() is None
 
 
+@pytest.mark.parametrize(("index", "chunk_count", "reason"), [
+    (3, 4, RejectReason.NOT_HELD),   # the last chunk, not held here
+    (4, 4, RejectReason.BAD_INDEX),  # one past the last chunk
+    (2**32 - 1, 4, RejectReason.BAD_INDEX),
+    (0, 0, RejectReason.BAD_INDEX),  # content known to have no chunks at all
+    (4, None, RejectReason.NOT_HELD),  # content we do not know: no chunk count to judge by
+])
+def test_a_request_past_the_last_chunk_is_rejected_bad_index(
+        index: int, chunk_count: int | None, reason: RejectReason) -> None:
+    peer = opened()
+    peer.receive(Request(CID, index), T0)
+    request = peer.next_request()
+    assert request == Request(CID, index)
+    assert peer.unavailable(request, chunk_count) == Reject(CID, index, reason)
+
+
 def test_request_done_without_a_request_is_a_bug_of_the_shell() -> None:
     peer = opened()
     with pytest.raises(LocalProtocolError):
