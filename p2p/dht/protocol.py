@@ -48,6 +48,7 @@ from ..identity import NODE_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, nod
 from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import IdentityMismatch, InvalidContact, Overloaded, RPCTimeout
+from .observed import AddressVote
 from .records import KINDS, MAX_RECORD_SIZE, VerifyCache, check_address, decode_record
 from .routing import (
     Contact,
@@ -82,7 +83,6 @@ MAX_CONTACT_ENTRIES = 64
 """Contact entries read from one reply: k <= 32 contacts, each with up to one address per family."""
 CONTACT_ENTRY_SIZE = 66
 """Largest encoded contact entry: [bin20, 39-character IPv6 text, uint16]."""
-MAX_OBSERVED = 16
 MAX_REMEMBERED_HOSTS = 4096
 """Source hosts whose normalised form is remembered (the memo is emptied when full)."""
 
@@ -177,8 +177,9 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                         if config.rate_limit_per_ip is not None else None)
         self.failures: dict[tuple[bytes, Address], int] = {}
         """Consecutive unanswered requests per (contact id, address)."""
-        self.observed: dict[Address, set[bytes]] = {}
-        """Addresses the nodes we verified saw us at, and who reported each."""
+        self.observed = AddressVote()
+        """Where the nodes we verified saw us: a vote by observer network (see
+        :mod:`p2p.dht.observed`); no single answer decides it."""
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         """The open sockets by IP version (4, 6)."""
         self.bound: dict[int, Address] = {}
@@ -601,34 +602,10 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         self.verify_cache.verify(
             pubkey, sig, IDENTIFY_TAG + nonce + node_id + self.source_node.id + pack(list(observed))
         )
-        if not self._plausible_observation(observed):
-            # The answer was signed for someone at another IP: a relayed handshake.
-            raise IdentityMismatch("identify answer was made for another address")
-        self._note_observed(observed, node_id)
+        # The observed address is one vote about where we are, never a reason to refuse the
+        # contact: one peer's word (true or not) must not lock out the honest ones.
+        self.observed.observe(addr, observed, self.monotonic())
         return Node(node_id, addr[0], addr[1])
-
-    # -- observed addresses ---------------------------------------------------------------
-
-    def _plausible_observation(self, observed: Address) -> bool:
-        """Whether a node can have seen us at ``observed``.
-
-        Our addresses are compared within one kind (IP version, loopback or not): a node is
-        seen at 127.0.0.1 by local peers, at another IPv4 address by remote ones and at an
-        IPv6 address over IPv6, and the first of each kind is taken on trust.
-        """
-        kind = _address_kind(observed[0])
-        known = {h for h, _ in (*self.observed, *self.config.announce_addrs)
-                 if _address_kind(h) == kind}
-        return not known or observed[0] in known
-
-    def _note_observed(self, observed: Address, reporter: bytes) -> None:
-        reporters = self.observed.get(observed)
-        if reporters is None:
-            if len(self.observed) >= MAX_OBSERVED:
-                return
-            reporters = self.observed[observed] = set()
-        if len(reporters) < 64:
-            reporters.add(reporter)
 
     # -- routing table admission --------------------------------------------------------------
 
@@ -710,8 +687,3 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
             pass
         finally:
             self._head_checks.discard(node.id)
-
-
-def _address_kind(host: str) -> tuple[int, bool]:
-    """(IP version, loopback?) of a literal IP."""
-    return ip_version(host), ipaddress.ip_address(host.partition("%")[0]).is_loopback

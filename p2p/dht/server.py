@@ -309,22 +309,21 @@ class DHT:
     def reachable_addresses(self) -> tuple[Address, ...]:
         """Where others can reach us, at most one address per family we listen on.
 
-        ``announce_addrs`` if set. Otherwise, per family: the address most peers saw us at
-        (non-loopback preferred), else the bound address if it is not a wildcard. Loopback
-        addresses are left out once any other address is known.
+        ``announce_addrs`` if set (it overrides everything). Otherwise, per family: the address
+        that peers from at least :data:`~p2p.dht.observed.OBSERVATION_QUORUM` distinct
+        networks (IPv4 /24s, IPv6 /48s) saw us at within the last
+        :data:`~p2p.dht.observed.OBSERVATION_TTL` seconds, else the bound address if it is not
+        a wildcard: one peer's answer alone never moves it. Loopback addresses are left out
+        once any other address is known.
         """
         if self._config.announce_addrs:
             return self._config.announce_addrs
+        now = self._config.monotonic_clock()
         found: list[Address] = []
         for host, port in self.listen_addresses():
-            version = ip_version(host)
-            seen = sorted(((a, len(r)) for a, r in self._protocol.observed.items()
-                           if ip_version(a[0]) == version), key=lambda ar: -ar[1])
-            public = [a for a, _ in seen if not _is_loopback(a[0])]
-            if public:
-                found.append(public[0])
-            elif seen:
-                found.append(seen[0][0])
+            agreed = self._protocol.observed.agreed(ip_version(host), now)
+            if agreed is not None:
+                found.append(agreed)
             elif not ipaddress.ip_address(host).is_unspecified:
                 found.append((host, port))
         if any(not _is_loopback(h) for h, _ in found):
