@@ -9,6 +9,7 @@ records, the routing table).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "is_unspecified",
     "normalize_host",
     "parse_address",
+    "primary_ip",
 ]
 
 Address = tuple[str, int]
@@ -116,3 +118,19 @@ def format_address(addr: Sequence[object]) -> str:
     """``host:port``, with brackets around an IPv6 host."""
     host, port = str(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def primary_ip(version: int, toward: str | None = None) -> str | None:
+    """The address this host would use to reach the outside in IP ``version`` (4 or 6), or to
+    reach the host ``toward`` when given, found without sending anything (a UDP socket
+    connected to that address, or to a documentation address); None if there is no route.
+    What a node bound to a wildcard announces until peers agree on where they see it: the
+    kernel's choice, which no peer can steer."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    probe = toward or ("192.0.2.1" if version == 4 else "2001:db8::1")  # documentation ranges
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((probe, 9))
+        host = str(s.getsockname()[0])
+        if not ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
+            return normalize_host(host) if "%" not in host else host
+    return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .address import Address, format_address, normalize_host
+from .address import Address, format_address, normalize_host, primary_ip
 from .bitfield import bit_get
 from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
 from .dht import DHT, ChannelRecord, DHTConfig
@@ -272,7 +272,7 @@ class Node:
         for host in self._hosts:
             ip = ipaddress.ip_address(host)
             if ip.is_unspecified:
-                lan = _primary_ip(ip.version)
+                lan = primary_ip(ip.version)
                 if lan:
                     found.append((lan, self.port))
                 extra.append(("127.0.0.1" if ip.version == 4 else "::1", self.port))
@@ -768,16 +768,3 @@ def _copy_into_place(source: Path, dest: Path) -> None:
     else:
         shutil.copy2(source, partial)
     os.rename(partial, dest)
-
-
-def _primary_ip(version: int) -> str | None:
-    """The address this host would use to reach the outside, without sending anything."""
-    family = socket.AF_INET if version == 4 else socket.AF_INET6
-    probe = "192.0.2.1" if version == 4 else "2001:db8::1"  # documentation ranges: never routed
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.connect((probe, 9))
-        host = str(s.getsockname()[0])
-        if not ipaddress.ip_address(host).is_unspecified:
-            return host
-    return None
-

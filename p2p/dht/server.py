@@ -22,7 +22,7 @@ from typing import Any
 from kademlia.network import Server
 from kademlia.node import Node
 
-from ..address import Address, format_address, from_sockaddr, normalize_host
+from ..address import Address, format_address, from_sockaddr, normalize_host, primary_ip
 from ..errors import BadInput, IntegrityError, NetworkError, NotFound, RemoteProtocolError
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
@@ -326,9 +326,28 @@ class DHT:
                 found.append(agreed)
             elif not ipaddress.ip_address(host).is_unspecified:
                 found.append((host, port))
+            elif (local := self._local_address(ip_version(host))) is not None:
+                # Bound to a wildcard and no quorum yet (one bootstrap, or every peer on one
+                # LAN): the address this host's kernel uses toward the outside or toward our
+                # contacts, which no peer can steer.
+                found.append((local, port))
         if any(not _is_loopback(h) for h, _ in found):
             found = [a for a in found if not _is_loopback(a[0])]
         return tuple(found)
+
+    def _local_address(self, version: int) -> str | None:
+        """This host's address in ``version``: its default route's, else the one it reaches a
+        routing-table contact of that family from (a LAN with no default route)."""
+        local = primary_ip(version)
+        if local is not None:
+            return local
+        for node in self._protocol.router.contacts():
+            for host, _ in addresses_of(node).values():
+                if ip_version(host) == version and not _is_loopback(host):
+                    found = primary_ip(version, toward=host)
+                    if found is not None:
+                        return found
+        return None
 
     # -- joining ---------------------------------------------------------------------------------------
 
