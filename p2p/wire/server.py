@@ -15,7 +15,6 @@ peer that breaks the protocol is dropped; the server goes on.
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import logging
 import math
@@ -40,7 +39,16 @@ from .messages import (
     RejectReason,
     Request,
 )
-from .serving import Reply, SendBitfield, SendManifest, ServedPeer, ServerLimits
+from .serving import (
+    EVICTED,
+    Admission,
+    Reply,
+    SendBitfield,
+    SendManifest,
+    ServedPeer,
+    ServerLimits,
+    choose_eviction,
+)
 from .session import Session
 from .transport import Connection, WireProtocol
 
@@ -230,7 +238,7 @@ class Server:
         self._addresses: tuple[Address, ...] = ()
         self._tasks = TaskOwner("chunk server", log)
         self._links: dict[WireProtocol, _Link] = {}
-        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._admission = Admission(limits)
         self._closed = False
 
     # -- listening -------------------------------------------------------------------------
@@ -314,10 +322,21 @@ class Server:
 
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]
-        if (self._closed or len(self._links) >= self.limits.max_connections
-                or self._per_ip[ip] >= self.limits.max_connections_per_ip):
+        refusal = "connection limit reached" if self._closed else self._admission.refusal(ip)
+        if refusal is None and self._admission.full:
+            # Full: the oldest handshake, else the longest idle session, makes room.
+            victim = choose_eviction(((link, link.rules) for link in self._links.values()
+                                      if link.reason is None),
+                                     self._clock(), self.limits.eviction_grace)
+            if victim is None:
+                refusal = "connection limit reached"
+            else:
+                log.info("evicting %s: server full", format_address(victim.proto.address))
+                victim.end(EVICTED, goodbye=False)
+                self._forget(victim)  # its slot is free now, not when its task has finished
+        if refusal is not None:
             # Refused before any cryptography or buffer is spent on it.
-            proto.abort(ClosedByUs("connection limit reached"))
+            proto.abort(ClosedByUs(refusal))
             return
         assert self._loop is not None
         proto.attach(Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
@@ -325,17 +344,14 @@ class Server:
                              max_frame=self.limits.max_frame))
         link = _Link(proto, ServedPeer(self.limits, self._clock()), self._loop, self._clock)
         self._links[proto] = link
-        self._per_ip[ip] += 1
+        self._admission.add(ip)
         link.arm()
         self._tasks.spawn(self._run(link), f"serve {format_address(proto.address)}")
 
     def _forget(self, link: _Link) -> None:
         if self._links.pop(link.proto, None) is None:
             return
-        ip = link.proto.address[0]
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
+        self._admission.remove(link.proto.address[0])
 
     def _write_paused(self, proto: WireProtocol, paused: bool) -> None:
         link = self._links.get(proto)
@@ -438,7 +454,7 @@ class Server:
                 continue
             reply = self._answer(rules, request)
             await conn.send(reply)
-            rules.request_done()
+            rules.request_done(link.now())
             if type(reply) is Data:
                 self._emit(Uploaded(conn.remote_peer, reply.content_id, reply.index,
                                     len(reply.payload)))
@@ -481,6 +497,12 @@ class Server:
         for link in list(self._links.values()):
             if link.conn is not None and link.rules.is_interested(content_id):
                 link.conn.send_nowait(Have(content_id, index))
+
+    @property
+    def connection_count(self) -> int:
+        """Connections holding a slot, handshaking ones included (at most
+        ``limits.max_connections``)."""
+        return self._admission.total
 
     def connections(self) -> list[ConnectionInfo]:
         """A snapshot of the connections that finished the handshake and are still served."""

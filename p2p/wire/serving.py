@@ -23,13 +23,21 @@ The life of a connection, as the shell feeds it:
    the peer has ``send_timeout`` to read it down, or it is dropped without a
    Goodbye (it would not read one).
 5. After a :class:`Drop` or :meth:`~ServedPeer.close` nothing is due any more.
+
+Before any of this, admission: :class:`Admission` counts connections per IP and per
+/24 or /48 (:func:`address_prefix`), and when every slot is taken
+:func:`choose_eviction` names the connection that makes room for a newcomer (the
+oldest handshake, then the session idle the longest), or none.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
@@ -46,9 +54,11 @@ from .messages import (
 )
 
 __all__ = [
+    "EVICTED",
     "STOPPED_READING",
     "TIMED_OUT",
     "Action",
+    "Admission",
     "Drop",
     "Reply",
     "SendBitfield",
@@ -56,12 +66,17 @@ __all__ = [
     "ServedPeer",
     "ServerLimits",
     "State",
+    "address_prefix",
+    "choose_eviction",
 ]
 
 TIMED_OUT = "timed out"
 """Drop reason: no Hello within ``handshake_timeout``, or no message within ``idle_timeout``."""
 STOPPED_READING = "dropped: the peer stopped reading"
 """Drop reason: the write buffer stayed above its high-water mark for ``send_timeout``."""
+EVICTED = "evicted: server full"
+"""Drop reason: every slot was taken and this connection was the one least worth keeping
+(:func:`choose_eviction`), so a newcomer got its slot."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,17 @@ class ServerLimits:
     max_connections_per_ip: int = 16
     """Connections from one IP address: room for a few nodes behind one NAT, too few for
     one host to take every slot."""
+    max_connections_per_prefix: int = 32
+    """Connections from one /24 (IPv4) or /48 (IPv6) network: one operator usually holds a
+    whole such block, so a per-IP cap alone lets it take every slot with a handful of
+    addresses (16 addresses x 16 = 256); this makes it need eight networks. Two full
+    per-IP allowances fit, for a few NATs in one block."""
+    eviction_grace: float = 2.0
+    """Seconds a connection is safe from eviction when the server is full: a handshake
+    younger than this, or a session that was active more recently. A handshake takes one
+    and a half round trips and a downloader asks again within milliseconds, so honest
+    peers are not evicted mid-step, while an attacker must open every slot anew within
+    the grace to keep newcomers out."""
     max_inflight_requests: int = 32
     """Requests a peer may have queued or being sent; more are rejected with
     TOO_MANY_IN_FLIGHT. 32 MiB of work at 1 MiB chunks fills a fast link, and it bounds
@@ -169,8 +195,11 @@ class ServedPeer:
     def __init__(self, limits: ServerLimits, now: float) -> None:
         self.limits = limits
         self.state = State.HANDSHAKE
+        self.accepted_at = now
+        """When the connection was accepted (the oldest handshake is evicted first)."""
         self._handshake_deadline = now + limits.handshake_timeout
         self._last_message = now
+        self._last_active = now
         self._paused_since: float | None = None
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self._serving = 0
@@ -183,6 +212,7 @@ class ServedPeer:
         if self.state is State.HANDSHAKE:
             self.state = State.OPEN
             self._last_message = now
+            self._last_active = now
 
     def receive(self, msg: Message, now: float) -> Action | None:
         """The peer sent ``msg``; returns what to answer, if anything.
@@ -196,6 +226,7 @@ class ServedPeer:
         if self.state is State.HANDSHAKE:
             raise LocalProtocolError("a message was fed before the handshake was done")
         self._last_message = now
+        self._last_active = now
         match msg:
             case Request(content_id=cid, index=index):
                 if self.inflight >= self.limits.max_inflight_requests:
@@ -248,11 +279,14 @@ class ServedPeer:
             return Reject(cid, index, RejectReason.BAD_INDEX)
         return Reject(cid, index, RejectReason.NOT_HELD)
 
-    def request_done(self) -> None:
-        """The answer (Data or Reject) to the request from :meth:`next_request` was sent."""
+    def request_done(self, now: float | None = None) -> None:
+        """The answer (Data or Reject) to the request from :meth:`next_request` was sent
+        (at ``now``, if given: the peer counts as idle only from then)."""
         if self._serving <= 0:
             raise LocalProtocolError("request_done() without a request being served")
         self._serving -= 1
+        if now is not None:
+            self._last_active = max(self._last_active, now)
 
     def write_paused(self, now: float) -> None:
         """The write buffer went above its high-water mark: the stalled-reader clock starts."""
@@ -313,6 +347,98 @@ class ServedPeer:
         """Requests waiting for :meth:`next_request`."""
         return len(self._queue)
 
+    def idle_since(self) -> float | None:
+        """Since when an open session has had no request in flight and none queued (its
+        last message or its last answer sent, whichever was later); None while it is
+        handshaking, busy or closed."""
+        if self.state is not State.OPEN or self.inflight:
+            return None
+        return self._last_active
+
     def is_interested(self, content_id: bytes) -> bool:
         """Whether the peer gets our Have messages for ``content_id``."""
         return self.state is State.OPEN and content_id in self._interested
+
+
+# -- admission -------------------------------------------------------------------------------
+
+K = TypeVar("K")
+
+
+def address_prefix(host: str) -> str:
+    """The network ``host`` is counted in for ``max_connections_per_prefix``: its /24 for
+    IPv4, its /48 for IPv6. ``host`` is normalised already (:func:`p2p.address.from_sockaddr`
+    makes an IPv4-mapped address IPv4); a scoped address is counted without its scope, and
+    anything that is not an IP is its own prefix."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+class Admission:
+    """How many connections the server holds in total, per IP and per prefix; which a
+    newcomer would exceed. Pure: the shell calls :meth:`add` and :meth:`remove`."""
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._per_prefix: collections.Counter[str] = collections.Counter()
+
+    def refusal(self, ip: str) -> str | None:
+        """Why a newcomer from ``ip`` is refused whatever is evicted (its IP or its
+        prefix holds its share already), or None. The total is not checked here: a full
+        server may evict instead (:func:`choose_eviction`)."""
+        if self._per_ip[ip] >= self.limits.max_connections_per_ip:
+            return "connection limit reached"
+        if self._per_prefix[address_prefix(ip)] >= self.limits.max_connections_per_prefix:
+            return "connection limit reached"
+        return None
+
+    @property
+    def full(self) -> bool:
+        """Every slot is taken: a newcomer needs an eviction."""
+        return self.total >= self.limits.max_connections
+
+    def add(self, ip: str) -> None:
+        self.total += 1
+        self._per_ip[ip] += 1
+        self._per_prefix[address_prefix(ip)] += 1
+
+    def remove(self, ip: str) -> None:
+        self.total -= 1
+        for counter, key in ((self._per_ip, ip), (self._per_prefix, address_prefix(ip))):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def count(self, ip: str) -> tuple[int, int]:
+        """(connections from ``ip``, connections from its prefix)."""
+        return self._per_ip[ip], self._per_prefix[address_prefix(ip)]
+
+
+def choose_eviction(peers: Iterable[tuple[K, ServedPeer]], now: float,
+                    grace: float) -> K | None:
+    """Whom a full server drops to admit a newcomer, or None if no one may go.
+
+    First the connection longest in its handshake (unauthenticated: it has shown
+    nothing), then the open session idle the longest (no request in flight or queued).
+    A connection younger than ``grace``, or active within it, is kept; so is one that
+    is busy. Ties go to the first in ``peers`` order (the shell's: oldest first).
+    """
+    oldest: tuple[float, K] | None = None
+    idlest: tuple[float, K] | None = None
+    for key, peer in peers:
+        if peer.state is State.HANDSHAKE:
+            if now - peer.accepted_at >= grace and (oldest is None or peer.accepted_at < oldest[0]):
+                oldest = (peer.accepted_at, key)
+            continue
+        since = peer.idle_since()
+        if since is not None and now - since >= grace and (idlest is None or since < idlest[0]):
+            idlest = (since, key)
+    if oldest is not None:
+        return oldest[1]
+    return idlest[1] if idlest is not None else None
