@@ -93,16 +93,6 @@ class PeerInfo:
                 "bytes_out": self.bytes_out, "rate_in": self.rate_in, "rate_out": self.rate_out,
                 "strikes": self.strikes}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PeerInfo:
-        """Read back what :meth:`to_json` wrote (the control socket's answer)."""
-
-        return cls(PeerId.parse(str(data["peer_id"])),
-                   parse_address(str(data["address"]), resolve=False),
-                   "in" if data["direction"] == "in" else "out",
-                   int(data["bytes_in"]), int(data["bytes_out"]), float(data["rate_in"]),
-                   float(data["rate_out"]), int(data["strikes"]))
-
 
 Verdict = Literal["ok", "incomplete", "missing", "corrupt"]
 """``ok``: every chunk present and good. ``incomplete``: an unfinished download, its
