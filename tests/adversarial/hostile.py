@@ -1,0 +1,864 @@
+"""Attackers for the adversarial suite, written from docs/PROTOCOL.md only.
+
+Nothing here imports ``p2p``: every byte an attacker sends is made by this module from
+what the document specifies, so a frame the code under test would never produce (or a
+mistake in the code shared by both ends) is still something the attacker can send. What
+is built here, with the section of docs/PROTOCOL.md it follows:
+
+* canonical msgpack ("Frames", "Content formats"): the ``msgpack`` package's smallest
+  forms with ``use_bin_type``; :func:`pack_uint_wide` writes a deliberately widened integer;
+* ``Noise_XX_25519_AESGCM_SHA256`` with prologue ``b"p2p-wire/1"`` (Noise spec rev. 34):
+  :class:`CipherState`, :class:`SymmetricState`, :class:`HandshakeXX` on ``cryptography``'s
+  X25519, AES-GCM and HMAC-SHA256;
+* the identity proof, the ``len:u16`` record framing, frames ``length:u32 || type:u8 ||
+  body``, the Hello exchange ("The conversation", "Frames"): :func:`dial`, :func:`accept`,
+  :class:`Session`;
+* chunking, content ids, manifests, tickets and text forms ("Content formats");
+* the DHT datagram, the RPCs, node ids, discovery keys and records ("DHT"):
+  :class:`DHTSocket`, :func:`provider_record`, :func:`identify_answer`.
+
+Everything is asyncio and bounded by its caller's ``asyncio.timeout()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+# -- canonical msgpack ----------------------------------------------------------------------
+
+
+def pack(value: Any) -> bytes:
+    """Canonical msgpack: the smallest form of every value, bytes as bin, text as str."""
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one msgpack value (lists as lists, bin as bytes, str as str)."""
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+
+
+def pack_uint_wide(n: int) -> bytes:
+    """``n`` as a uint8 (``cc nn``): a non-canonical form for any ``n`` below 128."""
+    return bytes([0xCC, n])
+
+
+# -- identities ----------------------------------------------------------------------------
+
+
+def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class Identity:
+    """An Ed25519 key: the peer id is its 32-byte public key."""
+
+    def __init__(self, key: Ed25519PrivateKey | None = None) -> None:
+        self.key = key or Ed25519PrivateKey.generate()
+        self.public_key = _raw_public(self.key.public_key())
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id_for(self.public_key)
+
+
+def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    """Raise ``cryptography``'s InvalidSignature unless ``signature`` verifies."""
+    Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+
+
+# -- text forms (Content formats: Content ids, Ticket) ----------------------------------------
+
+
+def b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def unb32(text: str) -> bytes:
+    text = text.upper()
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def content_id_text(cid: bytes) -> str:
+    return "p2pc1" + b32(cid)
+
+
+def parse_content_id(text: str) -> bytes:
+    assert text.startswith("p2pc1"), text
+    return unb32(text[5:])
+
+
+def peer_id_text(public_key: bytes) -> str:
+    return "p2pk" + b32(public_key)
+
+
+def parse_peer_id(text: str) -> bytes:
+    assert text.startswith("p2pk"), text
+    return unb32(text[4:])
+
+
+def ticket_text(cid: bytes, publisher: bytes, addrs: Sequence[tuple[str, int]]) -> str:
+    """``p2pt1`` + base32 of ``[content_id, publisher_key, [[packed ip, port], ...]]``."""
+    packed = [[ipaddress.ip_address(h).packed, p] for h, p in addrs]
+    return "p2pt1" + b32(pack([cid, publisher, packed]))
+
+
+def parse_ticket(text: str) -> tuple[bytes, bytes, list[tuple[str, int]]]:
+    assert text.startswith("p2pt1"), text
+    cid, publisher, addrs = unpack(unb32(text[5:]))
+    return cid, publisher, [(str(ipaddress.ip_address(ip)), port) for ip, port in addrs]
+
+
+# -- content: chunking, ids, manifests -----------------------------------------------------------
+
+KiB, MiB = 1 << 10, 1 << 20
+MANIFEST_TAG = b"p2p manifest v1\x00"
+
+
+def chunk_size_for(size: int) -> int:
+    """Chunking rule 1-3: about 1,024 chunks, clamped to [64 KiB, 1 MiB], doubled past 65,536."""
+    target = max(1, -(-size // 1024))
+    chunk = 1 << (target - 1).bit_length()
+    chunk = min(max(chunk, 64 * KiB), MiB)
+    while -(-size // chunk) > 65536 and chunk < 16 * MiB:
+        chunk *= 2
+    return chunk
+
+
+@dataclass
+class FileContent:
+    """One file as the document chunks, hashes and identifies it."""
+
+    path: Path
+    size: int
+    chunk_size: int
+    hashes: list[bytes]
+
+    @classmethod
+    def of(cls, path: Path) -> FileContent:
+        size = path.stat().st_size
+        chunk = chunk_size_for(size)
+        hashes = []
+        with path.open("rb") as f:
+            while piece := f.read(chunk):
+                hashes.append(blake3.blake3(piece).digest())
+        return cls(path, size, chunk, hashes)
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes)
+
+    @property
+    def content_id(self) -> bytes:
+        """BLAKE3 of ``pack([1, "file", size, chunk_size, hashes])``."""
+        return blake3.blake3(pack([1, "file", self.size, self.chunk_size,
+                                   b"".join(self.hashes)])).digest()
+
+    def chunk(self, index: int) -> bytes:
+        with self.path.open("rb") as f:
+            f.seek(index * self.chunk_size)
+            return f.read(self.chunk_size)
+
+    def manifest(self, publisher: Identity, name: str | None = None) -> bytes:
+        """A manifest of this one file, signed by ``publisher``."""
+        name = name or self.path.name
+        entries = [[name, self.size, self.chunk_size, b"".join(self.hashes)]]
+        body = [1, "file", name, entries, publisher.public_key]
+        return pack([*body, publisher.sign(MANIFEST_TAG + pack(body))])
+
+
+def read_manifest(data: bytes) -> dict[str, Any]:
+    """The fields of a manifest, its signature checked (raises if it does not verify)."""
+    version, kind, name, entries, publisher, sig = unpack(data)
+    verify(publisher, sig, MANIFEST_TAG + pack([version, kind, name, entries, publisher]))
+    return {"kind": kind, "name": name, "entries": entries, "publisher": publisher}
+
+
+# -- Noise_XX_25519_AESGCM_SHA256 (Noise spec rev. 34) --------------------------------------------
+
+PROTOCOL_NAME = b"Noise_XX_25519_AESGCM_SHA256"
+PROLOGUE = b"p2p-wire/1"
+IDENTITY_TAG = b"p2p-wire/1 noise static key + handshake hash:"
+HASHLEN = 32
+DHLEN = 32
+MAX_MESSAGE = 65535
+MAX_PLAINTEXT = MAX_MESSAGE - 16
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> tuple[bytes, ...]:
+    """Noise section 4.3 HKDF with HMAC-SHA256."""
+    temp = _hmac(chaining_key, ikm)
+    out1 = _hmac(temp, b"\x01")
+    out2 = _hmac(temp, out1 + b"\x02")
+    if outputs == 2:
+        return out1, out2
+    return out1, out2, _hmac(temp, out2 + b"\x03")
+
+
+def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
+    return private.exchange(X25519PublicKey.from_public_bytes(public))
+
+
+class CipherState:
+    """Noise section 5.1, AES-256-GCM with the nonce ``0^32 || n:u64be`` (section 12.4)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.k = key
+        self.n = 0
+        self._aead = AESGCM(key) if key is not None else None
+
+    def _nonce(self) -> bytes:
+        assert self.n < 2**64 - 1, "nonce exhausted"
+        return b"\0\0\0\0" + self.n.to_bytes(8, "big")
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            return plaintext
+        out = self._aead.encrypt(self._nonce(), plaintext, ad)
+        self.n += 1
+        return out
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        if self._aead is None:
+            return ciphertext
+        out = self._aead.decrypt(self._nonce(), ciphertext, ad)
+        self.n += 1
+        return out
+
+
+class SymmetricState:
+    """Noise section 5.2."""
+
+    def __init__(self, protocol_name: bytes) -> None:
+        self.h = protocol_name.ljust(HASHLEN, b"\0") if len(protocol_name) <= HASHLEN \
+            else _hash(protocol_name)
+        self.ck = self.h
+        self.cs = CipherState()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, temp_k = hkdf(self.ck, ikm, 2)
+        self.cs = CipherState(temp_k[:32])
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = _hash(self.h + data)
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ciphertext = self.cs.encrypt_with_ad(self.h, plaintext)
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        plaintext = self.cs.decrypt_with_ad(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        k1, k2 = hkdf(self.ck, b"", 2)
+        return CipherState(k1[:32]), CipherState(k2[:32])
+
+
+Payload = bytes | Callable[[bytes], bytes]
+"""A handshake payload, or a function of the handshake hash at the moment it is encrypted."""
+
+
+class HandshakeXX:
+    """Noise section 5.3 for the XX pattern (section 7.5): ``-> e``, ``<- e, ee, s, es``,
+    ``-> s, se``. A payload may be a function of ``h``: the identity proof signs it."""
+
+    def __init__(self, initiator: bool, prologue: bytes = PROLOGUE) -> None:
+        self.initiator = initiator
+        self.ss = SymmetricState(PROTOCOL_NAME)
+        self.ss.mix_hash(prologue)
+        self.s = X25519PrivateKey.generate()
+        self.s_pub = _raw_public(self.s.public_key())
+        self.e: X25519PrivateKey | None = None
+        self.re: bytes | None = None
+        self.rs: bytes | None = None
+        self.step = 0
+
+    def _payload(self, payload: Payload) -> bytes:
+        data = payload(self.ss.h) if callable(payload) else payload
+        return self.ss.encrypt_and_hash(data)
+
+    def _new_e(self) -> bytes:
+        self.e = X25519PrivateKey.generate()
+        pub = _raw_public(self.e.public_key())
+        self.ss.mix_hash(pub)
+        return pub
+
+    def write_message(self, payload: Payload = b"") -> bytes:
+        step, self.step = self.step, self.step + 1
+        assert self.e is not None or step == 0 or not self.initiator
+        if step == 0 and self.initiator:                        # -> e
+            return self._new_e() + self._payload(payload)
+        if step == 1 and not self.initiator:                    # <- e, ee, s, es
+            assert self.re is not None
+            out = self._new_e()
+            assert self.e is not None
+            self.ss.mix_key(_dh(self.e, self.re))
+            out += self.ss.encrypt_and_hash(self.s_pub)
+            self.ss.mix_key(_dh(self.s, self.re))
+            return out + self._payload(payload)
+        if step == 2 and self.initiator:                        # -> s, se
+            assert self.re is not None
+            out = self.ss.encrypt_and_hash(self.s_pub)
+            self.ss.mix_key(_dh(self.s, self.re))
+            return out + self._payload(payload)
+        raise AssertionError(f"not our turn to write (step {step})")
+
+    def read_message(self, message: bytes, check: Callable[[bytes, bytes, bytes], None]
+                     | None = None) -> bytes:
+        """Process one handshake message; ``check(rs, h, payload)`` sees the payload with
+        the hash it was encrypted under (the identity proof is checked against both)."""
+        step, self.step = self.step, self.step + 1
+        if step == 0 and not self.initiator:                    # -> e
+            self.re = message[:DHLEN]
+            self.ss.mix_hash(self.re)
+            h = self.ss.h
+            payload = self.ss.decrypt_and_hash(message[DHLEN:])
+        elif step == 1 and self.initiator:                      # <- e, ee, s, es
+            assert self.e is not None
+            self.re = message[:DHLEN]
+            self.ss.mix_hash(self.re)
+            self.ss.mix_key(_dh(self.e, self.re))
+            self.rs = self.ss.decrypt_and_hash(message[DHLEN:DHLEN + DHLEN + 16])
+            self.ss.mix_key(_dh(self.e, self.rs))
+            h = self.ss.h
+            payload = self.ss.decrypt_and_hash(message[DHLEN + DHLEN + 16:])
+        elif step == 2 and not self.initiator:                  # -> s, se
+            assert self.e is not None
+            self.rs = self.ss.decrypt_and_hash(message[:DHLEN + 16])
+            self.ss.mix_key(_dh(self.e, self.rs))
+            h = self.ss.h
+            payload = self.ss.decrypt_and_hash(message[DHLEN + 16:])
+        else:
+            raise AssertionError(f"not our turn to read (step {step})")
+        if check is not None and self.rs is not None:
+            check(self.rs, h, payload)
+        return payload
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """(send, receive) cipher states for this side."""
+        c1, c2 = self.ss.split()
+        return (c1, c2) if self.initiator else (c2, c1)
+
+
+def identity_proof(identity: Identity, static_public: bytes) -> Callable[[bytes], bytes]:
+    """The payload of handshake messages 2 and 3: ``[ed25519 key, sig]`` over
+    ``IDENTITY_TAG || static_x25519_public || h``."""
+    return lambda h: pack([identity.public_key,
+                           identity.sign(IDENTITY_TAG + static_public + h)])
+
+
+def check_identity_proof(rs: bytes, h: bytes, payload: bytes) -> bytes:
+    """The proven Ed25519 key of a peer (raises if the proof does not verify)."""
+    key, sig = unpack(payload)
+    verify(key, sig, IDENTITY_TAG + rs + h)
+    return bytes(key)
+
+
+# -- frames and messages ------------------------------------------------------------------------
+
+HELLO, GET_MANIFEST, MANIFEST, GET_BITFIELD, BITFIELD, HAVE, REQUEST, DATA, REJECT, CANCEL, \
+    PING, PONG, GOODBYE = range(1, 14)
+NOT_HELD, CHANGED, TOO_MANY_IN_FLIGHT, BAD_INDEX, CANCELLED, INTERNAL = range(1, 7)
+PROTOCOL_VERSION = 1
+
+
+def frame(mtype: int, body: bytes) -> bytes:
+    """``length:u32 || type:u8 || body``, length = 1 + len(body)."""
+    return struct.pack(">IB", 1 + len(body), mtype) + body
+
+
+def hello(public_key: bytes, addrs: Sequence[tuple[str, int]] = (), agent: str = "hostile/1",
+          version: int = PROTOCOL_VERSION) -> bytes:
+    return frame(HELLO, pack([version, public_key, [[h, p] for h, p in addrs], agent]))
+
+
+def get_manifest(cid: bytes) -> bytes:
+    return frame(GET_MANIFEST, pack([cid]))
+
+
+def manifest(cid: bytes, data: bytes | None) -> bytes:
+    return frame(MANIFEST, pack([cid, data]))
+
+
+def get_bitfield(cid: bytes) -> bytes:
+    return frame(GET_BITFIELD, pack([cid]))
+
+
+def bitfield(cid: bytes, count: int, indexes: Sequence[int] | None = None) -> bytes:
+    """A Bitfield of ``count`` chunks with ``indexes`` set (all when None), MSB first."""
+    bits = bytearray((count + 7) // 8)
+    for i in range(count) if indexes is None else indexes:
+        bits[i // 8] |= 0x80 >> (i % 8)
+    return frame(BITFIELD, pack([cid, count, bytes(bits)]))
+
+
+def have(cid: bytes, index: int) -> bytes:
+    return frame(HAVE, pack([cid, index]))
+
+
+def request(cid: bytes, index: int) -> bytes:
+    return frame(REQUEST, pack([cid, index]))
+
+
+def data(cid: bytes, index: int, payload: bytes) -> bytes:
+    return frame(DATA, cid + struct.pack(">I", index) + payload)
+
+
+def reject(cid: bytes, index: int, reason: int) -> bytes:
+    return frame(REJECT, pack([cid, index, reason]))
+
+
+def cancel(cid: bytes, index: int) -> bytes:
+    return frame(CANCEL, pack([cid, index]))
+
+
+def ping(nonce: int) -> bytes:
+    return frame(PING, pack([nonce]))
+
+
+def pong(nonce: int) -> bytes:
+    return frame(PONG, pack([nonce]))
+
+
+def goodbye(reason: str) -> bytes:
+    return frame(GOODBYE, pack([reason]))
+
+
+@dataclass
+class Message:
+    """One received frame: its type and fields (Data: content id, index, payload)."""
+
+    type: int
+    fields: list[Any]
+
+
+def decode_body(mtype: int, body: bytes) -> Message:
+    if mtype == DATA:
+        return Message(DATA, [body[:32], struct.unpack(">I", body[32:36])[0], body[36:]])
+    return Message(mtype, list(unpack(body)))
+
+
+# -- a session over TCP ---------------------------------------------------------------------------
+
+
+class Closed(Exception):
+    """The far end closed the connection (EOF or reset)."""
+
+
+class Session:
+    """An established, authenticated connection: Hello exchanged, frames in and out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 send: CipherState, receive: CipherState, remote_key: bytes) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._send = send
+        self._receive = receive
+        self.remote_key = remote_key
+        self.remote_hello: list[Any] | None = None
+        self._plain = bytearray()
+        self.sent_frames = 0
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """``plaintext`` as transport records (``len:u16 || AES-GCM``), at most 65519 each."""
+        out = bytearray()
+        for pos in range(0, max(len(plaintext), 1), MAX_PLAINTEXT):
+            record = self._send.encrypt_with_ad(b"", plaintext[pos:pos + MAX_PLAINTEXT])
+            out += struct.pack(">H", len(record)) + record
+        return bytes(out)
+
+    def write(self, *frames: bytes) -> None:
+        """Queue frames (one byte stream, sealed into as few records as fit)."""
+        self.sent_frames += len(frames)
+        self.writer.write(self.seal(b"".join(frames)))
+
+    async def send(self, *frames: bytes) -> None:
+        self.write(*frames)
+        await self.writer.drain()
+
+    async def _record(self) -> bytes:
+        try:
+            head = await self.reader.readexactly(2)
+            body = await self.reader.readexactly(struct.unpack(">H", head)[0])
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise Closed(str(exc)) from None
+        return self._receive.decrypt_with_ad(b"", body)
+
+    async def receive(self) -> Message:
+        """The next frame (raises :class:`Closed` at EOF)."""
+        while True:
+            if len(self._plain) >= 5:
+                length, mtype = struct.unpack_from(">IB", self._plain)
+                if len(self._plain) >= 4 + length:
+                    body = bytes(self._plain[5:4 + length])
+                    del self._plain[:4 + length]
+                    return decode_body(mtype, body)
+            self._plain += await self._record()
+
+    async def until(self, mtype: int) -> Message:
+        """The next frame of ``mtype``, skipping others."""
+        while (message := await self.receive()).type != mtype:
+            pass
+        return message
+
+    async def closed(self) -> None:
+        """Return once the far end closed; frames received meanwhile are dropped."""
+        with contextlib.suppress(Closed):
+            while True:
+                await self.receive()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+def _u16_message(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+async def _read_u16_message(reader: asyncio.StreamReader) -> bytes:
+    try:
+        head = await reader.readexactly(2)
+        return await reader.readexactly(struct.unpack(">H", head)[0])
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise Closed(str(exc)) from None
+
+
+async def open_tcp(host: str, port: int, source: str | None = None
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection from ``source`` (any 127/8 address stands in for another host)."""
+    return await asyncio.open_connection(
+        host, port, local_addr=(source, 0) if source else None, limit=1 << 20)
+
+
+async def initiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   identity: Identity, listen: Sequence[tuple[str, int]] = (),
+                   hello_frame: bytes | None = None) -> Session:
+    """The dialler's side: Noise XX, identity proofs, then the Hello exchange."""
+    hs = HandshakeXX(initiator=True)
+    writer.write(_u16_message(hs.write_message(b"")))                      # -> e
+    proven: list[bytes] = []
+    hs.read_message(await _read_u16_message(reader),                       # <- e, ee, s, es
+                    lambda rs, h, p: proven.append(check_identity_proof(rs, h, p)))
+    writer.write(_u16_message(hs.write_message(identity_proof(identity, hs.s_pub))))  # -> s, se
+    send, receive = hs.split()
+    session = Session(reader, writer, send, receive, proven[0])
+    await session.send(hello_frame or hello(identity.public_key, listen))
+    first = await session.receive()
+    assert first.type == HELLO, f"first frame is type {first.type}, not Hello"
+    session.remote_hello = first.fields
+    return session
+
+
+async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  identity: Identity, listen: Sequence[tuple[str, int]] = ()) -> Session:
+    """The listener's side of :func:`initiate`."""
+    hs = HandshakeXX(initiator=False)
+    hs.read_message(await _read_u16_message(reader))                       # -> e
+    writer.write(_u16_message(hs.write_message(identity_proof(identity, hs.s_pub))))
+    proven: list[bytes] = []
+    hs.read_message(await _read_u16_message(reader),                       # -> s, se
+                    lambda rs, h, p: proven.append(check_identity_proof(rs, h, p)))
+    send, receive = hs.split()
+    session = Session(reader, writer, send, receive, proven[0])
+    await session.send(hello(identity.public_key, listen))
+    first = await session.receive()
+    assert first.type == HELLO, f"first frame is type {first.type}, not Hello"
+    session.remote_hello = first.fields
+    return session
+
+
+async def dial(host: str, port: int, identity: Identity | None = None, *,
+               source: str | None = None, listen: Sequence[tuple[str, int]] = (),
+               hello_frame: bytes | None = None) -> Session:
+    """Connect, handshake and exchange Hellos as a fresh (or the given) identity."""
+    reader, writer = await open_tcp(host, port, source)
+    try:
+        return await initiate(reader, writer, identity or Identity(), listen, hello_frame)
+    except BaseException:
+        writer.transport.abort()
+        raise
+
+
+def first_handshake_message() -> bytes:
+    """``-> e`` of a handshake nobody finishes (an ephemeral key and an empty payload)."""
+    hs = HandshakeXX(initiator=True)
+    return _u16_message(hs.write_message(b""))
+
+
+# -- a listener for attacker servers -----------------------------------------------------------------
+
+SessionHandler = Callable[[Session], Any]
+
+
+class Listener:
+    """A TCP listener that completes the handshake as ``identity`` and hands each session to
+    ``handler``; it counts the connections that arrived (``accepted``)."""
+
+    def __init__(self, identity: Identity | None, handler: SessionHandler | None) -> None:
+        self.identity = identity
+        self.handler = handler
+        self.accepted = 0
+        self.sessions: list[Session] = []
+        self.arrived = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.errors: list[BaseException] = []
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        return host, self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.arrived.set()
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if self.identity is None or self.handler is None:
+                with contextlib.suppress(ConnectionError):
+                    await reader.read()  # only counting: hold the connection until it ends
+                return
+            session = await respond(reader, writer, self.identity)
+            self.sessions.append(session)
+            await self.handler(session)
+        except (Closed, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception as exc:  # recorded for the test to report; the connection ends
+            self.errors.append(exc)
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+
+# -- the DHT --------------------------------------------------------------------------------------
+
+DHT_REQUEST, DHT_RESPONSE = 0x10, 0x11
+NODE_ID_CONTEXT = "p2p 2026-11 dht node id v1"
+DISCOVERY_CONTEXT = "p2p 2026-11 dht discovery key v1"
+IDENTIFY_TAG = b"p2p-dht-identify-v1\x00"
+PROVIDER_TAG = b"p2p-dht-provider-v1\x00"
+PROVIDER_TTL = 3 * 3600
+CLOCK_SKEW = 600
+PUT_OK, PUT_INVALID, PUT_STALE, PUT_FULL = range(4)
+
+
+def node_id_for(public_key: bytes) -> bytes:
+    return blake3.blake3(public_key, derive_key_context=NODE_ID_CONTEXT).digest(20)
+
+
+def discovery_key(cid: bytes) -> bytes:
+    return blake3.blake3(cid, derive_key_context=DISCOVERY_CONTEXT).digest(20)
+
+
+def provider_record(identity: Identity, key: bytes, addrs: Sequence[tuple[str, int]],
+                    expires: int) -> bytes:
+    """``pack([1, author, [[ip, port], ...], expires, sig])``; the signature covers
+    ``PROVIDER_TAG + key + pack([author, [[ip, port], ...], expires])``."""
+    body = [identity.public_key, [[h, p] for h, p in addrs], expires]
+    return pack([1, *body, identity.sign(PROVIDER_TAG + key + pack(body))])
+
+
+def latest_provider_expiry(now: float | None = None) -> int:
+    """The latest expiry a node accepts (``now + TTL + 600 s``), less a minute of slack."""
+    return int(now if now is not None else time.time()) + PROVIDER_TTL + CLOCK_SKEW - 60
+
+
+def read_provider(raw: bytes, key: bytes) -> tuple[bytes, list[tuple[str, int]]]:
+    """(author, addresses) of a provider record; raises unless its signature verifies."""
+    kind, author, addrs, expires, sig = unpack(raw)
+    assert kind == 1
+    verify(author, sig, PROVIDER_TAG + key + pack([author, addrs, expires]))
+    return author, [(h, p) for h, p in addrs]
+
+
+def identify_answer(identity: Identity, nonce: bytes, requester_id: bytes,
+                    observed: tuple[str, int]) -> list[Any]:
+    """``[pubkey, sig, observed_ip, observed_port]``, signed as the document says (any
+    observed address: it is the responder's word)."""
+    message = IDENTIFY_TAG + nonce + identity.node_id + requester_id + pack(list(observed))
+    return [identity.public_key, identity.sign(message), observed[0], observed[1]]
+
+
+@dataclass
+class Traffic:
+    """Bytes and datagrams exchanged with one address."""
+
+    sent: int = 0
+    received: int = 0
+    datagrams_in: int = 0
+    requests_in: list[str] = field(default_factory=list)
+
+
+class DHTSocket(asyncio.DatagramProtocol):
+    """A UDP socket speaking the DHT datagram format from one source address.
+
+    :meth:`request` sends an RPC and awaits its answer; incoming requests go to
+    ``answer`` (name, args, source) and are answered with its result, or not at all
+    when it returns None (an unproven source that never answers ``identify``). Every
+    byte in and out is counted per remote address in :attr:`traffic`.
+    """
+
+    def __init__(self, identity: Identity | None = None,
+                 answer: Callable[[str, list[Any], tuple[str, int]], Any] | None = None) -> None:
+        self.identity = identity or Identity()
+        self.answer = answer
+        self.transport: asyncio.DatagramTransport | None = None
+        self.traffic: dict[tuple[str, int], Traffic] = {}
+        self.replies: list[tuple[str, int, int]] = []
+        """(rpc name, request bytes, reply bytes) of every answered request."""
+        self._pending: dict[bytes, tuple[asyncio.Future[Any], tuple[str, int], str, int]] = {}
+
+    @classmethod
+    async def open(cls, source: str = "127.0.0.1", **kwargs: Any) -> DHTSocket:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(lambda: cls(**kwargs),
+                                                       local_addr=(source, 0))
+        return proto
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def _traffic(self, addr: tuple[str, int]) -> Traffic:
+        return self.traffic.setdefault(addr, Traffic())
+
+    def sendto(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self._traffic(addr).sent += len(datagram)
+        self.transport.sendto(datagram, addr)
+
+    def datagram_received(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        addr = (addr[0], addr[1])
+        t = self._traffic(addr)
+        t.received += len(datagram)
+        t.datagrams_in += 1
+        if len(datagram) < 22:
+            return
+        kind, msg_id, payload = datagram[0], datagram[1:21], datagram[21:]
+        if kind == DHT_RESPONSE:
+            pending = self._pending.pop(msg_id, None)
+            if pending is not None and pending[1] == addr and not pending[0].done():
+                self.replies.append((pending[2], pending[3], len(datagram)))
+                pending[0].set_result(unpack(payload))
+        elif kind == DHT_REQUEST:
+            name, args = unpack(payload)
+            t.requests_in.append(name)
+            if self.answer is not None:
+                result = self.answer(name, args, addr)
+                if result is not None:
+                    self.sendto(bytes([DHT_RESPONSE]) + msg_id + pack(result), addr)
+
+    def send_request(self, addr: tuple[str, int], name: str, *args: Any,
+                     payload: bytes | None = None) -> asyncio.Future[Any]:
+        """Send one request (``payload`` replaces the canonical one); a future for its answer."""
+        msg_id = os.urandom(20)
+        body = payload if payload is not None else pack([name, [self.identity.node_id, *args]])
+        datagram = bytes([DHT_REQUEST]) + msg_id + body
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = (future, addr, name, len(datagram))
+        self.sendto(datagram, addr)
+        return future
+
+    async def request(self, addr: tuple[str, int], name: str, *args: Any,
+                      timeout: float = 2.0, payload: bytes | None = None) -> Any:
+        """An RPC's answer; raises TimeoutError when none comes in ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            return await self.send_request(addr, name, *args, payload=payload)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def fake_node_answers(identity: Identity, observed: Callable[[tuple[str, int]], tuple[str, int]]
+                      ) -> Callable[[str, list[Any], tuple[str, int]], Any]:
+    """Answers for a fake DHT node: ``identify`` names ``observed(source)`` as the address it
+    saw, ``ping`` gives its id, ``find_node`` and ``get`` know nobody, ``put`` is refused."""
+
+    def answer(name: str, args: list[Any], source: tuple[str, int]) -> Any:
+        match name:
+            case "identify":
+                return identify_answer(identity, args[1], args[0], observed(source))
+            case "ping":
+                return identity.node_id
+            case "find_node":
+                return []
+            case "get":
+                return [[], []]
+            case "put":
+                return PUT_FULL
+        return None
+
+    return answer
+
+
+# -- small helpers -----------------------------------------------------------------------------------
+
+
+def loopback_source(network: int, host: int = 1) -> str:
+    """An address of 127/8 in a /24 of its own: ``127.N.0.host`` for N in 1..254."""
+    assert 1 <= network <= 254
+    return f"127.{network}.0.{host}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for listeners a test names in a Hello)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
