@@ -28,6 +28,7 @@ from kademlia.crawling import SpiderCrawl
 
 from ..errors import IntegrityError, NetworkError, RemoteProtocolError
 from .errors import RPCTimeout
+from .records import SignedRecord
 
 Query = Callable[[Any], Coroutine[Any, Any, list[Any]]]
 """Ask one node; return the contacts it named (records are collected by the caller's closure)."""
@@ -275,3 +276,74 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
 
     async def _nodes_found(self, responses: Any) -> Any:  # pragma: no cover - replaced by _find
         raise NotImplementedError
+
+
+PROVIDER_SOURCES = 6
+"""Nodes whose ``get`` replies a provider lookup merges before any one of them may fill the
+result: twice alpha, so one lying or flooded node among the first answers cannot decide what
+a download sees. Until that many replied, each contributes at most ``limit // 6`` providers
+(at least one); the rest wait and are yielded once that many answered or the walk ended."""
+
+
+class ProviderMerge:
+    """Provider records from several nodes' replies, merged one per author, fairly.
+
+    Pure: no I/O. :meth:`offer` takes one reply (or the records held locally) and returns
+    what may be yielded now; :meth:`finish` returns what is still held back when the walk
+    ends. Nothing beyond ``limit`` authors is ever returned.
+    """
+
+    def __init__(self, limit: int, sources: int = PROVIDER_SOURCES) -> None:
+        self.limit = limit
+        self.sources = sources
+        self.share = max(1, limit // sources)
+        """Providers one reply may contribute until :attr:`sources` replies were merged."""
+        self.replies = 0
+        """Replies (and local holdings) offered so far."""
+        self._yielded: set[bytes] = set()
+        self._waiting: dict[bytes, SignedRecord] = {}
+
+    @property
+    def full(self) -> bool:
+        """Whether ``limit`` authors were returned: the walk may stop."""
+        return len(self._yielded) >= self.limit
+
+    @property
+    def open(self) -> bool:
+        """Whether enough replies were merged for the per-reply share to lift."""
+        return self.replies >= self.sources
+
+    def offer(self, records: Iterable[SignedRecord]) -> list[SignedRecord]:
+        """One node's reply (verified records, best first); returns the records to yield
+        now, each author once over the whole lookup."""
+        self.replies += 1
+        out: list[SignedRecord] = []
+        taken = 0
+        for signed in records:
+            author = signed.author
+            if self.full:
+                return out
+            if author in self._yielded:
+                continue
+            if self.open or taken < self.share:
+                self._waiting.pop(author, None)
+                out.append(signed)
+                taken += 1
+                self._yielded.add(author)
+            else:
+                self._waiting.setdefault(author, signed)
+        if self.open:
+            out.extend(self.finish())
+        return out
+
+    def finish(self) -> list[SignedRecord]:
+        """The records held back (first come, first returned), up to ``limit`` in all."""
+        out: list[SignedRecord] = []
+        while self._waiting and not self.full:
+            author, signed = next(iter(self._waiting.items()))
+            del self._waiting[author]
+            self._yielded.add(author)
+            out.append(signed)
+        if self.full:
+            self._waiting.clear()
+        return out

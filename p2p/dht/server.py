@@ -28,7 +28,7 @@ from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import NoContacts, StaleSequence, StateFileError
-from .lookup import Lookup, RoundTrips, Unreachable
+from .lookup import Lookup, ProviderMerge, RoundTrips, Unreachable
 from .protocol import P2PProtocol
 from .records import (
     KIND_CHANNEL,
@@ -457,16 +457,21 @@ class DHT:
             raise NetworkError("no DHT node answered the lookup")
         return lookup.closest
 
-    async def _records_walk(self, kind: int, key: bytes, accept: Callable[[SignedRecord], None],
+    async def _records_walk(self, kind: int, key: bytes,
+                            accept: Callable[[list[SignedRecord]], None],
                             done: Callable[[], bool] | None = None) -> Lookup:
+        """Walk to the k closest nodes of ``key`` asking each for records of ``kind``;
+        ``accept`` gets each answering node's valid records as one list (possibly empty)."""
         async def query(node: Any) -> list[Any]:
             raws, contacts = await self._protocol.call_get(node, kind, key)
             now = self._wall()
+            valid = []
             for raw in raws:
                 try:
-                    accept(decode_record(raw, key, now, self._verify_cache, kind))
+                    valid.append(decode_record(raw, key, now, self._verify_cache, kind))
                 except (RemoteProtocolError, IntegrityError):
                     self._protocol.counters.rejected["invalid_record_read"] += 1
+            accept(valid)
             return contacts
 
         return await self._walk(key, query, done)
@@ -551,31 +556,43 @@ class DHT:
     async def iter_providers(self, content_id: bytes, limit: int = 64) -> AsyncIterator[ProviderRecord]:
         """Yield providers of ``content_id`` as the lookup finds them, each peer once.
 
+        The walk asks the k closest nodes of the key and merges their replies (and what
+        this node holds) with a :class:`~p2p.dht.lookup.ProviderMerge`: until
+        :data:`~p2p.dht.lookup.PROVIDER_SOURCES` of them answered, one reply contributes at
+        most ``limit // PROVIDER_SOURCES`` providers (the rest follow later), so no single
+        node, flooded or lying, fills the result. It stops early only once ``limit``
+        providers were yielded.
+
         Raises :class:`NetworkError` if no node could be asked and none is held locally.
         """
         if limit < 1:
             raise BadInput("limit must be >= 1")
         dkey = discovery_key(content_id)
-        seen: set[bytes] = set()
+        merge = ProviderMerge(limit)
         queue: asyncio.Queue[ProviderRecord | None] = asyncio.Queue()
-        for held in self._records.providers(dkey, self._wall(), limit):
-            seen.add(held.author)
-            yield held.record  # type: ignore[misc]
-        if len(seen) >= limit:
-            return
 
-        def accept(signed: SignedRecord) -> None:
-            if signed.author not in seen and len(seen) < limit:
-                seen.add(signed.author)
-                queue.put_nowait(signed.record)  # type: ignore[arg-type]
+        def accept(found: list[SignedRecord]) -> None:
+            for signed in merge.offer(found):
+                queue.put_nowait(_provider(signed))
+
+        held = self._records.providers(dkey, self._wall(), limit)
+        if held:
+            accept(held)
+            while not queue.empty():
+                item = queue.get_nowait()
+                assert item is not None
+                yield item
+        if merge.full:
+            return
 
         async def walk() -> Lookup | None:
             try:
-                return await self._records_walk(KIND_PROVIDER, dkey, accept,
-                                                lambda: len(seen) >= limit)
+                return await self._records_walk(KIND_PROVIDER, dkey, accept, lambda: merge.full)
             except NoContacts:
                 return None  # reported below, unless a provider was held locally
             finally:
+                for signed in merge.finish():
+                    queue.put_nowait(_provider(signed))
                 queue.put_nowait(None)
 
         task = self._spawn(walk(), "provider lookup")
@@ -583,7 +600,7 @@ class DHT:
             while (item := await queue.get()) is not None:
                 yield item
             lookup = task.result()
-            if (lookup is None or not lookup.answered) and not seen:
+            if (lookup is None or not lookup.answered) and not held:
                 raise NetworkError("no DHT node answered the provider lookup")
         finally:
             if not task.done():
@@ -633,8 +650,8 @@ class DHT:
         if held is not None:
             best.append(held)
 
-        def accept(signed: SignedRecord) -> None:
-            best.append(signed)
+        def accept(found: list[SignedRecord]) -> None:
+            best.extend(found)
 
         with contextlib.suppress(NoContacts):
             await self._records_walk(KIND_PEER, key, accept)
@@ -680,8 +697,8 @@ class DHT:
         if held is not None:
             found.append(held.record)  # type: ignore[arg-type]
 
-        def accept(signed: SignedRecord) -> None:
-            found.append(signed.record)  # type: ignore[arg-type]
+        def accept(records: list[SignedRecord]) -> None:
+            found.extend(r.record for r in records)  # type: ignore[misc]
 
         with contextlib.suppress(NoContacts):
             await self._records_walk(KIND_CHANNEL, key, accept)
@@ -809,6 +826,12 @@ class DHT:
                 await self.announce_peer(self._peer_addresses)
             except NetworkError as exc:
                 log.warning("DHT: peer record re-announce failed: %s", exc)
+
+
+def _provider(signed: SignedRecord) -> ProviderRecord:
+    rec = signed.record
+    assert isinstance(rec, ProviderRecord)
+    return rec
 
 
 def _is_loopback(host: str) -> bool:
