@@ -20,7 +20,17 @@ from typing import Any
 
 from testbed import MiB, make_file, node_config
 
-__all__ = ["CliResult", "MiB", "cli", "cli_process", "fetch_args", "make_file", "node_config"]
+__all__ = [
+    "CliResult",
+    "MiB",
+    "address",
+    "cli",
+    "cli_process",
+    "fetch_args",
+    "make_file",
+    "node_config",
+    "share_args",
+]
 
 
 def clean_env() -> dict[str, str]:
@@ -111,3 +121,17 @@ def fetch_args(state: Path, target: str, dest: Path, peers: Sequence[tuple[str, 
     for host, port in bootstrap:
         args += ["--bootstrap", f"{host}:{port}"]
     return args
+
+
+def share_args(state: Path, source: Path, bootstrap: Sequence[tuple[str, int]] = ()) -> list[str]:
+    """``share SOURCE --json`` from state dir ``state`` on 127.0.0.1, any port."""
+    args = ["share", str(source), "--json", "--state-dir", str(state), "--listen", "127.0.0.1:0"]
+    for host, port in bootstrap:
+        args += ["--bootstrap", f"{host}:{port}"]
+    return args
+
+
+def address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a tuple."""
+    host, _, port = text.rpartition(":")
+    return host, int(port)

@@ -862,3 +862,274 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# -- attackers ---------------------------------------------------------------------------------------
+
+FLOOD_NONCE = 1 << 40
+"""Ping nonces of a flood start here (apart from any other Ping on the connection)."""
+
+
+class Flood:
+    """Sends ``frames(i)`` in batches as fast as the far end takes them, a Ping after each
+    batch: a Pong proves the far end processed every frame before that Ping (it answers in
+    order), so :attr:`acked` counts the frames it handled, not the ones still in buffers.
+
+    Runs until the far end closes the connection (:attr:`dropped`) or ``limit`` frames are
+    acknowledged (then it stops flooding and only answers, via ``on_message``).
+    """
+
+    def __init__(self, session: Session, frames: Callable[[int], bytes], *, batch: int = 200,
+                 window: int = 4, limit: int = 10**9,
+                 on_message: Callable[[Session, Message], None] | None = None) -> None:
+        self.session = session
+        self.frames = frames
+        self.batch = batch
+        self.limit = limit
+        self.on_message = on_message
+        self.sent = 0
+        self.acked = 0
+        self.dropped = asyncio.Event()
+        self.stopped_at_limit = False
+        self._window = asyncio.Semaphore(window)
+        self._ping_at: dict[int, int] = {}
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.session.receive()
+                if message.type == PONG and message.fields[0] in self._ping_at:
+                    self.acked = max(self.acked, self._ping_at.pop(message.fields[0]))
+                    self._window.release()
+                elif message.type == PING:
+                    self.session.write(pong(message.fields[0]))
+                elif self.on_message is not None:
+                    self.on_message(self.session, message)
+        except (Closed, ConnectionError):
+            pass
+        finally:
+            self.dropped.set()
+
+    async def _write(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while self.acked < self.limit and not self.dropped.is_set():
+                await self._window.acquire()
+                if self.dropped.is_set():
+                    return
+                out = [self.frames(self.sent + i) for i in range(self.batch)]
+                self.sent += self.batch + 1
+                nonce = FLOOD_NONCE + self.sent
+                self._ping_at[nonce] = self.sent
+                await self.session.send(*out, ping(nonce))
+            self.stopped_at_limit = not self.dropped.is_set()
+
+    async def run(self) -> None:
+        """Flood until dropped or past ``limit``; then keep answering until dropped."""
+        reader = asyncio.create_task(self._read())
+        try:
+            await self._write()
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+
+class Provider:
+    """Serves one file's content as a provider whose manifest it signed itself.
+
+    ``mode``: ``"honest"`` serves the real chunks, ``"bad"`` serves garbage of the right
+    size, ``"silent"`` never answers a Request. ``held`` chunks are claimed (all when None).
+    Requests seen per session are counted in :attr:`requests`.
+    """
+
+    def __init__(self, content: FileContent, identity: Identity, mode: str = "honest",
+                 held: Sequence[int] | None = None) -> None:
+        self.content = content
+        self.identity = identity
+        self.mode = mode
+        self.held = held
+        self.manifest = content.manifest(identity)
+        self.requests: list[int] = []
+        self.asked_manifest = asyncio.Event()
+
+    def answer(self, session: Session, message: Message) -> None:
+        cid = self.content.content_id
+        match message.type:
+            case 2:  # GetManifest
+                self.asked_manifest.set()
+                session.write(manifest(message.fields[0],
+                                       self.manifest if message.fields[0] == cid else None))
+            case 4:  # GetBitfield
+                if message.fields[0] == cid:
+                    session.write(bitfield(cid, self.content.count, self.held))
+                else:
+                    session.write(bitfield(message.fields[0], 0, []))
+            case 7:  # Request
+                index = message.fields[1]
+                self.requests.append(index)
+                if self.mode == "silent":
+                    return
+                if self.held is not None and index not in self.held:
+                    session.write(reject(cid, index, NOT_HELD))
+                elif self.mode == "bad":
+                    session.write(data(cid, index, os.urandom(len(self.content.chunk(index)))))
+                else:
+                    session.write(data(cid, index, self.content.chunk(index)))
+            case 11:  # Ping
+                session.write(pong(message.fields[0]))
+
+    async def __call__(self, session: Session) -> None:
+        """Listener handler: answer until the far end closes."""
+        while True:
+            self.answer(session, await session.receive())
+            await session.writer.drain()
+
+
+class FloodingProvider(Provider):
+    """A provider (it holds chunk 0 and serves it) that floods every downloader dialling it
+    with messages that change nothing: Have for a chunk it already announced and for
+    chunks past the last, Reject for chunks nobody asked it for, and its Bitfield again.
+
+    :attr:`floods` holds one :class:`Flood` per session; :attr:`requests_after_drop`
+    counts requests on sessions opened after the first flood was dropped (a banned
+    flooder gets none).
+    """
+
+    def __init__(self, content: FileContent, identity: Identity | None = None,
+                 limit: int = 10**9) -> None:
+        super().__init__(content, identity or Identity(), held=[0])
+        self.limit = limit
+        self.floods: list[Flood] = []
+        self.first_drop = asyncio.Event()
+        self.requests_after_drop = 0
+        self.connected = asyncio.Event()
+
+    def flood_frame(self, i: int) -> bytes:
+        cid, count = self.content.content_id, self.content.count
+        match i % 4:
+            case 0:
+                return have(cid, 0)                        # already known
+            case 1:
+                return have(cid, count + i % 1000)         # past the last chunk
+            case 2:
+                return reject(cid, 1 + i % (count - 1), NOT_HELD)  # never requested from us
+            case _:
+                return bitfield(cid, count, self.held)     # the same bitfield again
+
+    async def __call__(self, session: Session) -> None:
+        after_drop = self.first_drop.is_set()
+
+        def on_message(s: Session, message: Message) -> None:
+            if after_drop and message.type in (GET_MANIFEST, GET_BITFIELD, REQUEST):
+                self.requests_after_drop += 1
+            self.answer(s, message)
+
+        # Answer the opening GetManifest and GetBitfield first: then every later
+        # Bitfield is a repeat and every Have of chunk 0 old news.
+        while (first := await session.receive()).type != GET_BITFIELD:
+            on_message(session, first)
+        on_message(session, first)
+        flood = Flood(session, self.flood_frame, limit=self.limit, on_message=on_message)
+        self.floods.append(flood)
+        self.connected.set()
+        try:
+            await flood.run()
+        finally:
+            if flood.acked < self.limit:
+                self.first_drop.set()
+
+
+def server_flood_frame(cid: bytes) -> Callable[[int], bytes]:
+    """Pings, Cancels of nothing and GetBitfields, for a flood of a chunk server."""
+
+    def make(i: int) -> bytes:
+        match i % 3:
+            case 0:
+                return ping(i)
+            case 1:
+                return cancel(cid, i % 1000)
+            case _:
+                return get_bitfield(cid)
+
+    return make
+
+
+class SlotHolder:
+    """Holds connections to a chunk server from many source addresses, re-opening each one
+    as it is dropped: ``half_open`` per source that only connect (every other one also sends
+    ``-> e``), ``idle`` per source that finish the handshake and Hello and then stay silent.
+
+    A refused or evicted connection is re-opened after ``pause`` seconds (the attacker's
+    own pacing, so that it does not spin on one core of the machine it shares).
+    """
+
+    def __init__(self, target: tuple[str, int], sources: Sequence[str], half_open: int,
+                 idle: int, pause: float = 0.05) -> None:
+        self.target = target
+        self.sources = list(sources)
+        self.half_open = half_open
+        self.idle = idle
+        self.pause = pause
+        self.open_now = 0
+        self.opened = 0
+        self.dropped = 0
+        self.sessions = 0
+        self._started: set[int] = set()
+        self.all_started = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def slots(self) -> int:
+        return len(self.sources) * (self.half_open + self.idle)
+
+    def start(self) -> None:
+        n = 0
+        for source in self.sources:
+            for i in range(self.half_open):
+                self._tasks.append(asyncio.create_task(self._hold(n, source, "e" if i % 2 else "")))
+                n += 1
+            for _ in range(self.idle):
+                self._tasks.append(asyncio.create_task(self._hold(n, source, "session")))
+                n += 1
+
+    async def _once(self, slot: int, source: str, kind: str) -> None:
+        reader, writer = await open_tcp(*self.target, source=source)
+        self.opened += 1
+        self.open_now += 1
+        try:
+            if kind == "e":
+                writer.write(first_handshake_message())
+            elif kind == "session":
+                await initiate(reader, writer, Identity())
+                self.sessions += 1
+            self._mark(slot)
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+        finally:
+            self.open_now -= 1
+            self.dropped += 1
+            writer.transport.abort()
+
+    def _mark(self, slot: int) -> None:
+        self._started.add(slot)
+        if len(self._started) == self.slots:
+            self.all_started.set()
+
+    async def _hold(self, slot: int, source: str, kind: str) -> None:
+        while not self._stopping:
+            try:
+                await self._once(slot, source, kind)
+            except Exception:  # the attacker's edge: refused, evicted, reset, bad tag
+                self._mark(slot)  # it tried: the slot counts as started
+            await asyncio.sleep(self.pause)
+
+    async def aclose(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
