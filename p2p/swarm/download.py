@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bitfield import bit_indexes, bit_set, full_bitfield
+from ..bitfield import bit_get, bit_indexes, bit_set, full_bitfield
 from ..content import ContentId, Manifest
 from ..errors import (
     DiskFull,
@@ -56,6 +56,7 @@ from ..identity import PeerId
 from ..store import PartialDownload, Store
 from ..tasks import TaskOwner
 from ..wire import messages as msg
+from ..wire.budget import FLOOD_BAN, Budget
 from ..wire.errors import ClosedByUs, ConnectionLost
 from .scheduler import REQUEST_TIMEOUT, Scheduler
 
@@ -110,7 +111,14 @@ class _Peer:
     outbox: asyncio.Queue[msg.Message]
     address: Address
     """The address we dialled."""
-    bitfield: tuple[int, bytes] | None = None
+    budget: Budget
+    """What it may still spend on messages that change nothing (then it is dropped and banned)."""
+    bitfield: tuple[int, bytearray] | None = None
+    """Its Bitfield, and the Haves since, while the transfer has not started."""
+    manifest_answered: bool = False
+    """It answered our one GetManifest: another Manifest from it changes nothing."""
+    bitfield_answered: bool = False
+    """It answered our one GetBitfield: another Bitfield from it changes nothing."""
 
 
 class Download:
@@ -182,6 +190,8 @@ class Download:
         self._next_progress = math.inf
         self._next_commit = math.inf
         """Earliest start of the next progress record (one is started only if there is news)."""
+        self._update_pending = False
+        """A scheduling pass is queued on the loop (:meth:`_update_soon`)."""
         self._commit: asyncio.Future[int] | None = None
         self._recorded = 0
         """:attr:`fetched_this_run` when the last progress record started."""
@@ -460,7 +470,7 @@ class Download:
             return
         # Registered here, not in the peer's task: there is no moment between the dial and
         # the peer's task in which the download has neither a peer nor a dial.
-        state = _Peer(conn, remote, asyncio.Queue(), addr)
+        state = _Peer(conn, remote, asyncio.Queue(), addr, Budget(self._clock()))
         self._peers[remote] = state
         self._connected_addrs.add(addr)
         self._alone_since = None
@@ -539,35 +549,72 @@ class Download:
         self.events.publish(PeerDropped(peer, reason))
 
     def _handle(self, state: _Peer, message: msg.Message) -> None:
+        """One message from a peer: O(1) work (a bitfield's is its size, once), and the
+        scheduler runs only when the message changed something. A message that changed
+        nothing is charged to the peer's budget; overdrawn, the peer is banned."""
+        if not self._changed_something(state, message) and not state.budget.spend(self._clock()):
+            self._ban(state.peer, state.budget.reason(), duration=FLOOD_BAN)
+
+    def _changed_something(self, state: _Peer, message: msg.Message) -> bool:
+        cid = self.content_id.digest
         match message:
-            case msg.Manifest(content_id=cid, data=data) if cid == self.content_id.digest:
+            case msg.Data(content_id=c, index=index, payload=payload) if c == cid:
+                return self._spawn_data(state, index, payload)
+            case msg.Have(content_id=c, index=index) if c == cid:
+                return self._on_have_message(state, index)
+            case msg.Reject(content_id=c, index=index, reason=reason) if c == cid:
+                scheduler = self.scheduler
+                busy = reason == msg.RejectReason.TOO_MANY_IN_FLIGHT
+                if scheduler is None or not scheduler.on_reject(state.peer, index, self._clock(), busy=busy):
+                    return False
+                self._update_soon()
+                return True
+            case msg.Bitfield(content_id=c, chunk_count=count, bits=bits) if c == cid:
+                if state.bitfield_answered:
+                    return False
+                state.bitfield_answered = True
+                state.bitfield = (count, bytearray(bits))
+                self._apply_bitfield(state)
+                return True
+            case msg.Manifest(content_id=c, data=data) if c == cid:
+                if state.manifest_answered:
+                    return False
+                state.manifest_answered = True
                 if data is not None and self.manifest is None:
                     self._accept_manifest(state, data)
-            case msg.Bitfield(content_id=cid, chunk_count=count, bits=bits) if cid == self.content_id.digest:
-                state.bitfield = (count, bits)
-                self._apply_bitfield(state)
-            case msg.Have(content_id=cid, index=index) if cid == self.content_id.digest:
-                if self.scheduler is not None:
-                    self.scheduler.add_have(state.peer, index)
-                    self._update()
-                elif state.bitfield is not None:
-                    count, bits = state.bitfield
-                    if 0 <= index < count:
-                        b = bytearray(bits)
-                        bit_set(b, index)
-                        state.bitfield = (count, bytes(b))
-            case msg.Data(content_id=cid, index=index, payload=payload) if cid == self.content_id.digest:
-                self._spawn_data(state, index, payload)
-            case msg.Reject(content_id=cid, index=index, reason=reason) if cid == self.content_id.digest:
-                if self.scheduler is not None:
-                    busy = reason == msg.RejectReason.TOO_MANY_IN_FLIGHT
-                    self.scheduler.on_reject(state.peer, index, self._clock(), busy=busy)
-                    self._update()
+                return True
             case msg.Ping(nonce=nonce):
                 # Not queued: a peer that pings but never reads must not grow our memory.
                 state.conn.send_nowait(msg.Pong(nonce))
+                return False
             case _:
-                pass  # other content ids, Pong, Hello repeats: nothing to do
+                return False  # other content ids, Pong, Hello repeats: nothing to do
+
+    def _on_have_message(self, state: _Peer, index: int) -> bool:
+        if self.scheduler is not None:
+            if not self.scheduler.add_have(state.peer, index):
+                return False
+            self._update_soon()
+            return True
+        if state.bitfield is None:
+            return False  # a Have before its Bitfield: the Bitfield says it all
+        count, bits = state.bitfield
+        if not 0 <= index < count or bit_get(bits, index):
+            return False
+        bit_set(bits, index)
+        return True
+
+    def _update_soon(self) -> None:
+        """Plan once the messages at hand are handled, not once per message: a burst of
+        Haves or Rejects costs one scheduling pass per loop turn."""
+        if not self._update_pending:
+            self._update_pending = True
+            self._loop.call_soon(self._deferred_update)
+
+    def _deferred_update(self) -> None:
+        self._update_pending = False
+        if not self._tasks.closed:
+            self._update()
 
     def _accept_manifest(self, state: _Peer, data: bytes) -> None:
         try:
@@ -637,15 +684,17 @@ class Download:
 
     # -- chunks ------------------------------------------------------------------------
 
-    def _spawn_data(self, state: _Peer, index: int, payload: Any) -> None:
+    def _spawn_data(self, state: _Peer, index: int, payload: Any) -> bool:
+        """Check and write a chunk we asked ``state`` for; False (nothing done) for any other."""
         scheduler = self.scheduler
         if scheduler is None or state.peer not in scheduler.peers or \
                 index not in scheduler.peers[state.peer].inflight:
-            return  # unrequested or cancelled: ignore
+            return False  # unrequested or cancelled: ignore
         if (state.peer, index) in self._checking:
-            return  # a second copy for one request: it costs a hash, so it is not looked at
+            return False  # a second copy for one request: it costs a hash, so it is not looked at
         self._checking.add((state.peer, index))
         self._spawn(self._on_data(state, index, payload), f"chunk {index}")
+        return True
 
     async def _on_data(self, state: _Peer, index: int, payload: Any) -> None:
         partial, scheduler = self.partial, self.scheduler
@@ -695,8 +744,8 @@ class Download:
             partial.write_chunk(index, payload)
         return True
 
-    def _ban(self, peer: PeerId, reason: str) -> None:
-        self.store.ban(peer, reason)
+    def _ban(self, peer: PeerId, reason: str, duration: float | None = None) -> None:
+        self.store.ban(peer, reason, duration)
         self.events.publish(PeerBanned(peer, reason))
         state = self._peers.get(peer)
         self._drop(peer, f"banned: {reason}")

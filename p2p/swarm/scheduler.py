@@ -175,11 +175,12 @@ class Scheduler:
                     self._availability[index] += 1
         self._order_dirty = True
 
-    def add_have(self, peer: Peer, index: int) -> None:
-        """The peer got one more chunk."""
+    def add_have(self, peer: Peer, index: int) -> bool:
+        """The peer got one more chunk. Returns whether that was news (False for a chunk
+        it was known to have, past the last chunk, or from a peer not added)."""
         state = self.peers.get(peer)
         if state is None or state.seeder or not 0 <= index < self.chunk_count or index in state.bits:
-            return
+            return False
         state.bits.add(index)
         self._availability[index] += 1
         if len(state.bits) == self.chunk_count:
@@ -189,6 +190,7 @@ class Scheduler:
             state.seeder = True
             self._seeders += 1
         self._order_dirty = True
+        return True
 
     # -- planning ----------------------------------------------------------------------
 
@@ -326,11 +328,14 @@ class Scheduler:
             self.peers[p].inflight.pop(index, None)
         return DataOutcome(True, cancel=others)
 
-    def on_reject(self, peer: Peer, index: int, now: float, *, busy: bool = False) -> None:
-        """``peer`` refused a request: it does not have the chunk, or (``busy``) too many are in flight."""
+    def on_reject(self, peer: Peer, index: int, now: float, *, busy: bool = False) -> bool:
+        """``peer`` refused a request: it does not have the chunk, or (``busy``) too many are in flight.
+
+        Returns whether the request was in flight; a Reject of anything else changes nothing.
+        """
         state = self.peers.get(peer)
-        if state is None:
-            return
+        if state is None or index not in state.inflight:
+            return False
         self._unrequest(peer, index)
         if busy:
             state.choked_until = now + BUSY_BACKOFF
@@ -345,6 +350,7 @@ class Scheduler:
                 state.bits.discard(index)
                 self._availability[index] -= 1
             self._order_dirty = True
+        return True
 
     def expire(self, now: float, timeout: float = REQUEST_TIMEOUT) -> list[tuple[Peer, int]]:
         """Requests older than ``timeout``: released (to be asked elsewhere) and returned for cancelling."""

@@ -42,6 +42,7 @@ from .messages import (
 from .serving import (
     EVICTED,
     Admission,
+    Drop,
     Reply,
     SendBitfield,
     SendManifest,
@@ -433,6 +434,10 @@ class Server:
             match action:
                 case None:
                     pass
+                case Drop(reason=reason, goodbye=goodbye):
+                    log.info("dropping peer %s: %s", format_address(link.proto.address), reason)
+                    link.end(reason, goodbye=goodbye)
+                    return
                 case Reply(message=reply):
                     await conn.send(reply)
                 case SendManifest(content_id=cid):

@@ -22,7 +22,12 @@ The life of a connection, as the shell feeds it:
    (:meth:`~ServedPeer.write_paused` until :meth:`~ServedPeer.write_resumed`),
    the peer has ``send_timeout`` to read it down, or it is dropped without a
    Goodbye (it would not read one).
-5. After a :class:`Drop` or :meth:`~ServedPeer.close` nothing is due any more.
+5. Messages that change nothing (a Ping, a Cancel of nothing, a request over the cap
+   or for a chunk we lack, a repeated GetManifest or GetBitfield, anything only a
+   server sends) are charged to the peer's :class:`~p2p.wire.budget.Budget`; once it
+   is overdrawn, :meth:`~ServedPeer.receive` answers :class:`Drop`. They do not count
+   as activity either: a peer that only chatters is still idle, and evictable.
+6. After a :class:`Drop` or :meth:`~ServedPeer.close` nothing is due any more.
 
 Before any of this, admission: :class:`Admission` counts connections per IP and per
 /24 or /48 (:func:`address_prefix`), and when every slot is taken
@@ -39,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .budget import NOOP_BURST, NOOP_RATE, Budget
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
     Cancel,
@@ -134,6 +140,11 @@ class ServerLimits:
     receive_buffer: int = 256 << 10
     """Ciphertext receive buffer per connection, allocated once it is admitted: requests
     are small and chunks flow out, so the client's 1 MiB is not needed."""
+    noop_burst: float = NOOP_BURST
+    """Messages that change nothing (:mod:`p2p.wire.budget`) a peer may send at once
+    before it is dropped."""
+    noop_rate: float = NOOP_RATE
+    """... and per second after that."""
 
 
 class State(enum.Enum):
@@ -178,10 +189,12 @@ Action = Reply | SendManifest | SendBitfield
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """Drop the peer (from :meth:`ServedPeer.handle_timer`)."""
+    """Drop the peer (from :meth:`ServedPeer.handle_timer`, or from :meth:`ServedPeer.receive`
+    when the peer overdrew its budget of messages that change nothing)."""
 
     reason: str
-    """For logs and UIs: :data:`TIMED_OUT` or :data:`STOPPED_READING`."""
+    """For logs and UIs: :data:`TIMED_OUT`, :data:`STOPPED_READING` or the flood's
+    :meth:`~p2p.wire.budget.Budget.reason`."""
     goodbye: bool
     """Close with a Goodbye (the peer still reads) rather than abort the socket."""
 
@@ -204,6 +217,11 @@ class ServedPeer:
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self._serving = 0
         self._interested: set[bytes] = set()
+        self._asked: set[tuple[int, bytes]] = set()
+        """(message type, content id) of the GetManifest and GetBitfield already answered:
+        asking again is allowed (a client may) but charged. Bounded like ``_interested``."""
+        self.budget = Budget(now, rate=limits.noop_rate, burst=limits.noop_burst)
+        """What the peer may still spend on messages that change nothing."""
 
     # -- events ------------------------------------------------------------------------------
 
@@ -214,41 +232,65 @@ class ServedPeer:
             self._last_message = now
             self._last_active = now
 
-    def receive(self, msg: Message, now: float) -> Action | None:
+    def receive(self, msg: Message, now: float) -> Action | Drop | None:
         """The peer sent ``msg``; returns what to answer, if anything.
 
         Raises :class:`RemoteProtocolError` for a message a client may not send to a
         server (the connection is then closed). Messages that were still queued when the
-        connection closed are ignored.
+        connection closed are ignored. Returns :class:`Drop` when the message overdrew the
+        peer's budget of messages that change nothing.
         """
         if self.state is State.CLOSED:
             return None
         if self.state is State.HANDSHAKE:
             raise LocalProtocolError("a message was fed before the handshake was done")
+        if self.budget.exhausted:  # overdrawn by requests for chunks we lack
+            return self._flooded()
         self._last_message = now
-        self._last_active = now
+        action: Action | None = None
+        useful = False
         match msg:
             case Request(content_id=cid, index=index):
                 if self.inflight >= self.limits.max_inflight_requests:
-                    return Reply(Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
-                self._queue.append((cid, index))
+                    action = Reply(Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
+                else:
+                    self._queue.append((cid, index))
+                    useful = True
             case Cancel(content_id=cid, index=index):
                 try:
-                    self._queue.remove((cid, index))
+                    self._queue.remove((cid, index))  # at most max_inflight_requests long
+                    useful = True
                 except ValueError:
                     pass  # being sent, already sent, or never asked: nothing to undo
             case GetManifest(content_id=cid):
-                return SendManifest(cid)
+                action = SendManifest(cid)
+                useful = self._first_ask(2, cid)
             case GetBitfield(content_id=cid):
-                return SendBitfield(cid)
+                action = SendBitfield(cid)
+                useful = self._first_ask(4, cid)
             case Ping(nonce=nonce):
-                return Reply(Pong(nonce))
+                action = Reply(Pong(nonce))
             case Data():
                 self.state = State.CLOSED
                 raise RemoteProtocolError("unsolicited Data")
             case _:
                 pass  # Pong, Have, Bitfield, Manifest, Reject: nothing for a server to do
-        return None
+        if useful:
+            self._last_active = now
+        elif not self.budget.spend(now):
+            return self._flooded()
+        return action
+
+    def _first_ask(self, kind: int, content_id: bytes) -> bool:
+        key = (kind, content_id)
+        if key in self._asked or len(self._asked) >= 2 * self.limits.max_interested:
+            return False
+        self._asked.add(key)
+        return True
+
+    def _flooded(self) -> Drop:
+        self.state = State.CLOSED
+        return Drop(self.budget.reason(), goodbye=False)
 
     def bitfield_sent(self, content_id: bytes, held: bool) -> None:
         """We answered the peer's GetBitfield; if we hold the content, it gets our Haves for
@@ -275,6 +317,9 @@ class ServedPeer:
         do not hold is ``NOT_HELD`` (docs/PROTOCOL.md, Reject reasons).
         """
         cid, index = request.content_id, request.index
+        # Charged like a message that changed nothing; an overdrawn budget shows at the
+        # peer's next message (:meth:`receive` answers Drop).
+        self.budget.spend(self._last_message)
         if chunk_count is not None and index >= chunk_count:
             return Reject(cid, index, RejectReason.BAD_INDEX)
         return Reject(cid, index, RejectReason.NOT_HELD)

@@ -15,7 +15,7 @@ from p2p.address import from_sockaddr
 from p2p.identity import Identity
 from p2p.testing import FakeClock
 from p2p.wire.errors import ConnectionLost
-from p2p.wire.messages import Data, Ping, Pong, Request
+from p2p.wire.messages import Data, GetManifest, Ping, Request
 from p2p.wire.server import PeerDisconnected, ServerLimits
 from p2p.wire.serving import (
     EVICTED,
@@ -98,9 +98,10 @@ def handshaking(at: float) -> ServedPeer:
 
 
 def idle(accepted: float, active: float) -> ServedPeer:
+    """A session whose last useful message (a first GetManifest) came at ``active``."""
     peer = ServedPeer(LIMITS, accepted)
     peer.handshake_done(accepted)
-    peer.receive(Ping(1), active)
+    peer.receive(GetManifest(CID), active)
     return peer
 
 
@@ -120,6 +121,15 @@ def test_then_the_session_idle_the_longest() -> None:
     peers = [("recent", idle(100.0, 180.0)), ("idlest", idle(150.0, 151.0)),
              ("middle", idle(90.0, 160.0)), ("busy", busy(10.0))]
     assert choose_eviction(peers, 200.0, GRACE) == "idlest"
+
+
+def test_chatter_that_changes_nothing_does_not_keep_a_session_from_eviction() -> None:
+    chatty = idle(100.0, 100.0)
+    for t in range(101, 200):
+        chatty.receive(Ping(t), float(t))  # a Ping a second, within its budget
+        chatty.receive(GetManifest(CID), float(t) + 0.5)  # asked again: changes nothing
+    quiet = idle(100.0, 150.0)
+    assert choose_eviction([("quiet", quiet), ("chatty", chatty)], 200.0, GRACE) == "chatty"
 
 
 def test_a_session_is_idle_from_its_last_answer_not_its_last_request() -> None:
@@ -259,9 +269,9 @@ async def test_a_full_server_evicts_the_session_idle_the_longest() -> None:
                 conns.append(conn)
                 await fetch_one(conn, n)  # a finished download, left open
                 clock.advance(1.0)
-            # The first comes back: the second is now the one idle the longest.
-            await conns[0].send(Ping(9))
-            assert await conns[0].receive() == Pong(9)
+            # The first comes back (a Ping would not count: it asks for nothing): the
+            # second is now the one idle the longest.
+            await fetch_one(conns[0], 0)
             clock.advance(GRACE)
             newcomer = await connect(host, port, Identity.generate(), timeout=T)
             try:
