@@ -18,6 +18,12 @@ What this class replaces in the library, and why (rows of the research table):
   signed nonce round trip; a known contact that answers moves to most-recently-seen;
   nothing is handed to newcomers (rows 5, 7, 8, 16).
 * eviction after :data:`MAX_FAILURES` consecutive failures, not one (row 10).
+* anti-amplification (issue 12, item 8): an address that has not proven it receives our
+  datagrams (it is no verified contact there and echoes no valid address token, see
+  :class:`AddressTokens`) is sent at most :data:`AMPLIFICATION_FACTOR` times the bytes of its
+  request, the ``identify`` challenge included; ``get``/``find_node`` replies are shaped to
+  fit and hand out a token, which our requests echo (:class:`TokenCache`) to get the full
+  answer.
 * the library's single socket: one UDP socket per address family, all on one port
   (:class:`_Socket` hands each one's datagrams here); every source address passes
   through :func:`p2p.address.from_sockaddr` before the rate limit, the caps or the
@@ -32,8 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import hmac
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -88,6 +97,133 @@ MAX_REMEMBERED_HOSTS = 4096
 
 # name -> number of arguments including the sender's node id. Nothing else is callable.
 RPC_ARITY: dict[str, int] = {"ping": 1, "identify": 2, "find_node": 2, "put": 3, "get": 3}
+TOKEN_RPCS = frozenset({"find_node", "get"})
+"""RPCs that take one more, trailing argument, an address token, and whose reply to that shape
+is ``[reply, token, complete]``: the two whose answer can exceed the amplification budget."""
+
+AMPLIFICATION_FACTOR = 3
+"""Most bytes sent to an unproven address per byte it sent us (QUIC's anti-amplification rule,
+RFC 9000 section 8): a forged source address makes us send its victim at most three times
+what the forger spent, so the DHT is no better than sending directly."""
+TOKEN_SIZE = 8
+"""Bytes of an address token we issue: a forger who cannot read our replies must guess 64 bits,
+at a rate-limited request per guess, within one rotation."""
+MAX_TOKEN_SIZE = 32
+"""Longest token argument accepted (and token read from a reply): other nodes may choose longer
+tokens than ours; longer is a bad argument."""
+TOKEN_ROTATION = 300.0
+"""Seconds between rotations of the token secret; tokens of the current and the previous secret
+are accepted, so a token lives 5 to 10 minutes (BEP 5's tokens). A proof of address goes
+stale with the address's owner (NAT mappings last minutes), and no state per source is kept."""
+TOKEN_PERSON = b"p2p dht token v1"
+"""BLAKE2b personalisation of address tokens (16 bytes): they are never confused with any other
+keyed hash."""
+TOKEN_CACHE_SIZE = 4096
+"""Tokens held for other nodes' addresses (LRU): a few lookups' worth of nodes, about 1 MB."""
+IDENTIFY_REQUEST_SIZE = HEADER_LEN + len(pack(["identify", [bytes(NODE_ID_LEN), bytes(NONCE_LEN)]]))
+"""Bytes of our ``identify`` challenge (88): counted against the budget of the request that
+made a sender a candidate contact."""
+
+
+class AddressTokens:
+    """Stateless proofs that an address receives our datagrams (BEP 5's ``get_peers`` tokens).
+
+    A token is ``BLAKE2b(key=secret, person=TOKEN_PERSON, digest_size=TOKEN_SIZE)`` over the
+    address (``ip`` as UTF-8 text, then ``port`` as two big-endian bytes). The secret is
+    random and changes every ``rotation`` seconds of ``now`` (monotonic); a token made with the
+    current or the previous secret is valid. Only the address's owner (or someone on its
+    path) sees the token we send it, so echoing it proves the address; nothing is kept per
+    address, so forged sources cannot grow our memory. Pure: time is a parameter.
+    """
+
+    def __init__(self, rotation: float = TOKEN_ROTATION,
+                 entropy: Callable[[int], bytes] = os.urandom) -> None:
+        self._rotation = rotation
+        self._entropy = entropy
+        self._epoch: int | None = None
+        self._current = b""
+        self._previous: bytes | None = None
+
+    def _secrets(self, now: float) -> tuple[bytes, bytes | None]:
+        epoch = math.floor(now / self._rotation)
+        if self._epoch is None or epoch > self._epoch + 1:
+            self._current, self._previous = self._entropy(32), None
+            self._epoch = epoch
+        elif epoch == self._epoch + 1:
+            self._current, self._previous = self._entropy(32), self._current
+            self._epoch = epoch
+        return self._current, self._previous
+
+    @staticmethod
+    def _mac(secret: bytes, addr: Address) -> bytes:
+        data = addr[0].encode("utf-8", "surrogatepass") + addr[1].to_bytes(2, "big")
+        return hashlib.blake2b(data, digest_size=TOKEN_SIZE, key=secret,
+                               person=TOKEN_PERSON).digest()
+
+    def issue(self, addr: Address, now: float) -> bytes:
+        """The token for ``addr`` (normalised ``(host, port)``) at ``now``."""
+        return self._mac(self._secrets(now)[0], addr)
+
+    def check(self, addr: Address, token: bytes, now: float) -> bool:
+        """Whether ``token`` is one we issued to ``addr`` at most two rotations before ``now``."""
+        if len(token) != TOKEN_SIZE:
+            return False
+        current, previous = self._secrets(now)
+        if hmac.compare_digest(token, self._mac(current, addr)):
+            return True
+        return previous is not None and hmac.compare_digest(token, self._mac(previous, addr))
+
+
+class TokenCache:
+    """The address tokens other nodes gave us, by their address: bounded, least recently used
+    out first. Our ``get``/``find_node`` requests echo them to get full answers."""
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE) -> None:
+        self._size = size
+        self._tokens: collections.OrderedDict[Address, bytes] = collections.OrderedDict()
+
+    def get(self, addr: Address) -> bytes:
+        """The token held for ``addr``, or ``b""`` (none: the request asks for one)."""
+        token = self._tokens.get(addr)
+        if token is None:
+            return b""
+        self._tokens.move_to_end(addr)
+        return token
+
+    def put(self, addr: Address, token: bytes) -> None:
+        """Hold ``token`` for ``addr`` (the latest replaces)."""
+        self._tokens[addr] = token
+        self._tokens.move_to_end(addr)
+        if len(self._tokens) > self._size:
+            self._tokens.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+def _array_growth(length: int) -> int:
+    """Bytes a msgpack array's header grows by when its ``length``-th item becomes one more."""
+    return 2 if length == 15 else 0  # fixarray (1 byte) holds 15; array 16 takes 3 bytes
+
+
+def fit(lists: list[list[Any]], budget: int) -> tuple[list[list[Any]], bool]:
+    """The longest prefix of each of ``lists`` (in order, the first served first) such that
+    the lists, encoded as msgpack arrays, take at most ``budget`` bytes in all; and whether
+    nothing was left out. Pure: it only measures encodings."""
+    kept_lists: list[list[Any]] = []
+    used = len(lists)  # each empty array's one-byte header
+    complete = True
+    for items in lists:
+        kept: list[Any] = []
+        for item in items:
+            size = len(pack(item)) + _array_growth(len(kept))
+            if used + size > budget:
+                complete = False
+                break
+            kept.append(item)
+            used += size
+        kept_lists.append(kept)
+    return kept_lists, complete
 
 
 class RateLimiter:
@@ -177,6 +313,10 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                         if config.rate_limit_per_ip is not None else None)
         self.failures: dict[tuple[bytes, Address], int] = {}
         """Consecutive unanswered requests per (contact id, address)."""
+        self.tokens = AddressTokens()
+        """Issues and checks the address tokens we hand out (no state per source)."""
+        self.held_tokens = TokenCache()
+        """Tokens other nodes gave us, echoed in our ``get``/``find_node`` requests."""
         self.observed = AddressVote()
         """Where the nodes we verified saw us: a vote by observer network (see
         :mod:`p2p.dht.observed`); no single answer decides it."""
@@ -320,29 +460,82 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         arity = RPC_ARITY.get(name) if isinstance(name, str) else None
         if arity is None:
             return self._reject("unknown_rpc")
-        if not isinstance(args, list) or len(args) != arity:
+        if not isinstance(args, list):
             return self._reject("bad_arity")
+        tokened = name in TOKEN_RPCS and len(args) == arity + 1
+        if len(args) != arity and not tokened:
+            return self._reject("bad_arity")
+        # The budget of an unproven source: AMPLIFICATION_FACTOR x the datagram it sent.
+        budget = AMPLIFICATION_FACTOR * (HEADER_LEN + len(payload))
         try:
             sender_id = expect_bytes(args[0], NODE_ID_LEN, "sender id")
+            token = (expect_bytes(args[arity], what="token", max_len=MAX_TOKEN_SIZE)
+                     if tokened else None)
+            proven = self._proven(sender_id, addr, token)
+            room = None if proven else budget - HEADER_LEN
             match name:
                 case "ping":
                     result: Any = self.source_node.id
                 case "identify":
                     result = self.rpc_identify(addr, sender_id, *args[1:])
                 case "find_node":
-                    result = self.rpc_find_node(addr, sender_id, *args[1:])
+                    [contacts], complete = self._shape(
+                        [self.rpc_find_node(addr, sender_id, args[1])], room, tokened, 0)
+                    result = self._tokened(contacts, addr, tokened, complete)
                 case "put":
                     result = self.rpc_put(addr, sender_id, *args[1:])
                 case "get":
-                    result = self.rpc_get(addr, sender_id, *args[1:])
+                    lists, complete = self._shape(
+                        self.rpc_get(addr, sender_id, args[1], args[2]), room, tokened, 1)
+                    result = self._tokened(lists, addr, tokened, complete)
                 case _:  # pragma: no cover - RPC_ARITY and this match list the same names
                     return self._reject("unknown_rpc")
         except RemoteProtocolError:
             return self._reject("bad_arguments")
+        reply = bytes([RESPONSE]) + msg_id + pack(result)
+        if not proven and len(reply) > budget:
+            # Never for our RPCs (their replies are shaped or small); a guard for new ones.
+            return self._reject("amplification")
         self.counters.received[name] += 1
-        self._send(bytes([RESPONSE]) + msg_id + pack(result), addr)
-        if sender_id != self.source_node.id:
+        self._send(reply, addr)
+        if sender_id == self.source_node.id:
+            return
+        if proven or len(reply) + IDENTIFY_REQUEST_SIZE <= budget:
             self.welcome_if_new(Node(sender_id, addr[0], addr[1]))
+        else:
+            # The challenge would push the bytes sent to an unproven address past its budget;
+            # a sender that echoes its token next time is challenged then.
+            self.counters.events["identify_deferred"] += 1
+
+    def _proven(self, sender_id: bytes, addr: Address, token: bytes | None) -> bool:
+        """Whether ``addr`` has shown it receives our datagrams: a contact verified at that
+        address (it signed our nonce there), or it echoed a valid address token."""
+        known = self.router.get(sender_id)
+        if known is not None and known.knows(addr):
+            return True
+        if token and self.tokens.check(addr, token, self.monotonic()):
+            return True
+        self.counters.events["unproven_requests"] += 1
+        return False
+
+    @staticmethod
+    def _shape(lists: list[list[Any]], room: int | None, tokened: bool,
+               outer: int) -> tuple[list[list[Any]], bool]:
+        """``lists`` (the reply's arrays, first served first) cut to fit ``room`` payload
+        bytes (None: no limit), leaving room for ``outer`` more bytes of the reply's own
+        shape and, for a ``tokened`` request, the ``[reply, token, complete]`` wrapper."""
+        if room is None:
+            return lists, True
+        if tokened:
+            outer += 1 + len(pack(bytes(TOKEN_SIZE))) + 1
+        return fit(lists, room - outer)
+
+    def _tokened(self, reply: Any, addr: Address, tokened: bool, complete: bool) -> Any:
+        """``reply`` as answered to a request of the old shape, or ``[reply, token, complete]``
+        with the current token of ``addr`` for one that carried a token argument."""
+        if not tokened:
+            return reply
+        return [reply, self.tokens.issue(addr, self.monotonic()), complete]
 
     def _accept_response(self, msg_id: bytes, payload: bytes, addr: Address) -> None:
         entry = self._outstanding.get(msg_id)
@@ -565,14 +758,40 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         if reply != node.id:
             raise IdentityMismatch("ping answered with another node id")
 
+    async def _call_tokened(self, node: Any, name: str, *args: Any) -> Any:
+        """Request ``name`` of ``node`` with the address token we hold for it (``b""``: none
+        yet), keep the token it answers with, and return its reply (the old shape's value).
+
+        A reply cut short because our address was unproven there (``complete`` false)
+        brings a token: the request is sent once more with it, for the full answer.
+        """
+        addr = (node.ip, node.port)
+        reply, token, complete = self._read_tokened(
+            name, await self._call_node(node, name, *args, self.held_tokens.get(addr)), addr)
+        if not complete and token:
+            self.counters.events["token_retries"] += 1
+            reply, _token, _complete = self._read_tokened(
+                name, await self._call_node(node, name, *args, token), addr)
+        return reply
+
+    def _read_tokened(self, name: str, raw: Any, addr: Address) -> tuple[Any, bytes, bool]:
+        """``[reply, token, complete]`` from ``addr``, checked; a token given is held."""
+        reply, token, complete = expect_list(raw, 3, f"{name} reply")
+        token = expect_bytes(token, what="token", max_len=MAX_TOKEN_SIZE)
+        if not isinstance(complete, bool):
+            raise DecodeError(f"{name} reply: complete must be true or false")
+        if token:
+            self.held_tokens.put(addr, token)
+        return reply, token, complete
+
     async def call_find_node(self, node: Any, target: Any) -> list[Any]:
         """Ask ``node`` for the contacts closest to ``target``; returns validated contacts."""
-        reply = await self._call_node(node, "find_node", target.id)
+        reply = await self._call_tokened(node, "find_node", target.id)
         return self._contacts(reply, node)
 
     async def call_get(self, node: Any, kind: int, key: bytes) -> tuple[list[Any], list[Any]]:
         """Ask ``node`` for records of ``kind`` under ``key``: (raw records, closer contacts)."""
-        reply = await self._call_node(node, "get", kind, key)
+        reply = await self._call_tokened(node, "get", kind, key)
         raws, contacts = expect_list(reply, 2, "get reply")
         raws = expect_list(raws, what="records")[:MAX_RECORDS_PER_REPLY]
         return raws, self._contacts(contacts, node)

@@ -52,11 +52,16 @@ class Liar(RawPeer):
                                      + pack(observed))
             self.send(response(msg_id, [self.identity.public_key, sig, *observed]), addr)
         elif name == "find_node":
-            self.send(response(msg_id, self.contacts), addr)
+            self.send(response(msg_id, self.tokened(args, 3, self.contacts)), addr)
         elif name == "get":
-            self.send(response(msg_id, [[], self.contacts]), addr)
+            self.send(response(msg_id, self.tokened(args, 4, [[], self.contacts])), addr)
         elif name == "ping":
             self.send(response(msg_id, self.identity.node_id), addr)
+
+    @staticmethod
+    def tokened(args: list[Any], tokened_arity: int, reply: Any) -> Any:
+        """A request with the token argument is answered ``[reply, token, complete]``."""
+        return [reply, b"", True] if len(args) == tokened_arity else reply
 
 
 @pytest.mark.parametrize("bad", [
