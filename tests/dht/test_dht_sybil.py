@@ -36,6 +36,7 @@ from p2p.dht.store import (
     REPLY_PER_NETWORK,
     PutStatus,
     RecordStore,
+    network_of,
 )
 from p2p.identity import Identity
 
@@ -123,6 +124,28 @@ def test_one_lan_alone_is_answered_in_full() -> None:
     for r in lan:
         assert store.put(r, NOW) == PutStatus.OK
     assert set(store.providers(DKEY, NOW + 1, REPLY)) == set(lan)
+
+
+def test_networks_are_ipv4_slash24_and_ipv6_slash48_hosts_ipv6_slash64() -> None:
+    assert network_of("192.0.2.200") == network_of("192.0.2.1") != network_of("192.0.3.1")
+    assert network_of("2001:db8:1:ffff::1") == network_of("2001:db8:1::2") == "2001:db8:1::/48"
+    assert network_of("2001:db8:2::1") != network_of("2001:db8:1::1")
+    # a /48 flood from many /64s: one network, so it takes two slots of the fair part
+    store = RecordStore(rng=random.Random(4))
+    flood = [provider(f"2001:db8:1:{i + 1:x}::1") for i in range(40)]
+    honest = provider("2001:db8:77::1")
+    for r in [*flood, honest]:
+        assert store.put(r, NOW) == PutStatus.OK
+    reply = store.providers(DKEY, NOW + 1, REPLY)
+    assert honest in reply[: 1 + REPLY_PER_NETWORK]
+    # a host is a /64: two keys on one /64 are one host, and share one slot of the fair part
+    store = RecordStore(rng=random.Random(4))
+    twins = [provider("2001:db8:5:6::1"), provider("2001:db8:5:6::2")]
+    others = [provider(f"2001:db8:{9 + i:x}::1") for i in range(REPLY)]
+    for r in [*twins, *others]:
+        assert store.put(r, NOW) == PutStatus.OK
+    reply = store.providers(DKEY, NOW + 1, REPLY)
+    assert sum(r in twins for r in reply) == 1
 
 
 def test_a_flood_from_one_network_cannot_evict_other_networks() -> None:
