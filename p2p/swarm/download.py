@@ -77,6 +77,18 @@ RATE_WINDOW = 3.0
 """Seconds of history behind the reported rate."""
 REDISCOVER_INTERVAL = 5.0
 """Seconds between discovery rounds (the DHT and the given addresses are asked again)."""
+DIAL_BACKOFF = REDISCOVER_INTERVAL
+"""After a failed dial, an address is not dialled again for this long; each further failure
+in a row doubles the wait, up to :data:`DIAL_BACKOFF_MAX`. A success clears it. A peer
+cannot make us hammer an address it names (nor can a dead one cost a dial per round)."""
+DIAL_BACKOFF_MAX = 300.0
+"""The longest wait between dials of an address that keeps failing: a provider back from
+a restart is found again within five minutes."""
+MAX_ADDRESSES_PER_PEER = 4
+"""Addresses dialled per peer id per discovery round: what one signed record carries (1..4).
+A peer id named with more addresses (several records, Hellos) costs no more dials."""
+MAX_BACKOFF_ENTRIES = 4096
+"""Failed addresses remembered per download; the oldest are forgotten first."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
 
@@ -158,6 +170,10 @@ class Download:
         self._peers: dict[PeerId, _Peer] = {}
         self._tried: set[Address] = set()
         """Addresses dialled since the last discovery round."""
+        self._per_peer: collections.Counter[PeerId] = collections.Counter()
+        """Addresses dialled per peer id since the last discovery round."""
+        self._backoff: dict[Address, tuple[int, float]] = {}
+        """Address -> (failed dials in a row, when it may be dialled again)."""
         self._connected_addrs: set[Address] = set()
         self._checking: set[tuple[PeerId, int]] = set()
         """(peer, chunk) copies being verified: a second copy of the same request is ignored."""
@@ -416,8 +432,22 @@ class Download:
             return
         if addr in self._tried or addr in self._connected_addrs or addr in set(self._self_addrs()):
             return
+        backoff = self._backoff.get(addr)
+        if backoff is not None and backoff[1] > self._clock():
+            return
+        if peer is not None:
+            if self._per_peer[peer] >= MAX_ADDRESSES_PER_PEER:
+                return
+            self._per_peer[peer] += 1
         self._tried.add(addr)
         self._candidates.put_nowait((peer, addr))
+
+    def _dial_failed(self, addr: Address) -> None:
+        failures = self._backoff.pop(addr, (0, 0.0))[0] + 1
+        wait = min(DIAL_BACKOFF * 2 ** min(failures - 1, 32), DIAL_BACKOFF_MAX)
+        self._backoff[addr] = (failures, self._clock() + wait)  # re-inserted: the newest
+        if len(self._backoff) > MAX_BACKOFF_ENTRIES:
+            del self._backoff[next(iter(self._backoff))]
 
     async def _discover(self) -> None:
         while True:
@@ -439,6 +469,7 @@ class Download:
             # Addresses may be dialled again: a provider whose connection dropped may still
             # be there (a ticket's address above all, when there is no DHT to ask).
             self._tried.clear()
+            self._per_peer.clear()
 
     async def _dialer(self) -> None:
         slots = asyncio.Semaphore(CONNECT_PARALLEL)
@@ -455,6 +486,7 @@ class Download:
             conn = await self._connect_in_time(addr, peer)
         except (P2PError, OSError, TimeoutError) as exc:
             log.debug("dial %s failed: %s", addr, exc)
+            self._dial_failed(addr)
             self._peer_slots.release()
         finally:
             self._dialing -= 1
@@ -462,6 +494,7 @@ class Download:
         if conn is None:
             self._update()  # the no-peer timeout may be due now
             return
+        self._backoff.pop(addr, None)
         remote: PeerId = conn.remote_peer
         if remote == self._self_peer or remote in self._peers or self.store.is_banned(remote):
             self._peer_slots.release()
