@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bitfield import bit_get, bit_indexes, bit_set, full_bitfield
-from ..content import ContentId, Manifest
+from ..content import MIN_CHUNK, ContentId, Manifest
 from ..errors import (
     DiskFull,
     IntegrityError,
@@ -585,7 +585,12 @@ class Download:
         """One message from a peer: O(1) work (a bitfield's is its size, once), and the
         scheduler runs only when the message changed something. A message that changed
         nothing is charged to the peer's budget; overdrawn, the peer is banned."""
-        if not self._changed_something(state, message) and not state.budget.spend(self._clock()):
+        if self._changed_something(state, message):
+            return
+        # Unrequested Data costs its decryption: charged per 64 KiB (the smallest chunk), so
+        # an end game's cancelled copies (at most INFLIGHT_BUDGET_BYTES) fit the budget.
+        cost = max(1.0, len(message.payload) / MIN_CHUNK) if type(message) is msg.Data else 1.0
+        if not state.budget.spend(self._clock(), cost):
             self._ban(state.peer, state.budget.reason(), duration=FLOOD_BAN)
 
     def _changed_something(self, state: _Peer, message: msg.Message) -> bool:

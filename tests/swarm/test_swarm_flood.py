@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from p2p.events import DownloadCompleted, PeerBanned
 from p2p.identity import Identity
 from p2p.node import Node
 from p2p.tasks import TaskOwner
+from p2p.wire.budget import NOOP_BURST
 from p2p.wire.errors import ClosedByUs, ConnectionLost
 from p2p.wire.messages import (
     PROTOCOL_VERSION,
     Bitfield,
+    Data,
     GetBitfield,
     GetManifest,
     Have,
@@ -34,7 +36,8 @@ from p2p.wire.messages import (
 from p2p.wire.session import Session
 from p2p.wire.transport import READ_BATCH, Connection, WireProtocol
 
-from .conftest import MiB, drain, make_file, node_config, running_nodes
+from .conftest import MiB, drain, make_file, node_config, running_nodes, wait_for
+from .doubles import FakeClock, make_content, running_download
 
 T = 60
 
@@ -42,7 +45,11 @@ T = 60
 class Flooder:
     """A listener whose every connection turns into a flood once it learns the content id."""
 
-    def __init__(self) -> None:
+    def __init__(self, flood: Callable[[bytes], list[Message]], manifest: bytes | None = None) -> None:
+        self.flood = flood
+        """The messages to repeat, given the content id."""
+        self.manifest = manifest
+        """What it answers GetManifest with."""
         self.identity = Identity.generate()
         self.sent = 0
         self.closed = asyncio.Event()
@@ -78,14 +85,13 @@ class Flooder:
             message = await conn.receive()
             match message:
                 case GetManifest(content_id=cid):
-                    await conn.send(Manifest(cid, None))
+                    await conn.send(Manifest(cid, self.manifest))
                 case GetBitfield(content_id=cid):
                     await conn.send(Bitfield(cid, 0, b""))  # holds nothing (yet)
                     return cid
 
     async def _flood(self, conn: Connection, cid: bytes) -> None:
-        cheap: list[Message] = [Have(cid, 1 << 30), Reject(cid, 5, RejectReason.NOT_HELD),
-                                Bitfield(cid, 0, b""), Have(cid, 1 << 31)]
+        cheap = self.flood(cid)
         while True:
             await conn.send(cheap[self.sent % len(cheap)])
             self.sent += 1
@@ -93,9 +99,20 @@ class Flooder:
                 await asyncio.sleep(0)  # one process: let the victim run
 
 
+def cheap(cid: bytes) -> list[Message]:
+    """Haves past the last chunk, Rejects of requests never made, Bitfields again."""
+    return [Have(cid, 1 << 30), Reject(cid, 5, RejectReason.NOT_HELD), Bitfield(cid, 0, b""),
+            Have(cid, 1 << 31)]
+
+
+def unrequested_data(cid: bytes) -> list[Message]:
+    """Chunks nobody asked for: each costs a decryption."""
+    return [Data(cid, 0, bytes(1 << 20))]
+
+
 async def test_a_flooding_provider_is_banned_and_the_download_completes(tmp_path: Path) -> None:
     source = make_file(tmp_path / "src" / "movie.bin", 8 * MiB)
-    flooder = Flooder()
+    flooder = Flooder(cheap)
     async with asyncio.timeout(T), flooder.listening() as flood_addr, \
             running_nodes(tmp_path, ["seeder"]) as [seeder]:
         shared = await seeder.share(source)
@@ -112,3 +129,18 @@ async def test_a_flooding_provider_is_banned_and_the_download_completes(tmp_path
     assert bans[str(flooder.identity.peer_id)].startswith("flooding")
     [done] = [e for e in events if isinstance(e, DownloadCompleted)]
     assert set(done.chunks_by_peer) == {str(seeder.peer_id)}
+
+
+async def test_unrequested_data_is_charged_by_its_size(tmp_path: Path) -> None:
+    """1 MiB chunks nobody asked for cost 16 tokens each: the budget (on a clock that does not
+    move, so it never refills) is gone after about 125 of them, not 2,000."""
+    content = make_content(4)
+    flooder = Flooder(unrequested_data, manifest=content.manifest.encode())
+    clock = FakeClock()
+    async with asyncio.timeout(T), flooder.listening() as flood_addr, running_download(
+            tmp_path, content.content_id, clock, peers=[flood_addr], timeout=10_000) as rig:
+        banned = await wait_for(rig.events, lambda e: isinstance(e, PeerBanned))
+        await flooder.closed.wait()
+    assert isinstance(banned, PeerBanned) and banned.peer == flooder.identity.peer_id
+    spent = int(banned.reason.split()[1])
+    assert NOOP_BURST / 16 < spent <= NOOP_BURST / 16 + 2, banned.reason
