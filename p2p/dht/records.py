@@ -50,7 +50,9 @@ CHANNEL_TTL = 24 * 3600
 """Channel record lifetime (s): a publisher that stays away for a day loses its name's pointer."""
 MAX_TTL = {KIND_PROVIDER: PROVIDER_TTL, KIND_PEER: PEER_TTL, KIND_CHANNEL: CHANNEL_TTL}
 CLOCK_SKEW = 600
-"""Seconds by which a record's expiry may exceed ``now + TTL``: tolerated clock difference."""
+"""Seconds by which a record's expiry may exceed ``now + TTL``: tolerated clock difference. It
+buys no life: a node holds a provider record at most ``PROVIDER_TTL`` after it last stored it
+(:data:`p2p.dht.store.PROVIDER_HOLD`)."""
 MAX_ADDRESSES = 4
 """Addresses per provider/peer record: enough for v4 + v6 + an override, small enough that
 16 records fit one datagram."""

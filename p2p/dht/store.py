@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -117,7 +118,9 @@ def _held(signed: SignedRecord, first_stored: float, now: float) -> HeldProvider
     rec = signed.record
     assert isinstance(rec, ProviderRecord)
     host = rec.addresses[0][0]
-    return HeldProvider(signed, first_stored, now, network_of(host), ip_group(host))
+    # Interned: a flood shares one string per network and host instead of one per record.
+    return HeldProvider(signed, first_stored, now, sys.intern(network_of(host)),
+                        sys.intern(ip_group(host)))
 
 
 class RecordStore:
