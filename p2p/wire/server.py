@@ -323,7 +323,7 @@ class Server:
 
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]
-        refusal = "connection limit reached" if self._closed else self._admission.refusal(ip)
+        refusal = "connection limit reached" if self._closed else self._admission.refusal(ip, self._clock())
         if refusal is None and self._admission.full:
             # Full: the oldest handshake, else the longest idle session, makes room.
             victim = choose_eviction(((link, link.rules) for link in self._links.values()
@@ -434,8 +434,10 @@ class Server:
             match action:
                 case None:
                     pass
-                case Drop(reason=reason, goodbye=goodbye):
+                case Drop(reason=reason, goodbye=goodbye, flooded=flooded):
                     log.info("dropping peer %s: %s", format_address(link.proto.address), reason)
+                    if flooded:
+                        self._admission.penalise(link.proto.address[0], link.now())
                     link.end(reason, goodbye=goodbye)
                     return
                 case Reply(message=reply):

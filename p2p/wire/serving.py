@@ -145,6 +145,12 @@ class ServerLimits:
     before it is dropped."""
     noop_rate: float = NOOP_RATE
     """... and per second after that."""
+    flood_penalty: float = 60.0
+    """Seconds an IP whose connection overdrew its budget is refused at admission (before
+    any cryptography). Without it a flooder reconnects with a fresh key and floods again at
+    the cost of one handshake; a NATed honest neighbour loses a minute."""
+    max_penalised: int = 4096
+    """IPs remembered as flooders: bounds the table whatever the number of sources."""
 
 
 class State(enum.Enum):
@@ -197,6 +203,8 @@ class Drop:
     :meth:`~p2p.wire.budget.Budget.reason`."""
     goodbye: bool
     """Close with a Goodbye (the peer still reads) rather than abort the socket."""
+    flooded: bool = False
+    """The peer overdrew its budget: its IP is refused for a while (:meth:`Admission.penalise`)."""
 
 
 # -- the rules -------------------------------------------------------------------------------
@@ -290,7 +298,7 @@ class ServedPeer:
 
     def _flooded(self) -> Drop:
         self.state = State.CLOSED
-        return Drop(self.budget.reason(), goodbye=False)
+        return Drop(self.budget.reason(), goodbye=False, flooded=True)
 
     def bitfield_sent(self, content_id: bytes, held: bool) -> None:
         """We answered the peer's GetBitfield; if we hold the content, it gets our Haves for
@@ -432,11 +440,18 @@ class Admission:
         self.total = 0
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._per_prefix: collections.Counter[str] = collections.Counter()
+        self._penalised: dict[str, float] = {}
+        """IP -> until when it is refused (it flooded), oldest first."""
 
-    def refusal(self, ip: str) -> str | None:
-        """Why a newcomer from ``ip`` is refused whatever is evicted (its IP or its
-        prefix holds its share already), or None. The total is not checked here: a full
-        server may evict instead (:func:`choose_eviction`)."""
+    def refusal(self, ip: str, now: float) -> str | None:
+        """Why a newcomer from ``ip`` is refused whatever is evicted (it flooded us lately,
+        or its IP or its prefix holds its share already), or None. The total is not
+        checked here: a full server may evict instead (:func:`choose_eviction`)."""
+        until = self._penalised.get(ip)
+        if until is not None:
+            if now < until:
+                return "refused: flooded lately"
+            del self._penalised[ip]
         if self._per_ip[ip] >= self.limits.max_connections_per_ip:
             return "connection limit reached"
         if self._per_prefix[address_prefix(ip)] >= self.limits.max_connections_per_prefix:
@@ -459,6 +474,15 @@ class Admission:
             counter[key] -= 1
             if counter[key] <= 0:
                 del counter[key]
+
+    def penalise(self, ip: str, now: float) -> None:
+        """``ip``'s connection was dropped for flooding: refuse it for ``flood_penalty``, so
+        a fresh key buys a flooder one more budget per penalty, not one per handshake.
+        At most ``max_penalised`` IPs are remembered (the oldest go first)."""
+        self._penalised.pop(ip, None)
+        self._penalised[ip] = now + self.limits.flood_penalty
+        while len(self._penalised) > self.limits.max_penalised:
+            del self._penalised[next(iter(self._penalised))]
 
     def count(self, ip: str) -> tuple[int, int]:
         """(connections from ``ip``, connections from its prefix)."""

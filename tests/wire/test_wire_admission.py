@@ -58,31 +58,31 @@ def test_a_mapped_address_counts_in_its_ipv4_24() -> None:
     admission = Admission(ServerLimits(max_connections_per_ip=1, max_connections_per_prefix=2))
     admission.add(mapped)
     assert admission.count("192.0.2.7") == (1, 1)
-    assert admission.refusal(from_sockaddr(("::ffff:192.0.2.7", 1))[0]) is not None
+    assert admission.refusal(from_sockaddr(("::ffff:192.0.2.7", 1))[0], 0.0) is not None
     admission.add(from_sockaddr(("::ffff:192.0.2.8", 1))[0])
-    assert admission.refusal("192.0.2.9") is not None  # the /24 holds its two
-    assert admission.refusal("192.0.3.9") is None
+    assert admission.refusal("192.0.2.9", 0.0) is not None  # the /24 holds its two
+    assert admission.refusal("192.0.3.9", 0.0) is None
 
 
 def test_admission_counts_per_ip_per_prefix_and_in_total() -> None:
     admission = Admission(ServerLimits(max_connections=6, max_connections_per_ip=2,
                                        max_connections_per_prefix=3))
     admission.add("192.0.2.1")
-    assert admission.refusal("192.0.2.1") is None
+    assert admission.refusal("192.0.2.1", 0.0) is None
     admission.add("192.0.2.1")
-    assert admission.refusal("192.0.2.1") == "connection limit reached"  # per IP
-    assert admission.refusal("192.0.2.2") is None
+    assert admission.refusal("192.0.2.1", 0.0) == "connection limit reached"  # per IP
+    assert admission.refusal("192.0.2.2", 0.0) is None
     admission.add("192.0.2.2")
-    assert admission.refusal("192.0.2.3") == "connection limit reached"  # per /24
-    assert admission.refusal("192.0.3.3") is None  # another /24
+    assert admission.refusal("192.0.2.3", 0.0) == "connection limit reached"  # per /24
+    assert admission.refusal("192.0.3.3", 0.0) is None  # another /24
     for host in ("2001:db8:1::1", "2001:db8:1:ffff::2", "2001:db8:1:1::3"):
-        assert admission.refusal(host) is None
+        assert admission.refusal(host, 0.0) is None
         admission.add(host)
-    assert admission.refusal("2001:db8:1:77::9") == "connection limit reached"  # per /48
-    assert admission.refusal("2001:db8:2::9") is None
+    assert admission.refusal("2001:db8:1:77::9", 0.0) == "connection limit reached"  # per /48
+    assert admission.refusal("2001:db8:2::9", 0.0) is None
     assert admission.total == 6 and admission.full
     admission.remove("192.0.2.1")
-    assert admission.refusal("192.0.2.3") is None and admission.refusal("192.0.2.1") is None
+    assert admission.refusal("192.0.2.3", 0.0) is None and admission.refusal("192.0.2.1", 0.0) is None
     assert admission.total == 5 and not admission.full
     assert admission.count("192.0.2.1") == (1, 2)
 

@@ -13,6 +13,7 @@ import contextlib
 import blake3
 import pytest
 
+from p2p.errors import NetworkError
 from p2p.identity import Identity
 from p2p.wire.budget import NOOP_BURST, Budget
 from p2p.wire.errors import ConnectionLost
@@ -29,7 +30,7 @@ from p2p.wire.messages import (
     Request,
 )
 from p2p.wire.server import PeerDisconnected, ServerLimits
-from p2p.wire.serving import Drop, Reply, ServedPeer
+from p2p.wire.serving import Admission, Drop, Reply, ServedPeer
 from p2p.wire.transport import READ_BATCH, WireProtocol, connect
 
 from .recorder import serving
@@ -120,6 +121,21 @@ def test_a_cancel_of_a_queued_request_is_useful() -> None:
     assert isinstance(peer.receive(Cancel(CID, 1), 0.0), Drop)  # again: nothing to cancel
 
 
+def test_a_flooders_ip_is_refused_for_the_penalty_then_admitted_again() -> None:
+    limits = ServerLimits(flood_penalty=60.0, max_penalised=2)
+    admission = Admission(limits)
+    admission.penalise("192.0.2.1", 100.0)
+    assert admission.refusal("192.0.2.1", 159.9) == "refused: flooded lately"
+    assert admission.refusal("192.0.2.2", 100.0) is None  # its neighbours are not
+    assert admission.refusal("192.0.2.1", 160.0) is None
+    # The table is bounded: the oldest flooder is forgotten first.
+    for n, ip in enumerate(["198.51.100.1", "198.51.100.2", "198.51.100.3"]):
+        admission.penalise(ip, 200.0 + n)
+    assert admission.refusal("198.51.100.1", 203.0) is None
+    assert admission.refusal("198.51.100.2", 203.0) is not None
+    assert admission.refusal("198.51.100.3", 203.0) is not None
+
+
 # -- the reader yields -----------------------------------------------------------------------
 
 
@@ -181,6 +197,9 @@ async def test_a_ping_flooder_is_dropped_and_an_honest_client_is_served_througho
             await honest.send(Request(CID, 0))
             assert await honest.receive() == Data(CID, 0, CHUNKS[0])
             assert [e.peer for e in recorder.disconnects()] == [flooder_id.peer_id]
+            # Back with a fresh key from the same address: refused before any handshake.
+            with pytest.raises(NetworkError):
+                await connect(host, port, Identity.generate(), timeout=T)
         finally:
             await flooder.aclose()
             await honest.aclose()
