@@ -12,8 +12,9 @@ key, so the store never lets a flood decide what it keeps or what it answers
 * what counts is presence: each author's record remembers when this node first stored it
   (kept across refreshes), and older wins, in replies and in eviction;
 * records are counted per network of their first address (IPv4 /24, IPv6 /48) and per host
-  (IPv4 address, IPv6 /64): a reply takes at most :data:`REPLY_PER_NETWORK` records of one
-  network and :data:`REPLY_PER_HOST` of one host before any record beyond those quotas;
+  (IPv4 address, IPv6 /64), or of the address that stored them when that is another host: a
+  reply takes at most :data:`REPLY_PER_NETWORK` records of one network and
+  :data:`REPLY_PER_HOST` of one host before any record beyond those quotas;
 * a full key admits a newcomer by evicting the youngest record of the most represented
   network, and only when that network holds at least two more records than the
   newcomer's: a network holding one record is never evicted, whatever the flood.
@@ -28,6 +29,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from ..address import Address
 from .records import (
     KIND_CHANNEL,
     KIND_NAMES,
@@ -98,9 +100,10 @@ class HeldProvider:
     stored: float
     """When this node last stored it (the start of its :data:`PROVIDER_HOLD`)."""
     network: str
-    """:func:`network_of` the record's first address."""
+    """:func:`network_of` the record's first address (or of the host that stored it, when
+    that is another host: see :meth:`RecordStore.put`)."""
     host: str
-    """:func:`p2p.dht.routing.ip_group` of the record's first address."""
+    """:func:`p2p.dht.routing.ip_group` of the same address."""
 
     @property
     def expires(self) -> float:
@@ -114,10 +117,15 @@ class HeldProvider:
         return self.first_stored, self.signed.author
 
 
-def _held(signed: SignedRecord, first_stored: float, now: float) -> HeldProvider:
+def _held(signed: SignedRecord, first_stored: float, now: float,
+          source: Address | None) -> HeldProvider:
     rec = signed.record
     assert isinstance(rec, ProviderRecord)
     host = rec.addresses[0][0]
+    if source is not None and ip_group(source[0]) != ip_group(host):
+        # The record names another host than the one that stored it: the claim is free, the
+        # source is not (a reply to it reached it), so the record counts where it came from.
+        host = source[0]
     # Interned: a flood shares one string per network and host instead of one per record.
     return HeldProvider(signed, first_stored, now, sys.intern(network_of(host)),
                         sys.intern(ip_group(host)))
@@ -141,8 +149,13 @@ class RecordStore:
         """Provider records evicted from a full key to admit one from a less represented
         network."""
 
-    def put(self, signed: SignedRecord, now: float) -> PutStatus:
+    def put(self, signed: SignedRecord, now: float, source: Address | None = None) -> PutStatus:
         """Store ``signed`` if it is newer than what is held and there is room.
+
+        ``source`` is the address the store request came from, if it came over the network.
+        A provider record counts under the network and host of its first address, or under
+        those of ``source`` when that is another host (a crowd of keys put from one host
+        while claiming addresses all over the Internet is one host's crowd).
 
         A provider record for a full key is admitted by evicting the youngest record of the
         most represented network (then host) when that holds at least two more records than
@@ -151,7 +164,7 @@ class RecordStore:
         if signed.record.expires <= now:
             return PutStatus.INVALID
         if signed.kind == KIND_PROVIDER:
-            return self._put_provider(signed, now)
+            return self._put_provider(signed, now, source)
         slot = (signed.kind, signed.key)
         old = self._single.get(slot)
         if old is not None and old.record.expires > now:
@@ -169,19 +182,19 @@ class RecordStore:
         self._single[slot] = signed
         return PutStatus.OK
 
-    def _put_provider(self, signed: SignedRecord, now: float) -> PutStatus:
+    def _put_provider(self, signed: SignedRecord, now: float, source: Address | None) -> PutStatus:
         per_key = self._providers.setdefault(signed.key, {})
         old = per_key.get(signed.author)
         if old is not None and old.expires > now:
             if old.signed.record.expires > signed.record.expires:
                 return PutStatus.STALE
             # A refresh: the record lives on from now, and keeps the presence it earned.
-            per_key[signed.author] = _held(signed, old.first_stored, now)
+            per_key[signed.author] = _held(signed, old.first_stored, now, source)
             return PutStatus.OK
         if old is not None:  # lapsed: whatever presence it had is gone
             del per_key[signed.author]
             self._count -= 1
-        newcomer = _held(signed, now, now)
+        newcomer = _held(signed, now, now, source)
         if len(per_key) >= self._max_per_key:
             self._expire_key(signed.key, now)
             per_key = self._providers.setdefault(signed.key, {})

@@ -189,6 +189,27 @@ def test_a_flood_from_a_few_networks_cannot_evict_single_records() -> None:
     assert newcomer in held2 and set(honest) <= set(held2)
 
 
+def test_a_crowd_claiming_many_networks_counts_where_it_was_stored_from() -> None:
+    # one host puts 64 records that each claim another /24: the claims are free
+    claims = [provider(f"10.{i}.0.1", ttl=LATEST) for i in range(MAX_PROVIDERS_PER_KEY)]
+    attacker = ("203.0.113.9", 40000)
+    honest = provider("198.51.100.7")
+    for seed in range(50):
+        store = RecordStore(rng=random.Random(seed))
+        for r in claims:
+            assert store.put(r, NOW, source=attacker) == PutStatus.OK
+        # the honest provider stores its own record: it counts where its address says
+        assert store.put(honest, NOW + 1, source=("198.51.100.7", 4000)) == PutStatus.OK
+        assert honest in store.providers(DKEY, NOW + 2, REPLY)
+        assert store.put(provider("10.200.0.1"), NOW + 3, source=attacker) == PutStatus.FULL
+    # Without the source (the record's word alone) the same crowd is 64 networks of one
+    # record each: nothing is evicted for a newcomer.
+    store = RecordStore()
+    for r in claims:
+        assert store.put(r, NOW) == PutStatus.OK
+    assert store.put(honest, NOW + 1) == PutStatus.FULL
+
+
 def test_eviction_takes_the_youngest_of_the_largest_network() -> None:
     store = RecordStore(max_providers_per_key=4, rng=random.Random(0))
     a1, a2, a3 = (provider(f"127.9.9.{i}", NOW + i) for i in (1, 2, 3))
