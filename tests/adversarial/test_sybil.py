@@ -34,8 +34,8 @@ def sybil_records(content_id: bytes, count: int = SYBILS) -> list[bytes]:
 
 
 async def put_sybils(content_id: bytes, records: list[bytes], entry: tuple[str, int]) -> int:
-    """Put ``records`` at every node around the key (found with find_node); the fewest
-    acks any one node that answered gave."""
+    """Put ``records`` at every live node around the key (found with find_node); the
+    fewest acks any one node gave."""
     key = h.discovery_key(content_id)
     identity = h.Identity()
     # The attacker's node answers identify truthfully: it is a proven contact like any other.
@@ -43,7 +43,11 @@ async def put_sybils(content_id: bytes, records: list[bytes], entry: tuple[str, 
                                   answer=h.fake_node_answers(identity, lambda source: source))
     try:
         contacts = await sock.request(entry, "find_node", key)
-        nodes = {entry} | {(ip, port) for _id, ip, port in contacts}
+        found = {entry} | {(ip, port) for _id, ip, port in contacts}
+        # A finished fetch is still in routing tables for a while: ask only live nodes.
+        alive = await asyncio.gather(*(sock.request(n, "ping", timeout=1) for n in found),
+                                     return_exceptions=True)
+        nodes = [n for n, a in zip(found, alive, strict=True) if isinstance(a, bytes)]
         # At most 32 answers on their way at once: a burst of hundreds overflows the
         # attacker's own socket buffer, which would lose acks, not records.
         wave = asyncio.Semaphore(32)
@@ -55,10 +59,8 @@ async def put_sybils(content_id: bytes, records: list[bytes], entry: tuple[str, 
         replies = await asyncio.gather(*(put(node, record) for node in nodes for record in records),
                                        return_exceptions=True)
         per_node = len(records)
-        answered = [replies[i:i + per_node] for i in range(0, len(replies), per_node)]
-        # A node that answered nothing has left (a finished fetch is still in tables).
-        return min(sum(r == h.PUT_OK for r in node) for node in answered
-                   if any(not isinstance(r, BaseException) for r in node))
+        return min(sum(r == h.PUT_OK for r in replies[i:i + per_node])
+                   for i in range(0, len(replies), per_node))
     finally:
         sock.close()
 
