@@ -1072,6 +1072,7 @@ class SlotHolder:
         self.idle = idle
         self.pause = pause
         self.open_now = 0
+        self.peak = 0
         self.opened = 0
         self.dropped = 0
         self.sessions = 0
@@ -1098,6 +1099,7 @@ class SlotHolder:
         reader, writer = await open_tcp(*self.target, source=source)
         self.opened += 1
         self.open_now += 1
+        self.peak = max(self.peak, self.open_now)
         try:
             if kind == "e":
                 writer.write(first_handshake_message())
