@@ -641,7 +641,9 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         except (RemoteProtocolError, IntegrityError):
             self.counters.rejected["invalid_record"] += 1
             return int(PutStatus.INVALID)
-        status = self.records.put(signed, now)
+        # Counted under the sender's network when the record names another host: a
+        # record's addresses are its author's claim, the source address is ours to see.
+        status = self.records.put(signed, now, source=sender)
         if status != PutStatus.OK:
             self.counters.rejected[f"record_{status.name.lower()}"] += 1
         return int(status)

@@ -314,10 +314,12 @@ async def test_sixty_four_sybils_in_one_network_cannot_hide_the_honest_provider(
             # the crowd comes first: it is older than the honest provider everywhere
             await _flood(nodes[-1], dkey, sybils(MAX_PROVIDERS_PER_KEY, now=time.time(), key=dkey))
             assert max(d.summary().records["provider"] for d in nodes) == MAX_PROVIDERS_PER_KEY
-            honest = nodes[3]
-            assert await honest.announce(cid, [("127.0.0.2", honest.port)]) >= 1
+            # The honest provider is another host, in another network, and announces its own
+            # address (the crowd's puts all come from 127.0.0.1, whatever their records claim).
             boot = nodes[0].listen_addresses()[:1]
-            async with DHT.open_ctx(Identity.generate(), config(bootstrap=boot)) as late:
+            async with DHT.open_ctx(Identity.generate(), config(host="127.0.1.2", bootstrap=boot)) as honest, \
+                    DHT.open_ctx(Identity.generate(), config(bootstrap=boot)) as late:
+                assert await honest.announce(cid, [("127.0.1.2", honest.port)]) >= 1
                 for _ in range(3):
                     found = await late.find_providers(cid)
                     assert honest._identity.peer_id in {r.peer_id for r in found}
