@@ -758,6 +758,9 @@ class DHTSocket(asyncio.DatagramProtocol):
         self.replies: list[tuple[str, int, int]] = []
         """(rpc name, request bytes, reply bytes) of every answered request."""
         self._pending: dict[bytes, tuple[asyncio.Future[Any], tuple[str, int], str, int]] = {}
+        self.requests: list[tuple[str, list[Any], tuple[str, int]]] = []
+        """Every request received: (name, args, source)."""
+        self._request_arrived = asyncio.Event()
 
     @classmethod
     async def open(cls, source: str = "127.0.0.1", **kwargs: Any) -> DHTSocket:
@@ -799,6 +802,8 @@ class DHTSocket(asyncio.DatagramProtocol):
         elif kind == DHT_REQUEST:
             name, args = unpack(payload)
             t.requests_in.append(name)
+            self.requests.append((name, args, addr))
+            self._request_arrived.set()
             if self.answer is not None:
                 result = self.answer(name, args, addr)
                 if result is not None:
@@ -820,6 +825,16 @@ class DHTSocket(asyncio.DatagramProtocol):
         """An RPC's answer; raises TimeoutError when none comes in ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             return await self.send_request(addr, name, *args, payload=payload)
+
+    async def wait_request(self, name: str, source: tuple[str, int] | None = None,
+                           ) -> list[Any]:
+        """The args of the first request ``name`` received (from ``source``), once it came."""
+        while True:
+            for got, args, addr in self.requests:
+                if got == name and source in (None, addr):
+                    return args
+            self._request_arrived.clear()
+            await self._request_arrived.wait()
 
     def close(self) -> None:
         if self.transport is not None:
