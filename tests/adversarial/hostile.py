@@ -1150,3 +1150,52 @@ class SlotHolder:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+async def proven_contacts(target: tuple[str, int], networks: Sequence[int]) -> list[DHTSocket]:
+    """Fake DHT nodes, one per ``127.N.0.1``, that ping ``target`` and answer its
+    ``identify`` truthfully: contacts it admits. Returns once each one was asked and answered
+    (and one more round trip later, so the answer has been handled)."""
+    socks = []
+    for n in networks:
+        identity = Identity()
+        socks.append(await DHTSocket.open(loopback_source(n), identity=identity,
+                                          answer=fake_node_answers(identity, lambda s: s)))
+    await asyncio.gather(*(s.request(target, "ping") for s in socks))
+    await asyncio.gather(*(s.wait_request("identify", target) for s in socks))
+    await asyncio.gather(*(s.request(target, "ping") for s in socks))
+    return socks
+
+
+AMPLIFICATION_PROBES = ("ping", "identify", "find_node", "get providers", "get peer",
+                        "get channel", "put", "put invalid")
+
+
+async def amplification_probe(target: tuple[str, int], key: bytes, source: str = "127.8.0.1",
+                              timeout: float = 1.0) -> DHTSocket:
+    """Send each of :data:`AMPLIFICATION_PROBES` once from an unproven ``source`` (a socket
+    that never answers ``identify``), in the smallest canonical form; unanswered probes are
+    fine. The socket's :attr:`DHTSocket.replies` and :attr:`DHTSocket.traffic` say what came
+    back; ``key`` should hold many provider records."""
+    sock = await DHTSocket.open(source)
+    author = Identity()
+    record = provider_record(author, key, [(source, 7473)], latest_provider_expiry())
+    probes: list[tuple[str, tuple[Any, ...]]] = [
+        ("ping", ()), ("identify", (os.urandom(32),)), ("find_node", (key,)),
+        ("get", (1, key)), ("get", (2, key)), ("get", (3, key)),
+        ("put", (key, record)), ("put", (key, b"\x93\x01\x02\x03"))]
+    for name, args in probes:
+        with contextlib.suppress(TimeoutError):
+            await sock.request(target, name, *args, timeout=timeout)
+    # One more exchange: whatever the node sent us because of the probes (an identify
+    # challenge) has arrived by the time this is answered or has timed out.
+    with contextlib.suppress(TimeoutError):
+        await sock.request(target, "ping", timeout=timeout)
+    return sock
+
+
+def worst_amplification(sock: DHTSocket, target: tuple[str, int]) -> tuple[float, float]:
+    """(worst reply/request byte ratio of one RPC, all bytes received / all bytes sent)."""
+    worst = max((reply / req for _name, req, reply in sock.replies), default=0.0)
+    t = sock.traffic.get(target, Traffic())
+    return worst, (t.received / t.sent if t.sent else 0.0)
