@@ -1072,8 +1072,9 @@ def server_flood_frame(cid: bytes) -> Callable[[int], bytes]:
 
 class SlotHolder:
     """Holds connections to a chunk server from many source addresses, re-opening each one
-    as it is dropped: ``half_open`` per source that only connect (every other one also sends
-    ``-> e``), ``idle`` per source that finish the handshake and Hello and then stay silent.
+    as it is dropped: ``half_open`` in all that only connect (every other one also sends
+    ``-> e``) and ``idle`` in all that finish the handshake and Hello and then stay silent,
+    dealt round-robin over ``sources``.
 
     A refused or evicted connection is re-opened after ``pause`` seconds (the attacker's
     own pacing, so that it does not spin on one core of the machine it shares).
@@ -1098,17 +1099,13 @@ class SlotHolder:
 
     @property
     def slots(self) -> int:
-        return len(self.sources) * (self.half_open + self.idle)
+        return self.half_open + self.idle
 
     def start(self) -> None:
-        n = 0
-        for source in self.sources:
-            for i in range(self.half_open):
-                self._tasks.append(asyncio.create_task(self._hold(n, source, "e" if i % 2 else "")))
-                n += 1
-            for _ in range(self.idle):
-                self._tasks.append(asyncio.create_task(self._hold(n, source, "session")))
-                n += 1
+        kinds = ["e" if i % 2 else "" for i in range(self.half_open)] + ["session"] * self.idle
+        for slot, kind in enumerate(kinds):
+            source = self.sources[slot % len(self.sources)]
+            self._tasks.append(asyncio.create_task(self._hold(slot, source, kind)))
 
     async def _once(self, slot: int, source: str, kind: str) -> None:
         reader, writer = await open_tcp(*self.target, source=source)
