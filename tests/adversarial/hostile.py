@@ -1165,7 +1165,8 @@ async def proven_contacts(target: tuple[str, int], networks: Sequence[int]) -> l
 
 
 AMPLIFICATION_PROBES = ("ping", "identify", "find_node", "get providers", "get peer",
-                        "get channel", "put", "put invalid")
+                        "get channel", "put", "put invalid", "find_node with no token",
+                        "get with no token", "get with a made-up token")
 
 
 async def amplification_probe(target: tuple[str, int], key: bytes, source: str = "127.8.0.1",
@@ -1180,7 +1181,9 @@ async def amplification_probe(target: tuple[str, int], key: bytes, source: str =
     probes: list[tuple[str, tuple[Any, ...]]] = [
         ("ping", ()), ("identify", (os.urandom(32),)), ("find_node", (key,)),
         ("get", (1, key)), ("get", (2, key)), ("get", (3, key)),
-        ("put", (key, record)), ("put", (key, b"\x93\x01\x02\x03"))]
+        ("put", (key, record)), ("put", (key, b"\x93\x01\x02\x03")),
+        # The address-token shapes (DHT, "Address tokens"): none held, and a guessed one.
+        ("find_node", (key, b"")), ("get", (1, key, b"")), ("get", (1, key, os.urandom(8)))]
     for name, args in probes:
         with contextlib.suppress(TimeoutError):
             await sock.request(target, name, *args, timeout=timeout)

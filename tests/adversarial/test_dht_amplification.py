@@ -1,5 +1,5 @@
 """DHT amplification (issue 12, item 8): from a source that never proved itself (it does not
-answer ``identify``), raw ``get``/``find_node``/``ping``/``identify``/``put`` datagrams
+answer ``identify``), raw ``get``/``find_node`` (also with an empty or made-up address token)/``ping``/``identify``/``put`` datagrams
 get replies of at most 3x their size, and all datagrams the node sends that address add up
 to at most 3x what it sent: a forged source cannot use the DHT as an amplifier.
 
