@@ -172,6 +172,8 @@ class Download:
         """Addresses dialled since the last discovery round."""
         self._per_peer: collections.Counter[PeerId] = collections.Counter()
         """Addresses dialled per peer id since the last discovery round."""
+        self._round_started = 0.0
+        """When the current discovery round began (dial backoff counts from it)."""
         self._backoff: dict[Address, tuple[int, float]] = {}
         """Address -> (failed dials in a row, when it may be dialled again)."""
         self._connected_addrs: set[Address] = set()
@@ -445,12 +447,16 @@ class Download:
     def _dial_failed(self, addr: Address) -> None:
         failures = self._backoff.pop(addr, (0, 0.0))[0] + 1
         wait = min(DIAL_BACKOFF * 2 ** min(failures - 1, 32), DIAL_BACKOFF_MAX)
-        self._backoff[addr] = (failures, self._clock() + wait)  # re-inserted: the newest
+        # Counted from the round that named it, not from when the dial gave up: the first
+        # wait then ends by the next round (rounds are REDISCOVER_INTERVAL apart), the
+        # second skips one round, and so on, however long the dial took.
+        self._backoff[addr] = (failures, self._round_started + wait)  # re-inserted: the newest
         if len(self._backoff) > MAX_BACKOFF_ENTRIES:
             del self._backoff[next(iter(self._backoff))]
 
     async def _discover(self) -> None:
         while True:
+            self._round_started = self._clock()
             for addr in self.options.peers:
                 self._add_candidate(None, addr)
             if self._providers is None:

@@ -50,6 +50,7 @@ from .serving import (
     ServerLimits,
     choose_eviction,
 )
+from .serving import State as ServedState
 from .session import Session
 from .transport import Connection, WireProtocol
 
@@ -324,11 +325,22 @@ class Server:
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]
         refusal = "connection limit reached" if self._closed else self._admission.refusal(ip, self._clock())
-        if refusal is None and self._admission.full:
-            # Full: the oldest handshake, else the longest idle session, makes room.
-            victim = choose_eviction(((link, link.rules) for link in self._links.values()
-                                      if link.reason is None),
-                                     self._clock(), self.limits.eviction_grace)
+        if refusal is None and self._admission.full and not self._admission.could_evict_for(ip):
+            refusal = "connection limit reached"  # its network holds its share already
+        elif refusal is None and self._admission.full:
+            # Full: the oldest handshake, else the longest idle session, of a network that
+            # holds at least two more connections than the newcomer's, makes room.
+            now = self._clock()
+            heavier = [link for link in self._links.values() if link.reason is None
+                       and self._admission.may_evict(ip, link.proto.address[0])]
+            victim = choose_eviction(((link, link.rules) for link in heavier),
+                                     now, self.limits.eviction_grace)
+            if victim is None:
+                # None old enough: a handshake of a network over its share goes anyway.
+                victim = choose_eviction(((link, link.rules) for link in heavier
+                                          if link.rules.state is ServedState.HANDSHAKE
+                                          and self._admission.over_share(link.proto.address[0], ip)),
+                                         now, 0.0)
             if victim is None:
                 refusal = "connection limit reached"
             else:

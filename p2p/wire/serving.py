@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -418,6 +419,7 @@ class ServedPeer:
 K = TypeVar("K")
 
 
+@functools.lru_cache(maxsize=4096)
 def address_prefix(host: str) -> str:
     """The network ``host`` is counted in for ``max_connections_per_prefix``: its /24 for
     IPv4, its /48 for IPv6. ``host`` is normalised already (:func:`p2p.address.from_sockaddr`
@@ -483,6 +485,31 @@ class Admission:
         self._penalised[ip] = now + self.limits.flood_penalty
         while len(self._penalised) > self.limits.max_penalised:
             del self._penalised[next(iter(self._penalised))]
+
+    def could_evict_for(self, newcomer: str) -> bool:
+        """Whether any connection at all :meth:`may_evict` for ``newcomer`` (O(networks)):
+        the common refusal, a crowd knocking again, costs no walk over the connections."""
+        light = self._per_prefix[address_prefix(newcomer)]
+        return max(self._per_prefix.values(), default=0) >= light + 2
+
+    def may_evict(self, newcomer: str, victim: str) -> bool:
+        """Whether a full server may drop a connection from ``victim`` to admit one from
+        ``newcomer``: only when the victim's prefix holds at least two more connections
+        than the newcomer's, so every eviction leaves the slots more evenly spread. A
+        newcomer from a network that holds its share already is refused instead of
+        evicting: a crowd re-opening what it lost churns nobody's slots but would
+        otherwise take every connection the moment it passes ``eviction_grace``, and an
+        honest newcomer from a light network would never find one to replace."""
+        light = self._per_prefix[address_prefix(newcomer)]
+        return self._per_prefix[address_prefix(victim)] >= light + 2
+
+    def over_share(self, ip: str, newcomer: str) -> bool:
+        """Whether ``ip``'s prefix holds more than an even split of ``max_connections``
+        among the prefixes present and ``newcomer``'s: such a network's handshakes may be
+        evicted for a lighter newcomer even inside ``eviction_grace``, so a crowd that just
+        opened every slot cannot keep an honest newcomer out until its connections age."""
+        networks = len(self._per_prefix) + (address_prefix(newcomer) not in self._per_prefix)
+        return self._per_prefix[address_prefix(ip)] * networks > self.limits.max_connections
 
     def count(self, ip: str) -> tuple[int, int]:
         """(connections from ``ip``, connections from its prefix)."""

@@ -400,12 +400,14 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                   timeout: float = 10.0, cipher: str = "AESGCM",  # the API shape the download engine asked for
                   max_send_buffer: int = MAX_SEND_BUFFER,
-                  max_receive_queue: int = MAX_RECEIVE_QUEUE) -> Connection:
+                  max_receive_queue: int = MAX_RECEIVE_QUEUE,
+                  source: str | None = None) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
 
     ``host`` is an IPv4 or IPv6 literal (``::1``, no brackets) or a name. Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
     another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
+    ``source`` binds the local end to that address (any port) first.
     """
     loop = asyncio.get_running_loop()
     hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
@@ -417,7 +419,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
             try:
                 _raw, proto = await loop.create_connection(
                     lambda: WireProtocol(session, max_send_buffer=max_send_buffer,
-                                         max_receive_queue=max_receive_queue), host, port)
+                                         max_receive_queue=max_receive_queue), host, port,
+                    local_addr=None if source is None else (source, 0))
                 transport = proto.transport
             except OSError as exc:
                 raise NetworkError(f"cannot connect to {format_address((host, port))}: {exc}") from None

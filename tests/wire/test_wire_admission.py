@@ -87,6 +87,24 @@ def test_admission_counts_per_ip_per_prefix_and_in_total() -> None:
     assert admission.count("192.0.2.1") == (1, 2)
 
 
+def test_a_newcomer_may_evict_only_from_a_network_two_heavier_than_its_own() -> None:
+    admission = Admission(ServerLimits(max_connections=8))
+    for host in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "198.51.100.1"):
+        admission.add(host)
+    assert admission.may_evict("203.0.113.1", "192.0.2.1")  # 3 >= 0 + 2
+    assert admission.may_evict("198.51.100.9", "192.0.2.1")  # 3 >= 1 + 2
+    assert not admission.may_evict("203.0.113.1", "198.51.100.1")  # 1 < 0 + 2
+    assert not admission.may_evict("192.0.2.9", "192.0.2.1")  # within one network: never
+    # An even split of 8 over two networks is 4: the /24 with 3 is not over it, with 5 it
+    # is; over three (a newcomer's own network counts) the split is 2.67, and 3 is over it.
+    assert not admission.over_share("192.0.2.1", "198.51.100.7")
+    assert admission.over_share("192.0.2.1", "203.0.113.1")
+    admission.add("192.0.2.4")
+    admission.add("192.0.2.5")
+    assert admission.over_share("192.0.2.1", "198.51.100.7")
+    assert not admission.over_share("198.51.100.1", "198.51.100.7")
+
+
 # -- the eviction choice ---------------------------------------------------------------------------
 
 
@@ -231,10 +249,12 @@ async def test_half_open_handshakes_fill_the_server_and_an_honest_client_still_g
                 clock.advance(1.0)
             assert server.connection_count == 4
             # Handshaking for 4, 3, 2 and 1 s: each honest client (kept open, so the server
-            # stays full) evicts the oldest half-open one and is served.
+            # stays full), from a network of its own, evicts the oldest half-open one and is
+            # served.
             for n, index in enumerate((1, 2)):
                 honest = await connect(host, port, Identity.generate(),
-                                       expected_peer=server.identity.peer_id, timeout=T)
+                                       expected_peer=server.identity.peer_id, timeout=T,
+                                       source=f"127.{n + 1}.0.1")
                 honests.append(honest)
                 assert await raws[n].closed_by_server()
                 await fetch_one(honest, index)
@@ -273,7 +293,7 @@ async def test_a_full_server_evicts_the_session_idle_the_longest() -> None:
             # second is now the one idle the longest.
             await fetch_one(conns[0], 0)
             clock.advance(GRACE)
-            newcomer = await connect(host, port, Identity.generate(), timeout=T)
+            newcomer = await connect(host, port, Identity.generate(), timeout=T, source="127.1.0.1")
             try:
                 await fetch_one(newcomer, 3)
                 event = await recorder.wait_for(lambda e: isinstance(e, PeerDisconnected))
@@ -294,24 +314,63 @@ async def test_a_full_server_evicts_the_session_idle_the_longest() -> None:
 
 async def test_a_full_server_with_nothing_evictable_refuses_the_newcomer() -> None:
     clock = FakeClock()
-    limits = ServerLimits(max_connections=1, max_send_buffer=64 * 1024)
+    limits = ServerLimits(max_connections=2, max_send_buffer=64 * 1024)
     async with asyncio.timeout(T), shared_serving(limits, CID, list(BIG_CHUNKS), clock=clock) as (
             server, (host, port), recorder):
-        me = Identity.generate()
-        # It asks for 32 MiB and never reads: its requests stay in flight.
-        staller = await connect(host, port, me, timeout=T, max_receive_queue=64 * 1024)
+        ids = [Identity.generate() for _ in range(2)]
+        # Each asks for 32 MiB and never reads: its requests stay in flight.
+        stallers = [await connect(host, port, me, timeout=T, max_receive_queue=64 * 1024)
+                    for me in ids]
         try:
-            for i in range(limits.max_inflight_requests):
-                await staller.send(Request(CID, i % len(BIG_CHUNKS)))
-            await recorder.wait_until(lambda: recorder.write_paused(me.peer_id))
+            for staller, me in zip(stallers, ids, strict=True):
+                for i in range(limits.max_inflight_requests):
+                    await staller.send(Request(CID, i % len(BIG_CHUNKS)))
+                await recorder.wait_until(lambda me=me: recorder.write_paused(me.peer_id))
             clock.advance(GRACE * 2)  # well past the grace, short of the send timeout
+            # From another network (so their /24 is heavy enough to give up a slot), but
+            # both are busy.
             with pytest.raises(ConnectionLost):
-                await connect(host, port, Identity.generate(), timeout=T)
-            assert server.connection_count == 1
-            assert [c.peer for c in server.connections()] == [me.peer_id]
+                await connect(host, port, Identity.generate(), timeout=T, source="127.1.0.1")
+            assert server.connection_count == 2
+            assert {c.peer for c in server.connections()} == {me.peer_id for me in ids}
             assert recorder.disconnects() == []
         finally:
-            await staller.aclose()
+            for staller in stallers:
+                await staller.aclose()
+
+
+async def test_a_crowd_that_just_took_every_slot_still_gives_one_to_a_lighter_network() -> None:
+    clock = FakeClock()  # never moved: every handshake stays inside the grace
+    limits = ServerLimits(max_connections=4)
+    async with asyncio.timeout(T), shared_serving(limits, CID, list(CHUNKS), clock=clock) as (
+            _server, (host, port), recorder):
+        raws: list[HalfOpen] = []
+        try:
+            for _ in range(4):
+                raws.append(raw := await HalfOpen.open(host, port))
+                assert await raw.start_handshake()
+            # 127.0.0.0/24 holds all four, more than an even split: its oldest handshake
+            # goes for a newcomer from another network, young as it is.
+            honest = await connect(host, port, Identity.generate(), timeout=T, source="127.1.0.1")
+            try:
+                assert await raws[0].closed_by_server()
+                await fetch_one(honest, 1)
+                # The crowd re-opening what it lost is refused: evicting for it would only
+                # move slots within the crowd, or take the honest one's.
+                again = await HalfOpen.open(host, port, "127.0.0.9")
+                raws.append(again)
+                assert not await again.start_handshake()
+                clock.advance(GRACE * 2)
+                later = await HalfOpen.open(host, port, "127.0.0.10")
+                raws.append(later)
+                assert not await later.start_handshake()
+                assert len(evicted(recorder)) == 1
+                await fetch_one(honest, 2)
+            finally:
+                await honest.aclose()
+        finally:
+            for raw in raws:
+                await raw.aclose()
 
 
 async def test_one_24_cannot_take_more_than_its_share_from_other_loopback_addresses() -> None:
