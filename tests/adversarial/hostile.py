@@ -662,6 +662,8 @@ class Listener:
             await self.handler(session)
         except (Closed, ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # aclose(): this task is the top of the connection; it ends here
         except Exception as exc:  # recorded for the test to report; the connection ends
             self.errors.append(exc)
         finally:

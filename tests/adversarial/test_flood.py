@@ -4,7 +4,9 @@ as fast as its victim takes them, costs itself the connection, not the victim it
 Both floods count what the victim *processed*, not what sat in socket buffers: a Ping
 after every batch is answered in order, so each Pong acknowledges the whole batch before
 it (:class:`~adversarial.hostile.Flood`). The bound is a budget of thousands of such
-messages, far above what an honest peer sends (a few stray Haves or Cancels).
+messages, far above what an honest peer sends (a few stray Haves or Cancels). A seeder
+then refuses the flooder's address for a while, before any cryptography (PROTOCOL.md,
+Threats), so a fresh key buys no fresh budget.
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ async def test_flood_of_a_seeders_server_is_dropped_while_a_download_from_it_com
             attacked = await cli(*fetch_args(tmp_path / "dl1", cid, tmp_path / "out.bin",
                                              [seeder]), cwd=tmp_path)
             dropped_during_download = flood.dropped.is_set()
+            # PROTOCOL.md, Threats: a server refuses a flooder's IP for a while, before any
+            # cryptography, so a fresh key does not buy a fresh budget.
+            refused_again = False
+            if dropped_during_download:
+                try:
+                    await (await h.dial(*seeder, source="127.33.0.1")).aclose()
+                except (h.Closed, ConnectionError):
+                    refused_again = True
         finally:
             flooding.cancel()
             with contextlib.suppress(BaseException):
@@ -91,4 +101,5 @@ async def test_flood_of_a_seeders_server_is_dropped_while_a_download_from_it_com
     assert dropped_during_download, (f"the flooder was still connected after the server "
                                      f"processed {flood.acked} of its messages")
     assert flood.acked <= MAX_FLOOD, f"dropped only after {flood.acked} messages"
+    assert refused_again, "the flooder's address was let in again at once with a fresh key"
     assert attacked.seconds <= 4 * baseline.seconds + 5, (attacked.seconds, baseline.seconds)
