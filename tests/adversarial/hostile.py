@@ -318,7 +318,6 @@ class HandshakeXX:
 
     def write_message(self, payload: Payload = b"") -> bytes:
         step, self.step = self.step, self.step + 1
-        assert self.e is not None or step == 0 or not self.initiator
         if step == 0 and self.initiator:                        # -> e
             return self._new_e() + self._payload(payload)
         if step == 1 and not self.initiator:                    # <- e, ee, s, es
