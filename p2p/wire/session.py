@@ -50,6 +50,11 @@ MAX_HANDSHAKE_MESSAGE = 512
 """Our handshake messages are under 300 bytes; anything larger is refused before use."""
 MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
 """Plaintext bytes per Noise transport message."""
+DECODE_AHEAD = 512
+"""Messages decoded ahead of the application: past this many queued, the session stops
+decrypting the records in its buffer (the shell stops reading the socket) until they are
+taken. A peer's flood then costs us the messages we handle, not the thousands a full
+receive buffer of tiny frames holds (a 1 MiB buffer holds 24,000 Haves)."""
 RECV_BUFFER = 1 << 20
 """Default ciphertext receive buffer: large reads mean few trips through the event loop."""
 
@@ -104,6 +109,9 @@ class Session:
         self._fview = memoryview(b"")
         self._fpos = 0
         self._fneed = 0
+        self.stalled = False
+        """Whole records wait in the buffer because :data:`DECODE_AHEAD` messages are
+        queued: call :meth:`decode_more` once they are taken (and read no more until then)."""
         if initiator:
             self._queue_handshake(self._hs.write_message(b""))  # -> e (no payload: nothing is secret yet)
 
@@ -174,6 +182,8 @@ class Session:
             buf[:n] = view[:n]
             view = view[n:]
             events += self.buffer_updated(n)
+            while self.stalled:  # all at once here: the caller takes every message
+                events += self.decode_more()
         return events
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -181,10 +191,17 @@ class Session:
         return self._rview[self._rend:]
 
     def buffer_updated(self, nbytes: int) -> list[Message]:
-        """``nbytes`` were written into :meth:`get_buffer`; returns the completed messages."""
+        """``nbytes`` were written into :meth:`get_buffer`; returns the completed messages
+        (at most about :data:`DECODE_AHEAD`; then :attr:`stalled` says more wait)."""
         if self.state is State.CLOSED:
             raise LocalProtocolError("session is closed")
         self._rend += nbytes
+        return self.decode_more()
+
+    def decode_more(self) -> list[Message]:
+        """Decode records already received (after :attr:`stalled`); returns their messages."""
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("session is closed")
         try:
             self._process()
         except RemoteProtocolError:
@@ -207,7 +224,12 @@ class Session:
 
     def _process(self) -> None:
         view, pos, end = self._rview, self._rstart, self._rend
+        self.stalled = False
         while end - pos >= 2:
+            if len(self._events) >= DECODE_AHEAD:
+                self.stalled = True
+                self._rstart = pos
+                return  # the rest stays where it is: no room is needed until it is decoded
             size = (view[pos] << 8) | view[pos + 1]
             if end - pos - 2 < size:
                 break
@@ -287,7 +309,19 @@ class Session:
 
     def _feed_plain(self, plain: bytes) -> None:
         i, n = 0, len(plain)
+        whole = memoryview(plain)
         while i < n:
+            if self._frame is None and not self._hdr and n - i >= FRAME_HEADER:
+                # A frame that starts here: if it ends in this record too (small control
+                # messages always do), decode it where it lies, with no frame buffer.
+                length = decode_frame_length(whole[i:i + FRAME_HEADER])
+                if length > self.max_frame:
+                    raise RemoteProtocolError(f"frame of {length} bytes exceeds this side's limit of {self.max_frame}")
+                if n - i - FRAME_HEADER >= length:
+                    start = i + FRAME_HEADER
+                    i = start + length
+                    self._deliver(whole[start:i])
+                    continue
             if self._frame is None:
                 take = min(FRAME_HEADER - len(self._hdr), n - i)
                 self._hdr += plain[i:i + take]
@@ -313,6 +347,10 @@ class Session:
         view = self._fview
         self._frame = None
         self._fview = memoryview(b"")
+        self._deliver(view)
+
+    def _deliver(self, view: memoryview) -> None:
+        """Decode one whole frame and queue its message (a Data payload stays a view of it)."""
         msg = decode(view)
         if self.remote_hello is None:
             if not isinstance(msg, Hello):

@@ -142,15 +142,18 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._flush()
         if not self.ready.done() and self.session.remote_hello is not None:
             self.ready.set_result(None)
+        self._queue_messages(msgs)
+
+    def _queue_messages(self, msgs: list[Message]) -> None:
         if msgs:
             self.queue.extend(msgs)
             for msg in msgs:
                 self.queued_bytes += _size(msg)
             self._wake()
-            if self.queued_bytes > self._max_queue and not self.reading_paused:
-                assert self.transport is not None
-                self.transport.pause_reading()
-                self.reading_paused = True
+        if (self.queued_bytes > self._max_queue or self.session.stalled) and not self.reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
 
     def eof_received(self) -> bool:
         """The peer closed its side: clean if on a record and frame boundary."""
@@ -218,6 +221,16 @@ class WireProtocol(asyncio.BufferedProtocol):
             await asyncio.sleep(0)
         while not self.queue:
             self._streak = 0
+            if self._session is not None and self._session.stalled and self.error is None:
+                # Records wait undecoded (DECODE_AHEAD): decode the next batch now that
+                # the queue is empty, before reading more from the socket.
+                try:
+                    self._queue_messages(self._session.decode_more())
+                except RemoteProtocolError as exc:
+                    self._fail(exc)
+                self._flush()
+                self._maybe_resume()
+                continue
             if self.error is not None:
                 raise self.error
             self._waiter = asyncio.get_running_loop().create_future()
@@ -228,11 +241,17 @@ class WireProtocol(asyncio.BufferedProtocol):
         msg = self.queue.popleft()
         self._streak += 1
         self.queued_bytes -= _size(msg)
-        if self.reading_paused and self.queued_bytes <= self._max_queue // 2:
+        self._maybe_resume()
+        return msg
+
+    def _maybe_resume(self) -> None:
+        """Read the socket again once the queue is down to half its bound and no records
+        wait undecoded."""
+        if self.reading_paused and self.queued_bytes <= self._max_queue // 2 \
+                and not self.session.stalled:
             self.reading_paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
-        return msg
 
     def abort(self, exc: Exception) -> None:
         """Drop the connection at once, recording ``exc`` as the reason."""

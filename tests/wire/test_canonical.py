@@ -215,3 +215,58 @@ def test_non_canonical_bodies_are_refused(body: bytes) -> None:
 
 def test_the_canonical_request_is_accepted() -> None:
     assert decode(b"\x07\x92\xc4\x20" + CID + b"\x05") == Request(CID, 5)
+
+
+# -- the fast path for indexed messages -------------------------------------------------------
+
+
+def _general(frame: bytes) -> object:
+    """What the general (msgpack) path makes of ``frame``: a message, or the error type."""
+    from p2p.wire import messages
+
+    saved = messages._INDEXED
+    messages._INDEXED = {}
+    try:
+        return messages.decode(frame)
+    except RemoteProtocolError as exc:
+        return type(exc)
+    finally:
+        messages._INDEXED = saved
+
+
+def _fast(frame: bytes) -> object:
+    try:
+        return decode(frame)
+    except RemoteProtocolError as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("mtype", [6, 7, 10])
+@pytest.mark.parametrize("index", [0, 5, 127, 128, 255, 256, 65535, 65536, 2**32 - 1])
+def test_the_fast_path_decodes_indexed_messages_exactly_as_the_general_path(mtype: int, index: int) -> None:
+    cid = bytes(range(32))
+    for width_body in bodies_of_index(index):
+        frame = bytes([mtype]) + b"\x92\xc4\x20" + cid + width_body
+        assert _fast(frame) == _general(frame)
+
+
+def bodies_of_index(index: int) -> list[bytes]:
+    """``index`` in every msgpack integer form it fits (canonical or not)."""
+    out = []
+    if index < 0x80:
+        out.append(bytes([index]))
+    for lead, fmt in ((0xCC, ">B"), (0xCD, ">H"), (0xCE, ">I"), (0xCF, ">Q"),
+                      (0xD0, ">b"), (0xD1, ">h"), (0xD2, ">i"), (0xD3, ">q")):
+        try:
+            out.append(bytes([lead]) + struct.pack(fmt, index))
+        except struct.error:
+            pass
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(mtype=st.sampled_from([6, 7, 10]), tail=st.binary(max_size=8),
+       prefix=st.sampled_from([b"\x92\xc4\x20", b"\x92\xc5\x00\x20", b"\x93\xc4\x20", b"\xdc\x00\x02\xc4\x20"]))
+def test_the_fast_path_agrees_with_the_general_path_on_any_body(mtype: int, tail: bytes, prefix: bytes) -> None:
+    frame = bytes([mtype]) + prefix + bytes(32) + tail
+    assert _fast(frame) == _general(frame)

@@ -18,19 +18,23 @@ from p2p.identity import Identity
 from p2p.wire.budget import NOOP_BURST, Budget
 from p2p.wire.errors import ConnectionLost
 from p2p.wire.messages import (
+    PROTOCOL_VERSION,
     Cancel,
     Data,
     GetBitfield,
     GetManifest,
     Have,
+    Hello,
     Ping,
     Pong,
     Reject,
     RejectReason,
     Request,
+    encode,
 )
 from p2p.wire.server import PeerDisconnected, ServerLimits
 from p2p.wire.serving import Admission, Drop, Reply, ServedPeer
+from p2p.wire.session import DECODE_AHEAD, MAX_PLAINTEXT, Session
 from p2p.wire.transport import READ_BATCH, WireProtocol, connect
 
 from .recorder import serving
@@ -155,6 +159,49 @@ async def test_a_reader_with_thousands_of_messages_queued_lets_others_run() -> N
             handled += 1
         await task
     assert other_ran_at and other_ran_at[0] <= READ_BATCH
+
+
+class Watching(WireProtocol):
+    """A listener's protocol that remembers the most messages it ever held decoded."""
+
+    most = 0
+
+    def buffer_updated(self, nbytes: int) -> None:
+        super().buffer_updated(nbytes)
+        Watching.most = max(Watching.most, len(self.queue))
+
+
+async def test_a_receiver_decodes_only_a_bounded_batch_ahead_of_its_reader() -> None:
+    me = Identity.generate()
+    accepted: asyncio.Queue[WireProtocol] = asyncio.Queue()
+
+    def made(proto: WireProtocol) -> None:
+        proto.attach(Session(me, Hello(PROTOCOL_VERSION, me.peer_id, (), "t"), initiator=False))
+        accepted.put_nowait(proto)
+
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: Watching(on_made=made), "127.0.0.1", 0)
+    Watching.most = 0
+    count = 10 * DECODE_AHEAD
+    try:
+        async with asyncio.timeout(T):
+            host, port = listener.sockets[0].getsockname()[:2]
+            client = await connect(host, port, Identity.generate(), timeout=T)
+            proto = await accepted.get()
+            await proto.ready
+            try:
+                for i in range(count):  # all sent before the receiver takes one
+                    await client.send(Have(CID, i))
+                await client.send(Ping(1))
+                received = [await proto.next_message() for _ in range(count + 1)]
+            finally:
+                await client.aclose()
+    finally:
+        listener.close()
+    assert received == [*(Have(CID, i) for i in range(count)), Ping(1)]  # all, in order
+    # The batch is checked between records, and one record (up to MAX_PLAINTEXT bytes) holds
+    # up to ~1,450 of these 45-byte frames.
+    assert 0 < Watching.most <= DECODE_AHEAD + MAX_PLAINTEXT // len(encode(Have(CID, 0))) < count
 
 
 # -- real sockets ----------------------------------------------------------------------------
