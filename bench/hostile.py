@@ -183,31 +183,6 @@ async def fetch(scratch: Path, cid: str, bootstrap: tuple[str, int],
 # -- attacks ------------------------------------------------------------------------------------
 
 
-async def put_crowd(cid: bytes, records: list[bytes], entry: tuple[str, int]) -> int:
-    """Put ``records`` at every live node around the key; how many puts were acknowledged."""
-    key = h.discovery_key(cid)
-    identity = h.Identity()
-    sock = await h.DHTSocket.open("127.9.9.254", identity=identity,
-                                  answer=h.fake_node_answers(identity, lambda s: s))
-    try:
-        contacts = await sock.request(entry, "find_node", key)
-        found = {entry} | {(ip, port) for _id, ip, port in contacts}
-        alive = await asyncio.gather(*(sock.request(n, "ping", timeout=1) for n in found),
-                                     return_exceptions=True)
-        nodes = [n for n, a in zip(found, alive, strict=True) if isinstance(a, bytes)]
-        wave = asyncio.Semaphore(32)
-
-        async def put(node: tuple[str, int], record: bytes) -> Any:
-            async with wave:
-                return await sock.request(node, "put", key, record, timeout=3)
-
-        replies = await asyncio.gather(*(put(n, r) for n in nodes for r in records),
-                                       return_exceptions=True)
-        return sum(1 for r in replies if r == h.PUT_OK)
-    finally:
-        sock.close()
-
-
 async def amplification(target: tuple[str, int]) -> dict[str, Any]:
     """The DHT's worst amplification toward an unproven source (see the module docstring)."""
     key = h.discovery_key(os.urandom(32))
@@ -260,11 +235,11 @@ async def bench(size: int, runs: int, scratch: Path) -> dict[str, Any]:
         expires = h.latest_provider_expiry()
         crowd = [h.provider_record(h.Identity(), key, [(f"127.9.9.{1 + i}", 7473)], expires)
                  for i in range(SYBILS)]
-        notes["sybil_puts_before"] = await put_crowd(target.content_id, crowd, entry)
+        notes["sybil_puts_before"] = sum(await h.put_crowd(target.content_id, crowd, entry))
         sybil_seed = await stack.enter_async_context(p2p_process(
             "share", str(other), "--state-dir", str(scratch / "seed2"), "--listen",
             "127.0.0.1:0", "--bootstrap", boot["listen"], cwd=scratch))
-        notes["sybil_puts_after"] = await put_crowd(target.content_id, crowd, entry)
+        notes["sybil_puts_after"] = sum(await h.put_crowd(target.content_id, crowd, entry))
         sybil_cid = sybil_seed["content_id"]
         print(f"DHT of {DHT_NODES} nodes, seeder {seed['listen']}, sybil target seeder "
               f"{sybil_seed['listen']}; {notes['sybil_puts_before']} + "

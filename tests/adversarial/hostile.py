@@ -1200,3 +1200,35 @@ def worst_amplification(sock: DHTSocket, target: tuple[str, int]) -> tuple[float
     worst = max((reply / req for _name, req, reply in sock.replies), default=0.0)
     t = sock.traffic.get(target, Traffic())
     return worst, (t.received / t.sent if t.sent else 0.0)
+
+
+async def put_crowd(content_id: bytes, records: list[bytes], entry: tuple[str, int]) -> list[int]:
+    """Put ``records`` at every live node around the content's discovery key (found with
+    find_node from ``entry``); how many each node acknowledged as stored."""
+    key = discovery_key(content_id)
+    identity = Identity()
+    # The attacker's node answers identify truthfully: it is a proven contact like any other.
+    sock = await DHTSocket.open("127.9.9.254", identity=identity,
+                              answer=fake_node_answers(identity, lambda source: source))
+    try:
+        contacts = await sock.request(entry, "find_node", key)
+        found = {entry} | {(ip, port) for _id, ip, port in contacts}
+        # A finished fetch is still in routing tables for a while: ask only live nodes.
+        alive = await asyncio.gather(*(sock.request(n, "ping", timeout=1) for n in found),
+                                     return_exceptions=True)
+        nodes = [n for n, a in zip(found, alive, strict=True) if isinstance(a, bytes)]
+        # At most 32 answers on their way at once: a burst of hundreds overflows the
+        # attacker's own socket buffer, which would lose acks, not records.
+        wave = asyncio.Semaphore(32)
+
+        async def put(node: tuple[str, int], record: bytes) -> int:
+            async with wave:
+                return int(await sock.request(node, "put", key, record, timeout=3))
+
+        replies = await asyncio.gather(*(put(node, record) for node in nodes for record in records),
+                                       return_exceptions=True)
+        per_node = len(records)
+        return [sum(r == PUT_OK for r in replies[i:i + per_node])
+                for i in range(0, len(replies), per_node)]
+    finally:
+        sock.close()

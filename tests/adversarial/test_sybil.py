@@ -33,38 +33,6 @@ def sybil_records(content_id: bytes, count: int = SYBILS) -> list[bytes]:
             for i in range(count)]
 
 
-async def put_sybils(content_id: bytes, records: list[bytes], entry: tuple[str, int]) -> int:
-    """Put ``records`` at every live node around the key (found with find_node); the
-    fewest acks any one node gave."""
-    key = h.discovery_key(content_id)
-    identity = h.Identity()
-    # The attacker's node answers identify truthfully: it is a proven contact like any other.
-    sock = await h.DHTSocket.open("127.9.9.254", identity=identity,
-                                  answer=h.fake_node_answers(identity, lambda source: source))
-    try:
-        contacts = await sock.request(entry, "find_node", key)
-        found = {entry} | {(ip, port) for _id, ip, port in contacts}
-        # A finished fetch is still in routing tables for a while: ask only live nodes.
-        alive = await asyncio.gather(*(sock.request(n, "ping", timeout=1) for n in found),
-                                     return_exceptions=True)
-        nodes = [n for n, a in zip(found, alive, strict=True) if isinstance(a, bytes)]
-        # At most 32 answers on their way at once: a burst of hundreds overflows the
-        # attacker's own socket buffer, which would lose acks, not records.
-        wave = asyncio.Semaphore(32)
-
-        async def put(node: tuple[str, int], record: bytes) -> int:
-            async with wave:
-                return int(await sock.request(node, "put", key, record, timeout=3))
-
-        replies = await asyncio.gather(*(put(node, record) for node in nodes for record in records),
-                                       return_exceptions=True)
-        per_node = len(records)
-        return min(sum(r == h.PUT_OK for r in replies[i:i + per_node])
-                   for i in range(0, len(replies), per_node))
-    finally:
-        sock.close()
-
-
 async def test_sybil_provider_crowd_does_not_hide_the_honest_seeder(tmp_path: Path) -> None:
     decoy = make_file(tmp_path / "src" / "baseline.bin", SIZE, seed=21)
     target = make_file(tmp_path / "src" / "target.bin", SIZE, seed=22)
@@ -85,7 +53,7 @@ async def test_sybil_provider_crowd_does_not_hide_the_honest_seeder(tmp_path: Pa
         # The crowd arrives first, then the honest seeder announces; then the crowd is put
         # again, now at the seeder's own node too.
         crowd = sybil_records(content.content_id)
-        stored = await put_sybils(content.content_id, crowd, entry)
+        stored = min(await h.put_crowd(content.content_id, crowd, entry))
         assert stored == SYBILS, f"a node stored only {stored} of the sybil records"
         seed = await stack.enter_async_context(
             cli_process(*share_args(tmp_path / "seed1", target, [entry]), cwd=tmp_path))
@@ -93,7 +61,7 @@ async def test_sybil_provider_crowd_does_not_hide_the_honest_seeder(tmp_path: Pa
         cid = info["content_id"]
         assert cid == h.content_id_text(content.content_id)
         seeder_key = h.parse_peer_id(info["peer_id"])
-        await put_sybils(content.content_id, crowd, entry)
+        await h.put_crowd(content.content_id, crowd, entry)
         runs = []
         for run in range(RUNS):
             dest = tmp_path / f"out{run}.bin"
