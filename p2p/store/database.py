@@ -17,7 +17,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "DB_FILE", "SCHEMA_VERSION", "Database", "Download
 
 DB_FILE = "store.sqlite3"
 """The database's file name in the state directory."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this version writes. Older databases are migrated forward when opened
 (:data:`_MIGRATIONS`); a newer one is refused rather than misread."""
 BUSY_TIMEOUT_MS = 10_000
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS shares (
 CREATE TABLE IF NOT EXISTS share_files (
     content_id BLOB NOT NULL, entry INTEGER NOT NULL, path TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, file_id BLOB NOT NULL,
+    ctime_ns INTEGER, ino INTEGER,
     PRIMARY KEY (content_id, entry));
 CREATE INDEX IF NOT EXISTS share_files_by_file_id ON share_files(file_id);
 CREATE TABLE IF NOT EXISTS downloads (
@@ -62,9 +63,19 @@ CREATE TABLE IF NOT EXISTS bans (
     peer_id BLOB PRIMARY KEY, reason TEXT NOT NULL, banned_at REAL NOT NULL, until REAL);
 """
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+def _add_share_identity(db: sqlite3.Connection) -> None:
+    """2 -> 3: shared files also record their ctime and inode (NULL for older rows, which are
+    then served as before: every chunk re-hashed)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(share_files)")}
+    for column in ("ctime_ns", "ino"):
+        if column not in have:
+            db.execute(f"ALTER TABLE share_files ADD COLUMN {column} INTEGER")
+
+
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     # 1 -> 2: the table of known peers was written by nothing and read by nothing.
     1: ("DROP TABLE IF EXISTS peers",),
+    2: (_add_share_identity,),
 }
 """For each old schema version, the statements that bring it to the next one."""
 
@@ -163,8 +174,11 @@ class Database:
             if not 1 <= version <= SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema {row[0]}; this version reads {SCHEMA_VERSION}")
             while version < SCHEMA_VERSION:
-                for stmt in _MIGRATIONS[version]:
-                    db.execute(stmt)
+                for step in _MIGRATIONS[version]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:
+                        step(db)
                 version += 1
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
@@ -215,12 +229,14 @@ class Database:
         """Record that ``manifest`` (already stored) is served from ``files``, one per entry in
         order, replacing an earlier record of the same share."""
         cid = manifest.content_id.digest
-        rows = [(cid, i, str(file.path), file.size, file.mtime_ns, entry.content_id.digest)
+        rows = [(cid, i, str(file.path), file.size, file.mtime_ns, entry.content_id.digest,
+                 file.ctime_ns, file.ino)
                 for i, (entry, file) in enumerate(zip(manifest.entries, files, strict=True))]
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO shares VALUES (?,?,?,?)", (cid, str(root), now, origin))
             db.execute("DELETE FROM share_files WHERE content_id=?", (cid,))
-            db.executemany("INSERT INTO share_files VALUES (?,?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO share_files (content_id, entry, path, size, mtime_ns, "
+                           "file_id, ctime_ns, ino) VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def remove_share(self, cid: bytes) -> bool:
         """Forget the share ``cid``. True if it was shared."""
@@ -242,19 +258,20 @@ class Database:
 
     def share_files(self, cid: bytes) -> list[SharedFile]:
         """The files the share ``cid`` is served from, one per entry in order (none if not shared)."""
-        rows = self._query("SELECT path, size, mtime_ns FROM share_files WHERE content_id=? ORDER BY entry",
-                           (cid,))
-        return [SharedFile(Path(str(r[0])), int(r[1]), int(r[2])) for r in rows]
+        rows = self._query("SELECT path, size, mtime_ns, ctime_ns, ino FROM share_files "
+                           "WHERE content_id=? ORDER BY entry", (cid,))
+        return [SharedFile(Path(str(r[0])), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
 
     def file_share(self, file_id: bytes) -> tuple[bytes, int, SharedFile] | None:
         """A share holding a file whose own content id is ``file_id``: (the share's id, the
         entry, the file), or None."""
-        rows = self._query("SELECT content_id, entry, path, size, mtime_ns FROM share_files "
-                           "WHERE file_id=? LIMIT 1", (file_id,))
+        rows = self._query("SELECT content_id, entry, path, size, mtime_ns, ctime_ns, ino "
+                           "FROM share_files WHERE file_id=? LIMIT 1", (file_id,))
         if not rows:
             return None
-        cid, entry, path, size, mtime_ns = rows[0]
-        return bytes(cid), int(entry), SharedFile(Path(str(path)), int(size), int(mtime_ns))
+        cid, entry, path, size, mtime_ns, ctime_ns, ino = rows[0]
+        return bytes(cid), int(entry), SharedFile(Path(str(path)), int(size), int(mtime_ns),
+                                                  ctime_ns, ino)
 
     # -- downloads -----------------------------------------------------------------------
 

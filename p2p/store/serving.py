@@ -1,8 +1,19 @@
 """Shared files, served in place: what was recorded at share time, and the change check.
 
-A shared file is never copied. When it is shared, its size and mtime are recorded
-(:meth:`SharedFile.record`); every read checks both and re-hashes the chunk
-(:meth:`SharedFile.read_chunk`), so a file that changed is never served as the old content.
+A shared file is never copied. When it is shared, its size, mtime, ctime and inode are
+recorded (:meth:`SharedFile.record`). Every read checks them (:meth:`SharedFile.read_chunk`):
+
+* size or mtime differ: the file changed, and it is no longer served;
+* all four are as recorded: the bytes are served without hashing them again. Any write
+  moves the ctime (which no user call can set back), so a file whose ctime and inode are
+  unchanged holds the bytes that were hashed;
+* size and mtime as recorded but ctime or inode not (a chmod, a rename over it, a rewrite
+  that set the mtime back, a row recorded before ctimes were): each chunk is re-hashed
+  before it is served, and a chunk that no longer matches ends the share.
+
+The receiver checks every chunk anyway and strikes the sender of a bad one, so skipping
+the hash costs honest users nothing and saves the seeder a hash of every byte it serves
+(docs/PROTOCOL.md, Threats).
 """
 
 from __future__ import annotations
@@ -27,6 +38,10 @@ class SharedFile:
     """Its size in bytes at share time."""
     mtime_ns: int
     """Its modification time at share time, in nanoseconds."""
+    ctime_ns: int | None = None
+    """Its status-change time at share time, in nanoseconds (None: not recorded)."""
+    ino: int | None = None
+    """Its inode number at share time (None: not recorded)."""
 
     @classmethod
     def record(cls, path: Path, info: FileInfo) -> SharedFile:
@@ -36,12 +51,13 @@ class SharedFile:
         st = path.stat()
         if st.st_size != info.size:
             raise ContentChanged(f"{path} changed while it was being shared")
-        return cls(path, st.st_size, st.st_mtime_ns)
+        return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def read_chunk(self, info: FileInfo, index: int) -> bytes | None:
-        """Chunk ``index`` of this file (as described by ``info``), verified.
+        """Chunk ``index`` of this file (as described by ``info``), checked.
 
-        None if the file changed since it was recorded (size, mtime or bytes) or is gone.
+        None if the file changed since it was recorded (size, mtime, or bytes when its ctime
+        or inode moved) or is gone.
         """
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -51,7 +67,10 @@ class SharedFile:
             st = os.fstat(fd)
             if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
                 return None
+            untouched = st.st_ctime_ns == self.ctime_ns and st.st_ino == self.ino
             data = os.pread(fd, info.chunk_length(index), info.chunk_offset(index))
         finally:
             os.close(fd)
-        return data if info.verify_chunk(index, data) else None
+        if len(data) != info.chunk_length(index):
+            return None  # cut short since the fstat
+        return data if untouched or info.verify_chunk(index, data) else None

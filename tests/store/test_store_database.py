@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2p.content import build_manifest
+from p2p.content import FileInfo, build_manifest
 from p2p.errors import StoreError
 from p2p.identity import Identity
 from p2p.store import DB_FILE, Store
@@ -56,7 +56,7 @@ def test_a_schema_1_state_directory_opens_and_keeps_everything_but_the_peers_tab
         assert store.read_chunk(manifest.content_id.digest, 3) == src.read_bytes()[3 * CHUNK:]
         assert store.is_banned(banned)
     assert "peers" not in tables(state / DB_FILE)
-    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "2"
+    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "3"
     Store(state).close()  # and it opens again, already migrated
 
 
@@ -95,3 +95,30 @@ def test_timestamps_come_from_the_clock(tmp_path: Path) -> None:
         clock.now -= 1
         store.add_sources(cid, [("10.0.0.1", 4001), ("10.0.0.2", 4002)])
         assert store.sources(cid) == [("10.0.0.1", 4001), ("10.0.0.2", 4002)]
+
+
+def test_a_schema_2_share_is_served_with_every_chunk_hashed_until_shared_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schema 2 recorded no ctime or inode: such a share cannot be trusted untouched, so each
+    chunk served is re-hashed (as schema 2 did), and a changed byte still ends the share."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(make_bytes(3 * CHUNK + 1, seed=2))
+    manifest, files = build_manifest(src, ME)
+    state = tmp_path / "state"
+    with Store(state) as store:
+        store.add_share(manifest, files, root=src)
+    with sqlite3.connect(state / DB_FILE) as db:  # what schema 2 wrote
+        db.execute("CREATE TABLE old AS SELECT content_id, entry, path, size, mtime_ns, file_id "
+                   "FROM share_files")
+        db.execute("DROP TABLE share_files")
+        db.execute("ALTER TABLE old RENAME TO share_files")
+        db.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    calls = []
+    real = FileInfo.verify_chunk
+    monkeypatch.setattr(FileInfo, "verify_chunk",
+                        lambda info, i, data: calls.append(i) or real(info, i, data))
+    with Store(state) as store:
+        cid = manifest.content_id.digest
+        assert store.read_chunk(cid, 1) == src.read_bytes()[CHUNK:2 * CHUNK]
+        assert calls == [1]
+    assert schema(state / DB_FILE) == "3"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.content import FileEntry, build_manifest, hash_bytes, sign_manifest
+from p2p.content import FileEntry, FileInfo, build_manifest, hash_bytes, sign_manifest
 from p2p.errors import ContentChanged, NotFound
 from p2p.identity import Identity
 from p2p.store import ChunkMap, Store, bit_count, full_bitfield
@@ -133,6 +133,37 @@ def test_a_changed_file_raises_content_changed_and_the_share_is_dropped(
             store.read_chunk(cid, 0)
     with Store(tmp_path / "state") as store:  # dropped for good, not only in memory
         assert store.shares() == []
+
+
+class HashCount:
+    """Counts the chunk hashes the store computes while serving (FileInfo.verify_chunk)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = FileInfo.verify_chunk
+
+        def counted(info: FileInfo, index: int, data: bytes) -> bool:
+            self.calls += 1
+            return real(info, index, data)
+
+        monkeypatch.setattr(FileInfo, "verify_chunk", counted)
+
+
+def test_an_untouched_shared_file_is_served_without_hashing_it_again(
+        tmp_path: Path, shared_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, data = shared_file
+    manifest, files = build_manifest(path, ME)
+    cid = manifest.content_id.digest
+    with Store(tmp_path / "state") as store:
+        store.add_share(manifest, files, root=path)
+        hashes = HashCount(monkeypatch)
+        n = manifest.entries[0].info.chunk_count
+        assert b"".join(store.read_chunk(cid, i) for i in range(n)) == data
+        assert hashes.calls == 0
+        # A chmod moves the ctime, not the bytes: still served, each chunk checked first.
+        path.chmod(0o600)
+        assert store.read_chunk(cid, 3) == data[3 * CHUNK:4 * CHUNK]
+        assert hashes.calls == 1 and store.is_shared(cid)
 
 
 def test_a_file_of_a_shared_directory_that_changes_drops_the_directory(tmp_path: Path, shared_dir) -> None:
