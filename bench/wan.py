@@ -105,10 +105,19 @@ class StallWatch:
         if index is None:
             return
         self.t0 = time.perf_counter()
-        base = rx_bytes(proc.pid)
+        want = os.stat(f"/run/netns/{lab.dl}").st_ino
         deadline = time.monotonic() + 3600
 
         def watch() -> None:
+            # `ip netns exec` enters the namespace, then execs: count from the moment it is in.
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if os.stat(f"/proc/{proc.pid}/ns/net").st_ino == want:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            base = rx_bytes(proc.pid)
             while proc.poll() is None and time.monotonic() < deadline:
                 n = rx_bytes(proc.pid)
                 if n >= 0 and n - base >= at:
@@ -124,6 +133,21 @@ class StallWatch:
 # -- one scenario -------------------------------------------------------------------------
 
 
+def emulation_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The forwarders' counters over one run: how late packets left, what was lost."""
+    p99 = [float(x.get("late_ms_p99", 0.0)) for x in stats]
+    mx = [float(x.get("late_ms_max", 0.0)) for x in stats]
+    return {"late_ms_p99_worst_path": round(max(p99, default=0.0), 2),
+            "late_ms_max": round(max(mx, default=0.0), 2),
+            "lost": [x.get("lost") for x in stats],
+            "pkts": [x.get("pkts") for x in stats]}
+
+
+def late_text(e: dict[str, Any]) -> str:
+    return (f"; forwarders released packets late by p99 {e['late_ms_p99_worst_path']:.1f} ms "
+            f"(worst path), max {e['late_ms_max']:.1f} ms")
+
+
 class Scenario:
     def __init__(self, name: str, a: argparse.Namespace, data: Path, scratch: Path,
                  lt: dict[str, str] | None) -> None:
@@ -133,6 +157,7 @@ class Scenario:
         self.lab = W.Lab(f"wan{os.getpid()}-", self.paths, max_seconds=a.max_seconds)
         self.daemons: list[subprocess.Popen[str]] = []
         self.cid = ""
+        self.emulation: dict[str, Any] = {}
 
     def run_in(self, ns: str, *cmd: str, timeout: float = 600) -> dict[str, Any]:
         out = subprocess.run(self.lab.ns(ns, *cmd), capture_output=True, text=True,
@@ -224,6 +249,7 @@ class Scenario:
         wall = time.perf_counter() - t0
         for i in range(len(self.paths)):
             self.lab.revive_link(i)
+        self.emulation = emulation_summary(self.lab.snapshot())
         return subprocess.CompletedProcess(p.args, p.returncode, out, err), wall, watch.fired_at
 
     def ceiling(self) -> dict[str, Any]:
@@ -234,7 +260,7 @@ class Scenario:
         r = json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
         if not r["ok"]:
             raise RuntimeError(f"raw TCP ceiling did not finish: {r}")
-        return {"seconds": r["seconds"], "wall": wall, "stall_at": fired,
+        return {"seconds": r["seconds"], "wall": wall, "stall_at": fired, "emu": self.emulation,
                 "mib_by_path": [round(x / MiB, 1) for x in r["bytes_by_path"]]}
 
     def ours(self, rnd: int) -> dict[str, Any]:
@@ -255,6 +281,7 @@ class Scenario:
             same = filecmp.cmp(dest, self.data, shallow=False)
             ev = done[-1]
             return {"ok": same, "seconds": float(ev["seconds"]), "wall": wall, "stall_at": fired,
+                    "emu": self.emulation,
                     "chunks_by_peer": sorted(ev.get("chunks_by_peer", {}).values(), reverse=True),
                     **({} if same else {"error": "the file differs from the source"})}
         finally:
@@ -276,7 +303,7 @@ class Scenario:
                 return {"ok": False, "error": f"exit {res.returncode}: {res.stderr[-400:].strip()}",
                         "wall": wall}
             return {"ok": True, "seconds": json.loads(lines[-1])["seconds"], "wall": wall,
-                    "stall_at": fired}
+                    "stall_at": fired, "emu": self.emulation}
         finally:
             shutil.rmtree(save, ignore_errors=True)
 
@@ -310,19 +337,20 @@ def run_scenario(name: str, a: argparse.Namespace, data: Path, scratch: Path,
         sc.start()
         print("  emulation checks (raw TCP / UDP, one path at a time):", flush=True)
         checks = sc.checks()
+        sc.lab.snapshot()  # the forwarders' counters start afresh for the rounds
         for rnd in range(a.runs):
             r = sc.ceiling()
             rounds["ceiling"].append(r)
             print(f"  round {rnd + 1}: ceiling (raw TCP, one stream per seeder) "
                   f"{r['seconds']:.2f} s, MiB by path {r['mib_by_path']}"
-                  + (f", path {sc.stall} killed at {r['stall_at']:.2f} s" if r["stall_at"] else ""),
-                  flush=True)
+                  + (f", path {sc.stall} killed at {r['stall_at']:.2f} s" if r["stall_at"] else "")
+                  + late_text(r["emu"]), flush=True)
             r = sc.ours(rnd)
             rounds["ours"].append(r)
             print(f"  round {rnd + 1}: ours " + (
                 f"{r['seconds']:.2f} s (process wall {r['wall']:.2f} s), chunks by peer "
                 f"{r['chunks_by_peer']}" + (f", path {sc.stall} killed at {r['stall_at']:.2f} s"
-                                            if r["stall_at"] else "")
+                                            if r["stall_at"] else "") + late_text(r["emu"])
                 if r["ok"] else f"FAILED after {r['wall']:.1f} s: {r['error']}"), flush=True)
             if lt:
                 r = sc.libtorrent()
@@ -330,7 +358,7 @@ def run_scenario(name: str, a: argparse.Namespace, data: Path, scratch: Path,
                 print(f"  round {rnd + 1}: libtorrent " + (
                     f"{r['seconds']:.2f} s (process wall {r['wall']:.2f} s)"
                     + (f", path {sc.stall} killed at {r['stall_at']:.2f} s" if r["stall_at"] else "")
-                    if r["ok"] else f"FAILED after {r['wall']:.1f} s: {r['error']}"), flush=True)
+                    + late_text(r["emu"]) if r["ok"] else f"FAILED after {r['wall']:.1f} s: {r['error']}"), flush=True)
     finally:
         fw = sc.close()
     for i, s in enumerate(fw):
@@ -402,6 +430,15 @@ def main() -> None:
           "= a Python packet forwarder on a TUN device per path (packets, not a TCP proxy); "
           "tcp_rmem/tcp_wmem max 64 MiB in every namespace", flush=True)
 
+    where = subprocess.run([sys.executable, "-c", "import p2p; print(p2p.__file__)"],
+                           capture_output=True, text=True, env=clean_env(), cwd=tempfile.gettempdir(),
+                           timeout=60).stdout.strip()
+    tree = Path(where).parent.parent
+    rev = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True, timeout=30).stdout.strip()
+    print(f"p2p under test: the package the children import (PYTHONPATH picks it), "
+          f"{'a git tree at ' + rev if rev else 'not a git tree (an export?)'}", flush=True)
+
     def on_term(sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -440,6 +477,11 @@ def main() -> None:
             "ours_fraction_of_ceiling": round(frac, 3) if frac else None,
             "ours_vs_libtorrent": round(vs, 3) if vs else None,
             "failures": fails,
+            "emulation_late_ms_p99": {k: max((float(r["emu"]["late_ms_p99_worst_path"]) for r in v
+                                              if "emu" in r), default=None)
+                                      for k, v in res["rounds"].items()},
+            "stall_at_s": {k: [r.get("stall_at") and round(float(r["stall_at"]), 2) for r in v]
+                           for k, v in res["rounds"].items()} if SCENARIOS[name][2] is not None else None,
             "runs_s": {k: [round(float(r["seconds"]), 3) if r.get("ok", True) and "seconds" in r
                            else None for r in v] for k, v in res["rounds"].items()},
             "checks": [{k: v for k, v in row.items() if k != "configured"} | {"path": row["configured"]}
@@ -449,7 +491,8 @@ def main() -> None:
     print(f"  namespaces left with prefix {prefix}: {W.leftovers(prefix) or 'none'}")
     print(json.dumps({"bench": "wan", "size_mib": size // MiB, "runs": a.runs,
                       "scenarios": summary, "libtorrent": bool(lt), "cores": os.cpu_count(),
-                      "load_start": load_start, "load_end": loadavg(), "cmd": cmd}))
+                      "load_start": load_start, "load_end": loadavg(), "p2p_rev": rev or None,
+                      "cmd": cmd}))
 
 
 if __name__ == "__main__":
