@@ -207,6 +207,23 @@ class Scenario:
                   + (f"; UDP loss {row['udp_loss_up'] * 100:.2f}% up, "
                      f"{row['udp_loss_down'] * 100:.2f}% down ({count} datagrams)" if p.loss else ""),
                   flush=True)
+        if len(self.paths) > 1:
+            self.lab.snapshot()
+            secs = max(self.a.check_seconds, max(p.rtt_ms for p in self.paths) / 1000 * 20)
+            procs = [subprocess.Popen(lab.ns(lab.dl, py, LAB, "rate", "--host", lab.seeder_ip(i),
+                                             "--seconds", f"{secs:.1f}"),
+                                      stdout=subprocess.PIPE, text=True, cwd=self.scratch)
+                     for i in range(len(self.paths))]
+            rates = []
+            for proc in procs:
+                text, _ = proc.communicate(timeout=secs + 60)
+                rates.append(json.loads(text.strip().splitlines()[-1]))
+            emu = emulation_summary(lab.snapshot())
+            halves = [round(r["mbit_second_half"], 1) for r in rates]
+            out.append({"path": "all at once", "tcp_mbit_second_half_by_path": halves,
+                        "tcp_mbit_second_half_sum": round(sum(halves), 1), "emulation": emu})
+            print(f"    all paths at once, one TCP stream each for {secs:.1f} s: second half "
+                  f"{halves} Mbit/s, sum {sum(halves):.1f}" + late_text(emu), flush=True)
         return out
 
     # the three contenders ------------------------------------------------------------
@@ -484,8 +501,8 @@ def main() -> None:
                            for k, v in res["rounds"].items()} if SCENARIOS[name][2] is not None else None,
             "runs_s": {k: [round(float(r["seconds"]), 3) if r.get("ok", True) and "seconds" in r
                            else None for r in v] for k, v in res["rounds"].items()},
-            "checks": [{k: v for k, v in row.items() if k != "configured"} | {"path": row["configured"]}
-                       for row in res["checks"]],
+            "checks": [{k: v for k, v in row.items() if k != "configured"}
+                       | {"path": row.get("configured", row["path"])} for row in res["checks"]],
         }
     print("  targets (issue 13): fraction >= 0.95 and faster than libtorrent in every scenario")
     print(f"  namespaces left with prefix {prefix}: {W.leftovers(prefix) or 'none'}")

@@ -237,10 +237,10 @@ class Lab:
             sh("ip", "-n", self.dl, "addr", "add", f"{self.dl_ip(i)}/24", "dev", f"p{i}")
             sh("ip", "-n", self.dl, "link", "set", f"p{i}", "up")
             sh("ip", "-n", self.dl, "route", "add", f"10.9.{i}.0/24", "via", f"10.8.{i}.1")
-            # The seeder's uplink: tbf with a bucket of 1 ms at the rate (at least 64 KiB, one
+            # The seeder's uplink: tbf with a bucket of 2 ms at the rate (at least 64 KiB, one
             # TSO packet) and a queue of one bandwidth-delay product (at least 256 KiB).
             rate_bps = p.mbit * 1e6 / 8
-            burst = max(64 * 1024, int(rate_bps / 1000))
+            burst = max(64 * 1024, int(rate_bps * 0.002))
             limit = max(256 * 1024, int(rate_bps * p.rtt_ms / 1000))
             sh("tc", "-n", seed, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
                f"{p.mbit}mbit", "burst", str(burst), "limit", str(limit))
