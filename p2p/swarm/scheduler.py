@@ -12,9 +12,18 @@ Policy, in the order it is applied:
 * **Rarest first.** Chunks no held and not requested are tried in order of
   how few connected peers have them (random among equals, so downloaders of
   the same content spread out instead of all asking for chunk 0).
-* **Pipelines sized by speed.** Each peer gets enough requests in flight to
-  cover :data:`PIPELINE_SECONDS` of its measured rate, between
-  :data:`MIN_INFLIGHT` and :data:`MAX_INFLIGHT`: fast peers get more.
+* **Windows sized by bandwidth x delay.** Each peer's window (bytes in flight) is
+  :data:`WINDOW_GAIN` times its delivery rate times its round trip, the round trip
+  being the shortest request-to-arrival time seen (at least :data:`WINDOW_FLOOR`
+  seconds, for a loaded event loop), plus a chunk. The delivery rate is measured as
+  TCP's BBR does (bytes delivered between a request and its answer, over that time;
+  the highest recent sample), so the window doubles every round trip from its
+  :data:`INITIAL_INFLIGHT` chunks until the path is full, like TCP's slow start, and a
+  long, fast path gets the requests it needs. No fixed small cap: :data:`MAX_INFLIGHT`
+  is the chunk server's own.
+* **A shared budget, shared by need.** :data:`INFLIGHT_BUDGET_BYTES` bounds the
+  requests in flight over all peers; when the windows ask for more, each peer gets a
+  share in proportion to its window (at least one request), so no peer starves.
 * **End game.** When nothing is left unrequested, an idle peer duplicates the
   oldest outstanding request it can serve (at most :data:`ENDGAME_DUPLICATES`
   peers per chunk); the first copy to arrive wins and the others are cancelled.
@@ -27,21 +36,34 @@ Policy, in the order it is applied:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-PIPELINE_SECONDS = 0.25
-"""Seconds of a peer's throughput kept in flight: covers latency without hoarding chunks."""
+WINDOW_GAIN = 2.0
+"""A peer's window is this many times its bandwidth-delay product: one to fill the path,
+one more so the measured rate can grow (BBR's cwnd gain), which doubles the window every
+round trip until the path is full."""
+WINDOW_FLOOR = 0.05
+"""The shortest round trip a window is sized for: on loopback the measured one is a
+millisecond, and an event loop that stalls for tens of milliseconds would then drain the
+pipeline."""
 MIN_INFLIGHT = 2
 """Never fewer than two requests in flight: one arriving, one being served."""
-MAX_INFLIGHT = 16
-"""Upper bound per peer: bounds memory (16 x 1 MiB) and what a stalled peer can hold up."""
-INFLIGHT_BUDGET_BYTES = 24 * 1024 * 1024
-"""Bytes requested and not yet received, over all peers of one download. This bounds the
-download's memory whatever the number of peers; faster peers plan first and take most of it.
-24 MiB covers a 1 GiB/s link with 25 ms of latency."""
+MAX_INFLIGHT = 512
+"""Upper bound per peer: what a chunk server accepts in flight from one peer
+(``ServerLimits.max_inflight_requests``); 512 x 64 KiB covers 32 MiB, twice the
+bandwidth-delay product of 500 Mbit/s at 250 ms."""
+INFLIGHT_BUDGET_BYTES = 64 * 1024 * 1024
+"""Bytes requested and not yet received, over all peers of one download. Requested bytes
+are not held in memory until they arrive (then each connection's receive queue bounds
+them), so this bounds what one download asks of the network: 64 MiB is twice the
+bandwidth-delay product of 1 Gbit/s at 250 ms."""
+RTT_SAMPLES = 16
+"""Delivery-rate samples kept per peer; the rate is the highest of them (a short queue or
+a pause on the sender's side lowers one sample, not the estimate)."""
 MIN_BUDGET_CHUNKS = 8
 INITIAL_INFLIGHT = 4
 """Before a peer's rate is known."""
@@ -51,8 +73,6 @@ ENDGAME_DUPLICATES = 2
 """During the end game, at most this many peers are asked for the same chunk."""
 STRIKE_LIMIT = 2
 """Bad chunks before a peer is banned. One could be a disk error on their side; two is a pattern."""
-RATE_HALF_LIFE = 1.0
-"""Seconds over which a peer's measured rate forgets half its history."""
 REORDER_INTERVAL = 0.2
 """Rarest-first order is rebuilt at most this often when availability changes."""
 BUSY_BACKOFF = 0.05
@@ -73,8 +93,16 @@ class PeerState:
     inflight: dict[int, float] = field(default_factory=dict)
     """Chunk -> time requested, oldest first (requests are added in time order)."""
     rate: float = 0.0
-    """Bytes per second, exponentially smoothed."""
+    """Bytes per second: the highest recent delivery-rate sample."""
     last_rate_update: float | None = None
+    samples: list[float] = field(default_factory=list)
+    """The latest delivery-rate samples (bytes per second), at most :data:`RTT_SAMPLES`."""
+    min_rtt: float | None = None
+    """The shortest time from a request to its answer seen (a round trip and one chunk)."""
+    delivered_bytes: int = 0
+    """Verified bytes this peer delivered in all."""
+    delivered_at: dict[int, int] = field(default_factory=dict)
+    """Chunk in flight -> :attr:`delivered_bytes` when it was requested."""
     delivered: int = 0
     """Chunks this peer delivered that verified."""
     strikes: int = 0
@@ -194,12 +222,19 @@ class Scheduler:
 
     # -- planning ----------------------------------------------------------------------
 
-    def depth(self, peer: Peer) -> int:
-        """How many requests ``peer`` should have in flight now."""
+    def window(self, peer: Peer) -> float:
+        """Bytes ``peer`` should have in flight now (its bandwidth x delay, see the module)."""
         state = self.peers[peer]
-        if state.last_rate_update is None:
+        if state.last_rate_update is None or state.min_rtt is None:
+            return INITIAL_INFLIGHT * self.chunk_size
+        rtt = max(state.min_rtt, WINDOW_FLOOR)
+        return WINDOW_GAIN * state.rate * rtt + self.chunk_size
+
+    def depth(self, peer: Peer) -> int:
+        """How many requests ``peer`` should have in flight now (its window in chunks)."""
+        if self.peers[peer].last_rate_update is None:
             return INITIAL_INFLIGHT
-        want = int(state.rate * PIPELINE_SECONDS / self.chunk_size) + 1
+        want = math.ceil(self.window(peer) / self.chunk_size)
         return max(MIN_INFLIGHT, min(MAX_INFLIGHT, want))
 
     def plan(self, now: float) -> list[tuple[Peer, int]]:
@@ -220,9 +255,10 @@ class Scheduler:
         # peer first takes only chunks it is no suspect for; a suspect gets its chunk back
         # (and the end game starts) only after that, so the chunk goes to another peer first.
         passes = (False, True) if self._avoid else (True,)
+        rooms = self._share(ready, budget)
         for last in passes:
             for peer, state in ready:
-                room = min(self.depth(peer) - len(state.inflight), budget)
+                room = min(rooms[peer] - len(state.inflight), budget)
                 if not state.inflight:
                     room = max(room, 1)  # every peer keeps one request, so its rate stays known
                 while room > 0:
@@ -236,6 +272,17 @@ class Scheduler:
                     room -= 1
                     budget -= 1
         return out
+
+    def _share(self, ready: list[tuple[Peer, PeerState]], budget: int) -> dict[Peer, int]:
+        """Each ready peer's depth, scaled down in proportion when together they would take
+        more than ``budget`` new requests: a share by need, not first come first served."""
+        depths = {peer: self.depth(peer) for peer, _ in ready}
+        wants = {peer: max(0, depths[peer] - len(state.inflight)) for peer, state in ready}
+        total = sum(wants.values())
+        if total <= budget:
+            return depths
+        scale = max(budget, 0) / total
+        return {peer: len(state.inflight) + int(wants[peer] * scale) for peer, state in ready}
 
     def _maybe_reorder(self, now: float) -> None:
         if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
@@ -291,6 +338,7 @@ class Scheduler:
 
     def _request(self, peer: Peer, state: PeerState, index: int, now: float) -> None:
         state.inflight[index] = now
+        state.delivered_at[index] = state.delivered_bytes
         self._requested.setdefault(index, set()).add(peer)
 
     def _unrequest(self, peer: Peer, index: int) -> None:
@@ -302,6 +350,7 @@ class Scheduler:
         state = self.peers.get(peer)
         if state is not None:
             state.inflight.pop(index, None)
+            state.delivered_at.pop(index, None)
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -312,7 +361,7 @@ class Scheduler:
             # Unrequested or cancelled data: count it against nobody, use nothing.
             return DataOutcome(False)
         if verified:  # bytes that fail their hash are not throughput
-            self._update_rate(state, nbytes, now)
+            self._update_rate(state, index, nbytes, now)
         self._unrequest(peer, index)
         if not verified:
             state.strikes += 1
@@ -326,6 +375,7 @@ class Scheduler:
         others = tuple((p, index) for p in self._requested.pop(index, set()))
         for p, _ in others:
             self.peers[p].inflight.pop(index, None)
+            self.peers[p].delivered_at.pop(index, None)
         return DataOutcome(True, cancel=others)
 
     def on_reject(self, peer: Peer, index: int, now: float, *, busy: bool = False) -> bool:
@@ -366,6 +416,7 @@ class Scheduler:
             self._avoid.setdefault(index, set()).add(peer)
             # A slow peer's measured rate is overstated: halve it so its pipeline shrinks.
             state.rate /= 2
+            state.samples = [state.rate] if state.samples else []
         return expired
 
     def next_deadline(self, timeout: float = REQUEST_TIMEOUT) -> float | None:
@@ -385,15 +436,16 @@ class Scheduler:
                 best = state.choked_until
         return best
 
-    def _update_rate(self, state: PeerState, nbytes: int, now: float) -> None:
-        if state.last_rate_update is None:
-            # First sample: time since the oldest outstanding request.
-            start = min(state.inflight.values(), default=now)
-            elapsed = max(now - start, 1e-3)
-            state.rate = nbytes / elapsed
-        else:
-            elapsed = max(now - state.last_rate_update, 1e-4)
-            instant = nbytes / elapsed
-            weight = 1 - 0.5 ** (elapsed / RATE_HALF_LIFE)
-            state.rate += (instant - state.rate) * weight
+    def _update_rate(self, state: PeerState, index: int, nbytes: int, now: float) -> None:
+        """A verified chunk of ``nbytes`` arrived for the request of ``index`` (still in flight)."""
+        asked = state.inflight[index]
+        elapsed = max(now - asked, 1e-4)
+        state.min_rtt = elapsed if state.min_rtt is None else min(state.min_rtt, elapsed)
+        state.delivered_bytes += nbytes
+        # BBR's delivery rate: what the peer delivered while this request was out, over that time.
+        delivered = state.delivered_bytes - state.delivered_at.get(index, state.delivered_bytes - nbytes)
+        state.samples.append(delivered / elapsed)
+        if len(state.samples) > RTT_SAMPLES:
+            del state.samples[0]
+        state.rate = max(state.samples)
         state.last_rate_update = now

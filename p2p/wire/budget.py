@@ -17,9 +17,10 @@ from __future__ import annotations
 
 NOOP_BURST = 2000.0
 """Messages that change nothing a peer may send at once. An honest peer's worst burst is
-an end game's cancelled requests answered anyway (at most the in-flight cap per peer,
-32) or a partial seeder's Haves racing its Bitfield (a few): 2,000 is far beyond
-either, and a flooder at 40,000 messages a second spends it in 50 ms."""
+an end game's cancelled requests answered anyway (what the server was already sending:
+its write buffer, 4 MiB, charged per 64 KiB, about 64 tokens) or a partial seeder's Haves
+racing its Bitfield (a few): 2,000 is far beyond either, and a flooder at 40,000
+messages a second spends it in 50 ms."""
 NOOP_RATE = 200.0
 """Messages per second that change nothing, allowed for ever: far above honest chatter
 (a Ping now and then, a stray Cancel), far below what could slow a download (each

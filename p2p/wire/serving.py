@@ -111,10 +111,13 @@ class ServerLimits:
     and a half round trips and a downloader asks again within milliseconds, so honest
     peers are not evicted mid-step, while an attacker must open every slot anew within
     the grace to keep newcomers out."""
-    max_inflight_requests: int = 32
+    max_inflight_requests: int = 512
     """Requests a peer may have queued or being sent; more are rejected with
-    TOO_MANY_IN_FLIGHT. 32 MiB of work at 1 MiB chunks fills a fast link, and it bounds
-    the queue one peer can make us keep."""
+    TOO_MANY_IN_FLIGHT. A queued request is a content id and an index (no bytes are read
+    until it is answered, and the write buffer bounds those), so this is sized for the
+    path, not for memory: 512 x 64 KiB is twice the bandwidth-delay product of 500 Mbit/s
+    at 250 ms (a downloader keeps about that in flight), and 512 entries are what one peer
+    can make us keep. Cancel and answering are O(1) per request whatever the queue."""
     idle_timeout: float = 120.0
     """Seconds without any message from a peer before it is dropped (with a Goodbye): a peer
     silent that long is gone or idle, and its slot and buffers are better used."""
@@ -224,6 +227,12 @@ class ServedPeer:
         self._last_active = now
         self._paused_since: float | None = None
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._queued: collections.Counter[tuple[bytes, int]] = collections.Counter()
+        """Live (not cancelled) queued requests by (content id, index)."""
+        self._cancelled: collections.Counter[tuple[bytes, int]] = collections.Counter()
+        """Cancelled requests still in ``_queue``, skipped when they come up (O(1) Cancel)."""
+        self._live = 0
+        """Requests queued and not cancelled."""
         self._serving = 0
         self._interested: set[bytes] = set()
         self._asked: set[tuple[int, bytes]] = set()
@@ -264,13 +273,18 @@ class ServedPeer:
                     action = Reply(Reject(cid, index, RejectReason.TOO_MANY_IN_FLIGHT))
                 else:
                     self._queue.append((cid, index))
+                    self._queued[cid, index] += 1
+                    self._live += 1
                     useful = True
             case Cancel(content_id=cid, index=index):
-                try:
-                    self._queue.remove((cid, index))  # at most max_inflight_requests long
+                if self._queued[cid, index] > 0:
+                    self._queued[cid, index] -= 1
+                    self._cancelled[cid, index] += 1
+                    self._live -= 1
                     useful = True
-                except ValueError:
-                    pass  # being sent, already sent, or never asked: nothing to undo
+                    if len(self._queue) > 2 * self.limits.max_inflight_requests:
+                        self._compact()  # cancel-and-ask-again must not grow the queue
+                # else: being sent, already sent, or never asked: nothing to undo
             case GetManifest(content_id=cid):
                 action = SendManifest(cid)
                 useful = self._first_ask(2, cid)
@@ -289,6 +303,18 @@ class ServedPeer:
         elif not self.budget.spend(now):
             return self._flooded()
         return action
+
+    def _compact(self) -> None:
+        """Drop the cancelled entries from the queue (amortised O(1) per Cancel)."""
+        skip = self._cancelled
+        kept: collections.deque[tuple[bytes, int]] = collections.deque()
+        for key in self._queue:
+            if skip[key] > 0:
+                skip[key] -= 1
+            else:
+                kept.append(key)
+        self._queue = kept
+        self._cancelled = collections.Counter()
 
     def _first_ask(self, kind: int, content_id: bytes) -> bool:
         key = (kind, content_id)
@@ -312,11 +338,22 @@ class ServedPeer:
 
         It counts as in flight until :meth:`request_done`.
         """
-        if self.state is not State.OPEN or not self._queue:
+        if self.state is not State.OPEN:
             return None
-        cid, index = self._queue.popleft()
-        self._serving += 1
-        return Request(cid, index)
+        while self._queue:
+            key = self._queue.popleft()
+            if self._cancelled[key] > 0:  # cancelled while queued: skipped, not answered
+                self._cancelled[key] -= 1
+                if not self._cancelled[key]:
+                    del self._cancelled[key]
+                continue
+            self._queued[key] -= 1
+            if not self._queued[key]:
+                del self._queued[key]
+            self._live -= 1
+            self._serving += 1
+            return Request(*key)
+        return None
 
     def unavailable(self, request: Request, chunk_count: int | None) -> Reject:
         """The Reject for a request whose chunk the source could not give us.
@@ -394,12 +431,12 @@ class ServedPeer:
     @property
     def inflight(self) -> int:
         """Requests queued or being sent (what ``max_inflight_requests`` caps)."""
-        return len(self._queue) + self._serving
+        return self._live + self._serving
 
     @property
     def queued(self) -> int:
-        """Requests waiting for :meth:`next_request`."""
-        return len(self._queue)
+        """Requests waiting for :meth:`next_request` (cancelled ones not counted)."""
+        return self._live
 
     def idle_since(self) -> float | None:
         """Since when an open session has had no request in flight and none queued (its

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 
 from hypothesis import HealthCheck, example, given, settings
@@ -12,7 +14,6 @@ from p2p.swarm.scheduler import (
     ENDGAME_DUPLICATES,
     INITIAL_INFLIGHT,
     MAX_INFLIGHT,
-    MIN_INFLIGHT,
     REQUEST_TIMEOUT,
     STRIKE_LIMIT,
     Scheduler,
@@ -86,24 +87,74 @@ def test_pipeline_starts_at_initial_depth() -> None:
     assert s.plan(0.0) == []  # full pipeline: nothing more
 
 
-def test_pipeline_grows_with_rate_and_is_bounded() -> None:
-    s = make(5000)
-    join(s, "fast")
-    join(s, "slow")
-    now = 0.0
-    for _ in range(60):
+def run_paths(s: Scheduler, paths: dict[str, tuple[float, float]], until: float) -> list[tuple[float, str]]:
+    """Drive ``s`` against emulated paths: peer -> (round trip in s, chunks per second). A
+    request is answered one round trip after it is sent, or later when the path is still
+    busy with the chunks asked before it. Returns (time, peer) of every delivery."""
+    last = dict.fromkeys(paths, 0.0)
+    queue: list[tuple[float, str, int]] = []
+
+    def send(now: float) -> None:
         for peer, index in s.plan(now):
-            if peer == "fast":
-                s.on_data(peer, index, True, CHUNK, now + 0.0001)
-        now += 0.0001
-        for state in s.peers.values():
-            assert len(state.inflight) <= MAX_INFLIGHT
-    assert s.depth("fast") == MAX_INFLIGHT
-    # The slow peer delivers one chunk after ten seconds: its pipeline shrinks to the minimum.
-    index = next(iter(s.peers["slow"].inflight))
-    s.on_data("slow", index, True, CHUNK, 10.0)
-    assert s.depth("slow") == MIN_INFLIGHT
-    assert s.depth("fast") > s.depth("slow")
+            rtt, rate = paths[peer]
+            last[peer] = max(now + rtt, last[peer] + 1 / rate)
+            heapq.heappush(queue, (last[peer], peer, index))
+
+    send(0.0)
+    out = []
+    while queue and not s.complete:
+        now, peer, index = heapq.heappop(queue)
+        if now > until:
+            break
+        if s.on_data(peer, index, True, CHUNK, now).accepted:
+            out.append((now, peer))
+        send(now)
+    return out
+
+
+def test_a_long_fast_path_is_filled_after_a_few_round_trips() -> None:
+    """500 Mbit/s at 150 ms is ~1,000 chunks of 64 KiB a second, 150 chunks in flight: far
+    past any small fixed pipeline (16 in flight would carry 107 a second)."""
+    s = make(4000)
+    join(s, "far")
+    got = run_paths(s, {"far": (0.15, 1000.0)}, until=3.0)
+    in_last_second = sum(1 for t, _ in got if 2.0 <= t < 3.0)
+    assert in_last_second >= 950, in_last_second
+    assert 150 <= s.depth("far") <= MAX_INFLIGHT
+    # The ramp: from INITIAL_INFLIGHT, about doubling each round trip (slow-start-like).
+    first_rtts = [sum(1 for t, _ in got if k * 0.15 <= t < (k + 1) * 0.15) for k in range(1, 5)]
+    assert first_rtts[0] == INITIAL_INFLIGHT
+    assert all(b >= 1.6 * a for a, b in itertools.pairwise(first_rtts)), first_rtts
+
+
+def test_two_paths_each_get_what_they_carry() -> None:
+    s = make(6000)
+    join(s, "near")
+    join(s, "far")
+    got = run_paths(s, {"near": (0.01, 400.0), "far": (0.3, 400.0)}, until=4.0)
+    last = [p for t, p in got if 3.0 <= t < 4.0]
+    assert last.count("near") >= 380 and last.count("far") >= 380, (last.count("near"), last.count("far"))
+
+
+def test_a_tight_budget_is_shared_by_need_and_no_peer_starves() -> None:
+    s = make(1000)
+    for peer in ("big", "small"):
+        join(s, peer)
+    s.budget = 40
+    for peer, rate in (("big", 300 * CHUNK), ("small", 100 * CHUNK)):
+        state = s.peers[peer]
+        state.rate, state.samples, state.min_rtt, state.last_rate_update = rate, [rate], 0.1, 0.0
+    plan = by_peer(s.plan(0.0))
+    assert s.depth("big") > 40 and s.depth("small") > 10  # together far over the budget
+    assert len(plan["big"]) + len(plan["small"]) <= 40
+    assert len(plan["big"]) > len(plan["small"]) >= 8  # in proportion, not fastest first
+
+
+def test_a_slow_peer_keeps_a_small_window() -> None:
+    s = make(500)
+    join(s, "slow")
+    got = run_paths(s, {"slow": (0.05, 2.0)}, until=10.0)  # two chunks a second
+    assert got and s.depth("slow") <= 4
 
 
 # -- end game ------------------------------------------------------------------------------

@@ -205,7 +205,9 @@ async def test_peer_whose_connection_closes_under_the_writer_is_dropped(
 
 async def test_second_downloader_gets_chunks_from_incomplete_first(
         tmp_path: Path, source: Path) -> None:
-    """A holds only half (its only source advertises half); B fetches from A and a full seeder."""
+    """A holds only half (its only source advertises the first half); B fetches from A and a
+    seeder that advertises the second half only, so B's first half comes from A (or the half
+    seeder), however fast that seeder is: a fast full seeder would take every request."""
     half = CHUNKS // 2
     async with asyncio.timeout(90), running_nodes(tmp_path, ["half", "full", "a", "b"]) as nodes:
         half_seeder, full_seeder, a, b = nodes
@@ -214,8 +216,15 @@ async def test_second_downloader_gets_chunks_from_incomplete_first(
         all_bits = half_seeder._store.bitfield(cid.digest)
         assert all_bits is not None
         first_half = bytes([0xFF] * (half // 8)) + bytes(len(all_bits[1]) - half // 8)
+        second_half = bytes(half // 8) + bytes([0xFF] * (len(all_bits[1]) - half // 8))
         half_seeder._store.bitfield = (  # type: ignore[method-assign]
             lambda content_id: (CHUNKS, first_half) if content_id == cid.digest else None)
+        full_seeder._store.bitfield = (  # type: ignore[method-assign]
+            lambda content_id: (CHUNKS, second_half) if content_id == cid.digest else None)
+        # Whatever the DHT tells them: A has no other source of the second half than B, and
+        # B no other source of the first half than A.
+        a._store.ban(full_seeder.peer_id, "test: A must not complete without B")
+        b._store.ban(half_seeder.peer_id, "test: B gets the first half from A")
         a_events: list[Event] = []
         with a.events.subscribed() as a_sub, b.events.subscribed() as b_sub:
             fetch_a = asyncio.create_task(a.fetch(cid, tmp_path / "a.bin", timeout=30,
