@@ -250,3 +250,23 @@ async def test_a_ping_flooder_is_dropped_and_an_honest_client_is_served_througho
         finally:
             await flooder.aclose()
             await honest.aclose()
+
+
+def test_cancel_and_ask_again_keeps_the_queue_bounded_and_answers_in_order() -> None:
+    limits = ServerLimits(max_inflight_requests=8)
+    peer = opened(limits)
+    for round_ in range(1000):  # a peer that never reads, cancelling and asking again
+        for i in range(8):
+            peer.receive(Request(CID, i), float(round_))
+        for i in range(8):
+            peer.receive(Cancel(CID, i), float(round_))
+        assert len(peer._queue) <= 2 * limits.max_inflight_requests + 1
+    assert peer.queued == 0 and not peer.budget.exhausted  # each Cancel undid a request
+    for i in (3, 1, 3):
+        peer.receive(Request(CID, i), 2000.0)
+    peer.receive(Cancel(CID, 3), 2000.0)  # the first of the two
+    served = []
+    while (request := peer.next_request()) is not None:
+        served.append(request.index)
+        peer.request_done(2000.0)
+    assert served == [1, 3]
