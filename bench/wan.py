@@ -29,7 +29,12 @@ ms), far (2 x 100 Mbit/s, 300 ms).
     sudo .venv/bin/python bench/wan.py --scenarios highbdp,far --size 128M --runs 2
 
 Needs root, ``ip netns``, ``tc tbf`` and ``/dev/net/tun``. Targets (issue 13): in every
-scenario ours at least 0.95 of the ceiling's throughput and faster than libtorrent.
+scenario ours at least 0.95 of the ceiling's throughput and faster than libtorrent. In the
+JSON, per scenario: ``ceiling_s``, ``ours_s``, ``libtorrent_s`` (medians),
+``ours_fraction_of_ceiling`` = ceiling_s / ours_s and ``ours_vs_libtorrent`` =
+libtorrent_s / ours_s (above 1: ours faster), the emulation checks, and the forwarders'
+worst p99 release lateness during each contender's rounds (how far the emulated delay
+slipped under that load).
 Scratch data lives in a fresh folder in the system temp dir and is removed at the end.
 The last line printed is one JSON object with the figures.
 """
@@ -348,7 +353,7 @@ def run_scenario(name: str, a: argparse.Namespace, data: Path, scratch: Path,
     sc = Scenario(name, a, data, scratch, lt)
     rounds: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ours": [], "libtorrent": []}
     print(f"\nscenario {name}: {sc.desc}; {sc.size / MiB:.0f} MiB", flush=True)
-    fw: list[dict[str, object]] = []
+    fw: list[dict[str, object]] = []  # what the forwarders counted after the last snapshot
     try:
         sc.lab.open()
         sc.start()
@@ -378,13 +383,6 @@ def run_scenario(name: str, a: argparse.Namespace, data: Path, scratch: Path,
                     + late_text(r["emu"]) if r["ok"] else f"FAILED after {r['wall']:.1f} s: {r['error']}"), flush=True)
     finally:
         fw = sc.close()
-    for i, s in enumerate(fw):
-        if s:
-            print(f"  forwarder {i}: packets down/up {s['pkts']}, MiB down/up "
-                  f"{[round(int(x) / MiB, 1) for x in s['bytes']]}, lost {s['lost']}, dropped "  # type: ignore[attr-defined]
-                  f"while dead {s['dead_dropped']}; release lateness p50/p99/max "
-                  f"{s.get('late_ms_p50')}/{s.get('late_ms_p99')}/{s.get('late_ms_max')} ms",
-                  flush=True)
     return {"checks": checks, "rounds": rounds, "forwarders": fw}
 
 
@@ -460,19 +458,26 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with it ignored
     scratch = Path(tempfile.mkdtemp(prefix="p2p-wan-"))
     results: dict[str, Any] = {}
     prefix = f"wan{os.getpid()}-"
+    interrupted = False
     try:
         data = make_data(scratch, size)
         lt = lt_setup(a, size, scratch)
         for name in names:
             results[name] = run_scenario(name, a, data, scratch, lt)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         left = W.leftovers(prefix)
         for ns in left:
             W.sh("ip", "netns", "del", ns, check=False)
+    if interrupted:
+        print(f"interrupted; namespaces left with prefix {prefix}: {W.leftovers(prefix) or 'none'}")
+        raise SystemExit(130)
     print(f"\nresults ({size / MiB:.0f} MiB, median of {a.runs}; load average at end {loadavg()}); "
           "fraction = ceiling seconds / ours (throughput as a fraction of the raw-TCP ceiling), "
           "vs libtorrent = libtorrent seconds / ours (>1: ours faster):")
@@ -483,7 +488,7 @@ def main() -> None:
         vs = lt_s / o if lt_s and o else None
         fails = {k: sum(1 for r in v if not r.get("ok", True)) for k, v in res["rounds"].items()}
         print(f"  {name:8s} ceiling {c or float('nan'):6.2f} s  ours {o or float('nan'):6.2f} s  "
-              f"libtorrent {lt_s or float('nan'):6.2f} s  fraction {frac or float('nan'):.2f}"
+              f"libtorrent {lt_s or float('nan'):6.2f} s  fraction {frac or float('nan'):.3f}"
               f"{' (target 0.95: ' + ('met' if frac and frac >= 0.95 else 'MISSED') + ')'}  "
               f"vs libtorrent {vs or float('nan'):.2f}x"
               f"{' (target >1: ' + ('met' if vs and vs > 1 else 'MISSED') + ')' if lt else ''}"
