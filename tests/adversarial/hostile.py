@@ -639,7 +639,7 @@ class Listener:
         self.arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.errors: list[BaseException] = []
+        self.errors: list[Exception] = []
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
@@ -663,7 +663,7 @@ class Listener:
             pass
         except asyncio.CancelledError:
             pass  # aclose(): this task is the top of the connection; it ends here
-        except Exception as exc:  # recorded for the test to report; the connection ends
+        except Exception as exc:  # the per-connection edge: aclose() raises it for the test
             self.errors.append(exc)
         finally:
             self._tasks.discard(task)
@@ -680,6 +680,8 @@ class Listener:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        if self.errors:  # an attacker that broke is a failed test, not a quiet one
+            raise ExceptionGroup("attacker connection handlers failed", self.errors)
 
 
 # -- the DHT --------------------------------------------------------------------------------------
@@ -1137,7 +1139,7 @@ class SlotHolder:
         while not self._stopping:
             try:
                 await self._once(slot, source, kind)
-            except Exception:  # the attacker's edge: refused, evicted, reset, bad tag
+            except (OSError, asyncio.IncompleteReadError, Closed):  # refused, evicted, reset, bad tag
                 self._mark(slot)  # it tried: the slot counts as started
             await asyncio.sleep(self.pause)
 
