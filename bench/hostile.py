@@ -54,8 +54,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 from adversarial import hostile as h  # noqa: E402  (the tests folder is on the path now)
+from swarm import loadavg, make_data, parse_size  # noqa: E402
 
 MiB = 1 << 20
 FETCH_TIMEOUT = 30
@@ -65,30 +67,6 @@ SLOT_HALF_OPEN = 300
 SLOT_IDLE = 272
 SYBILS = 64
 DHT_NODES = 4
-
-
-def parse_size(text: str) -> int:
-    """'1G', '256M', '512K' (also GiB/MiB/KiB) or a number of bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
-
-
-def make_data(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 16 * MiB)
-            f.write(os.urandom(n))
-            left -= n
-        f.flush()
-        os.fsync(f.fileno())  # no writeback of the source competing with the first timed run
-    return path
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 # -- machine raw speeds --------------------------------------------------------------------
@@ -209,8 +187,11 @@ async def amplification(target: tuple[str, int]) -> dict[str, Any]:
 
 
 async def bench(size: int, runs: int, scratch: Path) -> dict[str, Any]:
-    data = make_data(scratch / "data.bin", size)
-    other = make_data(scratch / "other.bin", size)
+    # Two files of random bytes (make_data names its file by size: one folder each).
+    (scratch / "data").mkdir()
+    (scratch / "other").mkdir()
+    data = make_data(scratch / "data", size)
+    other = make_data(scratch / "other", size)
     results: dict[str, list[float]] = {"alone": [], "flood": [], "slots": [], "sybil": []}
     failures: dict[str, list[str]] = {k: [] for k in results}
     notes: dict[str, Any] = {"flood_dropped": [], "flood_acked": [], "slots_peak": []}
