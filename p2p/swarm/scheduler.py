@@ -36,6 +36,7 @@ Policy, in the order it is applied:
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from collections.abc import Iterable
@@ -61,7 +62,7 @@ INFLIGHT_BUDGET_BYTES = 64 * 1024 * 1024
 are not held in memory until they arrive (then each connection's receive queue bounds
 them), so this bounds what one download asks of the network: 64 MiB is twice the
 bandwidth-delay product of 1 Gbit/s at 250 ms."""
-RTT_SAMPLES = 16
+RATE_SAMPLES = 16
 """Delivery-rate samples kept per peer; the rate is the highest of them (a short queue or
 a pause on the sender's side lowers one sample, not the estimate)."""
 MIN_BUDGET_CHUNKS = 8
@@ -95,8 +96,8 @@ class PeerState:
     rate: float = 0.0
     """Bytes per second: the highest recent delivery-rate sample."""
     last_rate_update: float | None = None
-    samples: list[float] = field(default_factory=list)
-    """The latest delivery-rate samples (bytes per second), at most :data:`RTT_SAMPLES`."""
+    samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=RATE_SAMPLES))
+    """The latest delivery-rate samples (bytes per second), at most :data:`RATE_SAMPLES`."""
     min_rtt: float | None = None
     """The shortest time from a request to its answer seen (a round trip and one chunk)."""
     delivered_bytes: int = 0
@@ -416,7 +417,9 @@ class Scheduler:
             self._avoid.setdefault(index, set()).add(peer)
             # A slow peer's measured rate is overstated: halve it so its pipeline shrinks.
             state.rate /= 2
-            state.samples = [state.rate] if state.samples else []
+            if state.samples:
+                state.samples.clear()
+                state.samples.append(state.rate)
         return expired
 
     def next_deadline(self, timeout: float = REQUEST_TIMEOUT) -> float | None:
@@ -444,8 +447,6 @@ class Scheduler:
         state.delivered_bytes += nbytes
         # BBR's delivery rate: what the peer delivered while this request was out, over that time.
         delivered = state.delivered_bytes - state.delivered_at.get(index, state.delivered_bytes - nbytes)
-        state.samples.append(delivered / elapsed)
-        if len(state.samples) > RTT_SAMPLES:
-            del state.samples[0]
+        state.samples.append(delivered / elapsed)  # the oldest falls out (maxlen)
         state.rate = max(state.samples)
         state.last_rate_update = now

@@ -143,7 +143,8 @@ def test_a_tight_budget_is_shared_by_need_and_no_peer_starves() -> None:
     s.budget = 40
     for peer, rate in (("big", 300 * CHUNK), ("small", 100 * CHUNK)):
         state = s.peers[peer]
-        state.rate, state.samples, state.min_rtt, state.last_rate_update = rate, [rate], 0.1, 0.0
+        state.samples.append(rate)
+        state.rate, state.min_rtt, state.last_rate_update = rate, 0.1, 0.0
     plan = by_peer(s.plan(0.0))
     assert s.depth("big") > 40 and s.depth("small") > 10  # together far over the budget
     assert len(plan["big"]) + len(plan["small"]) <= 40
