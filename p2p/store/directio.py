@@ -2,7 +2,9 @@
 
 Verified chunks are final, so the page cache gains nothing from them, and on virtual
 machines faulting in fresh page-cache memory costs more than the copy into an aligned
-buffer. So whole aligned chunks are written with ``O_DIRECT``; everything else (a short
+buffer. So whole aligned chunks are written with ``O_DIRECT``: straight from the chunk's
+buffer when it is page-aligned (received chunks are, :mod:`p2p.buffers`), else from a
+per-thread aligned copy; everything else (a short
 last chunk, an unaligned offset), and every write to a file system that refuses
 ``O_DIRECT`` (tmpfs before Linux 6.6, ramfs), goes through ordinary buffered ``pwrite``.
 """
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..buffers import is_aligned
 from .chunks import ChunkSpan
 
 __all__ = ["DIRECT_ALIGN", "DirectWriter"]
@@ -62,10 +65,14 @@ class DirectWriter:
         direct = self._direct.get(span.entry)
         if direct is not None and span.entry not in self._buffered_only and \
                 span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0:
-            buf = self._aligned(span.length)
-            buf[:span.length] = data
+            if is_aligned(data, DIRECT_ALIGN):
+                source: memoryview | mmap.mmap = memoryview(data)  # a pooled frame: no copy
+            else:
+                buf = self._aligned(span.length)
+                buf[:span.length] = data
+                source = memoryview(buf)[:span.length]
             try:
-                written = os.pwrite(direct, memoryview(buf)[:span.length], span.offset)
+                written = os.pwrite(direct, source, span.offset)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise

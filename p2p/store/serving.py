@@ -22,10 +22,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..buffers import BufferPool
 from ..content import FileInfo
 from ..errors import ContentChanged
 
 __all__ = ["SharedFile"]
+
+READ_POOL = BufferPool()
+"""Chunks read to be served: sealed for sending straight after, so the same few buffers
+serve every read (no fresh pages per chunk, :mod:`p2p.buffers`)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class SharedFile:
             raise ContentChanged(f"{path} changed while it was being shared")
         return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
-    def read_chunk(self, info: FileInfo, index: int) -> bytes | None:
+    def read_chunk(self, info: FileInfo, index: int) -> memoryview | None:
         """Chunk ``index`` of this file (as described by ``info``), checked.
 
         None if the file changed since it was recorded (size, mtime, or bytes when its ctime
@@ -68,9 +73,11 @@ class SharedFile:
             if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
                 return None
             untouched = st.st_ctime_ns == self.ctime_ns and st.st_ino == self.ino
-            data = os.pread(fd, info.chunk_length(index), info.chunk_offset(index))
+            length = info.chunk_length(index)
+            data = READ_POOL.take(length)
+            got = os.preadv(fd, [data], info.chunk_offset(index))
         finally:
             os.close(fd)
-        if len(data) != info.chunk_length(index):
+        if got != length:
             return None  # cut short since the fstat
         return data if untouched or info.verify_chunk(index, data) else None

@@ -146,7 +146,7 @@ class Store:
             return count, full_bitfield(count)
         return None
 
-    def read_chunk(self, content_id: bytes, index: int) -> bytes:
+    def read_chunk(self, content_id: bytes, index: int) -> bytes | memoryview:
         """The verified bytes of chunk ``index`` of ``content_id``.
 
         Raises :class:`NotFound` if we do not hold it and :class:`ContentChanged`
@@ -176,7 +176,7 @@ class Store:
             raise NotFound("that download is not running in this process")
         raise NotFound("content not held here")
 
-    def _read_shared(self, share: bytes, file: SharedFile, info: FileInfo, index: int) -> bytes:
+    def _read_shared(self, share: bytes, file: SharedFile, info: FileInfo, index: int) -> memoryview:
         data = file.read_chunk(info, index)
         if data is None:
             self.remove_share(share)

@@ -26,16 +26,19 @@ import enum
 import struct
 
 from .. import encoding
+from ..buffers import AlignedPool, BufferPool
 from ..errors import BadSignature, DecodeError
 from ..identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, PeerId
 from .errors import LocalProtocolError, RemoteProtocolError, WrongPeer
 from .messages import (
+    DATA_HEADER,
     FRAME_HEADER,
     MAX_FRAME,
     PROTOCOL_VERSION,
     Goodbye,
     Hello,
     Message,
+    MessageType,
     decode,
     decode_frame_length,
     encode_frame,
@@ -58,7 +61,20 @@ receive buffer of tiny frames holds (a 1 MiB buffer holds 24,000 Haves)."""
 RECV_BUFFER = 1 << 20
 """Default ciphertext receive buffer: large reads mean few trips through the event loop."""
 
+POOLED_SEAL = 64 * 1024
+"""Frames that seal into this many bytes or more are sealed into a pooled buffer
+(:mod:`p2p.buffers`): chunks, not control messages."""
+POOLED_FRAME = 64 * 1024
+"""Data frames of at least this many bytes are received into a pooled, page-aligned
+buffer with the payload starting a page, so that the verified chunk is written to disk
+with ``O_DIRECT`` straight from it."""
+SEAL_POOL = BufferPool()
+"""Shared by every session of the process: sealed chunks waiting to be sent."""
+FRAME_POOL = AlignedPool()
+"""Shared by every session of the process: received chunks until they are written."""
+
 _U16 = struct.Struct(">H")
+_DATA = int(MessageType.DATA)
 
 
 class State(enum.Enum):
@@ -98,14 +114,14 @@ class Session:
                                                    prologue=PROLOGUE, cipher=cipher)
         self._send_cs: CipherState | None = None
         self._recv_cs: CipherState | None = None
-        self._out: list[bytes | bytearray] = []
+        self._out: list[bytes | bytearray | memoryview] = []
         self._rbuf = bytearray(recv_buffer)
         self._rview = memoryview(self._rbuf)
         self._rstart = 0
         self._rend = 0
         self._events: list[Message] = []
         self._hdr = bytearray()
-        self._frame: bytearray | None = None
+        self._frame: memoryview | None = None
         self._fview = memoryview(b"")
         self._fpos = 0
         self._fneed = 0
@@ -124,7 +140,7 @@ class Session:
         head, tail = encode_frame(msg)
         self._out.append(self._seal(head, tail))
 
-    def data_to_send(self) -> bytes | bytearray:
+    def data_to_send(self) -> bytes | bytearray | memoryview:
         """All ciphertext produced so far and not yet taken (handshake and records)."""
         out = self._out
         if not out:
@@ -141,7 +157,7 @@ class Session:
     def _queue_handshake(self, message: bytes) -> None:
         self._out.append(_U16.pack(len(message)) + message)
 
-    def _seal(self, head: bytes, tail: bytes | bytearray | memoryview) -> bytearray:
+    def _seal(self, head: bytes, tail: bytes | bytearray | memoryview) -> bytearray | memoryview:
         """Encrypt one frame into records: ``head`` alone, then ``tail`` in full records."""
         cs = self._send_cs
         assert cs is not None
@@ -150,8 +166,12 @@ class Session:
         for piece in pieces:
             n = len(piece)
             total += n + -(-n // MAX_PLAINTEXT) * (2 + TAGLEN)
-        out = bytearray(total)
-        view = memoryview(out)
+        out: bytearray | memoryview
+        if total >= POOLED_SEAL:
+            out = view = SEAL_POOL.take(total)
+        else:
+            out = bytearray(total)
+            view = memoryview(out)
         pos = 0
         pack_into = _U16.pack_into
         encrypt_into = cs.encrypt_into
@@ -331,8 +351,11 @@ class Session:
                     if length > self.max_frame:
                         raise RemoteProtocolError(f"frame of {length} bytes exceeds this side's limit of {self.max_frame}")
                     self._hdr.clear()
-                    self._frame = bytearray(length)
-                    self._fview = memoryview(self._frame)
+                    if length >= POOLED_FRAME and i < n and plain[i] == _DATA:
+                        self._fview = FRAME_POOL.take(length, DATA_HEADER)
+                    else:
+                        self._fview = memoryview(bytearray(length))
+                    self._frame = self._fview
                     self._fpos, self._fneed = 0, length
             else:
                 take = min(self._fneed, n - i)

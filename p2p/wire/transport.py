@@ -9,8 +9,16 @@ Memory is bounded both ways:
 * receiving: decoded messages wait in a queue; when it holds more than
   ``max_receive_queue`` bytes the socket is no longer read (TCP flow control
   then slows the peer down);
-* sending: :meth:`Connection.send` awaits while the transport's buffer is above
-  ``max_send_buffer`` (``pause_writing``/``resume_writing``).
+* sending: :meth:`Connection.send` awaits while more than ``max_send_buffer`` bytes wait
+  to be sent.
+
+Sending copies nothing the kernel does not: sealed records wait in our own queue as views
+of the buffers they were sealed into, and are handed to the transport :data:`WRITE_PIECE`
+bytes at a time, only when the transport's own buffer is empty (its limits are set to 0,
+so ``pause_writing``/``resume_writing`` say exactly that). The socket takes most pieces
+whole; at most the tail of one piece per "socket full" is copied into the transport's
+buffer (Python 3.11's transport copies everything it cannot send at once: a 1 MiB chunk
+written whole into a full socket cost a second copy of every byte served).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ READ_BATCH = 64
 others: a peer that queued thousands of small messages cannot hold the loop (and every
 other connection) until they are all handled. 64 keeps the switch cost (one loop turn,
 microseconds) far below the work of the batch."""
+WRITE_PIECE = 128 * 1024
+"""Bytes handed to the transport at a time: two full records. Small enough that the part a
+full socket does not take (and the transport copies) is a small fraction of what is
+sent; large enough that a chunk costs a handful of ``send`` calls."""
 CLOSE_TIMEOUT = 2.0
 """How long aclose() lets a Goodbye and buffered data drain before it aborts the socket."""
 
@@ -91,6 +103,11 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._on_write_paused = on_write_paused
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._pending: collections.deque[memoryview] = collections.deque()
+        """Sealed bytes not yet handed to the transport (views of the sealing buffers)."""
+        self.pending_bytes = 0
+        self._transport_busy = False
+        """The transport holds bytes the socket has not taken (its buffer is not empty)."""
         self._streak = 0
         """Messages handed out since the reader last waited or yielded."""
 
@@ -117,7 +134,9 @@ class WireProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.address = from_sockaddr(peer)
-        transport.set_write_buffer_limits(high=self._max_send, low=self._max_send // 4)
+        # 0 and 0: pause_writing as soon as the transport buffers anything, resume_writing
+        # once it is empty again (see the module docstring).
+        transport.set_write_buffer_limits(high=0, low=0)
         if self._on_made is not None:
             self._on_made(self)
         if self._session is None:
@@ -175,20 +194,67 @@ class WireProtocol(asyncio.BufferedProtocol):
             self._set_error(ConnectionLost("connection closed"))
         if not self.closed.done():
             self.closed.set_result(None)
+        self._pending.clear()  # nobody will send them: free their buffers
+        self.pending_bytes = 0
         self._resume_drain()
 
     def pause_writing(self) -> None:
-        """The transport buffer is above the high-water mark."""
-        self.write_paused = True
-        if self._on_write_paused is not None:
-            self._on_write_paused(self, True)
+        """The socket did not take everything: the transport holds the rest."""
+        self._transport_busy = True
 
     def resume_writing(self) -> None:
-        """The transport buffer drained below the low-water mark."""
-        self.write_paused = False
-        self._resume_drain()
-        if self._on_write_paused is not None:
-            self._on_write_paused(self, False)
+        """The transport's buffer is empty again: hand it the next pieces."""
+        self._transport_busy = False
+        self._push()
+
+    def _push(self) -> None:
+        """Hand queued pieces to the transport while it sends them straight away."""
+        transport = self.transport
+        pending = self._pending
+        if transport is None:
+            return
+        if transport.is_closing():
+            pending.clear()
+            self.pending_bytes = 0
+        else:
+            write = transport.write
+            while pending and not self._transport_busy:
+                view = pending[0]
+                if len(view) <= WRITE_PIECE:
+                    pending.popleft()
+                    piece = view
+                else:
+                    piece = view[:WRITE_PIECE]
+                    pending[0] = view[WRITE_PIECE:]
+                self.pending_bytes -= len(piece)
+                write(piece)  # may call pause_writing() (-> _transport_busy) at once
+        self._check_paused()
+
+    def hand_over_pending(self) -> None:
+        """Give the transport everything queued at once (before closing it: the transport
+        sends its buffer before it closes, our queue it would drop)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            while self._pending:
+                transport.write(self._pending.popleft())
+        self._pending.clear()
+        self.pending_bytes = 0
+
+    def _check_paused(self) -> None:
+        """Backpressure on what waits to be sent (ours plus the transport's): paused above
+        ``max_send_buffer``, resumed below a quarter of it."""
+        queued = self.pending_bytes
+        if self._transport_busy and self.transport is not None:
+            queued += self.transport.get_write_buffer_size()
+        if not self.write_paused and queued > self._max_send:
+            self.write_paused = True
+            if self._on_write_paused is not None:
+                self._on_write_paused(self, True)
+        elif self.write_paused and queued <= self._max_send // 4:
+            self.write_paused = False
+            self._resume_drain()
+            if self._on_write_paused is not None:
+                self._on_write_paused(self, False)
 
     # -- used by Connection ----------------------------------------------------------------
 
@@ -265,7 +331,15 @@ class WireProtocol(asyncio.BufferedProtocol):
         data = self._session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.bytes_sent += len(data)
-            self.transport.write(data)
+            self._pending.append(data if type(data) is memoryview else memoryview(data))
+            self.pending_bytes += len(data)
+            self._push()
+
+    @property
+    def send_buffered(self) -> int:
+        """Bytes waiting to be sent: queued here and in the transport's buffer."""
+        t = self.transport
+        return self.pending_bytes + (t.get_write_buffer_size() if t is not None else 0)
 
     def _set_error(self, exc: Exception) -> None:
         if self.error is None:
@@ -319,9 +393,8 @@ class Connection:
 
     @property
     def write_buffer_size(self) -> int:
-        """Bytes waiting in the transport's write buffer (for memory accounting and UIs)."""
-        t = self._p.transport
-        return t.get_write_buffer_size() if t is not None else 0
+        """Bytes waiting to be sent (for memory accounting and UIs)."""
+        return self._p.send_buffered
 
     @property
     def receive_buffered(self) -> int:
@@ -394,6 +467,7 @@ class Connection:
             p.session.close(reason)
             p._flush()
             p._set_error(ClosedByUs(reason=reason))
+            p.hand_over_pending()
             transport.close()  # flushes the buffer, then closes
         else:
             p._set_error(ClosedByUs(reason=reason))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from p2p.buffers import AlignedPool
 from p2p.content import build_manifest
 from p2p.identity import Identity
 from p2p.store import Store
@@ -87,3 +88,31 @@ def test_a_download_onto_a_memory_file_system_writes_the_right_bytes(
         assert bool(seen) == direct_ok
         if fstype == "ramfs":
             assert not direct_ok and not seen
+
+
+def test_an_aligned_chunk_is_written_straight_from_its_buffer(tmp_path: Path, src: Path) -> None:
+    """A received chunk sits page-aligned in its frame buffer (p2p.buffers): the direct write
+    takes it as it is; only an unaligned one is copied into the writer's aligned buffer."""
+    if not accepts_o_direct(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    data = src.read_bytes()
+    manifest, _ = build_manifest(src, ME)
+    pool = AlignedPool()
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, tmp_path / "dl.bin")
+        writer = partial._writer
+        for index in range(manifest.chunk_count - 1):  # the whole, aligned chunks
+            span = partial.chunk_map.locate(index)
+            view = pool.take(span.length)
+            view[:] = data[span.offset:span.offset + span.length]
+            partial.write_chunk(index, view)
+        assert getattr(writer._buffers, "buf", None) is None, "an aligned chunk was copied"
+        span = partial.chunk_map.locate(0)
+        partial.write_chunk(0, data[span.offset:span.offset + span.length])  # bytes: copied
+        assert getattr(writer._buffers, "buf", None) is not None
+        last = manifest.chunk_count - 1
+        span = partial.chunk_map.locate(last)
+        partial.write_chunk(last, data[span.offset:span.offset + span.length])
+        assert partial.commit() == manifest.chunk_count
+        partial.finalize()
+    assert (tmp_path / "dl.bin").read_bytes() == data
