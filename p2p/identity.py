@@ -49,6 +49,11 @@ class PeerId:
         if not isinstance(self.key, bytes) or len(self.key) != PUBLIC_KEY_LEN:
             raise DecodeError("peer id: expected a 32-byte Ed25519 public key")
 
+    def __hash__(self) -> int:
+        # The key's own (cached) hash: the generated one builds a tuple on every dict lookup,
+        # and peer ids key every per-peer table of the data path.
+        return hash(self.key)
+
     def __str__(self) -> str:
         return PEER_ID_PREFIX + b32encode(self.key)
 

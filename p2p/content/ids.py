@@ -29,6 +29,9 @@ class ContentId:
         if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_LEN:
             raise DecodeError("content id: expected 32 bytes")
 
+    def __hash__(self) -> int:
+        return hash(self.digest)  # the digest's cached hash, not a tuple built per lookup
+
     def __str__(self) -> str:
         return CONTENT_ID_PREFIX + b32encode(self.digest)
 

@@ -777,7 +777,7 @@ class Download:
             if scheduler.complete:
                 self._finished.set()
                 return
-        self._update()
+        self._update_soon()  # one scheduling pass for every chunk verified in this loop turn
 
     def _check_and_write(self, index: int, payload: Any) -> bool:
         partial = self.partial
