@@ -89,6 +89,12 @@ MAX_ADDRESSES_PER_PEER = 4
 A peer id named with more addresses (several records, Hellos) costs no more dials."""
 MAX_BACKOFF_ENTRIES = 4096
 """Failed addresses remembered per download; the oldest are forgotten first."""
+CHECK_BACKLOG_BYTES = 16 << 20
+"""Bytes of received chunks waiting for their hash check and write. Past it, no peer's
+messages are taken until the checks catch up: the connections' receive queues fill, their
+sockets are no longer read, and TCP slows the senders. Without it a CPU-starved hashing
+pool would hold every chunk in flight (:data:`~p2p.swarm.scheduler.INFLIGHT_BUDGET_BYTES`)
+in memory; 16 MiB keeps two hashing threads busy for several milliseconds."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
 
@@ -178,6 +184,11 @@ class Download:
         """Address -> (failed dials in a row, when it may be dialled again)."""
         self._connected_addrs: set[Address] = set()
         self._checking: set[tuple[PeerId, int]] = set()
+        self._checking_bytes = 0
+        """Bytes of the chunks in :attr:`_checking`."""
+        self._backlog_cleared = asyncio.Event()
+        """Set while :attr:`_checking_bytes` is at most :data:`CHECK_BACKLOG_BYTES`."""
+        self._backlog_cleared.set()
         """(peer, chunk) copies being verified: a second copy of the same request is ignored."""
         self._candidates: asyncio.Queue[tuple[PeerId | None, Address]] = asyncio.Queue()
         self._dialing = 0
@@ -543,6 +554,8 @@ class Download:
                 if peer not in self._peers:
                     reason = "banned"
                     break
+                if not self._backlog_cleared.is_set():
+                    await self._backlog_cleared.wait()  # see CHECK_BACKLOG_BYTES
         except (ConnectionLost, ClosedByUs) as exc:
             reason = str(exc) or "closed"
         except (RemoteProtocolError, IntegrityError) as exc:
@@ -737,6 +750,9 @@ class Download:
         if (state.peer, index) in self._checking:
             return False  # a second copy for one request: it costs a hash, so it is not looked at
         self._checking.add((state.peer, index))
+        self._checking_bytes += len(payload)
+        if self._checking_bytes > CHECK_BACKLOG_BYTES:
+            self._backlog_cleared.clear()
         self._spawn(self._on_data(state, index, payload), f"chunk {index}")
         return True
 
@@ -754,6 +770,9 @@ class Download:
             return
         finally:
             self._checking.discard((state.peer, index))
+            self._checking_bytes -= nbytes
+            if self._checking_bytes <= CHECK_BACKLOG_BYTES:
+                self._backlog_cleared.set()
         if state.peer not in scheduler.peers:
             return
         outcome = scheduler.on_data(state.peer, index, ok, nbytes, self._clock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import p2p.node
+import p2p.swarm.download
 from p2p import FetchResult
 from p2p.errors import DiskFull
 from p2p.events import (
@@ -25,8 +27,10 @@ from p2p.events import (
 )
 from p2p.node import Node
 from p2p.store import Store
+from p2p.swarm.download import CHECK_BACKLOG_BYTES, Download
 from p2p.swarm.scheduler import MAX_INFLIGHT, STRIKE_LIMIT
 from p2p.wire.errors import ConnectionLost
+from p2p.wire.transport import WireProtocol
 
 from .conftest import MiB, drain, make_file, node_config, running_nodes, wait_for
 
@@ -357,3 +361,71 @@ async def test_node_with_shares_restarts_without_bootstrap(tmp_path: Path) -> No
             shared = await seed.share(source)
         async with Node(node_config(tmp_path, "seed")) as again:
             assert [s.content_id for s in again.library.shares()] == [shared.content_id]
+
+
+# -- memory while the hash checks fall behind ---------------------------------------------------
+
+BOUND = 1 * MiB
+
+
+async def test_chunks_waiting_for_their_check_are_bounded_and_the_rest_wait_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hashing pool stops (a CPU taken by other work): once CHECK_BACKLOG_BYTES (here
+    BOUND) wait for their check, the download takes no more messages from its peers, so
+    what is in flight waits in the connection's bounded queue (and past that in TCP)
+    instead of piling up in memory. Then the checks resume and the file arrives whole."""
+    source = make_file(tmp_path / "src" / "big.bin", 96 * MiB)
+    assert BOUND < CHECK_BACKLOG_BYTES
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    release.set()
+    blocked = asyncio.Event()
+    queued = asyncio.Event()
+    verified = 0
+    peak = 0
+    check, spawn, queue = Download._check_and_write, Download._spawn_data, WireProtocol._queue_messages
+
+    def slow_check(self: Download, index: int, payload: Any) -> bool:
+        nonlocal verified
+        verified += 1
+        if verified == 64:  # the windows have grown: stop checking from here
+            release.clear()
+            loop.call_soon_threadsafe(blocked.set)
+        release.wait(30)
+        return check(self, index, payload)
+
+    def counted_spawn(self: Download, state: Any, index: int, payload: Any) -> bool:
+        nonlocal peak
+        taken = spawn(self, state, index, payload)
+        peak = max(peak, self._checking_bytes)
+        return taken
+
+    def watch(self: WireProtocol, msgs: list[Any]) -> None:
+        queue(self, msgs)
+        queued.set()
+
+    def backed_up() -> bool:
+        """Over the bound, with chunks waiting unread in the connection's queue."""
+        return any(d._checking_bytes > BOUND and any(p.conn._p.queue for p in d._peers.values())
+                   for d in dl.running_downloads())
+
+    monkeypatch.setattr(p2p.swarm.download, "CHECK_BACKLOG_BYTES", BOUND)
+    monkeypatch.setattr(Download, "_check_and_write", slow_check)
+    monkeypatch.setattr(Download, "_spawn_data", counted_spawn)
+    monkeypatch.setattr(WireProtocol, "_queue_messages", watch)
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(source)
+        chunk = max(e.info.chunk_size for e in shared.manifest.entries)
+        fetch = asyncio.create_task(dl.fetch(str(shared.content_id), tmp_path / "out.bin",
+                                             peers=[seed.listen_address()], timeout=30))
+        try:
+            await blocked.wait()
+            while not backed_up():  # what was in flight arrives and stays in the queue
+                queued.clear()
+                await queued.wait()
+            assert peak <= BOUND + chunk
+        finally:
+            release.set()
+        result = await fetch
+    assert peak <= BOUND + chunk
+    assert result.path.read_bytes() == source.read_bytes()
