@@ -27,6 +27,10 @@ from .serving import SharedFile
 
 __all__ = ["Store"]
 
+MAX_CACHED_SHARE_FILES = 65536
+"""Share entries whose file is remembered for serving (a few MiB); past it the cache starts
+over, so memory stays bounded however many files are shared."""
+
 
 class Store:
     """The state directory's database and the files it points at. Thread-safe for reads and writes.
@@ -45,6 +49,10 @@ class Store:
         """Guards the running downloads (and opening one)."""
         self._active: dict[bytes, PartialDownload] = {}
         self._manifest_cache: dict[bytes, tuple[Manifest, ChunkMap]] = {}
+        self._share_files: dict[tuple[bytes, int], SharedFile | None] = {}
+        """(share, entry) -> the file it is served from (None: not a share's entry), so that
+        serving a chunk reads no database row; emptied whenever a share is added or removed."""
+        self._share_lock = threading.Lock()
         ignore_sigxfsz()
 
     def close(self) -> None:
@@ -100,12 +108,29 @@ class Store:
         by_path = {entry.path: path for entry, path in files}
         recorded = [SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries]
         self._db.put_manifest(manifest)
-        self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
-                           now=self._clock())
+        with self._share_lock:
+            self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
+                               now=self._clock())
+            self._share_files.clear()
 
     def remove_share(self, content_id: ContentId | bytes) -> bool:
         """Stop serving ``content_id``. True if it was shared."""
-        return self._db.remove_share(_raw(content_id))
+        with self._share_lock:
+            removed = self._db.remove_share(_raw(content_id))
+            self._share_files.clear()
+        return removed
+
+    def _share_file(self, cid: bytes, entry: int) -> SharedFile | None:
+        key = (cid, entry)
+        try:
+            return self._share_files[key]
+        except KeyError:
+            pass
+        with self._share_lock:  # no entry read before a removal is stored after it
+            if len(self._share_files) >= MAX_CACHED_SHARE_FILES:
+                self._share_files.clear()
+            found = self._share_files[key] = self._db.share_file(cid, entry)
+        return found
 
     def shares(self) -> list[ShareInfo]:
         """Everything this node serves in full."""
@@ -156,14 +181,16 @@ class Store:
         partial = self._active.get(content_id)
         if partial is not None:
             return partial.read_chunk(index)
-        files = self._db.share_files(content_id)
-        if files:
+        if self._share_file(content_id, 0) is not None:  # a share (of at least one file)
             manifest, cmap = self._chunk_map(content_id)
             try:
                 entry, local = cmap.local(index)
             except IndexError:
                 raise NotFound(f"chunk {index} is out of range") from None
-            return self._read_shared(content_id, files[entry], manifest.entries[entry].info, local)
+            file = self._share_file(content_id, entry)
+            if file is None:
+                raise NotFound(f"chunk {index} is not shared")  # removed meanwhile
+            return self._read_shared(content_id, file, manifest.entries[entry].info, local)
         found = self._db.file_share(content_id)
         if found is not None:
             parent, entry, file = found
