@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .bitfield import bitfield_of, full_bitfield
 from .errors import LocalProtocolError, NotFound
+from .store.serving import READ_POOL
 
 __all__ = ["FakeClock", "FileSource", "MemorySource"]
 
@@ -79,10 +80,14 @@ class FileSource:
         return self.chunk_count, full_bitfield(self.chunk_count)
 
     def read_chunk(self, content_id: bytes, index: int) -> bytes | memoryview:
-        """pread of one chunk."""
+        """One chunk, read into a pooled buffer as the store reads shared files."""
         if content_id != self.content_id or not 0 <= index < self.chunk_count:
             raise NotFound(f"chunk {index} not held")
-        return os.pread(self._fd, self.chunk_size, index * self.chunk_size)
+        offset = index * self.chunk_size
+        length = min(self.chunk_size, self.size - offset)
+        buf = READ_POOL.take(length)
+        got = os.preadv(self._fd, [buf], offset)
+        return buf[:got]
 
 
 class FakeClock:
