@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 
 from .. import encoding
 from ..buffers import AlignedPool, BufferPool
@@ -90,7 +91,8 @@ class Session:
 
     def __init__(self, identity: Identity, hello: Hello, *, initiator: bool,
                  expected_peer: PeerId | None = None, cipher: str = "AESGCM",
-                 recv_buffer: int = RECV_BUFFER, max_frame: int = MAX_FRAME) -> None:
+                 recv_buffer: int = RECV_BUFFER, max_frame: int = MAX_FRAME,
+                 first: Sequence[Message] = ()) -> None:
         if recv_buffer < 2 * (MAX_MESSAGE + 2):
             raise LocalProtocolError("receive buffer must hold at least two Noise messages")
         if hello.peer_id != identity.peer_id:
@@ -108,6 +110,9 @@ class Session:
         """The remote's Hello, once received (the session is usable from then on)."""
         self.handshake_hash = b""
         self._hello = hello
+        self._first = tuple(first) if initiator else ()
+        """Messages an initiator sends right after its Hello, in the flight of Noise message 3,
+        without waiting for the responder's Hello (docs/PROTOCOL.md, the conversation)."""
         # A fresh static X25519 key per session: the Ed25519 identity, not this key,
         # is what peers remember, so there is nothing to gain by reusing it.
         self._hs: HandshakeXX | None = HandshakeXX(initiator, KeyPair.generate(),
@@ -303,6 +308,9 @@ class Session:
         self._hs = None
         self.state = State.OPEN
         self.send(self._hello)
+        for first in self._first:
+            self.send(first)
+        self._first = ()
 
     def _proof(self, h: bytes) -> bytes:
         """Our handshake payload: Ed25519 key and its signature over our static key and ``h``."""

@@ -494,8 +494,11 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   timeout: float = 10.0, cipher: str = "AESGCM",  # the API shape the download engine asked for
                   max_send_buffer: int = MAX_SEND_BUFFER,
                   max_receive_queue: int = MAX_RECEIVE_QUEUE,
-                  source: str | None = None) -> Connection:
+                  source: str | None = None, first: Sequence[Message] = ()) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
+
+    ``first`` are sent right after our Hello, with the last handshake message, without
+    waiting for the remote Hello (their answers may be queued on the connection already).
 
     ``host`` is an IPv4 or IPv6 literal (``::1``, no brackets) or a name. Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
@@ -505,7 +508,7 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     loop = asyncio.get_running_loop()
     hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
     session = Session(identity, hello, initiator=True, expected_peer=expected_peer,
-                      cipher=cipher, recv_buffer=RECV_BUFFER)
+                      cipher=cipher, recv_buffer=RECV_BUFFER, first=first)
     transport: asyncio.Transport | None = None
     try:
         async with asyncio.timeout(timeout):

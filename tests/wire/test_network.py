@@ -96,6 +96,24 @@ async def test_conversation(served: tuple[Server, tuple[str, int], MemorySource,
     assert any(isinstance(e, Uploaded) and e.index == 0 and e.nbytes == 1000 for e in events)
 
 
+async def test_first_messages_are_answered_without_another_send(
+        served: tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]) -> None:
+    """``connect(first=...)`` sends them with the handshake: their answers come with (or
+    right after) the server's Hello, and nothing more is written once connect returns."""
+    server, (host, port), _, _ = served
+    conn = await connect(host, port, Identity.generate(), expected_peer=server.identity.peer_id,
+                         first=(GetManifest(CID), GetBitfield(CID), Request(CID, 0), Request(CID, 7)))
+    try:
+        sent = conn.bytes_sent
+        async with asyncio.timeout(T):
+            got = [await conn.receive() for _ in range(4)]
+        assert got == [Manifest(CID, b"manifest bytes"), Bitfield(CID, 3, b"\xa0"),
+                       Data(CID, 0, b"a" * 1000), Reject(CID, 7, RejectReason.BAD_INDEX)]
+        assert conn.bytes_sent == sent
+    finally:
+        await conn.aclose()
+
+
 async def test_wrong_expected_peer(served: tuple[Server, tuple[str, int], MemorySource, list[ServerEvent]]) -> None:
     _, (host, port), _, _ = served
     with pytest.raises(WrongPeer):

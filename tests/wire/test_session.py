@@ -125,6 +125,24 @@ def test_smallest_receive_buffer_never_runs_out_of_room() -> None:
     assert got == [Data(CID, 1, payload), Ping(3)]
 
 
+def test_initiator_first_messages_travel_with_message_3_before_the_remote_hello() -> None:
+    """The dialler's first requests go in the flight of Noise message 3, right after its
+    Hello: the responder has them as soon as it opens, one round trip earlier."""
+    a_id, b_id = Identity.generate(), Identity.generate()
+    first = [GetManifest(CID), GetBitfield(CID), Request(CID, 0)]
+    a = Session(a_id, hello(a_id), initiator=True, first=first)
+    b = Session(b_id, hello(b_id), initiator=False, first=[Ping(1)])  # ignored: not a dialler
+    assert b.receive_data(a.data_to_send()) == []  # -> e
+    assert a.receive_data(b.data_to_send()) == []  # <- e, ee, s, es: a opens, b's Hello not yet here
+    assert a.state is State.OPEN and a.remote_hello is None
+    flight = a.data_to_send()  # -> s, se, then a's Hello and its first messages
+    assert b.receive_data(flight) == first
+    assert b.remote_hello == hello(a_id)
+    assert a.receive_data(b.data_to_send()) == []  # b's Hello, and no Ping from the responder
+    assert a.remote_hello == hello(b_id)
+    assert a.data_to_send() == b""  # sent once
+
+
 def test_wrong_expected_peer_aborts() -> None:
     a, b, _, _ = pair(expected=Identity.generate())
     b.receive_data(a.data_to_send())
