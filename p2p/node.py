@@ -46,6 +46,7 @@ from .store import Store, seal
 from .swarm.download import Download, FetchOptions
 from .tasks import TaskOwner
 from .wire import server as wire_server
+from .wire.messages import Message
 from .wire.transport import connect
 
 log = logging.getLogger(__name__)
@@ -552,21 +553,22 @@ class Node:
         self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
 
     def _new_download(self, options: FetchOptions) -> Download:
-        async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
+        async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
             for info in self._server.connections():
                 # Peers already talking to us, at the ports their Hello says they accept on,
                 # but only on the host we see them at: a Hello is an unsigned claim, and a
                 # peer must not make us dial third parties (or resolve names) for it.
                 addrs = hello_dial_targets(info.address, info.listen_addrs)
                 if addrs:
-                    yield info.peer, addrs
+                    yield info.peer, addrs, False  # connected, not known to hold it
             async for record in self._dht.iter_providers(cid.digest):
-                yield record.peer_id, record.addresses
+                yield record.peer_id, record.addresses, True
 
-        async def dial(addr: Address, peer: PeerId | None) -> Any:
+        async def dial(addr: Address, peer: PeerId | None, first: Sequence[Message]) -> Any:
             try:
                 return await connect(addr[0], addr[1], self._identity, expected_peer=peer,
-                                     listen_addrs=self.addresses(), agent=self.config.agent)
+                                     listen_addrs=self.addresses(), agent=self.config.agent,
+                                     first=first)
             except NetworkError:
                 if peer is None:
                     raise
@@ -578,7 +580,7 @@ class Node:
                     with contextlib.suppress(NetworkError):
                         return await connect(fresh[0], fresh[1], self._identity,
                                              expected_peer=peer, listen_addrs=self.addresses(),
-                                             agent=self.config.agent)
+                                             agent=self.config.agent, first=first)
                 raise
 
         def on_manifest(manifest: Manifest) -> None:

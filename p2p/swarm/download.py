@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,30 @@ pool would hold every chunk in flight (:data:`~p2p.swarm.scheduler.INFLIGHT_BUDG
 in memory; 16 MiB keeps two hashing threads busy for several milliseconds."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
+SPECULATIVE_CHUNKS = 4
+"""Chunks asked, before the manifest is known, of a peer that claims the content (a ticket's,
+``--peer``, a provider record), in the flight that asks for the manifest: the chunk size is
+not known yet, but every file has a chunk 0, and four chunks (256 KiB to 4 MiB) are more than
+TCP's first round trips can carry, so the link is busy from the first round trip on instead
+of idle until the manifest and a Bitfield came back (two round trips on a long path)."""
+SPECULATIVE_PEERS = 2
+"""Peers given speculative requests, each its own :data:`SPECULATIVE_CHUNKS` (peer ``n``
+chunks ``n*k`` to ``n*k+k-1``): two keep the start from hanging on one slow peer; more only
+asks for chunks that a file of a few chunks lacks (rejected, ``BAD_INDEX``, at no cost)."""
+SPECULATIVE_HOLD_BYTES = 16 << 20
+"""Chunks that answer speculative requests before the scheduler exists are held (not
+dropped, not charged as a flood) up to this many bytes, then checked and written as any
+other: every speculative chunk at up to 2 MiB per chunk (files up to 2 GiB and a bit more);
+beyond it a chunk is dropped and asked again later."""
 
 Address = tuple[str, int]
-Connector = Callable[[Address, PeerId | None], Awaitable[Any]]
-ProviderSource = Callable[[ContentId], AsyncIterator[tuple[PeerId | None, Sequence[Address]]]]
+Connector = Callable[[Address, PeerId | None, Sequence[msg.Message]], Awaitable[Any]]
+"""Dials ``(address, expected peer or None, first messages)`` and returns a connection; the
+first messages go out right after our Hello, without waiting for the remote's
+(:func:`p2p.wire.transport.connect`'s ``first``)."""
+ProviderSource = Callable[[ContentId], AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]]
+"""Yields ``(peer, addresses, holds)``: ``holds`` when the source says the peer has the content
+(a signed provider record), not only that it is there (a peer connected to us)."""
 Clock = Callable[[], float]
 """Seconds on a monotonic clock; only differences matter."""
 
@@ -137,6 +157,17 @@ class _Peer:
     """It answered our one GetManifest: another Manifest from it changes nothing."""
     bitfield_answered: bool = False
     """It answered our one GetBitfield: another Bitfield from it changes nothing."""
+    holds: bool = False
+    """It was named as holding the content (a ticket's, ``--peer``, a provider record): until
+    its Bitfield says otherwise the scheduler takes it for a seeder."""
+    speculative: set[int] = field(default_factory=set)
+    """Chunks asked with the GetManifest (:data:`SPECULATIVE_CHUNKS`) and not yet answered nor
+    handed to the scheduler."""
+    asked_at: float = 0.0
+    """When the dial that sent the speculative requests began (they were sent later, so a
+    round trip measured from here is never too short)."""
+    early: dict[int, Any] = field(default_factory=dict)
+    """Payloads answering speculative requests that came before the scheduler existed."""
 
 
 class Download:
@@ -190,7 +221,11 @@ class Download:
         """Set while :attr:`_checking_bytes` is at most :data:`CHECK_BACKLOG_BYTES`."""
         self._backlog_cleared.set()
         """(peer, chunk) copies being verified: a second copy of the same request is ignored."""
-        self._candidates: asyncio.Queue[tuple[PeerId | None, Address]] = asyncio.Queue()
+        self._candidates: asyncio.Queue[tuple[PeerId | None, Address, bool]] = asyncio.Queue()
+        self._speculated = 0
+        """Peers given speculative requests so far (at most :data:`SPECULATIVE_PEERS`)."""
+        self._early_bytes = 0
+        """Bytes of speculative chunks held until the scheduler exists."""
         self._dialing = 0
         self._peer_slots = asyncio.Semaphore(MAX_PEERS)
         self._manifest_ready = asyncio.Event()
@@ -439,7 +474,7 @@ class Download:
                 and isinstance(exc, Exception):
             self._fail(exc)
 
-    def _add_candidate(self, peer: PeerId | None, addr: Address) -> None:
+    def _add_candidate(self, peer: PeerId | None, addr: Address, holds: bool) -> None:
         if peer is not None and (peer == self._self_peer or peer in self._peers
                                  or self.store.is_banned(peer)):
             return
@@ -453,7 +488,7 @@ class Download:
                 return
             self._per_peer[peer] += 1
         self._tried.add(addr)
-        self._candidates.put_nowait((peer, addr))
+        self._candidates.put_nowait((peer, addr, holds))
 
     def _dial_failed(self, addr: Address) -> None:
         failures = self._backoff.pop(addr, (0, 0.0))[0] + 1
@@ -469,13 +504,13 @@ class Download:
         while True:
             self._round_started = self._clock()
             for addr in self.options.peers:
-                self._add_candidate(None, addr)
+                self._add_candidate(None, addr, True)
             if self._providers is None:
                 return
             try:
-                async for peer, addrs in self._providers(self.content_id):
+                async for peer, addrs, holds in self._providers(self.content_id):
                     for addr in addrs:
-                        self._add_candidate(peer, addr)
+                        self._add_candidate(peer, addr, holds)
             except P2PError as exc:
                 log.debug("provider lookup for %s: %s", self.content_id.short(), exc)
             # Look again later for new providers (partial seeders appear as they start).
@@ -491,16 +526,33 @@ class Download:
     async def _dialer(self) -> None:
         slots = asyncio.Semaphore(CONNECT_PARALLEL)
         while True:
-            peer, addr = await self._candidates.get()
+            peer, addr, holds = await self._candidates.get()
             await self._peer_slots.acquire()  # released when the dial fails or the peer leaves
             await slots.acquire()
             self._dialing += 1
-            self._spawn(self._dial(peer, addr, slots), f"dial {addr}")
+            self._spawn(self._dial(peer, addr, holds, slots), f"dial {addr}")
 
-    async def _dial(self, peer: PeerId | None, addr: Address, slots: asyncio.Semaphore) -> None:
+    def _first_messages(self, holds: bool) -> tuple[tuple[msg.Message, ...], set[int]]:
+        """What a dial sends with its Hello, and the chunks among it asked speculatively."""
+        cid = self.content_id.digest
+        if self.manifest is not None:
+            return (msg.GetBitfield(cid),), set()
+        first: list[msg.Message] = [msg.GetManifest(cid), msg.GetBitfield(cid)]
+        speculative: set[int] = set()
+        if holds and self._speculated < SPECULATIVE_PEERS:
+            start = self._speculated * SPECULATIVE_CHUNKS
+            self._speculated += 1
+            speculative = set(range(start, start + SPECULATIVE_CHUNKS))
+            first += [msg.Request(cid, index) for index in sorted(speculative)]
+        return tuple(first), speculative
+
+    async def _dial(self, peer: PeerId | None, addr: Address, holds: bool,
+                    slots: asyncio.Semaphore) -> None:
         conn = None
+        asked_at = self._clock()
+        first, speculative = self._first_messages(holds)
         try:
-            conn = await self._connect_in_time(addr, peer)
+            conn = await self._connect_in_time(addr, peer, first)
         except (P2PError, OSError, TimeoutError) as exc:
             log.debug("dial %s failed: %s", addr, exc)
             self._dial_failed(addr)
@@ -520,20 +572,23 @@ class Download:
             return
         # Registered here, not in the peer's task: there is no moment between the dial and
         # the peer's task in which the download has neither a peer nor a dial.
-        state = _Peer(conn, remote, asyncio.Queue(), addr, Budget(self._clock()))
+        state = _Peer(conn, remote, asyncio.Queue(), addr, Budget(self._clock()), holds=holds,
+                      speculative=speculative, asked_at=asked_at)
         self._peers[remote] = state
         self._connected_addrs.add(addr)
         self._alone_since = None
         self._spawn(self._serve_peer(state), f"peer {remote.short()}")
+        self._join_scheduler(state)
         self._update()
 
-    async def _connect_in_time(self, addr: Address, peer: PeerId | None) -> Any:
+    async def _connect_in_time(self, addr: Address, peer: PeerId | None,
+                               first: Sequence[msg.Message]) -> Any:
         """Dial, abandoned by :meth:`handle_timer` at ``CONNECT_TIMEOUT`` on the download's clock."""
         async with asyncio.timeout(None) as scope:
             self._dial_deadlines[scope] = self._clock() + CONNECT_TIMEOUT
             self._arm()
             try:
-                return await self._connector(addr, peer)
+                return await self._connector(addr, peer, first)
             finally:
                 self._dial_deadlines.pop(scope, None)
 
@@ -545,10 +600,7 @@ class Download:
         reason = "done"
         writer = self._spawn(self._writer(state), f"writer {peer.short()}")
         try:
-            cid = self.content_id.digest
-            if self.manifest is None:
-                state.outbox.put_nowait(msg.GetManifest(cid))
-            state.outbox.put_nowait(msg.GetBitfield(cid))
+            # GetManifest, GetBitfield and any speculative Requests went out with our Hello.
             async for message in conn:
                 self._handle(state, message)
                 if peer not in self._peers:
@@ -590,6 +642,8 @@ class Download:
         state = self._peers.pop(peer, None)
         if state is None:
             return
+        self._early_bytes -= sum(len(payload) for payload in state.early.values())
+        state.early.clear()
         self._connected_addrs.discard(state.address)
         if peer not in self._banned_for_bad_data:
             self._dropped_otherwise = True
@@ -616,10 +670,17 @@ class Download:
         cid = self.content_id.digest
         match message:
             case msg.Data(content_id=c, index=index, payload=payload) if c == cid:
+                if index in state.speculative:
+                    return self._early_data(state, index, payload)
                 return self._spawn_data(state, index, payload)
             case msg.Have(content_id=c, index=index) if c == cid:
                 return self._on_have_message(state, index)
             case msg.Reject(content_id=c, index=index, reason=reason) if c == cid:
+                if index in state.speculative:
+                    # A guess that missed (past the last chunk of a small file, say): the
+                    # peer answered what we asked, which costs it nothing.
+                    state.speculative.discard(index)
+                    return True
                 scheduler = self.scheduler
                 busy = reason == msg.RejectReason.TOO_MANY_IN_FLIGHT
                 if scheduler is None or not scheduler.on_reject(state.peer, index, self._clock(), busy=busy):
@@ -718,9 +779,42 @@ class Download:
         self.events.publish(DownloadStarted(self.content_id, manifest.name, manifest.total_size,
                                             self.partial.chunk_map.count, len(held), tuple(held)))
         for state in list(self._peers.values()):  # a bad bitfield bans (removes) its peer
-            self._apply_bitfield(state)
+            self._join_scheduler(state)
         if self.scheduler.complete:
             self._finished.set()
+
+    def _join_scheduler(self, state: _Peer) -> None:
+        """Hand a connected peer to the scheduler once it exists: a peer named as holding the
+        content counts as a seeder until its Bitfield arrives (requests go out now, not a
+        round trip later; a chunk it lacks is rejected and asked elsewhere), its speculative
+        requests count as in flight, and the chunks that answered them early are checked."""
+        scheduler = self.scheduler
+        if scheduler is None or state.peer not in self._peers:
+            return
+        scheduler.add_peer(state.peer)
+        if state.bitfield is None and state.holds:
+            scheduler.set_bitfield(state.peer, (), full=True)
+        early, state.early = state.early, {}
+        if state.speculative or early:
+            # The rest (past the last chunk, or held already) stay speculative: their answers
+            # are taken and dropped without cost.
+            taken = scheduler.add_inflight(state.peer, state.speculative | early.keys(),
+                                           state.asked_at)
+            state.speculative.difference_update(taken)
+            for index in taken:
+                self.events.publish(ChunkRequested(self.content_id, index, state.peer))
+        for index, payload in early.items():
+            self._early_bytes -= len(payload)
+            self._spawn_data(state, index, payload)  # checked and written as any other chunk
+        self._apply_bitfield(state)
+
+    def _early_data(self, state: _Peer, index: int, payload: Any) -> bool:
+        """A chunk answering a speculative request the scheduler did not take (yet)."""
+        state.speculative.discard(index)
+        if self.scheduler is None and self._early_bytes + len(payload) <= SPECULATIVE_HOLD_BYTES:
+            state.early[index] = payload  # checked once the scheduler exists (_join_scheduler)
+            self._early_bytes += len(payload)
+        return True  # asked for: never charged as a flood
 
     def _apply_bitfield(self, state: _Peer) -> None:
         if self.scheduler is None or state.bitfield is None or state.peer not in self._peers:
@@ -729,6 +823,7 @@ class Download:
         if count == 0:
             # Holds nothing yet (it may not even have the manifest): its Haves still count.
             self.scheduler.add_peer(state.peer)
+            self.scheduler.set_bitfield(state.peer, ())  # no longer taken for a seeder
             return
         if count != self.scheduler.chunk_count:
             self._ban(state.peer, "bitfield of the wrong size")

@@ -221,6 +221,20 @@ class Scheduler:
         self._order_dirty = True
         return True
 
+    def add_inflight(self, peer: Peer, indexes: Iterable[int], asked: float) -> list[int]:
+        """Requests the driver sent ``peer`` before this scheduler existed (speculative ones,
+        with the manifest request), counted in flight from ``asked``. Returns those taken:
+        the ones within the content, not held and not in flight to the peer already."""
+        state = self.peers[peer]
+        taken = []
+        for index in sorted(indexes):
+            if 0 <= index < self.chunk_count and index not in self.held and index not in state.inflight:
+                self._request(peer, state, index, asked)
+                taken.append(index)
+        if taken:  # keep the oldest first, as planned requests are (next_deadline relies on it)
+            state.inflight = dict(sorted(state.inflight.items(), key=lambda kv: kv[1]))
+        return taken
+
     # -- planning ----------------------------------------------------------------------
 
     def window(self, peer: Peer) -> float:

@@ -138,9 +138,13 @@ class Watched:
         self._received[type(message)].set()
         return message
 
-    async def send(self, message: Message) -> None:
+    def record_sent(self, message: Message) -> None:
+        """Note ``message`` as sent by the download (the dialler sent it with the handshake)."""
         self.sent.append(message)
         self._sent[type(message)].set()
+
+    async def send(self, message: Message) -> None:
+        self.record_sent(message)
         if isinstance(message, Request) and (self.deaf or message.index in self.deaf_to):
             return
         await self._inner.send(message)
@@ -159,7 +163,10 @@ class Watched:
 
 
 class Dialer:
-    """The download's connector: real dials, each connection :class:`Watched`."""
+    """The download's connector: real dials, each connection :class:`Watched` (or the
+    subclass a test names in :attr:`watched`)."""
+
+    watched: type[Watched] = Watched
 
     def __init__(self, deaf: Iterable[Address] = (),
                  deaf_to: Mapping[Address, Container[int]] | None = None) -> None:
@@ -172,9 +179,17 @@ class Dialer:
         self._dialled: collections.defaultdict[Address, asyncio.Event] = \
             collections.defaultdict(asyncio.Event)
 
-    async def __call__(self, addr: Address, peer: PeerId | None) -> Watched:
-        conn = await connect(addr[0], addr[1], self.identity, expected_peer=peer)
-        watched = Watched(conn, deaf=addr in self.deaf, deaf_to=self.deaf_to.get(addr, ()))
+    async def __call__(self, addr: Address, peer: PeerId | None,
+                       first: Sequence[Message] = ()) -> Watched:
+        # The first messages (GetManifest, GetBitfield, speculative Requests) go out with
+        # the handshake, past the deafness: recorded as sent, as the download's own are.
+        deaf = addr in self.deaf
+        deaf_to = self.deaf_to.get(addr, ())
+        heard = [m for m in first if not (isinstance(m, Request) and (deaf or m.index in deaf_to))]
+        conn = await connect(addr[0], addr[1], self.identity, expected_peer=peer, first=heard)
+        watched = self.watched(conn, deaf=deaf, deaf_to=deaf_to)
+        for message in first:
+            watched.record_sent(message)
         self.connections[addr].append(watched)
         self._dialled[addr].set()
         return watched

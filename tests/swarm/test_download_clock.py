@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from p2p.swarm.download import (
     CONNECT_TIMEOUT,
     PROGRESS_INTERVAL,
     REDISCOVER_INTERVAL,
+    SPECULATIVE_CHUNKS,
     WRONG_PUBLISHER_GRACE,
 )
 from p2p.swarm.scheduler import REQUEST_TIMEOUT
@@ -66,9 +67,9 @@ def of(kind: type, events: list) -> list:  # type: ignore[type-arg]
 
 def providers_from(addresses: list[Address]):  # type: ignore[no-untyped-def]
     """A provider source that yields, at each discovery round, the addresses listed then."""
-    async def providers(content_id: ContentId) -> AsyncIterator[tuple[PeerId | None, list[Address]]]:
+    async def providers(content_id: ContentId) -> AsyncIterator[tuple[PeerId | None, list[Address], bool]]:
         for addr in list(addresses):
-            yield None, [addr]
+            yield None, [addr], True
     return providers
 
 
@@ -134,7 +135,11 @@ async def test_request_is_not_expired_before_its_timeout(tmp_path: Path) -> None
             assert [e.peer for e in of(ChunkRequested, drain(rig.events))] == [deaf.peer]
             [conn] = dialer.connections[deaf.address]
             await conn.sent_one(Cancel).wait()
-            assert [type(m) for m in conn.sent[2:]] == [Request, Cancel, Request]
+            # After GetManifest and GetBitfield: the speculative requests (chunk 0 and three
+            # past the end of this one-chunk file), then chunk 0 cancelled and asked again.
+            cid = content.content_id.digest
+            assert conn.sent[2:] == [*(Request(cid, i) for i in range(SPECULATIVE_CHUNKS)),
+                                     Cancel(cid, 0), Request(cid, 0)]
 
 
 # -- before the manifest ----------------------------------------------------------------------
@@ -189,7 +194,8 @@ async def test_a_dial_that_hangs_is_abandoned_at_the_connect_timeout(tmp_path: P
     entered, abandoned = asyncio.Event(), asyncio.Event()
 
     class Hangs(Dialer):
-        async def __call__(self, addr: Address, peer: PeerId | None) -> Connection:
+        async def __call__(self, addr: Address, peer: PeerId | None,
+                           first: Sequence[Message] = ()) -> Connection:
             entered.set()
             try:
                 await asyncio.Future()  # a SYN nobody answers

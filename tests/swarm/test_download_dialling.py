@@ -16,6 +16,7 @@ from p2p.swarm.download import (
     MAX_ADDRESSES_PER_PEER,
     REDISCOVER_INTERVAL,
 )
+from p2p.wire.messages import Message
 
 from .doubles import Address, Dialer, FakeClock, make_content, running_download
 
@@ -47,16 +48,16 @@ class Rounds:
         self._dialer = Dialer()
         self.identity = self._dialer.identity
 
-    async def providers(self, cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address]]]:
+    async def providers(self, cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
         self.round += 1
         for peer, addrs in self.named:
-            yield peer, addrs
+            yield peer, addrs, True
         self.round_done.set()
 
-    async def __call__(self, addr: Address, peer: PeerId | None) -> object:
+    async def __call__(self, addr: Address, peer: PeerId | None, first: Sequence[Message]) -> object:
         self.dials.append((self.round, addr))
         try:
-            return await self._dialer(addr, peer)
+            return await self._dialer(addr, peer, first)
         finally:
             self.failed.set()
 

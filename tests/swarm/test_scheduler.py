@@ -555,3 +555,19 @@ def test_requests_in_flight_stay_within_the_download_budget() -> None:
         assert sum(len(st_.inflight) for st_ in s.peers.values()) <= s.budget
     # Every peer still gets asked for something: none is starved of a rate measurement.
     assert all(state.delivered > 0 for state in s.peers.values())
+
+
+# -- requests sent before the scheduler existed -----------------------------------------------
+
+
+def test_requests_sent_before_the_scheduler_count_in_flight_from_when_they_were_asked() -> None:
+    s = make(3, held=(1,))
+    join(s, "a")
+    # Speculative requests for chunks 0..3: 1 is held, 3 is past the end.
+    assert s.add_inflight("a", {0, 1, 2, 3}, asked=-0.5) == [0, 2]
+    assert list(s.peers["a"].inflight) == [0, 2]
+    assert s.next_deadline(REQUEST_TIMEOUT) == -0.5 + REQUEST_TIMEOUT
+    assert s.plan(0.0) == []  # nothing else left to ask
+    assert s.on_data("a", 2, True, CHUNK, 0.5).accepted
+    assert s.peers["a"].min_rtt == 1.0  # measured from when it was asked, never too short
+    assert s.add_inflight("a", {0}, asked=0.5) == []  # in flight already
