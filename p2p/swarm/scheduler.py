@@ -19,8 +19,10 @@ Policy, in the order it is applied:
   TCP's BBR does (bytes delivered between a request and its answer, over that time;
   the highest recent sample), so the window doubles every round trip from its
   :data:`INITIAL_INFLIGHT` chunks until the path is full, like TCP's slow start, and a
-  long, fast path gets the requests it needs. No fixed small cap: :data:`MAX_INFLIGHT`
-  is the chunk server's own.
+  long, fast path gets the requests it needs. Until then (BBR's startup: the rate grew
+  by a quarter within the last three round trips) the gain is :data:`STARTUP_GAIN`, so
+  the requests stay ahead of TCP's own window as it grows. No fixed small cap:
+  :data:`MAX_INFLIGHT` is the chunk server's own.
 * **A shared budget, shared by need.** :data:`INFLIGHT_BUDGET_BYTES` bounds the
   requests in flight over all peers; when the windows ask for more, each peer gets a
   share in proportion to its window (at least one request), so no peer starves.
@@ -44,9 +46,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_GAIN = 2.0
-"""A peer's window is this many times its bandwidth-delay product: one to fill the path,
-one more so the measured rate can grow (BBR's cwnd gain), which doubles the window every
-round trip until the path is full."""
+"""A peer's window is this many times its bandwidth-delay product once its path is full
+(:data:`FULL_PIPE_ROUNDS`): one to fill the path, one more for the chunks being answered
+and so the measured rate can still grow (BBR's cwnd gain)."""
+STARTUP_GAIN = 2 / math.log(2)
+"""The gain before the path is full (BBR's startup gain, 2/ln 2 = 2.89, the smallest that
+doubles what is in flight every round trip). During TCP's slow start the rate sample lags
+the path: a request takes half a round trip to reach the seeder, and a sample averages over
+its whole request-to-answer time, in which TCP's window doubled at least once. A window of
+:data:`WINDOW_GAIN` x that sample only matches TCP's own congestion window, so TCP runs
+short of data to send (app-limited) and its window grows more slowly; the extra gain keeps
+requests ahead of it."""
+FULL_PIPE_GROWTH = 1.25
+FULL_PIPE_ROUNDS = 3
+"""BBR's full-pipe test: once the delivery rate grew less than 25% in each of three round
+trips in a row the path is full and the window gain drops from :data:`STARTUP_GAIN` to
+:data:`WINDOW_GAIN` (a request that times out ends the startup too)."""
 WINDOW_FLOOR = 0.05
 """The shortest round trip a window is sized for: on loopback the measured one is a
 millisecond, and an event loop that stalls for tens of milliseconds would then drain the
@@ -67,7 +82,10 @@ RATE_SAMPLES = 16
 a pause on the sender's side lowers one sample, not the estimate)."""
 MIN_BUDGET_CHUNKS = 8
 INITIAL_INFLIGHT = 4
-"""Before a peer's rate is known."""
+"""Requests before a peer's rate is known. In chunks, not bytes: even four 64 KiB chunks
+(256 KiB) outlast TCP's first four round trips of slow start (10 segments, doubling: about
+220 KB), and the first rate samples are back by then (a window counted in bytes, 1 MiB,
+changed nothing on the emulated paths of ``tests/swarm/test_scheduler.py``)."""
 REQUEST_TIMEOUT = 15.0
 """A request older than this goes to another peer. Generous: a queued request waits for those ahead of it."""
 ENDGAME_DUPLICATES = 2
@@ -100,6 +118,16 @@ class PeerState:
     """The latest delivery-rate samples (bytes per second), at most :data:`RATE_SAMPLES`."""
     min_rtt: float | None = None
     """The shortest time from a request to its answer seen (a round trip and one chunk)."""
+    filled: bool = False
+    """Its path is full (the full-pipe test passed, or a request timed out): the window gain
+    is :data:`WINDOW_GAIN`, no longer :data:`STARTUP_GAIN`."""
+    round_end: int = 0
+    """:attr:`delivered_bytes` when the current round trip began: an answer to a request
+    sent after that (asked at or past this mark) ends the round (BBR's round counting)."""
+    full_rate: float = 0.0
+    """The rate at the last round that grew it by :data:`FULL_PIPE_GROWTH` or more."""
+    flat_rounds: int = 0
+    """Round trips in a row since, each without that growth."""
     delivered_bytes: int = 0
     """Verified bytes this peer delivered in all."""
     delivered_at: dict[int, int] = field(default_factory=dict)
@@ -243,7 +271,8 @@ class Scheduler:
         if state.last_rate_update is None or state.min_rtt is None:
             return INITIAL_INFLIGHT * self.chunk_size
         rtt = max(state.min_rtt, WINDOW_FLOOR)
-        return WINDOW_GAIN * state.rate * rtt + self.chunk_size
+        gain = WINDOW_GAIN if state.filled else STARTUP_GAIN
+        return gain * state.rate * rtt + self.chunk_size
 
     def depth(self, peer: Peer) -> int:
         """How many requests ``peer`` should have in flight now (its window in chunks)."""
@@ -427,6 +456,7 @@ class Scheduler:
         for peer, index in expired:
             state = self.peers[peer]
             state.timeouts += 1
+            state.filled = True  # requests pile up unanswered: past full, not filling
             self._unrequest(peer, index)
             self._avoid.setdefault(index, set()).add(peer)
             # A slow peer's measured rate is overstated: halve it so its pipeline shrinks.
@@ -460,7 +490,24 @@ class Scheduler:
         state.min_rtt = elapsed if state.min_rtt is None else min(state.min_rtt, elapsed)
         state.delivered_bytes += nbytes
         # BBR's delivery rate: what the peer delivered while this request was out, over that time.
-        delivered = state.delivered_bytes - state.delivered_at.get(index, state.delivered_bytes - nbytes)
+        asked_at = state.delivered_at.get(index, state.delivered_bytes - nbytes)
+        delivered = state.delivered_bytes - asked_at
         state.samples.append(delivered / elapsed)  # the oldest falls out (maxlen)
         state.rate = max(state.samples)
         state.last_rate_update = now
+        if asked_at >= state.round_end:  # asked after the round began: a round trip is over
+            state.round_end = state.delivered_bytes
+            self._check_full_pipe(state)
+
+    @staticmethod
+    def _check_full_pipe(state: PeerState) -> None:
+        """At the end of each round trip: has the rate stopped growing (BBR's full-pipe test)?"""
+        if state.filled:
+            return
+        if state.rate >= state.full_rate * FULL_PIPE_GROWTH:
+            state.full_rate = state.rate
+            state.flat_rounds = 0
+            return
+        state.flat_rounds += 1
+        if state.flat_rounds >= FULL_PIPE_ROUNDS:
+            state.filled = True

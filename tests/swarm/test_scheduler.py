@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import random
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from p2p.swarm.scheduler import (
     MAX_INFLIGHT,
     REQUEST_TIMEOUT,
     STRIKE_LIMIT,
+    WINDOW_GAIN,
     Scheduler,
 )
 
@@ -125,6 +128,108 @@ def test_a_long_fast_path_is_filled_after_a_few_round_trips() -> None:
     first_rtts = [sum(1 for t, _ in got if k * 0.15 <= t < (k + 1) * 0.15) for k in range(1, 5)]
     assert first_rtts[0] == INITIAL_INFLIGHT
     assert all(b >= 1.6 * a for a, b in itertools.pairwise(first_rtts)), first_rtts
+
+
+class SlowStartPath:
+    """One seeder's path with TCP on it, stepped every :data:`STEP` seconds: a request
+    reaches the seeder half a round trip after it is planned and queues there; TCP sends
+    what is queued, at most its congestion window in flight and at most the path's rate;
+    a byte arrives half a round trip after it is sent and is acknowledged a round trip
+    after. The window starts at 10 segments and, in slow start, grows by what is
+    acknowledged while at least half of it was in use (Linux's ``tcp_is_cwnd_limited``);
+    the path's buffer is one bandwidth-delay product (so it stops at twice that)."""
+
+    MSS = 1448
+    STEP = 0.0005
+
+    def __init__(self, rtt: float, rate: float) -> None:
+        self.rtt, self.rate = rtt, rate
+        self.idle = 0.0
+        """Seconds in which TCP could have sent but no request was queued at the seeder,
+        while the download still had chunks it had not asked for (app-limited)."""
+        self.arrived: list[tuple[float, int]] = []
+        """(time, bytes delivered so far) at each chunk's arrival."""
+
+    def drive(self, s: Scheduler | None, peer: str, chunk: int, until: float) -> SlowStartPath:
+        """Run ``s`` (None: raw TCP with an endless queue from time 0) until ``until``."""
+        rtt, rate, step = self.rtt, self.rate, self.STEP
+        cwnd, cap, flight, tokens = 10.0 * self.MSS, 2 * rate * rtt, 0.0, 0.0
+        acks: collections.deque[tuple[float, float, bool]] = collections.deque()
+        requests: collections.deque[tuple[float, int]] = collections.deque()
+        queued: collections.deque[list[int | float]] = collections.deque()
+        arriving: collections.deque[tuple[float, int]] = collections.deque()
+        got, now = 0, 0.0
+
+        def plan(now: float) -> None:
+            if s is None:
+                while len(queued) < 4:
+                    queued.append([0, chunk])
+                return
+            for _, index in s.plan(now):
+                requests.append((now + rtt / 2, index))
+
+        plan(0.0)
+        while now < until and not (s is not None and s.complete):
+            now += step
+            while requests and requests[0][0] <= now:
+                queued.append([requests.popleft()[1], chunk])
+            while acks and acks[0][0] <= now:
+                _, n, grow = acks.popleft()
+                flight -= n
+                if grow:
+                    cwnd = min(cap, cwnd + n)
+            tokens = min(tokens + rate * step, 2 * rate * step)
+            wanted = s is not None and len(s.held) + s.outstanding < s.chunk_count
+            if not queued and cwnd > flight and wanted:
+                self.idle += step
+            while queued and tokens > 0 and cwnd > flight:
+                head = queued[0]
+                n = min(tokens, cwnd - flight, head[1])
+                tokens, flight, head[1] = tokens - n, flight + n, head[1] - n
+                acks.append((now + rtt, n, flight >= cwnd / 2))
+                if head[1] <= 1e-6:
+                    arriving.append((now + rtt / 2, int(queued.popleft()[0])))
+            answered = False
+            while arriving and arriving[0][0] <= now:
+                _, index = arriving.popleft()
+                if s is None or s.on_data(peer, index, True, chunk, now).accepted:
+                    got += chunk
+                    self.arrived.append((now, got))
+                answered = True
+            if answered:
+                plan(now)
+        return self
+
+    def time_to(self, nbytes: int) -> float:
+        """When ``nbytes`` had arrived."""
+        return next(t for t, got in self.arrived if got >= nbytes)
+
+
+@pytest.mark.parametrize(("chunk", "size"), [(64 << 10, 10 << 20), (256 << 10, 256 << 20),
+                                             (1 << 20, 4 << 30)],
+                         ids=["10 MiB file", "256 MiB file", "4 GiB file"])
+@pytest.mark.parametrize(("rtt", "mbit"), [(0.15, 250), (0.3, 100)],
+                         ids=["500 Mbit/s 150 ms, 2 seeders", "100 Mbit/s 300 ms"])
+def test_the_window_stays_ahead_of_tcp_slow_start(chunk: int, size: int, rtt: float,
+                                                  mbit: int) -> None:
+    """From TCP's first window of 10 segments to a full path, the seeder always has our
+    requests queued when TCP may send (but for the first half round trip, while the first
+    requests travel): TCP is never app-limited, its window grows as fast as with raw TCP,
+    and the bytes arrive as a raw TCP stream's do, half a round trip later."""
+    rate = mbit * 1e6 / 8
+    s = Scheduler(size // chunk, (), chunk, rng=random.Random(0))
+    join(s, "a")
+    ours = SlowStartPath(rtt, rate).drive(s, "a", chunk, until=40 * rtt)
+    raw = SlowStartPath(rtt, rate).drive(None, "a", chunk, until=40 * rtt)
+    assert ours.idle <= rtt / 2 + 2 * SlowStartPath.STEP, ours.idle / rtt
+    got = min(size, ours.arrived[-1][1])
+    for part in (got // 8, got // 4, got // 2, got):
+        late = ours.time_to(part) - raw.time_to(part)
+        assert late <= rtt / 2 + chunk / rate + 0.05 * rtt, (part, late / rtt)
+    if size > got:  # still going: the path is full and the startup gain is over
+        state = s.peers["a"]
+        assert state.filled
+        assert s.window("a") <= WINDOW_GAIN * rate * 1.1 * (state.min_rtt or 0) + chunk
 
 
 def test_two_paths_each_get_what_they_carry() -> None:
@@ -571,3 +676,23 @@ def test_requests_sent_before_the_scheduler_count_in_flight_from_when_they_were_
     assert s.on_data("a", 2, True, CHUNK, 0.5).accepted
     assert s.peers["a"].min_rtt == 1.0  # measured from when it was asked, never too short
     assert s.add_inflight("a", {0}, asked=0.5) == []  # in flight already
+
+
+def test_startup_gain_ends_when_the_rate_stops_growing_or_a_request_times_out() -> None:
+    early = make(4000)
+    join(early, "far")
+    run_paths(early, {"far": (0.15, 1000.0)}, until=0.6)  # still doubling
+    assert not early.peers["far"].filled
+    s = make(4000)
+    join(s, "far")
+    run_paths(s, {"far": (0.15, 1000.0)}, until=4.0)  # 1,000 chunks a second, flat for long
+    assert s.peers["far"].filled
+    state = s.peers["far"]
+    assert s.window("far") == WINDOW_GAIN * state.rate * state.min_rtt + CHUNK  # type: ignore[operator]
+
+    t = make(100)
+    join(t, "slow")
+    t.plan(0.0)
+    assert not t.peers["slow"].filled
+    t.expire(REQUEST_TIMEOUT)
+    assert t.peers["slow"].filled
