@@ -124,6 +124,39 @@ class CipherState:
         self.n = n + 1
 
 
+    def decrypt_records_into(self, src: memoryview, pos: int, end: int, out: memoryview,
+                             fpos: int, fneed: int) -> tuple[int, int]:
+        """The receive fast path: decrypt the consecutive records ``len:u16be || ciphertext``
+        that start at ``src[pos]``, end by ``end`` and each fit in the ``fneed`` bytes still
+        wanted at ``out[fpos]``, one after the other into ``out``. Stops before the first
+        record that is incomplete or would not fit. Returns ``(pos, fpos)`` past the last
+        record decrypted. One call per run of a chunk's records, not per record: the loop
+        keeps the nonce and the positions in locals."""
+        aead = self._aead
+        assert aead is not None
+        pack = self._nonce.pack
+        n = self.n
+        try:
+            while end - pos >= 2:
+                size = (src[pos] << 8) | src[pos + 1]
+                plen = size - TAGLEN
+                if end - pos - 2 < size or not 0 < plen <= fneed:
+                    break
+                if n >= MAX_NONCE:
+                    raise LocalProtocolError("nonce space exhausted; the session must end")
+                start = pos + 2
+                pos = start + size
+                aead.decrypt_into(pack(n), src[start:pos], None, out[fpos:fpos + plen])
+                n += 1
+                fpos += plen
+                fneed -= plen
+        except InvalidTag:
+            raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
+        finally:
+            self.n = n
+        return pos, fpos
+
+
 class SymmetricState:
     """Section 5.2: chaining key ``ck``, handshake hash ``h`` and a CipherState."""
 

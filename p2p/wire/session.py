@@ -264,15 +264,15 @@ class Session:
             if self._hs is not None:
                 self._handshake_record(bytes(view[start:pos]))
             elif self._frame is not None and TAGLEN < size <= self._fneed + TAGLEN:
-                # The fast path of _transport_record, inline (once per 64 KiB of a chunk):
-                # the whole record belongs to the current frame; decrypt it in place.
+                # The fast path of _transport_record: this record and those after it belong
+                # to the current frame; decrypt the whole run in place, in one call.
                 cs = self._recv_cs
                 assert cs is not None
-                plen = size - TAGLEN
-                fpos = self._fpos
-                cs.decrypt_into(view[start:pos], self._fview[fpos:fpos + plen])
-                self._fpos = fpos + plen
-                self._fneed -= plen
+                pos, fpos = cs.decrypt_records_into(view, start - 2, end, self._fview,
+                                                    self._fpos, self._fneed)
+                self._fneed -= fpos - self._fpos
+                self._fpos = fpos
+                self._rstart = pos
                 if not self._fneed:
                     self._finish_frame()
             else:

@@ -189,6 +189,45 @@ def test_reordering_is_detected() -> None:
         b.receive_data(recs[1] + recs[0])
 
 
+def _chunk_records() -> tuple[Session, list[bytes], bytes]:
+    """The records of one 300 KiB Data frame: its header record, then five payload records,
+    which the receiver decrypts in one run straight into the frame."""
+    a, b, _, _ = opened()
+    payload = os.urandom(300_000)
+    a.send(Data(CID, 7, payload))
+    recs = _records(bytes(a.data_to_send()))
+    assert len(recs) == 6
+    return b, recs, payload
+
+
+def test_a_chunk_received_in_one_piece_or_record_by_record_is_the_same() -> None:
+    b, recs, payload = _chunk_records()
+    (msg,) = b.receive_data(b"".join(recs))
+    assert msg == Data(CID, 7, payload)
+    b, recs, payload = _chunk_records()
+    got = [m for rec in recs for m in b.receive_data(rec)]
+    assert got == [Data(CID, 7, payload)]
+
+
+@pytest.mark.parametrize("attack", ["tamper", "swap", "replay", "drop"])
+def test_an_attack_on_a_chunk_s_payload_records_is_detected(attack: str) -> None:
+    b, recs, _ = _chunk_records()
+    head, body = recs[0], recs[1:]
+    if attack == "tamper":
+        bad = bytearray(body[2])
+        bad[100] ^= 1
+        body[2] = bytes(bad)
+    elif attack == "swap":
+        body[1], body[2] = body[2], body[1]
+    elif attack == "replay":
+        body.insert(2, body[1])
+    else:
+        del body[1]
+    with pytest.raises(RemoteProtocolError):
+        b.receive_data(head + b"".join(body))
+        b.receive_eof()
+
+
 def test_truncation_is_detected() -> None:
     b, recs = _three_records()
     assert b.receive_data(recs[0] + recs[1][:-3]) == [Ping(0)]
