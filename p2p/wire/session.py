@@ -178,17 +178,8 @@ class Session:
             out = bytearray(total)
             view = memoryview(out)
         pos = 0
-        pack_into = _U16.pack_into
-        encrypt_into = cs.encrypt_into
         for piece in pieces:
-            src = memoryview(piece)
-            n = len(src)
-            for start in range(0, n, MAX_PLAINTEXT):
-                chunk = src[start:start + MAX_PLAINTEXT]
-                size = len(chunk) + TAGLEN
-                pack_into(out, pos, size)
-                encrypt_into(chunk, view[pos + 2:pos + 2 + size])
-                pos += 2 + size
+            pos = cs.encrypt_records_into(piece, view, pos, MAX_PLAINTEXT)
         return out
 
     # -- receiving -----------------------------------------------------------------------
