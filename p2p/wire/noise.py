@@ -55,8 +55,9 @@ def hkdf(chaining_key: bytes, ikm: bytes, num_outputs: int) -> tuple[bytes, ...]
 class CipherState:
     """Section 5.1: a key ``k`` (or none) and a 64-bit nonce counter ``n``.
 
-    ``encrypt_into``/``decrypt_into`` are the transport-phase fast path: they
-    write into caller-provided buffers so that a record is never copied.
+    ``encrypt_records_into``/``decrypt_records_into``/``decrypt_into`` are the
+    transport-phase fast path: they write into caller-provided buffers so that a record
+    is never copied.
     """
 
     __slots__ = ("_aead", "_nonce", "cipher", "n")
@@ -105,11 +106,6 @@ class CipherState:
             raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
         self.n = n + 1
         return out
-
-    def encrypt_into(self, plaintext: bytes | bytearray | memoryview, out: memoryview) -> None:
-        """EncryptWithAd(empty ad) writing ``len(plaintext) + TAGLEN`` bytes into ``out``."""
-        assert self._aead is not None
-        self._aead.encrypt_into(self._next_nonce(), plaintext, None, out)
 
     def decrypt_into(self, ciphertext: memoryview, out: memoryview) -> None:
         """DecryptWithAd(empty ad) writing ``len(ciphertext) - TAGLEN`` bytes into ``out``."""
