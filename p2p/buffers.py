@@ -29,9 +29,21 @@ from typing import Any
 __all__ = ["PAGE", "AlignedPool", "BufferPool", "is_aligned"]
 
 PAGE = mmap.PAGESIZE
-_FREE_REFS = 3
-"""References to a free buffer while the pool looks at it: the pool's list, the local
-variable and ``getrefcount``'s own argument."""
+
+
+def _refs_when_free() -> int:
+    """What ``getrefcount`` says of a buffer only the pool's list holds, read with the same
+    expression :meth:`_Pool._get` uses (so an interpreter that counts the argument or a
+    borrowed reference differently gets its own baseline); 0, which no buffer ever shows,
+    where reference counts do not tell (not CPython): there every take is a new buffer."""
+    if sys.implementation.name != "cpython":
+        return 0
+    buffers = [bytearray(1)]
+    return sys.getrefcount(buffers[0])
+
+
+_FREE_REFS = _refs_when_free()
+"""``getrefcount`` of a free buffer as the pool reads it (see :func:`_refs_when_free`)."""
 MAX_POOLED = 32 << 20
 """Bytes of buffers a pool keeps (they stay resident once touched): the chunks of a few
 receive queues and of the hashing pool, or of a few peers' send queues. A burst beyond it
@@ -58,10 +70,9 @@ class _Pool:
             count = len(buffers)
             for step in range(count):
                 pos = (start + step) % count
-                buf = buffers[pos]
-                if getrefcount(buf) == _FREE_REFS:  # nobody else refers to it
+                if getrefcount(buffers[pos]) == _FREE_REFS:  # nobody else refers to it
                     self._next[size] = pos + 1
-                    return buf
+                    return buffers[pos]
             buf = make(size)
             if size <= self._room:
                 self._room -= size
