@@ -552,7 +552,20 @@ class Node:
             self._store.set_download_state(content_id, "failed", str(exc))
         self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
 
-    def _new_download(self, options: FetchOptions) -> Download:
+    async def listing(self, target: str | ContentId | Ticket, *, publisher: PeerId | None = None,
+                      peers: Sequence[Address] = (), timeout: float = 30.0) -> Manifest:
+        """The verified manifest of ``target`` (what ``p2p ls ID`` lists), fetched from the
+        peers that have it when it is not held here; nothing else is downloaded or announced.
+        Raises as :meth:`fetch` does before a transfer starts (:class:`NotFound`,
+        :class:`WrongPublisher`, ...)."""
+        options = self._options(target, None, publisher, peers, timeout)
+        held = self._store.get_manifest(options.content_id)
+        if held is not None:
+            held.verify(options.content_id, options.publisher)
+            return held
+        return await self._new_download(options, listing=True).fetch_manifest()
+
+    def _new_download(self, options: FetchOptions, *, listing: bool = False) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
             for info in self._server.connections():
                 # Peers already talking to us, at the ports their Hello says they accept on,
@@ -584,8 +597,9 @@ class Node:
                 raise
 
         def on_manifest(manifest: Manifest) -> None:
-            # Partial seeding: announce as soon as we can serve chunks.
-            self._spawn(self._provide(manifest.content_id), "provide")
+            # Partial seeding: announce as soon as we can serve chunks (a listing serves none).
+            if not listing:
+                self._spawn(self._provide(manifest.content_id), "provide")
 
         return Download(options, store=self._store, events=self.events, connect=dial,
                         providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,

@@ -140,7 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     command("serve", commands.cmd_serve, "seed everything in the store until signalled",
             "Seed everything in the library until Ctrl-C or SIGTERM (exit 0). With an empty "
             "library, this is a DHT bootstrap node.")
-    command("ls", commands.cmd_ls, "list shares and downloads (works offline)")
+    p = command("ls", commands.cmd_ls, "list shares and downloads, or the files of remote content",
+                "Without ID-or-TICKET: shares and downloads with their state (works offline). With "
+                "one: the files of that content, one per line with its size (paths relative to the "
+                "shared folder, /-separated), after fetching and verifying only its listing; "
+                "--json gives one object per file.")
+    p.add_argument("target", metavar="ID-or-TICKET", nargs="?",
+                   help="list the files of this content (fetched from its peers if not held here)")
+    p.add_argument("--from", dest="from_", metavar="PUBLISHER",
+                   help="require this publisher (a peer id as `p2p id` prints it)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="also ask this peer; repeatable")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to find the listing (default 30)")
     command("peers", commands.cmd_peers, "connected peers of the running node, with rates and strikes")
     command("dht", commands.cmd_dht, "routing-table summary",
             "Routing-table summary of the running node of this state directory; with none running, "

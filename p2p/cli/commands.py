@@ -242,7 +242,10 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
 
 
 async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
-    """Shares and downloads with state and progress, straight from the store (no network)."""
+    """Shares and downloads with state and progress, straight from the store (no network);
+    with a target, the files of that content (:func:`_ls_remote`)."""
+    if args.target is not None:
+        return await _ls_remote(run, args)
     shares: list[dict[str, Any]] = []
     downloads: list[dict[str, Any]] = []
     with Library.open(run.settings.state_dir) as library:
@@ -269,6 +272,30 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
                          + (f"  ({row['error']})" if row["error"] else ""))
     run.out.result({"shares": shares, "downloads": downloads},
                    "\n".join(lines) if lines else "nothing shared or downloaded yet")
+    return 0
+
+
+async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
+    """The files of ID-or-TICKET from its verified manifest: ``SIZE  PATH`` per line, or one
+    JSON object per file (``path``, ``size``, ``content_id``)."""
+    publisher = PeerId.parse(args.from_) if args.from_ else None
+    peers = [parse_address(p, what="peer address") for p in args.peer]
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInput("--timeout must be a number of seconds above 0")
+    config = run.settings.node_config(long_running=False)
+    async with running_node(run, config, serves=False) as node:
+        _warn_bootstrap(run, node)
+        manifest = await node.listing(args.target, publisher=publisher, peers=peers,
+                                      timeout=args.timeout)
+    if run.out.json:
+        for entry in manifest.entries:
+            run.out.emit({"path": entry.path, "size": entry.info.size,
+                          "content_id": str(entry.content_id)})
+    else:
+        run.out.result({}, "\n".join(f"{human_bytes(e.info.size):>10}  {e.path}"
+                                      for e in manifest.entries) or "(no files)")
+        run.out.note(f"{plural(len(manifest.entries), 'file')}, {human_bytes(manifest.total_size)} "
+                     f"in {manifest.name} ({manifest.kind}), published by {manifest.publisher}")
     return 0
 
 

@@ -222,6 +222,8 @@ class Download:
         self._backlog_cleared.set()
         """(peer, chunk) copies being verified: a second copy of the same request is ignored."""
         self._candidates: asyncio.Queue[tuple[PeerId | None, Address, bool]] = asyncio.Queue()
+        self._listing = False
+        """Only the manifest is wanted (:meth:`fetch_manifest`): no speculative requests."""
         self._speculated = 0
         """Peers given speculative requests so far (at most :data:`SPECULATIVE_PEERS`)."""
         self._early_bytes = 0
@@ -315,6 +317,22 @@ class Download:
         finally:
             await self._stop()
         # Raised once everything is closed and the progress is recorded.
+        raise self._fatal
+
+    async def fetch_manifest(self) -> Manifest:
+        """Find and verify the manifest only, and stop (a listing: ``p2p ls ID``): no file is
+        opened, no chunk asked for. Raises as :meth:`run` does before its transfer starts."""
+        self._listing = True
+        try:
+            self._spawn(self._discover(), "discover")
+            self._spawn(self._dialer(), "dialer")
+            self._update()
+            await self._manifest_ready.wait()
+            if self._fatal is None:
+                assert self.manifest is not None
+                return self.manifest
+        finally:
+            await self._stop()
         raise self._fatal
 
     def next_deadline(self) -> float | None:
@@ -539,7 +557,7 @@ class Download:
             return (msg.GetBitfield(cid),), set()
         first: list[msg.Message] = [msg.GetManifest(cid), msg.GetBitfield(cid)]
         speculative: set[int] = set()
-        if holds and self._speculated < SPECULATIVE_PEERS:
+        if holds and not self._listing and self._speculated < SPECULATIVE_PEERS:
             start = self._speculated * SPECULATIVE_CHUNKS
             self._speculated += 1
             speculative = set(range(start, start + SPECULATIVE_CHUNKS))

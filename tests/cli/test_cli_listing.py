@@ -1,0 +1,57 @@
+"""``p2p ls ID-or-TICKET``: the files of remote content, from its verified listing only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cliproc import CLI, make_file
+
+from p2p.content import ContentId
+
+MiB = 1 << 20
+
+
+def make_folder(root: Path) -> dict[str, int]:
+    """A small folder tree; returns each file's relative path and size."""
+    files = {"a.txt": 5, "docs/b.bin": MiB + 3, "docs/deep/c d.bin": 70_000, "e.bin": 0}
+    for rel, size in files.items():
+        make_file(root / rel, size)
+    return files
+
+
+def test_ls_of_a_ticket_lists_every_file_and_downloads_none(cli: CLI, tmp_path: Path) -> None:
+    files = make_folder(tmp_path / "album")
+    sharer = cli.start("share", str(tmp_path / "album"), "--json", *cli.node_args("sharer"))
+    info = sharer.json()
+    listing = cli.run("ls", str(info["ticket"]), "--json", *cli.node_args("looker"))
+    assert listing.returncode == 0, listing.stderr
+    rows = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert {r["path"]: r["size"] for r in rows} == files
+    assert all(ContentId.parse(r["content_id"]) for r in rows)
+    # Nothing was downloaded: the looker's library is empty, no file landed anywhere.
+    lib = cli.run("ls", "--json", *cli.node_args("looker"))
+    assert json.loads(lib.stdout) == {"shares": [], "downloads": []}
+    assert not list((tmp_path / "state" / "looker").rglob("*.bin"))
+
+
+def test_ls_by_id_and_peer_prints_one_file_per_line(cli: CLI, tmp_path: Path) -> None:
+    files = make_folder(tmp_path / "album")
+    sharer = cli.start("share", str(tmp_path / "album"), "--json", *cli.node_args("sharer"))
+    info = sharer.json()
+    listing = cli.run("ls", str(info["content_id"]), "--peer", str(info["listen"]),
+                      *cli.node_args("looker"))
+    assert listing.returncode == 0, listing.stderr
+    # "SIZE  PATH", the size right-aligned, the path as the manifest has it (spaces kept).
+    paths = [line.lstrip().split("  ", 1)[1] for line in listing.stdout.splitlines()]
+    assert sorted(paths) == sorted(files)
+    assert "4 files" in listing.stderr
+
+
+def test_ls_of_content_nobody_has_exits_3(cli: CLI, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "x.bin", 1000)
+    local = cli.run("share", str(src), "--no-serve", "--json", *cli.node_args("other"))
+    cid = json.loads(local.stdout)["content_id"]
+    listing = cli.run("ls", cid, "--timeout", "1", *cli.node_args("looker"))
+    assert listing.returncode == 3, listing.stderr
+    assert "no peer provided" in listing.stderr
