@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +25,26 @@ from typing import Any
 
 from .address import Address, format_address, normalize_host, primary_ip
 from .bitfield import bit_get
-from .content import ContentId, Manifest, Ticket, build_manifest, make_ticket, parse_id_or_ticket
+from .content import (
+    ContentId,
+    FileInfo,
+    Manifest,
+    Ticket,
+    build_manifest,
+    make_ticket,
+    parse_id_or_ticket,
+)
 from .dht import DHT, ChannelRecord, DHTConfig
 from .dht.state import load_routing_table
-from .errors import AlreadyDownloading, BadInput, NetworkError, NotFound, P2PError, WrongPublisher
+from .errors import (
+    AlreadyDownloading,
+    BadInput,
+    ContentChanged,
+    NetworkError,
+    NotFound,
+    P2PError,
+    WrongPublisher,
+)
 from .events import (
     ChunkUploaded,
     DownloadFailed,
@@ -391,7 +407,7 @@ class Node:
     # -- fetching -------------------------------------------------------------------------------
 
     def _options(self, target: str | ContentId | Ticket, dest: Path | None, publisher: PeerId | None,
-                 peers: Sequence[Address], timeout: float) -> FetchOptions:
+                 peers: Sequence[Address], timeout: float, sequential: bool = False) -> FetchOptions:
         ticket: Ticket | None = None
         if isinstance(target, Ticket):
             cid, ticket = target.content_id, target
@@ -414,20 +430,21 @@ class Node:
         # A resumed download dials the addresses an earlier run was given (a ticket's) again.
         addrs += [a for a in self._store.sources(cid) if a not in addrs]
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
-                            self.config.download_dir, publisher, tuple(addrs), timeout)
+                            self.config.download_dir, publisher, tuple(addrs), timeout, sequential)
 
     async def fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                    timeout: float = 30.0) -> FetchResult:
+                    timeout: float = 30.0, sequential: bool = False) -> FetchResult:
         """Download ``target`` (an id, a ticket or their text); returns where it is and how it came.
 
         Already complete here: the local copy (checked against ``publisher`` like a
         download; copied to ``dest`` when another place is asked for). Cancelling the
         calling task pauses the download; fetching again resumes it. Raises
         :class:`AlreadyDownloading` while this node fetches the same content.
+        ``sequential`` asks for the chunks in file order (see :meth:`stream`).
         """
         started = asyncio.get_running_loop().time()
-        options = self._options(target, dest, publisher, peers, timeout)
+        options = self._options(target, dest, publisher, peers, timeout, sequential)
         if options.content_id in self._downloads:
             raise AlreadyDownloading(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
@@ -461,6 +478,57 @@ class Node:
             raise
         finally:
             self._downloads.pop(options.content_id, None)
+
+    async def stream(self, target: str | ContentId | Ticket,
+                     write: Callable[[bytes | memoryview], Awaitable[None]], *,
+                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
+                     timeout: float = 30.0) -> FetchResult:
+        """Fetch a single file with its chunks in file order and give its verified bytes to
+        ``write``, in order, as they arrive (``p2p fetch ID -o -``, to watch while it
+        downloads). The file is kept where :meth:`fetch` puts it; every chunk is read back
+        and checked against its hash before it is written out. ``write`` may be slow: the
+        download does not wait for it. Raises as :meth:`fetch` does, and :class:`BadInput`
+        for a folder; an exception from ``write`` pauses the download and propagates.
+        """
+        loop = asyncio.get_running_loop()
+        cid = target.content_id if isinstance(target, Ticket) else \
+            target if isinstance(target, ContentId) else parse_id_or_ticket(target)[0]
+        fetching = loop.create_task(self.fetch(target, None, publisher=publisher, peers=peers,
+                                               timeout=timeout, sequential=True))
+        await asyncio.sleep(0)  # the fetch registers its download before it first waits
+        entry = self._downloads.get(cid)
+        sent = 0
+        try:
+            if entry is not None:
+                download = entry[0]
+                while not fetching.done():
+                    download.progressed.clear()
+                    scheduler = download.scheduler
+                    if scheduler is not None:
+                        _one_file(download.manifest)
+                        while sent < scheduler.chunk_count and sent in scheduler.held:
+                            data = await loop.run_in_executor(self._pool, self._store.read_chunk,
+                                                              cid.digest, sent)
+                            await write(data)
+                            sent += 1
+                        if download.progressed.is_set():
+                            continue  # more verified meanwhile
+                    waiter = loop.create_task(download.progressed.wait())
+                    await asyncio.wait([fetching, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+            result = await fetching
+            manifest = self._store.get_manifest(cid)
+            info = _one_file(manifest).entries[0].info
+            while sent < info.chunk_count:  # the rest, from the finished file
+                data = await loop.run_in_executor(self._pool, _read_verified, result.path, info, sent)
+                await write(data)
+                sent += 1
+            return result
+        except BaseException:
+            fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, P2PError):
+                await fetching
+            raise
 
     def _result(self, content_id: ContentId, path: Path, download: Download | None,
                 started: float) -> FetchResult:
@@ -682,6 +750,25 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+def _one_file(manifest: Manifest | None) -> Manifest:
+    """``manifest`` if it describes a single file (what can be streamed), else BadInput."""
+    assert manifest is not None
+    if manifest.kind != "file" or len(manifest.entries) != 1:
+        raise BadInput(f"{manifest.name} is a folder of {len(manifest.entries)} files; only a "
+                       "single file can be streamed")
+    return manifest
+
+
+def _read_verified(path: Path, info: FileInfo, index: int) -> bytes:
+    """Chunk ``index`` of the finished file at ``path``, checked against its hash."""
+    with open(path, "rb") as f:
+        f.seek(info.chunk_offset(index))
+        data = f.read(info.chunk_length(index))
+    if not info.verify_chunk(index, data):
+        raise ContentChanged(f"{path} changed while it was being streamed")
+    return data
 
 
 def hello_dial_targets(seen_at: Address, claimed: Sequence[tuple[str, int]]) -> list[Address]:

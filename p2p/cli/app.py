@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "path. Interrupted, it resumes where it stopped next time.")
     p.add_argument("target", metavar="ID-or-TICKET", help="a content id (p2pc1...) or a ticket (p2pt1...)")
     p.add_argument("-o", "--output", metavar="DEST",
-                   help="destination path or folder (default: the name from the manifest, here)")
+                   help="destination path or folder (default: the name from the manifest, here); "
+                        "'-' streams a single file's verified bytes to stdout, in order, as they "
+                        "arrive (the file is also kept where a plain fetch puts it)")
     p.add_argument("--from", dest="from_", metavar="PUBLISHER",
                    help="require this publisher (a peer id as `p2p id` prints it)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -217,6 +219,8 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     peers = [parse_address(p, what="peer address") for p in args.peer]
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise BadInput("--timeout must be a number of seconds above 0")
+    if args.output == "-":
+        return await _fetch_to_stdout(run, args, publisher, peers)
     dest = Path(args.output).expanduser() if args.output else None
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
@@ -235,6 +239,42 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         if args.seed:
             run.out.note("seeding; Ctrl-C to stop")
             await serve_until_signalled(run, node)
+    return 0
+
+
+async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId | None,
+                           peers: list[tuple[str, int]]) -> int:
+    """``fetch ID -o -``: the file's verified bytes to stdout in order, as they arrive (the
+    chunks are fetched in file order); status to stderr only. The file is also kept where
+    a plain fetch puts it. A reader that goes away (``| head``) pauses the download."""
+    if args.seed:
+        raise BadInput("-o - streams to stdout; --seed cannot go with it")
+    out = sys.stdout.buffer
+    loop = asyncio.get_running_loop()
+
+    def write_all(data: bytes | memoryview) -> None:
+        out.write(data)
+        out.flush()
+
+    async def write(data: bytes | memoryview) -> None:
+        await loop.run_in_executor(None, write_all, data)  # a slow reader blocks no event
+
+    config = run.settings.node_config(long_running=False)
+    async with running_node(run, config) as node:
+        _warn_bootstrap(run, node)
+        content_id, _ = parse_id_or_ticket(args.target)
+        try:
+            with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
+                async with following(sub, view.handle):
+                    result = await node.stream(args.target, write, publisher=publisher,
+                                               peers=peers, timeout=args.timeout)
+        except BrokenPipeError:
+            # Nobody reads any more: stop quietly, progress kept (the same command resumes).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            run.out.note("stdout closed; the download is paused (the same command resumes it)")
+            return 0
+    run.out.note(f"streamed {human_bytes(result.size)} in {result.seconds:.1f} s; "
+                 f"the file is also at {result.path}")
     return 0
 
 

@@ -140,6 +140,8 @@ class FetchOptions:
     timeout: float = 30.0
     """Seconds to find a verified manifest, the longest stall with no peer at all, and the
     longest stall with no verified chunk (counted from the start of the transfer)."""
+    sequential: bool = False
+    """Chunks in file order within a read-ahead window (streaming, :meth:`Node.stream`)."""
 
 
 @dataclass
@@ -269,6 +271,9 @@ class Download:
         """Chunks downloaded (verified) by this run: a resumed run never re-fetches recorded ones."""
         self.wasted_bytes = 0
         """Bytes received that failed verification."""
+        self.progressed = asyncio.Event()
+        """Set whenever a chunk verified or the download stopped (a streaming reader clears
+        it, then waits)."""
 
     # -- public ------------------------------------------------------------------------
 
@@ -788,7 +793,8 @@ class Download:
         first = manifest.entries[0].info if manifest.entries else None
         chunk_size = first.chunk_size if first else 1 << 20
         held = bit_indexes(self.partial.bits, self.partial.chunk_map.count)
-        self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size)
+        self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size,
+                                   sequential=self.options.sequential)
         now = self._clock()
         self._history.append((now, self._bytes_this_run))
         self._next_progress = now + PROGRESS_INTERVAL
@@ -905,6 +911,7 @@ class Download:
             self._bytes_this_run += nbytes
             self._last_verified_at = self._clock()
             self.events.publish(ChunkVerified(self.content_id, index, state.peer, nbytes))
+            self.progressed.set()
             self._on_have(self.content_id.digest, index)
             if scheduler.complete:
                 self._finished.set()
@@ -935,6 +942,7 @@ class Download:
         if self._fatal is None:
             self._fatal = exc
         self._finished.set()
+        self.progressed.set()
         self._manifest_ready.set()
         self._disarm()
 

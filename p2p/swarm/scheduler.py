@@ -81,6 +81,10 @@ RATE_SAMPLES = 16
 """Delivery-rate samples kept per peer; the rate is the highest of them (a short queue or
 a pause on the sender's side lowers one sample, not the estimate)."""
 MIN_BUDGET_CHUNKS = 8
+STREAM_READ_AHEAD_BYTES = 64 * 1024 * 1024
+"""Streaming (``sequential``): how far past the first missing chunk requests may go. Enough
+for every peer's window on a fast link; the bytes a player waits for next always come
+first."""
 INITIAL_INFLIGHT = 4
 """Requests before a peer's rate is known. In chunks, not bytes: even four 64 KiB chunks
 (256 KiB) outlast TCP's first four round trips of slow start (10 segments, doubling: about
@@ -161,9 +165,13 @@ class Scheduler:
     """Chunk selection for one download over many peers. Pure: feed events with ``now``, ask for plans."""
 
     def __init__(self, chunk_count: int, held: Iterable[int], chunk_size: int,
-                 *, rng: random.Random | None = None) -> None:
+                 *, rng: random.Random | None = None, sequential: bool = False) -> None:
         self.chunk_count = chunk_count
         self.chunk_size = chunk_size
+        self.sequential = sequential
+        """Streaming: chunks in file order, none more than :attr:`read_ahead` past the first
+        one missing (instead of rarest first), still from every peer at once."""
+        self.read_ahead = max(MIN_BUDGET_CHUNKS, STREAM_READ_AHEAD_BYTES // max(chunk_size, 1))
         self.held: set[int] = set(held)
         self.peers: dict[Peer, PeerState] = {}
         self._rng = rng or random.Random()
@@ -332,6 +340,12 @@ class Scheduler:
         if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
             return
         wanted = [i for i in range(self.chunk_count) if i not in self.held]
+        if self.sequential:  # file order (see the attribute), availability aside
+            self._order = wanted
+            self._cursor = 0
+            self._order_dirty = False
+            self._order_built_at = now
+            return
         self._rng.shuffle(wanted)
         avail = self._availability
         # Stable sort: random among equally rare chunks. Chunks nobody has go last, so
@@ -350,8 +364,13 @@ class Scheduler:
         while self._cursor < len(order) and order[self._cursor] in self.held:
             self._cursor += 1
         fallback = None
+        limit = self.chunk_count
+        if self.sequential and self._cursor < len(order):
+            limit = order[self._cursor] + self.read_ahead
         for pos in range(self._cursor, len(order)):
             index = order[pos]
+            if index >= limit:
+                break  # streaming: nothing further ahead than the read-ahead window
             if index in self.held or index in self._requested or not state.has(index):
                 continue
             if peer in self._avoid.get(index, ()):

@@ -1,11 +1,14 @@
-"""``p2p ls ID-or-TICKET``: the files of remote content, from its verified listing only."""
+"""``p2p ls ID-or-TICKET`` (the files of remote content, from its verified listing only) and
+``p2p fetch ID -o -`` (a file streamed to stdout as it arrives)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
-from cliproc import CLI, make_file
+from cliproc import CLI, clean_env, make_file
 
 from p2p.content import ContentId
 
@@ -55,3 +58,26 @@ def test_ls_of_content_nobody_has_exits_3(cli: CLI, tmp_path: Path) -> None:
     listing = cli.run("ls", cid, "--timeout", "1", *cli.node_args("looker"))
     assert listing.returncode == 3, listing.stderr
     assert "no peer provided" in listing.stderr
+
+
+def test_fetch_to_stdout_streams_the_file_and_only_the_file(cli: CLI, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "film.bin", 9 * MiB + 4321)
+    sharer = cli.start("share", str(src), "--json", *cli.node_args("sharer"))
+    info = sharer.json()
+    out = subprocess.run(cli.argv(["fetch", str(info["content_id"]), "--peer", str(info["listen"]),
+                                   "-o", "-", *cli.node_args("watcher")]),
+                         capture_output=True, timeout=60, env=clean_env(), cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr
+    assert hashlib.sha256(out.stdout).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert b"streamed" in out.stderr
+
+
+def test_a_folder_is_not_streamed(cli: CLI, tmp_path: Path) -> None:
+    make_folder(tmp_path / "album")
+    sharer = cli.start("share", str(tmp_path / "album"), "--json", *cli.node_args("sharer"))
+    info = sharer.json()
+    out = cli.run("fetch", str(info["content_id"]), "--peer", str(info["listen"]), "-o", "-",
+                  *cli.node_args("watcher"))
+    assert out.returncode == 2, out.stderr
+    assert "only a single file can be streamed" in out.stderr
+    assert out.stdout == ""

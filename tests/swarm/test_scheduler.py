@@ -696,3 +696,37 @@ def test_startup_gain_ends_when_the_rate_stops_growing_or_a_request_times_out() 
     assert not t.peers["slow"].filled
     t.expire(REQUEST_TIMEOUT)
     assert t.peers["slow"].filled
+
+
+# -- streaming: file order within a read-ahead window -----------------------------------------
+
+
+def test_sequential_requests_go_in_file_order_and_no_further_than_the_read_ahead() -> None:
+    s = Scheduler(4000, (), CHUNK, rng=random.Random(1), sequential=True)
+    assert s.read_ahead == 1024  # 64 MiB of 64 KiB chunks
+    join(s, "a")
+    join(s, "b")
+    asked = s.plan(0.0)
+    indexes = sorted(i for _, i in asked)
+    assert indexes == list(range(len(indexes)))  # the first chunks, none skipped
+    # However wide the windows grow, nothing goes past the first missing chunk + read_ahead.
+    now = 0.0
+    for _ in range(200):
+        now += 0.01
+        for peer, index in asked:
+            if index != 0:  # chunk 0 never arrives: the window cannot slide
+                s.on_data(peer, index, True, CHUNK, now)
+        asked = s.plan(now)
+        assert all(i < s.read_ahead for _, i in asked)
+    assert len(s.held) > 500 and max(s.held) < s.read_ahead
+    # Chunk 0 arrives: the window slides on.
+    holder = next(p for p in ("a", "b") if 0 in s.peers[p].inflight)
+    s.on_data(holder, 0, True, CHUNK, now + 0.01)
+    assert any(i >= s.read_ahead for _, i in s.plan(now + 0.02))
+
+
+def test_rarest_first_without_sequential_asks_beyond_the_read_ahead() -> None:
+    s = Scheduler(4000, (), CHUNK, rng=random.Random(1))
+    join(s, "a")
+    picked = {i for _, i in s.plan(0.0)}
+    assert any(i >= s.read_ahead for i in picked)  # random order: the control for the test above

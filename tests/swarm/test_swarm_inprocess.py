@@ -15,7 +15,7 @@ import pytest
 import p2p.node
 import p2p.swarm.download
 from p2p import FetchResult
-from p2p.errors import DiskFull
+from p2p.errors import BadInput, DiskFull
 from p2p.events import (
     ChunkFailed,
     ChunkRequested,
@@ -433,3 +433,62 @@ async def test_chunks_waiting_for_their_check_are_bounded_and_the_rest_wait_unre
         result = await fetch
     assert peak <= BOUND + chunk
     assert result.path.read_bytes() == source.read_bytes()
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+async def test_stream_writes_verified_bytes_in_order_while_the_download_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last chunk's check is held back until the first chunks were written out: the
+    stream can only finish if it writes while the download is still running."""
+    source = make_file(tmp_path / "src" / "film.bin", 24 * MiB + 1234)
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    check = Download._check_and_write
+    last = -1
+
+    def held_check(self: Download, index: int, payload: Any) -> bool:
+        if index == last:
+            release.wait(30)
+        return check(self, index, payload)
+
+    monkeypatch.setattr(Download, "_check_and_write", held_check)
+    out = bytearray()
+    writes = 0
+    running_at_writes: list[bool] = []
+
+    async def write(data: Any) -> None:
+        nonlocal writes
+        out.extend(data)
+        writes += 1
+        running_at_writes.append(bool(dl.running_downloads()))
+        if writes == 8:
+            loop.call_soon(release.set)
+
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(source)
+        last = shared.manifest.chunk_count - 1
+        try:
+            result = await dl.stream(str(shared.content_id), write, peers=[seed.listen_address()])
+        finally:
+            release.set()
+    assert bytes(out) == source.read_bytes()
+    assert all(running_at_writes[:8])  # the first chunks went out during the download
+    assert writes == shared.manifest.chunk_count
+    assert result.path.read_bytes() == source.read_bytes()  # and the file is kept
+
+
+async def test_a_folder_cannot_be_streamed(tmp_path: Path) -> None:
+    folder = tmp_path / "src" / "album"
+    make_file(folder / "a.bin", 300_000)
+    make_file(folder / "b.bin", 300_000)
+
+    async def write(data: Any) -> None:
+        raise AssertionError("nothing may be written")
+
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(folder)
+        with pytest.raises(BadInput, match="only a single file"):
+            await dl.stream(str(shared.content_id), write, peers=[seed.listen_address()])
+        assert not dl.running_downloads()
