@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,11 @@ class FileInfo:
         """Number of chunks (0 for an empty file)."""
         return len(self.hashes) // HASH_LEN
 
-    @property
+    @cached_property
     def content_id(self) -> ContentId:
-        """The file's content id: the same bytes give the same id, whatever the name or publisher."""
+        """The file's content id: the same bytes give the same id, whatever the name or publisher.
+
+        Computed once: a folder's id is made of its files' ids."""
         return ContentId(blake3.blake3(
             pack([FORMAT_VERSION, "file", self.size, self.chunk_size, self.hashes])).digest())
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import blake3
@@ -77,19 +78,22 @@ class Manifest:
     publisher: PeerId
     signature: bytes
 
-    @property
+    @cached_property
     def content_id(self) -> ContentId:
-        """The id this manifest describes, computed from its entries (never trusted from outside)."""
+        """The id this manifest describes, computed from its entries (never trusted from outside).
+
+        Computed once (the manifest is frozen): a folder's id hashes every entry, and a download
+        asks for it with every commit."""
         if self.kind == "file":
             return self.entries[0].content_id
         return directory_id(self.entries)
 
-    @property
+    @cached_property
     def total_size(self) -> int:
         """Sum of the sizes of every file."""
         return sum(e.info.size for e in self.entries)
 
-    @property
+    @cached_property
     def chunk_count(self) -> int:
         """Total chunks over every file."""
         return sum(e.info.chunk_count for e in self.entries)
