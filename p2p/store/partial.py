@@ -238,8 +238,11 @@ class PartialDownload:
         if not 0 <= index < self.chunk_map.count or not bit_get(self.bits, index):
             raise NotFound(f"chunk {index} not held yet")
         span = self.chunk_map.locate(index)
-        with self._using(NotFound("download closed")), self._files.use(span.entry) as file:
-            data = os.pread(file.fd, span.length, span.offset)
+        try:
+            with self._using(NotFound("download closed")), self._files.use(span.entry) as file:
+                data = os.pread(file.fd, span.length, span.offset)
+        except FileNotFoundError:
+            raise ContentChanged(f"{self.partial_path} lost a file it had written") from None
         if not self.chunk_map.verify(index, data):
             raise ContentChanged(f"{self.partial_path} was modified on disk")
         return data
