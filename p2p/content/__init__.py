@@ -12,6 +12,7 @@ from .chunking import (
     hash_bytes,
     hash_chunk,
     hash_file,
+    hash_files,
 )
 from .ids import ContentId
 from .manifest import (
@@ -43,6 +44,7 @@ __all__ = [
     "hash_bytes",
     "hash_chunk",
     "hash_file",
+    "hash_files",
     "make_ticket",
     "open_under",
     "parse_id_or_ticket",

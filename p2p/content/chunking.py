@@ -21,10 +21,13 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -87,9 +90,11 @@ class FileInfo:
         """Number of chunks (0 for an empty file)."""
         return len(self.hashes) // HASH_LEN
 
-    @property
+    @cached_property
     def content_id(self) -> ContentId:
-        """The file's content id: the same bytes give the same id, whatever the name or publisher."""
+        """The file's content id: the same bytes give the same id, whatever the name or publisher.
+
+        Computed once: a folder's id is made of its files' ids."""
         return ContentId(blake3.blake3(
             pack([FORMAT_VERSION, "file", self.size, self.chunk_size, self.hashes])).digest())
 
@@ -121,49 +126,141 @@ def hash_bytes(data: bytes | memoryview, chunk_size: int | None = None) -> FileI
     return FileInfo(size, chunk, hashes)
 
 
+SMALL_FILE = 1024 * 1024
+"""Files up to this size are hashed whole by one task, many to a task (:data:`_SMALL_BATCH_BYTES`):
+a folder of small files pays one pool round trip per batch, not per file."""
+_SMALL_BATCH_BYTES = 8 * 1024 * 1024
+_SMALL_BATCH_FILES = 256
+"""A batch of small files ends at either bound: enough work per task that the hand-off costs
+nothing, small enough that both threads get work from a folder of a few hundred files."""
+_IN_FLIGHT_PER_WORKER = 2
+"""Tasks submitted ahead per hashing thread: keeps every thread busy while the results are
+taken in order, and bounds the memory and descriptors held (one file open per running task)."""
+
+
+def _hash_small(paths: Sequence[Path]) -> list[FileInfo]:
+    """Hash each whole small file (a task of :func:`hash_files`)."""
+    infos = []
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(SMALL_FILE + 1)
+            if len(data) > SMALL_FILE or len(data) != os.fstat(f.fileno()).st_size:
+                raise BadInput(f"{path} changed size while being hashed")
+        infos.append(hash_bytes(data))
+    return infos
+
+
+def _hash_range(path: Path, size: int, chunk: int, first: int, last: int) -> bytes:
+    """The hashes of chunks ``first`` to ``last`` (excluded) of a large file (a task of :func:`hash_files`)."""
+    with open(path, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise BadInput(f"{path} changed size while being hashed")
+        start = first * chunk
+        length = min(size, last * chunk) - start
+        with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start) as mm:
+            view = memoryview(mm)
+            try:
+                return b"".join(hash_chunk(view[o:o + chunk]) for o in range(0, length, chunk))
+            finally:
+                view.release()
+
+
+def hash_files(
+    paths: Sequence[Path],
+    progress: Callable[[int], None] | None = None,
+    *,
+    threads: int | None = None,
+) -> list[FileInfo]:
+    """Hash every file of ``paths`` (in that order) with one pool of threads (BLAKE3 releases the GIL).
+
+    Small files (up to :data:`SMALL_FILE`) are hashed many to a task; a large file is split into
+    tasks of :data:`_HASH_BATCH_BYTES`; tasks of consecutive files run side by side, so a folder of
+    medium files keeps every thread busy too. At most :data:`_IN_FLIGHT_PER_WORKER` tasks per thread
+    are submitted ahead, each holding one file open, so memory and descriptors do not grow with
+    the number of files.
+
+    ``progress(n)`` is called with the number of bytes just hashed, from the calling thread; it
+    may raise to stop (a cancelled share), and tasks not started are then dropped. Raises
+    ``OSError`` if a file cannot be read and :class:`BadInput` if one is too large or changes
+    size while being hashed.
+    """
+    infos: list[FileInfo | None] = [None] * len(paths)
+    parts: dict[int, list[bytes]] = {}
+    """Hashes of the large files being hashed, by position: a few at a time."""
+    workers = threads or os.cpu_count() or 1
+    pending: deque[tuple[Future[Any], Callable[[Any], int]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
+
+    def submit(done: Callable[[Any], int], fn: Callable[..., Any], *args: Any) -> None:
+        while len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
+            take()
+        pending.append((pool.submit(fn, *args), done))
+
+    def take() -> None:
+        future, done = pending.popleft()
+        hashed = done(future.result())
+        if progress is not None:
+            progress(hashed)
+
+    try:
+        batch: list[int] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes
+            if not batch:
+                return
+            positions, nbytes = batch, batch_bytes
+
+            def done(found: list[FileInfo]) -> int:
+                for pos, info in zip(positions, found, strict=True):
+                    infos[pos] = info
+                return nbytes
+
+            submit(done, _hash_small, [paths[pos] for pos in positions])
+            batch, batch_bytes = [], 0
+
+        for pos, path in enumerate(paths):
+            size = os.stat(path).st_size
+            chunk = chunk_size_for(size)
+            if size == 0:
+                infos[pos] = FileInfo(0, chunk, b"")
+            elif size <= SMALL_FILE:
+                batch.append(pos)
+                batch_bytes += size
+                if batch_bytes >= _SMALL_BATCH_BYTES or len(batch) >= _SMALL_BATCH_FILES:
+                    flush()
+            else:
+                count = math.ceil(size / chunk)
+                per_batch = max(1, _HASH_BATCH_BYTES // chunk)
+                parts[pos] = []
+                for first in range(0, count, per_batch):
+                    last = min(count, first + per_batch)
+
+                    def done(hashes: bytes, pos: int = pos, size: int = size, chunk: int = chunk,
+                             first: int = first, last: int = last, count: int = count) -> int:
+                        parts[pos].append(hashes)
+                        if last == count:
+                            infos[pos] = FileInfo(size, chunk, b"".join(parts.pop(pos)))
+                        return min(size, last * chunk) - first * chunk
+
+                    submit(done, _hash_range, path, size, chunk, first, last)
+        flush()
+        while pending:
+            take()
+    finally:
+        for future, _ in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert all(info is not None for info in infos)
+    return [info for info in infos if info is not None]
+
+
 def hash_file(
     path: Path,
     progress: Callable[[int], None] | None = None,
     *,
     threads: int | None = None,
 ) -> FileInfo:
-    """Hash the file at ``path`` chunk by chunk, in parallel threads (BLAKE3 releases the GIL).
-
-    ``progress(n)`` is called with the number of bytes just hashed, from the
-    calling thread. Raises ``OSError`` if the file cannot be read and
-    :class:`BadInput` if it is too large or changes size while being hashed.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        chunk = chunk_size_for(size)
-        if size == 0:
-            return FileInfo(0, chunk, b"")
-        count = math.ceil(size / chunk)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if len(mm) != size:
-                raise BadInput(f"{path} changed size while being hashed")
-            view = memoryview(mm)
-            try:
-                per_batch = max(1, _HASH_BATCH_BYTES // chunk)
-
-                def run(first: int) -> bytes:
-                    last = min(count, first + per_batch)
-                    return b"".join(hash_chunk(view[i * chunk:(i + 1) * chunk])
-                                    for i in range(first, last))
-
-                parts: list[bytes] = []
-                workers = threads or os.cpu_count() or 1
-                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
-                try:
-                    for first, digest in zip(range(0, count, per_batch),
-                                             pool.map(run, range(0, count, per_batch)),
-                                             strict=True):
-                        parts.append(digest)
-                        if progress is not None:
-                            # May raise to stop (a cancelled share): batches not started are dropped.
-                            progress(min(size, (first + per_batch) * chunk) - first * chunk)
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
-            finally:
-                view.release()
-    return FileInfo(size, chunk, b"".join(parts))
+    """Hash the file at ``path`` chunk by chunk, in parallel threads: :func:`hash_files` of one file."""
+    return hash_files([path], progress, threads=threads)[0]

@@ -22,9 +22,9 @@ and the publisher is the required one (:class:`WrongPublisher`).
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import blake3
@@ -32,7 +32,7 @@ import blake3
 from ..encoding import expect_bytes, expect_int, expect_list, expect_str, pack, unpack_canonical
 from ..errors import BadInput, ContentIdMismatch, DecodeError, UnsafePath, WrongPublisher
 from ..identity import SIGNATURE_LEN, Identity, PeerId
-from .chunking import FORMAT_VERSION, HASH_LEN, MAX_CHUNKS, FileInfo, hash_file
+from .chunking import FORMAT_VERSION, HASH_LEN, MAX_CHUNKS, FileInfo, hash_file, hash_files
 from .ids import ContentId
 from .paths import MAX_PATH_BYTES, check_relative_path
 
@@ -78,19 +78,22 @@ class Manifest:
     publisher: PeerId
     signature: bytes
 
-    @property
+    @cached_property
     def content_id(self) -> ContentId:
-        """The id this manifest describes, computed from its entries (never trusted from outside)."""
+        """The id this manifest describes, computed from its entries (never trusted from outside).
+
+        Computed once (the manifest is frozen): a folder's id hashes every entry, and a download
+        asks for it with every commit."""
         if self.kind == "file":
             return self.entries[0].content_id
         return directory_id(self.entries)
 
-    @property
+    @cached_property
     def total_size(self) -> int:
         """Sum of the sizes of every file."""
         return sum(e.info.size for e in self.entries)
 
-    @property
+    @cached_property
     def chunk_count(self) -> int:
         """Total chunks over every file."""
         return sum(e.info.chunk_count for e in self.entries)
@@ -194,19 +197,24 @@ def scan_directory(root: Path) -> list[tuple[str, Path]]:
     downloader applies, so what we publish can be fetched.
     """
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for fname in filenames:
-            full = Path(dirpath) / fname
-            st = full.lstat()
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            rel = full.relative_to(root).as_posix()
-            try:
-                check_relative_path(rel)
-            except UnsafePath as exc:
-                raise BadInput(f"cannot share {full}: {exc}") from None
-            found.append((rel, full))
+    folders = [("", os.fspath(root))]
+    while folders:  # os.scandir, not os.walk: the entry types come with the listing, no lstat per file
+        prefix, folder = folders.pop()
+        try:
+            listing = os.scandir(folder)
+        except OSError:
+            continue  # an unreadable folder is skipped, as os.walk does
+        with listing:
+            for item in listing:
+                if item.is_dir(follow_symlinks=False):
+                    folders.append((prefix + item.name + "/", item.path))
+                elif item.is_file(follow_symlinks=False):
+                    rel = prefix + item.name
+                    try:
+                        check_relative_path(rel)
+                    except UnsafePath as exc:
+                        raise BadInput(f"cannot share {item.path}: {exc}") from None
+                    found.append((rel, Path(item.path)))
     found.sort()
     return found
 
@@ -224,7 +232,8 @@ def build_manifest(
     path = Path(path)
     if path.is_dir():
         files = scan_directory(path)
-        pairs = [(FileEntry(rel, hash_file(full, progress)), full) for rel, full in files]
+        infos = hash_files([full for _, full in files], progress)  # one pool for the whole folder
+        pairs = [(FileEntry(rel, info), full) for (rel, full), info in zip(files, infos, strict=True)]
         name = path.resolve().name or "root"
         manifest = sign_manifest(identity, "dir", name, [e for e, _ in pairs])
         return manifest, pairs

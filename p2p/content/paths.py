@@ -67,29 +67,35 @@ def check_relative_path(path: str) -> tuple[str, ...]:
     return parts
 
 
-def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644) -> int:
+def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_fd: int | None = None) -> int:
     """Open ``root/relpath`` with ``flags``, creating parent folders, never following a symlink.
 
     ``relpath`` is checked with :func:`check_relative_path`. Every component
     (folders and the file) is opened relative to its parent with
     ``O_NOFOLLOW``, so a symlink anywhere below ``root`` raises
-    :class:`UnsafePath`. ``root`` itself is trusted (the person chose it).
+    :class:`UnsafePath`. ``root`` itself is trusted (the person chose it);
+    ``root_fd``, a directory descriptor of ``root`` the caller keeps open, saves
+    opening it again (a download opens many files under one folder).
     Returns a file descriptor the caller closes.
     """
     parts = check_relative_path(relpath)
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if root_fd is None else root_fd
     try:
         for part in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=dirfd)
             try:
-                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+                try:
+                    nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+                except FileNotFoundError:  # made on first use: one call per existing folder
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=dirfd)
+                    nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
             except OSError as exc:
                 if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "ENOTDIR", 20)):
                     raise UnsafePath(f"{part!r} under {root} is a link or not a folder; refusing to write through it") from None
                 raise
-            os.close(dirfd)
+            if dirfd != root_fd:
+                os.close(dirfd)
             dirfd = nextfd
         try:
             return os.open(parts[-1], flags | nofollow, mode, dir_fd=dirfd)
@@ -98,4 +104,5 @@ def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644) -> int:
                 raise UnsafePath(f"{relpath!r} under {root} is a symlink; refusing to write through it") from None
             raise
     finally:
-        os.close(dirfd)
+        if dirfd != root_fd:
+            os.close(dirfd)

@@ -11,13 +11,10 @@ last chunk, an unaligned offset), and every write to a file system that refuses
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
 import threading
-from collections.abc import Mapping
-from pathlib import Path
 
 from ..buffers import is_aligned
 from .chunks import ChunkSpan
@@ -31,40 +28,25 @@ DIRECT_ALIGN = 4096
 class DirectWriter:
     """Writes chunks into a download's files, directly where it can. Thread-safe.
 
-    Each thread gets its own aligned buffer. The caller owns the buffered descriptors
-    (it passes one per write) and guarantees no write is in progress when it calls
-    :meth:`close`.
+    Each thread gets its own aligned buffer. The caller owns the descriptors (a
+    :class:`~p2p.store.descriptors.DescriptorCache`) and passes an entry's buffered and direct
+    descriptors with each write.
     """
 
     def __init__(self) -> None:
-        self._direct: dict[int, int] = {}
-        """Per entry, a descriptor opened with ``O_DIRECT``."""
-        self._buffered_only: set[int] = set()
-        """Entries whose file system refused a direct write: written through the page cache.
-        Their direct descriptors stay open until :meth:`close` (another thread may be using one)."""
+        self.refused = not hasattr(os, "O_DIRECT")
+        """The file system refused a direct write: every write goes through the page cache."""
         self._buffers = threading.local()
 
-    def open(self, paths: Mapping[int, Path]) -> None:
-        """Open each entry's file (already created safely, no links) again for direct writes.
+    def takes(self, span: ChunkSpan) -> bool:
+        """Whether a write of ``span`` would be direct (given a direct descriptor)."""
+        return not self.refused and span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0
 
-        All or nothing: if the file system refuses any of them, every write is buffered.
-        """
-        if not hasattr(os, "O_DIRECT"):
-            return
-        nofollow = getattr(os, "O_NOFOLLOW", 0)
-        for entry, path in paths.items():
-            try:
-                self._direct[entry] = os.open(path, os.O_WRONLY | os.O_DIRECT | nofollow)
-            except OSError:
-                self.close()
-                return
-
-    def write(self, span: ChunkSpan, data: bytes | bytearray | memoryview, fd: int) -> None:
-        """Write ``data`` (``span.length`` bytes) at ``span``: directly when the span is aligned
-        and the file system takes it, else through ``fd`` (the entry's buffered descriptor)."""
-        direct = self._direct.get(span.entry)
-        if direct is not None and span.entry not in self._buffered_only and \
-                span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0:
+    def write(self, span: ChunkSpan, data: bytes | bytearray | memoryview, fd: int, direct: int = -1) -> None:
+        """Write ``data`` (``span.length`` bytes) at ``span``: through ``direct`` (an ``O_DIRECT``
+        descriptor, or -1) when the span is aligned and the file system takes it, else through
+        ``fd`` (the entry's buffered descriptor)."""
+        if direct >= 0 and self.takes(span):
             if is_aligned(data, DIRECT_ALIGN):
                 source: memoryview | mmap.mmap = memoryview(data)  # a pooled frame: no copy
             else:
@@ -77,7 +59,7 @@ class DirectWriter:
                 if exc.errno != errno.EINVAL:
                     raise
                 # This file system takes no direct writes after all: buffered from now on.
-                self._buffered_only.add(span.entry)
+                self.refused = True
             else:
                 if written == span.length:
                     return
@@ -92,10 +74,3 @@ class DirectWriter:
             buf = mmap.mmap(-1, max(size, DIRECT_ALIGN))  # anonymous maps are page-aligned
             self._buffers.buf = buf
         return buf
-
-    def close(self) -> None:
-        """Close the direct descriptors. Idempotent."""
-        for fd in self._direct.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._direct.clear()

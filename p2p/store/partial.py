@@ -7,13 +7,17 @@ share served from there.
 Durability order (what makes a killed download resume without lying):
 
 1. :meth:`PartialDownload.write_chunk` writes the verified bytes at their offset;
-2. :meth:`PartialDownload.commit` ``fdatasync``\\ s the partial files, and only
-   then writes the new bitfield to SQLite in one transaction.
+2. :meth:`PartialDownload.commit` ``fdatasync``\\ s every partial file written since the
+   last commit, and only then writes the new bitfield to SQLite in one transaction.
 
 So a chunk marked complete in the database always has its bytes on disk. Syncing runs on
 its own thread and never holds up the transfer. A chunk written but not yet committed
 when the process died is not trusted: on resume, :meth:`PartialDownload.recover` re-hashes
 such chunks and keeps those whose bytes verify, and everything else is fetched again.
+
+Files are opened on demand through a small cache (:mod:`p2p.store.descriptors`), so a folder
+of any number of files holds a bounded number of descriptors, and a file is created when its
+first chunk is written (:meth:`PartialDownload.finalize` creates the empty ones).
 
 A download holds an exclusive ``flock`` on its partial file, so a second process fetching
 the same content gets :class:`~p2p.errors.StateDirLocked` instead of corrupting it.
@@ -34,9 +38,10 @@ from typing import TYPE_CHECKING
 
 from ..bitfield import bit_count, bit_get, bit_set
 from ..content import ContentId, Manifest, open_under
-from ..durable import fsync_dir
+from ..durable import fsync_dir, sync_filesystem
 from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
 from .chunks import ChunkMap
+from .descriptors import DescriptorCache
 from .directio import DirectWriter
 
 if TYPE_CHECKING:
@@ -48,6 +53,13 @@ PARTIAL_SUFFIX = ".p2p-partial"
 """Appended to a download's destination name while it is being written."""
 PREALLOCATE_MARGIN = 256 * 1024 * 1024
 """Preallocate only when this much would still be free afterwards."""
+PREALLOCATE_MIN_SIZE = 1024 * 1024
+"""Preallocate only files of at least this size: a smaller one is written in a few chunks, so
+reserving it saves no fragments and costs a file-system journal update of its own."""
+SYNC_EACH_FILES = 16
+"""A commit syncs up to this many written files one ``fdatasync`` each; more (a folder of small
+files) in one ``syncfs`` of their file system (:func:`~p2p.durable.sync_filesystem`), which
+costs one journal commit instead of one per file."""
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 """Out of disk, over the file-size limit, over quota: all reported as :class:`DiskFull`."""
@@ -80,9 +92,10 @@ class PartialDownload:
     :meth:`commit`, :meth:`finalize` and :meth:`close` take one lock, and closing waits for
     writes in progress, so a file descriptor is never used after it is closed.
 
-    Writing: a new partial file is preallocated (when the disk has room), and whole aligned
-    chunks are written with ``O_DIRECT`` (:mod:`p2p.store.directio`); any file system that
-    refuses ``O_DIRECT`` (tmpfs) gets ordinary buffered writes.
+    Writing: a new partial file is preallocated when it is created (when the disk has room),
+    and whole aligned chunks are written with ``O_DIRECT`` (:mod:`p2p.store.directio`); any
+    file system that refuses ``O_DIRECT`` (tmpfs) gets ordinary buffered writes. At most
+    :data:`~p2p.store.descriptors.MAX_OPEN_ENTRIES` files are open at once.
     """
 
     def __init__(self, store: Store, manifest: Manifest, chunk_map: ChunkMap, dest: Path,
@@ -102,10 +115,13 @@ class PartialDownload:
         self.resumed = False
         """True when the partial data existed before (a resume): :meth:`recover` is worth running."""
         self._committed = bytes(bits)
-        self._fds: dict[int, int] = {}
-        """Per entry, a buffered read-write descriptor: reads, syncs, buffered writes."""
+        self._dirty: set[int] = set()
+        """Entries written since the last commit snapshot (guarded by ``_bits_lock``, with the bits)."""
+        self._files = DescriptorCache(self._open_entry)
         self._writer = DirectWriter()
-        self._direct_wanted = direct_io
+        self._writer.refused = self._writer.refused or not direct_io
+        self._preallocating = False
+        """New files are preallocated as they are created (decided once, at open)."""
         self._lock_fd = -1
         self._closed = False
         self._bits_lock = threading.Lock()
@@ -153,40 +169,42 @@ class PartialDownload:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StateDirLocked(f"{self.partial_path} is being downloaded by another process") from None
-        if not is_dir:
-            self._fds[0] = os.dup(self._lock_fd)
-        else:
-            for i, entry in enumerate(self.manifest.entries):
-                self._fds[i] = open_under(self.partial_path, entry.path, os.O_RDWR | os.O_CREAT)
-        if not self.resumed:
-            self._preallocate()
-        if self._direct_wanted:
-            self._writer.open({i: self.partial_path if not is_dir else self.partial_path / entry.path
-                               for i, entry in enumerate(self.manifest.entries)})
+        self._preallocating = not self.resumed and self._room_to_preallocate()
+        if not is_dir and self._preallocating:
+            with self._files.use(0, create=True):
+                pass  # a single file exists already: preallocated now, as it is opened
 
-    def _preallocate(self) -> None:
-        """Reserve the whole size up front (fewer fragments, no allocation per write), only when
-        the disk and the file-size limit clearly have room: running out must happen chunk by
-        chunk, with progress kept, not all at once here."""
+    def _room_to_preallocate(self) -> bool:
+        """Reserve each file's whole size when it is created (fewer fragments, no allocation per
+        write), only when the disk and the file-size limit clearly have room: running out must
+        happen chunk by chunk, with progress kept, not all at once."""
         total = self.manifest.total_size
         try:
             st = os.statvfs(self.partial_path if self.partial_path.is_dir() else self.partial_path.parent)
             limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         except OSError:
-            return
+            return False
         largest = max((e.info.size for e in self.manifest.entries), default=0)
-        if st.f_bavail * st.f_frsize < total + PREALLOCATE_MARGIN or \
-                (limit != resource.RLIM_INFINITY and limit < largest):
-            return
-        for i, entry in enumerate(self.manifest.entries):
-            if entry.info.size == 0:
-                continue
+        return not (st.f_bavail * st.f_frsize < total + PREALLOCATE_MARGIN or
+                    (limit != resource.RLIM_INFINITY and limit < largest))
+
+    def _open_entry(self, entry: int, flags: int) -> int:
+        """Open entry ``entry``'s partial file (the cache's opener): under the partial folder with
+        :func:`open_under` (no symlink followed), a new file preallocated when there is room."""
+        if self.manifest.kind == "file":
+            fd = os.open(self.partial_path, (flags & ~os.O_CREAT) | getattr(os, "O_NOFOLLOW", 0))
+        else:
+            fd = open_under(self.partial_path, self.manifest.entries[entry].path, flags, root_fd=self._lock_fd)
+        size = self.manifest.entries[entry].info.size
+        if self._preallocating and flags & os.O_CREAT and size >= PREALLOCATE_MIN_SIZE:
             try:
-                os.posix_fallocate(self._fds[i], 0, entry.info.size)
+                if os.fstat(fd).st_size == 0:
+                    os.posix_fallocate(fd, 0, size)
             except OSError:
+                self._preallocating = False  # out of room after all: chunk by chunk from now on
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._fds[i], 0)  # give back what a failed call reserved
-                return
+                    os.ftruncate(fd, 0)  # give back what a failed call reserved
+        return fd
 
     @contextlib.contextmanager
     def _using(self, closed_error: Exception) -> Iterator[None]:
@@ -208,9 +226,11 @@ class PartialDownload:
         durable at the next :meth:`commit`.
         """
         span = self.chunk_map.locate(index)
-        with self._using(StoreError(f"{self.partial_path} is closed")), _disk_full(self.partial_path):
-            self._writer.write(span, data, self._fds[span.entry])
-        with self._bits_lock:
+        with self._using(StoreError(f"{self.partial_path} is closed")), _disk_full(self.partial_path), \
+                self._files.use(span.entry, create=True, direct=self._writer.takes(span)) as file:
+            self._writer.write(span, data, file.fd, file.direct)
+        with self._bits_lock:  # dirty before the bit is seen: a commit that records it syncs the file
+            self._dirty.add(span.entry)
             bit_set(self.bits, index)
 
     def read_chunk(self, index: int) -> bytes:
@@ -218,8 +238,11 @@ class PartialDownload:
         if not 0 <= index < self.chunk_map.count or not bit_get(self.bits, index):
             raise NotFound(f"chunk {index} not held yet")
         span = self.chunk_map.locate(index)
-        with self._using(NotFound("download closed")):
-            data = os.pread(self._fds[span.entry], span.length, span.offset)
+        try:
+            with self._using(NotFound("download closed")), self._files.use(span.entry) as file:
+                data = os.pread(file.fd, span.length, span.offset)
+        except FileNotFoundError:
+            raise ContentChanged(f"{self.partial_path} lost a file it had written") from None
         if not self.chunk_map.verify(index, data):
             raise ContentChanged(f"{self.partial_path} was modified on disk")
         return data
@@ -227,17 +250,28 @@ class PartialDownload:
     def commit(self) -> int:
         """Make written chunks durable, then record them. Returns how many were newly recorded.
 
-        Order: ``fdatasync`` every partial file first, then write the bitfield
-        to the database, so no record ever claims bytes that are not on disk.
+        Order: ``fdatasync`` every partial file written since the last commit first (reopened
+        if its descriptor was evicted meanwhile), then write the bitfield to the database, so
+        no record ever claims bytes that are not on disk.
         """
         with self._bits_lock:
             snapshot = bytes(self.bits)
+            dirty, self._dirty = self._dirty, set()
         if snapshot == self._committed or self._closed:
+            with self._bits_lock:
+                self._dirty |= dirty  # a duplicate write, recorded already: synced next time
             return 0
         with self._using(StoreError(f"{self.partial_path} is closed")):
-            with _disk_full(self.partial_path):
-                for fd in list(self._fds.values()):
-                    os.fdatasync(fd)
+            try:
+                with _disk_full(self.partial_path):
+                    if len(dirty) <= SYNC_EACH_FILES or not sync_filesystem(self._lock_fd):
+                        for entry in sorted(dirty):
+                            with self._files.use(entry) as file:
+                                os.fdatasync(file.fd)
+            except BaseException:
+                with self._bits_lock:
+                    self._dirty |= dirty
+                raise
             with self._life:
                 if self._closed:  # finalized meanwhile: its record is the last word
                     return 0
@@ -259,17 +293,25 @@ class PartialDownload:
                 if bit_get(self.bits, index):
                     continue
                 span = self.chunk_map.locate(index)
-                fd = self._fds[span.entry]
-                if os.fstat(fd).st_size < span.offset + span.length:
-                    continue
-                data = os.pread(fd, span.length, span.offset)
-                if self.chunk_map.verify(index, data):
+                try:
+                    data = self._read_written(span.entry, span.offset, span.length)
+                except FileNotFoundError:
+                    continue  # not created yet: nothing of it was written
+                if data is not None and self.chunk_map.verify(index, data):
                     with self._bits_lock:
+                        self._dirty.add(span.entry)  # maybe never synced before the crash
                         bit_set(self.bits, index)
                     found.append(index)
         if found:
             self.commit()
         return found
+
+    def _read_written(self, entry: int, offset: int, length: int) -> bytes | None:
+        """``length`` bytes at ``offset`` of an existing partial file, or None if it is shorter."""
+        with self._files.use(entry) as file:
+            if os.fstat(file.fd).st_size < offset + length:
+                return None
+            return os.pread(file.fd, length, offset)
 
     def finalize(self) -> Path:
         """Every chunk is held: rename into place, record completion, serve from there.
@@ -290,9 +332,13 @@ class PartialDownload:
             while self._users:  # a duplicate end-game copy still being written, a read, a sync
                 self._life.wait()
             for i, entry in enumerate(self.manifest.entries):
-                fd = self._fds[i]
-                if os.fstat(fd).st_size != entry.info.size:
-                    os.ftruncate(fd, entry.info.size)  # empty files and short writes
+                if self.manifest.kind == "dir" and entry.info.size:
+                    with contextlib.suppress(OSError):  # most files are whole: no need to open them
+                        if os.stat(entry.path, dir_fd=self._lock_fd, follow_symlinks=False).st_size == entry.info.size:
+                            continue
+                with self._files.use(i, create=True) as file:  # empty files are created here
+                    if os.fstat(file.fd).st_size != entry.info.size:
+                        os.ftruncate(file.fd, entry.info.size)  # short writes
             if self.dest.exists():
                 raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
             os.rename(self.partial_path, self.dest)
@@ -312,11 +358,7 @@ class PartialDownload:
             while self._users:
                 self._life.wait()
             self.store._release(self.content_id.digest)
-            self._writer.close()
-            for fd in self._fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._fds.clear()
+            self._files.close()
             if self._lock_fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)

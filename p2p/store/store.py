@@ -91,6 +91,13 @@ class Store:
         self._manifest_cache[cid] = pair
         return pair
 
+    def _keep_manifest(self, manifest: Manifest) -> None:
+        """Cache ``manifest`` (verified, just stored) as the one of its id: decoding the stored
+        copy again would hold a second copy of every entry of a large folder."""
+        cid = manifest.content_id.digest
+        if cid not in self._manifest_cache:
+            self._manifest_cache[cid] = (manifest, ChunkMap(manifest))
+
     def _chunk_map(self, cid: bytes) -> tuple[Manifest, ChunkMap]:
         """The manifest and chunk map of ``cid``, which is known to be stored."""
         manifest, cmap = self._manifest_and_map(cid)
@@ -108,6 +115,7 @@ class Store:
         by_path = {entry.path: path for entry, path in files}
         recorded = [SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries]
         self._db.put_manifest(manifest)
+        self._keep_manifest(manifest)
         with self._share_lock:
             self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
                                now=self._clock())
@@ -224,6 +232,7 @@ class Store:
             if cid in self._active:
                 raise StateDirLocked(f"{manifest.content_id} is already being downloaded")
             self._db.put_manifest(manifest)
+            self._keep_manifest(manifest)
             record = self._db.download_record(cid)
             _, cmap = self._chunk_map(cid)
             if record is not None and record[1].exists():

@@ -361,3 +361,53 @@ def test_sign_manifest_validates_like_the_decoder() -> None:
     m = sign_manifest(ALICE, "dir", "n", [_entry("b", b"2"), _entry("a", b"1")])
     assert [e.path for e in m.entries] == ["a", "b"]
     Manifest.decode(m.encode()).verify(m.content_id, ALICE.peer_id)
+
+
+def test_a_folder_is_hashed_with_one_pool_and_the_same_ids(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small files, a medium and a large one (split into several tasks): one thread pool for
+    the whole folder, progress adding up to every byte, and every entry the id of its bytes."""
+    from p2p.content import chunking
+
+    root = tmp_path / "mixed"
+    sizes = [0, 1, 4096, 65 * 1024, 1024 * 1024, 1024 * 1024 + 1, 70 * 1024 * 1024 + 3]
+    sizes += [random.Random(i).randrange(1, 5000) for i in range(600)]
+    datas = {}
+    for i, size in enumerate(sizes):
+        rel = f"d{i % 7}/f{i:04d}"
+        datas[rel] = random.Random(i).randbytes(size)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(datas[rel])
+    pools = []
+    real_pool = chunking.ThreadPoolExecutor
+
+    def counted(*args: object, **kwargs: object) -> object:
+        pools.append(1)
+        return real_pool(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chunking, "ThreadPoolExecutor", counted)
+    seen: list[int] = []
+    manifest, pairs = build_manifest(root, ALICE, seen.append)
+    assert len(pools) == 1
+    assert sum(seen) == sum(sizes)
+    assert len(manifest.entries) == len(sizes)
+    for entry in manifest.entries:
+        assert entry.info == hash_bytes(datas[entry.path])
+    one_thread = chunking.hash_files([path for _, path in pairs], threads=1)
+    assert one_thread == [entry.info for entry in manifest.entries]
+
+
+def test_a_folder_hash_stops_when_progress_raises(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    for i in range(2000):
+        (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 3}" / f"f{i}").write_bytes(b"x" * 3000)
+    calls = []
+
+    def cancel(n: int) -> None:
+        calls.append(n)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_manifest(root, ALICE, cancel)
+    assert len(calls) == 1

@@ -51,10 +51,11 @@ def download_all(state: Path, src: Path, dest: Path) -> tuple[bytes, list[int]]:
     manifest, _ = build_manifest(src, ME)
     with Store(state) as store:
         partial = store.open_download(manifest, dest)
-        seen = direct_fds(partial.partial_path)
-        for index in reversed(range(manifest.chunk_count)):
+        seen: list[int] = []
+        for index in range(manifest.chunk_count):
             span = partial.chunk_map.locate(index)
             partial.write_chunk(index, data[span.offset:span.offset + span.length])
+            seen = seen or direct_fds(partial.partial_path)  # opened with the first aligned write
         assert partial.commit() == manifest.chunk_count
         partial.finalize()
         assert store.read_chunk(manifest.content_id.digest, 0) == data[:CHUNK]
