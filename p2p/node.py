@@ -480,12 +480,13 @@ class Node:
             self._downloads.pop(options.content_id, None)
 
     async def stream(self, target: str | ContentId | Ticket,
-                     write: Callable[[bytes | memoryview], Awaitable[None]], *,
+                     write: Callable[[bytes | memoryview], Awaitable[None]],
+                     dest: Path | None = None, *,
                      publisher: PeerId | None = None, peers: Sequence[Address] = (),
                      timeout: float = 30.0) -> FetchResult:
         """Fetch a single file with its chunks in file order and give its verified bytes to
         ``write``, in order, as they arrive (``p2p fetch ID -o -``, to watch while it
-        downloads). The file is kept where :meth:`fetch` puts it; every chunk is read back
+        downloads). The file is kept at ``dest`` as :meth:`fetch` would; every chunk is read back
         and checked against its hash before it is written out. ``write`` may be slow: the
         download does not wait for it. Raises as :meth:`fetch` does, and :class:`BadInput`
         for a folder; an exception from ``write`` pauses the download and propagates.
@@ -493,29 +494,14 @@ class Node:
         loop = asyncio.get_running_loop()
         cid = target.content_id if isinstance(target, Ticket) else \
             target if isinstance(target, ContentId) else parse_id_or_ticket(target)[0]
-        fetching = loop.create_task(self.fetch(target, None, publisher=publisher, peers=peers,
+        fetching = loop.create_task(self.fetch(target, dest, publisher=publisher, peers=peers,
                                                timeout=timeout, sequential=True))
         await asyncio.sleep(0)  # the fetch registers its download before it first waits
         entry = self._downloads.get(cid)
         sent = 0
         try:
             if entry is not None:
-                download = entry[0]
-                while not fetching.done():
-                    download.progressed.clear()
-                    scheduler = download.scheduler
-                    if scheduler is not None:
-                        _one_file(download.manifest)
-                        while sent < scheduler.chunk_count and sent in scheduler.held:
-                            data = await loop.run_in_executor(self._pool, self._store.read_chunk,
-                                                              cid.digest, sent)
-                            await write(data)
-                            sent += 1
-                        if download.progressed.is_set():
-                            continue  # more verified meanwhile
-                    waiter = loop.create_task(download.progressed.wait())
-                    await asyncio.wait([fetching, waiter], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                sent = await self._stream_running(entry[0], fetching, write)
             result = await fetching
             manifest = self._store.get_manifest(cid)
             info = _one_file(manifest).entries[0].info
@@ -529,6 +515,33 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, P2PError):
                 await fetching
             raise
+
+    async def _stream_running(self, download: Download, fetching: asyncio.Task[FetchResult],
+                              write: Callable[[bytes | memoryview], Awaitable[None]]) -> int:
+        """Write the chunks of a running download in order as they verify; returns how many
+        were written when it ended (or began to put the file in place)."""
+        loop = asyncio.get_running_loop()
+        cid = download.content_id.digest
+        sent = 0
+        while not fetching.done():
+            download.progressed.clear()
+            scheduler = download.scheduler
+            if scheduler is not None:
+                _one_file(download.manifest)
+                while sent < scheduler.chunk_count and sent in scheduler.held:
+                    try:
+                        data = await loop.run_in_executor(self._pool, self._store.read_chunk,
+                                                          cid, sent)
+                    except NotFound:
+                        return sent  # complete, and being moved into place: read it there
+                    await write(data)
+                    sent += 1
+                if download.progressed.is_set():
+                    continue  # more verified meanwhile
+            waiter = loop.create_task(download.progressed.wait())
+            await asyncio.wait([fetching, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        return sent
 
     def _result(self, content_id: ContentId, path: Path, download: Download | None,
                 started: float) -> FetchResult:

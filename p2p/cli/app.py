@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DEST",
                    help="destination path or folder (default: the name from the manifest, here); "
                         "'-' streams a single file's verified bytes to stdout, in order, as they "
-                        "arrive (the file is also kept where a plain fetch puts it)")
+                        "arrive (the file is also kept, in the state directory's streamed folder)")
     p.add_argument("--from", dest="from_", metavar="PUBLISHER",
                    help="require this publisher (a peer id as `p2p id` prints it)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",

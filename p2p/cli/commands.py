@@ -245,8 +245,9 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
 async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId | None,
                            peers: list[tuple[str, int]]) -> int:
     """``fetch ID -o -``: the file's verified bytes to stdout in order, as they arrive (the
-    chunks are fetched in file order); status to stderr only. The file is also kept where
-    a plain fetch puts it. A reader that goes away (``| head``) pauses the download."""
+    chunks are fetched in file order); status to stderr only. The file is also kept, in the
+    state directory's ``streamed`` folder (in the library, served like any download). A
+    reader that goes away (``| head``) pauses the download."""
     if args.seed:
         raise BadInput("-o - streams to stdout; --seed cannot go with it")
     out = sys.stdout.buffer
@@ -260,13 +261,15 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId
         await loop.run_in_executor(None, write_all, data)  # a slow reader blocks no event
 
     config = run.settings.node_config(long_running=False)
+    keep = run.settings.state_dir / "streamed"  # the copy kept: not in the current folder
+    keep.mkdir(parents=True, exist_ok=True)
     async with running_node(run, config) as node:
         _warn_bootstrap(run, node)
         content_id, _ = parse_id_or_ticket(args.target)
         try:
             with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
                 async with following(sub, view.handle):
-                    result = await node.stream(args.target, write, publisher=publisher,
+                    result = await node.stream(args.target, write, keep, publisher=publisher,
                                                peers=peers, timeout=args.timeout)
         except BrokenPipeError:
             # Nobody reads any more: stop quietly, progress kept (the same command resumes).

@@ -61,7 +61,7 @@ def test_ls_of_content_nobody_has_exits_3(cli: CLI, tmp_path: Path) -> None:
 
 
 def test_fetch_to_stdout_streams_the_file_and_only_the_file(cli: CLI, tmp_path: Path) -> None:
-    src = make_file(tmp_path / "film.bin", 9 * MiB + 4321)
+    src = make_file(tmp_path / "src" / "film.bin", 9 * MiB + 4321)
     sharer = cli.start("share", str(src), "--json", *cli.node_args("sharer"))
     info = sharer.json()
     out = subprocess.run(cli.argv(["fetch", str(info["content_id"]), "--peer", str(info["listen"]),
@@ -70,6 +70,9 @@ def test_fetch_to_stdout_streams_the_file_and_only_the_file(cli: CLI, tmp_path: 
     assert out.returncode == 0, out.stderr
     assert hashlib.sha256(out.stdout).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
     assert b"streamed" in out.stderr
+    kept = tmp_path / "state" / "watcher" / "streamed" / "film.bin"
+    assert kept.read_bytes() == src.read_bytes()  # kept in the state directory, not here
+    assert not (tmp_path / "film.bin.p2p-partial").exists()
 
 
 def test_a_folder_is_not_streamed(cli: CLI, tmp_path: Path) -> None:
