@@ -307,10 +307,7 @@ class Download:
         offered the content was banned for sending chunks that fail verification.
         """
         try:
-            self._spawn(self._discover(), "discover")
-            self._spawn(self._dialer(), "dialer")
-            self._update()
-            await self._manifest_ready.wait()
+            await self._find_manifest()
             if self._fatal is None:
                 await self._start_transfer()
                 self._update()
@@ -329,16 +326,21 @@ class Download:
         opened, no chunk asked for. Raises as :meth:`run` does before its transfer starts."""
         self._listing = True
         try:
-            self._spawn(self._discover(), "discover")
-            self._spawn(self._dialer(), "dialer")
-            self._update()
-            await self._manifest_ready.wait()
+            await self._find_manifest()
             if self._fatal is None:
                 assert self.manifest is not None
                 return self.manifest
         finally:
             await self._stop()
         raise self._fatal
+
+    async def _find_manifest(self) -> None:
+        """Start finding and dialling peers; return once a verified manifest is in (or the
+        download failed before one was)."""
+        self._spawn(self._discover(), "discover")
+        self._spawn(self._dialer(), "dialer")
+        self._update()
+        await self._manifest_ready.wait()
 
     def next_deadline(self) -> float | None:
         """When, on the download's clock, :meth:`handle_timer` next has something to do.
