@@ -100,6 +100,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
 
 
+def _add_finding(p: argparse.ArgumentParser, timeout_help: str) -> None:
+    """--from, --peer and --timeout: how ``fetch`` and ``ls ID`` find and trust content."""
+    p.add_argument("--from", dest="from_", metavar="PUBLISHER",
+                   help="require this publisher (a peer id as `p2p id` prints it)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="also ask this peer; repeatable")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help=timeout_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``p2p`` argument parser."""
     parser = _Parser(
@@ -131,12 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="destination path or folder (default: the name from the manifest, here); "
                         "'-' streams a single file's verified bytes to stdout, in order, as they "
                         "arrive (the file is also kept, in the state directory's streamed folder)")
-    p.add_argument("--from", dest="from_", metavar="PUBLISHER",
-                   help="require this publisher (a peer id as `p2p id` prints it)")
-    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                   help="also ask this peer; repeatable")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to find the content, and the longest stall with no peer or no verified chunk (default 30)")
+    _add_finding(p, "seconds to find the content, and the longest stall with no peer or no "
+                    "verified chunk (default 30)")
     p.add_argument("--seed", action="store_true", help="keep serving after the download, until Ctrl-C")
 
     command("serve", commands.cmd_serve, "seed everything in the store until signalled",
@@ -149,12 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--json gives one object per file.")
     p.add_argument("target", metavar="ID-or-TICKET", nargs="?",
                    help="list the files of this content (fetched from its peers if not held here)")
-    p.add_argument("--from", dest="from_", metavar="PUBLISHER",
-                   help="require this publisher (a peer id as `p2p id` prints it)")
-    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                   help="also ask this peer; repeatable")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to find the listing (default 30)")
+    _add_finding(p, "seconds to find the listing (default 30)")
     command("peers", commands.cmd_peers, "connected peers of the running node, with rates and strikes")
     command("dht", commands.cmd_dht, "routing-table summary",
             "Routing-table summary of the running node of this state directory; with none running, "
