@@ -84,3 +84,27 @@ def test_a_folder_is_not_streamed(cli: CLI, tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert "only a single file can be streamed" in out.stderr
     assert out.stdout == ""
+
+
+def test_a_stream_whose_reader_goes_away_pauses_the_download(cli: CLI, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "src" / "film.bin", 40 * MiB)
+    sharer = cli.start("share", str(src), "--json", *cli.node_args("sharer"))
+    info = sharer.json()
+    proc = subprocess.Popen(cli.argv(["fetch", str(info["content_id"]), "--peer", str(info["listen"]),
+                                      "-o", "-", *cli.node_args("watcher")]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+                            cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        head = proc.stdout.read(1 << 20)  # a player that read a little and quit
+        assert head == src.read_bytes()[:1 << 20]
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert b"stdout closed" in err
+    lib = cli.run("ls", "--json", *cli.node_args("watcher"))
+    downloads = json.loads(lib.stdout)["downloads"]
+    assert [d["state"] for d in downloads] in (["paused"], ["complete"])  # complete: it raced ahead
