@@ -266,8 +266,11 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId
     async with running_node(run, config) as node:
         _warn_bootstrap(run, node)
         content_id, _ = parse_id_or_ticket(args.target)
+        # stdout carries the file alone: progress (and --json records) go to stderr.
+        status = Output(json_mode=run.out.json, verbosity=run.out.verbosity, stdout=sys.stderr,
+                        stderr=sys.stderr)
         try:
-            with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
+            with node.events.subscribed() as sub, FetchView(status, content_id) as view:
                 async with following(sub, view.handle):
                     result = await node.stream(args.target, write, keep, publisher=publisher,
                                                peers=peers, timeout=args.timeout)

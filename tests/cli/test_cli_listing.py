@@ -65,11 +65,12 @@ def test_fetch_to_stdout_streams_the_file_and_only_the_file(cli: CLI, tmp_path: 
     sharer = cli.start("share", str(src), "--json", *cli.node_args("sharer"))
     info = sharer.json()
     out = subprocess.run(cli.argv(["fetch", str(info["content_id"]), "--peer", str(info["listen"]),
-                                   "-o", "-", *cli.node_args("watcher")]),
+                                   "-o", "-", "--json", *cli.node_args("watcher")]),
                          capture_output=True, timeout=60, env=clean_env(), cwd=tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     assert hashlib.sha256(out.stdout).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert b"streamed" in out.stderr
+    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith(b"{")]
+    assert events and events[0]["event"] == "started"  # --json records: on stderr, not in the file
     kept = tmp_path / "state" / "watcher" / "streamed" / "film.bin"
     assert kept.read_bytes() == src.read_bytes()  # kept in the state directory, not here
     assert not (tmp_path / "film.bin.p2p-partial").exists()
