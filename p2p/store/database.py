@@ -262,15 +262,13 @@ class Database:
                            "WHERE content_id=? ORDER BY entry", (cid,))
         return [SharedFile(Path(str(r[0])), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
 
-    def share_file(self, cid: bytes, entry: int) -> SharedFile | None:
-        """The file entry ``entry`` of the share ``cid`` is served from, or None (one row, by
-        the primary key: the cost does not grow with the share's size)."""
-        rows = self._query("SELECT path, size, mtime_ns, ctime_ns, ino FROM share_files "
-                           "WHERE content_id=? AND entry=?", (cid, entry))
-        if not rows:
-            return None
-        path, size, mtime_ns, ctime_ns, ino = rows[0]
-        return SharedFile(Path(str(path)), int(size), int(mtime_ns), ctime_ns, ino)
+    def share_files_from(self, cid: bytes, first: int, count: int) -> dict[int, SharedFile]:
+        """Entries ``first`` to ``first + count - 1`` of the share ``cid`` that exist, by entry:
+        one range of the primary key, so the cost does not grow with the share's size."""
+        rows = self._query("SELECT entry, path, size, mtime_ns, ctime_ns, ino FROM share_files "
+                           "WHERE content_id=? AND entry>=? AND entry<?", (cid, first, first + count))
+        return {int(entry): SharedFile(Path(str(path)), int(size), int(mtime_ns), ctime_ns, ino)
+                for entry, path, size, mtime_ns, ctime_ns, ino in rows}
 
     def file_share(self, file_id: bytes) -> tuple[bytes, int, SharedFile] | None:
         """A share holding a file whose own content id is ``file_id``: (the share's id, the

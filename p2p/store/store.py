@@ -27,6 +27,8 @@ from .serving import SharedFile
 
 __all__ = ["Store"]
 
+SHARE_FILE_BLOCK = 256
+"""Share entries read from the database together (see :meth:`Store._share_file`)."""
 MAX_CACHED_SHARE_FILES = 65536
 """Share entries whose file is remembered for serving (a few MiB); past it the cache starts
 over, so memory stays bounded however many files are shared."""
@@ -137,8 +139,13 @@ class Store:
         with self._share_lock:  # no entry read before a removal is stored after it
             if len(self._share_files) >= MAX_CACHED_SHARE_FILES:
                 self._share_files.clear()
-            found = self._share_files[key] = self._db.share_file(cid, entry)
-        return found
+            # The block of entries around this one, in one query: a folder of small files
+            # is served a chunk per file, so one row per chunk would be one query per chunk.
+            first = entry - entry % SHARE_FILE_BLOCK
+            block = self._db.share_files_from(cid, first, SHARE_FILE_BLOCK)
+            for i in range(first, first + SHARE_FILE_BLOCK):
+                self._share_files[(cid, i)] = block.get(i)
+        return block.get(entry)
 
     def shares(self) -> list[ShareInfo]:
         """Everything this node serves in full."""

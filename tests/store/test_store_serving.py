@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import p2p.store.store
 from p2p.content import build_manifest
 from p2p.errors import NotFound
 from p2p.identity import Identity
@@ -28,17 +29,17 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def test_every_chunk_of_a_folder_is_served_with_one_lookup_per_file(
+def test_every_chunk_of_a_folder_is_served_with_one_lookup_per_block_of_files(
         tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, files = build_manifest(folder, ME)
     lookups: list[tuple[bytes, int]] = []
-    share_file = Database.share_file
+    share_files_from = Database.share_files_from
 
-    def counted(self: Database, cid: bytes, entry: int):  # type: ignore[no-untyped-def]
-        lookups.append((cid, entry))
-        return share_file(self, cid, entry)
+    def counted(self: Database, cid: bytes, first: int, count: int):  # type: ignore[no-untyped-def]
+        lookups.append((cid, first))
+        return share_files_from(self, cid, first, count)
 
-    monkeypatch.setattr(Database, "share_file", counted)
+    monkeypatch.setattr(Database, "share_files_from", counted)
     cid = manifest.content_id.digest
     with Store(tmp_path / "state") as store:
         store.add_share(manifest, files, root=folder)
@@ -46,8 +47,7 @@ def test_every_chunk_of_a_folder_is_served_with_one_lookup_per_file(
         for _ in range(3):  # served again and again
             got = b"".join(bytes(store.read_chunk(cid, i)) for i in range(manifest.chunk_count))
             assert got == expected
-        assert sorted(set(lookups)) == sorted(lookups)  # each (share, entry) looked up once
-        assert len(lookups) == len(manifest.entries)
+        assert lookups == [(cid, 0)]  # one block of entries, read once
         with pytest.raises(NotFound):
             store.read_chunk(cid, manifest.chunk_count)
 
@@ -64,3 +64,24 @@ def test_an_unshared_folder_is_not_served_even_after_its_files_were_looked_up(
             store.read_chunk(cid, 0)
         store.add_share(manifest, files, root=folder)  # and shared again: served again
         assert bytes(store.read_chunk(cid, 0)) == (folder / "f0.bin").read_bytes()[:CHUNK]
+
+
+def test_entries_are_read_a_block_at_a_time_across_block_boundaries(
+        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p2p.store.store, "SHARE_FILE_BLOCK", 2)
+    manifest, files = build_manifest(folder, ME)
+    lookups: list[int] = []
+    share_files_from = Database.share_files_from
+
+    def counted(self: Database, cid: bytes, first: int, count: int):  # type: ignore[no-untyped-def]
+        lookups.append(first)
+        return share_files_from(self, cid, first, count)
+
+    monkeypatch.setattr(Database, "share_files_from", counted)
+    cid = manifest.content_id.digest
+    with Store(tmp_path / "state") as store:
+        store.add_share(manifest, files, root=folder)
+        expected = b"".join((folder / e.path).read_bytes() for e in manifest.entries)
+        backwards = [bytes(store.read_chunk(cid, i)) for i in reversed(range(manifest.chunk_count))]
+        assert b"".join(reversed(backwards)) == expected
+    assert sorted(lookups) == [0, 2]  # entries 0-1 and 2 (of 3), one query each
