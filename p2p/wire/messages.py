@@ -235,6 +235,9 @@ def encode_frame(msg: Message) -> tuple[bytes, bytes | bytearray | memoryview]:
             raise LocalProtocolError("Data message breaks a wire limit")
         head = _DATA_HEAD.pack(DATA_HEADER + n, MessageType.DATA, msg.content_id, msg.index)
         return head, payload
+    kind = type(msg)
+    if kind is Request or kind is Have or kind is Cancel:
+        return _encode_indexed(msg), b""  # type: ignore[arg-type]
     mtype, fields = _fields(msg)
     body = encoding.pack(fields)
     if len(body) > MAX_CONTROL_BODY:
@@ -376,8 +379,26 @@ _INDEXED: dict[int, type[Have] | type[Request] | type[Cancel]] = {
     MessageType.HAVE: Have, MessageType.REQUEST: Request, MessageType.CANCEL: Cancel}
 """The messages that come by the thousand (``[content_id, index]``): decoded by
 :func:`_decode_indexed` without msgpack when their body is the canonical one."""
+_INDEXED_TYPE: dict[type, int] = {kind: int(mtype) for mtype, kind in _INDEXED.items()}
 _INDEXED_PREFIX = b"\x92\xc4\x20"  # a list of two, then a bin8 of 32 bytes
 _U16 = struct.Struct(">H")
+
+
+def _encode_indexed(msg: Request | Have | Cancel) -> bytes:
+    """The frame of a Have, Request or Cancel, built directly: the same bytes as the general
+    path (msgpack's smallest form of the index), which the tests check, at a fraction of its
+    cost (one per chunk requested)."""
+    cid, index = _cid_out(msg.content_id), _index_out(msg.index)
+    if index < 0x80:
+        tail = bytes((index,))
+    elif index <= 0xFF:
+        tail = bytes((0xCC, index))
+    elif index <= 0xFFFF:
+        tail = b"\xcd" + _U16.pack(index)
+    else:
+        tail = b"\xce" + _U32.pack(index)
+    body = _INDEXED_PREFIX + cid + tail
+    return _U32.pack(1 + len(body)) + bytes((_INDEXED_TYPE[type(msg)],)) + body
 
 
 def _decode_indexed(mtype: int, view: memoryview) -> Message | None:

@@ -270,3 +270,12 @@ def bodies_of_index(index: int) -> list[bytes]:
 def test_the_fast_path_agrees_with_the_general_path_on_any_body(mtype: int, tail: bytes, prefix: bytes) -> None:
     frame = bytes([mtype]) + prefix + bytes(32) + tail
     assert _fast(frame) == _general(frame)
+
+
+@pytest.mark.parametrize("kind", [Have, Request, Cancel])
+@pytest.mark.parametrize("index", [0, 5, 127, 128, 255, 256, 65535, 65536, 2**32 - 1])
+def test_the_fast_encoder_writes_the_documented_body(kind: type, index: int) -> None:
+    """Have, Request and Cancel are encoded without msgpack (one per chunk asked): the same
+    bytes as the document's smallest form, at every width of the index."""
+    msg = kind(bytes(range(32)), index)
+    assert encode(msg)[FRAME_HEADER:] == bytes([_TYPES[kind]]) + smallest(fields_of(msg))
