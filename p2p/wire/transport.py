@@ -51,6 +51,10 @@ WRITE_PIECE = 128 * 1024
 """Bytes handed to the transport at a time: two full records. Small enough that the part a
 full socket does not take (and the transport copies) is a small fraction of what is
 sent; large enough that a chunk costs a handful of ``send`` calls."""
+COALESCE_BELOW = 16 * 1024
+"""Sealed messages smaller than this are gathered until the end of the event-loop turn and
+written together: a scheduling pass's requests, a folder's small chunks. One write and one
+wake-up of the peer for all of them, at the cost of a loop turn's delay (microseconds)."""
 CLOSE_TIMEOUT = 2.0
 """How long aclose() lets a Goodbye and buffered data drain before it aborts the socket."""
 
@@ -104,6 +108,9 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._pending: collections.deque[memoryview] = collections.deque()
+        self._small = bytearray()
+        """Small messages of this loop turn, written together at its end (:data:`COALESCE_BELOW`)."""
+        self._small_soon = False
         """Sealed bytes not yet handed to the transport (views of the sealing buffers)."""
         self.pending_bytes = 0
         self._transport_busy = False
@@ -195,6 +202,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         if not self.closed.done():
             self.closed.set_result(None)
         self._pending.clear()  # nobody will send them: free their buffers
+        self._small.clear()
         self.pending_bytes = 0
         self._resume_drain()
 
@@ -234,6 +242,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         """Give the transport everything queued at once (before closing it: the transport
         sends its buffer before it closes, our queue it would drop)."""
         transport = self.transport
+        self._take_small()
         if transport is not None and not transport.is_closing():
             while self._pending:
                 transport.write(self._pending.popleft())
@@ -331,9 +340,34 @@ class WireProtocol(asyncio.BufferedProtocol):
         data = self._session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.bytes_sent += len(data)
-            self._pending.append(data if type(data) is memoryview else memoryview(data))
             self.pending_bytes += len(data)
+            if len(data) < COALESCE_BELOW:
+                # Small (a request, a small chunk): gathered with the others of this loop
+                # turn into one write, one system call and one wake-up of the peer.
+                self._small += data
+                if len(self._small) < WRITE_PIECE:
+                    if not self._small_soon:
+                        self._small_soon = True
+                        asyncio.get_running_loop().call_soon(self._send_small)
+                    return
+                self._take_small()
+            else:
+                self._take_small()  # what was gathered goes first: order is kept
+                self._pending.append(data if type(data) is memoryview else memoryview(data))
             self._push()
+
+    def _take_small(self) -> None:
+        """Queue the gathered small messages (already counted in :attr:`pending_bytes`)."""
+        if self._small:
+            self._pending.append(memoryview(bytes(self._small)))
+            self._small.clear()
+
+    def _send_small(self) -> None:
+        self._small_soon = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._take_small()
+        self._push()
 
     @property
     def send_buffered(self) -> int:
@@ -353,6 +387,9 @@ class WireProtocol(asyncio.BufferedProtocol):
     def _fail(self, exc: Exception) -> None:
         self._set_error(exc)
         if self.transport is not None:
+            if self._small and not self.transport.is_closing():
+                self._take_small()  # a last Goodbye goes out now, not after the abort
+                self._push()
             self.transport.abort()
 
     def _wake(self) -> None:

@@ -45,6 +45,7 @@ from p2p.wire.server import (
 from p2p.wire.transport import WireProtocol, connect
 
 from .recorder import Recorder
+from .test_session import opened
 
 CID = blake3.blake3(b"content").digest()
 T = 30  # generous deadline for any single awaited event on a loaded machine
@@ -450,3 +451,40 @@ async def test_aclose_ends_every_connection_and_task_it_owns() -> None:
         await writer.wait_closed()
         await served.aclose()
         await staller.aclose()
+
+
+class RecordingTransport(PeernameTransport):
+    """Records each write (as bytes) and signals it."""
+
+    def __init__(self) -> None:
+        super().__init__(("192.0.2.7", 4001))
+        self.writes: list[bytes] = []
+        self.written = asyncio.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        self.written.set()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_small_messages_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    a, b, _, _ = opened()  # two sessions joined in memory, handshake done
+    proto = WireProtocol(a)
+    transport = RecordingTransport()
+    proto.connection_made(transport)
+    requests = [Request(CID, i) for i in range(10)]
+    for msg in requests:
+        proto.write_message(msg)
+    assert transport.writes == []  # gathered until the end of this loop turn
+    async with asyncio.timeout(T):
+        await transport.written.wait()
+    assert len(transport.writes) == 1
+    assert b.receive_data(transport.writes[0]) == requests
+    # A large message flushes what was gathered first, then goes at once: order is kept.
+    transport.writes.clear()
+    proto.write_message(Ping(1))
+    proto.write_message(Data(CID, 0, b"x" * 100_000))
+    got = b.receive_data(b"".join(transport.writes))
+    assert [type(m) for m in got] == [Ping, Data]
