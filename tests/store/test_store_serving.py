@@ -29,17 +29,23 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def test_every_chunk_of_a_folder_is_served_with_one_lookup_per_block_of_files(
-        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest, files = build_manifest(folder, ME)
-    lookups: list[tuple[bytes, int]] = []
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, int]]:
+    """(share, first entry) of every block of share entries read from the database."""
+    seen: list[tuple[bytes, int]] = []
     share_files_from = Database.share_files_from
 
     def counted(self: Database, cid: bytes, first: int, count: int):  # type: ignore[no-untyped-def]
-        lookups.append((cid, first))
+        seen.append((cid, first))
         return share_files_from(self, cid, first, count)
 
     monkeypatch.setattr(Database, "share_files_from", counted)
+    return seen
+
+
+def test_every_chunk_of_a_folder_is_served_with_one_lookup_per_block_of_files(
+        tmp_path: Path, folder: Path, lookups: list[tuple[bytes, int]]) -> None:
+    manifest, files = build_manifest(folder, ME)
     cid = manifest.content_id.digest
     with Store(tmp_path / "state") as store:
         store.add_share(manifest, files, root=folder)
@@ -67,21 +73,14 @@ def test_an_unshared_folder_is_not_served_even_after_its_files_were_looked_up(
 
 
 def test_entries_are_read_a_block_at_a_time_across_block_boundaries(
-        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, folder: Path, lookups: list[tuple[bytes, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(p2p.store.store, "SHARE_FILE_BLOCK", 2)
     manifest, files = build_manifest(folder, ME)
-    lookups: list[int] = []
-    share_files_from = Database.share_files_from
-
-    def counted(self: Database, cid: bytes, first: int, count: int):  # type: ignore[no-untyped-def]
-        lookups.append(first)
-        return share_files_from(self, cid, first, count)
-
-    monkeypatch.setattr(Database, "share_files_from", counted)
     cid = manifest.content_id.digest
     with Store(tmp_path / "state") as store:
         store.add_share(manifest, files, root=folder)
         expected = b"".join((folder / e.path).read_bytes() for e in manifest.entries)
         backwards = [bytes(store.read_chunk(cid, i)) for i in reversed(range(manifest.chunk_count))]
         assert b"".join(reversed(backwards)) == expected
-    assert sorted(lookups) == [0, 2]  # entries 0-1 and 2 (of 3), one query each
+    assert sorted(lookups) == [(cid, 0), (cid, 2)]  # entries 0-1 and 2 (of 3), one query each
