@@ -408,13 +408,7 @@ class Node:
 
     def _options(self, target: str | ContentId | Ticket, dest: Path | None, publisher: PeerId | None,
                  peers: Sequence[Address], timeout: float, sequential: bool = False) -> FetchOptions:
-        ticket: Ticket | None = None
-        if isinstance(target, Ticket):
-            cid, ticket = target.content_id, target
-        elif isinstance(target, ContentId):
-            cid = target
-        else:
-            cid, ticket = parse_id_or_ticket(target)
+        cid, ticket = _parse_target(target)
         if ticket is not None:
             # The ticket's publisher is binding, exactly as --from is: a peer at the ticket's
             # address that serves the same bytes under its own signature is an impostor.
@@ -492,8 +486,7 @@ class Node:
         for a folder; an exception from ``write`` pauses the download and propagates.
         """
         loop = asyncio.get_running_loop()
-        cid = target.content_id if isinstance(target, Ticket) else \
-            target if isinstance(target, ContentId) else parse_id_or_ticket(target)[0]
+        cid, _ = _parse_target(target)
         fetching = loop.create_task(self.fetch(target, dest, publisher=publisher, peers=peers,
                                                timeout=timeout, sequential=True))
         await asyncio.sleep(0)  # the fetch registers its download before it first waits
@@ -510,11 +503,11 @@ class Node:
                 await write(data)
                 sent += 1
             return result
-        except BaseException:
-            fetching.cancel()
-            with contextlib.suppress(asyncio.CancelledError, P2PError):
-                await fetching
-            raise
+        finally:
+            if not fetching.done():  # write failed or we were cancelled: pause the download
+                fetching.cancel()
+                with contextlib.suppress(asyncio.CancelledError, P2PError):
+                    await fetching
 
     async def _stream_running(self, download: Download, fetching: asyncio.Task[FetchResult],
                               write: Callable[[bytes | memoryview], Awaitable[None]]) -> int:
@@ -763,6 +756,15 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+def _parse_target(target: str | ContentId | Ticket) -> tuple[ContentId, Ticket | None]:
+    """The content id a fetch target names, and its ticket if it is one."""
+    if isinstance(target, Ticket):
+        return target.content_id, target
+    if isinstance(target, ContentId):
+        return target, None
+    return parse_id_or_ticket(target)
 
 
 def _one_file(manifest: Manifest | None) -> Manifest:

@@ -262,16 +262,18 @@ class PartialDownload:
                 self._dirty |= dirty  # a duplicate write, recorded already: synced next time
             return 0
         with self._using(StoreError(f"{self.partial_path} is closed")):
+            synced = False
             try:
                 with _disk_full(self.partial_path):
                     if len(dirty) <= SYNC_EACH_FILES or not sync_filesystem(self._lock_fd):
                         for entry in sorted(dirty):
                             with self._files.use(entry) as file:
                                 os.fdatasync(file.fd)
-            except BaseException:
-                with self._bits_lock:
-                    self._dirty |= dirty
-                raise
+                synced = True
+            finally:
+                if not synced:  # still to be synced by the next commit
+                    with self._bits_lock:
+                        self._dirty |= dirty
             with self._life:
                 if self._closed:  # finalized meanwhile: its record is the last word
                     return 0
