@@ -55,9 +55,8 @@ def hkdf(chaining_key: bytes, ikm: bytes, num_outputs: int) -> tuple[bytes, ...]
 class CipherState:
     """Section 5.1: a key ``k`` (or none) and a 64-bit nonce counter ``n``.
 
-    ``encrypt_records_into``/``decrypt_records_into``/``decrypt_into`` are the
-    transport-phase fast path: they write into caller-provided buffers so that a record
-    is never copied.
+    ``encrypt_records_into``/``decrypt_records_into`` are the transport-phase fast path:
+    they write into caller-provided buffers so that a record is never copied.
     """
 
     __slots__ = ("_aead", "_nonce", "cipher", "n")
@@ -106,19 +105,6 @@ class CipherState:
             raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
         self.n = n + 1
         return out
-
-    def decrypt_into(self, ciphertext: memoryview, out: memoryview) -> None:
-        """DecryptWithAd(empty ad) writing ``len(ciphertext) - TAGLEN`` bytes into ``out``."""
-        assert self._aead is not None
-        n = self.n
-        if n >= MAX_NONCE:
-            raise LocalProtocolError("nonce space exhausted; the session must end")
-        try:
-            self._aead.decrypt_into(self._nonce.pack(n), ciphertext, None, out)
-        except InvalidTag:
-            raise RemoteProtocolError("record failed authentication (tampered, replayed or reordered)") from None
-        self.n = n + 1
-
 
     def encrypt_records_into(self, plaintext: bytes | bytearray | memoryview, out: memoryview,
                              pos: int, record: int) -> int:

@@ -255,8 +255,8 @@ class Session:
             if self._hs is not None:
                 self._handshake_record(bytes(view[start:pos]))
             elif self._frame is not None and TAGLEN < size <= self._fneed + TAGLEN:
-                # The fast path of _transport_record: this record and those after it belong
-                # to the current frame; decrypt the whole run in place, in one call.
+                # This record and those after it are all payload of the current frame:
+                # decrypt the whole run in place, in one call.
                 cs = self._recv_cs
                 assert cs is not None
                 pos, fpos = cs.decrypt_records_into(view, start - 2, end, self._fview,
@@ -322,20 +322,13 @@ class Session:
         return peer
 
     def _transport_record(self, record: memoryview) -> None:
+        """A record that is not all payload of the current frame (those go through
+        :meth:`CipherState.decrypt_records_into` in :meth:`_process`): decrypted, then cut
+        into frames."""
         cs = self._recv_cs
         assert cs is not None
-        plen = len(record) - TAGLEN
-        if plen < 0:
+        if len(record) < TAGLEN:
             raise RemoteProtocolError("record shorter than its tag")
-        if self._frame is not None and 0 < plen <= self._fneed:
-            # Fast path: the whole record belongs to the current frame; decrypt in place.
-            pos = self._fpos
-            cs.decrypt_into(record, self._fview[pos:pos + plen])
-            self._fpos = pos + plen
-            self._fneed -= plen
-            if not self._fneed:
-                self._finish_frame()
-            return
         self._feed_plain(cs.decrypt_with_ad(b"", record))
 
     def _feed_plain(self, plain: bytes) -> None:
