@@ -55,7 +55,7 @@ class _Pool:
     mostly given back in the order they were taken, so the next one is usually free and a
     take looks at one or two buffers whatever the pool holds."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int = MAX_POOLED) -> None:
         self._sizes: dict[int, list[Any]] = {}
         self._next: dict[int, int] = {}
         self._room = max_bytes
@@ -83,9 +83,6 @@ class _Pool:
 class BufferPool(_Pool):
     """Bytearrays handed out again once no one refers to them. Thread-safe."""
 
-    def __init__(self, max_bytes: int = MAX_POOLED) -> None:
-        super().__init__(max_bytes)
-
     def take(self, size: int) -> memoryview:
         """A writable view of ``size`` bytes (contents undefined: the caller fills it all)."""
         return memoryview(self._get(size, bytearray))[:size]
@@ -94,9 +91,6 @@ class BufferPool(_Pool):
 class AlignedPool(_Pool):
     """Page-aligned buffers: ``take(size, offset)`` returns a view whose byte ``offset``
     starts a page. Thread-safe."""
-
-    def __init__(self, max_bytes: int = MAX_POOLED) -> None:
-        super().__init__(max_bytes)
 
     def take(self, size: int, offset: int = 0) -> memoryview:
         """A writable view of ``size`` bytes with ``view[offset]`` page-aligned."""

@@ -215,12 +215,9 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
 async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     """Download by id or ticket with a progress bar; print the verified path."""
     content_id, _ticket = parse_id_or_ticket(args.target)
-    publisher = PeerId.parse(args.from_) if args.from_ else None
-    peers = [parse_address(p, what="peer address") for p in args.peer]
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise BadInput("--timeout must be a number of seconds above 0")
+    publisher, peers = _finding(args)
     if args.output == "-":
-        return await _fetch_to_stdout(run, args, publisher, peers)
+        return await _fetch_to_stdout(run, args, content_id, publisher, peers)
     dest = Path(args.output).expanduser() if args.output else None
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
@@ -242,8 +239,17 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId | None,
-                           peers: list[tuple[str, int]]) -> int:
+def _finding(args: argparse.Namespace) -> tuple[PeerId | None, list[tuple[str, int]]]:
+    """``--from`` and ``--peer`` of ``fetch`` and ``ls ID``, checked with ``--timeout``."""
+    publisher = PeerId.parse(args.from_) if args.from_ else None
+    peers = [parse_address(p, what="peer address") for p in args.peer]
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInput("--timeout must be a number of seconds above 0")
+    return publisher, peers
+
+
+async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: ContentId,
+                           publisher: PeerId | None, peers: list[tuple[str, int]]) -> int:
     """``fetch ID -o -``: the file's verified bytes to stdout in order, as they arrive (the
     chunks are fetched in file order); status to stderr only. The file is also kept, in the
     state directory's ``streamed`` folder (in the library, served like any download). A
@@ -265,7 +271,6 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, publisher: PeerId
     keep.mkdir(parents=True, exist_ok=True)
     async with running_node(run, config) as node:
         _warn_bootstrap(run, node)
-        content_id, _ = parse_id_or_ticket(args.target)
         # stdout carries the file alone: progress (and --json records) go to stderr.
         status = Output(json_mode=run.out.json, verbosity=run.out.verbosity, stdout=sys.stderr,
                         stderr=sys.stderr)
@@ -324,10 +329,7 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
 async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
     """The files of ID-or-TICKET from its verified manifest: ``SIZE  PATH`` per line, or one
     JSON object per file (``path``, ``size``, ``content_id``)."""
-    publisher = PeerId.parse(args.from_) if args.from_ else None
-    peers = [parse_address(p, what="peer address") for p in args.peer]
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise BadInput("--timeout must be a number of seconds above 0")
+    publisher, peers = _finding(args)
     config = run.settings.node_config(long_running=False)
     async with running_node(run, config, serves=False) as node:
         _warn_bootstrap(run, node)

@@ -235,9 +235,8 @@ def encode_frame(msg: Message) -> tuple[bytes, bytes | bytearray | memoryview]:
             raise LocalProtocolError("Data message breaks a wire limit")
         head = _DATA_HEAD.pack(DATA_HEADER + n, MessageType.DATA, msg.content_id, msg.index)
         return head, payload
-    kind = type(msg)
-    if kind is Request or kind is Have or kind is Cancel:
-        return _encode_indexed(msg), b""  # type: ignore[arg-type]
+    if isinstance(msg, (Request, Have, Cancel)):
+        return _encode_indexed(msg), b""
     mtype, fields = _fields(msg)
     body = encoding.pack(fields)
     if len(body) > MAX_CONTROL_BODY:
