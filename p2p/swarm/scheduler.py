@@ -337,15 +337,16 @@ class Scheduler:
         return {peer: len(state.inflight) + int(wants[peer] * scale) for peer, state in ready}
 
     def _maybe_reorder(self, now: float) -> None:
+        if self.sequential:
+            # File order (see the attribute) does not depend on availability, and a held chunk
+            # is never wanted again (_pick skips it): built once.
+            if self._order_built_at == float("-inf"):
+                self._order = [i for i in range(self.chunk_count) if i not in self.held]
+                self._order_built_at = now
+            return
         if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
             return
         wanted = [i for i in range(self.chunk_count) if i not in self.held]
-        if self.sequential:  # file order (see the attribute), availability aside
-            self._order = wanted
-            self._cursor = 0
-            self._order_dirty = False
-            self._order_built_at = now
-            return
         self._rng.shuffle(wanted)
         avail = self._availability
         # Stable sort: random among equally rare chunks. Chunks nobody has go last, so
