@@ -119,7 +119,9 @@ class DownloadInfo:
     done_chunks: int
     """How many chunks are recorded as written and synced (the durable progress)."""
     state: str
-    """``"active"``, ``"paused"``, ``"complete"`` or ``"failed"``."""
+    """``"active"``, ``"paused"``, ``"complete"``, ``"failed"``, or ``"selected"``: the files
+    a fetch picked are in place at :attr:`dest`, the rest were not fetched (a later fetch of
+    more of them completes it)."""
     dest: Path
     """Where the result goes once complete."""
     partial: Path

@@ -10,10 +10,11 @@ also the wire server's chunk source (:meth:`Store.manifest`, :meth:`Store.bitfie
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..bitfield import bit_count, bitfield_new, full_bitfield
@@ -227,12 +228,18 @@ class Store:
 
     # -- downloads ---------------------------------------------------------------------
 
-    def open_download(self, manifest: Manifest, dest: Path) -> PartialDownload:
+    def open_download(self, manifest: Manifest, dest: Path, *,
+                      selected: Collection[int] | None = None) -> PartialDownload:
         """Start or resume the download of a verified ``manifest`` into ``dest``.
 
         Takes an exclusive lock (:class:`StateDirLocked` if another process
         holds it). An existing partial download of the same content resumes
-        from its recorded bitfield.
+        from its recorded bitfield. ``selected``: the entries (files) wanted, None for all.
+
+        A download whose selected files were put in place earlier (state ``selected``)
+        resumes from there: the folder goes back to its partial name, and the caller's
+        :meth:`~PartialDownload.recover` checks every file in it again (the person may have
+        changed them since), so what is whole is kept and only the rest is fetched.
         """
         cid = manifest.content_id.digest
         with self._lock:
@@ -245,14 +252,27 @@ class Store:
             if record is not None and record[1].exists():
                 dest, partial_path, recorded = record
                 bits = bytearray(recorded)
+            elif record is not None and self._placed_selection(cid, record[0], record[1]):
+                dest, partial_path, _ = record
+                bits = bitfield_new(cmap.count)  # recover() finds what is there, checked
             else:
                 dest = Path(dest).resolve()
                 partial_path = dest.with_name(dest.name + PARTIAL_SUFFIX)
                 bits = bitfield_new(cmap.count)
             self._db.start_download(cid, dest, partial_path, bytes(bits), bit_count(bits), self._clock())
-            partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits)
+            partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits,
+                                      selected=selected)
             self._active[cid] = partial
             return partial
+
+    def _placed_selection(self, cid: bytes, dest: Path, partial_path: Path) -> bool:
+        """The download ``cid`` put its selected files at ``dest`` earlier: move them back to
+        ``partial_path`` (True), to be completed there. False when there is nothing to resume."""
+        info = next(iter(self._db.downloads(cid)), None)
+        if info is None or info.state != "selected" or not dest.is_dir() or dest.is_symlink():
+            return False
+        os.rename(dest, partial_path)
+        return True
 
     def _save_bits(self, cid: bytes, bits: bytes, state: str, error: str | None = None) -> None:
         """Record a running download's bitfield (called by its :class:`PartialDownload`)."""
