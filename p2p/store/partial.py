@@ -456,25 +456,28 @@ def _exists_under(root_fd: int, relpath: str) -> bool:
 
 
 def _unlink_under(root_fd: int, relpath: str) -> None:
-    """Delete the file ``relpath`` under the folder open as ``root_fd`` if it is there, never
-    following a symlink on the way (a planted link cannot turn this into a deletion elsewhere)."""
+    """Delete the file ``relpath`` under the folder open as ``root_fd`` if it is there, and the
+    folders it leaves empty, never following a symlink on the way (a planted link cannot turn
+    this into a deletion elsewhere)."""
     parts = relpath.split("/")
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    dirfd = root_fd
+    fds = [root_fd]  # fds[k] is the folder holding parts[k]
     try:
         for part in parts[:-1]:
             try:
-                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+                fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fds[-1]))
             except OSError:
                 return  # missing, a link or not a folder: nothing of ours to delete there
-            if dirfd != root_fd:
-                os.close(dirfd)
-            dirfd = nextfd
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(parts[-1], dir_fd=dirfd)  # unlink never follows a link at the last component
+            os.unlink(parts[-1], dir_fd=fds[-1])  # unlink never follows a link at the last component
+        for depth in range(len(parts) - 2, -1, -1):
+            try:
+                os.rmdir(parts[depth], dir_fd=fds[depth])
+            except OSError:
+                break  # not empty (other files of it are kept), or gone
     finally:
-        if dirfd != root_fd:
-            os.close(dirfd)
+        for fd in fds[1:]:
+            os.close(fd)
 
 
 def seal(path: Path) -> None:
