@@ -59,7 +59,7 @@ def test_selected_files_alone_are_put_in_place_and_a_wider_download_reuses_them(
         assert not (dest / "c").exists() and not (dest / "b.bin").exists()
         [info] = store.downloads()
         assert info.state == "selected" and info.dest == dest.resolve()
-        count, bits = store.recorded_bitfield(manifest.content_id)
+        _, bits = store.recorded_bitfield(manifest.content_id)
         assert set_bits(bits) == set(wanted)  # the stray chunk is forgotten with its file
         assert store.shares() == []  # some files only: not served as the content
 
