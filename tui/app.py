@@ -58,9 +58,10 @@ from p2p import (
     parse_id_or_ticket,
 )
 from p2p import describe as describe_error
+from p2p.content.select import Selection
 
 from .model import DhtData, LibraryRow, Peers, Transfers
-from .screens import FetchScreen, HelpScreen, ShareScreen
+from .screens import FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
 from .widgets import DhtView, LibraryView, LogEntry, LogView, PeersView, TransfersView
 
 BATCH_WINDOW = 0.1
@@ -562,19 +563,44 @@ class P2PApp(App[None]):
     def action_fetch(self) -> None:
         self.push_screen(FetchScreen(), self._fetch_entered)
 
-    def _fetch_entered(self, text: str | None) -> None:
-        if text is not None:
-            self.start_fetch(text)
+    def _fetch_entered(self, value: str | PickFiles | None) -> None:
+        if isinstance(value, PickFiles):
+            self.pick_then_fetch(value.target)
+        elif value is not None:
+            self.start_fetch(value)
 
-    def start_fetch(self, text: str) -> ContentId | None:
-        """Start downloading an id or ticket; show it in Transfers."""
+    @work(group="listing")
+    async def pick_then_fetch(self, text: str) -> None:
+        """Fetch and verify only the listing of ``text``, let the person tick files, then
+        start the download of those."""
+        node = self.node
+        if node is None:
+            self.notify("The node is not running yet", severity="warning")
+            return
+        self.notify("Fetching the list of files…")
+        try:
+            cid, ticket = parse_id_or_ticket(text)
+            manifest = await node.listing(ticket if ticket is not None else cid)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot list the files", severity="error")
+            return
+
+        def picked(paths: frozenset[str] | None) -> None:
+            if paths is not None:
+                self.start_fetch(text, Selection.of_paths(paths))
+
+        self.push_screen(FilesScreen(manifest), picked)
+
+    def start_fetch(self, text: str, selection: Selection | None = None) -> ContentId | None:
+        """Start downloading an id or ticket (only the files ``selection`` picks, if given);
+        show it in Transfers."""
         node = self.node
         if node is None:
             self.notify("The node is not running yet", severity="warning")
             return None
         try:
             cid, ticket = parse_id_or_ticket(text)
-            node.start_fetch(ticket if ticket is not None else cid)
+            node.start_fetch(ticket if ticket is not None else cid, selection=selection)
         except BadInput as exc:
             self.notify(str(exc), title="Cannot fetch", severity="error")
             return None
@@ -614,7 +640,47 @@ class P2PApp(App[None]):
                 self.transfers.forget(cid)
                 self.push_transfers()
                 self.notify(f"Cancelled {cid.short()}; partial data deleted")
+            case "files":
+                self.pick_files(cid)
         self.refresh_snapshot()
+
+    def pick_files(self, cid: ContentId) -> None:
+        """Let the person tick the files of ``cid``: a running download changes what it
+        fetches at once; a stopped one resumes with the ticked files."""
+        node = self.node
+        if node is None:
+            return
+        manifest = node.library.manifest(cid)
+        if manifest is None:
+            self.notify("The list of files is not known yet", severity="warning")
+            return
+        download = node.download(cid)
+        ticked: frozenset[str] | None = None
+        if download is not None and download.selected_paths is not None:
+            ticked = frozenset(download.selected_paths)
+
+        def picked(paths: frozenset[str] | None) -> None:
+            if paths is not None:
+                self.apply_files(cid, paths)
+
+        self.push_screen(FilesScreen(manifest, ticked, running=download is not None), picked)
+
+    def apply_files(self, cid: ContentId, paths: frozenset[str]) -> None:
+        """Fetch exactly ``paths`` of ``cid``: now, if it runs; else by resuming it."""
+        node = self.node
+        if node is None:
+            return
+        selection = Selection.of_paths(paths)
+        try:
+            if cid in node.downloading():
+                node.select(cid, selection)
+                self.notify(f"{len(paths)} files of {cid.short()} selected")
+            else:
+                ticket = self._tickets.get(cid)
+                node.start_fetch(ticket if ticket is not None else cid, selection=selection)
+                self.notify(f"Fetching {len(paths)} files of {cid.short()}…")
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot pick those files", severity="error")
 
     # -- help and palette ---------------------------------------------------------------------------
 
