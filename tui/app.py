@@ -48,6 +48,7 @@ from p2p import (
     PeerConnected,
     PeerDropped,
     PeerInfo,
+    Selection,
     Shared,
     ShareInfo,
     Subscription,
@@ -58,7 +59,6 @@ from p2p import (
     parse_id_or_ticket,
 )
 from p2p import describe as describe_error
-from p2p.content.select import Selection
 
 from .model import DhtData, LibraryRow, Peers, Transfers
 from .screens import FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen

@@ -28,6 +28,7 @@ from .. import (
     NodeConfig,
     NotFound,
     PeerId,
+    Selection,
     Settings,
     VerifyReport,
     format_address,
@@ -38,7 +39,6 @@ from .. import (
     parse_id_or_ticket,
     plural,
 )
-from ..content.select import Selection
 from . import control
 from .output import Output
 from .progress import FetchView, UploadView, following, hashing_bar
