@@ -25,8 +25,9 @@ The listing is chunked and hashed like any file (:func:`~p2p.content.chunking.ha
 root carries its size, chunk size and chunk hashes, so a downloader fetches it in verified
 pieces, from many peers, each checked before it is used. The directory's id is BLAKE3 over
 ``pack([LISTED_FORMAT_VERSION, "dir", listing_file_id])``. Which form a folder takes depends
-only on its entries, never on its name or publisher, so the same tree still has one id; every
-file keeps its own file id in both forms.
+only on its entries, never on its name or publisher, so the same tree shared by this software
+still has one id; every file keeps its own file id in both forms. (A decoder accepts a listed
+directory of any size: a publisher who lists a small folder only gives it a second id.)
 
 :meth:`Manifest.verify` is the check a downloader runs before it trusts
 anything: the entries hash to the id that was asked for
@@ -314,13 +315,12 @@ class ListedRoot:
         raw = unpack_canonical(bytes(view), max_bin=MAX_CHUNKS * HASH_LEN, max_str=MAX_PATH_BYTES,
                                max_array=MAX_LISTED_ENTRIES)
         entries = _entries_from(raw, MAX_LISTED_ENTRIES)
-        _check_entries("dir", self.name, entries, listed_size=len(view))
+        _check_entries("dir", self.name, entries, listed=True)
         return Manifest("dir", self.name, entries, self.publisher, self.signature, info)
 
 
-def _check_entries(kind: str, name: str, entries: Sequence[FileEntry], *,
-                   listed_size: int | None = None) -> None:
-    """The rules on entries both forms share (``listed_size``: the listing's size, if listed)."""
+def _check_entries(kind: str, name: str, entries: Sequence[FileEntry], *, listed: bool = False) -> None:
+    """The rules on entries both forms share (a listed directory may have more chunks)."""
     if kind == "file":
         if len(entries) != 1 or entries[0].path != name:
             raise DecodeError("a file manifest has exactly one entry, named like the manifest")
@@ -335,13 +335,9 @@ def _check_entries(kind: str, name: str, entries: Sequence[FileEntry], *,
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) + "/" in as_dirs:
                 raise DecodeError(f"entry {p!r} lies inside another file entry")
-    most = MAX_TOTAL_CHUNKS if listed_size is None else MAX_LISTED_CHUNKS
+    most = MAX_LISTED_CHUNKS if listed else MAX_TOTAL_CHUNKS
     if sum(e.info.chunk_count for e in entries) > most:
         raise DecodeError("directory manifest has too many chunks")
-    if listed_size is not None and len(entries) <= MAX_ENTRIES \
-            and listed_size <= INLINE_ENTRIES_MAX_BYTES:
-        # One tree, one id: a folder that fits a version 1 manifest is never listed.
-        raise DecodeError("a listed directory small enough to be a version 1 manifest")
 
 
 def sign_manifest(identity: Identity, kind: str, name: str, entries: Sequence[FileEntry]) -> Manifest:
@@ -360,7 +356,7 @@ def sign_manifest(identity: Identity, kind: str, name: str, entries: Sequence[Fi
                                f"is {MAX_LISTING_BYTES}")
             listing = hash_bytes(encoded)
         del encoded
-    _check_entries(kind, name, ordered, listed_size=listing.size if listing else None)
+    _check_entries(kind, name, ordered, listed=listing is not None)
     unsigned = Manifest(kind, name, ordered, identity.peer_id, b"\0" * SIGNATURE_LEN, listing)
     signature = identity.sign(SIGNING_PREFIX + pack(unsigned._body()))
     return Manifest(kind, name, ordered, identity.peer_id, signature, listing)
