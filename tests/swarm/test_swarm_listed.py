@@ -101,9 +101,11 @@ async def test_a_peer_sending_a_bad_listing_chunk_is_banned_and_others_complete_
             fetch = asyncio.create_task(dl.fetch(cid, tmp_path / "got", timeout=30))
             try:
                 banned = await wait_for(sub, lambda e: isinstance(e, PeerBanned))
+                assert isinstance(banned, PeerBanned)
                 assert banned.peer == liar.peer_id and "listing" in banned.reason
                 await honest.share(root)
                 started = await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                assert isinstance(started, DownloadStarted)
                 assert started.chunk_count == manifest.chunk_count
                 out = (await fetch).path
             finally:
