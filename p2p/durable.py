@@ -58,7 +58,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one, never
     a mix: write a uniquely named temporary file (created with ``mode``), ``fsync`` it, rename it
     over ``path``, ``fsync`` the folder."""
@@ -66,7 +66,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a large write may be taken in parts
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -16,11 +16,14 @@ from .chunking import (
 )
 from .ids import ContentId
 from .manifest import (
+    MAX_LISTED_CHUNKS,
     MAX_MANIFEST_BYTES,
     MAX_TOTAL_CHUNKS,
     FileEntry,
+    ListedRoot,
     Manifest,
     build_manifest,
+    decode_manifest,
     directory_id,
     sign_manifest,
 )
@@ -29,17 +32,20 @@ from .ticket import Ticket, make_ticket, parse_id_or_ticket
 
 __all__ = [
     "MAX_CHUNK",
+    "MAX_LISTED_CHUNKS",
     "MAX_MANIFEST_BYTES",
     "MAX_TOTAL_CHUNKS",
     "MIN_CHUNK",
     "ContentId",
     "FileEntry",
     "FileInfo",
+    "ListedRoot",
     "Manifest",
     "Ticket",
     "build_manifest",
     "check_relative_path",
     "chunk_size_for",
+    "decode_manifest",
     "directory_id",
     "hash_bytes",
     "hash_chunk",

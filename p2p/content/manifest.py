@@ -13,6 +13,22 @@ directory, each file keeps its own file id, and the directory's id is BLAKE3 ove
 ``pack([FORMAT_VERSION, "dir", [[path, file_id, size], ...]])``: the same tree of
 bytes always has the same id, whoever shares it and whatever the folder is called.
 
+**Listed directories (format version 2).** A folder whose entries do not fit one manifest
+(more than :data:`MAX_ENTRIES` files, or an entry list past :data:`INLINE_ENTRIES_MAX_BYTES`)
+is described in two parts::
+
+    listing  = pack([[path, size, chunk_size, hashes], ...])   # the same entry list, alone
+    body     = [LISTED_FORMAT_VERSION, "dir", name, [size, chunk_size, hashes], publisher_key]
+    manifest = body + [signature]                             # the root: small, sent as one message
+
+The listing is chunked and hashed like any file (:func:`~p2p.content.chunking.hash_bytes`); the
+root carries its size, chunk size and chunk hashes, so a downloader fetches it in verified
+pieces, from many peers, each checked before it is used. The directory's id is BLAKE3 over
+``pack([LISTED_FORMAT_VERSION, "dir", listing_file_id])``. Which form a folder takes depends
+only on its entries, never on its name or publisher, so the same tree shared by this software
+still has one id; every file keeps its own file id in both forms. (A decoder accepts a listed
+directory of any size: a publisher who lists a small folder only gives it a second id.)
+
 :meth:`Manifest.verify` is the check a downloader runs before it trusts
 anything: the entries hash to the id that was asked for
 (:class:`ContentIdMismatch`), the signature verifies (:class:`BadSignature`),
@@ -32,7 +48,16 @@ import blake3
 from ..encoding import expect_bytes, expect_int, expect_list, expect_str, pack, unpack_canonical
 from ..errors import BadInput, ContentIdMismatch, DecodeError, UnsafePath, WrongPublisher
 from ..identity import SIGNATURE_LEN, Identity, PeerId
-from .chunking import FORMAT_VERSION, HASH_LEN, MAX_CHUNKS, FileInfo, hash_file, hash_files
+from .chunking import (
+    FORMAT_VERSION,
+    HASH_LEN,
+    MAX_CHUNKS,
+    FileInfo,
+    chunk_size_for,
+    hash_bytes,
+    hash_file,
+    hash_files,
+)
 from .ids import ContentId
 from .paths import MAX_PATH_BYTES, check_relative_path
 
@@ -46,6 +71,20 @@ MAX_TOTAL_CHUNKS = MAX_MANIFEST_BYTES // HASH_LEN
 bitfields are sized by it)."""
 MAX_NAME_BYTES = 255
 KINDS = ("file", "dir")
+LISTED_FORMAT_VERSION = 2
+"""The content format of a listed directory (see the module docstring)."""
+INLINE_ENTRIES_MAX_BYTES = MAX_MANIFEST_BYTES - 4096
+"""Largest encoded entry list carried inside a version 1 manifest: the rest of a manifest (a
+name of at most 255 bytes, the key, the signature, headers) fits the 4 KiB left. A folder
+whose entries encode to more, or that has more than :data:`MAX_ENTRIES` files, is listed."""
+MAX_LISTING_BYTES = 512 * 1024 * 1024
+"""Largest listing accepted: 2,000,000 entries of paths up to ~200 bytes. Bounded because a
+downloader holds the whole listing (and one object per entry) in memory."""
+MAX_LISTED_ENTRIES = 2_000_000
+"""Most files in a listed directory: twice the million-file folders this format is for."""
+MAX_LISTED_CHUNKS = 1 << 24
+"""Most chunks over all entries of a listed directory: a bitfield of 2 MiB, within the wire's
+largest control message."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +102,47 @@ class FileEntry:
 
 
 def directory_id(entries: Sequence[FileEntry]) -> ContentId:
-    """The content id of a directory: BLAKE3 over its sorted (path, file id, size) list."""
+    """The content id of a version 1 directory: BLAKE3 over its sorted (path, file id, size) list."""
     listing = [[e.path, e.content_id.digest, e.info.size] for e in entries]
     return ContentId(blake3.blake3(pack([FORMAT_VERSION, "dir", listing])).digest())
+
+
+def listed_directory_id(listing: FileInfo) -> ContentId:
+    """The content id of a listed directory: BLAKE3 over its listing's file id."""
+    return ContentId(blake3.blake3(
+        pack([LISTED_FORMAT_VERSION, "dir", listing.content_id.digest])).digest())
+
+
+def encode_listing(entries: Sequence[FileEntry]) -> bytes:
+    """The canonical entry list of ``entries`` (sorted by path): a listed directory's listing,
+    and what a version 1 manifest carries inline."""
+    return pack([[e.path, e.info.size, e.info.chunk_size, e.info.hashes] for e in entries])
+
+
+def _entries_from(raw: object, max_entries: int) -> tuple[FileEntry, ...]:
+    """Entries from a decoded entry list, each checked as a downloader must (safe path, sizes)."""
+    entries = []
+    for item in expect_list(raw, None, "manifest entries"):
+        path, size, chunk_size, hashes = expect_list(item, 4, "manifest entry")
+        path = expect_str(path, MAX_PATH_BYTES, "entry path")
+        check_relative_path(path)
+        info = FileInfo(expect_int(size, 0, 2**63, "entry size"),
+                        expect_int(chunk_size, 1, 2**63, "entry chunk size"),
+                        expect_bytes(hashes, None, "entry hashes"))
+        entries.append(FileEntry(path, info))
+    if len(entries) > max_entries:
+        raise DecodeError(f"more than {max_entries} entries")
+    return tuple(entries)
+
+
+def _listing_info(raw: object) -> FileInfo:
+    size, chunk_size, hashes = expect_list(raw, 3, "manifest listing")
+    info = FileInfo(expect_int(size, 1, MAX_LISTING_BYTES, "listing size"),
+                    expect_int(chunk_size, 1, 2**63, "listing chunk size"),
+                    expect_bytes(hashes, None, "listing hashes"))
+    if info.chunk_size != chunk_size_for(info.size):
+        raise DecodeError("listing chunk size is not the one its size gives")
+    return info
 
 
 @dataclass(frozen=True)
@@ -77,6 +154,13 @@ class Manifest:
     entries: tuple[FileEntry, ...]
     publisher: PeerId
     signature: bytes
+    listing: FileInfo | None = None
+    """A listed directory's listing (size, chunk size, chunk hashes); None in version 1."""
+
+    @property
+    def version(self) -> int:
+        """The content format: :data:`LISTED_FORMAT_VERSION` for a listed directory, else 1."""
+        return FORMAT_VERSION if self.listing is None else LISTED_FORMAT_VERSION
 
     @cached_property
     def content_id(self) -> ContentId:
@@ -86,6 +170,8 @@ class Manifest:
         asks for it with every commit."""
         if self.kind == "file":
             return self.entries[0].content_id
+        if self.listing is not None:
+            return listed_directory_id(self.listing)
         return directory_id(self.entries)
 
     @cached_property
@@ -99,51 +185,41 @@ class Manifest:
         return sum(e.info.chunk_count for e in self.entries)
 
     def _body(self) -> list[object]:
+        if self.listing is not None:
+            return _listed_body(self.name, self.listing, self.publisher)
         return [FORMAT_VERSION, self.kind, self.name,
                 [[e.path, e.info.size, e.info.chunk_size, e.info.hashes] for e in self.entries],
                 self.publisher.key]
 
     def encode(self) -> bytes:
-        """The canonical bytes of this manifest (what is stored and sent)."""
+        """The canonical bytes of this manifest (what is stored and sent): for a listed
+        directory, its root only (:meth:`encode_listing` gives the rest)."""
         return pack([*self._body(), self.signature])
+
+    def encode_listing(self) -> bytes:
+        """A listed directory's listing: the bytes :attr:`listing` describes."""
+        if self.listing is None:
+            raise ValueError("only a listed directory has a listing")
+        return encode_listing(self.entries)
+
+    def root(self) -> ListedRoot:
+        """A listed directory's root, as a downloader first receives it."""
+        if self.listing is None:
+            raise ValueError("only a listed directory has a root")
+        return ListedRoot(self.name, self.listing, self.publisher, self.signature)
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
-        """Parse and structurally validate manifest bytes. Raises :class:`DecodeError` or :class:`UnsafePath`.
+        """Parse and structurally validate version 1 manifest bytes. Raises :class:`DecodeError`
+        or :class:`UnsafePath` (a listed directory's root too: use :func:`decode_manifest`).
 
         This checks the form only (field types, limits, safe paths, canonical
         encoding); call :meth:`verify` to check the id and the signature.
         """
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise DecodeError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
-        raw = unpack_canonical(bytes(data), max_bin=MAX_CHUNKS * HASH_LEN,
-                               max_str=MAX_PATH_BYTES, max_array=MAX_ENTRIES)
-        fields = expect_list(raw, 6, "manifest")
-        version = expect_int(fields[0], 0, 2**32, "manifest version")
-        if version != FORMAT_VERSION:
-            raise DecodeError(f"unsupported manifest version {version}")
-        kind = expect_str(fields[1], 8, "manifest kind")
-        if kind not in KINDS:
-            raise DecodeError(f"unknown manifest kind {kind!r}")
-        name = expect_str(fields[2], MAX_NAME_BYTES, "manifest name")
-        check_relative_path(name)
-        if "/" in name:
-            raise UnsafePath("manifest name must be a single path component")
-        raw_entries = expect_list(fields[3], None, "manifest entries")
-        entries = []
-        for item in raw_entries:
-            path, size, chunk_size, hashes = expect_list(item, 4, "manifest entry")
-            path = expect_str(path, MAX_PATH_BYTES, "entry path")
-            check_relative_path(path)
-            info = FileInfo(expect_int(size, 0, 2**63, "entry size"),
-                            expect_int(chunk_size, 1, 2**63, "entry chunk size"),
-                            expect_bytes(hashes, None, "entry hashes"))
-            entries.append(FileEntry(path, info))
-        publisher = PeerId(expect_bytes(fields[4], 32, "manifest publisher"))
-        signature = expect_bytes(fields[5], SIGNATURE_LEN, "manifest signature")
-        manifest = cls(kind, name, tuple(entries), publisher, signature)
-        _check_entries(kind, name, manifest.entries)
-        return manifest
+        decoded = decode_manifest(data)
+        if not isinstance(decoded, Manifest):
+            raise DecodeError("a listed directory's root needs its listing")
+        return decoded
 
     def verify(self, expected: ContentId, required_publisher: PeerId | None = None) -> None:
         """Check everything a downloader needs before trusting this manifest.
@@ -159,7 +235,92 @@ class Manifest:
             raise WrongPublisher(f"content is published by {self.publisher}, not by the required {required_publisher}")
 
 
-def _check_entries(kind: str, name: str, entries: Sequence[FileEntry]) -> None:
+def decode_manifest(data: bytes) -> Manifest | ListedRoot:
+    """Parse and structurally validate what a Manifest message carries: a whole version 1
+    manifest, or a listed directory's root (whose :meth:`ListedRoot.complete` takes the
+    listing). Raises :class:`DecodeError` (also for a format version this code does not know)
+    or :class:`UnsafePath`."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise DecodeError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    raw = unpack_canonical(bytes(data), max_bin=MAX_CHUNKS * HASH_LEN,
+                           max_str=MAX_PATH_BYTES, max_array=MAX_ENTRIES)
+    fields = expect_list(raw, 6, "manifest")
+    version = expect_int(fields[0], 0, 2**32, "manifest version")
+    if version not in (FORMAT_VERSION, LISTED_FORMAT_VERSION):
+        raise DecodeError(f"unsupported manifest version {version}")
+    kind = expect_str(fields[1], 8, "manifest kind")
+    if kind not in KINDS:
+        raise DecodeError(f"unknown manifest kind {kind!r}")
+    name = expect_str(fields[2], MAX_NAME_BYTES, "manifest name")
+    check_relative_path(name)
+    if "/" in name:
+        raise UnsafePath("manifest name must be a single path component")
+    publisher = PeerId(expect_bytes(fields[4], 32, "manifest publisher"))
+    signature = expect_bytes(fields[5], SIGNATURE_LEN, "manifest signature")
+    if version == LISTED_FORMAT_VERSION:
+        if kind != "dir":
+            raise DecodeError("only a directory is listed")
+        return ListedRoot(name, _listing_info(fields[3]), publisher, signature)
+    manifest = Manifest(kind, name, _entries_from(fields[3], MAX_ENTRIES), publisher, signature)
+    _check_entries(kind, name, manifest.entries)
+    return manifest
+
+
+def _listed_body(name: str, listing: FileInfo, publisher: PeerId) -> list[object]:
+    return [LISTED_FORMAT_VERSION, "dir", name, [listing.size, listing.chunk_size, listing.hashes],
+            publisher.key]
+
+
+@dataclass(frozen=True)
+class ListedRoot:
+    """A listed directory's signed root: its name, publisher and the listing's size and chunk
+    hashes. :meth:`verify` it, fetch the listing's chunks (each checked with
+    :meth:`FileInfo.verify_chunk` of :attr:`listing`), then :meth:`complete` it."""
+
+    name: str
+    listing: FileInfo
+    publisher: PeerId
+    signature: bytes
+
+    @property
+    def content_id(self) -> ContentId:
+        """The id this root describes, computed from the listing's hashes."""
+        return listed_directory_id(self.listing)
+
+    @property
+    def listing_id(self) -> ContentId:
+        """The id its listing is asked for by (Request and Data carry it)."""
+        return self.listing.content_id
+
+    def verify(self, expected: ContentId, required_publisher: PeerId | None = None) -> None:
+        """As :meth:`Manifest.verify`: the id, the signature, the publisher."""
+        if self.content_id != expected:
+            raise ContentIdMismatch(f"manifest describes {self.content_id}, not the requested {expected}")
+        self.publisher.verify(self.signature, SIGNING_PREFIX + pack(_listed_body(self.name, self.listing,
+                                                                                  self.publisher)))
+        if required_publisher is not None and self.publisher != required_publisher:
+            raise WrongPublisher(f"content is published by {self.publisher}, not by the required {required_publisher}")
+
+    def complete(self, listing: bytes | bytearray | memoryview) -> Manifest:
+        """The whole manifest, from the listing's bytes: each chunk is checked against the
+        root's hashes (:class:`ContentIdMismatch` if one differs), then every entry as
+        :meth:`Manifest.decode` checks them (:class:`DecodeError`, :class:`UnsafePath`)."""
+        info, view = self.listing, memoryview(listing)
+        if len(view) != info.size:
+            raise ContentIdMismatch(f"listing is {len(view)} bytes, not {info.size}")
+        for index in range(info.chunk_count):
+            offset = info.chunk_offset(index)
+            if not info.verify_chunk(index, view[offset:offset + info.chunk_length(index)]):
+                raise ContentIdMismatch(f"listing chunk {index} does not match its hash")
+        raw = unpack_canonical(bytes(view), max_bin=MAX_CHUNKS * HASH_LEN, max_str=MAX_PATH_BYTES,
+                               max_array=MAX_LISTED_ENTRIES)
+        entries = _entries_from(raw, MAX_LISTED_ENTRIES)
+        _check_entries("dir", self.name, entries, listed=True)
+        return Manifest("dir", self.name, entries, self.publisher, self.signature, info)
+
+
+def _check_entries(kind: str, name: str, entries: Sequence[FileEntry], *, listed: bool = False) -> None:
+    """The rules on entries both forms share (a listed directory may have more chunks)."""
     if kind == "file":
         if len(entries) != 1 or entries[0].path != name:
             raise DecodeError("a file manifest has exactly one entry, named like the manifest")
@@ -174,19 +335,31 @@ def _check_entries(kind: str, name: str, entries: Sequence[FileEntry]) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) + "/" in as_dirs:
                 raise DecodeError(f"entry {p!r} lies inside another file entry")
-    if sum(e.info.chunk_count for e in entries) > MAX_TOTAL_CHUNKS:
+    most = MAX_LISTED_CHUNKS if listed else MAX_TOTAL_CHUNKS
+    if sum(e.info.chunk_count for e in entries) > most:
         raise DecodeError("directory manifest has too many chunks")
 
 
 def sign_manifest(identity: Identity, kind: str, name: str, entries: Sequence[FileEntry]) -> Manifest:
-    """Build and sign a manifest over ``entries`` (sorted here), validating it as a decoder would."""
+    """Build and sign a manifest over ``entries`` (sorted here), validating it as a decoder would.
+
+    A folder too large for one manifest (:data:`INLINE_ENTRIES_MAX_BYTES`, :data:`MAX_ENTRIES`)
+    becomes a listed directory (format version 2)."""
     ordered = tuple(sorted(entries, key=lambda e: e.path))
-    unsigned = Manifest(kind, name, ordered, identity.peer_id, b"\0" * SIGNATURE_LEN)
-    signature = identity.sign(SIGNING_PREFIX + pack(unsigned._body()))
-    manifest = Manifest(kind, name, ordered, identity.peer_id, signature)
     check_relative_path(name)
-    _check_entries(kind, name, ordered)
-    return manifest
+    listing: FileInfo | None = None
+    if kind == "dir":
+        encoded = encode_listing(ordered)
+        if len(ordered) > MAX_ENTRIES or len(encoded) > INLINE_ENTRIES_MAX_BYTES:
+            if len(encoded) > MAX_LISTING_BYTES:
+                raise BadInput(f"the folder's listing would be {len(encoded)} bytes; the limit "
+                               f"is {MAX_LISTING_BYTES}")
+            listing = hash_bytes(encoded)
+        del encoded
+    _check_entries(kind, name, ordered, listed=listing is not None)
+    unsigned = Manifest(kind, name, ordered, identity.peer_id, b"\0" * SIGNATURE_LEN, listing)
+    signature = identity.sign(SIGNING_PREFIX + pack(unsigned._body()))
+    return Manifest(kind, name, ordered, identity.peer_id, signature, listing)
 
 
 def scan_directory(root: Path) -> list[tuple[str, Path]]:

@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS downloads (
 CREATE TABLE IF NOT EXISTS download_sources (
     content_id BLOB NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL, added REAL NOT NULL,
     PRIMARY KEY (content_id, host, port));
+CREATE TABLE IF NOT EXISTS listings (
+    listing_id BLOB PRIMARY KEY, content_id BLOB NOT NULL REFERENCES manifests(content_id));
 CREATE TABLE IF NOT EXISTS bans (
     peer_id BLOB PRIMARY KEY, reason TEXT NOT NULL, banned_at REAL NOT NULL, until REAL);
 """
@@ -209,11 +211,21 @@ class Database:
     # -- manifests -----------------------------------------------------------------------
 
     def put_manifest(self, manifest: Manifest) -> None:
-        """Store a (verified) manifest; one already stored is kept."""
+        """Store a (verified) manifest; one already stored is kept. A listed directory's row
+        holds its root, and its listing's id is recorded (the listing is a file beside)."""
+        cid = manifest.content_id.digest
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO manifests VALUES (?,?,?,?,?,?,?)",
-                       (manifest.content_id.digest, manifest.kind, manifest.name, manifest.total_size,
+                       (cid, manifest.kind, manifest.name, manifest.total_size,
                         manifest.chunk_count, manifest.publisher.key, manifest.encode()))
+            if manifest.listing is not None:
+                db.execute("INSERT OR IGNORE INTO listings VALUES (?,?)",
+                           (manifest.listing.content_id.digest, cid))
+
+    def listing_owner(self, listing_id: bytes) -> bytes | None:
+        """The listed directory whose listing has id ``listing_id``, or None."""
+        rows = self._query("SELECT content_id FROM listings WHERE listing_id=?", (listing_id,))
+        return bytes(rows[0][0]) if rows else None
 
     def manifest_data(self, cid: bytes) -> bytes | None:
         """The encoded manifest stored for ``cid``, or None."""

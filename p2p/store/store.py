@@ -18,8 +18,16 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..bitfield import bit_count, bitfield_new, full_bitfield
-from ..content import ContentId, FileEntry, FileInfo, Manifest
-from ..errors import ContentChanged, NotFound, StateDirLocked
+from ..content import ContentId, FileEntry, FileInfo, ListedRoot, Manifest, decode_manifest
+from ..durable import write_atomic
+from ..errors import (
+    ContentChanged,
+    DecodeError,
+    IntegrityError,
+    NotFound,
+    StateDirLocked,
+    UnsafePath,
+)
 from ..identity import PeerId
 from .chunks import ChunkMap
 from .database import Database, DownloadInfo, ShareInfo
@@ -30,6 +38,9 @@ __all__ = ["Store"]
 
 SHARE_FILE_BLOCK = 256
 """Share entries read from the database together (see :meth:`Store._share_file`)."""
+LISTINGS_DIR = "listings"
+"""Folder of the state directory holding listed directories' listings, one file per listing
+named by its id in hex (the database row holds the root)."""
 MAX_CACHED_SHARE_FILES = 65536
 """Share entries whose file is remembered for serving (a few MiB); past it the cache starts
 over, so memory stays bounded however many files are shared."""
@@ -74,9 +85,36 @@ class Store:
 
     # -- manifests -------------------------------------------------------------------
 
-    def put_manifest(self, manifest: Manifest) -> None:
-        """Store a (verified) manifest."""
+    def put_manifest(self, manifest: Manifest, listing: bytes | bytearray | None = None) -> None:
+        """Store a (verified) manifest. A listed directory's listing is written beside the
+        database first: ``listing`` when the caller has its bytes (a download that just
+        fetched them), else encoded again from the entries."""
+        if manifest.listing is not None:
+            self._write_listing(manifest, listing)
         self._db.put_manifest(manifest)
+
+    def _listing_path(self, listing: FileInfo) -> Path:
+        return self.state_dir / LISTINGS_DIR / listing.content_id.digest.hex()
+
+    def _write_listing(self, manifest: Manifest, listing: bytes | bytearray | None) -> None:
+        assert manifest.listing is not None
+        path = self._listing_path(manifest.listing)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == manifest.listing.size:
+                return  # written before (checked against its hashes whenever it is read)
+        write_atomic(path, manifest.encode_listing() if listing is None else listing, 0o644)
+
+    def stored_listing(self, root: ListedRoot) -> Manifest | None:
+        """The whole manifest of ``root`` if its listing is held here and matches its hashes
+        (a download that resumes needs not fetch it again), else None."""
+        try:
+            data = self._listing_path(root.listing).read_bytes()
+        except OSError:
+            return None
+        try:
+            return root.complete(data)
+        except (IntegrityError, DecodeError, UnsafePath):
+            return None  # damaged on disk: fetched again
 
     def get_manifest(self, content_id: ContentId | bytes) -> Manifest | None:
         """The stored manifest for an id, or None."""
@@ -89,7 +127,13 @@ class Store:
         data = self._db.manifest_data(cid)
         if data is None:
             return None, None
-        manifest = Manifest.decode(data)
+        decoded = decode_manifest(data)
+        if isinstance(decoded, ListedRoot):
+            manifest = self.stored_listing(decoded)
+            if manifest is None:
+                return None, None  # the listing is gone or damaged: as if never stored
+        else:
+            manifest = decoded
         pair = (manifest, ChunkMap(manifest))
         self._manifest_cache[cid] = pair
         return pair
@@ -117,7 +161,7 @@ class Store:
         """
         by_path = {entry.path: path for entry, path in files}
         recorded = [SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries]
-        self._db.put_manifest(manifest)
+        self.put_manifest(manifest)
         self._keep_manifest(manifest)
         with self._share_lock:
             self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
@@ -215,9 +259,20 @@ class Store:
             if not 0 <= index < info.chunk_count:
                 raise NotFound(f"chunk {index} is out of range")
             return self._read_shared(parent, file, info, index)
+        listed = self._served_listing(content_id)
+        if listed is not None:
+            return _read_listing(self._listing_path(listed), listed, index)
         if self._db.has_download(content_id):
             raise NotFound("that download is not running in this process")
         raise NotFound("content not held here")
+
+    def _served_listing(self, listing_id: bytes) -> FileInfo | None:
+        """The listing of a listed directory we serve (in full or as a running download)."""
+        owner = self._db.listing_owner(listing_id)
+        if owner is None or (owner not in self._active and not self.is_shared(owner)):
+            return None
+        manifest, _ = self._manifest_and_map(owner)
+        return None if manifest is None else manifest.listing
 
     def _read_shared(self, share: bytes, file: SharedFile, info: FileInfo, index: int) -> memoryview:
         data = file.read_chunk(info, index)
@@ -228,9 +283,11 @@ class Store:
 
     # -- downloads ---------------------------------------------------------------------
 
-    def open_download(self, manifest: Manifest, dest: Path, *,
+    def open_download(self, manifest: Manifest, dest: Path,
+                      listing: bytes | bytearray | None = None, *,
                       selected: Collection[int] | None = None) -> PartialDownload:
-        """Start or resume the download of a verified ``manifest`` into ``dest``.
+        """Start or resume the download of a verified ``manifest`` into ``dest`` (``listing``:
+        a listed directory's verified listing, see :meth:`put_manifest`).
 
         Takes an exclusive lock (:class:`StateDirLocked` if another process
         holds it). An existing partial download of the same content resumes
@@ -245,7 +302,7 @@ class Store:
         with self._lock:
             if cid in self._active:
                 raise StateDirLocked(f"{manifest.content_id} is already being downloaded")
-            self._db.put_manifest(manifest)
+            self.put_manifest(manifest, listing)
             self._keep_manifest(manifest)
             record = self._db.download_record(cid)
             _, cmap = self._chunk_map(cid)
@@ -333,6 +390,21 @@ class Store:
     def bans(self) -> list[tuple[PeerId, str, float, float | None]]:
         """Every ban: (peer, reason, since, until or None)."""
         return self._db.bans()
+
+
+def _read_listing(path: Path, listing: FileInfo, index: int) -> bytes:
+    """Chunk ``index`` of a listing file, checked against its hash (the file is ours, but a disk
+    can rot: a bad chunk is never served)."""
+    if not 0 <= index < listing.chunk_count:
+        raise NotFound(f"chunk {index} is out of range")
+    try:
+        with open(path, "rb", buffering=0) as f:
+            data = os.pread(f.fileno(), listing.chunk_length(index), listing.chunk_offset(index))
+    except OSError as exc:
+        raise NotFound(f"listing unreadable: {exc}") from None
+    if not listing.verify_chunk(index, data):
+        raise NotFound("listing damaged on disk")
+    return data
 
 
 def _raw(content_id: ContentId | bytes) -> bytes:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bitfield import bit_get, bit_indexes, bit_set, full_bitfield
-from ..content import MIN_CHUNK, ContentId, Manifest
+from ..content import MIN_CHUNK, ContentId, ListedRoot, Manifest, decode_manifest
 from ..content.select import Selection
 from ..errors import (
     DiskFull,
@@ -59,6 +59,7 @@ from ..tasks import TaskOwner
 from ..wire import messages as msg
 from ..wire.budget import FLOOD_BAN, Budget
 from ..wire.errors import ClosedByUs, ConnectionLost
+from .listing import ListingFetch
 from .scheduler import REQUEST_TIMEOUT, Scheduler
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,13 @@ class Download:
         self._clock: Clock = clock if clock is not None else self._loop.time
         self._tasks = TaskOwner(f"download {self.content_id.short()}", log)
         self.manifest: Manifest | None = None
+        self._listing_fetch: ListingFetch | None = None
+        """A listed directory's listing being fetched (its root verified, the manifest not yet whole)."""
+        self._listing_bytes: bytearray | None = None
+        """The fetched listing, handed to the store with the manifest."""
+        self._listing_at = 0.0
+        """When the listing fetch started or last verified a chunk (the manifest timeout counts
+        from it: a large listing on a slow link is not cut off while it moves)."""
         self.selection = options.selection
         """The files wanted now (see :meth:`select`)."""
         self._selected: list[int] | None = None
@@ -399,9 +407,12 @@ class Download:
             times.append(self._rediscover_at)
         scheduler = self.scheduler
         if self.manifest is None:
-            times.append(self._started + self.options.timeout)
+            times.append(max(self._started, self._listing_at) + self.options.timeout)
             if self._wrong_publisher_at is not None:
                 times.append(self._wrong_publisher_at + WRONG_PUBLISHER_GRACE)
+            fetch = self._listing_fetch
+            if fetch is not None and (expiry := fetch.next_deadline(REQUEST_TIMEOUT)) is not None:
+                times.append(expiry)
         elif scheduler is not None:
             requests = scheduler.next_deadline(REQUEST_TIMEOUT)
             if requests is not None:
@@ -482,7 +493,19 @@ class Download:
             self._fail(exc)
 
     def _check_manifest_deadline(self, now: float) -> None:
-        deadline = self._started + self.options.timeout
+        fetch = self._listing_fetch
+        if fetch is not None:
+            for peer, index in fetch.expire(now, REQUEST_TIMEOUT):
+                state = self._peers.get(peer)
+                if state is not None:
+                    state.outbox.put_nowait(msg.Cancel(fetch.listing_id, index))
+            self._ask_listing()
+        deadline = max(self._started, self._listing_at) + self.options.timeout
+        if fetch is not None and now >= deadline:
+            self._fail(NotFound(f"the listing of {self.content_id} did not come within "
+                                f"{self.options.timeout:g} s ({fetch.done}/"
+                                f"{fetch.root.listing.chunk_count} chunks from {fetch.peers} peers)"))
+            return
         wrong, wrong_at = self._wrong_publisher, self._wrong_publisher_at
         if wrong is not None and wrong_at is not None and \
                 (now >= wrong_at + WRONG_PUBLISHER_GRACE or now >= deadline):
@@ -732,6 +755,9 @@ class Download:
             self._alone_since = self._clock()
         if self.scheduler is not None:
             self.scheduler.remove_peer(peer)
+        if self._listing_fetch is not None:
+            self._listing_fetch.remove_peer(peer)
+            self._ask_listing()
         self._update()
         self.events.publish(PeerDropped(peer, reason))
 
@@ -749,6 +775,10 @@ class Download:
 
     def _changed_something(self, state: _Peer, message: msg.Message) -> bool:
         cid = self.content_id.digest
+        fetch = self._listing_fetch
+        if fetch is not None and isinstance(message, (msg.Data, msg.Reject)) \
+                and message.content_id == fetch.listing_id:
+            return self._on_listing_answer(state, fetch, message)
         match message:
             case msg.Data(content_id=c, index=index, payload=payload) if c == cid:
                 if index in state.speculative:
@@ -817,7 +847,7 @@ class Download:
 
     def _accept_manifest(self, state: _Peer, data: bytes) -> None:
         try:
-            manifest = Manifest.decode(data)
+            manifest = decode_manifest(data)
             manifest.verify(self.content_id, self.options.publisher)
         except WrongPublisher as exc:
             # A valid manifest for these bytes, signed by someone else: maybe another peer has
@@ -830,9 +860,72 @@ class Download:
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
             self._ban(state.peer, f"bad manifest: {exc}")
             return
+        if isinstance(manifest, ListedRoot):
+            self._accept_root(state, manifest)
+            return
+        self._have_manifest(manifest)
+
+    def _have_manifest(self, manifest: Manifest) -> None:
         self.manifest = manifest
+        self._listing_fetch = None
         self._on_manifest(manifest)
         self._manifest_ready.set()
+
+    # -- a listed directory's listing ---------------------------------------------------
+
+    def _accept_root(self, state: _Peer, root: ListedRoot) -> None:
+        """A verified root of a listed directory: its sender can serve the listing. The first
+        one starts the listing's fetch, unless the listing is held here already (a resume)."""
+        fetch = self._listing_fetch
+        if fetch is None:
+            stored = self.store.stored_listing(root)
+            if stored is not None:
+                self._have_manifest(stored)
+                return
+            self._listing_fetch = fetch = ListingFetch(root)
+            self._listing_at = self._clock()
+        fetch.add_peer(state.peer)
+        self._ask_listing()
+
+    def _ask_listing(self) -> None:
+        fetch = self._listing_fetch
+        if fetch is None:
+            return
+        for peer, index in fetch.plan(self._clock()):
+            self._peers[peer].outbox.put_nowait(msg.Request(fetch.listing_id, index))
+        self._arm()
+
+    def _on_listing_answer(self, state: _Peer, fetch: ListingFetch, message: msg.Data | msg.Reject) -> bool:
+        if isinstance(message, msg.Reject):
+            if not fetch.on_reject(state.peer, message.index):
+                return False
+            self._ask_listing()
+            return True
+        verified = fetch.on_data(state.peer, message.index, message.payload)
+        if verified is None:
+            return False  # not asked: charged as any unrequested Data
+        if not verified:
+            self._ban(state.peer, "sent a listing chunk that fails verification")
+            return True
+        self._listing_at = self._clock()
+        if fetch.complete:
+            self._listing_fetch = None  # later answers are unrequested
+            self._spawn(self._complete_listing(fetch), "listing")
+        else:
+            self._ask_listing()
+        return True
+
+    async def _complete_listing(self, fetch: ListingFetch) -> None:
+        """Decode the verified listing (off the event loop: a million entries take seconds).
+        A listing that matches the signed hashes but breaks the entry rules was made that way
+        by its publisher: every peer would send the same bytes, so the download fails."""
+        try:
+            manifest = await self._loop.run_in_executor(self._pool, fetch.root.complete, fetch.buffer)
+        except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
+            self._fail(type(exc)(f"the listing of {self.content_id} is refused: {exc}"))
+            return
+        self._listing_bytes = fetch.buffer
+        self._have_manifest(manifest)
 
     async def _start_transfer(self) -> None:
         manifest = self.manifest
@@ -845,7 +938,9 @@ class Download:
             # does not exist is the destination itself.
             dest = dest / manifest.name
         self._selected = None if self.selection.everything else self.selection.check(manifest)
-        self.partial = self.store.open_download(manifest, dest, selected=self._selected)
+        self.partial = self.store.open_download(manifest, dest, self._listing_bytes,
+                                                selected=self._selected)
+        self._listing_bytes = None
         recovered = []
         if self.partial.resumed:
             recovered = await self._loop.run_in_executor(self._pool, self.partial.recover)

@@ -39,8 +39,9 @@ MAX_CHUNK = content.MAX_CHUNK
 """Largest chunk size a manifest may choose; a Data payload is one whole chunk."""
 MAX_MANIFEST = content.MAX_MANIFEST_BYTES
 """Largest encoded signed manifest carried in a Manifest message."""
-MAX_CHUNK_COUNT = content.MAX_TOTAL_CHUNKS
-"""A manifest of at most MAX_MANIFEST bytes cannot list more chunk hashes than this."""
+MAX_CHUNK_COUNT = max(content.MAX_TOTAL_CHUNKS, content.MAX_LISTED_CHUNKS)
+"""The most chunks a content has (a listed directory's limit; a version 1 manifest of at most
+MAX_MANIFEST bytes lists fewer): a Bitfield is at most a 2 MiB body."""
 MAX_INDEX = 0xFFFF_FFFF
 """Chunk indexes travel as u32."""
 MAX_ADDRS = 16

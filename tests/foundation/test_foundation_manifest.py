@@ -312,7 +312,7 @@ def test_unsafe_entry_paths(path: str) -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        pytest.param(_raw(version=2), "unsupported manifest version", id="version"),
+        pytest.param(_raw(version=3), "unsupported manifest version", id="version"),
         pytest.param(_raw(kind="link"), "unknown manifest kind", id="kind"),
         pytest.param(_raw(kind="file", name="b"), "exactly one entry", id="file-name-mismatch"),
         pytest.param(_raw(kind="file", name="a", entries=[["a", 0, 65536, b""]] * 2), "exactly one",

@@ -263,7 +263,7 @@ async def test_queued_bitfield_counts_at_its_size_and_pauses_reading() -> None:
     proto = WireProtocol(b, max_receive_queue=8 * 1024)
     proto.connection_made(transport)
     count = MAX_CHUNK_COUNT
-    bits = b"\xff" * (count // 8)  # 16 KiB of bits, the largest Bitfield there is
+    bits = b"\xff" * (count // 8)  # 2 MiB of bits, the largest Bitfield there is
     a.send(Bitfield(CID, count, bits))
     feed(proto, a.data_to_send())
     assert list(proto.queue) == [Bitfield(CID, count, bits)]
