@@ -200,8 +200,8 @@ class Selection:
                 raise BadInput(f"{manifest.name} has no file {unknown[0]!r}")
         picked = self.entries(manifest)
         if not picked and manifest.entries:
-            raise BadInput(f"the selection matches no file of {manifest.name}: every file "
-                           "that --include picks is excluded")
+            raise BadInput(f"the selection ({self.describe()}) matches no file of "
+                           f"{manifest.name}: every file it picks is excluded")
         return picked
 
     def describe(self) -> str:

@@ -113,8 +113,11 @@ def test_check_names_the_include_that_matches_nothing() -> None:
     assert Selection(("docs/**",)).check(manifest) == [1]
     with pytest.raises(BadInput, match=r"--include '\*\.jpg' matches no file of album"):
         Selection(("docs/**", "*.jpg")).check(manifest)
-    with pytest.raises(BadInput, match="matches no file of album"):
+    with pytest.raises(BadInput, match=r"\(--include a.txt --exclude \*\) matches no file of "
+                                        "album: every file it picks is excluded"):
         Selection(("a.txt",), ("*",)).check(manifest)
+    with pytest.raises(BadInput, match=r"\(--exclude \*\*\) matches no file"):
+        Selection(exclude=("**",)).check(manifest)
     with pytest.raises(BadInput, match="has no file 'nope'"):
         Selection.of_paths(["nope"]).check(manifest)
 
