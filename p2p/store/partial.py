@@ -22,8 +22,9 @@ first chunk is written (:meth:`PartialDownload.finalize` creates the empty ones)
 Some files of a folder (:attr:`PartialDownload.selected`): only their chunks are written, so
 no other file is created or preallocated, and :meth:`~PartialDownload.finalize` puts the
 folder in place once they are whole, recorded as ``selected`` (not a share: the rest is
-missing). A later fetch of more of it moves the folder back to its partial name and checks
-the files there again (:meth:`Store.open_download <p2p.store.Store.open_download>`).
+missing); a file unticked before it was whole waits in the partial folder. A later fetch of
+more of it gathers both back under the partial name and checks every file again
+(:meth:`Store.open_download <p2p.store.Store.open_download>`).
 
 A download holds an exclusive ``flock`` on its partial file, so a second process fetching
 the same content gets :class:`~p2p.errors.StateDirLocked` instead of corrupting it.
@@ -43,9 +44,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..bitfield import bit_count, bit_get, bit_set
-from ..content import ContentId, Manifest, open_under
+from ..content import ContentId, Manifest, check_relative_path, open_under
 from ..durable import fsync_dir, sync_filesystem
-from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
+from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError, UnsafePath
 from .chunks import ChunkMap
 from .descriptors import DescriptorCache
 from .directio import DirectWriter
@@ -53,7 +54,7 @@ from .directio import DirectWriter
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["PARTIAL_SUFFIX", "PREALLOCATE_MARGIN", "PartialDownload", "ignore_sigxfsz", "seal"]
+__all__ = ["PARTIAL_SUFFIX", "PREALLOCATE_MARGIN", "PartialDownload", "ignore_sigxfsz", "move_between", "seal"]
 
 PARTIAL_SUFFIX = ".p2p-partial"
 """Appended to a download's destination name while it is being written."""
@@ -363,9 +364,11 @@ class PartialDownload:
 
         With a selection, the folder put in place holds the selected files and any other
         file already whole (an earlier, wider selection's); a file neither selected nor whole
-        (unticked while it downloaded) is deleted and its chunks forgotten, so no torn file
-        lands at the destination. Unless that leaves every file whole, the download is
-        recorded as ``selected`` and not served (a share is whole content).
+        (unticked while it downloaded) is kept aside, in a partial folder of its own at
+        :attr:`partial_path`, so no torn file lands at the destination and no verified chunk
+        is lost. Unless every file is whole, the download is recorded as ``selected`` before
+        anything moves (a crash in between resumes from wherever the files are) and is not
+        served (a share is whole content).
 
         Raises :class:`~p2p.errors.StoreError` if the destination exists already.
         """
@@ -374,10 +377,15 @@ class PartialDownload:
                 raise StoreError("finalize() before every chunk is held")
             while self._users:  # a duplicate end-game copy still being written, a read, a sync
                 self._life.wait()
+            if self.dest.exists():
+                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
+            aside: list[str] = []
             for i, entry in enumerate(self.manifest.entries):
                 if self.selected is not None and i not in self.selected:
-                    self._settle_unselected(i)
-                    continue
+                    if entry.info.size and not self._entry_whole(i) and \
+                            _exists_under(self._lock_fd, entry.path):
+                        aside.append(entry.path)
+                    continue  # whole: it comes along; empty or never written: absent
                 if self.manifest.kind == "dir" and entry.info.size:
                     with contextlib.suppress(OSError):  # most files are whole: no need to open them
                         if os.stat(entry.path, dir_fd=self._lock_fd, follow_symlinks=False).st_size == entry.info.size:
@@ -385,34 +393,22 @@ class PartialDownload:
                 with self._files.use(i, create=True) as file:  # empty files are created here
                     if os.fstat(file.fd).st_size != entry.info.size:
                         os.ftruncate(file.fd, entry.info.size)  # short writes
-            if self.dest.exists():
-                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
             whole = self.complete
             if not whole:
-                self._files.close()  # what was deleted must not stay open
-                fsync_dir(self.partial_path)  # the deletions before the record that forgets them
+                self.store._save_bits(self.content_id.digest, bytes(self.bits), "selected")
+                self._files.close()  # files set aside must not stay open under their old names
             os.rename(self.partial_path, self.dest)
-            self.store._save_bits(self.content_id.digest, bytes(self.bits),
-                                  "complete" if whole else "selected")
+            if aside:
+                self.partial_path.mkdir()
+                move_between(self.dest, self.partial_path, aside)
+            if whole:
+                self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
             self.close()
         if whole:
             files = [(entry, self.dest if self.manifest.kind == "file" else self.dest / entry.path)
                      for entry in self.manifest.entries]
             self.store.add_share(self.manifest, files, root=self.dest, origin="downloaded")
         return self.dest
-
-    def _settle_unselected(self, entry: int) -> None:
-        """An unselected file at finalize: kept if whole and not empty, else deleted (its
-        chunks forgotten)."""
-        info = self.manifest.entries[entry].info
-        if info.size and self._entry_whole(entry):
-            return
-        path = self.manifest.entries[entry].path
-        start = self.chunk_map.starts[entry]
-        with self._bits_lock:
-            for index in range(start, start + info.chunk_count):
-                self.bits[index >> 3] &= ~(0x80 >> (index & 7)) & 0xFF  # bit_set's layout
-        _unlink_under(self._lock_fd, path)
 
     def close(self) -> None:
         """Release files and the lock (progress stays recorded). Idempotent; waits for writes in progress."""
@@ -428,6 +424,65 @@ class PartialDownload:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def move_between(src: Path, dst: Path, paths: list[str]) -> None:
+    """Move each file of ``paths`` (relative) from under the folder ``src`` to the same place
+    under the folder ``dst`` (folders made as needed; a file already at ``dst`` stays where
+    it is), then remove the folders left empty in ``src``. No symlink is followed on either
+    side. Both folders are synced before it returns."""
+    src_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dst_fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for rel in paths:
+                _move_one(src_fd, dst_fd, rel)
+            os.fsync(dst_fd)
+            os.fsync(src_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _move_one(src_fd: int, dst_fd: int, relpath: str) -> None:
+    parts = check_relative_path(relpath)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    src_dirs = [src_fd]  # src_dirs[k] is the folder holding parts[k]
+    dst_dir = dst_fd
+    try:
+        for part in parts[:-1]:
+            try:
+                src_dirs.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow,
+                                        dir_fd=src_dirs[-1]))
+            except OSError:
+                return  # not there (or a link, not ours to follow): nothing to move
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=dst_dir)
+            try:
+                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dst_dir)
+            except OSError as exc:
+                raise UnsafePath(f"{part!r} is a link or not a folder; not moving {relpath!r} "
+                                 f"through it ({exc.strerror})") from None
+            if dst_dir != dst_fd:
+                os.close(dst_dir)
+            dst_dir = nextfd
+        try:
+            os.stat(parts[-1], dir_fd=dst_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(parts[-1], parts[-1], src_dir_fd=src_dirs[-1], dst_dir_fd=dst_dir)
+        for depth in range(len(parts) - 2, -1, -1):
+            try:
+                os.rmdir(parts[depth], dir_fd=src_dirs[depth])
+            except OSError:
+                break  # not empty (other files stay), or gone
+    finally:
+        for fd in src_dirs[1:]:
+            os.close(fd)
+        if dst_dir != dst_fd:
+            os.close(dst_dir)
 
 
 def _exists_under(root_fd: int, relpath: str) -> bool:
@@ -453,31 +508,6 @@ def _exists_under(root_fd: int, relpath: str) -> bool:
     finally:
         if dirfd != root_fd:
             os.close(dirfd)
-
-
-def _unlink_under(root_fd: int, relpath: str) -> None:
-    """Delete the file ``relpath`` under the folder open as ``root_fd`` if it is there, and the
-    folders it leaves empty, never following a symlink on the way (a planted link cannot turn
-    this into a deletion elsewhere)."""
-    parts = relpath.split("/")
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    fds = [root_fd]  # fds[k] is the folder holding parts[k]
-    try:
-        for part in parts[:-1]:
-            try:
-                fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fds[-1]))
-            except OSError:
-                return  # missing, a link or not a folder: nothing of ours to delete there
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(parts[-1], dir_fd=fds[-1])  # unlink never follows a link at the last component
-        for depth in range(len(parts) - 2, -1, -1):
-            try:
-                os.rmdir(parts[depth], dir_fd=fds[depth])
-            except OSError:
-                break  # not empty (other files of it are kept), or gone
-    finally:
-        for fd in fds[1:]:
-            os.close(fd)
 
 
 def seal(path: Path) -> None:

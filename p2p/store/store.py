@@ -26,12 +26,13 @@ from ..errors import (
     IntegrityError,
     NotFound,
     StateDirLocked,
+    StoreError,
     UnsafePath,
 )
 from ..identity import PeerId
 from .chunks import ChunkMap
 from .database import Database, DownloadInfo, ShareInfo
-from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz
+from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz, move_between
 from .serving import SharedFile
 
 __all__ = ["Store"]
@@ -306,12 +307,13 @@ class Store:
             self._keep_manifest(manifest)
             record = self._db.download_record(cid)
             _, cmap = self._chunk_map(cid)
-            if record is not None and record[1].exists():
+            if record is not None and self._was_selected(cid):
+                dest, partial_path, _ = record
+                self._gather_selection(manifest, dest, partial_path)
+                bits = bitfield_new(cmap.count)  # recover() finds what is there, checked
+            elif record is not None and record[1].exists():
                 dest, partial_path, recorded = record
                 bits = bytearray(recorded)
-            elif record is not None and self._placed_selection(cid, record[0], record[1]):
-                dest, partial_path, _ = record
-                bits = bitfield_new(cmap.count)  # recover() finds what is there, checked
             else:
                 dest = Path(dest).resolve()
                 partial_path = dest.with_name(dest.name + PARTIAL_SUFFIX)
@@ -322,14 +324,26 @@ class Store:
             self._active[cid] = partial
             return partial
 
-    def _placed_selection(self, cid: bytes, dest: Path, partial_path: Path) -> bool:
-        """The download ``cid`` put its selected files at ``dest`` earlier: move them back to
-        ``partial_path`` (True), to be completed there. False when there is nothing to resume."""
+    def _was_selected(self, cid: bytes) -> bool:
         info = next(iter(self._db.downloads(cid)), None)
-        if info is None or info.state != "selected" or not dest.is_dir() or dest.is_symlink():
-            return False
+        return info is not None and info.state == "selected"
+
+    @staticmethod
+    def _gather_selection(manifest: Manifest, dest: Path, partial_path: Path) -> None:
+        """A download that put its selected files at ``dest`` (the rest, if any, waiting in
+        ``partial_path``) resumes: everything goes back under ``partial_path``. Whatever is
+        missing (the person deleted the folder, a crash came between the record and the
+        moves) is simply not there; the caller's recover() checks what is."""
+        if not dest.is_dir() or dest.is_symlink():
+            return
+        if partial_path.exists():
+            move_between(partial_path, dest, [e.path for e in manifest.entries])
+            try:
+                partial_path.rmdir()
+            except OSError as exc:
+                raise StoreError(f"cannot resume into {partial_path}: it holds files that are "
+                                 f"not this download's ({exc.strerror})") from None
         os.rename(dest, partial_path)
-        return True
 
     def _save_bits(self, cid: bytes, bits: bytes, state: str, error: str | None = None) -> None:
         """Record a running download's bitfield (called by its :class:`PartialDownload`)."""

@@ -48,37 +48,65 @@ def test_selected_files_alone_are_put_in_place_and_a_wider_download_reuses_them(
         for i in wanted:
             partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
         # A chunk of a file that is not selected (unticked while in flight): not whole, so it
-        # must not land at the destination as a torn file.
+        # must not land at the destination as a torn file, nor be lost.
         [c_entry] = [i for i, e in enumerate(manifest.entries) if e.path == "c/d/e.txt"]
         stray = partial.chunk_map.chunks_of([c_entry])[0]
         partial.write_chunk(stray, chunk_bytes(partial.chunk_map, src, stray))
+        partial.commit()
         assert partial.selection_complete and not partial.complete
         assert not (partial.partial_path / "b.bin").exists()  # never created
         assert partial.finalize() == dest.resolve()
         assert files_under(dest) == {"a/big.bin": CONTENT["a/big.bin"], "a/empty": b""}
         assert not (dest / "c").exists() and not (dest / "b.bin").exists()
+        # The torn file waits aside, in the partial folder, alone.
+        assert set(files_under(partial.partial_path)) == {"c/d/e.txt"}
         [info] = store.downloads()
         assert info.state == "selected" and info.dest == dest.resolve()
         _, bits = store.recorded_bitfield(manifest.content_id)
-        assert set_bits(bits) == set(wanted)  # the stray chunk is forgotten with its file
+        assert set_bits(bits) == {*wanted, stray}
         assert store.shares() == []  # some files only: not served as the content
 
-    # A later run wants everything: the files in place go back to the partial folder,
-    # are checked again, and only the rest is written.
+    # A later run wants everything: the files in place and the one set aside go back to the
+    # partial folder, are checked again, and only the rest is written.
     with Store(tmp_path / "state") as store:
         partial = store.open_download(manifest, tmp_path / "ignored")
         assert partial.dest == dest.resolve() and partial.resumed and not dest.exists()
-        assert sorted(partial.recover()) == wanted  # verified again, not trusted blindly
+        assert sorted(partial.recover()) == sorted([*wanted, stray])  # checked, not trusted
         missing = [i for i in range(partial.chunk_map.count) if not partial.has(i)]
-        assert set(missing).isdisjoint(wanted)
+        assert set(missing).isdisjoint([*wanted, stray])
         for i in missing:
             partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
         partial.finalize()
         assert files_under(dest) == CONTENT
+        assert not partial.partial_path.exists()
         [info] = store.downloads()
         assert info.state == "complete"
         [share] = store.shares()
         assert share.root == dest.resolve()
+
+
+def test_a_selection_whose_folder_was_deleted_resumes_from_what_is_left(
+        tmp_path: Path, folder: tuple[Path, Manifest]) -> None:
+    """The record says the selected files are in place, but the person deleted them: nothing
+    recorded is trusted, the set-aside file is found again, the rest is fetched."""
+    src, manifest = folder
+    dest = tmp_path / "dl" / "photos"
+    picked = Selection(include=("z.txt",)).check(manifest)
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest, selected=picked)
+        for i in partial.chunk_map.chunks_of(picked):
+            partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
+        [b_entry] = [i for i, e in enumerate(manifest.entries) if e.path == "b.bin"]
+        b0 = partial.chunk_map.chunks_of([b_entry])[0]
+        partial.write_chunk(b0, chunk_bytes(partial.chunk_map, src, b0))
+        partial.finalize()
+    (dest / "z.txt").unlink()
+    dest.rmdir()
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest)
+        assert set_bits(bytes(partial.bits)) == set()  # the record is not taken on trust
+        assert partial.recover() == [b0]
+        partial.close()
 
 
 def test_a_file_changed_in_place_is_fetched_again_not_trusted(
