@@ -220,6 +220,8 @@ class Download:
         """The files wanted now (see :meth:`select`)."""
         self._selected: list[int] | None = None
         """The entries :attr:`selection` picks (None: every one), once the manifest is in."""
+        self._selected_size = 0
+        """Bytes of those entries (summed once per selection, not per progress event)."""
         self.partial: PartialDownload | None = None
         self.scheduler: Scheduler | None = None
         self._peers: dict[PeerId, _Peer] = {}
@@ -331,7 +333,8 @@ class Download:
             self.selection = selection
             return
         entries = None if selection.everything else selection.check(manifest)
-        self.selection, self._selected = selection, entries
+        self.selection = selection
+        self._set_selected(entries)
         scheduler, partial = self.scheduler, self.partial
         if scheduler is None or partial is None or self._finished.is_set():
             return  # the transfer starts (or ended) with it
@@ -937,7 +940,7 @@ class Download:
             # An existing folder: the file or folder lands inside it, as OUT/NAME; a path that
             # does not exist is the destination itself.
             dest = dest / manifest.name
-        self._selected = None if self.selection.everything else self.selection.check(manifest)
+        self._set_selected(None if self.selection.everything else self.selection.check(manifest))
         self.partial = self.store.open_download(manifest, dest, self._listing_bytes,
                                                 selected=self._selected)
         self._listing_bytes = None
@@ -1135,14 +1138,16 @@ class Download:
             return
         self._arm()  # the next record may be due
 
+    def _set_selected(self, entries: list[int] | None) -> None:
+        manifest = self.manifest
+        assert manifest is not None
+        self._selected = entries
+        self._selected_size = manifest.total_size if entries is None else \
+            sum(manifest.entries[i].info.size for i in entries)
+
     def selected_size(self) -> int:
         """Bytes of the files wanted (all of them with no selection; 0 before the manifest)."""
-        manifest = self.manifest
-        if manifest is None:
-            return 0
-        if self._selected is None:
-            return manifest.total_size
-        return sum(manifest.entries[i].info.size for i in self._selected)
+        return 0 if self.manifest is None else self._selected_size
 
     def _bytes_done(self) -> int:
         scheduler = self.scheduler
