@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from p2p.content import manifest as manifest_module
+from p2p.content.manifest import LISTED_FORMAT_VERSION
 from p2p.content.select import Selection
 from p2p.errors import BadInput
 from p2p.events import ChunkUploaded, DownloadStarted, Event
@@ -169,3 +171,25 @@ async def test_a_file_of_a_folder_is_streamed_alone(tmp_path: Path) -> None:
     assert bytes(out) == (src / "docs/deep/b.bin").read_bytes()
     assert sorted(sent) == sorted(chunks_of(seed, cid, {"docs/deep/b.bin"}))
     assert files_under(result.path) == {"docs/deep/b.bin": bytes(out)}
+
+
+async def test_some_files_of_a_listed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder too large for one manifest (its listing fetched in chunks): the globs pick from
+    the listing's paths, and only those files' chunks are sent."""
+    monkeypatch.setattr(manifest_module, "INLINE_ENTRIES_MAX_BYTES", 1024)
+    src = tmp_path / "src" / "many"
+    for i in range(400):
+        make_file(src / f"d{i % 4}" / f"f{i:03d}.bin", 1000 + i, seed=i + 1)
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(src)
+        manifest = seed._store.get_manifest(shared.content_id)
+        assert manifest is not None and manifest.version == LISTED_FORMAT_VERSION
+        cid = shared.content_id
+        with seed.events.subscribed() as up:
+            result = await dl.fetch(cid, tmp_path / "out", peers=[seed.listen_address()],
+                                    selection=Selection(include=("d1/**",), exclude=("**/f0*",)))
+            sent = uploaded(drain(up), cid.digest)
+    picked = {p.relative_to(src).as_posix() for p in src.glob("d1/*") if not p.name.startswith("f0")}
+    assert len(picked) == 100 - 25
+    assert files_under(result.path) == {rel: (src / rel).read_bytes() for rel in picked}
+    assert sorted(sent) == sorted(chunks_of(seed, cid, picked))
