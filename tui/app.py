@@ -658,6 +658,18 @@ class P2PApp(App[None]):
         ticked: frozenset[str] | None = None
         if download is not None and download.selected_paths is not None:
             ticked = frozenset(download.selected_paths)
+        elif download is None:
+            info = node.library.download(cid)
+            if info is not None and info.state == "selected":
+                # Stopped with some files in place: those are ticked (the rest is to pick).
+                held = set(node.library.held_chunks(cid)[1])
+                first, whole = 0, set()
+                for entry in manifest.entries:
+                    count = entry.info.chunk_count
+                    if count and all(i in held for i in range(first, first + count)):
+                        whole.add(entry.path)
+                    first += count
+                ticked = frozenset(whole)
 
         def picked(paths: frozenset[str] | None) -> None:
             if paths is not None:

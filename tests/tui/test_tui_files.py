@@ -91,6 +91,23 @@ async def test_files_ticked_during_a_download_change_what_it_fetches(
                 assert info is not None
                 assert files_under(info.dest) == {rel: (src / rel).read_bytes()
                                                   for rel in ("docs/a.txt", "top.bin")}
+
+                # Stopped with two files in place: the picker ticks those; ticking the rest
+                # resumes the download, which completes the folder.
+                await wait_until(pilot, lambda: cid not in app.node.downloading() if app.node else False)
+                await pilot.press("t")
+                await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen))
+                listing = app.screen.query_one("#files-list", SelectionList)
+                assert set(listing.selected) == {"docs/a.txt", "top.bin"}
+                assert app.screen.query_one("#files-ok", Button).label.plain == "Fetch"
+                await pilot.click("#files-all")
+                await pilot.click("#files-ok")
+
+                def whole() -> bool:
+                    done = app.node.library.download(cid) if app.node else None
+                    return done is not None and done.state == "complete"
+                await wait_until(pilot, whole, seconds=30)
+                assert files_under(info.dest) == files_under(src)
         finally:
             release.set()
 
