@@ -241,6 +241,13 @@ class P2PApp(App[None]):
         yield Footer()
 
     @property
+    def views_gone(self) -> bool:
+        """Shutting down: the views are gone (or going). Messages still queued then (a batch
+        of node events, a snapshot) are dropped: Textual delivers them after it removed the
+        widgets and stopped running."""
+        return not self.screen_stack or not self.is_running
+
+    @property
     def main(self) -> Screen[Any]:
         """The screen holding the views (modal dialogs may sit above it)."""
         return self.screen_stack[0]
@@ -305,7 +312,7 @@ class P2PApp(App[None]):
             self.post_message(NodeEvents(coalesce(batch)))
 
     def on_node_ready(self, _: NodeReady) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         node = self.node
         assert node is not None
@@ -319,7 +326,7 @@ class P2PApp(App[None]):
 
     def on_node_failed(self, message: NodeFailed) -> None:
         self.failed = message.error
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         reason = describe_error(message.error)
         self.main.query_one("#status", Static).update(f"the node could not start: {reason}")
@@ -347,7 +354,7 @@ class P2PApp(App[None]):
     # -- node events ---------------------------------------------------------------------------
 
     def on_node_events(self, message: NodeEvents) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         transfers_changed = peers_changed = library_changed = False
         for event in message.events:
@@ -373,13 +380,13 @@ class P2PApp(App[None]):
 
     def log_line(self, level: str, message: str) -> None:
         """Add a line to the log view."""
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.main.query_one(LogView).add(LogEntry(self.clock(), level, message))
 
     def push_transfers(self) -> None:
         """Send the transfers' rows and the selected chunk map down to the view."""
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         view = self.main.query_one(TransfersView)
         view.rows = tuple(self.transfers.rows())
@@ -387,7 +394,7 @@ class P2PApp(App[None]):
 
     @on(TransfersView.Selected)
     def _transfer_selected(self, message: TransfersView.Selected) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.main.query_one(TransfersView).chunk_map = self.transfers.chunk_map(message.content_id)
 
@@ -419,7 +426,7 @@ class P2PApp(App[None]):
                                        dht, running, held))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         for cid, (count, held) in snap.held.items():
             self.transfers.set_held(cid, count, held)
@@ -469,7 +476,7 @@ class P2PApp(App[None]):
         self.post_message(ProvidersFound(cid, count))
 
     def on_providers_found(self, message: ProvidersFound) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.providers[message.content_id] = message.count
         self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
