@@ -243,7 +243,9 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
                              "the rest was not fetched (the same fetch without --include/--exclude "
                              "completes it, reusing these)")
         if args.seed:
-            run.out.note("seeding; Ctrl-C to stop")
+            run.out.note("seeding; Ctrl-C to stop" if result.complete else
+                         "seeding the library; these files are not served (only whole content "
+                         "is); Ctrl-C to stop")
             await serve_until_signalled(run, node)
     return 0
 
