@@ -256,6 +256,8 @@ class Download:
         """Set when the download stops: every chunk held, failed, or (in run's cleanup) paused."""
         self._fatal: Exception | None = None
         self._wrong_publisher: WrongPublisher | None = None
+        self._bad_manifests: list[str] = []
+        """Why each peer banned for its manifest was (the error, if no valid one comes)."""
         self._wrong_publisher_at: float | None = None
         # Time: one armed timer, and the deadlines it is armed from.
         self._timer: asyncio.TimerHandle | None = None
@@ -513,6 +515,12 @@ class Download:
         if wrong is not None and wrong_at is not None and \
                 (now >= wrong_at + WRONG_PUBLISHER_GRACE or now >= deadline):
             self._fail(wrong)
+        elif now >= deadline and self._bad_manifests:
+            count = len(self._bad_manifests)
+            self._fail(IntegrityError(
+                f"no valid manifest of {self.content_id} within {self.options.timeout:g} s: "
+                f"{_peers(count)} sent one that is refused and {'was' if count == 1 else 'were'} "
+                f"banned ({self._bad_manifests[-1]})"))
         elif now >= deadline:
             self._fail(NotFound(f"no peer provided {self.content_id} within {self.options.timeout:g} s"))
 
@@ -861,6 +869,7 @@ class Download:
                 self._arm()
             return
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
+            self._bad_manifests.append(str(exc))
             self._ban(state.peer, f"bad manifest: {exc}")
             return
         if isinstance(manifest, ListedRoot):
@@ -925,7 +934,7 @@ class Download:
         try:
             manifest = await self._loop.run_in_executor(self._pool, fetch.root.complete, fetch.buffer)
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
-            self._fail(type(exc)(f"the listing of {self.content_id} is refused: {exc}"))
+            self._fail(IntegrityError(f"the listing of {self.content_id} is refused: {exc}"))
             return
         self._listing_bytes = fetch.buffer
         self._have_manifest(manifest)

@@ -1234,3 +1234,77 @@ async def put_crowd(content_id: bytes, records: list[bytes], entry: tuple[str, i
                 for i in range(0, len(replies), per_node)]
     finally:
         sock.close()
+
+
+def _entry_row(path: str, payload: bytes) -> list[Any]:
+    """A manifest entry of a file of at most one 64 KiB chunk."""
+    assert len(payload) <= 64 * KiB
+    return [path, len(payload), 64 * KiB, blake3.blake3(payload).digest() if payload else b""]
+
+
+def file_id(size: int, chunk_size: int, hashes: bytes) -> bytes:
+    """BLAKE3 of ``pack([1, "file", size, chunk_size, hashes])``."""
+    return blake3.blake3(pack([1, "file", size, chunk_size, hashes])).digest()
+
+
+class FolderProvider:
+    """Serves a folder of small files (each at most one chunk) in either content format, as
+    docs/PROTOCOL.md describes them: ``form="v1"`` one manifest, ``form="listed"`` a root and a
+    listing asked in chunks under the listing's file id. ``rows`` replaces the entries (what a
+    hostile publisher signs: the id is computed over them, so it matches); chunks are served
+    for the honest ``files`` only. Requests seen are kept in :attr:`requests` as (id, index).
+    """
+
+    def __init__(self, files: Sequence[tuple[str, bytes]], identity: Identity, form: str,
+                 name: str = "folder", rows: list[list[Any]] | None = None) -> None:
+        self.identity = identity
+        self.files = sorted(files)
+        self.rows = rows if rows is not None else [_entry_row(p, b) for p, b in self.files]
+        self.chunks = [payload for _, payload in self.files if payload]  # chunk i: i-th non-empty file
+        self.requests: list[tuple[bytes, int]] = []
+        self.listing_id = b""
+        self.listing = b""
+        self.listing_chunk = 0
+        if form == "v1":
+            listing = [[row[0], file_id(row[1], row[2], row[3]), row[1]] for row in self.rows]
+            self.content_id = blake3.blake3(pack([1, "dir", listing])).digest()
+            body: list[Any] = [1, "dir", name, self.rows, identity.public_key]
+        else:
+            self.listing = pack(self.rows)
+            size = len(self.listing)
+            self.listing_chunk = chunk_size_for(size)
+            hashes = b"".join(blake3.blake3(self.listing[o:o + self.listing_chunk]).digest()
+                              for o in range(0, size, self.listing_chunk))
+            self.listing_id = file_id(size, self.listing_chunk, hashes)
+            self.content_id = blake3.blake3(pack([2, "dir", self.listing_id])).digest()
+            body = [2, "dir", name, [size, self.listing_chunk, hashes], identity.public_key]
+        self.manifest = pack([*body, identity.sign(MANIFEST_TAG + pack(body))])
+
+    def answer(self, session: Session, message: Message) -> None:
+        cid = self.content_id
+        match message.type:
+            case 2:  # GetManifest
+                asked = message.fields[0]
+                session.write(manifest(asked, self.manifest if asked == cid else None))
+            case 4:  # GetBitfield
+                asked = message.fields[0]
+                session.write(bitfield(asked, len(self.chunks) if asked == cid else 0,
+                                       None if asked == cid else []))
+            case 7:  # Request
+                asked, index = message.fields
+                self.requests.append((asked, index))
+                if asked == self.listing_id and index * self.listing_chunk < len(self.listing):
+                    offset = index * self.listing_chunk
+                    session.write(data(asked, index, self.listing[offset:offset + self.listing_chunk]))
+                elif asked == cid and index < len(self.chunks):
+                    session.write(data(cid, index, self.chunks[index]))
+                else:
+                    session.write(reject(asked, index, NOT_HELD))
+            case 11:  # Ping
+                session.write(pong(message.fields[0]))
+
+    async def __call__(self, session: Session) -> None:
+        """Listener handler: answer until the far end closes."""
+        while True:
+            self.answer(session, await session.receive())
+            await session.writer.drain()

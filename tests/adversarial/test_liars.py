@@ -22,7 +22,7 @@ T = 60
 
 
 @contextlib.asynccontextmanager
-async def serving(provider: h.Provider, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+async def serving(provider: h.Provider | h.FolderProvider, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
     """``provider`` listening on ``host``; yields its address."""
     listener = h.Listener(provider.identity, provider)
     try:
