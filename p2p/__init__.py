@@ -12,6 +12,7 @@ Test doubles for code built on this library live in :mod:`p2p.testing`.
 
 from .address import Address, format_address, parse_address
 from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
+from .content.select import Selection
 from .dht import ChannelRecord
 from .errors import (
     AlreadyDownloading,
@@ -125,6 +126,7 @@ __all__ = [
     "PeerId",
     "PeerInfo",
     "RemoteProtocolError",
+    "Selection",
     "Settings",
     "ShareInfo",
     "ShareResult",

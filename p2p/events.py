@@ -66,6 +66,12 @@ class DownloadStarted(Event):
     held: int
     """Chunks already held (a resumed download)."""
     held_indexes: tuple[int, ...] = ()
+    wanted_chunks: int | None = None
+    """With a selection of files: how many chunks they have (None: every chunk is wanted)."""
+    wanted_size: int | None = None
+    """With a selection: the bytes of the files wanted."""
+    wanted_held: int | None = None
+    """With a selection: how many of their chunks are held already."""
 
 
 @dataclass(frozen=True)

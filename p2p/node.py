@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from .content import (
     make_ticket,
     parse_id_or_ticket,
 )
+from .content.select import Selection
 from .dht import DHT, ChannelRecord, DHTConfig
 from .dht.state import load_routing_table
 from .errors import (
@@ -59,6 +60,7 @@ from .identity import Identity, PeerId, load_or_create
 from .library import Library
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, VerifyReport
 from .store import Store, seal
+from .store.chunks import ChunkMap
 from .swarm.download import Download, FetchOptions
 from .tasks import TaskOwner
 from .wire import server as wire_server
@@ -407,7 +409,8 @@ class Node:
     # -- fetching -------------------------------------------------------------------------------
 
     def _options(self, target: str | ContentId | Ticket, dest: Path | None, publisher: PeerId | None,
-                 peers: Sequence[Address], timeout: float, sequential: bool = False) -> FetchOptions:
+                 peers: Sequence[Address], timeout: float, sequential: bool = False,
+                 selection: Selection | None = None) -> FetchOptions:
         cid, ticket = _parse_target(target)
         if ticket is not None:
             # The ticket's publisher is binding, exactly as --from is: a peer at the ticket's
@@ -424,11 +427,13 @@ class Node:
         # A resumed download dials the addresses an earlier run was given (a ticket's) again.
         addrs += [a for a in self._store.sources(cid) if a not in addrs]
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
-                            self.config.download_dir, publisher, tuple(addrs), timeout, sequential)
+                            self.config.download_dir, publisher, tuple(addrs), timeout, sequential,
+                            selection if selection is not None else Selection())
 
     async def fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                    timeout: float = 30.0, sequential: bool = False) -> FetchResult:
+                    timeout: float = 30.0, sequential: bool = False,
+                    selection: Selection | None = None) -> FetchResult:
         """Download ``target`` (an id, a ticket or their text); returns where it is and how it came.
 
         Already complete here: the local copy (checked against ``publisher`` like a
@@ -436,15 +441,24 @@ class Node:
         calling task pauses the download; fetching again resumes it. Raises
         :class:`AlreadyDownloading` while this node fetches the same content.
         ``sequential`` asks for the chunks in file order (see :meth:`stream`).
+
+        ``selection`` fetches only some files of a folder (their chunks alone are asked for);
+        they are put in place at the destination, the rest is absent, and the download is
+        recorded as ``selected``, not served. A later fetch of more files (or all) resumes
+        it: the files already there are checked again and kept, only the rest is fetched.
+        Raises :class:`BadInput` when the selection picks no file of the content.
         """
         started = asyncio.get_running_loop().time()
-        options = self._options(target, dest, publisher, peers, timeout, sequential)
+        options = self._options(target, dest, publisher, peers, timeout, sequential, selection)
         if options.content_id in self._downloads:
             raise AlreadyDownloading(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
         if done is not None:
             path = await self._local_copy(options, done)
             return self._result(options.content_id, path, None, started)
+        placed = self._placed_selection(options)
+        if placed is not None:
+            return self._result(options.content_id, placed, None, started, options.selection)
         if options.dest is not None and options.dest.exists() and not options.dest.is_dir():
             # Say so now, not after the whole download.
             raise BadInput(f"{options.dest} already exists; not overwriting it")
@@ -458,10 +472,12 @@ class Node:
             # shutdown in aclose() waits for it.
             sealing = asyncio.get_running_loop().run_in_executor(self._sync_pool, seal, path)
             sealing.add_done_callback(self._sealed)
-            return self._result(options.content_id, path, download, started)
+            if download.partial is not None and not download.partial.complete:
+                self._dht.unprovide(options.content_id.digest)  # some files only: not a share
+            return self._result(options.content_id, path, download, started, download.selection)
         except asyncio.CancelledError:
             info = self._store.download_info(options.content_id)
-            if info is not None and info.state != "complete":  # cancelled during finalize: done
+            if info is not None and info.state not in ("complete", "selected"):  # else: done
                 self._store.set_download_state(options.content_id, "paused")
                 self._dht.unprovide(options.content_id.digest)  # nothing served until it resumes
                 self.events.publish(DownloadPaused(options.content_id))
@@ -477,29 +493,38 @@ class Node:
                      write: Callable[[bytes | memoryview], Awaitable[None]],
                      dest: Path | None = None, *,
                      publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                     timeout: float = 30.0) -> FetchResult:
+                     timeout: float = 30.0, file: str | None = None) -> FetchResult:
         """Fetch a single file with its chunks in file order and give its verified bytes to
         ``write``, in order, as they arrive (``p2p fetch ID -o -``, to watch while it
         downloads). The file is kept at ``dest`` as :meth:`fetch` would; every chunk is read back
         and checked against its hash before it is written out. ``write`` may be slow: the
         download does not wait for it. Raises as :meth:`fetch` does, and :class:`BadInput`
         for a folder; an exception from ``write`` pauses the download and propagates.
+
+        ``file`` streams that file of a folder (its relative path, as ``p2p ls ID`` prints
+        it): only its chunks are fetched, the folder is kept at ``dest`` with that file in it
+        (as ``fetch`` with a selection of one file). :class:`BadInput` if there is no such file.
         """
         loop = asyncio.get_running_loop()
         cid, _ = _parse_target(target)
+        selection = Selection.of_paths([file]) if file is not None else None
         fetching = loop.create_task(self.fetch(target, dest, publisher=publisher, peers=peers,
-                                               timeout=timeout, sequential=True))
+                                               timeout=timeout, sequential=True,
+                                               selection=selection))
         await asyncio.sleep(0)  # the fetch registers its download before it first waits
         entry = self._downloads.get(cid)
         sent = 0
         try:
             if entry is not None:
-                sent = await self._stream_running(entry[0], fetching, write)
+                sent = await self._stream_running(entry[0], fetching, write, file)
             result = await fetching
             manifest = self._store.get_manifest(cid)
-            info = _one_file(manifest).entries[0].info
+            assert manifest is not None
+            index, _first = _streamed_entry(manifest, file)
+            info = manifest.entries[index].info
+            path = result.path if manifest.kind == "file" else result.path / manifest.entries[index].path
             while sent < info.chunk_count:  # the rest, from the finished file
-                data = await loop.run_in_executor(self._pool, _read_verified, result.path, info, sent)
+                data = await loop.run_in_executor(self._pool, _read_verified, path, info, sent)
                 await write(data)
                 sent += 1
             return result
@@ -510,21 +535,27 @@ class Node:
                     await fetching
 
     async def _stream_running(self, download: Download, fetching: asyncio.Task[FetchResult],
-                              write: Callable[[bytes | memoryview], Awaitable[None]]) -> int:
-        """Write the chunks of a running download in order as they verify; returns how many
-        were written when it ended (or began to put the file in place)."""
+                              write: Callable[[bytes | memoryview], Awaitable[None]],
+                              file: str | None) -> int:
+        """Write the chunks of the streamed file of a running download in order as they
+        verify; returns how many were written when it ended (or began to put the file in
+        place)."""
         loop = asyncio.get_running_loop()
         cid = download.content_id.digest
         sent = 0
+        span: tuple[int, int] | None = None  # (first global chunk, chunk count) of the file
         while not fetching.done():
             download.progressed.clear()
             scheduler = download.scheduler
-            if scheduler is not None:
-                _one_file(download.manifest)
-                while sent < scheduler.chunk_count and sent in scheduler.held:
+            if scheduler is not None and download.manifest is not None:
+                if span is None:
+                    index, first = _streamed_entry(download.manifest, file)
+                    span = (first, download.manifest.entries[index].info.chunk_count)
+                first, count = span
+                while sent < count and first + sent in scheduler.held:
                     try:
                         data = await loop.run_in_executor(self._pool, self._store.read_chunk,
-                                                          cid, sent)
+                                                          cid, first + sent)
                     except NotFound:
                         return sent  # complete, and being moved into place: read it there
                     await write(data)
@@ -536,17 +567,60 @@ class Node:
             waiter.cancel()
         return sent
 
+    def select(self, content_id: ContentId, selection: Selection | Iterable[str]) -> None:
+        """Change which files a running download wants (the terminal app's ticks): a
+        :class:`Selection`, or exactly these relative paths. What is held stays; chunks of
+        files no longer wanted are no longer asked for. Raises :class:`NotFound` when no
+        download of ``content_id`` is running and :class:`BadInput` when the selection picks
+        no file of it."""
+        download = self.download(content_id)
+        if download is None:
+            raise NotFound(f"{content_id} is not being downloaded")
+        if not isinstance(selection, Selection):
+            selection = Selection.of_paths(selection)
+        download.select(selection)
+
     def _result(self, content_id: ContentId, path: Path, download: Download | None,
-                started: float) -> FetchResult:
+                started: float, selection: Selection | None = None) -> FetchResult:
         manifest = self._store.get_manifest(content_id)
         assert manifest is not None  # a finished or local fetch has its verified manifest
         fetched = download.fetched_this_run if download is not None else 0
+        entries = list(range(len(manifest.entries)))
+        if selection is not None and not selection.everything:
+            entries = selection.entries(manifest)
+        size = sum(manifest.entries[i].info.size for i in entries)
+        chunks = sum(manifest.entries[i].info.chunk_count for i in entries)
+        info = self._store.download_info(content_id)
+        complete = info is None or info.state != "selected"
         return FetchResult(
-            content_id=content_id, path=path, name=manifest.name, size=manifest.total_size,
-            chunks=manifest.chunk_count, fetched_chunks=fetched,
-            resumed_chunks=manifest.chunk_count - fetched,
+            content_id=content_id, path=path, name=manifest.name, size=size,
+            chunks=chunks, fetched_chunks=fetched,
+            resumed_chunks=max(0, chunks - fetched),
             chunks_by_peer=dict(download.chunks_by_peer) if download is not None else {},
-            seconds=asyncio.get_running_loop().time() - started, local=download is None)
+            seconds=asyncio.get_running_loop().time() - started, local=download is None,
+            files=len(entries), complete=complete)
+
+    def _placed_selection(self, options: FetchOptions) -> Path | None:
+        """Where the files ``options`` selects already are, whole, when an earlier fetch of
+        some files of the same content put them in place (state ``selected``) and asked for
+        no other place; else None (and the fetch goes on)."""
+        info = self._store.download_info(options.content_id)
+        if info is None or info.state != "selected" or options.selection.everything \
+                or not info.dest.is_dir():
+            return None
+        if options.dest is not None and options.dest.resolve() not in (
+                info.dest, info.dest.parent):
+            return None
+        manifest = self._store.get_manifest(options.content_id)
+        recorded = self._store.recorded_bitfield(options.content_id)
+        if manifest is None or recorded is None:
+            return None
+        manifest.verify(options.content_id, options.publisher)  # --from holds here too
+        entries = options.selection.check(manifest)
+        chunks = ChunkMap(manifest).chunks_of(entries)
+        if all(bit_get(recorded[1], i) for i in chunks):
+            return info.dest
+        return None
 
     def _sealed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -554,19 +628,20 @@ class Node:
 
     def start_fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                    timeout: float = 30.0) -> ContentId:
+                    timeout: float = 30.0, selection: Selection | None = None) -> ContentId:
         """Start a download owned by the node (the terminal app's way); returns its id at once.
 
-        Raises :class:`BadInput` for a malformed target, before anything starts.
+        ``selection``: only some files (see :meth:`fetch`; :meth:`select` changes it while
+        it runs). Raises :class:`BadInput` for a malformed target, before anything starts.
         """
-        options = self._options(target, dest, publisher, peers, timeout)
+        options = self._options(target, dest, publisher, peers, timeout, selection=selection)
         if options.content_id in self._downloads:
             return options.content_id
 
         async def run() -> None:
             with contextlib.suppress(P2PError):
                 await self.fetch(options.content_id, options.dest, publisher=publisher,
-                                 peers=options.peers, timeout=timeout)
+                                 peers=options.peers, timeout=timeout, selection=selection)
 
         self._spawn(run(), f"fetch {options.content_id.short()}")
         return options.content_id
@@ -767,13 +842,20 @@ def _parse_target(target: str | ContentId | Ticket) -> tuple[ContentId, Ticket |
     return parse_id_or_ticket(target)
 
 
-def _one_file(manifest: Manifest | None) -> Manifest:
-    """``manifest`` if it describes a single file (what can be streamed), else BadInput."""
-    assert manifest is not None
-    if manifest.kind != "file" or len(manifest.entries) != 1:
-        raise BadInput(f"{manifest.name} is a folder of {len(manifest.entries)} files; only a "
-                       "single file can be streamed")
-    return manifest
+def _streamed_entry(manifest: Manifest, file: str | None) -> tuple[int, int]:
+    """(entry, its first global chunk) of the file a stream writes: the one file of a
+    single-file manifest, or ``file`` of a folder; else BadInput."""
+    if file is None:
+        if manifest.kind != "file" or len(manifest.entries) != 1:
+            raise BadInput(f"{manifest.name} is a folder of {len(manifest.entries)} files; only a "
+                           "single file can be streamed (pick one with --file PATH)")
+        return 0, 0
+    first = 0
+    for index, entry in enumerate(manifest.entries):
+        if entry.path == file:
+            return index, first
+        first += entry.info.chunk_count
+    raise BadInput(f"{manifest.name} has no file {file!r} (see `p2p ls ID` for its paths)")
 
 
 def _read_verified(path: Path, info: FileInfo, index: int) -> bytes:

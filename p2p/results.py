@@ -54,6 +54,10 @@ class FetchResult:
     """From the call to the verified path."""
     local: bool = False
     """True when the content was already complete here and nothing was downloaded."""
+    files: int | None = None
+    """Files put in place (the selected ones, with ``--include``/``--exclude``)."""
+    complete: bool = True
+    """Every file of the content is here (False: only the selected ones)."""
 
     @property
     def rate(self) -> float:
@@ -66,6 +70,7 @@ class FetchResult:
                 "bytes": self.size, "seconds": round(self.seconds, 3),
                 "peers": len(self.chunks_by_peer), "chunks": self.chunks,
                 "fetched_chunks": self.fetched_chunks, "resumed_chunks": self.resumed_chunks,
+                "files": self.files, "complete": self.complete,
                 "chunks_by_peer": {str(p): n for p, n in self.chunks_by_peer.items()}}
 
 

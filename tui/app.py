@@ -48,6 +48,7 @@ from p2p import (
     PeerConnected,
     PeerDropped,
     PeerInfo,
+    Selection,
     Shared,
     ShareInfo,
     Subscription,
@@ -60,7 +61,7 @@ from p2p import (
 from p2p import describe as describe_error
 
 from .model import DhtData, LibraryRow, Peers, Transfers
-from .screens import FetchScreen, HelpScreen, ShareScreen
+from .screens import FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
 from .widgets import DhtView, LibraryView, LogEntry, LogView, PeersView, TransfersView
 
 BATCH_WINDOW = 0.1
@@ -240,6 +241,13 @@ class P2PApp(App[None]):
         yield Footer()
 
     @property
+    def views_gone(self) -> bool:
+        """Shutting down: the views are gone (or going). Messages still queued then (a batch
+        of node events, a snapshot) are dropped: Textual delivers them after it removed the
+        widgets and stopped running."""
+        return not self.screen_stack or not self.is_running
+
+    @property
     def main(self) -> Screen[Any]:
         """The screen holding the views (modal dialogs may sit above it)."""
         return self.screen_stack[0]
@@ -304,7 +312,7 @@ class P2PApp(App[None]):
             self.post_message(NodeEvents(coalesce(batch)))
 
     def on_node_ready(self, _: NodeReady) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         node = self.node
         assert node is not None
@@ -318,7 +326,7 @@ class P2PApp(App[None]):
 
     def on_node_failed(self, message: NodeFailed) -> None:
         self.failed = message.error
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         reason = describe_error(message.error)
         self.main.query_one("#status", Static).update(f"the node could not start: {reason}")
@@ -346,7 +354,7 @@ class P2PApp(App[None]):
     # -- node events ---------------------------------------------------------------------------
 
     def on_node_events(self, message: NodeEvents) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         transfers_changed = peers_changed = library_changed = False
         for event in message.events:
@@ -372,13 +380,13 @@ class P2PApp(App[None]):
 
     def log_line(self, level: str, message: str) -> None:
         """Add a line to the log view."""
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.main.query_one(LogView).add(LogEntry(self.clock(), level, message))
 
     def push_transfers(self) -> None:
         """Send the transfers' rows and the selected chunk map down to the view."""
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         view = self.main.query_one(TransfersView)
         view.rows = tuple(self.transfers.rows())
@@ -386,7 +394,7 @@ class P2PApp(App[None]):
 
     @on(TransfersView.Selected)
     def _transfer_selected(self, message: TransfersView.Selected) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.main.query_one(TransfersView).chunk_map = self.transfers.chunk_map(message.content_id)
 
@@ -418,7 +426,7 @@ class P2PApp(App[None]):
                                        dht, running, held))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         for cid, (count, held) in snap.held.items():
             self.transfers.set_held(cid, count, held)
@@ -468,7 +476,7 @@ class P2PApp(App[None]):
         self.post_message(ProvidersFound(cid, count))
 
     def on_providers_found(self, message: ProvidersFound) -> None:
-        if not self.screen_stack:  # shutting down: the views are gone
+        if self.views_gone:
             return
         self.providers[message.content_id] = message.count
         self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
@@ -562,19 +570,44 @@ class P2PApp(App[None]):
     def action_fetch(self) -> None:
         self.push_screen(FetchScreen(), self._fetch_entered)
 
-    def _fetch_entered(self, text: str | None) -> None:
-        if text is not None:
-            self.start_fetch(text)
+    def _fetch_entered(self, value: str | PickFiles | None) -> None:
+        if isinstance(value, PickFiles):
+            self.pick_then_fetch(value.target)
+        elif value is not None:
+            self.start_fetch(value)
 
-    def start_fetch(self, text: str) -> ContentId | None:
-        """Start downloading an id or ticket; show it in Transfers."""
+    @work(group="listing")
+    async def pick_then_fetch(self, text: str) -> None:
+        """Fetch and verify only the listing of ``text``, let the person tick files, then
+        start the download of those."""
+        node = self.node
+        if node is None:
+            self.notify("The node is not running yet", severity="warning")
+            return
+        self.notify("Fetching the list of files…")
+        try:
+            cid, ticket = parse_id_or_ticket(text)
+            manifest = await node.listing(ticket if ticket is not None else cid)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot list the files", severity="error")
+            return
+
+        def picked(paths: frozenset[str] | None) -> None:
+            if paths is not None:
+                self.start_fetch(text, Selection.of_paths(paths))
+
+        self.push_screen(FilesScreen(manifest), picked)
+
+    def start_fetch(self, text: str, selection: Selection | None = None) -> ContentId | None:
+        """Start downloading an id or ticket (only the files ``selection`` picks, if given);
+        show it in Transfers."""
         node = self.node
         if node is None:
             self.notify("The node is not running yet", severity="warning")
             return None
         try:
             cid, ticket = parse_id_or_ticket(text)
-            node.start_fetch(ticket if ticket is not None else cid)
+            node.start_fetch(ticket if ticket is not None else cid, selection=selection)
         except BadInput as exc:
             self.notify(str(exc), title="Cannot fetch", severity="error")
             return None
@@ -614,7 +647,59 @@ class P2PApp(App[None]):
                 self.transfers.forget(cid)
                 self.push_transfers()
                 self.notify(f"Cancelled {cid.short()}; partial data deleted")
+            case "files":
+                self.pick_files(cid)
         self.refresh_snapshot()
+
+    def pick_files(self, cid: ContentId) -> None:
+        """Let the person tick the files of ``cid``: a running download changes what it
+        fetches at once; a stopped one resumes with the ticked files."""
+        node = self.node
+        if node is None:
+            return
+        manifest = node.library.manifest(cid)
+        if manifest is None:
+            self.notify("The list of files is not known yet", severity="warning")
+            return
+        download = node.download(cid)
+        ticked: frozenset[str] | None = None
+        if download is not None and download.selected_paths is not None:
+            ticked = frozenset(download.selected_paths)
+        elif download is None:
+            info = node.library.download(cid)
+            if info is not None and info.state == "selected":
+                # Stopped with some files in place: those are ticked (the rest is to pick).
+                held = set(node.library.held_chunks(cid)[1])
+                first, whole = 0, set()
+                for entry in manifest.entries:
+                    count = entry.info.chunk_count
+                    if count and all(i in held for i in range(first, first + count)):
+                        whole.add(entry.path)
+                    first += count
+                ticked = frozenset(whole)
+
+        def picked(paths: frozenset[str] | None) -> None:
+            if paths is not None:
+                self.apply_files(cid, paths)
+
+        self.push_screen(FilesScreen(manifest, ticked, running=download is not None), picked)
+
+    def apply_files(self, cid: ContentId, paths: frozenset[str]) -> None:
+        """Fetch exactly ``paths`` of ``cid``: now, if it runs; else by resuming it."""
+        node = self.node
+        if node is None:
+            return
+        selection = Selection.of_paths(paths)
+        try:
+            if cid in node.downloading():
+                node.select(cid, selection)
+                self.notify(f"{len(paths)} files of {cid.short()} selected")
+            else:
+                ticket = self._tickets.get(cid)
+                node.start_fetch(ticket if ticket is not None else cid, selection=selection)
+                self.notify(f"Fetching {len(paths)} files of {cid.short()}…")
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot pick those files", severity="error")
 
     # -- help and palette ---------------------------------------------------------------------------
 

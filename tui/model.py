@@ -93,7 +93,8 @@ class TransferRow:
     eta: float | None
     peers: int
     state: str
-    """``active``, ``paused``, ``complete`` or ``failed``."""
+    """``active``, ``paused``, ``complete``, ``failed`` or ``selected`` (the files picked are
+    in place, the rest was not fetched)."""
     error: str | None = None
     rates: tuple[float, ...] = ()
 
@@ -116,6 +117,9 @@ class _Transfer:
     peers: int = 0
     state: str = "active"
     error: str | None = None
+    some_files: bool = False
+    """Only some files are fetched: the figures are theirs, and completing leaves the
+    other chunks missing on the map."""
     states: bytearray = field(default_factory=bytearray)
     owners: list[PeerId | None] = field(default_factory=list)
     rates: collections.deque[float] = field(
@@ -155,7 +159,7 @@ class Transfers:
         late events for one that was cancelled and forgotten are dropped."""
         match event:
             case DownloadStarted(content_id=cid, name=name, size=size, chunk_count=count,
-                                 held_indexes=held):
+                                 held_indexes=held) as started:
                 t = self._get(cid)
                 t.name, t.size, t.state, t.error = name, size, "active", None
                 t.ensure(count)
@@ -163,6 +167,11 @@ class Transfers:
                     if 0 <= i < count:
                         t.states[i] = Cell.VERIFIED
                 t.done_chunks = sum(1 for s in t.states if s == Cell.VERIFIED)
+                t.some_files = started.wanted_chunks is not None
+                if started.wanted_chunks is not None:
+                    t.chunk_count = started.wanted_chunks
+                    t.size = started.wanted_size if started.wanted_size is not None else size
+                    t.done_chunks = started.wanted_held or 0
             case ChunkRequested(content_id=cid, index=i):
                 t = self._items.get(cid)  # type: ignore[assignment]
                 if t is None:
@@ -200,10 +209,10 @@ class Transfers:
                 if t is None:
                     return False  # e.g. a cancelled (forgotten) transfer: never re-created
                 t.state, t.size, t.bytes_done, t.rate, t.eta, t.peers = \
-                    "complete", size, size, 0.0, None, 0
+                    "selected" if t.some_files else "complete", size, size, 0.0, None, 0
                 for i, s in enumerate(t.states):
-                    if s != Cell.VERIFIED:
-                        t.states[i] = Cell.VERIFIED
+                    if s == Cell.IN_FLIGHT or (s != Cell.VERIFIED and not t.some_files):
+                        t.states[i] = Cell.MISSING if t.some_files else Cell.VERIFIED
                 t.done_chunks = t.chunk_count
             case DownloadFailed(content_id=cid, error=error):
                 t = self._get(cid)
@@ -235,7 +244,7 @@ class Transfers:
                 t.chunk_count = info.chunks
             if info.content_id not in running:
                 t.done_chunks = info.done_chunks
-                if t.state == "active" or info.state in ("complete", "failed"):
+                if t.state == "active" or info.state in ("complete", "failed", "selected"):
                     t.state = "paused" if info.state == "active" else info.state
                 t.error = info.error
                 if t.state == "complete":

@@ -1,8 +1,9 @@
-"""Modal screens: share picker, fetch dialog, help. They return plain values to the app."""
+"""Modal screens: share picker, fetch dialog, file picker, help. They return plain values to the app."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -11,9 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, DirectoryTree, Input, Label, Static
+from textual.widgets import Button, DirectoryTree, Input, Label, SelectionList, Static
+from textual.widgets.selection_list import Selection as Option
 
-from p2p import BadInput, parse_id_or_ticket
+from p2p import BadInput, Manifest, human_bytes, parse_id_or_ticket
 
 
 class ShareScreen(ModalScreen[Path | None]):
@@ -79,8 +81,16 @@ def check_target(text: str) -> str | None:
     return None
 
 
-class FetchScreen(ModalScreen[str | None]):
-    """Paste a content id or a ticket; validated as you type."""
+@dataclass(frozen=True)
+class PickFiles:
+    """What the fetch dialog returns for "Pick files…": list ``target``'s files first."""
+
+    target: str
+
+
+class FetchScreen(ModalScreen[str | PickFiles | None]):
+    """Paste a content id or a ticket; validated as you type. "Fetch" starts the download,
+    "Pick files…" shows the files first (:class:`FilesScreen`)."""
 
     BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
 
@@ -91,6 +101,7 @@ class FetchScreen(ModalScreen[str | None]):
             yield Static("", id="fetch-error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Fetch", variant="primary", id="fetch-ok", disabled=True)
+                yield Button("Pick files…", id="fetch-pick", disabled=True)
                 yield Button("Cancel", id="fetch-cancel")
 
     def on_mount(self) -> None:
@@ -102,6 +113,7 @@ class FetchScreen(ModalScreen[str | None]):
         self.query_one("#fetch-error", Static).update(
             "" if error is None or not event.value.strip() else error)
         self.query_one("#fetch-ok", Button).disabled = error is not None
+        self.query_one("#fetch-pick", Button).disabled = error is not None
 
     @on(Input.Submitted, "#fetch-input")
     @on(Button.Pressed, "#fetch-ok")
@@ -114,6 +126,78 @@ class FetchScreen(ModalScreen[str | None]):
         self.dismiss(text.strip())
 
     @on(Button.Pressed, "#fetch-cancel")
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#fetch-pick")
+    def _pick(self) -> None:
+        text = self.query_one("#fetch-input", Input).value
+        if check_target(text) is None:
+            self.dismiss(PickFiles(text.strip()))
+
+
+class FilesScreen(ModalScreen[frozenset[str] | None]):
+    """Tick the files of a folder to fetch, before or during its download. Returns the
+    ticked relative paths (never none: a download wants at least one file), or None."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    def __init__(self, manifest: Manifest, ticked: frozenset[str] | None = None, *,
+                 running: bool = False) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.ticked = ticked
+        """Ticked at first; None: every file."""
+        self.running = running
+        """The download runs: the choice applies to it at once (else it starts with it)."""
+
+    def compose(self) -> ComposeResult:
+        options = [Option(f"{human_bytes(e.info.size):>10}  {e.path}", e.path,
+                          self.ticked is None or e.path in self.ticked)
+                   for e in self.manifest.entries]
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label(f"Files of {self.manifest.name}", classes="title")
+            yield SelectionList[str](*options, id="files-list")
+            yield Static("", id="files-summary", classes="hint")
+            with Horizontal(classes="buttons"):
+                yield Button("Apply" if self.running else "Fetch", variant="primary",
+                             id="files-ok")
+                yield Button("All", id="files-all")
+                yield Button("None", id="files-none")
+                yield Button("Cancel", id="files-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#files-list", SelectionList).focus()
+        self._summarize()
+
+    def chosen(self) -> frozenset[str]:
+        """The paths ticked now."""
+        return frozenset(self.query_one("#files-list", SelectionList).selected)
+
+    @on(SelectionList.SelectedChanged)
+    def _summarize(self) -> None:
+        chosen = self.chosen()
+        size = sum(e.info.size for e in self.manifest.entries if e.path in chosen)
+        self.query_one("#files-summary", Static).update(
+            f"{len(chosen)} of {len(self.manifest.entries)} files, {human_bytes(size)} of "
+            f"{human_bytes(self.manifest.total_size)} · space ticks a file")
+        self.query_one("#files-ok", Button).disabled = not chosen
+
+    @on(Button.Pressed, "#files-all")
+    def _all(self) -> None:
+        self.query_one("#files-list", SelectionList).select_all()
+
+    @on(Button.Pressed, "#files-none")
+    def _none(self) -> None:
+        self.query_one("#files-list", SelectionList).deselect_all()
+
+    @on(Button.Pressed, "#files-ok")
+    def _confirm(self) -> None:
+        chosen = self.chosen()
+        if chosen:
+            self.dismiss(chosen)
+
+    @on(Button.Pressed, "#files-cancel")
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
 

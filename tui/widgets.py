@@ -190,6 +190,7 @@ class TransfersView(Vertical):
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
         Binding("x", "cancel", "Cancel"),
+        Binding("t", "files", "Files"),
     ]
 
     rows: reactive[tuple[TransferRow, ...]] = reactive((), always_update=True)
@@ -197,7 +198,7 @@ class TransfersView(Vertical):
 
     @dataclass
     class Action(Message):
-        """The person asked to pause, resume or cancel a download."""
+        """The person asked to pause, resume or cancel a download, or to pick its files."""
 
         action: str
         content_id: ContentId
@@ -268,6 +269,9 @@ class TransfersView(Vertical):
 
     def action_cancel(self) -> None:
         self._post("cancel")
+
+    def action_files(self) -> None:
+        self._post("files")
 
 
 def _bar(fraction: float, width: int = 20) -> Text:

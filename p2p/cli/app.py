@@ -137,11 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "path. Interrupted, it resumes where it stopped next time.")
     p.add_argument("target", metavar="ID-or-TICKET", help="a content id (p2pc1...) or a ticket (p2pt1...)")
     p.add_argument("-o", "--output", metavar="DEST",
-                   help="destination path or folder (default: the name from the manifest, here); "
-                        "'-' streams a single file's verified bytes to stdout, in order, as they "
-                        "arrive (the file is also kept, in the state directory's streamed folder)")
+                   help="destination (default: the name from the manifest, here): a path that "
+                        "does not exist is the file or folder itself; an existing folder gets it "
+                        "inside, as DEST/NAME. '-' streams a single file's (or --file's) verified "
+                        "bytes to stdout, in order, as they arrive (the file is also kept, in the "
+                        "state directory's streamed folder)")
     _add_finding(p, "seconds to find the content, and the longest stall with no peer or no "
                     "verified chunk (default 30)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="fetch only the files of a folder this glob matches (paths as `p2p ls ID` "
+                        "prints them; * stays within one path component, ** crosses them; a "
+                        "folder's name picks all in it); repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out the files this glob matches (wins over --include); repeatable")
+    p.add_argument("--file", metavar="PATH",
+                   help="with -o -: stream this file of a folder (its path as `p2p ls ID` prints it)")
     p.add_argument("--seed", action="store_true", help="keep serving after the download, until Ctrl-C")
 
     command("serve", commands.cmd_serve, "seed everything in the store until signalled",

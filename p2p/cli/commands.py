@@ -28,6 +28,7 @@ from .. import (
     NodeConfig,
     NotFound,
     PeerId,
+    Selection,
     Settings,
     VerifyReport,
     format_address,
@@ -216,8 +217,12 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
     """Download by id or ticket with a progress bar; print the verified path."""
     content_id, _ticket = parse_id_or_ticket(args.target)
     publisher, peers = _finding(args)
+    selection = _selection(args)
     if args.output == "-":
         return await _fetch_to_stdout(run, args, content_id, publisher, peers)
+    if args.file is not None:
+        raise BadInput("--file picks the file to stream with -o -; to fetch some files of a "
+                       "folder, use --include PATH")
     dest = Path(args.output).expanduser() if args.output else None
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
@@ -225,7 +230,7 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
                 result = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
-                                          timeout=args.timeout)
+                                          timeout=args.timeout, selection=selection)
         run.out.result(result.to_json(), str(result.path))
         if not run.out.json:
             resumed = result.resumed_chunks
@@ -233,10 +238,25 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
                          f"({human_bytes(result.rate)}/s) from "
                          f"{plural(len(result.chunks_by_peer), 'peer')}"
                          + (f"; {plural(resumed, 'chunk')} already here" if resumed else ""))
+            if not result.complete:
+                run.out.note(f"{plural(result.files or 0, 'file')} selected ({selection.describe()}); "
+                             "the rest was not fetched (the same fetch without --include/--exclude "
+                             "completes it, reusing these)")
         if args.seed:
-            run.out.note("seeding; Ctrl-C to stop")
+            run.out.note("seeding; Ctrl-C to stop" if result.complete else
+                         "seeding the library; these files are not served (only whole content "
+                         "is); Ctrl-C to stop")
             await serve_until_signalled(run, node)
     return 0
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    """``--include``/``--exclude`` of ``fetch`` (bad patterns are refused here, exit 2)."""
+    selection = Selection(tuple(args.include), tuple(args.exclude))
+    if not selection.everything and (args.output == "-" or args.file is not None):
+        raise BadInput("-o - streams one file (--file PATH picks it in a folder); "
+                       "--include/--exclude cannot go with it")
+    return selection
 
 
 def _finding(args: argparse.Namespace) -> tuple[PeerId | None, list[tuple[str, int]]]:
@@ -250,8 +270,8 @@ def _finding(args: argparse.Namespace) -> tuple[PeerId | None, list[tuple[str, i
 
 async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: ContentId,
                            publisher: PeerId | None, peers: list[tuple[str, int]]) -> int:
-    """``fetch ID -o -``: the file's verified bytes to stdout in order, as they arrive (the
-    chunks are fetched in file order); status to stderr only. The file is also kept, in the
+    """``fetch ID -o -``: the file's (``--file``: that file of a folder's) verified bytes to
+    stdout in order, as they arrive (the chunks are fetched in file order); status to stderr only. The file is also kept, in the
     state directory's ``streamed`` folder (in the library, served like any download). A
     reader that goes away (``| head``) pauses the download."""
     if args.seed:
@@ -278,14 +298,15 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: Conte
             with node.events.subscribed() as sub, FetchView(status, content_id) as view:
                 async with following(sub, view.handle):
                     result = await node.stream(args.target, write, keep, publisher=publisher,
-                                               peers=peers, timeout=args.timeout)
+                                               peers=peers, timeout=args.timeout, file=args.file)
         except BrokenPipeError:
             # Nobody reads any more: stop quietly, progress kept (the same command resumes).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             run.out.note("stdout closed; the download is paused (the same command resumes it)")
             return 0
+    kept = result.path / args.file if args.file is not None and result.path.is_dir() else result.path
     run.out.note(f"streamed {human_bytes(result.size)} in {result.seconds:.1f} s; "
-                 f"the file is also at {result.path}")
+                 f"the file is also at {kept}")
     return 0
 
 

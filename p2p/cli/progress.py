@@ -111,18 +111,21 @@ class FetchView:
         """Render one node event."""
         match event:
             case DownloadStarted(content_id=cid) if cid == self.content_id:
-                self.chunk_count, self.resumed = event.chunk_count, event.held
+                # With a selection of files, the figures are theirs.
+                size = event.size if event.wanted_size is None else event.wanted_size
+                count = event.chunk_count if event.wanted_chunks is None else event.wanted_chunks
+                held = event.held if event.wanted_held is None else event.wanted_held
+                self.chunk_count, self.resumed = count, held
                 if self._bar is not None and self._task is not None:
-                    done = event.size * event.held // max(1, event.chunk_count)
-                    self._bar.update(self._task, description=event.name, total=event.size,
+                    done = size * held // max(1, count)
+                    self._bar.update(self._task, description=event.name, total=size,
                                      completed=done)
                 elif not self.out.json:
-                    self.out.note(f"downloading {event.name} ({human_bytes(event.size)}, "
-                                  f"{plural(event.chunk_count, 'chunk')}, {event.held} already here)",
+                    self.out.note(f"downloading {event.name} ({human_bytes(size)}, "
+                                  f"{plural(count, 'chunk')}, {held} already here)",
                                   level=1)
                 self._json({"event": "started", "content_id": str(cid), "name": event.name,
-                            "size": event.size, "chunks": event.chunk_count,
-                            "resumed_chunks": event.held}, force=True)
+                            "size": size, "chunks": count, "resumed_chunks": held}, force=True)
             case ChunkVerified(content_id=cid) if cid == self.content_id:
                 first = self.fetched == 0
                 self.fetched += 1

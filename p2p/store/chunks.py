@@ -7,6 +7,7 @@ single file this is the file's own numbering. Pure: no I/O.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..content import Manifest
@@ -39,6 +40,14 @@ class ChunkMap:
             total += entry.info.chunk_count
         self.count = total
         """How many chunks the manifest has."""
+
+    def chunks_of(self, entries: Iterable[int]) -> list[int]:
+        """The global numbers of every chunk of ``entries`` (a chunk lies in one entry only)."""
+        out: list[int] = []
+        for entry in entries:
+            start = self.starts[entry]
+            out.extend(range(start, start + self.manifest.entries[entry].info.chunk_count))
+        return out
 
     def local(self, index: int) -> tuple[int, int]:
         """(entry, the chunk's number within that entry's file) of chunk ``index``.

@@ -31,7 +31,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "DB_FILE", "SCHEMA_VERSION", "Database", "Download
 
 DB_FILE = "store.sqlite3"
 """The database's file name in the state directory."""
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema this version writes. Older databases are migrated forward when opened
 (:data:`_MIGRATIONS`); a newer one is refused rather than misread."""
 BUSY_TIMEOUT_MS = 10_000
@@ -78,6 +78,10 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
     # 1 -> 2: the table of known peers was written by nothing and read by nothing.
     1: ("DROP TABLE IF EXISTS peers",),
     2: (_add_share_identity,),
+    # 3 -> 4: no table changes; a download may now be in state 'selected' (its selected files
+    # in place at dest, the rest not fetched), which older versions would resume as if its
+    # partial data held every recorded chunk: they must refuse the database instead.
+    3: (),
 }
 """For each old schema version, the statements that bring it to the next one."""
 
@@ -121,7 +125,9 @@ class DownloadInfo:
     done_chunks: int
     """How many chunks are recorded as written and synced (the durable progress)."""
     state: str
-    """``"active"``, ``"paused"``, ``"complete"`` or ``"failed"``."""
+    """``"active"``, ``"paused"``, ``"complete"``, ``"failed"``, or ``"selected"``: the files
+    a fetch picked are in place at :attr:`dest`, the rest were not fetched (a later fetch of
+    more of them completes it)."""
     dest: Path
     """Where the result goes once complete."""
     partial: Path

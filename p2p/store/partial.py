@@ -19,6 +19,13 @@ Files are opened on demand through a small cache (:mod:`p2p.store.descriptors`),
 of any number of files holds a bounded number of descriptors, and a file is created when its
 first chunk is written (:meth:`PartialDownload.finalize` creates the empty ones).
 
+Some files of a folder (:attr:`PartialDownload.selected`): only their chunks are written, so
+no other file is created or preallocated, and :meth:`~PartialDownload.finalize` puts the
+folder in place once they are whole, recorded as ``selected`` (not a share: the rest is
+missing); a file unticked before it was whole waits in the partial folder. A later fetch of
+more of it gathers both back under the partial name and checks every file again
+(:meth:`Store.open_download <p2p.store.Store.open_download>`).
+
 A download holds an exclusive ``flock`` on its partial file, so a second process fetching
 the same content gets :class:`~p2p.errors.StateDirLocked` instead of corrupting it.
 """
@@ -32,14 +39,14 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..bitfield import bit_count, bit_get, bit_set
-from ..content import ContentId, Manifest, open_under
+from ..content import ContentId, Manifest, check_relative_path, open_under
 from ..durable import fsync_dir, sync_filesystem
-from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError
+from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError, UnsafePath
 from .chunks import ChunkMap
 from .descriptors import DescriptorCache
 from .directio import DirectWriter
@@ -47,7 +54,7 @@ from .directio import DirectWriter
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["PARTIAL_SUFFIX", "PREALLOCATE_MARGIN", "PartialDownload", "ignore_sigxfsz", "seal"]
+__all__ = ["PARTIAL_SUFFIX", "PREALLOCATE_MARGIN", "PartialDownload", "ignore_sigxfsz", "move_between", "seal"]
 
 PARTIAL_SUFFIX = ".p2p-partial"
 """Appended to a download's destination name while it is being written."""
@@ -99,7 +106,8 @@ class PartialDownload:
     """
 
     def __init__(self, store: Store, manifest: Manifest, chunk_map: ChunkMap, dest: Path,
-                 partial_path: Path, bits: bytearray, *, direct_io: bool = True) -> None:
+                 partial_path: Path, bits: bytearray, *, direct_io: bool = True,
+                 selected: Collection[int] | None = None) -> None:
         self.store = store
         """The store that opened this download, and records its progress."""
         self.manifest = manifest
@@ -114,6 +122,8 @@ class PartialDownload:
         """Chunks whose bytes are written and verified (committed or not)."""
         self.resumed = False
         """True when the partial data existed before (a resume): :meth:`recover` is worth running."""
+        self.selected: frozenset[int] | None = None if selected is None else frozenset(selected)
+        """The entries (files) wanted; None: every one. See :meth:`select`."""
         self._committed = bytes(bits)
         self._dirty: set[int] = set()
         """Entries written since the last commit snapshot (guarded by ``_bits_lock``, with the bits)."""
@@ -151,9 +161,26 @@ class PartialDownload:
         """Every chunk held."""
         return self.done == self.chunk_map.count
 
+    @property
+    def selection_complete(self) -> bool:
+        """Every chunk of the selected files held (the whole content with no selection)."""
+        if self.selected is None:
+            return self.complete
+        return all(self._entry_whole(e) for e in self.selected)
+
     def has(self, index: int) -> bool:
         """Whether chunk ``index`` is held."""
         return bit_get(self.bits, index)
+
+    def select(self, entries: Collection[int] | None) -> None:
+        """Want only ``entries`` from now on (None: every file): a running download's selection
+        changed. Chunks already held stay held."""
+        self.selected = None if entries is None else frozenset(entries)
+
+    def _entry_whole(self, entry: int) -> bool:
+        start = self.chunk_map.starts[entry]
+        return all(bit_get(self.bits, i) for i in
+                   range(start, start + self.manifest.entries[entry].info.chunk_count))
 
     def _open(self) -> None:
         is_dir = self.manifest.kind == "dir"
@@ -178,13 +205,15 @@ class PartialDownload:
         """Reserve each file's whole size when it is created (fewer fragments, no allocation per
         write), only when the disk and the file-size limit clearly have room: running out must
         happen chunk by chunk, with progress kept, not all at once."""
-        total = self.manifest.total_size
+        entries = [e for i, e in enumerate(self.manifest.entries)
+                   if self.selected is None or i in self.selected]
+        total = sum(e.info.size for e in entries)
         try:
             st = os.statvfs(self.partial_path if self.partial_path.is_dir() else self.partial_path.parent)
             limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         except OSError:
             return False
-        largest = max((e.info.size for e in self.manifest.entries), default=0)
+        largest = max((e.info.size for e in entries), default=0)
         return not (st.f_bavail * st.f_frsize < total + PREALLOCATE_MARGIN or
                     (limit != resource.RLIM_INFINITY and limit < largest))
 
@@ -291,10 +320,17 @@ class PartialDownload:
         """
         found = []
         with self._using(StoreError(f"{self.partial_path} is closed")):
+            absent = -1  # an entry whose file was never created: opening it would make its folders
             for index in range(self.chunk_map.count):
                 if bit_get(self.bits, index):
                     continue
                 span = self.chunk_map.locate(index)
+                if span.entry == absent:
+                    continue
+                if self.manifest.kind == "dir" and \
+                        not _exists_under(self._lock_fd, self.manifest.entries[span.entry].path):
+                    absent = span.entry
+                    continue
                 try:
                     data = self._read_written(span.entry, span.offset, span.length)
                 except FileNotFoundError:
@@ -316,7 +352,7 @@ class PartialDownload:
             return os.pread(file.fd, length, offset)
 
     def finalize(self) -> Path:
-        """Every chunk is held: rename into place, record completion, serve from there.
+        """Every chunk is held (of the selected files): rename into place, record it, serve it.
 
         Returns the final path. The bytes are in the page cache (or on disk,
         written directly), which survives a killed process; making them durable
@@ -326,14 +362,30 @@ class PartialDownload:
         read re-hashes its chunk, so a file torn by an OS crash is never served
         as this content.
 
+        With a selection, the folder put in place holds the selected files and any other
+        file already whole (an earlier, wider selection's); a file neither selected nor whole
+        (unticked while it downloaded) is kept aside, in a partial folder of its own at
+        :attr:`partial_path`, so no torn file lands at the destination and no verified chunk
+        is lost. Unless every file is whole, the download is recorded as ``selected`` before
+        anything moves (a crash in between resumes from wherever the files are) and is not
+        served (a share is whole content).
+
         Raises :class:`~p2p.errors.StoreError` if the destination exists already.
         """
         with self._life:
-            if not self.complete:
+            if not self.selection_complete:
                 raise StoreError("finalize() before every chunk is held")
             while self._users:  # a duplicate end-game copy still being written, a read, a sync
                 self._life.wait()
+            if self.dest.exists():
+                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
+            aside: list[str] = []
             for i, entry in enumerate(self.manifest.entries):
+                if self.selected is not None and i not in self.selected:
+                    if entry.info.size and not self._entry_whole(i) and \
+                            _exists_under(self._lock_fd, entry.path):
+                        aside.append(entry.path)
+                    continue  # whole: it comes along; empty or never written: absent
                 if self.manifest.kind == "dir" and entry.info.size:
                     with contextlib.suppress(OSError):  # most files are whole: no need to open them
                         if os.stat(entry.path, dir_fd=self._lock_fd, follow_symlinks=False).st_size == entry.info.size:
@@ -341,14 +393,21 @@ class PartialDownload:
                 with self._files.use(i, create=True) as file:  # empty files are created here
                     if os.fstat(file.fd).st_size != entry.info.size:
                         os.ftruncate(file.fd, entry.info.size)  # short writes
-            if self.dest.exists():
-                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
+            whole = self.complete
+            if not whole:
+                self.store._save_bits(self.content_id.digest, bytes(self.bits), "selected")
+                self._files.close()  # files set aside must not stay open under their old names
             os.rename(self.partial_path, self.dest)
+            if aside:
+                self.partial_path.mkdir()
+                move_between(self.dest, self.partial_path, aside)
+            if whole:
+                self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
+            self.close()
+        if whole:
             files = [(entry, self.dest if self.manifest.kind == "file" else self.dest / entry.path)
                      for entry in self.manifest.entries]
-            self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
-            self.close()
-        self.store.add_share(self.manifest, files, root=self.dest, origin="downloaded")
+            self.store.add_share(self.manifest, files, root=self.dest, origin="downloaded")
         return self.dest
 
     def close(self) -> None:
@@ -365,6 +424,90 @@ class PartialDownload:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def move_between(src: Path, dst: Path, paths: list[str]) -> None:
+    """Move each file of ``paths`` (relative) from under the folder ``src`` to the same place
+    under the folder ``dst`` (folders made as needed; a file already at ``dst`` stays where
+    it is), then remove the folders left empty in ``src``. No symlink is followed on either
+    side. Both folders are synced before it returns."""
+    src_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dst_fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for rel in paths:
+                _move_one(src_fd, dst_fd, rel)
+            os.fsync(dst_fd)
+            os.fsync(src_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _move_one(src_fd: int, dst_fd: int, relpath: str) -> None:
+    parts = check_relative_path(relpath)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    src_dirs = [src_fd]  # src_dirs[k] is the folder holding parts[k]
+    dst_dir = dst_fd
+    try:
+        for part in parts[:-1]:
+            try:
+                src_dirs.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow,
+                                        dir_fd=src_dirs[-1]))
+            except OSError:
+                return  # not there (or a link, not ours to follow): nothing to move
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=dst_dir)
+            try:
+                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dst_dir)
+            except OSError as exc:
+                raise UnsafePath(f"{part!r} is a link or not a folder; not moving {relpath!r} "
+                                 f"through it ({exc.strerror})") from None
+            if dst_dir != dst_fd:
+                os.close(dst_dir)
+            dst_dir = nextfd
+        try:
+            os.stat(parts[-1], dir_fd=dst_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(parts[-1], parts[-1], src_dir_fd=src_dirs[-1], dst_dir_fd=dst_dir)
+        for depth in range(len(parts) - 2, -1, -1):
+            try:
+                os.rmdir(parts[depth], dir_fd=src_dirs[depth])
+            except OSError:
+                break  # not empty (other files stay), or gone
+    finally:
+        for fd in src_dirs[1:]:
+            os.close(fd)
+        if dst_dir != dst_fd:
+            os.close(dst_dir)
+
+
+def _exists_under(root_fd: int, relpath: str) -> bool:
+    """Whether the file ``relpath`` exists under the folder open as ``root_fd`` (no link
+    followed, nothing created)."""
+    parts = relpath.split("/")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    dirfd = root_fd
+    try:
+        for part in parts[:-1]:
+            try:
+                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+            except OSError:
+                return False
+            if dirfd != root_fd:
+                os.close(dirfd)
+            dirfd = nextfd
+        try:
+            os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+    finally:
+        if dirfd != root_fd:
+            os.close(dirfd)
 
 
 def seal(path: Path) -> None:

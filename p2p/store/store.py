@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..bitfield import bit_count, bitfield_new, full_bitfield
@@ -26,12 +26,13 @@ from ..errors import (
     IntegrityError,
     NotFound,
     StateDirLocked,
+    StoreError,
     UnsafePath,
 )
 from ..identity import PeerId
 from .chunks import ChunkMap
 from .database import Database, DownloadInfo, ShareInfo
-from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz
+from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz, move_between
 from .serving import SharedFile
 
 __all__ = ["Store"]
@@ -284,13 +285,19 @@ class Store:
     # -- downloads ---------------------------------------------------------------------
 
     def open_download(self, manifest: Manifest, dest: Path,
-                      listing: bytes | bytearray | None = None) -> PartialDownload:
+                      listing: bytes | bytearray | None = None, *,
+                      selected: Collection[int] | None = None) -> PartialDownload:
         """Start or resume the download of a verified ``manifest`` into ``dest`` (``listing``:
         a listed directory's verified listing, see :meth:`put_manifest`).
 
         Takes an exclusive lock (:class:`StateDirLocked` if another process
         holds it). An existing partial download of the same content resumes
-        from its recorded bitfield.
+        from its recorded bitfield. ``selected``: the entries (files) wanted, None for all.
+
+        A download whose selected files were put in place earlier (state ``selected``)
+        resumes from there: the folder goes back to its partial name, and the caller's
+        :meth:`~PartialDownload.recover` checks every file in it again (the person may have
+        changed them since), so what is whole is kept and only the rest is fetched.
         """
         cid = manifest.content_id.digest
         with self._lock:
@@ -300,7 +307,11 @@ class Store:
             self._keep_manifest(manifest)
             record = self._db.download_record(cid)
             _, cmap = self._chunk_map(cid)
-            if record is not None and record[1].exists():
+            if record is not None and self._was_selected(cid):
+                dest, partial_path, _ = record
+                self._gather_selection(manifest, dest, partial_path)
+                bits = bitfield_new(cmap.count)  # recover() finds what is there, checked
+            elif record is not None and record[1].exists():
                 dest, partial_path, recorded = record
                 bits = bytearray(recorded)
             else:
@@ -308,9 +319,31 @@ class Store:
                 partial_path = dest.with_name(dest.name + PARTIAL_SUFFIX)
                 bits = bitfield_new(cmap.count)
             self._db.start_download(cid, dest, partial_path, bytes(bits), bit_count(bits), self._clock())
-            partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits)
+            partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits,
+                                      selected=selected)
             self._active[cid] = partial
             return partial
+
+    def _was_selected(self, cid: bytes) -> bool:
+        info = next(iter(self._db.downloads(cid)), None)
+        return info is not None and info.state == "selected"
+
+    @staticmethod
+    def _gather_selection(manifest: Manifest, dest: Path, partial_path: Path) -> None:
+        """A download that put its selected files at ``dest`` (the rest, if any, waiting in
+        ``partial_path``) resumes: everything goes back under ``partial_path``. Whatever is
+        missing (the person deleted the folder, a crash came between the record and the
+        moves) is simply not there; the caller's recover() checks what is."""
+        if not dest.is_dir() or dest.is_symlink():
+            return
+        if partial_path.exists():
+            move_between(partial_path, dest, [e.path for e in manifest.entries])
+            try:
+                partial_path.rmdir()
+            except OSError as exc:
+                raise StoreError(f"cannot resume into {partial_path}: it holds files that are "
+                                 f"not this download's ({exc.strerror})") from None
+        os.rename(dest, partial_path)
 
     def _save_bits(self, cid: bytes, bits: bytes, state: str, error: str | None = None) -> None:
         """Record a running download's bitfield (called by its :class:`PartialDownload`)."""

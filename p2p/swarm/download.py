@@ -29,6 +29,7 @@ from typing import Any
 
 from ..bitfield import bit_get, bit_indexes, bit_set, full_bitfield
 from ..content import MIN_CHUNK, ContentId, ListedRoot, Manifest, decode_manifest
+from ..content.select import Selection
 from ..errors import (
     DiskFull,
     IntegrityError,
@@ -143,6 +144,9 @@ class FetchOptions:
     longest stall with no verified chunk (counted from the start of the transfer)."""
     sequential: bool = False
     """Chunks in file order within a read-ahead window (streaming, :meth:`Node.stream`)."""
+    selection: Selection = field(default_factory=Selection)
+    """The files wanted (``--include``/``--exclude``, ticked files); the default wants all.
+    Only their chunks are asked for; :meth:`Download.select` changes it while it runs."""
 
 
 @dataclass
@@ -212,6 +216,12 @@ class Download:
         self._listing_at = 0.0
         """When the listing fetch started or last verified a chunk (the manifest timeout counts
         from it: a large listing on a slow link is not cut off while it moves)."""
+        self.selection = options.selection
+        """The files wanted now (see :meth:`select`)."""
+        self._selected: list[int] | None = None
+        """The entries :attr:`selection` picks (None: every one), once the manifest is in."""
+        self._selected_size = 0
+        """Bytes of those entries (summed once per selection, not per progress event)."""
         self.partial: PartialDownload | None = None
         self.scheduler: Scheduler | None = None
         self._peers: dict[PeerId, _Peer] = {}
@@ -304,6 +314,44 @@ class Download:
         """The latest progress figures (chunks and bytes done, rate, ETA, peers): the last
         :class:`~p2p.events.DownloadProgress` published. None until the transfer starts."""
         return self._progress
+
+    @property
+    def selected_paths(self) -> list[str] | None:
+        """The relative paths of the files wanted (None: every file, or no manifest yet)."""
+        if self.manifest is None or self._selected is None:
+            return None
+        return [self.manifest.entries[i].path for i in self._selected]
+
+    def select(self, selection: Selection) -> None:
+        """Want the files ``selection`` picks from now on (the terminal app's ticks): chunks
+        of files no longer wanted are cancelled, newly wanted ones asked for; what is held
+        stays held. Before the manifest is in, it is what the transfer starts with.
+
+        Raises :class:`~p2p.errors.BadInput` when it picks no file of the manifest, or names
+        one that is not in it (the selection is then unchanged).
+        """
+        manifest = self.manifest
+        if manifest is None:
+            self.selection = selection
+            return
+        entries = None if selection.everything else selection.check(manifest)
+        self.selection = selection
+        self._set_selected(entries)
+        scheduler, partial = self.scheduler, self.partial
+        if scheduler is None or partial is None or self._finished.is_set():
+            return  # the transfer starts (or ended) with it
+        partial.select(entries)
+        wanted = None if entries is None else partial.chunk_map.chunks_of(entries)
+        for peer, index in scheduler.set_wanted(wanted):
+            state = self._peers.get(peer)
+            if state is not None:
+                state.outbox.put_nowait(msg.Cancel(self.content_id.digest, index))
+        if scheduler.complete:
+            self._finished.set()
+            self.progressed.set()
+            return
+        self._last_verified_at = self._clock()  # new chunks to find: the stall clock restarts
+        self._update()
 
     async def run(self) -> Path:
         """Fetch everything, verify it, put it in place. Returns the final path.
@@ -499,7 +547,7 @@ class Download:
         scheduler, partial = self.scheduler, self.partial
         assert scheduler is not None and partial is not None
         timeout = self.options.timeout
-        kept = f"progress is kept ({partial.done}/{partial.chunk_map.count} chunks)"
+        kept = f"progress is kept ({scheduler.wanted_held}/{scheduler.wanted_count} chunks)"
         if not self._peers and self._banned_for_bad_data and not self._dropped_otherwise:
             count = len(self._banned_for_bad_data)
             return IntegrityError(
@@ -509,7 +557,8 @@ class Download:
         if alone:
             return NetworkError(f"no peer to download {self.content_id} from for {timeout:g} s; {kept}")
         claiming = sum(1 for state in scheduler.peers.values()
-                       if state.seeder or not state.bits <= scheduler.held)
+                       if state.seeder or any(scheduler.wants(i) and i not in scheduler.held
+                                              for i in state.bits))
         if claiming:
             claim = "claims" if claiming == 1 else "claim"
             return NotFound(f"no verified data for {timeout:g} s from {_peers(claiming)} that "
@@ -595,12 +644,22 @@ class Download:
             return (msg.GetBitfield(cid),), set()
         first: list[msg.Message] = [msg.GetManifest(cid), msg.GetBitfield(cid)]
         speculative: set[int] = set()
-        if holds and not self._listing and self._speculated < SPECULATIVE_PEERS:
+        if holds and not self._listing and self._speculated < SPECULATIVE_PEERS \
+                and self._guess_is_wanted():
             start = self._speculated * SPECULATIVE_CHUNKS
             self._speculated += 1
             speculative = set(range(start, start + SPECULATIVE_CHUNKS))
             first += [msg.Request(cid, index) for index in sorted(speculative)]
         return tuple(first), speculative
+
+    def _guess_is_wanted(self) -> bool:
+        """Speculative chunks (the first ones) are asked only of a fresh download of all of it:
+        with a selection they may be files not wanted, and a resumed download may hold them
+        already. Either way their bytes would cross the network for nothing."""
+        if not self.selection.everything:
+            return False
+        recorded = self.store.recorded_bitfield(self.content_id)
+        return recorded is None or not any(recorded[1])
 
     async def _dial(self, peer: PeerId | None, addr: Address, holds: bool,
                     slots: asyncio.Semaphore) -> None:
@@ -886,9 +945,13 @@ class Download:
         dest = self.options.dest
         if dest is None:
             dest = self.options.download_dir / manifest.name
-        elif dest.is_dir() and manifest.kind == "file":
+        elif dest.is_dir():
+            # An existing folder: the file or folder lands inside it, as OUT/NAME; a path that
+            # does not exist is the destination itself.
             dest = dest / manifest.name
-        self.partial = self.store.open_download(manifest, dest, self._listing_bytes)
+        self._set_selected(None if self.selection.everything else self.selection.check(manifest))
+        self.partial = self.store.open_download(manifest, dest, self._listing_bytes,
+                                                selected=self._selected)
         self._listing_bytes = None
         recovered = []
         if self.partial.resumed:
@@ -898,15 +961,21 @@ class Download:
         first = manifest.entries[0].info if manifest.entries else None
         chunk_size = first.chunk_size if first else 1 << 20
         held = bit_indexes(self.partial.bits, self.partial.chunk_map.count)
+        wanted = None if self._selected is None else self.partial.chunk_map.chunks_of(self._selected)
         self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size,
-                                   sequential=self.options.sequential)
+                                   sequential=self.options.sequential, wanted=wanted)
         now = self._clock()
         self._history.append((now, self._bytes_this_run))
         self._next_progress = now + PROGRESS_INTERVAL
         self._next_commit = now + COMMIT_INTERVAL
         self._last_verified_at = now
-        self.events.publish(DownloadStarted(self.content_id, manifest.name, manifest.total_size,
-                                            self.partial.chunk_map.count, len(held), tuple(held)))
+        chosen = self._selected is not None
+        self.events.publish(DownloadStarted(
+            self.content_id, manifest.name, manifest.total_size, self.partial.chunk_map.count,
+            len(held), tuple(held),
+            wanted_chunks=self.scheduler.wanted_count if chosen else None,
+            wanted_size=self.selected_size() if chosen else None,
+            wanted_held=self.scheduler.wanted_held if chosen else None))
         for state in list(self._peers.values()):  # a bad bitfield bans (removes) its peer
             self._join_scheduler(state)
         if self.scheduler.complete:
@@ -1078,13 +1147,24 @@ class Download:
             return
         self._arm()  # the next record may be due
 
+    def _set_selected(self, entries: list[int] | None) -> None:
+        manifest = self.manifest
+        assert manifest is not None
+        self._selected = entries
+        self._selected_size = manifest.total_size if entries is None else \
+            sum(manifest.entries[i].info.size for i in entries)
+
+    def selected_size(self) -> int:
+        """Bytes of the files wanted (all of them with no selection; 0 before the manifest)."""
+        return 0 if self.manifest is None else self._selected_size
+
     def _bytes_done(self) -> int:
-        partial = self.partial
-        if partial is None:
+        scheduler = self.scheduler
+        if scheduler is None:
             return 0
-        size = partial.manifest.total_size
-        count = partial.chunk_map.count
-        return size if count == 0 else min(size, partial.done * (size // count + 1))
+        size = self.selected_size()
+        count = scheduler.wanted_count
+        return size if count == 0 else min(size, scheduler.wanted_held * (size // count + 1))
 
     def _publish_progress(self, now: float) -> None:
         partial = self.partial
@@ -1096,10 +1176,14 @@ class Download:
             self._history.popleft()
         t0, b0 = self._history[0]
         rate = (self._bytes_this_run - b0) / (now - t0) if now > t0 else 0.0
-        size = partial.manifest.total_size
+        scheduler = self.scheduler
+        assert scheduler is not None
+        size = self.selected_size()
         eta = (size - done_bytes) / rate if rate > 0 else None
-        self._progress = DownloadProgress(self.content_id, partial.done, partial.chunk_map.count,
-                                          done_bytes, size, rate, eta, len(self._peers))
+        # Figures of the files wanted: a bar for three files of a large folder fills up.
+        self._progress = DownloadProgress(self.content_id, scheduler.wanted_held,
+                                          scheduler.wanted_count, done_bytes, size, rate, eta,
+                                          len(self._peers))
         self.events.publish(self._progress)
 
     async def _complete(self) -> Path:
@@ -1114,7 +1198,7 @@ class Download:
         path = await self._loop.run_in_executor(self._sync_pool, partial.finalize)
         seconds = self._clock() - self._started
         self.events.publish(DownloadCompleted(
-            self.content_id, str(path), partial.manifest.total_size, seconds,
+            self.content_id, str(path), self.selected_size(), seconds,
             {str(p): n for p, n in self.chunks_by_peer.items()}))
         return path
 

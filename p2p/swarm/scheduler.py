@@ -9,6 +9,9 @@ The times it is given never decrease.
 
 Policy, in the order it is applied:
 
+* **Only what is wanted.** A download of some files of a folder wants only their chunks
+  (:meth:`Scheduler.set_wanted`): no other chunk is ever requested, and the download is
+  complete once every wanted chunk is held.
 * **Rarest first.** Chunks no held and not requested are tried in order of
   how few connected peers have them (random among equals, so downloaders of
   the same content spread out instead of all asking for chunk 0).
@@ -165,7 +168,8 @@ class Scheduler:
     """Chunk selection for one download over many peers. Pure: feed events with ``now``, ask for plans."""
 
     def __init__(self, chunk_count: int, held: Iterable[int], chunk_size: int,
-                 *, rng: random.Random | None = None, sequential: bool = False) -> None:
+                 *, rng: random.Random | None = None, sequential: bool = False,
+                 wanted: Iterable[int] | None = None) -> None:
         self.chunk_count = chunk_count
         self.chunk_size = chunk_size
         self.sequential = sequential
@@ -187,13 +191,53 @@ class Scheduler:
         self._cursor = 0
         self.budget = max(MIN_BUDGET_CHUNKS, INFLIGHT_BUDGET_BYTES // max(chunk_size, 1))
         """Most requests in flight at once over all peers."""
+        self.wanted: frozenset[int] | None = None
+        """The chunks the download wants (the selected files'); None: every chunk."""
+        self._missing = 0
+        """Wanted chunks not held: complete at 0."""
+        self.set_wanted(wanted)
 
     # -- state ---------------------------------------------------------------------
 
     @property
     def complete(self) -> bool:
-        """Every chunk is held."""
-        return len(self.held) == self.chunk_count
+        """Every wanted chunk is held."""
+        return self._missing == 0
+
+    @property
+    def wanted_count(self) -> int:
+        """How many chunks are wanted (all of them with no selection)."""
+        return self.chunk_count if self.wanted is None else len(self.wanted)
+
+    @property
+    def wanted_held(self) -> int:
+        """How many wanted chunks are held."""
+        return self.wanted_count - self._missing
+
+    def wants(self, index: int) -> bool:
+        """Whether chunk ``index`` is wanted (held or not)."""
+        return self.wanted is None or index in self.wanted
+
+    def set_wanted(self, wanted: Iterable[int] | None) -> list[tuple[Peer, int]]:
+        """Want only the chunks ``wanted`` (None: every chunk); a running download's selection
+        changed. Requests in flight for chunks no longer wanted are released and returned
+        (peer, index), for the driver to cancel; newly wanted chunks are planned from the next
+        :meth:`plan` on."""
+        self.wanted = None if wanted is None else frozenset(
+            i for i in wanted if 0 <= i < self.chunk_count)
+        if self.wanted is None:
+            self._missing = self.chunk_count - len(self.held)
+        else:
+            self._missing = sum(1 for i in self.wanted if i not in self.held)
+        released = [(peer, index) for peer, state in self.peers.items()
+                    for index in state.inflight if not self.wants(index)]
+        for peer, index in released:
+            self._unrequest(peer, index)
+        self._order_dirty = True
+        self._order_built_at = float("-inf")  # the streaming order is rebuilt too
+        self._order = []
+        self._cursor = 0
+        return released
 
     @property
     def outstanding(self) -> int:
@@ -264,7 +308,8 @@ class Scheduler:
         state = self.peers[peer]
         taken = []
         for index in sorted(indexes):
-            if 0 <= index < self.chunk_count and index not in self.held and index not in state.inflight:
+            if 0 <= index < self.chunk_count and index not in self.held and \
+                    index not in state.inflight and self.wants(index):
                 self._request(peer, state, index, asked)
                 taken.append(index)
         if taken:  # keep the oldest first, as planned requests are (next_deadline relies on it)
@@ -341,12 +386,12 @@ class Scheduler:
             # File order (see the attribute) does not depend on availability, and a held chunk
             # is never wanted again (_pick skips it): built once.
             if self._order_built_at == float("-inf"):
-                self._order = [i for i in range(self.chunk_count) if i not in self.held]
+                self._order = self._not_held()
                 self._order_built_at = now
             return
         if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
             return
-        wanted = [i for i in range(self.chunk_count) if i not in self.held]
+        wanted = self._not_held()
         self._rng.shuffle(wanted)
         avail = self._availability
         # Stable sort: random among equally rare chunks. Chunks nobody has go last, so
@@ -356,6 +401,12 @@ class Scheduler:
         self._cursor = 0
         self._order_dirty = False
         self._order_built_at = now
+
+    def _not_held(self) -> list[int]:
+        """The wanted chunks not held, in chunk order."""
+        if self.wanted is None:
+            return [i for i in range(self.chunk_count) if i not in self.held]
+        return sorted(i for i in self.wanted if i not in self.held)
 
     def _pick(self, peer: Peer, state: PeerState, *, suspect_too: bool) -> int | None:
         """The next unrequested chunk for ``peer`` in rarest-first order; one it is a suspect
@@ -434,6 +485,8 @@ class Scheduler:
         if index in self.held:
             return DataOutcome(False)
         self.held.add(index)
+        if self.wants(index):
+            self._missing -= 1
         state.delivered += 1
         self._avoid.pop(index, None)
         others = tuple((p, index) for p in self._requested.pop(index, set()))

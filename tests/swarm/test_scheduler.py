@@ -730,3 +730,59 @@ def test_rarest_first_without_sequential_asks_beyond_the_read_ahead() -> None:
     join(s, "a")
     picked = {i for _, i in s.plan(0.0)}
     assert any(i >= s.read_ahead for i in picked)  # random order: the control for the test above
+
+
+# -- wanted chunks (some files of a folder) ------------------------------------------------
+
+
+def _drain(s: Scheduler, now: float = 0.0) -> list[int]:
+    """Deliver every planned request until nothing more is planned; the chunks asked."""
+    asked: list[int] = []
+    while plan := s.plan(now):
+        for peer, index in plan:
+            asked.append(index)
+            s.on_data(peer, index, True, CHUNK, now)
+    return asked
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_only_wanted_chunks_are_asked_and_they_complete_the_download(sequential: bool) -> None:
+    s = Scheduler(20, (3,), CHUNK, rng=random.Random(1), sequential=sequential,
+                  wanted=range(2, 8))
+    join(s, "a")
+    assert not s.complete and (s.wanted_count, s.wanted_held) == (6, 1)
+    asked = _drain(s)
+    assert sorted(asked) == [2, 4, 5, 6, 7]  # held chunk 3 and every unwanted one: never asked
+    assert s.complete and s.held == {2, 3, 4, 5, 6, 7}
+
+
+def test_narrowing_the_wanted_chunks_releases_their_requests() -> None:
+    s = Scheduler(40, (), CHUNK, rng=random.Random(2))
+    join(s, "a")
+    planned = {index for _, index in s.plan(0.0)}
+    keep = set(range(0, 40, 2))
+    released = s.set_wanted(keep)
+    assert {index for _, index in released} == planned - keep
+    assert set(s.peers["a"].inflight) == planned & keep
+    for _, index in released:  # an answer to a released request is taken from nobody
+        assert not s.on_data("a", index, True, CHUNK, 0.1).accepted
+    for index in list(s.peers["a"].inflight):
+        s.on_data("a", index, True, CHUNK, 0.1)
+    assert set(_drain(s, 0.2)) <= keep
+    assert s.complete and s.held == keep | (planned & keep)
+
+
+def test_widening_the_wanted_chunks_asks_for_the_new_ones() -> None:
+    s = Scheduler(10, (), CHUNK, rng=random.Random(3), wanted={0, 1})
+    join(s, "a")
+    assert sorted(_drain(s)) == [0, 1] and s.complete
+    s.set_wanted(None)
+    assert not s.complete and s.wanted_count == 10
+    assert sorted(_drain(s, 1.0)) == list(range(2, 10))
+    assert s.complete
+
+
+def test_speculative_requests_for_unwanted_chunks_are_not_taken() -> None:
+    s = Scheduler(10, (), CHUNK, wanted={1, 2})
+    s.add_peer("a")
+    assert s.add_inflight("a", {0, 1, 2, 3}, 0.0) == [1, 2]

@@ -110,8 +110,8 @@ async def test_destination_taken_during_the_download_keeps_partial_then_same_nod
         shared = await seed.share(source)
         open_download = dl._store.open_download
 
-        def taken_meanwhile(manifest, where, listing=None):  # type: ignore[no-untyped-def]
-            partial = open_download(manifest, where, listing)
+        def taken_meanwhile(manifest, where, listing=None, **kwargs):  # type: ignore[no-untyped-def]
+            partial = open_download(manifest, where, listing, **kwargs)
             dest.write_bytes(b"somebody else's file")  # another program writes there meanwhile
             return partial
 

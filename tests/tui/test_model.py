@@ -134,3 +134,20 @@ def test_human_units() -> None:
     assert human_seconds(3725) == "1h02m"
     assert human_seconds(65) == "1m05s"
     assert human_seconds(None) == "?"
+
+
+def test_a_transfer_of_some_files_counts_theirs_and_completes_as_selected() -> None:
+    t = Transfers()
+    t.apply(DownloadStarted(CID, "album", 8000, 8, held=1, held_indexes=(0,),
+                            wanted_chunks=3, wanted_size=3000, wanted_held=1))
+    row = t.row(CID)
+    assert row is not None and (row.done_chunks, row.chunk_count, row.size) == (1, 3, 3000)
+    t.apply(ChunkRequested(CID, 1, A))
+    t.apply(ChunkVerified(CID, 1, A, 1000))
+    t.apply(ChunkRequested(CID, 2, A))  # in flight, then cancelled when the selection shrank
+    t.apply(DownloadCompleted(CID, "/dl/album", 2000, 1.0, {}))
+    row = t.row(CID)
+    assert row is not None and row.state == "selected" and row.done_chunks == row.chunk_count
+    states = t.chunk_map(CID).states
+    assert [states[i] for i in (0, 1)] == [Cell.VERIFIED, Cell.VERIFIED]
+    assert all(states[i] == Cell.MISSING for i in range(2, 8))  # not fetched: not painted done

@@ -25,8 +25,11 @@ from p2p import (
     PeerInfo,
     ShareInfo,
 )
+from p2p.content import FileEntry, hash_bytes, sign_manifest
+from p2p.identity import Identity
 from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app
 from tui.model import DhtData
+from tui.screens import FilesScreen
 from tui.widgets import TransfersView
 
 SIZE = (120, 36)
@@ -169,3 +172,16 @@ def test_transfers_with_a_100k_chunk_map(snap_compare: Any, size: tuple[int, int
         await pilot.pause()
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=big)
+
+
+def test_files_picker(snap_compare: Any) -> None:
+    """The file picker of a folder download: some files ticked, the summary below."""
+    paths = ["docs/guide.pdf", "docs/notes.txt", "music/01 intro.flac", "music/02 theme.flac",
+             "video/trailer.mkv"]
+    entries = [FileEntry(p, hash_bytes(bytes(1000 * (i + 1)))) for i, p in enumerate(paths)]
+    manifest = sign_manifest(Identity.from_seed(b"\x01" * 32), "dir", "album", entries)
+
+    async def pick(pilot: Pilot[Any]) -> None:
+        pilot.app.push_screen(FilesScreen(manifest, frozenset(paths[2:4]), running=True))
+
+    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("", pick))
