@@ -24,10 +24,24 @@ import msgpack
 
 from .errors import DecodeError
 
+_SCALARS = frozenset({type(None), bool, int, bytes, str})
+"""Exact types that need no further look (a subclass, an IntEnum say, takes the full check)."""
+
 
 def _check(value: Any, depth: int) -> None:
     if depth > 16:
         raise TypeError("nesting too deep for canonical encoding")
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    if kind is list or kind is tuple:
+        # A flat list of scalars in one pass: a listing of a million entries is checked in a
+        # second, not in a call per value.
+        if all(type(item) in _SCALARS for item in value):
+            return
+        for item in value:
+            _check(item, depth + 1)
+        return
     if value is None or isinstance(value, bool | int | bytes | str):
         return
     if isinstance(value, msgpack.ExtType):  # a namedtuple: must not pass as a list

@@ -24,8 +24,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +67,18 @@ def hash_chunk(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
-    """What a file's id covers: its size, chunk size and chunk hashes."""
+    """What a file's id covers: its size, chunk size and chunk hashes.
+
+    Slotted: a folder of a million files holds a million of these."""
 
     size: int
     chunk_size: int
     hashes: bytes
     """Concatenated 32-byte BLAKE3 hashes, one per chunk, in order."""
+    _id: ContentId | None = field(default=None, init=False, repr=False, compare=False)
+    """The content id, once computed (see :attr:`content_id`)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.size <= MAX_FILE_SIZE:
@@ -90,13 +93,17 @@ class FileInfo:
         """Number of chunks (0 for an empty file)."""
         return len(self.hashes) // HASH_LEN
 
-    @cached_property
+    @property
     def content_id(self) -> ContentId:
         """The file's content id: the same bytes give the same id, whatever the name or publisher.
 
         Computed once: a folder's id is made of its files' ids."""
-        return ContentId(blake3.blake3(
-            pack([FORMAT_VERSION, "file", self.size, self.chunk_size, self.hashes])).digest())
+        found = self._id
+        if found is None:
+            found = ContentId(blake3.blake3(
+                pack([FORMAT_VERSION, "file", self.size, self.chunk_size, self.hashes])).digest())
+            object.__setattr__(self, "_id", found)
+        return found
 
     def chunk_hash(self, index: int) -> bytes:
         """The expected hash of chunk ``index``."""

@@ -18,7 +18,7 @@ CONTENT_ID_PREFIX = "p2pc1"
 DIGEST_LEN = 32
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ContentId:
     """The name of a piece of content: a BLAKE3 digest of its canonical description."""
 

@@ -87,7 +87,7 @@ MAX_LISTED_CHUNKS = 1 << 24
 largest control message."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file of a manifest: where it goes and what its bytes are."""
 
