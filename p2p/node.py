@@ -316,11 +316,11 @@ class Node:
                 loop.call_soon_threadsafe(progress, n)
 
         try:
-            manifest, files = await asyncio.to_thread(build_manifest, path, self._identity, report)
+            manifest, _ = await asyncio.to_thread(build_manifest, path, self._identity, report)
         except asyncio.CancelledError:
             stop.set()
             raise
-        self._store.add_share(manifest, files, root=path)
+        await asyncio.to_thread(self._store.add_share, manifest, root=path)
         if self.config.announce_shares:  # else the next long-running start announces it
             await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))

@@ -145,7 +145,7 @@ _IN_FLIGHT_PER_WORKER = 2
 taken in order, and bounds the memory and descriptors held (one file open per running task)."""
 
 
-def _hash_small(paths: Sequence[Path]) -> list[FileInfo]:
+def _hash_small(paths: Sequence[str | Path]) -> list[FileInfo]:
     """Hash each whole small file (a task of :func:`hash_files`)."""
     infos = []
     for path in paths:
@@ -157,7 +157,7 @@ def _hash_small(paths: Sequence[Path]) -> list[FileInfo]:
     return infos
 
 
-def _hash_range(path: Path, size: int, chunk: int, first: int, last: int) -> bytes:
+def _hash_range(path: str | Path, size: int, chunk: int, first: int, last: int) -> bytes:
     """The hashes of chunks ``first`` to ``last`` (excluded) of a large file (a task of :func:`hash_files`)."""
     with open(path, "rb", buffering=0) as f:
         if os.fstat(f.fileno()).st_size != size:
@@ -173,7 +173,7 @@ def _hash_range(path: Path, size: int, chunk: int, first: int, last: int) -> byt
 
 
 def hash_files(
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     progress: Callable[[int], None] | None = None,
     *,
     threads: int | None = None,

@@ -362,14 +362,15 @@ def sign_manifest(identity: Identity, kind: str, name: str, entries: Sequence[Fi
     return Manifest(kind, name, ordered, identity.peer_id, signature, listing)
 
 
-def scan_directory(root: Path) -> list[tuple[str, Path]]:
-    """The regular files under ``root`` as (relative ``/`` path, absolute path), sorted.
+def scan_directory(root: Path) -> list[tuple[str, str]]:
+    """The regular files under ``root`` as (relative ``/`` path, path), sorted.
 
     Symlinks and special files are skipped (sharing what a link points to
     would surprise people); every name must pass the same path check a
-    downloader applies, so what we publish can be fetched.
+    downloader applies, so what we publish can be fetched. Paths are text, not
+    :class:`~pathlib.Path` objects: a folder of a million files holds a million.
     """
-    found: list[tuple[str, Path]] = []
+    found: list[tuple[str, str]] = []
     folders = [("", os.fspath(root))]
     while folders:  # os.scandir, not os.walk: the entry types come with the listing, no lstat per file
         prefix, folder = folders.pop()
@@ -387,7 +388,7 @@ def scan_directory(root: Path) -> list[tuple[str, Path]]:
                         check_relative_path(rel)
                     except UnsafePath as exc:
                         raise BadInput(f"cannot share {item.path}: {exc}") from None
-                    found.append((rel, Path(item.path)))
+                    found.append((rel, item.path))
     found.sort()
     return found
 
@@ -400,16 +401,19 @@ def build_manifest(
     """Hash a file or directory and sign its manifest.
 
     Returns the manifest and, for each entry, the file it was hashed from (the
-    store serves those files in place). ``progress(n)`` gets bytes hashed.
+    store serves those files in place: for a folder, ``path / entry.path``, so
+    :meth:`~p2p.store.Store.add_share` needs only the folder). ``progress(n)`` gets
+    bytes hashed.
     """
     path = Path(path)
     if path.is_dir():
         files = scan_directory(path)
         infos = hash_files([full for _, full in files], progress)  # one pool for the whole folder
-        pairs = [(FileEntry(rel, info), full) for (rel, full), info in zip(files, infos, strict=True)]
+        entries = [FileEntry(rel, info) for (rel, _), info in zip(files, infos, strict=True)]
+        del infos
         name = path.resolve().name or "root"
-        manifest = sign_manifest(identity, "dir", name, [e for e, _ in pairs])
-        return manifest, pairs
+        manifest = sign_manifest(identity, "dir", name, entries)
+        return manifest, [(entry, Path(full)) for entry, (_, full) in zip(entries, files, strict=True)]
     if not path.is_file():
         raise BadInput(f"{path} is neither a file nor a folder")
     entry = FileEntry(path.name, hash_file(path, progress))

@@ -17,7 +17,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,14 +242,15 @@ class Database:
 
     # -- shares --------------------------------------------------------------------------
 
-    def put_share(self, manifest: Manifest, files: Sequence[SharedFile], *, root: Path,
+    def put_share(self, manifest: Manifest, files: Iterable[SharedFile], *, root: Path,
                   origin: str, now: float) -> None:
         """Record that ``manifest`` (already stored) is served from ``files``, one per entry in
-        order, replacing an earlier record of the same share."""
+        order, replacing an earlier record of the same share. ``files`` is taken one at a time
+        (it may be a generator): rows are never all in memory."""
         cid = manifest.content_id.digest
-        rows = [(cid, i, str(file.path), file.size, file.mtime_ns, entry.content_id.digest,
+        rows = ((cid, i, str(file.path), file.size, file.mtime_ns, entry.content_id.digest,
                  file.ctime_ns, file.ino)
-                for i, (entry, file) in enumerate(zip(manifest.entries, files, strict=True))]
+                for i, (entry, file) in enumerate(zip(manifest.entries, files, strict=True)))
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO shares VALUES (?,?,?,?)", (cid, str(root), now, origin))
             db.execute("DELETE FROM share_files WHERE content_id=?", (cid,))

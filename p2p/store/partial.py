@@ -405,9 +405,7 @@ class PartialDownload:
                 self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
             self.close()
         if whole:
-            files = [(entry, self.dest if self.manifest.kind == "file" else self.dest / entry.path)
-                     for entry in self.manifest.entries]
-            self.store.add_share(self.manifest, files, root=self.dest, origin="downloaded")
+            self.store.add_share(self.manifest, root=self.dest, origin="downloaded")
         return self.dest
 
     def close(self) -> None:

@@ -49,11 +49,15 @@ class SharedFile:
     """Its inode number at share time (None: not recorded)."""
 
     @classmethod
-    def record(cls, path: Path, info: FileInfo) -> SharedFile:
+    def record(cls, path: str | Path, info: FileInfo, *, resolved: bool = False) -> SharedFile:
         """Record ``path`` as it is now. Raises :class:`ContentChanged` if its size is not the
-        size that was hashed into ``info``."""
-        path = Path(path).resolve()
-        st = path.stat()
+        size that was hashed into ``info``.
+
+        ``resolved``: ``path`` is known to hold no link (a file below a resolved folder, found
+        or created without following one): not resolved again, which for a folder of many
+        files is most of the time recording takes."""
+        path = Path(path) if resolved else Path(path).resolve()
+        st = os.stat(path)
         if st.st_size != info.size:
             raise ContentChanged(f"{path} changed while it was being shared")
         return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from ..bitfield import bit_count, bitfield_new, full_bitfield
@@ -154,19 +154,32 @@ class Store:
 
     # -- shares ----------------------------------------------------------------------
 
-    def add_share(self, manifest: Manifest, files: list[tuple[FileEntry, Path]], *,
-                  root: Path, origin: str = "shared") -> None:
-        """Serve ``manifest`` from ``files`` in place (recording size and mtime of each).
+    def add_share(self, manifest: Manifest, files: Sequence[tuple[FileEntry, str | Path]] | None = None,
+                  *, root: Path, origin: str = "shared") -> None:
+        """Serve ``manifest`` in place (recording size and mtime of each file), from ``files``
+        or, when None, from ``root`` itself (a file) or ``root / entry.path`` (a folder's
+        entries, as :func:`~p2p.content.build_manifest` hashed them and a download places them).
 
+        Files below ``root`` are recorded as found there (``root`` is resolved once; neither a
+        share's scan nor a download follows a link below it), one at a time into the
+        database: a folder of a million files costs no list of a million records.
         Raises :class:`~p2p.errors.ContentChanged` if a file's size is not the one hashed.
         """
-        by_path = {entry.path: path for entry, path in files}
-        recorded = [SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries]
+        root = Path(root).resolve()
+        recorded: Iterator[SharedFile]
+        if files is not None:
+            by_path = {entry.path: path for entry, path in files}
+            recorded = (SharedFile.record(by_path[entry.path], entry.info) for entry in manifest.entries)
+        elif manifest.kind == "file":
+            recorded = iter([SharedFile.record(root, manifest.entries[0].info, resolved=True)])
+        else:
+            base = os.fspath(root)
+            recorded = (SharedFile.record(f"{base}/{entry.path}", entry.info, resolved=True)
+                        for entry in manifest.entries)
         self.put_manifest(manifest)
         self._keep_manifest(manifest)
         with self._share_lock:
-            self._db.put_share(manifest, recorded, root=Path(root).resolve(), origin=origin,
-                               now=self._clock())
+            self._db.put_share(manifest, recorded, root=root, origin=origin, now=self._clock())
             self._share_files.clear()
 
     def remove_share(self, content_id: ContentId | bytes) -> bool:
