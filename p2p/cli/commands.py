@@ -357,9 +357,8 @@ async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
         manifest = await node.listing(args.target, publisher=publisher, peers=peers,
                                       timeout=args.timeout)
     if run.out.json:
-        for entry in manifest.entries:
-            run.out.emit({"path": entry.path, "size": entry.info.size,
-                          "content_id": str(entry.content_id)})
+        run.out.emit_all({"path": entry.path, "size": entry.info.size,
+                          "content_id": str(entry.content_id)} for entry in manifest.entries)
     else:
         run.out.result({}, "\n".join(f"{human_bytes(e.info.size):>10}  {e.path}"
                                       for e in manifest.entries) or "(no files)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -46,6 +46,19 @@ class Output:
     def emit(self, obj: Mapping[str, Any]) -> None:
         """One JSON line on stdout, flushed (a running process's readers see it at once)."""
         self._stdout.write(to_json(obj) + "\n")
+        self._stdout.flush()
+
+    def emit_all(self, objs: Iterable[Mapping[str, Any]], *, batch: int = 4096) -> None:
+        """One JSON line per object, written ``batch`` lines at a time: a listing of a million
+        files is not a million flushes."""
+        lines: list[str] = []
+        for obj in objs:
+            lines.append(to_json(obj))
+            if len(lines) >= batch:
+                self._stdout.write("\n".join(lines) + "\n")
+                lines.clear()
+        if lines:
+            self._stdout.write("\n".join(lines) + "\n")
         self._stdout.flush()
 
     def note(self, text: str, *, level: int = 0) -> None:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import overload
 
 import blake3
 
@@ -393,11 +394,34 @@ def scan_directory(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+class FolderFiles(Sequence[tuple[FileEntry, Path]]):
+    """(entry, the file it was hashed from) for each entry of a folder, made when asked: the
+    file is ``root / entry.path``, so a million-file folder holds no million paths."""
+
+    def __init__(self, root: Path, entries: Sequence[FileEntry]) -> None:
+        self._root = root
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[FileEntry, Path]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[FileEntry, Path]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[FileEntry, Path] | list[tuple[FileEntry, Path]]:
+        if isinstance(index, slice):
+            return [(entry, self._root / entry.path) for entry in self._entries[index]]
+        entry = self._entries[index]
+        return entry, self._root / entry.path
+
+
 def build_manifest(
     path: Path,
     identity: Identity,
     progress: Callable[[int], None] | None = None,
-) -> tuple[Manifest, list[tuple[FileEntry, Path]]]:
+) -> tuple[Manifest, Sequence[tuple[FileEntry, Path]]]:
     """Hash a file or directory and sign its manifest.
 
     Returns the manifest and, for each entry, the file it was hashed from (the
@@ -410,10 +434,10 @@ def build_manifest(
         files = scan_directory(path)
         infos = hash_files([full for _, full in files], progress)  # one pool for the whole folder
         entries = [FileEntry(rel, info) for (rel, _), info in zip(files, infos, strict=True)]
-        del infos
+        del infos, files  # a million-file folder: each list is hundreds of MiB
         name = path.resolve().name or "root"
         manifest = sign_manifest(identity, "dir", name, entries)
-        return manifest, [(entry, Path(full)) for entry, (_, full) in zip(entries, files, strict=True)]
+        return manifest, FolderFiles(path, manifest.entries)
     if not path.is_file():
         raise BadInput(f"{path} is neither a file nor a folder")
     entry = FileEntry(path.name, hash_file(path, progress))

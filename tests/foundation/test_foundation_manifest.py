@@ -116,7 +116,7 @@ def test_directory_manifest_round_trip(tmp_path: Path) -> None:
 def test_empty_directory_round_trip(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()
     manifest, pairs = build_manifest(tmp_path / "nothing", ALICE)
-    assert manifest.entries == () and pairs == []
+    assert manifest.entries == () and list(pairs) == []
     Manifest.decode(manifest.encode()).verify(manifest.content_id, ALICE.peer_id)
 
 
