@@ -43,6 +43,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,10 @@ FILES_PER_DIR = 1000
 RSS_TARGET_MIB = 200
 FD_TARGET = 256
 RATIO_TARGET = 2.0
+PATCH: list[str] = []
+"""``--patch FILE`` for every child of ours (set by main)."""
+PY_SPY: list[str] = []
+"""``--py-spy EXE PREFIX``: the py-spy to run, and where its stacks go (set by main)."""
 
 
 # -- the folders --------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
     try:
         boot_state = scratch / "boot"
         shutil.rmtree(boot_state, ignore_errors=True)
-        procs.append(spawn([sys.executable, str(PEER), "boot", "--state", str(boot_state)],
+        procs.append(spawn([sys.executable, str(PEER), "boot", "--state", str(boot_state), *PATCH],
                            scratch / "boot.stderr"))
         boot = str(read_line(procs[0], scratch / "boot.stderr", "the bootstrap node")["port"])
         t0 = time.perf_counter()
@@ -189,7 +194,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
             state = scratch / f"seed{i}"
             shutil.rmtree(state, ignore_errors=True)
             procs.append(spawn([sys.executable, str(PEER), "seed", "--state", str(state),
-                                "--file", str(folder), "--boot", boot,
+                                "--file", str(folder), "--boot", boot, *PATCH,
                                 *(["--cprofile", f"{cprofile}.seed0"] if cprofile and i == 0 else [])],
                                scratch / f"seed{i}.stderr"))
         ports, cids = [], set()
@@ -209,22 +214,30 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
         dest.parent.mkdir(parents=True)
         cmd = [sys.executable, str(PEER), "fetch", "--state", str(state), "--dest", str(dest),
                "--content-id", cids.pop(), "--peers", ",".join(ports), "--boot", boot,
-               "--size", str(size), "--files", str(files),
+               "--size", str(size), "--files", str(files), *PATCH,
                *(["--cprofile", cprofile] if cprofile else [])]
         seed_cpu0 = sum(cpu_s(p.pid) for p in procs[1:])
         dl = spawn(cmd, scratch / "downloader.stderr")
         procs.insert(0, dl)
         sampler = Sampler(dl.pid)
+        spies = [subprocess.Popen([PY_SPY[0], "record", "--pid", str(pid), "-o", f"{PY_SPY[1]}-{tag}.txt",
+                                   "-r", "500", "-f", "raw", "--nonblocking", "--threads"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for pid, tag in ((dl.pid, "downloader"), (procs[2].pid, "seeder0"))] if PY_SPY else []
         try:
             r = read_line(dl, scratch / "downloader.stderr", "the downloader")
         finally:
             fds = sampler.stop()
         seed_cpu = sum(cpu_s(p.pid) for p in procs[2:]) - seed_cpu0
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+            spy.wait(60)
         if not r["ok"]:
             raise RuntimeError(f"the fetched folder is incomplete: {r}")
         res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(dl.pid) / 1024, fds,  # type: ignore[arg-type]
                      {"cpu": r["cpu"], "loop_cpu": r["loop_cpu"], "seed_cpu": round(seed_cpu, 2),
-                      "chunks_by_peer": r["chunks_by_peer"], "share_s": round(share_s, 2)})
+                      "chunks_by_peer": r["chunks_by_peer"], "share_s": round(share_s, 2),
+                      "threads_user_sys": r["threads_user_sys"]})
     finally:
         stop(procs)
         shutil.rmtree(scratch / "dl", ignore_errors=True)
@@ -301,7 +314,16 @@ def main() -> None:
     ap.add_argument("--cprofile", metavar="PREFIX",
                     help="cProfile the downloader's event loop -> PREFIX-CASE and seeder 0 -> "
                          "PREFIX-CASE.seed0 (first round; slows them down)")
+    ap.add_argument("--py-spy", nargs=2, metavar=("EXE", "PREFIX"),
+                    help="record py-spy stacks (collapsed) of the downloader and seeder 0 -> "
+                         "PREFIX-downloader.txt, PREFIX-seeder0.txt (every round)")
+    ap.add_argument("--patch", metavar="FILE",
+                    help="run FILE in every child of ours first (measure a library change without editing it)")
     a = ap.parse_args()
+    if a.patch:
+        PATCH[:] = ["--patch", str(Path(a.patch).resolve())]
+    if a.py_spy:
+        PY_SPY[:] = a.py_spy
     if a.quick:
         a.files_small, a.files_mixed = 5000, 5000
     cases = [c for c in a.cases.split(",") if c]

@@ -137,6 +137,9 @@ class PeerState:
     """Round trips in a row since, each without that growth."""
     delivered_bytes: int = 0
     """Verified bytes this peer delivered in all."""
+    delivered_chunks: int = 0
+    """Verified chunks this peer delivered in all (first copies or not): with
+    :attr:`delivered_bytes`, the mean length of its chunks."""
     delivered_at: dict[int, int] = field(default_factory=dict)
     """Chunk in flight -> :attr:`delivered_bytes` when it was requested."""
     delivered: int = 0
@@ -328,10 +331,15 @@ class Scheduler:
         return gain * state.rate * rtt + self.chunk_size
 
     def depth(self, peer: Peer) -> int:
-        """How many requests ``peer`` should have in flight now (its window in chunks)."""
-        if self.peers[peer].last_rate_update is None:
+        """How many requests ``peer`` should have in flight now: its window over the mean
+        length of the chunks it delivered. Not over the chunk size: in a folder of small files
+        most chunks are a whole file of a few KiB, and a window of 64 KiB chunks would keep
+        a sixteenth of the requests the path carries in flight."""
+        state = self.peers[peer]
+        if state.last_rate_update is None:
             return INITIAL_INFLIGHT
-        want = math.ceil(self.window(peer) / self.chunk_size)
+        mean = state.delivered_bytes / state.delivered_chunks if state.delivered_chunks else self.chunk_size
+        want = math.ceil(self.window(peer) / max(mean, 1.0))
         return max(MIN_INFLIGHT, min(MAX_INFLIGHT, want))
 
     def plan(self, now: float) -> list[tuple[Peer, int]]:
@@ -562,6 +570,7 @@ class Scheduler:
         elapsed = max(now - asked, 1e-4)
         state.min_rtt = elapsed if state.min_rtt is None else min(state.min_rtt, elapsed)
         state.delivered_bytes += nbytes
+        state.delivered_chunks += 1
         # BBR's delivery rate: what the peer delivered while this request was out, over that time.
         asked_at = state.delivered_at.get(index, state.delivered_bytes - nbytes)
         delivered = state.delivered_bytes - asked_at
