@@ -366,15 +366,20 @@ class Scheduler:
         # (and the end game starts) only after that, so the chunk goes to another peer first.
         passes = (False, True) if self._avoid else (True,)
         rooms = self._share(ready, budget)
+        endgame: list[int] | None = None
+        """The requests in flight, oldest first: built once per plan, when the end game needs it."""
         for last in passes:
             for peer, state in ready:
                 room = min(rooms[peer] - len(state.inflight), budget)
                 if not state.inflight:
                     room = max(room, 1)  # every peer keeps one request, so its rate stays known
+                seen = 0  # of the end-game list: what this peer passed over stays passed over
                 while room > 0:
                     index = self._pick(peer, state, suspect_too=last)
                     if index is None and last:
-                        index = self._pick_endgame(peer, state)
+                        if endgame is None:
+                            endgame = self._oldest_first()
+                        index, seen = self._pick_endgame(peer, state, endgame, seen)
                     if index is None:
                         break
                     self._request(peer, state, index, now)
@@ -451,24 +456,33 @@ class Scheduler:
             return index
         return fallback
 
-    def _pick_endgame(self, peer: Peer, state: PeerState) -> int | None:
-        best = None
-        best_time = float("inf")
-        for index, holders in self._requested.items():
-            if peer in holders or not state.has(index):
+    def _oldest_first(self) -> list[int]:
+        """The chunks requested, oldest request first (by the first time each was asked)."""
+        peers = self.peers
+        return sorted(self._requested,
+                      key=lambda index: min(peers[p].inflight[index] for p in self._requested[index]))
+
+    def _pick_endgame(self, peer: Peer, state: PeerState, oldest: list[int],
+                      start: int) -> tuple[int | None, int]:
+        """The oldest request ``peer`` may duplicate, from ``oldest[start:]`` (a list of this
+        plan, :meth:`_oldest_first`), and where to look next. A chunk passed over stays passed
+        over for this peer within a plan (its holders only grow), so a plan's end game costs
+        one pass over the requests per peer, not one per request it sends."""
+        for pos in range(start, len(oldest)):
+            index = oldest[pos]
+            holders = self._requested.get(index)
+            if not holders or peer in holders or not state.has(index):
                 continue
-            avoided = self._avoid.get(index, ())
             if len(holders) >= ENDGAME_DUPLICATES:
                 continue
+            avoided = self._avoid.get(index, ())
             # When every peer holding this request is a suspect (it timed out or lied about
             # this chunk before), a suspect may duplicate it too: otherwise a silent peer
             # could keep the chunk from a seeder that once timed out, forever.
             if peer in avoided and not all(h in avoided for h in holders):
                 continue
-            asked = min(self.peers[p].inflight[index] for p in holders)
-            if asked < best_time:
-                best, best_time = index, asked
-        return best
+            return index, pos + 1
+        return None, len(oldest)
 
     def _request(self, peer: Peer, state: PeerState, index: int, now: float) -> None:
         state.inflight[index] = now
