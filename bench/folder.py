@@ -359,7 +359,11 @@ def main() -> None:
             torrents = {}
             if lt_ok:
                 for version in ("hybrid", "v1"):
-                    torrents[version] = lt_make(a.lt_python, folder, version, scratch)
+                    try:
+                        torrents[version] = lt_make(a.lt_python, folder, version, scratch)
+                    except RuntimeError as exc:
+                        out[f"lt_{version}_refused_{case}"] = str(exc)[-300:]
+                        print(f"  libtorrent {version}: REFUSED: {str(exc)[-300:]}", flush=True)
             ours: list[Result] = []
             lt: dict[str, list[Result]] = {v: [] for v in torrents}
             refused = None

@@ -49,6 +49,14 @@ def settings() -> dict[str, object]:
     }
 
 
+LOAD_LIMITS = {"max_buffer_size": 1 << 30, "max_pieces": 1 << 24, "max_decode_tokens": 1 << 28}
+"""A torrent of 100,000 files is larger than libtorrent loads by default ("metadata too large")."""
+
+
+def load(path: str) -> lt.torrent_info:
+    return lt.torrent_info(path, LOAD_LIMITS)
+
+
 def check_alerts(ses: lt.session) -> None:
     for al in ses.pop_alerts():
         if isinstance(al, (lt.torrent_error_alert, lt.file_error_alert)):
@@ -67,7 +75,7 @@ def make(a: argparse.Namespace) -> None:
     hash_s = time.perf_counter() - t0
     with open(a.torrent, "wb") as f:
         f.write(lt.bencode(ct.generate()))
-    ti = lt.torrent_info(a.torrent)
+    ti = load(a.torrent)
     print(json.dumps({"pieces": ti.num_pieces(), "piece_length": ti.piece_length(),
                       "files": ti.num_files(), "hash_s": hash_s}), flush=True)
 
@@ -75,7 +83,7 @@ def make(a: argparse.Namespace) -> None:
 def seed(a: argparse.Namespace) -> None:
     ses = lt.session(settings())
     atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(a.torrent)
+    atp.ti = load(a.torrent)
     atp.save_path = a.save
     atp.flags |= lt.torrent_flags.seed_mode  # the data is the torrent's: no recheck
     h = ses.add_torrent(atp)
@@ -96,7 +104,7 @@ def seed(a: argparse.Namespace) -> None:
 def leech(a: argparse.Namespace) -> None:
     ses = lt.session(settings())
     atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(a.torrent)
+    atp.ti = load(a.torrent)
     atp.save_path = a.save
     t0 = time.perf_counter()
     h = ses.add_torrent(atp)
