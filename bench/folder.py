@@ -55,6 +55,8 @@ from pathlib import Path
 
 from swarm import cpu_s, loadavg, parse_size, stop, vm_hwm_kib
 
+from p2p.content import MAX_MANIFEST_BYTES
+
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "swarm_peer.py"
 LT_PEER = HERE / "folder_lt.py"
@@ -205,6 +207,8 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
                 raise Refused(str(exc)) from None
             ports.append(str(info["port"]))
             cids.add(str(info["content_id"]))
+            manifest_bytes = int(info["manifest_bytes"])  # type: ignore[call-overload]
+
         share_s = time.perf_counter() - t0
         if len(cids) != 1:
             raise RuntimeError(f"seeders disagree on the content id: {cids}")
@@ -226,6 +230,13 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
                  for pid, tag in ((dl.pid, "downloader"), (procs[2].pid, "seeder0"))] if PY_SPY else []
         try:
             r = read_line(dl, scratch / "downloader.stderr", "the downloader")
+        except RuntimeError as exc:
+            if manifest_bytes <= MAX_MANIFEST_BYTES:
+                raise
+            # Until manifests past one message's limit can be fetched (in verified pieces).
+            raise Refused(f"{exc}; the folder's manifest is {manifest_bytes:,} bytes, over "
+                          f"MAX_MANIFEST_BYTES ({MAX_MANIFEST_BYTES:,}): run with a smaller "
+                          f"--files-mixed") from None
         finally:
             fds = sampler.stop()
         seed_cpu = sum(cpu_s(p.pid) for p in procs[2:]) - seed_cpu0

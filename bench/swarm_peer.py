@@ -90,7 +90,8 @@ async def seed(a: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         result = await node.share(Path(a.file))
         print(json.dumps({"port": node.port, "content_id": str(result.content_id),
-                          "share_s": time.perf_counter() - t0}), flush=True)
+                          "share_s": time.perf_counter() - t0,
+                          "manifest_bytes": len(result.manifest.encode())}), flush=True)
         prof = cProfile.Profile(time.thread_time) if a.cprofile else None
         if prof:
             prof.enable()
