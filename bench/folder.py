@@ -114,8 +114,8 @@ def machine_speeds(scratch: Path) -> dict[str, float]:
     """Raw speeds of this machine, one thread, measured now: AES-256-GCM sealing 64 KiB records
     (the wire's), BLAKE3 over 1 MiB and over 4 KiB (a small file's chunk), and files of 4 KiB
     created, written and closed in one folder (the floor of a small file's cost on this disk)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     import blake3
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     def rate(work: int, fn: object, reps: int) -> float:
         t0 = time.perf_counter()

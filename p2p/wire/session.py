@@ -194,7 +194,7 @@ class Session:
     def _queue_handshake(self, message: bytes) -> None:
         self._out.append(_U16.pack(len(message)) + message)
 
-    def _seal(self, head: bytes, tail: bytes | bytearray | memoryview) -> bytearray | memoryview:
+    def _seal(self, head: bytes | bytearray, tail: bytes | bytearray | memoryview) -> bytearray | memoryview:
         """Encrypt one frame into records: ``head`` alone, then ``tail`` in full records."""
         cs = self._send_cs
         assert cs is not None

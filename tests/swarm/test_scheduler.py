@@ -803,7 +803,6 @@ def test_a_window_of_small_chunks_is_counted_in_their_mean_length() -> None:
             s.on_data("a", index, True, small, now + 0.1)
         now += 0.1
         s.plan(now)
-    state = s.peers["a"]
     window = s.window("a")
     assert s.depth("a") == min(MAX_INFLIGHT, -(-int(window) // small))
     assert s.depth("a") > 4 * -(-int(window) // CHUNK)
