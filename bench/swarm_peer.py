@@ -59,6 +59,16 @@ def thread_cpu() -> dict[str, tuple[float, float]]:
     return out
 
 
+def folder_ok(path: Path, size: int, files: int) -> bool:
+    """A fetched folder holds ``files`` files of ``size`` bytes in all (bench/folder.py)."""
+    count = total = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            count += 1
+            total += os.stat(os.path.join(dirpath, name)).st_size
+    return count == files and total == size
+
+
 def config(state: Path, boot: str | None) -> NodeConfig:
     bootstrap = (("127.0.0.1", int(boot)),) if boot else ()
     return NodeConfig(state_dir=state, host="127.0.0.1", port=0, max_contacts_per_ip=None,
@@ -80,7 +90,8 @@ async def seed(a: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         result = await node.share(Path(a.file))
         print(json.dumps({"port": node.port, "content_id": str(result.content_id),
-                          "share_s": time.perf_counter() - t0}), flush=True)
+                          "share_s": time.perf_counter() - t0,
+                          "manifest_bytes": len(result.manifest.encode())}), flush=True)
         prof = cProfile.Profile(time.thread_time) if a.cprofile else None
         if prof:
             prof.enable()
@@ -126,7 +137,8 @@ async def fetch(a: argparse.Namespace) -> None:
         if prof:
             prof.dump_stats(a.cprofile)
         print(json.dumps({
-            "ok": path.exists() and path.stat().st_size == a.size,
+            "ok": folder_ok(path, a.size, a.files) if a.files else
+            path.exists() and path.stat().st_size == a.size,
             "elapsed": elapsed,
             "cpu": (r1.user + r1.system) - (r0.user + r0.system),
             "loop_cpu": loop_cpu,
@@ -151,6 +163,7 @@ def main() -> None:
     ap.add_argument("--content-id")
     ap.add_argument("--peers")
     ap.add_argument("--size", type=int, default=0)
+    ap.add_argument("--files", type=int, default=0, help="fetch: a folder of this many files, --size bytes in all")
     ap.add_argument("--cprofile")
     ap.add_argument("--patch", help="a Python file run first (try a library change without editing it)")
     a = ap.parse_args()

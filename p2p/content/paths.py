@@ -71,7 +71,8 @@ def check_relative_path(path: str) -> tuple[str, ...]:
     return parts
 
 
-def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_fd: int | None = None) -> int:
+def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_fd: int | None = None,
+               folders: dict[str, int] | None = None) -> int:
     """Open ``root/relpath`` with ``flags``, creating parent folders, never following a symlink.
 
     ``relpath`` is checked with :func:`check_relative_path`. Every component
@@ -80,13 +81,19 @@ def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_
     :class:`UnsafePath`. ``root`` itself is trusted (the person chose it);
     ``root_fd``, a directory descriptor of ``root`` the caller keeps open, saves
     opening it again (a download opens many files under one folder).
+    ``folders``, the caller's descriptors of folders below ``root`` by relative path
+    (``"a/b"``), saves walking to the file's folder again: it is taken from there when
+    present, else put there once opened (walked as above); the caller closes them.
     Returns a file descriptor the caller closes.
     """
     parts = check_relative_path(relpath)
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if root_fd is None else root_fd
+    parent = "/".join(parts[:-1])
+    cached = folders.get(parent) if folders is not None and parent else None
+    dirfd = cached if cached is not None else \
+        os.open(root, os.O_RDONLY | os.O_DIRECTORY) if root_fd is None else root_fd
     try:
-        for part in parts[:-1]:
+        for part in parts[:-1] if cached is None else ():
             try:
                 try:
                     nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
@@ -101,6 +108,8 @@ def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_
             if dirfd != root_fd:
                 os.close(dirfd)
             dirfd = nextfd
+        if folders is not None and parent and cached is None:
+            folders[parent] = cached = dirfd  # the caller's now
         try:
             return os.open(parts[-1], flags | nofollow, mode, dir_fd=dirfd)
         except OSError as exc:
@@ -108,5 +117,5 @@ def open_under(root: Path, relpath: str, flags: int, mode: int = 0o644, *, root_
                 raise UnsafePath(f"{relpath!r} under {root} is a symlink; refusing to write through it") from None
             raise
     finally:
-        if dirfd != root_fd:
+        if dirfd != root_fd and dirfd != cached:
             os.close(dirfd)

@@ -5,7 +5,7 @@ machines faulting in fresh page-cache memory costs more than the copy into an al
 buffer. So whole aligned chunks are written with ``O_DIRECT``: straight from the chunk's
 buffer when it is page-aligned (received chunks are, :mod:`p2p.buffers`), else from a
 per-thread aligned copy; everything else (a short
-last chunk, an unaligned offset), and every write to a file system that refuses
+last chunk, an unaligned offset, a chunk under :data:`DIRECT_MIN_BYTES`), and every write to a file system that refuses
 ``O_DIRECT`` (tmpfs before Linux 6.6, ramfs), goes through ordinary buffered ``pwrite``.
 """
 
@@ -19,10 +19,14 @@ import threading
 from ..buffers import is_aligned
 from .chunks import ChunkSpan
 
-__all__ = ["DIRECT_ALIGN", "DirectWriter"]
+__all__ = ["DIRECT_ALIGN", "DIRECT_MIN_BYTES", "DirectWriter"]
 
 DIRECT_ALIGN = 4096
 """Offsets and lengths of ``O_DIRECT`` writes are multiples of this (the largest common block size)."""
+DIRECT_MIN_BYTES = 64 * 1024
+"""Shorter chunks (a whole small file of a folder, mostly) are written buffered: a direct write
+of a few KiB waits for the device for one block, and costs a second open of its file; through
+the page cache, a folder's small files reach the disk together at the next commit's ``syncfs``."""
 
 
 class DirectWriter:
@@ -40,7 +44,8 @@ class DirectWriter:
 
     def takes(self, span: ChunkSpan) -> bool:
         """Whether a write of ``span`` would be direct (given a direct descriptor)."""
-        return not self.refused and span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0
+        return (not self.refused and span.length >= DIRECT_MIN_BYTES
+                and span.length % DIRECT_ALIGN == 0 and span.offset % DIRECT_ALIGN == 0)
 
     def write(self, span: ChunkSpan, data: bytes | bytearray | memoryview, fd: int, direct: int = -1) -> None:
         """Write ``data`` (``span.length`` bytes) at ``span``: through ``direct`` (an ``O_DIRECT``

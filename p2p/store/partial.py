@@ -63,6 +63,10 @@ PREALLOCATE_MARGIN = 256 * 1024 * 1024
 PREALLOCATE_MIN_SIZE = 1024 * 1024
 """Preallocate only files of at least this size: a smaller one is written in a few chunks, so
 reserving it saves no fragments and costs a file-system journal update of its own."""
+MAX_OPEN_FOLDERS = 16
+"""Folders of a download kept open (a descriptor each), so that creating a file in one costs
+one ``openat``, not one per level of its path: a folder's files are written in rarest-first
+order, spread over all its folders, so this keeps only the recent ones."""
 SYNC_EACH_FILES = 16
 """A commit syncs up to this many written files one ``fdatasync`` each; more (a folder of small
 files) in one ``syncfs`` of their file system (:func:`~p2p.durable.sync_filesystem`), which
@@ -128,6 +132,10 @@ class PartialDownload:
         self._dirty: set[int] = set()
         """Entries written since the last commit snapshot (guarded by ``_bits_lock``, with the bits)."""
         self._files = DescriptorCache(self._open_entry)
+        self._folders: dict[str, int] = {}
+        """Descriptors of folders of the partial folder, by relative path (:func:`open_under`),
+        at most :data:`MAX_OPEN_FOLDERS`; used only by :meth:`_open_entry`, which the
+        descriptor cache calls under its lock."""
         self._writer = DirectWriter()
         self._writer.refused = self._writer.refused or not direct_io
         self._preallocating = False
@@ -223,7 +231,12 @@ class PartialDownload:
         if self.manifest.kind == "file":
             fd = os.open(self.partial_path, (flags & ~os.O_CREAT) | getattr(os, "O_NOFOLLOW", 0))
         else:
-            fd = open_under(self.partial_path, self.manifest.entries[entry].path, flags, root_fd=self._lock_fd)
+            folders = self._folders
+            fd = open_under(self.partial_path, self.manifest.entries[entry].path, flags,
+                            root_fd=self._lock_fd, folders=folders)
+            while len(folders) > MAX_OPEN_FOLDERS:  # oldest first (dicts keep insertion order)
+                with contextlib.suppress(OSError):
+                    os.close(folders.pop(next(iter(folders))))
         size = self.manifest.entries[entry].info.size
         if self._preallocating and flags & os.O_CREAT and size >= PREALLOCATE_MIN_SIZE:
             try:
@@ -418,6 +431,10 @@ class PartialDownload:
                 self._life.wait()
             self.store._release(self.content_id.digest)
             self._files.close()
+            for fd in self._folders.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._folders.clear()
             if self._lock_fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)

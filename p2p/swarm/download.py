@@ -97,6 +97,14 @@ messages are taken until the checks catch up: the connections' receive queues fi
 sockets are no longer read, and TCP slows the senders. Without it a CPU-starved hashing
 pool would hold every chunk in flight (:data:`~p2p.swarm.scheduler.INFLIGHT_BUDGET_BYTES`)
 in memory; 16 MiB keeps two hashing threads busy for several milliseconds."""
+CHECK_JOB_BYTES = 256 << 10
+"""Bytes of received chunks checked and written in one job of the hashing pool. The chunks of
+one loop turn go in jobs of about this size, so a folder's small chunks (a whole file of a
+few KiB each) cost one thread hand-off and one wake-up of the loop per 64 or so, not one
+each; 64 KiB to 1 MiB chunks still go one or a few to a job."""
+CHECK_JOBS_MIN = 2
+"""Jobs at least, when two or more chunks came in one loop turn: the hashing pool's threads
+(``HASH_THREADS`` in the node), so both hash."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
 SPECULATIVE_CHUNKS = 4
@@ -237,6 +245,8 @@ class Download:
         self._checking: set[tuple[PeerId, int]] = set()
         self._checking_bytes = 0
         """Bytes of the chunks in :attr:`_checking`."""
+        self._to_check: list[tuple[_Peer, int, Any]] = []
+        """Chunks received in this loop turn, handed to the pool at its end (:meth:`_start_checks`)."""
         self._backlog_cleared = asyncio.Event()
         """Set while :attr:`_checking_bytes` is at most :data:`CHECK_BACKLOG_BYTES`."""
         self._backlog_cleared.set()
@@ -1046,15 +1056,29 @@ class Download:
         self._checking_bytes += len(payload)
         if self._checking_bytes > CHECK_BACKLOG_BYTES:
             self._backlog_cleared.clear()
-        self._spawn(self._on_data(state, index, payload), f"chunk {index}")
+        self._to_check.append((state, index, payload))
+        if len(self._to_check) == 1:
+            self._loop.call_soon(self._start_checks)
         return True
 
-    async def _on_data(self, state: _Peer, index: int, payload: Any) -> None:
-        partial, scheduler = self.partial, self.scheduler
-        assert partial is not None and scheduler is not None
-        nbytes = len(payload)
+    def _start_checks(self) -> None:
+        """Hand the chunks received in this loop turn to the pool in a few jobs (see
+        :data:`CHECK_JOB_BYTES`), not one each."""
+        batch, self._to_check = self._to_check, []
+        if self._tasks.closed:
+            return
+        total = sum(len(payload) for _, _, payload in batch)
+        jobs = max(min(len(batch), CHECK_JOBS_MIN), -(-total // CHECK_JOB_BYTES))
+        step = -(-len(batch) // jobs)
+        for start in range(0, len(batch), step):
+            self._spawn(self._on_data(batch[start:start + step]), "chunks")
+
+    async def _on_data(self, job: list[tuple[_Peer, int, Any]]) -> None:
+        partial = self.partial
+        assert partial is not None
         try:
-            ok = await self._loop.run_in_executor(self._pool, self._check_and_write, index, payload)
+            results = await self._loop.run_in_executor(self._pool, self._check_and_write_all,
+                                                       [(index, payload) for _, index, payload in job])
         except DiskFull as exc:
             self._fail(exc)
             return
@@ -1062,12 +1086,23 @@ class Download:
             self._fail(StoreError(f"cannot write {partial.partial_path}: {exc}"))
             return
         finally:
-            self._checking.discard((state.peer, index))
-            self._checking_bytes -= nbytes
+            for state, index, payload in job:
+                self._checking.discard((state.peer, index))
+                self._checking_bytes -= len(payload)
             if self._checking_bytes <= CHECK_BACKLOG_BYTES:
                 self._backlog_cleared.set()
+        for (state, index, payload), ok in zip(job, results, strict=True):
+            if self._checked(state, index, len(payload), ok):
+                return  # complete
+        self._update_soon()  # one scheduling pass for every chunk verified in this loop turn
+
+    def _checked(self, state: _Peer, index: int, nbytes: int, ok: bool) -> bool:
+        """Chunk ``index`` from ``state`` was checked (``ok``: verified and written); returns
+        whether the download is now complete."""
+        scheduler = self.scheduler
+        assert scheduler is not None
         if state.peer not in scheduler.peers:
-            return
+            return False
         outcome = scheduler.on_data(state.peer, index, ok, nbytes, self._clock())
         for other, idx in outcome.cancel:
             other_state = self._peers.get(other)
@@ -1089,8 +1124,12 @@ class Download:
             self._on_have(self.content_id.digest, index)
             if scheduler.complete:
                 self._finished.set()
-                return
-        self._update_soon()  # one scheduling pass for every chunk verified in this loop turn
+                return True
+        return False
+
+    def _check_and_write_all(self, job: list[tuple[int, Any]]) -> list[bool]:
+        """:meth:`_check_and_write` each chunk of ``job`` in turn (on a pool thread)."""
+        return [self._check_and_write(index, payload) for index, payload in job]
 
     def _check_and_write(self, index: int, payload: Any) -> bool:
         partial = self.partial

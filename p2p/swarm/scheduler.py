@@ -137,6 +137,9 @@ class PeerState:
     """Round trips in a row since, each without that growth."""
     delivered_bytes: int = 0
     """Verified bytes this peer delivered in all."""
+    delivered_chunks: int = 0
+    """Verified chunks this peer delivered in all (first copies or not): with
+    :attr:`delivered_bytes`, the mean length of its chunks."""
     delivered_at: dict[int, int] = field(default_factory=dict)
     """Chunk in flight -> :attr:`delivered_bytes` when it was requested."""
     delivered: int = 0
@@ -189,6 +192,10 @@ class Scheduler:
         self._avoid: dict[int, set[Peer]] = {}
         """Chunk -> peers that timed out or lied about it: ask others first."""
         self._cursor = 0
+        self._scan = 0
+        """Every chunk of the order before here is held or requested (or was when last looked
+        at): picking starts here, so a pick costs O(1), not a pass over every request in flight.
+        Moved back to the start whenever a request goes back to the pool unanswered."""
         self.budget = max(MIN_BUDGET_CHUNKS, INFLIGHT_BUDGET_BYTES // max(chunk_size, 1))
         """Most requests in flight at once over all peers."""
         self.wanted: frozenset[int] | None = None
@@ -236,7 +243,7 @@ class Scheduler:
         self._order_dirty = True
         self._order_built_at = float("-inf")  # the streaming order is rebuilt too
         self._order = []
-        self._cursor = 0
+        self._cursor = self._scan = 0
         return released
 
     @property
@@ -258,6 +265,7 @@ class Scheduler:
         released = list(state.inflight)
         for index in released:
             self._unrequest(peer, index)
+        self._scan = 0
         if state.seeder:
             self._seeders -= 1
         else:
@@ -328,10 +336,15 @@ class Scheduler:
         return gain * state.rate * rtt + self.chunk_size
 
     def depth(self, peer: Peer) -> int:
-        """How many requests ``peer`` should have in flight now (its window in chunks)."""
-        if self.peers[peer].last_rate_update is None:
+        """How many requests ``peer`` should have in flight now: its window over the mean
+        length of the chunks it delivered. Not over the chunk size: in a folder of small files
+        most chunks are a whole file of a few KiB, and a window of 64 KiB chunks would keep
+        a sixteenth of the requests the path carries in flight."""
+        state = self.peers[peer]
+        if state.last_rate_update is None:
             return INITIAL_INFLIGHT
-        want = math.ceil(self.window(peer) / self.chunk_size)
+        mean = state.delivered_bytes / state.delivered_chunks if state.delivered_chunks else self.chunk_size
+        want = math.ceil(self.window(peer) / max(mean, 1.0))
         return max(MIN_INFLIGHT, min(MAX_INFLIGHT, want))
 
     def plan(self, now: float) -> list[tuple[Peer, int]]:
@@ -353,15 +366,20 @@ class Scheduler:
         # (and the end game starts) only after that, so the chunk goes to another peer first.
         passes = (False, True) if self._avoid else (True,)
         rooms = self._share(ready, budget)
+        endgame: list[int] | None = None
+        """The requests in flight, oldest first: built once per plan, when the end game needs it."""
         for last in passes:
             for peer, state in ready:
                 room = min(rooms[peer] - len(state.inflight), budget)
                 if not state.inflight:
                     room = max(room, 1)  # every peer keeps one request, so its rate stays known
+                seen = 0  # of the end-game list: what this peer passed over stays passed over
                 while room > 0:
                     index = self._pick(peer, state, suspect_too=last)
                     if index is None and last:
-                        index = self._pick_endgame(peer, state)
+                        if endgame is None:
+                            endgame = self._oldest_first()
+                        index, seen = self._pick_endgame(peer, state, endgame, seen)
                     if index is None:
                         break
                     self._request(peer, state, index, now)
@@ -387,6 +405,7 @@ class Scheduler:
             # is never wanted again (_pick skips it): built once.
             if self._order_built_at == float("-inf"):
                 self._order = self._not_held()
+                self._cursor = self._scan = 0
                 self._order_built_at = now
             return
         if not self._order_dirty or (now - self._order_built_at < REORDER_INTERVAL and self._order):
@@ -398,7 +417,7 @@ class Scheduler:
         # picking does not scan past them on every call.
         wanted.sort(key=lambda i: avail[i] or self.chunk_count + 1)
         self._order = wanted
-        self._cursor = 0
+        self._cursor = self._scan = 0
         self._order_dirty = False
         self._order_built_at = now
 
@@ -415,11 +434,16 @@ class Scheduler:
         # Skip the prefix that is done or requested for good; it only grows.
         while self._cursor < len(order) and order[self._cursor] in self.held:
             self._cursor += 1
+        held, requested = self.held, self._requested
+        scan = max(self._scan, self._cursor)
+        while scan < len(order) and (order[scan] in held or order[scan] in requested):
+            scan += 1
+        self._scan = scan
         fallback = None
         limit = self.chunk_count
         if self.sequential and self._cursor < len(order):
             limit = order[self._cursor] + self.read_ahead
-        for pos in range(self._cursor, len(order)):
+        for pos in range(scan, len(order)):
             index = order[pos]
             if index >= limit:
                 break  # streaming: nothing further ahead than the read-ahead window
@@ -432,24 +456,33 @@ class Scheduler:
             return index
         return fallback
 
-    def _pick_endgame(self, peer: Peer, state: PeerState) -> int | None:
-        best = None
-        best_time = float("inf")
-        for index, holders in self._requested.items():
-            if peer in holders or not state.has(index):
+    def _oldest_first(self) -> list[int]:
+        """The chunks requested, oldest request first (by the first time each was asked)."""
+        peers = self.peers
+        return sorted(self._requested,
+                      key=lambda index: min(peers[p].inflight[index] for p in self._requested[index]))
+
+    def _pick_endgame(self, peer: Peer, state: PeerState, oldest: list[int],
+                      start: int) -> tuple[int | None, int]:
+        """The oldest request ``peer`` may duplicate, from ``oldest[start:]`` (a list of this
+        plan, :meth:`_oldest_first`), and where to look next. A chunk passed over stays passed
+        over for this peer within a plan (its holders only grow), so a plan's end game costs
+        one pass over the requests per peer, not one per request it sends."""
+        for pos in range(start, len(oldest)):
+            index = oldest[pos]
+            holders = self._requested.get(index)
+            if not holders or peer in holders or not state.has(index):
                 continue
-            avoided = self._avoid.get(index, ())
             if len(holders) >= ENDGAME_DUPLICATES:
                 continue
+            avoided = self._avoid.get(index, ())
             # When every peer holding this request is a suspect (it timed out or lied about
             # this chunk before), a suspect may duplicate it too: otherwise a silent peer
             # could keep the chunk from a seeder that once timed out, forever.
             if peer in avoided and not all(h in avoided for h in holders):
                 continue
-            asked = min(self.peers[p].inflight[index] for p in holders)
-            if asked < best_time:
-                best, best_time = index, asked
-        return best
+            return index, pos + 1
+        return None, len(oldest)
 
     def _request(self, peer: Peer, state: PeerState, index: int, now: float) -> None:
         state.inflight[index] = now
@@ -479,6 +512,7 @@ class Scheduler:
             self._update_rate(state, index, nbytes, now)
         self._unrequest(peer, index)
         if not verified:
+            self._scan = 0  # asked again, from here on
             state.strikes += 1
             self._avoid.setdefault(index, set()).add(peer)
             return DataOutcome(False, ban=state.strikes >= STRIKE_LIMIT)
@@ -504,6 +538,7 @@ class Scheduler:
         if state is None or index not in state.inflight:
             return False
         self._unrequest(peer, index)
+        self._scan = 0  # to be asked again
         if busy:
             state.choked_until = now + BUSY_BACKOFF
         else:
@@ -526,6 +561,8 @@ class Scheduler:
             for index, asked in list(state.inflight.items()):
                 if asked + timeout <= now:  # the same sum next_deadline() reports
                     expired.append((peer, index))
+        if expired:
+            self._scan = 0  # to be asked again
         for peer, index in expired:
             state = self.peers[peer]
             state.timeouts += 1
@@ -562,6 +599,7 @@ class Scheduler:
         elapsed = max(now - asked, 1e-4)
         state.min_rtt = elapsed if state.min_rtt is None else min(state.min_rtt, elapsed)
         state.delivered_bytes += nbytes
+        state.delivered_chunks += 1
         # BBR's delivery rate: what the peer delivered while this request was out, over that time.
         asked_at = state.delivered_at.get(index, state.delivered_bytes - nbytes)
         delivered = state.delivered_bytes - asked_at

@@ -10,9 +10,10 @@ Stream format (docs/PROTOCOL.md has the whole conversation):
   (the Noise spec, section 3, caps a message at 65535 bytes and leaves framing to
   the application);
 * the decrypted transport payloads form one byte stream of application frames
-  (``messages.py``); a large frame spans many Noise messages. A Data frame's
+  (``messages.py``); a large frame spans many Noise messages. A large Data frame's
   fixed header is sealed in its own record so that the payload's records line up
-  with the payload and can be decrypted straight into the frame buffer.
+  with the payload and can be decrypted straight into the frame buffer; small frames
+  are gathered into shared records (:data:`GATHER_FRAMES_BELOW`).
 
 Receiving is zero-copy for Data: :meth:`get_buffer`/:meth:`buffer_updated`
 follow ``asyncio.BufferedProtocol``, ciphertext lands in the session's own
@@ -62,6 +63,13 @@ receive buffer of tiny frames holds (a 1 MiB buffer holds 24,000 Haves)."""
 RECV_BUFFER = 1 << 20
 """Default ciphertext receive buffer: large reads mean few trips through the event loop."""
 
+GATHER_FRAMES_BELOW = 16 * 1024
+"""Frames smaller than this (requests, control messages, a folder's small chunks) are gathered
+and sealed together when the bytes are taken (:meth:`Session.data_to_send`): one record, one
+AES-GCM call, for up to :data:`MAX_PLAINTEXT` bytes of them instead of one each (two for a Data
+frame). Receivers accept any split of frames into records (docs/PROTOCOL.md). Larger Data
+frames keep their header in a record of its own, so their payload's records line up with the
+payload and are decrypted straight into the frame buffer."""
 POOLED_SEAL = 64 * 1024
 """Frames that seal into this many bytes or more are sealed into a pooled buffer
 (:mod:`p2p.buffers`): chunks, not control messages."""
@@ -120,6 +128,9 @@ class Session:
         self._send_cs: CipherState | None = None
         self._recv_cs: CipherState | None = None
         self._out: list[bytes | bytearray | memoryview] = []
+        self._plain = bytearray()
+        """Small frames sent and not sealed yet (:data:`GATHER_FRAMES_BELOW`); sealed before
+        anything is added to :attr:`_out`, so the order of frames is kept."""
         self._rbuf = bytearray(recv_buffer)
         self._rview = memoryview(self._rbuf)
         self._rstart = 0
@@ -143,10 +154,31 @@ class Session:
         if self.state is not State.OPEN:
             raise LocalProtocolError(f"cannot send in state {self.state.value}")
         head, tail = encode_frame(msg)
+        size = len(head) + len(tail)
+        if size < GATHER_FRAMES_BELOW:
+            if len(self._plain) + size > MAX_PLAINTEXT:
+                self._seal_gathered()
+            self._plain += head
+            if tail:
+                self._plain += tail
+            return
+        self._seal_gathered()
         self._out.append(self._seal(head, tail))
+
+    @property
+    def sealed_pending(self) -> bool:
+        """Ciphertext waits to be taken (not only small frames gathered for one record): the
+        shell takes it now; gathered frames alone it may leave for the end of its loop turn."""
+        return bool(self._out)
+
+    def _seal_gathered(self) -> None:
+        if self._plain:
+            plain, self._plain = self._plain, bytearray()
+            self._out.append(self._seal(plain, b""))
 
     def data_to_send(self) -> bytes | bytearray | memoryview:
         """All ciphertext produced so far and not yet taken (handshake and records)."""
+        self._seal_gathered()
         out = self._out
         if not out:
             return b""
@@ -162,7 +194,7 @@ class Session:
     def _queue_handshake(self, message: bytes) -> None:
         self._out.append(_U16.pack(len(message)) + message)
 
-    def _seal(self, head: bytes, tail: bytes | bytearray | memoryview) -> bytearray | memoryview:
+    def _seal(self, head: bytes | bytearray, tail: bytes | bytearray | memoryview) -> bytearray | memoryview:
         """Encrypt one frame into records: ``head`` alone, then ``tail`` in full records."""
         cs = self._send_cs
         assert cs is not None

@@ -274,8 +274,15 @@ class WireProtocol(asyncio.BufferedProtocol):
         if self.transport is None or self.transport.is_closing() \
                 or self.session.state is not State.OPEN:
             raise ConnectionLost("cannot send: the connection is closed")
-        self.session.send(msg)
-        self._flush()
+        session = self.session
+        session.send(msg)
+        if session.sealed_pending:
+            self._flush()
+        elif not self._small_soon:
+            # Only small frames gathered: sealed together, in one record, at the end of
+            # this loop turn (Session.data_to_send via _send_small).
+            self._small_soon = True
+            asyncio.get_running_loop().call_soon(self._send_small)
 
     async def drain(self) -> None:
         """Wait until the transport buffer is below its high-water mark."""
@@ -363,9 +370,11 @@ class WireProtocol(asyncio.BufferedProtocol):
             self._small.clear()
 
     def _send_small(self) -> None:
-        self._small_soon = False
         if self.transport is None or self.transport.is_closing():
+            self._small_soon = False
             return
+        self._flush()  # the session's gathered frames (no new callback: _small_soon is set)
+        self._small_soon = False
         self._take_small()
         self._push()
 

@@ -281,3 +281,27 @@ def test_open_under_writes_only_inside(relpath: str) -> None:
         assert {p.name for p in Path(top).iterdir()} == {"dest"}
         written = [p for p in dest.rglob("*") if p.is_file()]
         assert written == [dest.joinpath(*parts)]
+
+
+def test_open_under_keeps_the_folders_it_walked_for_the_caller(planted: tuple[Path, Path]) -> None:
+    """With ``folders``, the file's folder is walked to once and its descriptor kept: the next
+    file there is opened from it; a folder not kept is walked again, a link in it still refused."""
+    dest, outside = planted
+    folders: dict[str, int] = {}
+    try:
+        os.close(open_under(dest, "a/b/one.txt", WRITE_NEW, folders=folders))
+        assert list(folders) == ["a/b"]
+        kept = folders["a/b"]
+        os.close(open_under(dest, "a/b/two.txt", WRITE_NEW, folders=folders))
+        assert folders == {"a/b": kept}  # taken from there, not walked again
+        assert os.path.samestat(os.fstat(kept), (dest / "a" / "b").stat())
+        os.close(open_under(dest, "top.txt", WRITE_NEW, folders=folders))  # the root: nothing kept
+        assert list(folders) == ["a/b"]
+        (dest / "a" / "evil").symlink_to(outside, target_is_directory=True)
+        with pytest.raises(UnsafePath, match="link"):
+            open_under(dest, "a/evil/payload.txt", WRITE_NEW, folders=folders)
+        assert list(folders) == ["a/b"] and list(outside.iterdir()) == []
+    finally:
+        for fd in folders.values():
+            os.close(fd)
+    assert _all_files(dest) == {"a", "a/b", "a/b/one.txt", "a/b/two.txt", "a/evil", "top.txt"}

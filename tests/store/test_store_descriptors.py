@@ -16,6 +16,7 @@ from p2p.identity import Identity
 from p2p.store import Store
 from p2p.store import partial as partial_module
 from p2p.store.descriptors import MAX_OPEN_ENTRIES, DescriptorCache
+from p2p.store.directio import DIRECT_MIN_BYTES
 
 ME = Identity.generate()
 
@@ -157,3 +158,39 @@ def test_a_commit_of_many_files_syncs_their_file_system_once(
         assert partial.commit() == partial.chunk_map.count
         assert len(calls) == 1
         partial.close()
+
+
+def test_a_folder_of_small_files_keeps_few_folders_open_and_writes_them_buffered(tmp_path: Path) -> None:
+    """Small files spread over three times more folders than a download keeps open: at most
+    MAX_OPEN_FOLDERS folder descriptors at any time, no O_DIRECT descriptor for a chunk under
+    DIRECT_MIN_BYTES (a whole small file), the right bytes, and a finished folder served from
+    its destination."""
+    root = tmp_path / "src"
+    count = 3 * partial_module.MAX_OPEN_FOLDERS
+    for i in range(4 * count):
+        (root / f"d{i % count:02d}" / "sub").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % count:02d}" / "sub" / f"f{i:03d}").write_bytes(os.urandom(4096))
+    data = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    manifest, _ = build_manifest(root, ME)
+    dest = tmp_path / "got"
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest)
+        cmap = partial.chunk_map
+        order = list(range(cmap.count))
+        random.Random(7).shuffle(order)
+        peak_folders = 0
+        for index in order:
+            span = cmap.locate(index)
+            assert span.length < DIRECT_MIN_BYTES
+            body = data[manifest.entries[span.entry].path]
+            partial.write_chunk(index, body[span.offset:span.offset + span.length])
+            peak_folders = max(peak_folders, len(partial._folders))
+            assert partial._files.descriptors() == len(partial._files)  # none direct
+        assert peak_folders == partial_module.MAX_OPEN_FOLDERS
+        assert partial.commit() == cmap.count
+        partial.finalize()
+        assert partial._folders == {}
+        assert open_fds_under(dest) == 0
+        last = manifest.entries[-1]
+        assert store.read_chunk(manifest.content_id.digest, cmap.count - 1) == data[last.path]
+    assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == data

@@ -84,3 +84,27 @@ def test_entries_are_read_a_block_at_a_time_across_block_boundaries(
         backwards = [bytes(store.read_chunk(cid, i)) for i in reversed(range(manifest.chunk_count))]
         assert b"".join(reversed(backwards)) == expected
     assert sorted(lookups) == [(cid, 0), (cid, 2)]  # entries 0-1 and 2 (of 3), one query each
+
+
+def test_a_share_larger_than_the_cache_forgets_its_oldest_block_not_all(
+        tmp_path: Path, lookups: list[tuple[bytes, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CACHED_SHARE_FILES entries the oldest block is forgotten: the blocks read since
+    are still remembered (emptying the whole cache made a share of more entries than it holds,
+    served in random order, read a block of rows for most chunks)."""
+    monkeypatch.setattr(p2p.store.store, "SHARE_FILE_BLOCK", 2)
+    monkeypatch.setattr(p2p.store.store, "MAX_CACHED_SHARE_FILES", 6)  # three blocks
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(10):
+        (root / f"f{i}.bin").write_bytes(make_bytes(100 + i, seed=i))
+    manifest, files = build_manifest(root, ME)
+    cid = manifest.content_id.digest
+    with Store(tmp_path / "state") as store:
+        store.add_share(manifest, files, root=root)
+        for i in (0, 2, 4, 6):  # four blocks into a cache of three: block 0 goes
+            assert bytes(store.read_chunk(cid, i)) == (root / f"f{i}.bin").read_bytes()
+            assert len(store._share_files) <= 6
+        lookups.clear()
+        for i in (5, 6, 7):  # blocks 4-5 and 6-7 are still there
+            assert bytes(store.read_chunk(cid, i)) == (root / f"f{i}.bin").read_bytes()
+        assert lookups == [(cid, 0)]  # only block 0 again (read_chunk's share check is entry 0)

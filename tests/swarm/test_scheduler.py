@@ -786,3 +786,49 @@ def test_speculative_requests_for_unwanted_chunks_are_not_taken() -> None:
     s = Scheduler(10, (), CHUNK, wanted={1, 2})
     s.add_peer("a")
     assert s.add_inflight("a", {0, 1, 2, 3}, 0.0) == [1, 2]
+
+
+# -- small chunks (a folder of small files) -----------------------------------------------------
+
+
+def test_a_window_of_small_chunks_is_counted_in_their_mean_length() -> None:
+    """A folder of 4 KiB files has chunks of 4 KiB (each a whole file) under a nominal chunk size
+    of 64 KiB: the window in bytes is the same, so sixteen times as many requests are in flight."""
+    small = 4096
+    s = make(20_000)
+    join(s, "a")
+    now = 0.0
+    for _ in range(40):  # a path of 0.1 s carrying 4,000 small chunks a second
+        for index in list(s.peers["a"].inflight):
+            s.on_data("a", index, True, small, now + 0.1)
+        now += 0.1
+        s.plan(now)
+    window = s.window("a")
+    assert s.depth("a") == min(MAX_INFLIGHT, -(-int(window) // small))
+    assert s.depth("a") > 4 * -(-int(window) // CHUNK)
+
+
+def test_a_request_given_back_after_later_chunks_were_asked_is_asked_again() -> None:
+    """Picking starts past the chunks already asked for; a chunk whose request goes back to the
+    pool (timed out, failed its hash) is still among the next ones asked, each of the other peer."""
+    s = make(50)
+    join(s, "a")
+    join(s, "b")
+    first = s.plan(0.0)
+    assert len(first) == 2 * INITIAL_INFLIGHT
+    assert sorted(s.expire(REQUEST_TIMEOUT)) == sorted(first)
+    again = s.plan(REQUEST_TIMEOUT)
+    assert {i for _, i in first} == {i for _, i in again}
+    assert not set(first) & set(again)  # each goes to the peer that did not time out on it
+
+    t = make(50)
+    join(t, "a")
+    join(t, "b")
+    first = t.plan(0.0)
+    peer, bad = first[0]  # the scan has moved past it since
+    t.on_data(peer, bad, False, CHUNK, 0.1)  # a bad copy: asked again, of the other peer
+    other = "b" if peer == "a" else "a"
+    for p, index in first:
+        if p == other:
+            assert t.on_data(other, index, True, CHUNK, 0.1).accepted  # room for it
+    assert (other, bad) in t.plan(0.1)

@@ -290,6 +290,30 @@ async def test_directory_with_nested_folders_and_empty_file_arrives_identical(tm
     assert (out / "disc2" / "empty.txt").stat().st_size == 0
 
 
+async def test_a_folder_of_small_files_is_checked_in_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small chunks that arrive in one loop turn go to the hashing pool in a few jobs, not
+    one each (CHECK_JOB_BYTES): far fewer hand-offs than files, and every file arrives whole."""
+    root = tmp_path / "many"
+    files = 400
+    for i in range(files):
+        make_file(root / f"d{i % 4}" / f"f{i:03d}.bin", 3000 + i, seed=i)
+    batch = Download._check_and_write_all
+    jobs: list[int] = []
+
+    def counted(self: Download, job: list[tuple[int, Any]]) -> list[bool]:
+        jobs.append(len(job))
+        return batch(self, job)
+
+    monkeypatch.setattr(Download, "_check_and_write_all", counted)
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        shared = await seed.share(root)
+        out = (await dl.fetch(shared.ticket, tmp_path / "got", timeout=15)).path
+    assert _tree(out) == _tree(root)
+    assert sum(jobs) >= files  # every chunk went through a job (a copy may come twice)
+    assert len(jobs) < files * 3 // 4 and max(jobs) > 1, jobs
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -163,9 +163,26 @@ def _records(data: bytes) -> list[bytes]:
 
 def _three_records() -> tuple[Session, list[bytes]]:
     a, b, _, _ = opened()
+    sent = b""
     for i in range(3):
         a.send(Ping(i))
-    return b, _records(bytes(a.data_to_send()))
+        sent += bytes(a.data_to_send())  # taken one at a time: a record each
+    return b, _records(sent)
+
+
+def test_small_frames_are_gathered_into_shared_records_in_order() -> None:
+    """Small frames sent before the bytes are taken share records (as many as they fill); a
+    large Data frame between them keeps its place and its own header record."""
+    a, b, _, _ = opened()
+    small = [Data(CID, i, os.urandom(4096)) for i in range(40)]  # 165 KiB of small frames
+    big = Data(CID, 99, os.urandom(100_000))
+    sent = [*small[:20], Ping(1), big, *small[20:]]
+    for message in sent:
+        a.send(message)
+    wire = bytes(a.data_to_send())
+    recs = _records(wire)
+    assert len(recs) == 2 + 3 + 2  # 20 small + a Ping; big: header + 2 payload records; 20 small
+    assert b.receive_data(wire) == sent
 
 
 def test_tampering_is_detected() -> None:
