@@ -958,6 +958,7 @@ class Download:
             recovered = await self._loop.run_in_executor(self._pool, self.partial.recover)
         if recovered:
             log.info("resume: %d chunks on disk verified again without fetching", len(recovered))
+        self.partial.select(self._selected)  # ticks changed while the files were checked (select())
         first = manifest.entries[0].info if manifest.entries else None
         chunk_size = first.chunk_size if first else 1 << 20
         held = bit_indexes(self.partial.bits, self.partial.chunk_map.count)

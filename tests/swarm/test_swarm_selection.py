@@ -18,6 +18,7 @@ from p2p.errors import BadInput
 from p2p.events import ChunkUploaded, DownloadStarted, Event
 from p2p.node import Node
 from p2p.store.chunks import ChunkMap
+from p2p.store.partial import PartialDownload
 from p2p.swarm.download import Download
 
 from .conftest import MiB, drain, make_file, running_nodes, wait_for
@@ -193,3 +194,39 @@ async def test_some_files_of_a_listed_folder(tmp_path: Path, monkeypatch: pytest
     assert len(picked) == 100 - 25
     assert files_under(result.path) == {rel: (src / rel).read_bytes() for rel in picked}
     assert sorted(sent) == sorted(chunks_of(seed, cid, picked))
+
+
+async def test_files_ticked_while_a_resumed_download_checks_its_files_are_the_ones_put_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed download checks every file on disk again before its transfer starts (seconds
+    for a large folder); the person may change the ticks meanwhile. The files put in place
+    are the ones ticked last, and the download completes with them."""
+    src = make_folder(tmp_path / "src" / "album")
+    entered, release = threading.Event(), threading.Event()
+    recover = PartialDownload.recover
+
+    def held_recover(self: PartialDownload) -> list[int]:
+        entered.set()
+        release.wait(30)
+        return recover(self)
+
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        cid = (await seed.share(src)).content_id
+        peers = [seed.listen_address()]
+        dest = tmp_path / "out" / "album"
+        await dl.fetch(cid, dest, peers=peers, selection=Selection.of_paths(["music/c.bin"]))
+        monkeypatch.setattr(PartialDownload, "recover", held_recover)
+        fetch = asyncio.create_task(dl.fetch(cid, dest, peers=peers,
+                                             selection=Selection.of_paths(["docs/a.txt"])))
+        try:
+            await asyncio.to_thread(entered.wait, 30)
+            assert entered.is_set()
+            dl.select(cid, ["top.bin"])  # while the files are checked
+            release.set()
+            result = await fetch
+        finally:
+            release.set()
+            fetch.cancel()
+    assert not result.complete
+    assert files_under(result.path) == {rel: (src / rel).read_bytes()
+                                        for rel in ("music/c.bin", "top.bin")}
