@@ -230,3 +230,20 @@ async def test_files_ticked_while_a_resumed_download_checks_its_files_are_the_on
     assert not result.complete
     assert files_under(result.path) == {rel: (src / rel).read_bytes()
                                         for rel in ("music/c.bin", "top.bin")}
+
+
+async def test_a_selection_deleted_or_cut_short_since_it_was_placed_is_fetched_again(
+        tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "src" / "album")
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        cid = (await seed.share(src)).content_id
+        peers = [seed.listen_address()]
+        dest = tmp_path / "out" / "album"
+        picked = Selection.of_paths(["docs/a.txt", "music/c.bin"])
+        await dl.fetch(cid, dest, peers=peers, selection=picked)
+        (dest / "music" / "c.bin").unlink()  # the person deleted one,
+        with open(dest / "docs" / "a.txt", "r+b") as f:
+            f.truncate(1000)  # and cut another short
+        again = await dl.fetch(cid, dest, peers=peers, selection=picked)
+    assert not again.local and again.fetched_chunks > 0
+    assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in ("docs/a.txt", "music/c.bin")}
