@@ -247,3 +247,42 @@ async def test_a_selection_deleted_or_cut_short_since_it_was_placed_is_fetched_a
         again = await dl.fetch(cid, dest, peers=peers, selection=picked)
     assert not again.local and again.fetched_chunks > 0
     assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in ("docs/a.txt", "music/c.bin")}
+
+
+@pytest.mark.xfail(strict=True, reason="a fetch of more files of a download whose selected files "
+                   "were put in place moves that folder back to its partial name; cancelling it "
+                   "deletes the partial folder, so the files placed before (and any file the "
+                   "person added to the folder since) are deleted with it")
+async def test_cancelling_a_wider_fetch_keeps_the_files_an_earlier_fetch_put_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_folder(tmp_path / "src" / "album")
+    release = threading.Event()
+    check = Download._check_and_write
+    hold = -1
+
+    def held_check(self: Download, index: int, payload: Any) -> bool:
+        if index == hold:
+            release.wait(30)
+        return check(self, index, payload)
+
+    monkeypatch.setattr(Download, "_check_and_write", held_check)
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        cid = (await seed.share(src)).content_id
+        peers = [seed.listen_address()]
+        dest = tmp_path / "out" / "album"
+        await dl.fetch(cid, dest, peers=peers, selection=Selection.of_paths(["music/c.bin"]))
+        (dest / "notes.txt").write_text("mine")  # the folder is the person's now
+        hold = min(chunks_of(seed, cid, {"top.bin"}))
+        with dl.events.subscribed() as sub:
+            fetch = asyncio.create_task(dl.fetch(cid, dest, peers=peers,
+                                                 selection=Selection.of_paths(["top.bin"])))
+            try:
+                await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                await dl.cancel(cid)
+            finally:
+                release.set()
+                fetch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+    assert (dest / "notes.txt").read_text() == "mine"
+    assert (dest / "music" / "c.bin").read_bytes() == (src / "music" / "c.bin").read_bytes()
