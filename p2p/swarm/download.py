@@ -213,6 +213,9 @@ class Download:
         """A listed directory's listing being fetched (its root verified, the manifest not yet whole)."""
         self._listing_bytes: bytearray | None = None
         """The fetched listing, handed to the store with the manifest."""
+        self._decoding_listing = False
+        """Every listing chunk verified, the listing being decoded: the manifest timeout does
+        not run (nothing is awaited of any peer) and another root starts no second fetch."""
         self._listing_at = 0.0
         """When the listing fetch started or last verified a chunk (the manifest timeout counts
         from it: a large listing on a slow link is not cut off while it moves)."""
@@ -411,7 +414,7 @@ class Download:
         if self._rediscover_at is not None:
             times.append(self._rediscover_at)
         scheduler = self.scheduler
-        if self.manifest is None:
+        if self.manifest is None and not self._decoding_listing:
             times.append(max(self._started, self._listing_at) + self.options.timeout)
             if self._wrong_publisher_at is not None:
                 times.append(self._wrong_publisher_at + WRONG_PUBLISHER_GRACE)
@@ -448,7 +451,7 @@ class Download:
         if self._rediscover_at is not None and now >= self._rediscover_at:
             self._rediscover_at = None
             self._rediscover.set()
-        if self.manifest is None:
+        if self.manifest is None and not self._decoding_listing:
             self._check_manifest_deadline(now)
         elif self.scheduler is not None:
             self._check_transfer_deadlines(now)
@@ -889,6 +892,8 @@ class Download:
         """A verified root of a listed directory: its sender can serve the listing. The first
         one starts the listing's fetch, unless the listing is held here already (a resume)."""
         fetch = self._listing_fetch
+        if self._decoding_listing:
+            return  # the whole listing is in hand
         if fetch is None:
             stored = self.store.stored_listing(root)
             if stored is not None:
@@ -922,6 +927,7 @@ class Download:
         self._listing_at = self._clock()
         if fetch.complete:
             self._listing_fetch = None  # later answers are unrequested
+            self._decoding_listing = True
             self._spawn(self._complete_listing(fetch), "listing")
         else:
             self._ask_listing()
@@ -936,6 +942,8 @@ class Download:
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
             self._fail(IntegrityError(f"the listing of {self.content_id} is refused: {exc}"))
             return
+        finally:
+            self._decoding_listing = False
         self._listing_bytes = fetch.buffer
         self._have_manifest(manifest)
 
