@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from p2p.content import manifest as manifest_module
 from p2p.content import Manifest
+from p2p.content import manifest as manifest_module
 from p2p.content.manifest import LISTED_FORMAT_VERSION, ListedRoot
 from p2p.events import DownloadStarted, PeerBanned
 from p2p.node import Node
 from p2p.store.store import LISTINGS_DIR
+from p2p.testing import FakeClock
 
 from .conftest import node_config, running_nodes, wait_for
-from .doubles import FakeClock, running_download
+from .doubles import running_download
 
 FILES = 2500
 """Files in the test folder: a listing of about 140 KiB, three chunks of 64 KiB."""
