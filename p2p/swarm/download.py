@@ -330,19 +330,22 @@ class Download:
         of files no longer wanted are cancelled, newly wanted ones asked for; what is held
         stays held. Before the manifest is in, it is what the transfer starts with.
 
-        Raises :class:`~p2p.errors.BadInput` when it picks no file of the manifest, or names
-        one that is not in it (the selection is then unchanged).
+        Once every wanted chunk is in (the files are being put in place) it changes nothing: a
+        later fetch gets more. Raises :class:`~p2p.errors.BadInput` when it picks no file of
+        the manifest, or names one that is not in it (the selection is then unchanged).
         """
         manifest = self.manifest
         if manifest is None:
             self.selection = selection
             return
         entries = None if selection.everything else selection.check(manifest)
+        if self._finished.is_set() and self.scheduler is not None:
+            return  # every wanted file is in (or it stopped): what lands is decided; fetch again
         self.selection = selection
         self._set_selected(entries)
         scheduler, partial = self.scheduler, self.partial
-        if scheduler is None or partial is None or self._finished.is_set():
-            return  # the transfer starts (or ended) with it
+        if scheduler is None or partial is None:
+            return  # the transfer starts with it
         partial.select(entries)
         wanted = None if entries is None else partial.chunk_map.chunks_of(entries)
         for peer, index in scheduler.set_wanted(wanted):

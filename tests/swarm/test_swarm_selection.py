@@ -286,3 +286,34 @@ async def test_cancelling_a_wider_fetch_keeps_the_files_an_earlier_fetch_put_in_
             await fetch
     assert (dest / "notes.txt").read_text() == "mine"
     assert (dest / "music" / "c.bin").read_bytes() == (src / "music" / "c.bin").read_bytes()
+
+
+async def test_ticks_changed_while_the_files_are_put_in_place_are_not_reported_as_fetched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every wanted chunk is in and the files are being moved into place: a change of ticks
+    now cannot change what lands, so the result says what did land."""
+    src = make_folder(tmp_path / "src" / "album")
+    entered, release = threading.Event(), threading.Event()
+    finalize = PartialDownload.finalize
+
+    def held_finalize(self: PartialDownload) -> Path:
+        entered.set()
+        release.wait(30)
+        return finalize(self)
+
+    monkeypatch.setattr(PartialDownload, "finalize", held_finalize)
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed", "dl"]) as (seed, dl):
+        cid = (await seed.share(src)).content_id
+        fetch = asyncio.create_task(dl.fetch(cid, tmp_path / "out", peers=[seed.listen_address()],
+                                             selection=Selection.of_paths(["top.bin"])))
+        try:
+            await asyncio.to_thread(entered.wait, 30)
+            assert entered.is_set()
+            dl.select(cid, ["top.bin", "music/c.bin"])
+            release.set()
+            result = await fetch
+        finally:
+            release.set()
+            fetch.cancel()
+    assert files_under(result.path) == {"top.bin": (src / "top.bin").read_bytes()}
+    assert (result.files, result.size) == (1, FILES["top.bin"])
