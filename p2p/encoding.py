@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -110,6 +111,48 @@ def unpack_canonical(data: bytes, *, max_bin: int, max_str: int = 4096,
     if again != bytes(data):
         raise DecodeError("non-canonical encoding")
     return value
+
+
+def unpack_rows(data: bytes | bytearray | memoryview, *, width: int, max_rows: int, max_bin: int,
+                max_str: int) -> Iterator[tuple[Any, ...]]:
+    """Decode ``data``, a list of rows of ``width`` scalars each, one row at a time.
+
+    For large signed lists (a listed directory's listing, up to hundreds of MiB): decoding the
+    whole value first would build a Python object for every value before any is checked, and
+    a hostile list of one-byte empty lists makes some 70 bytes of memory of each byte. Here
+    only a row's scalars exist when the caller checks them: a nested list anywhere is refused
+    as it is met. Raises :class:`DecodeError` for anything malformed (the caller checks the
+    scalars' types, and that encoding the rows again gives ``data``: canonical form).
+    """
+    lists = 0  # lists completed in the row being read: the row itself, last
+
+    def row_only(items: tuple[Any, ...]) -> tuple[Any, ...]:
+        nonlocal lists
+        lists += 1
+        if lists > 1:  # inner lists complete first: this one holds a list
+            raise ValueError("a row holds a list")
+        return items
+
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1),
+                                max_bin_len=max_bin, max_str_len=max_str, max_array_len=width,
+                                max_map_len=0, max_ext_len=0, use_list=False, list_hook=row_only)
+    try:
+        unpacker.feed(data)
+        rows = unpacker.read_array_header()
+        if rows > max_rows:
+            raise DecodeError(f"more than {max_rows} rows")
+        unpack = unpacker.unpack
+        for _ in range(rows):
+            lists = 0
+            row = unpack()
+            if type(row) is not tuple or len(row) != width:
+                raise DecodeError(f"a row does not have {width} fields")
+            yield row
+        if unpacker.tell() != len(data):
+            raise DecodeError("malformed encoding: trailing bytes")
+    except (ValueError, TypeError, msgpack.OutOfData, msgpack.FormatError, msgpack.StackError,
+            UnicodeDecodeError, OverflowError) as exc:
+        raise DecodeError(f"malformed encoding: {exc}") from None
 
 
 # -- field checks used by every decoder -----------------------------------------------

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -618,9 +619,9 @@ class Node:
         manifest.verify(options.content_id, options.publisher)  # --from holds here too
         entries = options.selection.check(manifest)
         chunks = ChunkMap(manifest).chunks_of(entries)
-        if all(bit_get(recorded[1], i) for i in chunks):
+        if all(bit_get(recorded[1], i) for i in chunks) and _placed_whole(info.dest, manifest, entries):
             return info.dest
-        return None
+        return None  # fetched (the files there are checked again, only what is missing comes)
 
     def _sealed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -957,6 +958,29 @@ def _saved_contacts(path: Path) -> int:
         return len(load_routing_table(path)[1])
     except (OSError, P2PError):
         return 0
+
+
+def _placed_whole(dest: Path, manifest: Manifest, entries: Iterable[int]) -> bool:
+    """Whether each of ``entries`` is still a regular file of its size under ``dest``, through
+    no link: the folder is the person's since the files were put there, and one deleted or cut
+    short must be fetched again, not reported in place."""
+    folders: set[str] = set()
+    try:
+        for i in entries:
+            entry = manifest.entries[i]
+            parts = entry.path.split("/")
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder not in folders:
+                    if not stat.S_ISDIR(os.lstat(dest / folder).st_mode):
+                        return False
+                    folders.add(folder)
+            found = os.lstat(dest / entry.path)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != entry.info.size:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _copy_into_place(source: Path, dest: Path) -> None:

@@ -46,7 +46,15 @@ from typing import overload
 
 import blake3
 
-from ..encoding import expect_bytes, expect_int, expect_list, expect_str, pack, unpack_canonical
+from ..encoding import (
+    expect_bytes,
+    expect_int,
+    expect_list,
+    expect_str,
+    pack,
+    unpack_canonical,
+    unpack_rows,
+)
 from ..errors import BadInput, ContentIdMismatch, DecodeError, UnsafePath, WrongPublisher
 from ..identity import SIGNATURE_LEN, Identity, PeerId
 from .chunking import (
@@ -120,20 +128,37 @@ def encode_listing(entries: Sequence[FileEntry]) -> bytes:
     return pack([[e.path, e.info.size, e.info.chunk_size, e.info.hashes] for e in entries])
 
 
+def _entry(path: object, size: object, chunk_size: object, hashes: object) -> FileEntry:
+    """One entry, checked as a downloader must (safe path, sizes)."""
+    path = expect_str(path, MAX_PATH_BYTES, "entry path")
+    check_relative_path(path)
+    return FileEntry(path, FileInfo(expect_int(size, 0, 2**63, "entry size"),
+                                    expect_int(chunk_size, 1, 2**63, "entry chunk size"),
+                                    expect_bytes(hashes, None, "entry hashes")))
+
+
 def _entries_from(raw: object, max_entries: int) -> tuple[FileEntry, ...]:
     """Entries from a decoded entry list, each checked as a downloader must (safe path, sizes)."""
-    entries = []
-    for item in expect_list(raw, None, "manifest entries"):
-        path, size, chunk_size, hashes = expect_list(item, 4, "manifest entry")
-        path = expect_str(path, MAX_PATH_BYTES, "entry path")
-        check_relative_path(path)
-        info = FileInfo(expect_int(size, 0, 2**63, "entry size"),
-                        expect_int(chunk_size, 1, 2**63, "entry chunk size"),
-                        expect_bytes(hashes, None, "entry hashes"))
-        entries.append(FileEntry(path, info))
+    entries = [_entry(*expect_list(item, 4, "manifest entry"))
+               for item in expect_list(raw, None, "manifest entries")]
     if len(entries) > max_entries:
         raise DecodeError(f"more than {max_entries} entries")
     return tuple(entries)
+
+
+def _listed_entries(listing: memoryview) -> tuple[FileEntry, ...]:
+    """A listing's entries, each checked as it is read (:func:`~p2p.encoding.unpack_rows`: a
+    listing is up to :data:`MAX_LISTING_BYTES`, and decoded whole before any check, a hostile
+    one would cost dozens of times its size in memory), then its canonical form."""
+    try:
+        entries = tuple(_entry(*row) for row in unpack_rows(
+            listing, width=4, max_rows=MAX_LISTED_ENTRIES, max_bin=MAX_CHUNKS * HASH_LEN,
+            max_str=MAX_PATH_BYTES))
+    except DecodeError as exc:
+        raise DecodeError(f"manifest entries: {exc}") from None
+    if encode_listing(entries) != listing:
+        raise DecodeError("non-canonical encoding")
+    return entries
 
 
 def _listing_info(raw: object) -> FileInfo:
@@ -313,9 +338,7 @@ class ListedRoot:
             offset = info.chunk_offset(index)
             if not info.verify_chunk(index, view[offset:offset + info.chunk_length(index)]):
                 raise ContentIdMismatch(f"listing chunk {index} does not match its hash")
-        raw = unpack_canonical(bytes(view), max_bin=MAX_CHUNKS * HASH_LEN, max_str=MAX_PATH_BYTES,
-                               max_array=MAX_LISTED_ENTRIES)
-        entries = _entries_from(raw, MAX_LISTED_ENTRIES)
+        entries = _listed_entries(view)
         _check_entries("dir", self.name, entries, listed=True)
         return Manifest("dir", self.name, entries, self.publisher, self.signature, info)
 

@@ -66,6 +66,9 @@ class Store:
         """Guards the running downloads (and opening one)."""
         self._active: dict[bytes, PartialDownload] = {}
         self._manifest_cache: dict[bytes, tuple[Manifest, ChunkMap]] = {}
+        self._unusable: set[bytes] = set()
+        """Listed directories whose listing file was found missing or damaged: not read and
+        hashed again on every request for them (until :meth:`put_manifest` writes it again)."""
         self._share_files: collections.OrderedDict[tuple[bytes, int], SharedFile | None] = \
             collections.OrderedDict()
         """(share, entry) -> the file it is served from (None: not a share's entry), so that
@@ -95,6 +98,7 @@ class Store:
         fetched them), else encoded again from the entries."""
         if manifest.listing is not None:
             self._write_listing(manifest, listing)
+            self._unusable.discard(manifest.content_id.digest)
         self._db.put_manifest(manifest)
 
     def _listing_path(self, listing: FileInfo) -> Path:
@@ -103,9 +107,8 @@ class Store:
     def _write_listing(self, manifest: Manifest, listing: bytes | bytearray | None) -> None:
         assert manifest.listing is not None
         path = self._listing_path(manifest.listing)
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_size == manifest.listing.size:
-                return  # written before (checked against its hashes whenever it is read)
+        if _listing_intact(path, manifest.listing):
+            return  # written before; a damaged copy (of any size) is replaced
         write_atomic(path, manifest.encode_listing() if listing is None else listing, 0o644)
 
     def stored_listing(self, root: ListedRoot) -> Manifest | None:
@@ -128,6 +131,8 @@ class Store:
         cached = self._manifest_cache.get(cid)
         if cached:
             return cached
+        if cid in self._unusable:
+            return None, None
         data = self._db.manifest_data(cid)
         if data is None:
             return None, None
@@ -135,6 +140,7 @@ class Store:
         if isinstance(decoded, ListedRoot):
             manifest = self.stored_listing(decoded)
             if manifest is None:
+                self._unusable.add(cid)
                 return None, None  # the listing is gone or damaged: as if never stored
         else:
             manifest = decoded
@@ -150,9 +156,12 @@ class Store:
             self._manifest_cache[cid] = (manifest, ChunkMap(manifest))
 
     def _chunk_map(self, cid: bytes) -> tuple[Manifest, ChunkMap]:
-        """The manifest and chunk map of ``cid``, which is known to be stored."""
+        """The manifest and chunk map of ``cid``, which is recorded as stored. Raises
+        :class:`NotFound` when it is a listed directory whose listing file is missing or
+        damaged (a share of it can serve nothing until it is shared again)."""
         manifest, cmap = self._manifest_and_map(cid)
-        assert manifest is not None and cmap is not None
+        if manifest is None or cmap is None:
+            raise NotFound(f"the listing of {cid.hex()[:16]} is missing or damaged here")
         return manifest, cmap
 
     # -- shares ----------------------------------------------------------------------
@@ -233,6 +242,8 @@ class Store:
         # Downloads are served only while they run here (their files are open).
         if content_id not in self._active and not self.is_shared(content_id):
             return None
+        if content_id not in self._active and self._manifest_and_map(content_id)[0] is None:
+            return None  # a listed folder whose listing is lost here: its root would promise it
         return self._db.manifest_data(content_id)
 
     def bitfield(self, content_id: bytes) -> tuple[int, bytes] | None:
@@ -240,15 +251,18 @@ class Store:
         partial = self._active.get(content_id)
         if partial is not None:
             return partial.chunk_map.count, bytes(partial.bits)
-        if self.is_shared(content_id):
-            _, cmap = self._chunk_map(content_id)
-            return cmap.count, full_bitfield(cmap.count)
-        found = self._db.file_share(content_id)
-        if found is not None:
-            parent, entry, _ = found
-            manifest, _ = self._chunk_map(parent)
-            count = manifest.entries[entry].info.chunk_count
-            return count, full_bitfield(count)
+        try:
+            if self.is_shared(content_id):
+                _, cmap = self._chunk_map(content_id)
+                return cmap.count, full_bitfield(cmap.count)
+            found = self._db.file_share(content_id)
+            if found is not None:
+                parent, entry, _ = found
+                manifest, _ = self._chunk_map(parent)
+                count = manifest.entries[entry].info.chunk_count
+                return count, full_bitfield(count)
+        except NotFound:
+            pass  # a listed folder whose listing is lost here: nothing of it is served
         return None
 
     def read_chunk(self, content_id: bytes, index: int) -> bytes | memoryview:
@@ -423,6 +437,20 @@ class Store:
     def bans(self) -> list[tuple[PeerId, str, float, float | None]]:
         """Every ban: (peer, reason, since, until or None)."""
         return self._db.bans()
+
+
+def _listing_intact(path: Path, listing: FileInfo) -> bool:
+    """Whether the file at ``path`` holds exactly the listing ``listing`` describes (read one
+    chunk at a time: a listing may be hundreds of MiB)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != listing.size:
+                return False
+            return all(listing.verify_chunk(index, os.pread(f.fileno(), listing.chunk_length(index),
+                                                            listing.chunk_offset(index)))
+                       for index in range(listing.chunk_count))
+    except OSError:
+        return False
 
 
 def _read_listing(path: Path, listing: FileInfo, index: int) -> bytes:

@@ -221,6 +221,9 @@ class Download:
         """A listed directory's listing being fetched (its root verified, the manifest not yet whole)."""
         self._listing_bytes: bytearray | None = None
         """The fetched listing, handed to the store with the manifest."""
+        self._decoding_listing = False
+        """Every listing chunk verified, the listing being decoded: the manifest timeout does
+        not run (nothing is awaited of any peer) and another root starts no second fetch."""
         self._listing_at = 0.0
         """When the listing fetch started or last verified a chunk (the manifest timeout counts
         from it: a large listing on a slow link is not cut off while it moves)."""
@@ -337,19 +340,22 @@ class Download:
         of files no longer wanted are cancelled, newly wanted ones asked for; what is held
         stays held. Before the manifest is in, it is what the transfer starts with.
 
-        Raises :class:`~p2p.errors.BadInput` when it picks no file of the manifest, or names
-        one that is not in it (the selection is then unchanged).
+        Once every wanted chunk is in (the files are being put in place) it changes nothing: a
+        later fetch gets more. Raises :class:`~p2p.errors.BadInput` when it picks no file of
+        the manifest, or names one that is not in it (the selection is then unchanged).
         """
         manifest = self.manifest
         if manifest is None:
             self.selection = selection
             return
         entries = None if selection.everything else selection.check(manifest)
+        if self._finished.is_set() and self.scheduler is not None:
+            return  # every wanted file is in (or it stopped): what lands is decided; fetch again
         self.selection = selection
         self._set_selected(entries)
         scheduler, partial = self.scheduler, self.partial
-        if scheduler is None or partial is None or self._finished.is_set():
-            return  # the transfer starts (or ended) with it
+        if scheduler is None or partial is None:
+            return  # the transfer starts with it
         partial.select(entries)
         wanted = None if entries is None else partial.chunk_map.chunks_of(entries)
         for peer, index in scheduler.set_wanted(wanted):
@@ -421,7 +427,7 @@ class Download:
         if self._rediscover_at is not None:
             times.append(self._rediscover_at)
         scheduler = self.scheduler
-        if self.manifest is None:
+        if self.manifest is None and not self._decoding_listing:
             times.append(max(self._started, self._listing_at) + self.options.timeout)
             if self._wrong_publisher_at is not None:
                 times.append(self._wrong_publisher_at + WRONG_PUBLISHER_GRACE)
@@ -458,7 +464,7 @@ class Download:
         if self._rediscover_at is not None and now >= self._rediscover_at:
             self._rediscover_at = None
             self._rediscover.set()
-        if self.manifest is None:
+        if self.manifest is None and not self._decoding_listing:
             self._check_manifest_deadline(now)
         elif self.scheduler is not None:
             self._check_transfer_deadlines(now)
@@ -899,6 +905,8 @@ class Download:
         """A verified root of a listed directory: its sender can serve the listing. The first
         one starts the listing's fetch, unless the listing is held here already (a resume)."""
         fetch = self._listing_fetch
+        if self._decoding_listing:
+            return  # the whole listing is in hand
         if fetch is None:
             stored = self.store.stored_listing(root)
             if stored is not None:
@@ -932,6 +940,7 @@ class Download:
         self._listing_at = self._clock()
         if fetch.complete:
             self._listing_fetch = None  # later answers are unrequested
+            self._decoding_listing = True
             self._spawn(self._complete_listing(fetch), "listing")
         else:
             self._ask_listing()
@@ -946,6 +955,8 @@ class Download:
         except (IntegrityError, UnsafePath, RemoteProtocolError) as exc:
             self._fail(IntegrityError(f"the listing of {self.content_id} is refused: {exc}"))
             return
+        finally:
+            self._decoding_listing = False
         self._listing_bytes = fetch.buffer
         self._have_manifest(manifest)
 
@@ -968,6 +979,7 @@ class Download:
             recovered = await self._loop.run_in_executor(self._pool, self.partial.recover)
         if recovered:
             log.info("resume: %d chunks on disk verified again without fetching", len(recovered))
+        self.partial.select(self._selected)  # ticks changed while the files were checked (select())
         first = manifest.entries[0].info if manifest.entries else None
         chunk_size = first.chunk_size if first else 1 << 20
         held = bit_indexes(self.partial.bits, self.partial.chunk_map.count)

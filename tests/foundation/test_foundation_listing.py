@@ -3,6 +3,8 @@ listing fetched in verified chunks (p2p.content.manifest, p2p.swarm.listing)."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import blake3
 import pytest
 
@@ -177,6 +179,43 @@ def test_a_listing_with_more_entries_than_the_limit_is_refused() -> None:
     assert isinstance(root, ListedRoot)
     with pytest.raises(DecodeError):
         root.complete(listing)
+
+
+@pytest.mark.parametrize(("listing", "message"), [
+    pytest.param(pack([["a", 0, 65536, b""]]) + b"\x00", "trailing", id="trailing-bytes"),
+    pytest.param(pack([[["a"], 0, 65536, b""]]), "malformed", id="list-for-a-path"),
+    pytest.param(pack([["a", 0, 65536, b""]])[:-1], "malformed", id="cut-short"),
+    pytest.param(pack("a"), "malformed", id="not-a-list"),
+    pytest.param(b"\x91\xca\x00\x00\x00\x00", "malformed", id="float-entry"),
+])
+def test_a_listing_that_is_not_a_list_of_entries_is_refused(listing: bytes, message: str) -> None:
+    root = decode_manifest(_root_bytes("bad", listing))
+    assert isinstance(root, ListedRoot)
+    with pytest.raises(DecodeError, match=message):
+        root.complete(listing)
+
+
+@pytest.mark.parametrize("item", [
+    pytest.param(b"\x9f" + b"\x90" * 15, id="nested-empty-lists"),
+    pytest.param(b"\x9f" + b"\xa2ab" * 15, id="short-strings"),
+])
+def test_a_hostile_listing_costs_no_more_memory_than_its_size(item: bytes) -> None:
+    # Signed by its publisher (the only one who can make the listing match the id), 1 MiB of
+    # one-byte empty lists or three-byte strings: decoded whole first, each byte or three is a
+    # Python object of 50 to 70 bytes (a 512 MiB listing: some 30 GiB). Each entry is checked
+    # as it is read, so the first bad one ends it.
+    count = (1 << 20) // len(item)
+    listing = b"\xdd" + count.to_bytes(4, "big") + item * count
+    root = decode_manifest(_root_bytes("deep", listing))
+    assert isinstance(root, ListedRoot)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError):
+            root.complete(listing)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(listing), f"decoding a {len(listing)} byte listing peaked at {peak} bytes"
 
 
 @pytest.mark.parametrize(("fields", "message"), [

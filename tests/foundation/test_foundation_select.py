@@ -134,3 +134,28 @@ def test_a_one_component_pattern_agrees_with_fnmatch_on_the_first_component(
     whole path, or the folder the path lies in)."""
     glob = compile_glob(pattern)
     assert glob.matches("/".join(parts)) == fnmatch.fnmatchcase(parts[0], pattern)
+
+
+@given(st.lists(st.text(alphabet="ab", min_size=1, max_size=8), min_size=1, max_size=3),
+       st.lists(st.text(alphabet="ab*?", min_size=1, max_size=6).filter(lambda p: "**" not in p),
+                min_size=1, max_size=3))
+def test_a_multi_component_pattern_agrees_with_fnmatch_component_by_component(
+        parts: list[str], pattern: list[str]) -> None:
+    """Several stars in a component (each taking the first place the rest matches) pick what
+    fnmatch picks; the pattern's components match the path's first ones, one for one."""
+    expected = len(parts) >= len(pattern) and all(
+        fnmatch.fnmatchcase(part, p) for part, p in zip(parts, pattern, strict=False))
+    assert compile_glob("/".join(pattern)).matches("/".join(parts)) == expected
+
+
+@pytest.mark.parametrize("pattern", ["*_*_*_*_*_*_*.jpg", "**/*_*_*_*_*_*_*.jpg"])
+def test_names_chosen_against_a_pattern_do_not_make_it_backtrack(pattern: str) -> None:
+    # A publisher names folders and files: 255 underscores, 15 levels deep. Matched with
+    # backtracking, each star tries every place in the name (255^6 tries per component);
+    # each takes the first place that works here, so this ends (the suite's timeout bounds it).
+    name = "_" * 255
+    deep = "/".join([name] * 15)
+    selection = Selection(include=(pattern,))
+    assert not selection.matches(deep)
+    assert selection.matches(deep[:-4] + ".jpg") == (pattern.startswith("**"))
+    assert selection.matches("a_b_c_d_e_f_g.jpg")

@@ -5,18 +5,22 @@ listing chunk is banned; a resumed download and a restarted seeder use the store
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from p2p.content import Manifest
 from p2p.content import manifest as manifest_module
-from p2p.content.manifest import LISTED_FORMAT_VERSION
+from p2p.content.manifest import LISTED_FORMAT_VERSION, ListedRoot
 from p2p.events import DownloadStarted, PeerBanned
 from p2p.node import Node
 from p2p.store.store import LISTINGS_DIR
+from p2p.testing import FakeClock
 
 from .conftest import node_config, running_nodes, wait_for
+from .doubles import running_download
 
 FILES = 2500
 """Files in the test folder: a listing of about 140 KiB, three chunks of 64 KiB."""
@@ -142,3 +146,33 @@ async def test_a_resumed_download_and_a_restarted_seeder_use_the_stored_listing(
             out = (await dl.fetch(shared.content_id, tmp_path / "got", peers=peers, timeout=30)).path
             assert sum(served.values()) == first  # the listing is not fetched again
     assert seed_addr and _tree(out) == _tree(root)
+
+
+async def test_a_listing_that_takes_longer_than_the_timeout_to_decode_is_not_cut_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk of the listing verified; decoding it (seconds per million entries, off the
+    loop) outlasts the manifest timeout on the download's clock. The download goes on."""
+    root = _folder(tmp_path / "src", 300)
+    entered, release = threading.Event(), threading.Event()
+    complete = ListedRoot.complete
+
+    def slow_complete(self: ListedRoot, listing: bytes | bytearray | memoryview) -> Manifest:
+        entered.set()
+        release.wait(30)
+        return complete(self, listing)
+
+    clock = FakeClock()
+    async with asyncio.timeout(60), Node(node_config(tmp_path, "seed")) as seed:
+        shared = await seed.share(root)
+        monkeypatch.setattr(ListedRoot, "complete", slow_complete)
+        async with running_download(tmp_path, shared.content_id, clock,
+                                    peers=[seed.listen_address()], timeout=20) as rig:
+            try:
+                await asyncio.to_thread(entered.wait, 30)
+                assert entered.is_set()
+                clock.advance(21)
+                rig.download.handle_timer()
+            finally:
+                release.set()
+            out = await rig.run
+    assert _tree(out) == _tree(root)
