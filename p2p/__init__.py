@@ -52,6 +52,7 @@ from .events import (
     PeerConnected,
     PeerDropped,
     Shared,
+    ShareWithdrawn,
     Subscription,
 )
 from .exitcodes import (
@@ -130,6 +131,7 @@ __all__ = [
     "Settings",
     "ShareInfo",
     "ShareResult",
+    "ShareWithdrawn",
     "Shared",
     "StateDirLocked",
     "StoreError",

@@ -45,6 +45,9 @@ class PeerDropped(Event):
 
     peer: PeerId
     reason: str
+    notable: bool = False
+    """The download lost a source it was counting on (it stopped answering, or no longer has
+    the content): front ends show it by default, unlike a peer that simply left."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,15 @@ class ChunkUploaded(Event):
     content_id: bytes
     index: int
     size: int
+
+
+@dataclass(frozen=True)
+class ShareWithdrawn(Event):
+    """Content is no longer served: a file of it changed or vanished on disk (found when a
+    peer asked for one of its chunks, which is refused as changed)."""
+
+    content_id: ContentId
+    reason: str
 
 
 @dataclass(frozen=True)

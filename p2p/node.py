@@ -56,6 +56,7 @@ from .events import (
     PeerConnected,
     PeerDropped,
     Shared,
+    ShareWithdrawn,
 )
 from .identity import Identity, PeerId, load_or_create
 from .library import Library
@@ -828,6 +829,9 @@ class Node:
                 self.events.publish(PeerConnected(peer, address, inbound=True))
             case wire_server.PeerDisconnected(peer=peer, reason=reason) if peer is not None:
                 self.events.publish(PeerDropped(peer, reason))
+            case wire_server.Withdrawn(content_id=cid, reason=reason):
+                self._log("warning", reason)
+                self.events.publish(ShareWithdrawn(ContentId(cid), reason))
             case wire_server.Uploaded(peer=peer, content_id=cid, index=index, nbytes=nbytes):
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:

@@ -34,6 +34,7 @@ from .. import (
     PeerBanned,
     PeerConnected,
     PeerDropped,
+    ShareWithdrawn,
     Subscription,
     format_address,
     human_bytes,
@@ -145,6 +146,8 @@ class FetchView:
                               "discarded", level=1)
             case PeerBanned():
                 self.out.note(f"peer {event.peer.short()} banned: {event.reason}")
+            case PeerDropped(peer=peer, reason=reason, notable=True):
+                self.out.note(f"peer {peer.short()} dropped: {reason}")
             case PeerConnected() | PeerDropped() if self.out.verbosity >= 2:
                 self.out.note(f"peer event: {event}", level=2)
             case LogMessage(level=level, message=message) if level in ("warning", "error"):
@@ -196,6 +199,8 @@ class UploadView:
                 self.out.note(f"peer {peer.short()} connected from {format_address(address)}", level=1)
             case PeerBanned() if not self.out.json:
                 self.out.note(f"peer {event.peer.short()} banned: {event.reason}")
+            case ShareWithdrawn(content_id=cid, reason=reason):
+                self.out.note(f"p2p: warning: {reason} (content {cid.short()})")
             case LogMessage(level=level, message=message) if level in ("warning", "error"):
                 if not self.out.json:
                     self.out.note(f"p2p: {level}: {message}", level=1)

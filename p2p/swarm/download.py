@@ -105,6 +105,11 @@ each; 64 KiB to 1 MiB chunks still go one or a few to a job."""
 CHECK_JOBS_MIN = 2
 """Jobs at least, when two or more chunks came in one loop turn: the hashing pool's threads
 (``HASH_THREADS`` in the node), so both hash."""
+PEER_SILENCE_TIMEOUT = 20.0
+"""A peer asked for chunks that sends nothing at all for this long (suspended, or behind a link
+that died without a reset) is dropped: longer than a request's own timeout
+(:data:`~p2p.swarm.scheduler.REQUEST_TIMEOUT`, whose chunks go to others first), so a slow
+peer that still delivers is never dropped by it."""
 WRONG_PUBLISHER_GRACE = 2.0
 """After a manifest signed by someone other than ``--from``, wait this long for the right one."""
 SPECULATIVE_CHUNKS = 4
@@ -183,6 +188,8 @@ class _Peer:
     round trip measured from here is never too short)."""
     early: dict[int, Any] = field(default_factory=dict)
     """Payloads answering speculative requests that came before the scheduler existed."""
+    heard_at: float = 0.0
+    """When it last sent us anything (see :data:`PEER_SILENCE_TIMEOUT`)."""
 
 
 class Download:
@@ -244,6 +251,13 @@ class Download:
         """When the current discovery round began (dial backoff counts from it)."""
         self._backoff: dict[Address, tuple[int, float]] = {}
         """Address -> (failed dials in a row, when it may be dialled again)."""
+        self._dial_errors: dict[Address, str] = {}
+        """Why each address we could not connect to failed (cleared when one connects)."""
+        self._unsettled = 0
+        """Addresses queued to dial or being dialled."""
+        self._round_done = False
+        """The current discovery round has named every address it will."""
+        self._ever_connected = False
         self._connected_addrs: set[Address] = set()
         self._checking: set[tuple[PeerId, int]] = set()
         self._checking_bytes = 0
@@ -284,6 +298,9 @@ class Download:
         self._banned_for_bad_data: set[PeerId] = set()
         """Peers dropped because the chunks they sent failed verification."""
         self._dropped_otherwise = False
+        self._lost: tuple[PeerId, str] | None = None
+        self._lost_has_it = True
+        """The last peer the download lost for a reason worth saying (:meth:`_lose`)."""
         """A peer was dropped for another reason (it left, a network error, a bad bitfield)."""
         self._dial_deadlines: dict[asyncio.Timeout, float] = {}
         self._rediscover = asyncio.Event()
@@ -439,6 +456,8 @@ class Download:
             if requests is not None:
                 times.append(requests)
             times.append(self._next_progress)
+            times += [state.heard_at + PEER_SILENCE_TIMEOUT for peer, state in self._peers.items()
+                      if peer in scheduler.peers and scheduler.peers[peer].inflight]
             if self._commit is None and self.fetched_this_run != self._recorded:
                 times.append(self._next_commit)
             if not self._peers and not self._dialing and self._alone_since is not None:
@@ -538,11 +557,31 @@ class Download:
                 f"{_peers(count)} sent one that is refused and {'was' if count == 1 else 'were'} "
                 f"banned ({self._bad_manifests[-1]})"))
         elif now >= deadline:
-            self._fail(NotFound(f"no peer provided {self.content_id} within {self.options.timeout:g} s"))
+            lost = f" (peer {self._lost[0].short()} {self._lost[1]})" if self._lost else ""
+            self._fail(NotFound(f"no peer provided {self.content_id} within {self.options.timeout:g} s{lost}"))
+
+    def _lose(self, state: _Peer, reason: str, *, has_it: bool = True) -> None:
+        """Drop a peer the download was counting on, and say why (the front end shows it).
+        ``has_it``: False when the peer no longer has the content (then, left with no peer,
+        the download ends as not found rather than as a network failure)."""
+        self._lost_has_it = has_it
+        self._drop(state.peer, reason, notable=True)
+        if not self._tasks.closed:
+            self._spawn(state.conn.aclose(reason), "close lost peer")
+
+    def _silent_peers(self, now: float) -> list[_Peer]:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return []
+        return [state for peer, state in self._peers.items()
+                if peer in scheduler.peers and scheduler.peers[peer].inflight
+                and now >= state.heard_at + PEER_SILENCE_TIMEOUT]
 
     def _check_transfer_deadlines(self, now: float) -> None:
         scheduler, partial = self.scheduler, self.partial
         assert scheduler is not None and partial is not None
+        for silent in self._silent_peers(now):
+            self._lose(silent, f"stopped answering (nothing for {PEER_SILENCE_TIMEOUT:g} s)")
         for peer, index in scheduler.expire(now, REQUEST_TIMEOUT):
             state = self._peers.get(peer)
             if state is not None:
@@ -571,7 +610,9 @@ class Download:
                 f"verification and {'was' if count == 1 else 'were'} banned; no other peer "
                 f"has it; {kept}")
         if alone:
-            return NetworkError(f"no peer to download {self.content_id} from for {timeout:g} s; {kept}")
+            lost = f" (the last one, {self._lost[0].short()}, {self._lost[1]})" if self._lost else ""
+            error = NetworkError if self._lost_has_it else NotFound
+            return error(f"no peer to download {self.content_id} from for {timeout:g} s{lost}; {kept}")
         claiming = sum(1 for state in scheduler.peers.values()
                        if state.seeder or any(scheduler.wants(i) and i not in scheduler.held
                                               for i in state.bits))
@@ -609,9 +650,31 @@ class Download:
                 return
             self._per_peer[peer] += 1
         self._tried.add(addr)
+        self._unsettled += 1
         self._candidates.put_nowait((peer, addr, holds))
 
-    def _dial_failed(self, addr: Address) -> None:
+    def _check_unreachable(self) -> None:
+        """Fail at once when the addresses we were given (a ticket's, ``--peer``) all refused
+        us or timed out and discovery found nothing else to try: a ticket whose only sharer is
+        down says so in seconds, not after the whole timeout as content nobody has.
+
+        Only for a new download whose every failed address was a given one: a provider record
+        may be stale while a fresh one is on its way, and a download being resumed keeps
+        trying its sources until the timeout (they may be restarting too)."""
+        if self.manifest is not None or self._ever_connected or self._peers or self._unsettled \
+                or not self._round_done or not self._dial_errors or self._listing_fetch is not None:
+            return
+        given = set(self.options.peers)
+        if not given.issuperset(self._dial_errors) or self.store.download_info(self.content_id):
+            return
+        shown = ", ".join(f"{host}:{port} ({why})" for (host, port), why in
+                          list(self._dial_errors.items())[:4])
+        more = len(self._dial_errors) - 4
+        self._fail(NetworkError(f"could not connect to {shown}" + (f" and {more} more" if more > 0 else "")
+                                + f" for {self.content_id}"))
+
+    def _dial_failed(self, addr: Address, why: str = "failed") -> None:
+        self._dial_errors[addr] = why
         failures = self._backoff.pop(addr, (0, 0.0))[0] + 1
         wait = min(DIAL_BACKOFF * 2 ** min(failures - 1, 32), DIAL_BACKOFF_MAX)
         # Counted from the round that named it, not from when the dial gave up: the first
@@ -624,9 +687,12 @@ class Download:
     async def _discover(self) -> None:
         while True:
             self._round_started = self._clock()
+            self._round_done = False
             for addr in self.options.peers:
                 self._add_candidate(None, addr, True)
             if self._providers is None:
+                self._round_done = True
+                self._check_unreachable()
                 return
             try:
                 async for peer, addrs, holds in self._providers(self.content_id):
@@ -634,6 +700,8 @@ class Download:
                         self._add_candidate(peer, addr, holds)
             except P2PError as exc:
                 log.debug("provider lookup for %s: %s", self.content_id.short(), exc)
+            self._round_done = True
+            self._check_unreachable()
             # Look again later for new providers (partial seeders appear as they start).
             self._rediscover.clear()
             self._rediscover_at = self._clock() + REDISCOVER_INTERVAL
@@ -686,15 +754,19 @@ class Download:
             conn = await self._connect_in_time(addr, peer, first)
         except (P2PError, OSError, TimeoutError) as exc:
             log.debug("dial %s failed: %s", addr, exc)
-            self._dial_failed(addr)
+            self._dial_failed(addr, _dial_error(exc))
             self._peer_slots.release()
         finally:
             self._dialing -= 1
+            self._unsettled -= 1
             slots.release()
         if conn is None:
+            self._check_unreachable()
             self._update()  # the no-peer timeout may be due now
             return
         self._backoff.pop(addr, None)
+        self._dial_errors.clear()
+        self._ever_connected = True
         remote: PeerId = conn.remote_peer
         if remote == self._self_peer or remote in self._peers or self.store.is_banned(remote):
             self._peer_slots.release()
@@ -704,7 +776,7 @@ class Download:
         # Registered here, not in the peer's task: there is no moment between the dial and
         # the peer's task in which the download has neither a peer nor a dial.
         state = _Peer(conn, remote, asyncio.Queue(), addr, Budget(self._clock()), holds=holds,
-                      speculative=speculative, asked_at=asked_at)
+                      speculative=speculative, asked_at=asked_at, heard_at=self._clock())
         self._peers[remote] = state
         self._connected_addrs.add(addr)
         self._alone_since = None
@@ -769,7 +841,7 @@ class Download:
             with contextlib.suppress(Exception):
                 await state.conn.aclose("send failed")
 
-    def _drop(self, peer: PeerId, reason: str) -> None:
+    def _drop(self, peer: PeerId, reason: str, *, notable: bool = False) -> None:
         state = self._peers.pop(peer, None)
         if state is None:
             return
@@ -786,12 +858,15 @@ class Download:
             self._listing_fetch.remove_peer(peer)
             self._ask_listing()
         self._update()
-        self.events.publish(PeerDropped(peer, reason))
+        if notable:
+            self._lost = (peer, reason)
+        self.events.publish(PeerDropped(peer, reason, notable))
 
     def _handle(self, state: _Peer, message: msg.Message) -> None:
         """One message from a peer: O(1) work (a bitfield's is its size, once), and the
         scheduler runs only when the message changed something. A message that changed
         nothing is charged to the peer's budget; overdrawn, the peer is banned."""
+        state.heard_at = self._clock()
         if self._changed_something(state, message):
             return
         # Unrequested Data costs its decryption: charged per 64 KiB (the smallest chunk), so
@@ -813,6 +888,10 @@ class Download:
                 return self._spawn_data(state, index, payload)
             case msg.Have(content_id=c, index=index) if c == cid:
                 return self._on_have_message(state, index)
+            case msg.Reject(content_id=c, reason=msg.RejectReason.CHANGED) if c == cid:
+                # Its file changed under it: it serves none of this content any more.
+                self._lose(state, "no longer has it (its copy changed on disk)", has_it=False)
+                return True
             case msg.Reject(content_id=c, index=index, reason=reason) if c == cid:
                 if index in state.speculative:
                     # A guess that missed (past the last chunk of a small file, say): the
@@ -1273,6 +1352,18 @@ class Download:
             # Also after a failed finalize (destination exists): release the lock,
             # keep the partial and its record for the next try. Idempotent.
             self.partial.close()
+
+
+def _dial_error(exc: BaseException) -> str:
+    """A short reason for a failed dial: what a person would look for."""
+    cause: BaseException | None = exc
+    while cause is not None:  # the transport wraps the socket's error in a NetworkError
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, TimeoutError):
+            return f"no answer within {CONNECT_TIMEOUT:g} s"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
 
 
 def _peers(count: int) -> str:

@@ -126,7 +126,16 @@ class Backpressure:
     paused: bool
 
 
-ServerEvent = PeerConnected | PeerDisconnected | Uploaded | Backpressure
+@dataclass(frozen=True)
+class Withdrawn:
+    """A chunk of ``content_id`` could not be served because its file changed on disk: the
+    content is no longer served (the store dropped it); ``reason`` says which file."""
+
+    content_id: bytes
+    reason: str
+
+
+ServerEvent = PeerConnected | PeerDisconnected | Uploaded | Backpressure | Withdrawn
 
 
 @dataclass(frozen=True)
@@ -489,7 +498,8 @@ class Server:
             # one bit per chunk (16 KiB), less than the chunk a valid request reads.
             held = self.source.bitfield(cid)
             return rules.unavailable(request, None if held is None else held[0])
-        except ContentChanged:
+        except ContentChanged as exc:
+            self._emit(Withdrawn(cid, str(exc)))
             return Reject(cid, index, RejectReason.CHANGED)
         except OSError:
             log.warning("cannot read chunk %d of %s", index, cid.hex()[:16], exc_info=True)

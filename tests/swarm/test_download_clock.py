@@ -34,6 +34,7 @@ from p2p.identity import Identity, PeerId
 from p2p.swarm.download import (
     COMMIT_INTERVAL,
     CONNECT_TIMEOUT,
+    PEER_SILENCE_TIMEOUT,
     PROGRESS_INTERVAL,
     REDISCOVER_INTERVAL,
     SPECULATIVE_CHUNKS,
@@ -216,8 +217,10 @@ async def test_a_dial_that_hangs_is_abandoned_at_the_connect_timeout(tmp_path: P
         clock.advance(0.001)
         rig.download.handle_timer()
         await abandoned.wait()
-        assert not rig.run.done()
-        assert rig.download.next_deadline() == start + 30.0  # only the manifest timeout is left
+        # The only address could not be reached and there is nothing else to try: the
+        # download says so now rather than at the manifest timeout.
+        with pytest.raises(NetworkError, match=r"could not connect to 127\.0\.0\.1:9 \(no answer within 5 s\)"):
+            await rig.run
 
 
 # -- during the transfer ------------------------------------------------------------------------
@@ -501,3 +504,83 @@ async def test_a_bug_in_a_download_task_is_logged_and_ends_the_download(
     failed = [r for r in caplog.records if "failed" in r.getMessage()]
     assert failed  # each chunk task that hit the bug, with its traceback
     assert all(r.exc_info and "a bug in the Have announcer" in str(r.exc_info[1]) for r in failed)
+
+
+# -- peers that stop answering ------------------------------------------------------------------
+
+
+async def test_a_peer_that_stops_answering_is_dropped_named_and_the_failure_says_why(
+        tmp_path: Path) -> None:
+    content = make_content(8)
+    clock = FakeClock()
+    async with asyncio.timeout(T), seeders(Holder(content)) as [deaf]:
+        # It sends its manifest and Bitfield, then nothing: suspended, or behind a dead link.
+        dialer = Dialer(deaf=[deaf.address])
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[deaf.address], timeout=30) as rig:
+            await wait_for(rig.events, lambda e: isinstance(e, ChunkRequested))
+            conn = await dialer.connection(deaf.address)
+            await conn.received(Bitfield).wait()
+            heard = clock.now  # the fake clock has not moved since it was heard
+            clock.advance(PEER_SILENCE_TIMEOUT - 0.001)
+            rig.download.handle_timer()
+            assert not [e for e in of(PeerDropped, drain(rig.events)) if e.notable]
+            assert rig.download.peers == [deaf.peer]
+            clock.advance(0.001)
+            assert rig.download.next_deadline() == heard + PEER_SILENCE_TIMEOUT
+            rig.download.handle_timer()
+            [dropped] = [e for e in of(PeerDropped, drain(rig.events)) if e.notable]
+            assert dropped.peer == deaf.peer and "stopped answering" in dropped.reason
+            assert rig.download.peers == []
+            clock.advance(30)
+            rig.download.handle_timer()
+            with pytest.raises(NetworkError, match="stopped answering") as failed:
+                await rig.run
+    assert exit_code_for(failed.value) == 5
+
+
+async def test_a_slow_peer_that_still_delivers_is_not_dropped(tmp_path: Path) -> None:
+    content = make_content(3)
+    clock = FakeClock()
+    cid = content.content_id.digest
+    async with asyncio.timeout(T), seeders(Holder(content)) as [slow]:
+        dialer = Dialer(deaf_to={slow.address: {1, 2}})  # chunks 1 and 2 are answered late
+        async with running_download(tmp_path, content.content_id, clock, dialer=dialer,
+                                    peers=[slow.address], timeout=60) as rig:
+            conn = await dialer.connection(slow.address)
+            await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified))
+            start = clock.now
+            clock.advance(PEER_SILENCE_TIMEOUT - 1)
+            await conn.deliver(Request(cid, 1))  # a late answer, before any timer ran
+            verified = await wait_for(rig.events, lambda e: isinstance(e, ChunkVerified))
+            assert verified.index == 1  # type: ignore[attr-defined]
+            clock.advance(PEER_SILENCE_TIMEOUT - 2)  # chunk 2 still owed, and 37 s since start
+            assert clock.now - start > PEER_SILENCE_TIMEOUT
+            rig.download.handle_timer()
+            assert not [e for e in of(PeerDropped, drain(rig.events)) if e.notable]
+            assert rig.download.peers == [slow.peer]  # it spoke 18 s ago
+            clock.advance(2)
+            rig.download.handle_timer()
+            [dropped] = [e for e in of(PeerDropped, drain(rig.events)) if e.notable]
+            assert dropped.peer == slow.peer
+
+
+# -- nobody to connect to --------------------------------------------------------------------
+
+
+async def test_addresses_that_all_refuse_fail_at_once_with_could_not_connect(tmp_path: Path) -> None:
+    content = make_content(1)
+    clock = FakeClock()
+    closed = []
+    for _ in range(2):  # ports nothing listens on: bound, then closed
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        closed.append(("127.0.0.1", server.sockets[0].getsockname()[1]))
+        server.close()
+        await server.wait_closed()
+    async with asyncio.timeout(T), running_download(tmp_path, content.content_id, clock,
+                                                    peers=closed, timeout=30) as rig:
+        with pytest.raises(NetworkError, match=r"could not connect to 127\.0\.0\.1:") as failed:
+            await rig.run  # the fake clock never moved: no timeout was waited for
+    assert "connection refused" in str(failed.value)
+    assert all(f"127.0.0.1:{port}" in str(failed.value) for _, port in closed)
+    assert exit_code_for(failed.value) == 5
