@@ -190,6 +190,8 @@ class _Peer:
     """Payloads answering speculative requests that came before the scheduler existed."""
     heard_at: float = 0.0
     """When it last sent us anything (see :data:`PEER_SILENCE_TIMEOUT`)."""
+    owed_since: float | None = None
+    """Since when it has had requests in flight without a pause (None: nothing asked)."""
 
 
 class Download:
@@ -300,6 +302,8 @@ class Download:
         self._dropped_otherwise = False
         self._lost: tuple[PeerId, str] | None = None
         self._lost_has_it = True
+        self._transfer_at = 0.0
+        """When the transfer started (the scheduler came to be)."""
         """The last peer the download lost for a reason worth saying (:meth:`_lose`)."""
         """A peer was dropped for another reason (it left, a network error, a bad bitfield)."""
         self._dial_deadlines: dict[asyncio.Timeout, float] = {}
@@ -456,8 +460,8 @@ class Download:
             if requests is not None:
                 times.append(requests)
             times.append(self._next_progress)
-            times += [state.heard_at + PEER_SILENCE_TIMEOUT for peer, state in self._peers.items()
-                      if peer in scheduler.peers and scheduler.peers[peer].inflight]
+            times += [since + PEER_SILENCE_TIMEOUT for state in self._peers.values()
+                      if (since := self._silent_since(state)) is not None]
             if self._commit is None and self.fetched_this_run != self._recorded:
                 times.append(self._next_commit)
             if not self._peers and not self._dialing and self._alone_since is not None:
@@ -574,8 +578,24 @@ class Download:
         if scheduler is None:
             return []
         return [state for peer, state in self._peers.items()
-                if peer in scheduler.peers and scheduler.peers[peer].inflight
-                and now >= state.heard_at + PEER_SILENCE_TIMEOUT]
+                if (since := self._silent_since(state)) is not None
+                and now >= since + PEER_SILENCE_TIMEOUT]
+
+    def _silent_since(self, state: _Peer) -> float | None:
+        """Since when a peer owes us an answer and said nothing: its last word, or its oldest
+        request in flight if that is later (a peer idle while nothing was asked of it, during
+        a long listing decode say, is not silent). None when nothing is asked of it."""
+        scheduler = self.scheduler
+        held = scheduler.peers.get(state.peer) if scheduler is not None else None
+        if held is None or not held.inflight:
+            state.owed_since = None
+            return None
+        if state.owed_since is None:  # its requests expired and went out again: still owed
+            # Speculative requests count from the transfer's start: before it, their answers
+            # wait unchecked (a long listing decode must not make their sender look silent).
+            state.owed_since = max(next(iter(held.inflight.values())),  # kept in the order asked
+                                   self._transfer_at)
+        return max(state.heard_at, state.owed_since)
 
     def _check_transfer_deadlines(self, now: float) -> None:
         scheduler, partial = self.scheduler, self.partial
@@ -1065,7 +1085,7 @@ class Download:
         wanted = None if self._selected is None else self.partial.chunk_map.chunks_of(self._selected)
         self.scheduler = Scheduler(self.partial.chunk_map.count, held, chunk_size,
                                    sequential=self.options.sequential, wanted=wanted)
-        now = self._clock()
+        now = self._transfer_at = self._clock()
         self._history.append((now, self._bytes_this_run))
         self._next_progress = now + PROGRESS_INTERVAL
         self._next_commit = now + COMMIT_INTERVAL
