@@ -21,6 +21,7 @@ from .errors import (
     ContentChanged,
     ContentIdMismatch,
     DecodeError,
+    DestinationExists,
     DiskFull,
     InsecureKeyFile,
     IntegrityError,
@@ -55,6 +56,7 @@ from .events import (
     Subscription,
 )
 from .exitcodes import (
+    EXIT_BUSY,
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -76,6 +78,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PORT",
+    "EXIT_BUSY",
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -98,6 +101,7 @@ __all__ = [
     "ContentIdMismatch",
     "DHTSummary",
     "DecodeError",
+    "DestinationExists",
     "DiskFull",
     "DownloadCompleted",
     "DownloadFailed",
