@@ -34,12 +34,25 @@ from pathlib import Path
 from typing import Any
 
 from .. import (
+    EXIT_INTERRUPTED,
+    EXIT_NETWORK,
+    EXIT_USAGE,
     BadInput,
+    ChunkFailed,
+    ChunkVerified,
     ContentId,
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadPaused,
+    DownloadProgress,
+    DownloadStarted,
+    Event,
     Library,
+    LogMessage,
     NetworkError,
     Node,
     P2PError,
+    PeerBanned,
     PeerId,
     Selection,
     StateDirLocked,
@@ -49,19 +62,6 @@ from .. import (
     parse_address,
     parse_id_or_ticket,
 )
-from ..events import (
-    ChunkFailed,
-    ChunkVerified,
-    DownloadCompleted,
-    DownloadFailed,
-    DownloadPaused,
-    DownloadProgress,
-    DownloadStarted,
-    Event,
-    LogMessage,
-    PeerBanned,
-)
-from ..exitcodes import EXIT_INTERRUPTED, EXIT_NETWORK, EXIT_USAGE
 from .output import to_json
 
 log = logging.getLogger(__name__)
