@@ -26,6 +26,7 @@ exit codes:
   3    content not found (no provider answered within --timeout)
   4    integrity or signature failure (bad chunks, a bad signature, a publisher other than --from)
   5    network failure (cannot bind, nobody reachable, no running node to ask)
+  6    busy: a node of this state directory runs already (commands go through it)
   130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
 
 environment:
