@@ -207,6 +207,8 @@ class Node:
         self._peer_lookups: dict[PeerId, tuple[float, asyncio.Task[list[Address]]]] = {}
         self.bootstrap_error: str | None = None
         self._lock_fd = -1
+        self._close_done = asyncio.Event()
+        """Set once :meth:`aclose` has finished (a second call waits for it)."""
         self.resumed: list[ContentId] = []
         """The downloads this node resumed when it started (:attr:`NodeConfig.resume_downloads`)."""
         self._closing = False
@@ -295,10 +297,18 @@ class Node:
         raise NetworkError(f"cannot listen on {where} (TCP and UDP): {last}")
 
     async def aclose(self) -> None:
-        """Pause downloads (progress kept), stop serving, leave the DHT, close the store. Idempotent."""
+        """Pause downloads (progress kept), stop serving, leave the DHT, close the store.
+        Idempotent: a call while another closes waits until it is done."""
         if self._closed:
+            await self._close_done.wait()
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            self._close_done.set()
+
+    async def _close(self) -> None:
         if not self._started:
             self._unlock()
             return

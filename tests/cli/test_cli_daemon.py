@@ -225,3 +225,26 @@ def test_the_destination_is_settled_before_a_byte_moves(cli: CLI, tmp_path: Path
     into = cli.run("fetch", str(info["content_id"]), "-o", str(here), "--json", *state(cli, "home"))
     assert into.returncode == 0, into.stderr
     assert filecmp.cmp(src, here / "song.bin", shallow=False)
+
+
+def test_ls_says_so_when_a_partial_was_deleted(cli: CLI, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "disk.img", 192 * MiB)
+    seeder, info = share(cli, "seed", src)
+    dest = tmp_path / "disk-copy.img"
+    # No node runs for this state directory: the fetch runs a node of its own.
+    client = cli.start("fetch", str(info["ticket"]), "-o", str(dest), "--json", *cli.node_args("mine"))
+    client.json_until(lambda o: o.get("event") == "progress" and o["fetched_chunks"] >= 1)
+    seeder.send(signal.SIGSTOP)
+    client.send(signal.SIGINT)
+    assert client.wait() == EXIT_INTERRUPTED
+    seeder.send(signal.SIGCONT)
+    row = download_row(cli, "mine", info["content_id"])
+    assert row["state"] == "paused" and row["done_chunks"] > 0, row
+    Path(row["partial"]).unlink()
+    row = download_row(cli, "mine", info["content_id"])
+    assert row["state"] == "gone" and row["done_chunks"] == 0, row
+    text = cli.run("ls", *state(cli, "mine"))
+    assert text.returncode == 0, text.stderr
+    line = next(li for li in text.stdout.splitlines() if info["content_id"] in li)
+    assert "gone" in line and "partial data deleted" in line and "%" not in line, line
+    assert "failed" not in line and "active" not in line
