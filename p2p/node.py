@@ -932,11 +932,14 @@ class Node:
                                               0.0, {}))
 
     def _completed_path(self, content_id: ContentId) -> Path | None:
+        """Where ``content_id`` is held whole here: a finished download, or a share of ours."""
+        if not self._store.is_shared(content_id):
+            return None
         info = self._store.download_info(content_id)
-        if info is not None and info.state == "complete" and info.dest.exists() \
-                and self._store.is_shared(content_id):
+        if info is not None and info.state == "complete" and info.dest.exists():
             return info.dest
-        return None
+        share = next((s for s in self._store.shares() if s.content_id == content_id), None)
+        return share.root if share is not None and share.root.exists() else None
 
     def _record_failure(self, content_id: ContentId, exc: P2PError) -> None:
         if self._store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):

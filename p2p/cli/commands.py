@@ -302,7 +302,7 @@ def _report_fetch(run: Run, record: dict[str, Any], selection: Selection) -> Non
         return
     size, seconds, resumed = int(record["bytes"]), float(record["seconds"]), int(record["resumed_chunks"])
     if not record["fetched_chunks"] and not record["peers"]:
-        run.out.note(f"already here: {human_bytes(size)} checked, nothing downloaded")
+        run.out.note(f"held here already: {human_bytes(size)} verified, nothing downloaded")
     else:
         rate = size / seconds if seconds > 0 else 0.0
         run.out.note(f"verified {human_bytes(size)} in {seconds:.1f} s ({human_bytes(rate)}/s) from "

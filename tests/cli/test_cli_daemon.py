@@ -225,6 +225,11 @@ def test_the_destination_is_settled_before_a_byte_moves(cli: CLI, tmp_path: Path
     into = cli.run("fetch", str(info["content_id"]), "-o", str(here), "--json", *state(cli, "home"))
     assert into.returncode == 0, into.stderr
     assert filecmp.cmp(src, here / "song.bin", shallow=False)
+    # Held as a share (by the sharer's running node): a copy where asked as well.
+    mine = cli.run("fetch", str(info["content_id"]), "-o", str(tmp_path / "mine.bin"), "--json",
+                   "--timeout", "2", *state(cli, "seed"))
+    assert mine.returncode == 0, mine.stderr
+    assert filecmp.cmp(src, tmp_path / "mine.bin", shallow=False)
 
 
 def test_ls_says_so_when_a_partial_was_deleted(cli: CLI, tmp_path: Path) -> None:
