@@ -13,6 +13,9 @@ Test doubles for code built on this library live in :mod:`p2p.testing`.
 from .address import Address, format_address, parse_address
 from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
+from .control import control_endpoint, decode_event, encode_event, library_rows, share_info
+from .control import socket_address as control_socket_address
+from .control import socket_path as control_socket
 from .dht import ChannelRecord
 from .errors import (
     AlreadyDownloading,
@@ -21,6 +24,7 @@ from .errors import (
     ContentChanged,
     ContentIdMismatch,
     DecodeError,
+    DestinationExists,
     DiskFull,
     InsecureKeyFile,
     IntegrityError,
@@ -56,6 +60,7 @@ from .events import (
     Subscription,
 )
 from .exitcodes import (
+    EXIT_BUSY,
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -77,6 +82,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PORT",
+    "EXIT_BUSY",
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -99,6 +105,7 @@ __all__ = [
     "ContentIdMismatch",
     "DHTSummary",
     "DecodeError",
+    "DestinationExists",
     "DiskFull",
     "DownloadCompleted",
     "DownloadFailed",
@@ -143,15 +150,22 @@ __all__ = [
     "WrongPublisher",
     "__version__",
     "build_settings",
+    "control_endpoint",
+    "control_socket",
+    "control_socket_address",
+    "decode_event",
     "describe",
+    "encode_event",
     "environment",
     "exit_code_for",
     "format_address",
     "human_bytes",
     "human_rate",
     "human_seconds",
+    "library_rows",
     "make_ticket",
     "parse_address",
     "parse_id_or_ticket",
     "plural",
+    "share_info",
 ]

@@ -42,6 +42,13 @@ class BadInput(P2PError, ValueError):
     exit_code = 2
 
 
+class DestinationExists(BadInput):
+    """The place a download would go holds something else (a different file or folder).
+
+    Nothing is overwritten and nothing was downloaded: choose another place with ``-o``,
+    or ``--rename`` to save it beside as ``NAME (1).EXT``."""
+
+
 class UnsafePath(BadInput):
     """A relative path from an untrusted manifest could escape the destination folder.
 
@@ -161,7 +168,11 @@ class AlreadyDownloading(P2PError):
 
 class StateDirLocked(StoreError):
     """Another process is using this part of the state directory right now (a running node, or
-    the same download in another process). Stop it, wait for it, or use another ``--state-dir``."""
+    the same download in another process). Stop it, wait for it, or use another ``--state-dir``.
+
+    Exit code 6: nothing is wrong, only busy; while a node runs, every command talks to it."""
+
+    exit_code = 6
 
 
 class InsecureKeyFile(StoreError):

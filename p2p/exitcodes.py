@@ -12,6 +12,7 @@ import signal
 from .errors import LocalProtocolError, P2PError
 
 __all__ = [
+    "EXIT_BUSY",
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -31,6 +32,8 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_INTEGRITY = 4
 EXIT_NETWORK = 5
+EXIT_BUSY = 6
+"""A node of this state directory is running already (or holds that download)."""
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 """Ctrl-C (130); other signals give 128 + their number."""
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import logging
 import os
 import shutil
 import socket
 import stat
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +44,17 @@ from .errors import (
     AlreadyDownloading,
     BadInput,
     ContentChanged,
+    DestinationExists,
     NetworkError,
     NotFound,
     P2PError,
+    StateDirLocked,
+    StoreError,
     WrongPublisher,
 )
 from .events import (
     ChunkUploaded,
+    DownloadCompleted,
     DownloadFailed,
     DownloadPaused,
     EventBus,
@@ -90,6 +96,15 @@ MAX_PEER_LOOKUPS = 256
 """Peer-record lookups remembered at once (the oldest is forgotten first)."""
 RATE_SAMPLE = 1.0
 """Seconds between samples of per-peer byte counts: the window of :attr:`PeerInfo.rate_in`."""
+NODE_LOCK = "node.lock"
+"""File in the state directory that a running node holds an exclusive ``flock`` on, with its
+pid and command in it: one node per state directory (two would serve one library with two
+views of it, under one peer id)."""
+MAX_RENAMES = 10_000
+"""``NAME (N).EXT`` candidates tried by ``--rename`` before giving up."""
+RESUMABLE = ("active", "interrupted")
+"""Download states a long-running node resumes when it starts: running when their node
+stopped (``interrupted``) or was killed (still ``active``); a paused one stays paused."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,41 @@ class NodeConfig:
     announce_shares: bool = True
     """Announce the library on the DHT at start. Off for short-lived commands, whose port
     is gone a moment later (their records would send peers to a dead address)."""
+    resume_downloads: bool = False
+    """Resume at start the downloads that were running when the last node of this state
+    directory stopped (:data:`RESUMABLE`). On for long-running nodes (``p2p serve``, the
+    terminal app), off for a command's own short-lived node."""
+
+
+class _AlreadyThere(Exception):
+    """Raised by the destination check when the destination already holds the content
+    (every chunk verified): the download ends there, with nothing fetched."""
+
+    def __init__(self, manifest: Manifest, path: Path) -> None:
+        super().__init__(str(path))
+        self.manifest = manifest
+        self.path = path
+
+
+@dataclass(frozen=True)
+class RemovedDownload:
+    """What ``p2p rm`` did: a download forgotten, its partial data kept or deleted."""
+
+    content_id: ContentId
+    name: str
+    state: str
+    """Its state before (``complete`` ones also stop being served; their files stay)."""
+    dest: Path
+    partial: Path | None
+    """Where its partial data is (kept) or was (deleted); None if it had none."""
+    deleted: bool
+    """True when the partial data was deleted."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form ``p2p rm --json`` prints."""
+        return {"content_id": str(self.content_id), "name": self.name, "state": self.state,
+                "dest": str(self.dest), "partial": None if self.partial is None else str(self.partial),
+                "deleted": self.deleted}
 
 
 class _HashingStopped(Exception):
@@ -157,6 +207,13 @@ class Node:
         self._hosts: tuple[str, ...] = ()
         self._peer_lookups: dict[PeerId, tuple[float, asyncio.Task[list[Address]]]] = {}
         self.bootstrap_error: str | None = None
+        self._lock_fd = -1
+        self._close_done = asyncio.Event()
+        """Set once :meth:`aclose` has finished (a second call waits for it)."""
+        self.resumed: list[ContentId] = []
+        """The downloads this node resumed when it started (:attr:`NodeConfig.resume_downloads`)."""
+        self._closing = False
+        """Set while :meth:`aclose` stops the downloads: they are ``interrupted``, not paused."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -170,15 +227,21 @@ class Node:
     async def start(self) -> None:
         """Load identity and store, listen on TCP and UDP, join the DHT, announce shares."""
         cfg = self.config
-        self._identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
-        self._saved_contacts = await asyncio.to_thread(_saved_contacts, cfg.state_dir / ROUTING_FILE)
-        self._store = Store(cfg.state_dir)
+        self._lock_fd = await asyncio.to_thread(_lock_state_dir, Path(cfg.state_dir))
+        try:
+            self._identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
+            self._saved_contacts = await asyncio.to_thread(_saved_contacts, cfg.state_dir / ROUTING_FILE)
+            self._store = Store(cfg.state_dir)
+        except BaseException:
+            self._unlock()
+            raise
         try:
             await self._bind()
         except BaseException:
             self._store.close()
             self._pool.shutdown(wait=False)
             self._sync_pool.shutdown(wait=False)
+            self._unlock()
             raise
         self._started = True
         self._spawn(self._sample_rates(), "peer rates")
@@ -194,6 +257,12 @@ class Node:
                 self._spawn(self._announce_peer(), "announce peer record")
                 for share in self._store.shares():
                     await self._provide(share.content_id)
+            if cfg.resume_downloads:
+                for info in self._store.downloads():
+                    if info.state in RESUMABLE:
+                        self._log("info", f"resuming {info.name} ({info.content_id.short()})")
+                        self.start_fetch(info.content_id, info.dest)
+                        self.resumed.append(info.content_id)
         except BaseException:  # cancelled while joining: close what is open, then go on failing
             await self.aclose()
             raise
@@ -229,12 +298,22 @@ class Node:
         raise NetworkError(f"cannot listen on {where} (TCP and UDP): {last}")
 
     async def aclose(self) -> None:
-        """Pause downloads (progress kept), stop serving, leave the DHT, close the store. Idempotent."""
+        """Pause downloads (progress kept), stop serving, leave the DHT, close the store.
+        Idempotent: a call while another closes waits until it is done."""
         if self._closed:
+            await self._close_done.wait()
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            self._close_done.set()
+
+    async def _close(self) -> None:
         if not self._started:
+            self._unlock()
             return
+        self._closing = True
         for cid in list(self._downloads):
             await self.pause(cid)
         await self._tasks.aclose()
@@ -243,6 +322,33 @@ class Node:
         self._pool.shutdown(wait=True)
         self._sync_pool.shutdown(wait=True)  # finishes pending seals: finished downloads become durable
         self._store.close()
+        self._unlock()
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began: what stops now was stopped by the node, not a person."""
+        return self._closed
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock: another node may start now
+            self._lock_fd = -1
+
+    @staticmethod
+    def running_holder(state_dir: Path) -> str | None:
+        """Who runs a node of ``state_dir`` now (``pid N, p2p serve``), or None if nobody does."""
+        try:
+            fd = os.open(Path(state_dir) / NODE_LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder_text(fd)
+            return None
+        finally:
+            os.close(fd)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
@@ -412,7 +518,8 @@ class Node:
 
     def _options(self, target: str | ContentId | Ticket, dest: Path | None, publisher: PeerId | None,
                  peers: Sequence[Address], timeout: float, sequential: bool = False,
-                 selection: Selection | None = None) -> FetchOptions:
+                 selection: Selection | None = None,
+                 download_dir: Path | None = None) -> FetchOptions:
         cid, ticket = _parse_target(target)
         if ticket is not None:
             # The ticket's publisher is binding, exactly as --from is: a peer at the ticket's
@@ -429,17 +536,26 @@ class Node:
         # A resumed download dials the addresses an earlier run was given (a ticket's) again.
         addrs += [a for a in self._store.sources(cid) if a not in addrs]
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
-                            self.config.download_dir, publisher, tuple(addrs), timeout, sequential,
+                            Path(download_dir) if download_dir is not None else self.config.download_dir,
+                            publisher, tuple(addrs), timeout, sequential,
                             selection if selection is not None else Selection())
 
     async def fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
                     timeout: float = 30.0, sequential: bool = False,
-                    selection: Selection | None = None) -> FetchResult:
+                    selection: Selection | None = None, download_dir: Path | None = None,
+                    rename: bool = False) -> FetchResult:
         """Download ``target`` (an id, a ticket or their text); returns where it is and how it came.
 
+        The destination is ``dest`` (an existing folder: ``dest/NAME``), else
+        ``download_dir/NAME`` (default: the node's). It is settled once the manifest is
+        verified, before any chunk is asked for: a place that holds this content already
+        (every chunk checked) is kept and recorded, with nothing fetched; one that holds
+        something else is refused (:class:`DestinationExists`), or with ``rename`` the
+        download goes beside it as ``NAME (1).EXT``.
+
         Already complete here: the local copy (checked against ``publisher`` like a
-        download; copied to ``dest`` when another place is asked for). Cancelling the
+        download), copied to the destination unless it is there already. Cancelling the
         calling task pauses the download; fetching again resumes it. Raises
         :class:`AlreadyDownloading` while this node fetches the same content.
         ``sequential`` asks for the chunks in file order (see :meth:`stream`).
@@ -451,25 +567,27 @@ class Node:
         Raises :class:`BadInput` when the selection picks no file of the content.
         """
         started = asyncio.get_running_loop().time()
-        options = self._options(target, dest, publisher, peers, timeout, sequential, selection)
+        options = self._options(target, dest, publisher, peers, timeout, sequential, selection,
+                                download_dir)
         if options.content_id in self._downloads:
             raise AlreadyDownloading(f"{options.content_id} is already being downloaded by this node")
         done = self._completed_path(options.content_id)
         if done is not None:
-            path = await self._local_copy(options, done)
+            path = await self._local_copy(options, done, rename)
             return self._result(options.content_id, path, None, started)
         placed = self._placed_selection(options)
         if placed is not None:
             return self._result(options.content_id, placed, None, started, options.selection)
-        if options.dest is not None and options.dest.exists() and not options.dest.is_dir():
-            # Say so now, not after the whole download.
-            raise BadInput(f"{options.dest} already exists; not overwriting it")
-        download = self._new_download(options)
+        download = self._new_download(options, rename=rename)
         task = asyncio.current_task()
         assert task is not None
         self._downloads[options.content_id] = (download, task)
         try:
-            path = await download.run()
+            try:
+                path = await download.run()
+            except _AlreadyThere as there:
+                await asyncio.to_thread(self._adopt, there.manifest, there.path)
+                return self._result(options.content_id, there.path, None, started)
             # Durable against an OS crash too, without holding up the caller; the pool's
             # shutdown in aclose() waits for it.
             sealing = asyncio.get_running_loop().run_in_executor(self._sync_pool, seal, path)
@@ -480,7 +598,9 @@ class Node:
         except asyncio.CancelledError:
             info = self._store.download_info(options.content_id)
             if info is not None and info.state not in ("complete", "selected"):  # else: done
-                self._store.set_download_state(options.content_id, "paused")
+                # The person paused it, or its node is stopping (it resumes when one starts).
+                self._store.set_download_state(options.content_id,
+                                               "interrupted" if self._closing else "paused")
                 self._dht.unprovide(options.content_id.digest)  # nothing served until it resumes
                 self.events.publish(DownloadPaused(options.content_id))
             raise
@@ -630,7 +750,8 @@ class Node:
 
     def start_fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
-                    timeout: float = 30.0, selection: Selection | None = None) -> ContentId:
+                    timeout: float = 30.0, selection: Selection | None = None,
+                    rename: bool = False) -> ContentId:
         """Start a download owned by the node (the terminal app's way); returns its id at once.
 
         ``selection``: only some files (see :meth:`fetch`; :meth:`select` changes it while
@@ -643,7 +764,8 @@ class Node:
         async def run() -> None:
             with contextlib.suppress(P2PError):
                 await self.fetch(options.content_id, options.dest, publisher=publisher,
-                                 peers=options.peers, timeout=timeout, selection=selection)
+                                 peers=options.peers, timeout=timeout, selection=selection,
+                                 rename=rename)
 
         self._spawn(run(), f"fetch {options.content_id.short()}")
         return options.content_id
@@ -664,6 +786,81 @@ class Node:
         self._dht.unprovide(content_id.digest)
         self._store.remove_download(content_id)
 
+    async def remove(self, content_id: ContentId, *, delete: bool) -> RemovedDownload:
+        """``p2p rm``: stop a download (running or not) and forget it, deleting its partial
+        data or (``delete=False``) leaving it in place, where a later fetch to the same place
+        checks it and keeps what verifies. A complete one stops being served; its files stay
+        (``delete`` is refused for it: this never deletes a finished download).
+        Raises :class:`NotFound` when there is no such download."""
+        info = self._store.download_info(content_id)
+        if info is None:
+            raise NotFound(f"no download of {content_id} here (`p2p ls` lists them)")
+        if delete and info.state == "complete":
+            raise BadInput(f"{info.name} is complete at {info.dest}; rm --delete only deletes "
+                           "partial data. `p2p rm ID` forgets it and stops serving it (the file "
+                           "stays); delete the file yourself if you no longer want it")
+        await self.pause(content_id)
+        if info.state == "complete":
+            self.unshare(content_id)
+        self._dht.unprovide(content_id.digest)
+        partial = await asyncio.to_thread(self._store.remove_download, content_id, delete=delete)
+        return RemovedDownload(content_id, info.name, info.state, info.dest, partial,
+                               deleted=delete and partial is not None)
+
+    async def hold(self, content_id: ContentId) -> str:
+        """``p2p pause``: stop a running download, or keep a stopped one from resuming when a
+        node starts; its progress is kept either way. Returns its state before.
+        Raises :class:`NotFound` when there is no such download, :class:`BadInput` when it
+        is complete."""
+        info = self._store.download_info(content_id)
+        if info is None:
+            raise NotFound(f"no download of {content_id} here (`p2p ls` lists them)")
+        if info.state in ("complete", "selected"):
+            raise BadInput(f"{info.name} is {info.state}: there is nothing to pause")
+        if await self.pause(content_id):
+            return "active"
+        self._store.set_download_state(content_id, "paused", info.error)
+        return info.state
+
+    def mark_resumable(self, content_id: ContentId) -> str:
+        """``p2p resume`` with no node running: record a stopped download as ``interrupted``,
+        for the next long-running node to resume at start. Returns its state before.
+        Raises as :meth:`resume` does."""
+        info = self._store.download_info(content_id)
+        if info is None:
+            raise NotFound(f"no download of {content_id} here (`p2p ls` lists them; "
+                           "`p2p fetch ID` starts one)")
+        if info.state in ("complete", "selected"):
+            raise BadInput(f"{info.name} is {info.state} at {info.dest}: there is nothing to resume")
+        self._store.set_download_state(content_id, "interrupted", info.error)
+        return info.state
+
+    def resume(self, content_id: ContentId, *, timeout: float = 30.0) -> str:
+        """``p2p resume``: start a stopped download again (owned by the node, into its recorded
+        destination, from the addresses it was given and the DHT). Returns its state before
+        (``active`` if it was running already). Raises :class:`NotFound` when there is no such
+        download and :class:`BadInput` when it is complete."""
+        info = self._store.download_info(content_id)
+        if info is None:
+            raise NotFound(f"no download of {content_id} here (`p2p ls` lists them; "
+                           "`p2p fetch ID` starts one)")
+        if content_id in self._downloads:
+            return "active"
+        if info.state == "complete":
+            raise BadInput(f"{info.name} is complete at {info.dest}: there is nothing to resume")
+        if info.state == "selected":
+            raise BadInput(f"the selected files of {info.name} are in place at {info.dest}; "
+                           "fetch it again (without --include) for the rest")
+        self.start_fetch(content_id, info.dest, timeout=timeout)
+        return info.state
+
+    async def join(self, content_id: ContentId) -> None:
+        """Wait until the running download of ``content_id`` (if any) ends, however it ends:
+        a second front end asking for it follows it. Cancelling the caller leaves it running."""
+        entry = self._downloads.get(content_id)
+        if entry is not None:
+            await asyncio.wait([entry[1]])
+
     def download(self, content_id: ContentId) -> Download | None:
         """The running download of ``content_id``, if any (for live views)."""
         entry = self._downloads.get(content_id)
@@ -677,26 +874,73 @@ class Node:
         """Every running download."""
         return [d for d, _ in self._downloads.values()]
 
-    async def _local_copy(self, options: FetchOptions, have: Path) -> Path:
+    async def _local_copy(self, options: FetchOptions, have: Path, rename: bool) -> Path:
+        """Content complete here at ``have``: a copy at the destination asked for (by default
+        ``download_dir/NAME``), checked first as a download's is (:meth:`fetch`)."""
         manifest = self._store.get_manifest(options.content_id)
         assert manifest is not None
         manifest.verify(options.content_id, options.publisher)  # --from holds here too
         if options.dest is None:
-            return have
-        dest = options.dest / manifest.name if options.dest.is_dir() else options.dest
+            dest = options.download_dir / manifest.name
+        else:
+            dest = options.dest / manifest.name if options.dest.is_dir() else options.dest
         if dest.resolve() == have.resolve():
             return have
-        if dest.exists():
-            raise BadInput(f"{dest} already exists; not overwriting it")
+        if dest.exists() or dest.is_symlink():
+            if await asyncio.to_thread(holds_content, manifest, dest):
+                return dest
+            dest = self._refuse_or_rename(manifest, dest, rename)
         await asyncio.to_thread(_copy_into_place, have, dest)
         return dest
 
+    async def _settle(self, options: FetchOptions, rename: bool, manifest: Manifest,
+                      dest: Path) -> Path:
+        """The destination check of :meth:`fetch`, run once the manifest is verified and
+        before any chunk is asked for: the path to download into."""
+        info = self._store.download_info(options.content_id)
+        if info is not None and info.state == "selected":
+            return dest  # its selected files are in place there; the store gathers them back
+        resuming = info is not None and info.state != "complete" and info.partial.exists()
+        if resuming:
+            assert info is not None
+            dest = info.dest  # settled when it began; its partial data is beside it
+        if not (dest.exists() or dest.is_symlink()):
+            return dest
+        if await asyncio.to_thread(holds_content, manifest, dest):
+            raise _AlreadyThere(manifest, dest)
+        if resuming:
+            raise DestinationExists(
+                f"{dest} appeared while this download was stopped and holds something else; "
+                f"move it away and fetch again (the partial data is kept in {info.partial if info else ''})")
+        return self._refuse_or_rename(manifest, dest, rename)
+
+    @staticmethod
+    def _refuse_or_rename(manifest: Manifest, dest: Path, rename: bool) -> Path:
+        folder = manifest.kind == "dir"
+        renamed = free_name(dest, folder=folder)
+        if rename:
+            return renamed
+        raise DestinationExists(
+            f"{dest} already exists and is not this content; not overwriting it. Fetch with "
+            f"--rename to save it as {renamed.name!r}, or give another place with -o")
+
+    def _adopt(self, manifest: Manifest, path: Path) -> None:
+        """The destination already holds the content: record it complete there and serve it
+        (a partial download of it, if any, is no longer needed)."""
+        self._store.remove_download(manifest.content_id)
+        self._store.adopt_download(manifest, path)
+        self.events.publish(DownloadCompleted(manifest.content_id, str(path), manifest.total_size,
+                                              0.0, {}))
+
     def _completed_path(self, content_id: ContentId) -> Path | None:
+        """Where ``content_id`` is held whole here: a finished download, or a share of ours."""
+        if not self._store.is_shared(content_id):
+            return None
         info = self._store.download_info(content_id)
-        if info is not None and info.state == "complete" and info.dest.exists() \
-                and self._store.is_shared(content_id):
+        if info is not None and info.state == "complete" and info.dest.exists():
             return info.dest
-        return None
+        share = next((s for s in self._store.shares() if s.content_id == content_id), None)
+        return share.root if share is not None and share.root.exists() else None
 
     def _record_failure(self, content_id: ContentId, exc: P2PError) -> None:
         if self._store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):
@@ -716,7 +960,8 @@ class Node:
             return held
         return await self._new_download(options, listing=True).fetch_manifest()
 
-    def _new_download(self, options: FetchOptions, *, listing: bool = False) -> Download:
+    def _new_download(self, options: FetchOptions, *, listing: bool = False,
+                      rename: bool = False) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
             for info in self._server.connections():
                 # Peers already talking to us, at the ports their Hello says they accept on,
@@ -752,10 +997,13 @@ class Node:
             if not listing:
                 self._spawn(self._provide(manifest.content_id), "provide")
 
+        async def place(manifest: Manifest, dest: Path) -> Path:
+            return await self._settle(options, rename, manifest, dest)
+
         return Download(options, store=self._store, events=self.events, connect=dial,
                         providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
                         on_have=self._server.announce_have, on_manifest=on_manifest, pool=self._pool,
-                        sync_pool=self._sync_pool, clock=self.config.clock)
+                        sync_pool=self._sync_pool, clock=self.config.clock, place=place)
 
     # -- peers and the DHT ---------------------------------------------------------------------
 
@@ -996,3 +1244,107 @@ def _copy_into_place(source: Path, dest: Path) -> None:
     else:
         shutil.copy2(source, partial)
     os.rename(partial, dest)
+
+
+LOCK_TRIES = 5
+"""Attempts at the node lock: a command that looks whether a node runs holds it shared for
+a moment (see :meth:`Node.running_holder`), which must not make a starting node give up."""
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Take the state directory's node lock; returns its descriptor (held until closed).
+    Raises :class:`StateDirLocked` naming the running node when another holds it."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / NODE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot use the state directory {state_dir}: {exc.strerror}") from None
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == LOCK_TRIES - 1:
+                holder = _holder_text(fd)
+                os.close(fd)
+                raise StateDirLocked(
+                    f"a node of the state directory {state_dir} is already running ({holder}); "
+                    "while it runs, p2p commands (share, fetch, ls, rm, ...) go through it. Stop "
+                    "it to start another one here, or give this one another --state-dir") from None
+            threading.Event().wait(0.01 * (attempt + 1))  # a reader's shared lock, held briefly
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{_program()}\n".encode(), 0)
+    return fd
+
+
+def _holder_text(fd: int) -> str:
+    """``pid N, p2p serve`` from a held lock file (what its holder wrote there)."""
+    try:
+        lines = os.pread(fd, 4096, 0).decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    if not lines:
+        return "its process is starting"
+    return f"pid {lines[0]}" + (f", {lines[1]}" if len(lines) > 1 and lines[1] else "")
+
+
+def _program() -> str:
+    """This process as a person would name it: ``p2p serve``, ``p2p-tui``."""
+    argv = sys.argv
+    first = Path(argv[0]).name if argv else "python"
+    if first == "__main__.py":
+        first = {"cli": "p2p", "tui": "p2p-tui"}.get(Path(argv[0]).parent.name, Path(argv[0]).parent.name)
+    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    return f"{first} {command}".strip() if first == "p2p" else first
+
+
+def holds_content(manifest: Manifest, path: Path) -> bool:
+    """Whether ``path`` holds exactly the content of ``manifest``: every file there, regular
+    (no link followed), of its size, every chunk matching its hash. Files a folder holds
+    besides the manifest's are left alone and do not count."""
+    if path.is_symlink():
+        return False
+    if manifest.kind == "file":
+        return len(manifest.entries) == 1 and _file_holds(path, manifest.entries[0].info)
+    if not path.is_dir():
+        return False
+    for entry in manifest.entries:
+        target = path
+        for part in entry.path.split("/"):
+            target = target / part
+            if target.is_symlink():
+                return False
+        if not _file_holds(target, entry.info):
+            return False
+    return True
+
+
+def _file_holds(path: Path, info: FileInfo) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != info.size:
+            return False
+        for index in range(info.chunk_count):
+            data = os.pread(fd, info.chunk_length(index), info.chunk_offset(index))
+            if not info.verify_chunk(index, data):
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def free_name(path: Path, *, folder: bool = False) -> Path:
+    """The first of ``NAME (1).EXT``, ``NAME (2).EXT``, ... beside ``path`` that does not exist
+    (a ``folder`` keeps its whole name: ``NAME (1)``)."""
+    suffix = "" if folder else path.suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    for n in range(1, MAX_RENAMES + 1):
+        candidate = path.with_name(f"{stem} ({n}){suffix}")
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+    raise DestinationExists(f"{path} and {MAX_RENAMES} renamed copies of it exist already; "
+                            "give another place with -o")

@@ -53,6 +53,7 @@ from p2p import (
     ShareInfo,
     Subscription,
     Ticket,
+    control_endpoint,
     exit_code_for,
     format_address,
     human_bytes,
@@ -297,8 +298,11 @@ class P2PApp(App[None]):
         node = self.node
         sub = node.events.subscribe()
         try:
-            self.post_message(NodeReady())
-            await self._read_events(sub)
+            # A node the app started serves the control socket: the command line's
+            # `p2p share`, `fetch`, `ls` of this state directory go through it.
+            async with control_endpoint(node) if self._owns_node else contextlib.nullcontext():
+                self.post_message(NodeReady())
+                await self._read_events(sub)
         finally:
             sub.close()
 
@@ -338,10 +342,10 @@ class P2PApp(App[None]):
         if self._stopped:
             return
         self._stopped = True
-        self.workers.cancel_group(self, "node")
         node = self.node
         if node is not None and self._owns_node:
-            await node.aclose()
+            await node.aclose()  # first: its downloads (and its clients') are 'interrupted'
+        self.workers.cancel_group(self, "node")
 
     async def action_quit(self) -> None:
         self.main.query_one("#status", Static).update("stopping…")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,4 +42,5 @@ def config_from_args(argv: Sequence[str] | None = None,
                               bootstrap=[b for b in args.bootstrap if b.strip()],
                               announce=args.announce_addr, download_dir=args.download_dir,
                               env=environment() if environ is None else environ)
-    return settings.node_config(long_running=True)
+    # A long-running node: it resumes the downloads its last run left running.
+    return dataclasses.replace(settings.node_config(long_running=True), resume_downloads=True)

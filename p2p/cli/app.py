@@ -26,6 +26,7 @@ exit codes:
   3    content not found (no provider answered within --timeout)
   4    integrity or signature failure (bad chunks, a bad signature, a publisher other than --from)
   5    network failure (cannot bind, nobody reachable, no running node to ask)
+  6    busy: a node of this state directory runs already (commands go through it)
   130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
 
 environment:
@@ -187,9 +188,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=demo.parse_size, default=demo.DEFAULT_SIZE, metavar="SIZE",
                    help="file size, e.g. 64M, 1G, 500K or bytes (default 512M)")
 
+    _add_download_commands(command, subs.choices["fetch"])
+
     for sub in subs.choices.values():
         _add_shared(sub, sub=True)
     return parser
+
+
+def _add_download_commands(command: Callable[..., Any], fetch: argparse.ArgumentParser) -> None:
+    """``rm``, ``pause``, ``resume`` and ``fetch --rename``: managing downloads (through the
+    running node of the state directory when there is one)."""
+    fetch.add_argument("--rename", action="store_true",
+                       help="when the destination holds something else, save beside it as "
+                            "'NAME (1).EXT' instead of refusing (the same content there is "
+                            "always checked and kept)")
+    id_help = "content id (or an unambiguous prefix of one held here)"
+    p = command("rm", commands.cmd_rm, "stop a download and forget it (its partial data is kept)",
+                "Stop a download (running or not) and forget it. Its partial data stays where it "
+                "is, and a later fetch to the same place reuses what verifies; --delete deletes "
+                "it. A complete download stops being served; its files always stay.")
+    p.add_argument("id", metavar="ID", help=id_help)
+    p.add_argument("--delete", action="store_true", help="delete the partial data too")
+    p = command("pause", commands.cmd_pause, "pause a download (it stays paused until resumed)",
+                "Pause a download, keeping its verified chunks; a paused download is not resumed "
+                "when a node starts, only by `p2p resume ID`.")
+    p.add_argument("id", metavar="ID", help=id_help)
+    p = command("resume", commands.cmd_resume, "resume a paused or stopped download on the running node",
+                "Resume a download on the running node, in the background (`p2p ls` shows its "
+                "progress). With no node running, it is marked to resume when one starts.")
+    p.add_argument("id", metavar="ID", help=id_help)
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:

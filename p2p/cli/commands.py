@@ -58,19 +58,27 @@ class Run:
 
 @contextlib.asynccontextmanager
 async def running_node(run: Run, config: NodeConfig, *, endpoint: bool = False,
-                       serves: bool = True) -> AsyncIterator[Node]:
+                       serves: bool = True, resume: bool = False) -> AsyncIterator[Node]:
     """A started node (with the control socket when ``endpoint``), closed on exit.
 
     ``serves=False`` for short-lived commands, whose DHT announcements do not matter.
+    ``resume``: resume the downloads its last run left running (long-running nodes).
     A node with no DHT contacts still starts (it serves, and tickets reach it);
-    :func:`_warn_alone` says so.
+    :func:`_warn_alone` says so. Only one node runs per state directory: while one does,
+    commands go through it (:mod:`p2p.cli.control`), and starting another here raises
+    :class:`~p2p.StateDirLocked` (exit 6).
     """
-    node = Node(dataclasses.replace(config, announce_shares=serves))
+    node = Node(dataclasses.replace(config, announce_shares=serves, resume_downloads=resume))
     await node.start()  # closes what it opened if it fails
     try:
         if endpoint:
             async with control.control_endpoint(node):
-                yield node
+                try:
+                    yield node
+                finally:
+                    # Stopped by the node: its downloads are 'interrupted' (resumed at the
+                    # next start), and its clients told so, before the socket closes.
+                    await node.aclose()
         else:
             yield node
     finally:
@@ -150,29 +158,42 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
     if not path.exists():
         raise BadInput(f"{path}: no such file or folder")
     total = _tree_size(path)
+    state = run.settings.state_dir
+    try:
+        with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
+            hashed = 0
+
+            def on_line(line: dict[str, Any]) -> None:
+                nonlocal hashed
+                if isinstance(line.get("hashed"), int):
+                    progress(line["hashed"] - hashed)
+                    hashed = line["hashed"]
+
+            info = await control.query(state, {"cmd": "share", "path": os.path.abspath(path)},
+                                       on_line)
+    except control.NoRunningNode:
+        pass
+    else:
+        run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
+        run.out.note(f"shared {info['name']} ({human_bytes(info['size'])}, "
+                     f"{plural(info['chunks'], 'chunk')}) in {info['hash_seconds']:.1f} s; the "
+                     f"running node of {state} serves it on {', '.join(info['listening'])}")
+        return 0
     config = run.settings.node_config(long_running=not args.no_serve)
     async with running_node(run, config, endpoint=not args.no_serve,
-                            serves=not args.no_serve) as node:
+                            serves=not args.no_serve, resume=not args.no_serve) as node:
         _warn_bootstrap(run, node)
         started = time.monotonic()
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
             result = await node.share(path, progress)
         seconds = time.monotonic() - started
         manifest = result.manifest
-        ticket = result.ticket
+        info = control.share_info(node, result, seconds, serving=not args.no_serve)
         if args.no_serve and run.settings.listen[1]:
             # This process is about to exit: point the ticket at the port `p2p serve` uses.
-            ticket = make_ticket(result.content_id, manifest.publisher,
-                                 [(host, run.settings.listen[1]) for host, _ in node.addresses()])
-        info = {
-            "content_id": str(result.content_id), "ticket": str(ticket),
-            "name": manifest.name, "size": manifest.total_size, "chunks": manifest.chunk_count,
-            "publisher": str(manifest.publisher), "peer_id": str(node.peer_id),
-            "listen": format_address(node.listen_address()),
-            "listening": [format_address(a) for a in node.listen_addresses()],
-            "addresses": [format_address(a) for a in node.addresses()],
-            "hash_seconds": round(seconds, 3), "serving": not args.no_serve,
-        }
+            info["ticket"] = str(make_ticket(result.content_id, manifest.publisher,
+                                             [(host, run.settings.listen[1])
+                                              for host, _ in node.addresses()]))
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
                      f"{manifest.chunk_count} chunks) in {seconds:.1f} s")
@@ -194,16 +215,21 @@ def _tree_size(path: Path) -> int:
 
 async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
     """Seed everything in the store until signalled (with an empty store: a DHT bootstrap node)."""
-    async with running_node(run, run.settings.node_config(long_running=True), endpoint=True) as node:
+    async with running_node(run, run.settings.node_config(long_running=True), endpoint=True,
+                            resume=True) as node:
         _warn_bootstrap(run, node)
         shares = node.library.shares()
+        resumed = [str(cid) for cid in node.resumed]
         info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
                 "listening": [format_address(a) for a in node.listen_addresses()],
                 "addresses": [format_address(a) for a in node.addresses()],
-                "shares": len(shares)}
+                "shares": len(shares), "resumed": resumed}
         run.out.result(info, f"serving {plural(len(shares), 'share')} as {node.peer_id} "
                              f"on {', '.join(format_address(a) for a in node.listen_addresses())}; "
                              "Ctrl-C to stop")
+        if resumed:
+            run.out.note(f"resuming {plural(len(resumed), 'download')} its last run left "
+                         "running (`p2p ls` shows them, `p2p pause ID` stops one)")
         if shares:
             _warn_alone(run, node)
         await serve_until_signalled(run, node)
@@ -224,30 +250,68 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         raise BadInput("--file picks the file to stream with -o -; to fetch some files of a "
                        "folder, use --include PATH")
     dest = Path(args.output).expanduser() if args.output else None
+    rename = bool(getattr(args, "rename", False))
+    state = run.settings.state_dir
+    request = {"cmd": "fetch", "target": args.target,
+               "dest": os.path.abspath(dest) if dest is not None else None,
+               "download_dir": os.path.abspath(run.settings.download_dir),
+               "publisher": str(publisher) if publisher else None,
+               "peers": [format_address(p) for p in peers], "timeout": args.timeout,
+               "include": list(args.include), "exclude": list(args.exclude), "rename": rename}
+    try:
+        with FetchView(run.out, content_id) as view:
+            record = await control.query(state, request, _events_to(view))
+    except control.NoRunningNode:
+        pass
+    else:
+        _report_fetch(run, record, selection)
+        if args.seed:
+            run.out.note(f"the running node of {state} seeds it")
+        return 0
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
         _warn_bootstrap(run, node)
         with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
                 result = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
-                                          timeout=args.timeout, selection=selection)
-        run.out.result(result.to_json(), str(result.path))
-        if not run.out.json:
-            resumed = result.resumed_chunks
-            run.out.note(f"verified {human_bytes(result.size)} in {result.seconds:.1f} s "
-                         f"({human_bytes(result.rate)}/s) from "
-                         f"{plural(len(result.chunks_by_peer), 'peer')}"
-                         + (f"; {plural(resumed, 'chunk')} already here" if resumed else ""))
-            if not result.complete:
-                run.out.note(f"{plural(result.files or 0, 'file')} selected ({selection.describe()}); "
-                             "the rest was not fetched (the same fetch without --include/--exclude "
-                             "completes it, reusing these)")
+                                          timeout=args.timeout, selection=selection, rename=rename)
+        _report_fetch(run, result.to_json(), selection)
         if args.seed:
             run.out.note("seeding; Ctrl-C to stop" if result.complete else
                          "seeding the library; these files are not served (only whole content "
                          "is); Ctrl-C to stop")
             await serve_until_signalled(run, node)
     return 0
+
+
+def _events_to(view: FetchView) -> Any:
+    """Feeds the node events a running node streams during a fetch to ``view``."""
+
+    def on_line(line: dict[str, Any]) -> None:
+        event = control.decode_event(line)
+        if event is not None:
+            view.handle(event)
+
+    return on_line
+
+
+def _report_fetch(run: Run, record: dict[str, Any], selection: Selection) -> None:
+    """The result of a fetch (its ``completed`` record), and a line on how it came."""
+    run.out.result(record, str(record["path"]))
+    if run.out.json:
+        return
+    size, seconds, resumed = int(record["bytes"]), float(record["seconds"]), int(record["resumed_chunks"])
+    if not record["fetched_chunks"] and not record["peers"]:
+        run.out.note(f"held here already: {human_bytes(size)} verified, nothing downloaded")
+    else:
+        rate = size / seconds if seconds > 0 else 0.0
+        run.out.note(f"verified {human_bytes(size)} in {seconds:.1f} s ({human_bytes(rate)}/s) from "
+                     f"{plural(int(record['peers']), 'peer')}"
+                     + (f"; {plural(resumed, 'chunk')} already here" if resumed else ""))
+    if not record.get("complete", True):
+        run.out.note(f"{plural(int(record.get('files') or 0), 'file')} selected ({selection.describe()}); "
+                     "the rest was not fetched (the same fetch without --include/--exclude "
+                     "completes it, reusing these)")
 
 
 def _selection(args: argparse.Namespace) -> Selection:
@@ -289,11 +353,33 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: Conte
     config = run.settings.node_config(long_running=False)
     keep = run.settings.state_dir / "streamed"  # the copy kept: not in the current folder
     keep.mkdir(parents=True, exist_ok=True)
+    status = Output(json_mode=run.out.json, verbosity=run.out.verbosity, stdout=sys.stderr,
+                    stderr=sys.stderr)
+    request = {"cmd": "fetch", "target": args.target, "dest": os.path.abspath(keep),
+               "publisher": str(publisher) if publisher else None,
+               "peers": [format_address(p) for p in peers], "timeout": args.timeout,
+               "file": args.file, "sequential": True}
+    try:
+        with FetchView(status, content_id) as view:
+            record = await control.query(run.settings.state_dir, request, _events_to(view))
+    except control.NoRunningNode:
+        pass
+    else:
+        # Through a running node the file is written out once it is whole (and verified).
+        path = Path(str(record["path"]))
+        kept = path / args.file if args.file is not None and path.is_dir() else path
+        try:
+            with kept.open("rb") as f:
+                while data := await loop.run_in_executor(None, f.read, 1 << 20):
+                    await write(data)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        run.out.note(f"streamed {human_bytes(kept.stat().st_size)}; the file is also at {kept}")
+        return 0
     async with running_node(run, config) as node:
         _warn_bootstrap(run, node)
         # stdout carries the file alone: progress (and --json records) go to stderr.
-        status = Output(json_mode=run.out.json, verbosity=run.out.verbosity, stdout=sys.stderr,
-                        stderr=sys.stderr)
         try:
             with node.events.subscribed() as sub, FetchView(status, content_id) as view:
                 async with following(sub, view.handle):
@@ -318,17 +404,16 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
     with a target, the files of that content (:func:`_ls_remote`)."""
     if args.target is not None:
         return await _ls_remote(run, args)
-    shares: list[dict[str, Any]] = []
-    downloads: list[dict[str, Any]] = []
-    with Library.open(run.settings.state_dir) as library:
-        for s in library.shares():
-            shares.append({"content_id": str(s.content_id), "name": s.name, "kind": s.kind,
-                           "size": s.size, "chunks": s.chunks, "path": str(s.root),
-                           "origin": s.origin, "publisher": str(s.publisher)})
-        for d in library.downloads():
-            downloads.append({"content_id": str(d.content_id), "name": d.name, "size": d.size,
-                              "chunks": d.chunks, "done_chunks": d.done_chunks,
-                              "state": d.state, "path": str(d.dest), "error": d.error})
+    state = run.settings.state_dir
+    try:
+        rows = await control.query(state, {"cmd": "ls"})
+    except control.NoRunningNode:
+        # No node answers: a recorded 'active' download is not running (its node was
+        # killed), unless a node without a control socket (a plain `p2p fetch`) runs it.
+        holder = control.running(state)
+        with Library.open(state) as library:
+            rows = control.library_rows(library, None if holder else set())
+    shares, downloads = rows["shares"], rows["downloads"]
     lines = []
     if shares:
         lines.append("SHARED")
@@ -339,8 +424,9 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
         lines.append("DOWNLOADS")
         for row in downloads:
             pct = 100 * row["done_chunks"] / row["chunks"] if row["chunks"] else 100.0
+            shown = "     -" if row["state"] == "gone" else f"{pct:5.1f}%"
             lines.append(f"  {row['content_id']}  {human_bytes(row['size']):>10}  "
-                         f"{row['state']:<8} {pct:5.1f}%  {row['path']}"
+                         f"{row['state']:<11} {shown}  {row['path']}"
                          + (f"  ({row['error']})" if row["error"] else ""))
     run.out.result({"shares": shares, "downloads": downloads},
                    "\n".join(lines) if lines else "nothing shared or downloaded yet")
@@ -351,19 +437,29 @@ async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
     """The files of ID-or-TICKET from its verified manifest: ``SIZE  PATH`` per line, or one
     JSON object per file (``path``, ``size``, ``content_id``)."""
     publisher, peers = _finding(args)
-    config = run.settings.node_config(long_running=False)
-    async with running_node(run, config, serves=False) as node:
-        _warn_bootstrap(run, node)
-        manifest = await node.listing(args.target, publisher=publisher, peers=peers,
-                                      timeout=args.timeout)
+    request = {"cmd": "listing", "target": args.target,
+               "publisher": str(publisher) if publisher else None,
+               "peers": [format_address(p) for p in peers], "timeout": args.timeout}
+    try:
+        listed = await control.query(run.settings.state_dir, request)
+    except control.NoRunningNode:
+        config = run.settings.node_config(long_running=False)
+        async with running_node(run, config, serves=False) as node:
+            _warn_bootstrap(run, node)
+            manifest = await node.listing(args.target, publisher=publisher, peers=peers,
+                                          timeout=args.timeout)
+        listed = {"name": manifest.name, "kind": manifest.kind, "size": manifest.total_size,
+                  "publisher": str(manifest.publisher),
+                  "entries": [{"path": e.path, "size": e.info.size, "content_id": str(e.content_id)}
+                              for e in manifest.entries]}
+    entries = listed["entries"]
     if run.out.json:
-        run.out.emit_all({"path": entry.path, "size": entry.info.size,
-                          "content_id": str(entry.content_id)} for entry in manifest.entries)
+        run.out.emit_all(entries)
     else:
-        run.out.result({}, "\n".join(f"{human_bytes(e.info.size):>10}  {e.path}"
-                                      for e in manifest.entries) or "(no files)")
-        run.out.note(f"{plural(len(manifest.entries), 'file')}, {human_bytes(manifest.total_size)} "
-                     f"in {manifest.name} ({manifest.kind}), published by {manifest.publisher}")
+        run.out.result({}, "\n".join(f"{human_bytes(e['size']):>10}  {e['path']}"
+                                      for e in entries) or "(no files)")
+        run.out.note(f"{plural(len(entries), 'file')}, {human_bytes(listed['size'])} "
+                     f"in {listed['name']} ({listed['kind']}), published by {listed['publisher']}")
     return 0
 
 
@@ -450,18 +546,21 @@ def _need_bootstrap(run: Run, what: str) -> None:
 
 async def cmd_publish(run: Run, args: argparse.Namespace) -> int:
     """Point this peer's channel NAME at a content id."""
-    _need_bootstrap(run, "publish")
     content_id = _content_id(args.id, run.settings.state_dir)
     if not args.name or "/" in args.name:
         raise BadInput(f"bad channel name {args.name!r}: it must be non-empty and contain no '/'")
-    async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-        _warn_bootstrap(run, node)
-        record = await node.publish(args.name, content_id)
-        ref = f"{node.peer_id}/{args.name}"
-    run.out.result({"publisher": str(record.publisher), "name": record.name,
-                    "content_id": str(ContentId(record.content_id)), "seq": record.seq,
-                    "ref": ref},
-                   f"{ref} -> {ContentId(record.content_id)} (seq {record.seq})")
+    try:
+        record = await control.query(run.settings.state_dir, {
+            "cmd": "publish", "name": args.name, "content_id": str(content_id)})
+    except control.NoRunningNode:
+        _need_bootstrap(run, "publish")
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
+            _warn_bootstrap(run, node)
+            published = await node.publish(args.name, content_id)
+        record = {"publisher": str(published.publisher), "name": published.name,
+                  "content_id": str(ContentId(published.content_id)), "seq": published.seq}
+    ref = f"{record['publisher']}/{args.name}"
+    run.out.result({**record, "ref": ref}, f"{ref} -> {record['content_id']} (seq {record['seq']})")
     return 0
 
 
@@ -471,11 +570,75 @@ async def cmd_resolve(run: Run, args: argparse.Namespace) -> int:
     if not sep or not name:
         raise BadInput(f"expected PUBLISHER/NAME (a peer id as `p2p id` prints it), got {args.ref!r}")
     publisher = PeerId.parse(publisher_text)
-    _need_bootstrap(run, "resolve")
-    async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-        _warn_bootstrap(run, node)
-        record = await node.resolve(publisher, name)
-    cid = ContentId(record.content_id)
-    run.out.result({"publisher": str(record.publisher), "name": record.name,
-                    "content_id": str(cid), "seq": record.seq}, str(cid))
+    try:
+        record = await control.query(run.settings.state_dir, {
+            "cmd": "resolve", "publisher": str(publisher), "name": name})
+    except control.NoRunningNode:
+        _need_bootstrap(run, "resolve")
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
+            _warn_bootstrap(run, node)
+            found = await node.resolve(publisher, name)
+        record = {"publisher": str(found.publisher), "name": found.name,
+                  "content_id": str(ContentId(found.content_id)), "seq": found.seq}
+    run.out.result(record, str(record["content_id"]))
+    return 0
+
+
+# -- managing downloads -------------------------------------------------------------------------
+
+
+async def cmd_rm(run: Run, args: argparse.Namespace) -> int:
+    """Stop a download and forget it, keeping its partial data (``--delete``: deleting it)."""
+    content_id = _content_id(args.id, run.settings.state_dir)
+    try:
+        result = await control.query(run.settings.state_dir, {
+            "cmd": "rm", "content_id": str(content_id), "delete": bool(args.delete)})
+    except control.NoRunningNode:
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
+            result = (await node.remove(content_id, delete=bool(args.delete))).to_json()
+    name, partial = result["name"], result["partial"]
+    if result["state"] == "complete":
+        text = f"removed {name} from the library (no longer served); the file stays at {result['dest']}"
+    elif partial is None:
+        text = f"removed the download of {name}; it had no partial data"
+    elif result["deleted"]:
+        text = f"removed the download of {name}; deleted its partial data {partial}"
+    else:
+        text = (f"removed the download of {name}; its partial data is kept at {partial} "
+                "(`p2p fetch ID` to the same place checks it and reuses it; `p2p rm --delete ID` "
+                "would have deleted it)")
+    run.out.result(result, text)
+    return 0
+
+
+async def cmd_pause(run: Run, args: argparse.Namespace) -> int:
+    """Pause a download (progress kept); it stays paused until ``p2p resume``."""
+    content_id = _content_id(args.id, run.settings.state_dir)
+    try:
+        result = await control.query(run.settings.state_dir, {"cmd": "pause", "content_id": str(content_id)})
+    except control.NoRunningNode:
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
+            result = {"content_id": str(content_id), "was": await node.hold(content_id)}
+    was = result["was"]
+    run.out.result(result, f"paused {content_id} (it was {was}); `p2p resume ID` goes on with it")
+    return 0
+
+
+async def cmd_resume(run: Run, args: argparse.Namespace) -> int:
+    """Resume a paused or stopped download on the running node (in the background)."""
+    content_id = _content_id(args.id, run.settings.state_dir)
+    try:
+        result = await control.query(run.settings.state_dir, {"cmd": "resume", "content_id": str(content_id)})
+    except control.NoRunningNode:
+        # No node to run it: mark it for the next one (`p2p serve`), which resumes it at start.
+        async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
+            was = node.mark_resumable(content_id)
+        result = {"content_id": str(content_id), "was": was, "running": False}
+        run.out.result(result, f"no node is running for {run.settings.state_dir}: {content_id} "
+                               "resumes when one starts (`p2p serve`); `p2p fetch ID` fetches "
+                               "it now in the foreground")
+        return 0
+    text = (f"{content_id} is already downloading" if result["was"] == "active" else
+            f"resuming {content_id} on the running node (`p2p ls` shows its progress)")
+    run.out.result({**result, "running": True}, text)
     return 0

@@ -125,9 +125,11 @@ class DownloadInfo:
     done_chunks: int
     """How many chunks are recorded as written and synced (the durable progress)."""
     state: str
-    """``"active"``, ``"paused"``, ``"complete"``, ``"failed"``, or ``"selected"``: the files
-    a fetch picked are in place at :attr:`dest`, the rest were not fetched (a later fetch of
-    more of them completes it)."""
+    """``"active"``, ``"paused"`` (by the person: it stays paused), ``"interrupted"`` (its
+    node stopped while it ran: a long-running node resumes it when it starts, as it does an
+    ``"active"`` one left by a killed node), ``"complete"``, ``"failed"``, or ``"selected"``:
+    the files a fetch picked are in place at :attr:`dest`, the rest were not fetched (a later
+    fetch of more of them completes it)."""
     dest: Path
     """Where the result goes once complete."""
     partial: Path

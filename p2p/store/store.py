@@ -388,19 +388,40 @@ class Store:
             self._active.pop(cid, None)
 
     def set_download_state(self, content_id: ContentId | bytes, state: str, error: str | None = None) -> None:
-        """Mark a download ``paused``, ``failed`` or ``active`` (the bitfield is untouched)."""
+        """Mark a download ``paused``, ``interrupted``, ``failed`` or ``active`` (the bitfield is
+        untouched)."""
         self._db.set_download_state(_raw(content_id), state, error, self._clock())
 
-    def remove_download(self, content_id: ContentId | bytes) -> None:
-        """Forget a download and delete its partial data (cancel)."""
+    def remove_download(self, content_id: ContentId | bytes, *, delete: bool = True) -> Path | None:
+        """Forget a download (cancel) and delete its partial data, or with ``delete=False``
+        leave it where it is (a later fetch to the same place checks it and reuses what
+        verifies). Returns the partial path if there was data there, else None."""
         path = self._db.remove_download(_raw(content_id))
-        if path is None:
-            return
-        if path.is_dir():
+        if path is None or not (path.exists() or path.is_symlink()):
+            return None
+        if not delete:
+            return path
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        return path
+
+    def adopt_download(self, manifest: Manifest, dest: Path) -> None:
+        """Record ``manifest`` as downloaded and complete at ``dest``, which already holds it
+        (the caller checked every chunk there): served from there like a finished download."""
+        cid = manifest.content_id.digest
+        dest = Path(dest).resolve()
+        self.put_manifest(manifest)
+        self._keep_manifest(manifest)
+        _, cmap = self._chunk_map(cid)
+        bits = full_bitfield(cmap.count)
+        now = self._clock()
+        self._db.start_download(cid, dest, dest.with_name(dest.name + PARTIAL_SUFFIX), bits,
+                                cmap.count, now)
+        self._db.save_bits(cid, bits, cmap.count, "complete", now)
+        self.add_share(manifest, root=dest, origin="downloaded")
 
     def add_sources(self, content_id: ContentId | bytes, addrs: list[tuple[str, int]]) -> None:
         """Remember addresses to fetch ``content_id`` from (a ticket's), so a resume after a

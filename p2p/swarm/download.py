@@ -208,8 +208,12 @@ class Download:
                  on_have: Callable[[bytes, int], None],
                  on_manifest: Callable[[Manifest], None],
                  pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 place: Callable[[Manifest, Path], Awaitable[Path]] | None = None) -> None:
         self.options = options
+        self._place = place
+        """Settles the destination once the manifest is in, before any chunk is asked for: returns
+        the path to download into (it may rename), or raises to refuse (see :meth:`Node.fetch`)."""
         self.content_id = options.content_id
         self.store = store
         self.events = events
@@ -1070,6 +1074,8 @@ class Download:
             # does not exist is the destination itself.
             dest = dest / manifest.name
         self._set_selected(None if self.selection.everything else self.selection.check(manifest))
+        if self._place is not None:
+            dest = await self._place(manifest, dest)
         self.partial = self.store.open_download(manifest, dest, self._listing_bytes,
                                                 selected=self._selected)
         self._listing_bytes = None

@@ -170,6 +170,8 @@ def test_control_socket_with_a_long_state_dir_path(tmp_path: Path) -> None:
             class config:
                 state_dir = deep
 
+            closing = False
+
             def peers(self) -> list[object]:
                 return []
 

@@ -1,0 +1,68 @@
+"""The terminal app and the command line on one state directory: the app's node serves the
+control socket, so ``p2p share`` and ``p2p ls`` go through it and a second node is refused.
+
+The app runs headless in a process of its own (Textual's test driver), which prints
+``ready`` once its node listens and quits on SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+from cliproc import CLI, Proc, clean_env, make_file
+
+from p2p.exitcodes import EXIT_BUSY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DRIVER = r"""
+import asyncio, os, signal, sys
+from pathlib import Path
+from p2p import NodeConfig
+from tui.app import build_app
+
+async def main() -> None:
+    config = NodeConfig(state_dir=Path(sys.argv[1]), host="127.0.0.1", port=0,
+                        download_dir=Path(sys.argv[2]), max_contacts_per_ip=None)
+    app = build_app(config, refresh_interval=60)
+    stop = asyncio.Event()
+    # SIGUSR1 quits as the q key does (the app keeps SIGTERM and SIGHUP for itself).
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
+    async with app.run_test(size=(80, 24)):
+        await asyncio.wait_for(app.ready.wait(), 30)
+        # Textual captures print() while the app runs: write to the descriptor itself.
+        os.write(1, f"ready {app.node.peer_id}\n".encode())
+        await stop.wait()
+        await app.action_quit()
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_command_line_goes_through_the_terminal_apps_node(cli: CLI, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    app = Proc([sys.executable, "-c", DRIVER, str(state), str(tmp_path)], clean_env(), ROOT)
+    cli.procs.append(app)
+    ready = app.line().split()
+    assert ready[0] == "ready", ready
+    peer_id = ready[1]
+    assert (state / "control.sock").exists()
+    src = make_file(tmp_path / "notes.bin", 1 << 20)
+    shared = cli.run("share", str(src), "--json", "--state-dir", str(state))
+    assert shared.returncode == 0, shared.stderr
+    info = json.loads(shared.stdout)
+    assert info["peer_id"] == peer_id
+    listed = cli.run("ls", "--json", "--state-dir", str(state))
+    assert listed.returncode == 0, listed.stderr
+    assert [s["content_id"] for s in json.loads(listed.stdout)["shares"]] == [info["content_id"]]
+    second = cli.run("serve", "--listen", "127.0.0.1:0", "--state-dir", str(state))
+    assert second.returncode == EXIT_BUSY, second.stderr
+    assert "already running" in second.stderr
+    app.send(signal.SIGUSR1)
+    assert app.line().strip() == "stopped"
+    assert app.wait() == 0, app.err()
+    assert not (state / "control.sock").exists()
