@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import EXIT_OK, EXIT_USAGE, BadInput, build_settings, describe, environment, exit_code_for
+from ..config import ConfigFile, config_path
 from . import commands, demo
+from . import config as config_command
 from .commands import Run
 from .output import Output
 
@@ -28,9 +30,11 @@ exit codes:
   5    network failure (cannot bind, nobody reachable, no running node to ask)
   130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
 
-environment:
+environment and config file:
   P2P_STATE_DIR, P2P_LISTEN, P2P_BOOTSTRAP (comma-separated), P2P_ANNOUNCE_ADDR
-  (comma-separated); an option given on the command line wins.
+  (comma-separated), P2P_DOWNLOAD_DIR; P2P_CONFIG names the config file (default:
+  `p2p config path`). An option on the command line wins over its environment
+  variable, which wins over the config file, which wins over the default.
 """
 
 Command = Callable[[Run, argparse.Namespace], Awaitable[int]]
@@ -187,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=demo.parse_size, default=demo.DEFAULT_SIZE, metavar="SIZE",
                    help="file size, e.g. 64M, 1G, 500K or bytes (default 512M)")
 
+    p = command("config", config_command.cmd_config, "show or change the config file",
+                "The config file (TOML): `path` prints where it is, `show` the settings in force "
+                "and where each comes from (flag, env, file, default), `set KEY VALUE` and "
+                "`unset KEY` change it (values are checked first).")
+    p.epilog = config_command.describe_keys() + "\n\n" + EXIT_CODES
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
+    actions.add_parser("path", help="print the config file's path")
+    actions.add_parser("show", help="the settings in force and their sources")
+    q = actions.add_parser("set", help="set KEY to VALUE (a list key: one HOST:PORT, or several "
+                                       "comma-separated; '' empties it)")
+    q.add_argument("key", metavar="KEY")
+    q.add_argument("value", metavar="VALUE")
+    q = actions.add_parser("unset", help="remove KEY (its environment variable or default applies)")
+    q.add_argument("key", metavar="KEY")
+    for action in actions.choices.values():
+        _add_shared(action, sub=True)
+
     for sub in subs.choices.values():
         _add_shared(sub, sub=True)
     return parser
@@ -205,10 +226,15 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
             merged[name] = main_value + (sub_value or 0)
         else:
             merged[name] = sub_value if sub_value not in (None, False) else main_value
+    args.shared = merged
+    env = environment()
+    # `p2p config` must work on a config file that does not read (it is how one repairs it):
+    # it reads the file itself, key by key.
+    config = ConfigFile(config_path(env), {}) if args.command == "config" else None
     settings = build_settings(state_dir=merged["state_dir"], listen=merged["listen"],
                               bootstrap=merged["bootstrap"], announce=merged["announce_addr"],
                               json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
-                              env=environment())
+                              env=env, config=config)
     out = Output(json_mode=settings.json, verbosity=settings.verbosity)
     return args, Run(settings, out)
 
