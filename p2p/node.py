@@ -30,7 +30,7 @@ from .content import (
     FileInfo,
     Manifest,
     Ticket,
-    build_manifest,
+    build_share_manifest,
     make_ticket,
     parse_id_or_ticket,
 )
@@ -316,7 +316,8 @@ class Node:
                 loop.call_soon_threadsafe(progress, n)
 
         try:
-            manifest, _ = await asyncio.to_thread(build_manifest, path, self._identity, report)
+            manifest, _, left_out = await asyncio.to_thread(build_share_manifest, path,
+                                                            self._identity, report)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -324,7 +325,7 @@ class Node:
         if self.config.announce_shares:  # else the next long-running start announces it
             await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
-        return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher))
+        return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher), left_out)
 
     async def _provide(self, content_id: ContentId) -> None:
         """Announce ``content_id`` now and keep re-announcing it. Sharing works without a DHT

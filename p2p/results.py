@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .address import Address, format_address, parse_address
-from .content import ContentId, Manifest, Ticket
+from .content import ContentId, LeftOut, Manifest, Ticket
 from .errors import IntegrityError
 from .identity import PeerId
 
@@ -26,6 +26,8 @@ class ShareResult:
 
     manifest: Manifest
     ticket: Ticket
+    left_out: LeftOut = field(default_factory=LeftOut)
+    """What a folder share left out (symlinks, empty folders, unreadable and special files)."""
 
     @property
     def content_id(self) -> ContentId:

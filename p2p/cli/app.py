@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("share", commands.cmd_share, "share a file or folder, print its id and a ticket, serve it",
                 "Hash, sign, store and announce PATH; print its content id and a ticket; then serve "
-                "until Ctrl-C or SIGTERM (exit 0).")
+                "until Ctrl-C or SIGTERM (exit 0). A folder share holds its readable regular files "
+                "only: symlinks (not followed), folders with no file below them, files and "
+                "folders it may not read, and sockets, FIFOs and devices are left out, and a "
+                "warning counts them.")
     p.add_argument("path", metavar="PATH", help="file or folder to share (served in place)")
     p.add_argument("--no-serve", action="store_true", help="add to the library and exit")
 

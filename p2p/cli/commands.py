@@ -172,10 +172,14 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
             "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
             "hash_seconds": round(seconds, 3), "serving": not args.no_serve,
+            "left_out": result.left_out.to_json(),
         }
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
-                     f"{manifest.chunk_count} chunks) in {seconds:.1f} s")
+                     f"{plural(manifest.chunk_count, 'chunk')}) in {seconds:.1f} s")
+        if result.left_out.total:
+            run.out.note(f"p2p: warning: left out {result.left_out.describe()} (a folder share "
+                         "holds readable regular files only; see `p2p share --help`)")
         _warn_alone(run, node)
         if args.no_serve:
             return 0
