@@ -19,8 +19,18 @@ from typing import NoReturn
 
 import platformdirs
 
-from p2p import DEFAULT_PORT, Address, BadInput, NodeConfig, Settings, parse_address
-from p2p.config import DAEMON_SECTION, ConfigFile, config_path, load_config
+from p2p import (
+    DAEMON_SECTION,
+    DEFAULT_PORT,
+    Address,
+    BadInput,
+    ConfigFile,
+    NodeConfig,
+    Settings,
+    config_path,
+    load_config,
+    parse_address,
+)
 
 PROG = "p2p-bootstrap"
 APP_DIR = "p2p-bootstrap"

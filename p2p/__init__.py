@@ -11,6 +11,17 @@ Test doubles for code built on this library live in :mod:`p2p.testing`.
 """
 
 from .address import Address, format_address, parse_address
+from .config import (
+    CONFIG_KEYS,
+    DAEMON_SECTION,
+    RESERVED_KEYS,
+    ConfigFile,
+    config_path,
+    load_config,
+    save_config,
+    set_config_value,
+    unset_config_value,
+)
 from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
 from .dht import ChannelRecord
@@ -75,6 +86,8 @@ from .units import human_bytes, human_rate, human_seconds, plural
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONFIG_KEYS",
+    "DAEMON_SECTION",
     "DEFAULT_PORT",
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
@@ -83,6 +96,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
+    "RESERVED_KEYS",
     "Address",
     "AlreadyDownloading",
     "BadInput",
@@ -93,6 +107,7 @@ __all__ = [
     "ChunkRequested",
     "ChunkUploaded",
     "ChunkVerified",
+    "ConfigFile",
     "ContentChanged",
     "ContentId",
     "ContentIdMismatch",
@@ -141,6 +156,7 @@ __all__ = [
     "WrongPublisher",
     "__version__",
     "build_settings",
+    "config_path",
     "describe",
     "environment",
     "exit_code_for",
@@ -148,8 +164,12 @@ __all__ = [
     "human_bytes",
     "human_rate",
     "human_seconds",
+    "load_config",
     "make_ticket",
     "parse_address",
     "parse_id_or_ticket",
     "plural",
+    "save_config",
+    "set_config_value",
+    "unset_config_value",
 ]

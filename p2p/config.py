@@ -37,18 +37,18 @@ from .errors import BadInput
 
 __all__ = [
     "CONFIG_FILE",
+    "CONFIG_KEYS",
     "DAEMON_SECTION",
     "ENV_CONFIG",
-    "KEYS",
-    "RESERVED",
+    "RESERVED_KEYS",
     "ConfigFile",
     "Key",
     "config_path",
     "dump_config",
     "load_config",
     "save_config",
-    "set_value",
-    "unset_value",
+    "set_config_value",
+    "unset_config_value",
 ]
 
 ENV_CONFIG = "P2P_CONFIG"
@@ -164,7 +164,7 @@ class Key:
         return self.parse(str(value), what)
 
 
-KEYS: dict[str, Key] = {key.name: key for key in (
+CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
     Key("bootstrap", "DHT nodes to join through (HOST:PORT, a list)", _addresses, is_list=True),
     Key("listen", "TCP and UDP address of long-running commands (HOST:PORT)", _address),
     Key("announce", "addresses to announce instead of the learned ones (a list)", _addresses,
@@ -188,7 +188,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
 )}
 """Every key, by name. A key is here only when something reads it."""
 
-RESERVED: dict[str, str] = {
+RESERVED_KEYS: dict[str, str] = {
     "max_upload_rate": "bandwidth limits are not implemented yet",
     "max_download_rate": "bandwidth limits are not implemented yet",
 }
@@ -283,16 +283,16 @@ def _flatten(data: Mapping[str, Any], path: Path) -> list[tuple[str, Any]]:
 
 def _key(name: str, where: str) -> Key:
     """The key called ``name``; an unknown or reserved one is refused, saying which are known."""
-    if name in RESERVED:
-        raise BadInput(f"{name} ({where}): {RESERVED[name]}; the key is reserved and does "
+    if name in RESERVED_KEYS:
+        raise BadInput(f"{name} ({where}): {RESERVED_KEYS[name]}; the key is reserved and does "
                        "nothing yet, so it is not accepted")
-    key = KEYS.get(name)
+    key = CONFIG_KEYS.get(name)
     if key is None:
-        raise BadInput(f"unknown config key {name!r} ({where}); known keys: {', '.join(KEYS)}")
+        raise BadInput(f"unknown config key {name!r} ({where}); known keys: {', '.join(CONFIG_KEYS)}")
     return key
 
 
-def set_value(config: ConfigFile, name: str, text: str) -> ConfigFile:
+def set_config_value(config: ConfigFile, name: str, text: str) -> ConfigFile:
     """``config`` with ``name`` set from the command line's ``text`` (checked; a list key
     takes one address or several, comma-separated, and an empty text clears it)."""
     key = _key(name, "p2p config set")
@@ -300,7 +300,7 @@ def set_value(config: ConfigFile, name: str, text: str) -> ConfigFile:
     return ConfigFile(config.path, {**config.values, name: value})
 
 
-def unset_value(config: ConfigFile, name: str) -> ConfigFile:
+def unset_config_value(config: ConfigFile, name: str) -> ConfigFile:
     """``config`` without ``name`` (back to its environment variable or default)."""
     _key(name, "p2p config unset")
     return ConfigFile(config.path, {k: v for k, v in config.values.items() if k != name})
@@ -308,9 +308,9 @@ def unset_value(config: ConfigFile, name: str) -> ConfigFile:
 
 def dump_config(values: Mapping[str, ConfigValue]) -> str:
     """The TOML text of ``values``: top-level keys, then the ``[daemon]`` table, in
-    :data:`KEYS` order."""
-    top = [f"{n} = {_toml(values[n])}" for n in KEYS if "." not in n and n in values]
-    daemon = [f"{n.partition('.')[2]} = {_toml(values[n])}" for n in KEYS
+    :data:`CONFIG_KEYS` order."""
+    top = [f"{n} = {_toml(values[n])}" for n in CONFIG_KEYS if "." not in n and n in values]
+    daemon = [f"{n.partition('.')[2]} = {_toml(values[n])}" for n in CONFIG_KEYS
               if n.startswith(DAEMON_SECTION + ".") and n in values]
     lines = ["# p2p settings: `p2p config set KEY VALUE` rewrites this file (comments are not kept).",
              *top]
@@ -358,3 +358,4 @@ def save_config(config: ConfigFile, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+

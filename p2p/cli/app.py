@@ -11,8 +11,17 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .. import EXIT_OK, EXIT_USAGE, BadInput, build_settings, describe, environment, exit_code_for
-from ..config import ConfigFile, config_path
+from .. import (
+    EXIT_OK,
+    EXIT_USAGE,
+    BadInput,
+    ConfigFile,
+    build_settings,
+    config_path,
+    describe,
+    environment,
+    exit_code_for,
+)
 from . import commands, demo
 from . import config as config_command
 from .commands import Run

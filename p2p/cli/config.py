@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import build_settings, environment, format_address
-from ..config import (
+from .. import (
+    CONFIG_KEYS,
     DAEMON_SECTION,
-    KEYS,
-    RESERVED,
+    RESERVED_KEYS,
     ConfigFile,
+    build_settings,
     config_path,
+    environment,
+    format_address,
     load_config,
     save_config,
-    set_value,
-    unset_value,
+    set_config_value,
+    unset_config_value,
 )
 from .commands import Run
 
@@ -64,7 +66,7 @@ def _show(run: Run, args: argparse.Namespace) -> int:
         "download_dir": str(settings.download_dir),
     }
     sources = {name: settings.sources.get(name, "default") for name in effective}
-    daemon = {name.partition(".")[2]: file.get(name) for name in KEYS
+    daemon = {name.partition(".")[2]: file.get(name) for name in CONFIG_KEYS
               if name.startswith(DAEMON_SECTION + ".") and file.get(name) is not None}
     lines = [f"# {settings.config_file}" + ("" if file.values or _exists(file) else
                                              " (not there yet)")]
@@ -89,7 +91,7 @@ def _addr(addr: tuple[str, int]) -> str:
 
 def _set(run: Run, name: str, text: str) -> int:
     path = config_path(environment())
-    updated = set_value(load_config(path, replacing=name), name, text)
+    updated = set_config_value(load_config(path, replacing=name), name, text)
     save_config(updated, path)
     value = updated.get(name)
     run.out.result({"path": str(path), "key": name, "value": value},
@@ -99,7 +101,7 @@ def _set(run: Run, name: str, text: str) -> int:
 
 def _unset(run: Run, name: str) -> int:
     path = config_path(environment())
-    updated = unset_value(load_config(path, replacing=name), name)
+    updated = unset_config_value(load_config(path, replacing=name), name)
     save_config(updated, path)
     run.out.result({"path": str(path), "key": name, "value": None},
                    f"{name} unset ({path}): its environment variable or default applies")
@@ -114,7 +116,7 @@ def _text(value: object) -> str:
 
 def describe_keys() -> str:
     """The keys, for ``p2p config --help``."""
-    width = max(len(n) for n in KEYS)
-    lines = [f"  {name:<{width}}  {key.help}" for name, key in KEYS.items()]
-    lines += [f"  {name:<{width}}  reserved: {why}" for name, why in RESERVED.items()]
+    width = max(len(n) for n in CONFIG_KEYS)
+    lines = [f"  {name:<{width}}  {key.help}" for name, key in CONFIG_KEYS.items()]
+    lines += [f"  {name:<{width}}  reserved: {why}" for name, why in RESERVED_KEYS.items()]
     return "keys:\n" + "\n".join(lines)

@@ -17,8 +17,8 @@ from p2p.config import (
     dump_config,
     load_config,
     save_config,
-    set_value,
-    unset_value,
+    set_config_value,
+    unset_config_value,
 )
 from p2p.settings import choose
 
@@ -55,15 +55,15 @@ def test_config_path_honours_p2p_config_then_an_absolute_xdg_home(tmp_path: Path
 
 def test_set_checks_values_and_a_list_key_takes_one_or_several(tmp_path: Path) -> None:
     empty = ConfigFile(None, {})
-    assert set_value(empty, "bootstrap", "127.0.0.1:7473").get("bootstrap") == ["127.0.0.1:7473"]
-    assert set_value(empty, "bootstrap", "a.example:1, [::1]:2").get("bootstrap") == [
+    assert set_config_value(empty, "bootstrap", "127.0.0.1:7473").get("bootstrap") == ["127.0.0.1:7473"]
+    assert set_config_value(empty, "bootstrap", "a.example:1, [::1]:2").get("bootstrap") == [
         "a.example:1", "[::1]:2"]
-    assert set_value(empty, "bootstrap", "").get("bootstrap") == []
-    assert set_value(empty, "download_dir", "rel").get("download_dir") == str(Path("rel").resolve())
-    assert set_value(empty, "download_dir", "~/x").get("download_dir") == "~/x"
-    assert set_value(empty, "daemon.max_contacts_per_ip", "None").get(
+    assert set_config_value(empty, "bootstrap", "").get("bootstrap") == []
+    assert set_config_value(empty, "download_dir", "rel").get("download_dir") == str(Path("rel").resolve())
+    assert set_config_value(empty, "download_dir", "~/x").get("download_dir") == "~/x"
+    assert set_config_value(empty, "daemon.max_contacts_per_ip", "None").get(
         "daemon.max_contacts_per_ip") == "none"
-    assert set_value(empty, "daemon.save_interval", "2.5").get("daemon.save_interval") == 2.5
+    assert set_config_value(empty, "daemon.save_interval", "2.5").get("daemon.save_interval") == 2.5
     for name, text, says in [("listen", "127.0.0.1:99999", "between 0 and 65535"),
                              ("bootstrap", "no spaces allowed:1", "bootstrap"),
                              ("daemon.log_level", "loud", "expected one of"),
@@ -71,8 +71,8 @@ def test_set_checks_values_and_a_list_key_takes_one_or_several(tmp_path: Path) -
                              ("bootstrp", "x", "unknown config key 'bootstrp'"),
                              ("max_upload_rate", "5MiB/s", "not implemented yet")]:
         with pytest.raises(BadInput, match=says):
-            set_value(empty, name, text)
-    assert unset_value(set_value(empty, "listen", "127.0.0.1:1"), "listen").values == {}
+            set_config_value(empty, name, text)
+    assert unset_config_value(set_config_value(empty, "listen", "127.0.0.1:1"), "listen").values == {}
 
 
 def test_load_names_the_file_and_the_key(tmp_path: Path) -> None:
