@@ -44,6 +44,7 @@ from .errors import (
     NetworkError,
     NotFound,
     P2PError,
+    PortInUse,
     WrongPublisher,
 )
 from .events import (
@@ -224,6 +225,8 @@ class Node:
             self._hosts = hosts
             return
         where = ", ".join(format_address((h, cfg.port)) for h in hosts)
+        if isinstance(last, PortInUse):
+            raise PortInUse(f"cannot listen on {where} (TCP and UDP): {last}", cfg.port, last.transport)
         raise NetworkError(f"cannot listen on {where} (TCP and UDP): {last}")
 
     async def aclose(self) -> None:

@@ -147,9 +147,11 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
     for host, port in boots + announces:
         if port == 0 or is_unspecified(host):
             raise BadInput(f"{format_address((host, port))} is not an address a peer can be reached at")
-    return Settings(state_dir=Path(state).expanduser(), listen=listen_addr,
+    # Absolute, so every path a command prints (`id --json`, `config show`) names one place
+    # whatever folder a script later runs in.
+    return Settings(state_dir=Path(state).expanduser().absolute(), listen=listen_addr,
                     listen_given=bool(listen_text), bootstrap=boots, announce=announces,
-                    download_dir=Path(downloads).expanduser(), json=json,
+                    download_dir=Path(downloads).expanduser().absolute(), json=json,
                     verbosity=-1 if quiet else verbose, sources=sources, config_file=path)
 
 

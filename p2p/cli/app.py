@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -16,27 +17,30 @@ from .. import (
     EXIT_USAGE,
     BadInput,
     ConfigFile,
+    PortInUse,
     build_settings,
     config_path,
     describe,
     environment,
     exit_code_for,
 )
-from . import commands, demo
+from . import commands, demo, ports
 from . import config as config_command
 from .commands import Run
-from .output import Output
+from .output import Output, to_json
 
 PROG = "p2p"
 
 EXIT_CODES = """\
 exit codes:
   0    success (share, serve and fetch --seed also exit 0 when stopped by Ctrl-C or SIGTERM)
-  1    internal error (a bug, or an unusable state directory)
+  1    internal error: a bug, and nothing else (please report it, with -v output)
   2    bad usage or malformed input (a bad id, ticket, address or option)
   3    content not found (no provider answered within --timeout)
   4    integrity or signature failure (bad chunks, a bad signature, a publisher other than --from)
   5    network failure (cannot bind, nobody reachable, no running node to ask)
+  6    local problem (a node already running on this state directory, an unusable
+       state directory, a destination that exists or cannot be written, a full disk)
   130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
 
 environment and config file:
@@ -106,11 +110,20 @@ def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
                        default=default(False), help="only results and errors")
 
 
+class UsageExit(SystemExit):
+    """argparse refused the command line (exit 2); the message is kept for ``--json``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         # argparse's own errors: usage line, then one plain line, exit 2.
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        raise UsageExit(message)
 
 
 def _add_finding(p: argparse.ArgumentParser, timeout_help: str) -> None:
@@ -292,22 +305,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2p`` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
+    json_mode = "--json" in argv  # until the settings say so (they may fail to build)
+    args = None
     try:
-        args = None
         args, run = parse(argv)
         verbose = run.settings.verbosity > 0
+        json_mode = run.settings.json
         _setup_logging(run.settings.verbosity)
         return asyncio.run(_run(args.func, run, args))
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+    except UsageExit as exc:
+        if json_mode:
+            _json_error(exc.message, EXIT_USAGE, "usage")
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse: --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except BaseException as exc:
         code = exit_code(exc)
-        if isinstance(exc, Interrupted | KeyboardInterrupt) and code != EXIT_OK:
-            hint = (" (the download keeps its progress: run the same fetch again to resume)"
-                    if getattr(args, "func", None) is commands.cmd_fetch else "")
-            print(f"{PROG}: interrupted{hint}", file=sys.stderr)
-        elif not isinstance(exc, Interrupted | KeyboardInterrupt):
-            if verbose and not isinstance(exc, BadInput):
-                traceback.print_exception(exc, file=sys.stderr)
-            print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            if code != EXIT_OK:
+                fetching = getattr(args, "func", None) is commands.cmd_fetch
+                hint = (" (the download keeps its progress: run the same fetch again to resume)"
+                        if fetching else "")
+                print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+                if json_mode:
+                    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+                    _emit({"event": "interrupted", "signal": signal.Signals(signum).name,
+                           "exit_code": code, "resumable": fetching})
+            return code
+        if verbose and not isinstance(exc, BadInput):
+            traceback.print_exception(exc, file=sys.stderr)
+        message = message_for(exc)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if json_mode:
+            _json_error(message, code, _kind(exc))
         return code
+
+
+def message_for(exc: BaseException) -> str:
+    """The one line a person reads: :func:`p2p.describe`, and for a port in use who holds it
+    and what to do."""
+    inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
+    text = describe(inner)
+    if isinstance(inner, PortInUse) and inner.port:
+        text += "; " + ports.advice(inner.port, inner.transport)
+    elif isinstance(inner, PortInUse):
+        text += "; pick another port with --listen HOST:PORT"
+    return text
+
+
+def _kind(exc: BaseException) -> str:
+    """The error's kind for ``--json``: the family a script branches on."""
+    inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
+    code = exit_code(inner)
+    return {EXIT_USAGE: "bad_input", 3: "not_found", 4: "integrity", 5: "network",
+            6: "local"}.get(code, "internal")
+
+
+def _json_error(message: str, code: int, kind: str) -> None:
+    _emit({"event": "error", "error": message, "kind": kind, "exit_code": code})
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, whatever state the command was in (a pipe closed: given up)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(to_json(obj) + "\n")
+        sys.stdout.flush()

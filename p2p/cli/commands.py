@@ -432,15 +432,18 @@ async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
             _warn_bootstrap(run, node)
             summary = node.dht_summary()
         source = "fresh node (no node running for this state directory)"
-    buckets = [n for n in summary.buckets if n]
+    buckets = [(i, n) for i, n in enumerate(summary.buckets) if n]
     lines = [f"source      {source}",
-             f"contacts    {summary.contacts} in {plural(len(buckets), 'non-empty bucket')} {buckets}",
+             f"contacts    {summary.contacts} in {plural(len(buckets), 'non-empty bucket')}",
              f"addresses   {', '.join(format_address(a) for a in summary.addresses)}",
              f"bootstrap   {', '.join(format_address(a) for a in summary.bootstrap) or '(none)'}"]
     if summary.bootstrap_error:
         lines.append(f"bootstrap error: {summary.bootstrap_error}")
-    lines.append(f"records     {summary.records}")
+    lines.append("records     " + (", ".join(plural(n, f"{kind} record")
+                                             for kind, n in summary.records.items()) or "none"))
     lines.append(f"uptime      {human_seconds(summary.uptime)}")
+    if buckets:
+        lines += ["", f"{'BUCKET':>6}  {'CONTACTS':>8}"] + [f"{i:>6}  {n:>8}" for i, n in buckets]
     run.out.result({**summary.to_json(), "source": source}, "\n".join(lines))
     return 0
 
