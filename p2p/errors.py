@@ -169,11 +169,15 @@ class StoreError(P2PError):
     exit_code = 6
 
 
-class DestinationExists(StoreError):
+class DestinationExists(StoreError, BadInput):
     """Something different is already where the content would go; it is not overwritten.
 
-    Choose another destination with ``-o``, or move what is there out of the way.
+    Choose another destination with ``-o``, or move what is there out of the way. (Also a
+    :class:`BadInput`, as the destination was the person's choice; its exit code is the
+    local problem's, 6.)
     """
+
+    exit_code = 6
 
 
 class AlreadyDownloading(P2PError):

@@ -41,6 +41,7 @@ from .errors import (
     AlreadyDownloading,
     BadInput,
     ContentChanged,
+    DestinationExists,
     NetworkError,
     NotFound,
     P2PError,
@@ -465,7 +466,7 @@ class Node:
             return self._result(options.content_id, placed, None, started, options.selection)
         if options.dest is not None and options.dest.exists() and not options.dest.is_dir():
             # Say so now, not after the whole download.
-            raise BadInput(f"{options.dest} already exists; not overwriting it")
+            raise DestinationExists(f"{options.dest} already exists; not overwriting it")
         download = self._new_download(options)
         task = asyncio.current_task()
         assert task is not None
@@ -689,7 +690,7 @@ class Node:
         if dest.resolve() == have.resolve():
             return have
         if dest.exists():
-            raise BadInput(f"{dest} already exists; not overwriting it")
+            raise DestinationExists(f"{dest} already exists; not overwriting it")
         await asyncio.to_thread(_copy_into_place, have, dest)
         return dest
 

@@ -95,6 +95,11 @@ def test_pasted_tickets_ids_paths_and_the_dht_table(cli: CLI, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == src.read_bytes()
     assert "from 1 peer" in done.stderr and "1 peers" not in done.stderr
+    # Something different already at the destination: refused as a local problem (6).
+    (tmp_path / "other.txt").write_bytes(b"different")
+    taken = cli.run("fetch", ticket, "-o", str(tmp_path / "other.txt"), *cli.node_args("fetcher2"))
+    assert taken.returncode == 6 and "already exists" in taken.stderr, taken.stderr
+    assert (tmp_path / "other.txt").read_bytes() == b"different"
     cid = str(info["content_id"])
     verify = cli.run("verify", cid[:30] + " " + cid[30:], *cli.node_args("fetcher"))
     assert verify.returncode == 0, verify.stderr

@@ -143,3 +143,17 @@ def test_the_daemon_reads_its_own_table_under_its_flags_and_environment(tmp_path
     assert config.state_dir == tmp_path / "d"
     over = parse_daemon(["--log-format", "text"], {"P2P_BOOTSTRAP_LISTEN": "127.0.0.1:7300"}, file)
     assert over.listen == ("127.0.0.1", 7300) and over.log_format == "text"
+
+
+def test_the_terminal_app_reads_the_same_file(tmp_path: Path) -> None:
+    from tui.config import config_from_args
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    path = config_path(env)
+    save_config(set_config_value(ConfigFile(path, {}), "bootstrap", "127.0.0.1:7010"), path)
+    save_config(set_config_value(load_config(path), "download_dir", str(tmp_path / "dl")), path)
+    config = config_from_args(["--state-dir", str(tmp_path / "s")], env)
+    assert config.bootstrap == (("127.0.0.1", 7010),) and config.download_dir == tmp_path / "dl"
+    flagged = config_from_args(["--state-dir", str(tmp_path / "s"), "--download-dir",
+                                str(tmp_path / "x")], env | {"P2P_BOOTSTRAP": "127.0.0.1:7011"})
+    assert flagged.bootstrap == (("127.0.0.1", 7011),) and flagged.download_dir == tmp_path / "x"
