@@ -1,7 +1,9 @@
-"""The daemon's settings: a frozen dataclass built from flags and environment variables.
+"""The daemon's settings: a frozen dataclass built from flags, environment variables and the
+config file's ``[daemon]`` table.
 
 Precedence: a command-line option wins over its environment variable, which wins over the
-default. Nothing here opens a socket or a file.
+config file (``p2p config path``; ``P2P_CONFIG`` names another), which wins over the
+default. Nothing here opens a socket; only the config file is read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from typing import NoReturn
 
 import platformdirs
 
-from p2p import DEFAULT_PORT, Address, BadInput, NodeConfig, Settings, parse_address
+from p2p import (
+    DAEMON_SECTION,
+    DEFAULT_PORT,
+    Address,
+    BadInput,
+    ConfigFile,
+    NodeConfig,
+    Settings,
+    config_path,
+    load_config,
+    parse_address,
+)
 
 PROG = "p2p-bootstrap"
 APP_DIR = "p2p-bootstrap"
@@ -159,20 +172,31 @@ def _parser() -> _Parser:
     return p
 
 
-def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
-    """Build the configuration from ``argv`` (without the program name) and ``environ``.
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
+          config: ConfigFile | None = None) -> DaemonConfig:
+    """Build the configuration from ``argv`` (without the program name), ``environ`` and the
+    config file's ``[daemon]`` table (``config``; None reads the file ``environ`` names).
 
     Raises :class:`UsageError` with a one-line reason.
     """
     env = os.environ if environ is None else environ
     ns = _parser().parse_args(list(argv))
+    if config is None:
+        try:
+            config = load_config(config_path(env))
+        except UsageError:
+            raise
+        except BadInput as exc:
+            raise UsageError(str(exc)) from None
 
     def get(name: str) -> str | None:
         value = getattr(ns, name)
         if value is not None:
             return str(value)
         raw = env.get(ENV_PREFIX + name.upper())
-        return raw if raw not in (None, "") else None
+        if raw not in (None, ""):
+            return raw
+        return config.text(f"{DAEMON_SECTION}.{name}")
 
     def flag(name: str) -> str:
         return f"--{name.replace('_', '-')}"
@@ -184,6 +208,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Daem
     boot_items: list[str] = list(ns.bootstrap or [])
     if not boot_items and env.get(ENV_PREFIX + "BOOTSTRAP"):
         boot_items = [s for s in env[ENV_PREFIX + "BOOTSTRAP"].replace(",", " ").split() if s]
+    if not boot_items:
+        boot_items = config.items(f"{DAEMON_SECTION}.bootstrap")
     bootstrap = tuple(_address(b, flag("bootstrap"), literal=False) for b in boot_items)
     log_level = (get("log_level") or "info").lower()
     if log_level not in LOG_LEVELS:

@@ -10,7 +10,7 @@ shutdown exits at once.
 
 Exit codes come from :func:`p2p.exit_code_for`, the map every front end shares:
 0 clean shutdown; 2 bad flag or environment variable; 5 network (a port in use,
-cannot bind); 1 an unusable state directory or an unexpected error.
+cannot bind); 6 an unusable state directory; 1 an unexpected error (a bug).
 """
 
 from __future__ import annotations

@@ -11,6 +11,17 @@ Test doubles for code built on this library live in :mod:`p2p.testing`.
 """
 
 from .address import Address, format_address, parse_address
+from .config import (
+    CONFIG_KEYS,
+    DAEMON_SECTION,
+    RESERVED_KEYS,
+    ConfigFile,
+    config_path,
+    load_config,
+    save_config,
+    set_config_value,
+    unset_config_value,
+)
 from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
 from .control import control_endpoint, decode_event, encode_event, library_rows, share_info
@@ -32,6 +43,7 @@ from .errors import (
     NetworkError,
     NotFound,
     P2PError,
+    PortInUse,
     RemoteProtocolError,
     StateDirLocked,
     StoreError,
@@ -64,6 +76,7 @@ from .exitcodes import (
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_LOCAL,
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -81,15 +94,19 @@ from .units import human_bytes, human_rate, human_seconds, plural
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONFIG_KEYS",
+    "DAEMON_SECTION",
     "DEFAULT_PORT",
     "EXIT_BUSY",
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCAL",
     "EXIT_NETWORK",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
+    "RESERVED_KEYS",
     "Address",
     "AlreadyDownloading",
     "BadInput",
@@ -100,6 +117,7 @@ __all__ = [
     "ChunkRequested",
     "ChunkUploaded",
     "ChunkVerified",
+    "ConfigFile",
     "ContentChanged",
     "ContentId",
     "ContentIdMismatch",
@@ -133,6 +151,7 @@ __all__ = [
     "PeerDropped",
     "PeerId",
     "PeerInfo",
+    "PortInUse",
     "RemoteProtocolError",
     "Selection",
     "Settings",
@@ -150,6 +169,7 @@ __all__ = [
     "WrongPublisher",
     "__version__",
     "build_settings",
+    "config_path",
     "control_endpoint",
     "control_socket",
     "control_socket_address",
@@ -163,9 +183,13 @@ __all__ = [
     "human_rate",
     "human_seconds",
     "library_rows",
+    "load_config",
     "make_ticket",
     "parse_address",
     "parse_id_or_ticket",
     "plural",
+    "save_config",
+    "set_config_value",
     "share_info",
+    "unset_config_value",
 ]

@@ -203,6 +203,39 @@ def b32encode(data: bytes) -> str:
     return base64.b32encode(data).decode("ascii").rstrip("=").lower()
 
 
+TEXT_KINDS = (("p2pt1", "a ticket"), ("p2pc1", "a content id"), ("p2pk", "a peer id"))
+"""The prefixes of the texts people copy and paste, and what each is called."""
+_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def pasted(text: str) -> str:
+    """A long token as a person pasted it, without the spaces and line breaks that terminals,
+    mail and chat put inside it (no id, ticket or key contains whitespace)."""
+    return "".join(text.split())
+
+
+def kind_of(text: str) -> str | None:
+    """What ``text`` looks like by its prefix ('a ticket', 'a content id', 'a peer id'), or None."""
+    lowered = text.lower()
+    return next((kind for prefix, kind in TEXT_KINDS if lowered.startswith(prefix)), None)
+
+
+def b32_problem(body: str, length: int, what: str) -> str:
+    """Why ``body`` (the base32 part of an id, ``length`` characters when whole) does not
+    decode, in a person's words: truncated, too long, or mistyped at a given place."""
+    for i, ch in enumerate(body.lower()):
+        if ch not in _B32_ALPHABET:
+            return (f"mistyped {what}: {ch!r} (character {i + 1} after the prefix) cannot be in "
+                    "one (they use a-z and 2-7); copy it again")
+    if len(body) < length:
+        return (f"truncated {what}: {len(body)} of its {length} characters after the prefix; "
+                "copy it whole")
+    if len(body) > length:
+        return (f"{what} too long: {len(body)} characters after the prefix, expected {length} "
+                "(two pasted together?)")
+    return f"mistyped {what}: its last character is wrong (not canonical base32); copy it again"
+
+
 def b32decode(text: str, what: str = "value") -> bytes:
     """Inverse of :func:`b32encode`; accepts either case. Raises :class:`DecodeError`."""
     if not text or not text.isascii() or not text.isalnum():

@@ -16,8 +16,10 @@ The families:
 * :class:`RemoteProtocolError` -- a remote peer broke the protocol (h11's name). The
   node drops that peer (and may strike or ban it); it never reaches a person as-is.
 * :class:`LocalProtocolError` -- this program misused a protocol object: a bug.
-* :class:`StoreError` -- the local state directory is unusable (locked, a key
-  file with unsafe permissions, a full disk). Exit code 1 unless more specific.
+* :class:`StoreError` -- something on this machine is in the way that the person can
+  fix: the state directory is in use by a running node or unusable, a key file has
+  unsafe permissions, the destination exists or cannot be written, the disk is full.
+  Exit code 6. (Exit code 1 is kept for bugs alone.)
 * :class:`AlreadyDownloading` -- this node is downloading that content right now.
 
 :mod:`p2p.exitcodes` is the one map from errors (and from anything else that ends a
@@ -40,13 +42,6 @@ class BadInput(P2PError, ValueError):
     """Input from a person or a script is malformed (a bad id, ticket, address or path)."""
 
     exit_code = 2
-
-
-class DestinationExists(BadInput):
-    """The place a download would go holds something else (a different file or folder).
-
-    Nothing is overwritten and nothing was downloaded: choose another place with ``-o``,
-    or ``--rename`` to save it beside as ``NAME (1).EXT``."""
 
 
 class UnsafePath(BadInput):
@@ -115,6 +110,19 @@ class NetworkError(P2PError):
     exit_code = 5
 
 
+class PortInUse(NetworkError):
+    """Another program (often another node: ``p2p serve``, a ``share``) already listens on
+    this port. Stop it, talk to it (commands on its state directory reach the running node),
+    or pick another port: ``--listen HOST:0`` takes any free one."""
+
+    def __init__(self, message: str, port: int, transport: str) -> None:
+        super().__init__(message)
+        self.port = port
+        """The port asked for."""
+        self.transport = transport
+        """``tcp`` or ``udp``: where the port was taken."""
+
+
 # -- remote peers -------------------------------------------------------------------
 
 
@@ -151,10 +159,26 @@ class DecodeError(RemoteProtocolError, BadInput):
 
 
 class StoreError(P2PError):
-    """The local state directory or database cannot be used as asked (its path is in the message).
+    """The local state directory, database or destination cannot be used as asked (its path is
+    in the message).
 
-    Check that it exists, is yours and is writable, or point ``--state-dir`` elsewhere.
+    Check that it exists, is yours and is writable, or point ``--state-dir`` (or ``-o``)
+    elsewhere.
     """
+
+    exit_code = 6
+
+
+class DestinationExists(StoreError, BadInput):
+    """Something different is already where the content would go; it is not overwritten.
+
+    Nothing is overwritten and nothing was downloaded: choose another destination with ``-o``,
+    ``--rename`` to save it beside as ``NAME (1).EXT``, or move what is there out of the way. (Also a
+    :class:`BadInput`, as the destination was the person's choice; its exit code is the
+    local problem's, 6.)
+    """
+
+    exit_code = 6
 
 
 class AlreadyDownloading(P2PError):

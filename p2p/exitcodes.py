@@ -7,6 +7,7 @@ it. The codes are documented in README.md and docs/cli.md.
 
 from __future__ import annotations
 
+import errno
 import signal
 
 from .errors import LocalProtocolError, P2PError
@@ -16,6 +17,7 @@ __all__ = [
     "EXIT_INTEGRITY",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCAL",
     "EXIT_NETWORK",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
@@ -26,14 +28,21 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
-"""A bug, or an unusable state directory."""
+"""A bug, and nothing else: every problem a person can fix has its own code."""
 EXIT_USAGE = 2
 """Bad usage or malformed input."""
 EXIT_NOT_FOUND = 3
 EXIT_INTEGRITY = 4
 EXIT_NETWORK = 5
-EXIT_BUSY = 6
-"""A node of this state directory is running already (or holds that download)."""
+EXIT_LOCAL = 6
+"""Something on this machine is in the way: a node already running on the state directory, an
+unusable state directory, a destination that exists or cannot be written, a full disk."""
+_LOCAL_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST, errno.ENOSPC,
+                           errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EMFILE,
+                           errno.ENFILE, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP})
+"""Errors of the file system that reach a front end unwrapped: the machine, not a bug."""
+EXIT_BUSY = EXIT_LOCAL
+"""The same code, named for a node already running on the state directory."""
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 """Ctrl-C (130); other signals give 128 + their number."""
 
@@ -52,6 +61,10 @@ def exit_code_for(exc: BaseException) -> int:
             return EXIT_INTERNAL
         case P2PError():
             return exc.exit_code
+        case ConnectionError() | TimeoutError():
+            return EXIT_NETWORK
+        case OSError(errno=code) if code in _LOCAL_ERRNOS:
+            return EXIT_LOCAL
         case _:
             return EXIT_INTERNAL
 

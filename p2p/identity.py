@@ -26,12 +26,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .durable import fsync_dir
-from .encoding import b32decode, b32encode
+from .encoding import b32_problem, b32decode, b32encode, kind_of, pasted
 from .errors import BadInput, BadSignature, DecodeError, InsecureKeyFile, StoreError
 
 KEY_FILE = "identity.key"
 PEER_ID_PREFIX = "p2pk"
 PUBLIC_KEY_LEN = 32
+_KEY_CHARS = 52
+"""Base32 characters of a 32-byte key (no padding)."""
 SIGNATURE_LEN = 64
 NODE_ID_LEN = 20
 _NODE_ID_CONTEXT = "p2p 2026-11 dht node id v1"
@@ -67,15 +69,20 @@ class PeerId:
     @classmethod
     def parse(cls, text: str) -> PeerId:
         """Parse the text form printed by ``p2p id``. Raises :class:`BadInput` with a clear reason."""
-        text = text.strip()
+        text = pasted(text)
         if not text.lower().startswith(PEER_ID_PREFIX):
+            kind = kind_of(text)
+            if kind is not None:
+                raise BadInput(f"{text[:60]!r} is {kind}, not a peer id: a peer id starts with "
+                               f"{PEER_ID_PREFIX!r}, as `p2p id` prints it")
             raise BadInput(f"not a peer id (expected text starting with {PEER_ID_PREFIX!r}): {text[:60]!r}")
+        body = text[len(PEER_ID_PREFIX):]
         try:
-            key = b32decode(text[len(PEER_ID_PREFIX):], "peer id")
-        except DecodeError as exc:
-            raise BadInput(f"malformed peer id {text[:60]!r}: {exc}") from None
+            key = b32decode(body, "peer id")
+        except DecodeError:
+            raise BadInput(f"{b32_problem(body, _KEY_CHARS, 'peer id')}: {text[:60]!r}") from None
         if len(key) != PUBLIC_KEY_LEN:
-            raise BadInput(f"malformed peer id {text[:60]!r}: wrong length")
+            raise BadInput(f"{b32_problem(body, _KEY_CHARS, 'peer id')}: {text[:60]!r}")
         return cls(key)
 
     @property

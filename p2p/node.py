@@ -33,7 +33,7 @@ from .content import (
     FileInfo,
     Manifest,
     Ticket,
-    build_manifest,
+    build_share_manifest,
     make_ticket,
     parse_id_or_ticket,
 )
@@ -48,6 +48,7 @@ from .errors import (
     NetworkError,
     NotFound,
     P2PError,
+    PortInUse,
     StateDirLocked,
     StoreError,
     WrongPublisher,
@@ -295,6 +296,8 @@ class Node:
             self._hosts = hosts
             return
         where = ", ".join(format_address((h, cfg.port)) for h in hosts)
+        if isinstance(last, PortInUse):
+            raise PortInUse(f"cannot listen on {where} (TCP and UDP): {last}", cfg.port, last.transport)
         raise NetworkError(f"cannot listen on {where} (TCP and UDP): {last}")
 
     async def aclose(self) -> None:
@@ -424,7 +427,8 @@ class Node:
                 loop.call_soon_threadsafe(progress, n)
 
         try:
-            manifest, _ = await asyncio.to_thread(build_manifest, path, self._identity, report)
+            manifest, _, left_out = await asyncio.to_thread(build_share_manifest, path,
+                                                            self._identity, report)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -432,7 +436,7 @@ class Node:
         if self.config.announce_shares:  # else the next long-running start announces it
             await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
-        return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher))
+        return ShareResult(manifest, self.ticket(manifest.content_id, manifest.publisher), left_out)
 
     async def _provide(self, content_id: ContentId) -> None:
         """Announce ``content_id`` now and keep re-announcing it. Sharing works without a DHT

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .address import Address, format_address, parse_address
-from .content import ContentId, Manifest, Ticket
+from .content import ContentId, LeftOut, Manifest, Ticket
 from .errors import IntegrityError
 from .identity import PeerId
+from .units import plural
 
 __all__ = ["DHTSummary", "FetchResult", "PeerInfo", "ShareResult", "Verdict", "VerifyReport"]
 
@@ -26,6 +27,8 @@ class ShareResult:
 
     manifest: Manifest
     ticket: Ticket
+    left_out: LeftOut = field(default_factory=LeftOut)
+    """What a folder share left out (symlinks, empty folders, unreadable and special files)."""
 
     @property
     def content_id(self) -> ContentId:
@@ -137,17 +140,21 @@ class VerifyReport:
         """The integrity error a front end raises for this verdict (None when nothing is wrong)."""
         match self.verdict:
             case "corrupt":
-                return IntegrityError(f"{len(self.bad)} chunks of {self.content_id} do not match "
-                                      f"their hashes (first: {self.bad[:5]})")
+                bad = len(self.bad)
+                return IntegrityError(f"{plural(bad, 'chunk')} of {self.content_id} "
+                                      f"{'does' if bad == 1 else 'do'} not match "
+                                      f"{'its hash' if bad == 1 else 'their hashes'} "
+                                      f"(first: {', '.join(map(str, self.bad[:5]))})")
             case "missing":
-                return IntegrityError(f"{self.missing} chunks of {self.content_id} are missing "
+                return IntegrityError(f"{plural(self.missing, 'chunk')} of {self.content_id} "
+                                      f"{'is' if self.missing == 1 else 'are'} missing "
                                       "here (moved, changed or deleted?)")
             case _:
                 return None
 
     def summary(self) -> str:
         """One line: '<id>: 10/12 chunks good, 2 missing'."""
-        return (f"{self.content_id}: {self.good}/{self.chunks} chunks good"
+        return (f"{self.content_id}: {self.good}/{plural(self.chunks, 'chunk')} good"
                 + (f", {len(self.bad)} bad" if self.bad else "")
                 + (f", {self.missing} missing" if self.missing else ""))
 

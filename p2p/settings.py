@@ -1,8 +1,10 @@
-"""The one settings builder: options over environment variables over defaults.
+"""The one settings builder: options over environment variables over the config file over defaults.
 
 The command line, the terminal app and the bootstrap daemon all build their
 node's configuration here, so a flag means the same in each of them (host names
-resolved, IPv6 in brackets, the DHT's per-IP cap lifted on loopback).
+resolved, IPv6 in brackets, the DHT's per-IP cap lifted on loopback). The file is
+:mod:`p2p.config`'s; :func:`choose` is the precedence rule alone, pure, so a table of
+cases tests it without processes.
 """
 
 from __future__ import annotations
@@ -10,23 +12,50 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 
 from .address import Address, format_address, is_unspecified, parse_address
+from .config import ConfigFile, config_path, load_config
 from .errors import BadInput
 from .node import DEFAULT_PORT, DUAL_STACK, NodeConfig
 
 __all__ = ["ENV_ANNOUNCE", "ENV_BOOTSTRAP", "ENV_DOWNLOAD_DIR", "ENV_LISTEN", "ENV_STATE_DIR",
-           "Settings", "build_settings", "environment"]
+           "ENV_VARIABLES", "Settings", "Source", "build_settings", "choose", "environment"]
 
 ENV_STATE_DIR = "P2P_STATE_DIR"
 ENV_LISTEN = "P2P_LISTEN"
 ENV_BOOTSTRAP = "P2P_BOOTSTRAP"
 ENV_ANNOUNCE = "P2P_ANNOUNCE_ADDR"
 ENV_DOWNLOAD_DIR = "P2P_DOWNLOAD_DIR"
+ENV_VARIABLES = {"state_dir": ENV_STATE_DIR, "listen": ENV_LISTEN, "bootstrap": ENV_BOOTSTRAP,
+                 "announce": ENV_ANNOUNCE, "download_dir": ENV_DOWNLOAD_DIR}
+"""The environment variable of each setting (list settings take commas)."""
+LIST_SETTINGS = frozenset({"bootstrap", "announce"})
+
+Source = Literal["flag", "env", "file", "default"]
+"""Where a setting's value came from (``p2p config show`` prints it)."""
+
+
+def choose(name: str, flag: str | Sequence[str] | None, env: Mapping[str, str],
+           file: ConfigFile) -> tuple[str | list[str] | None, Source]:
+    """The value of setting ``name`` and where it came from: a flag (given: not None, not
+    empty) over its environment variable (set and not empty) over the config file; None
+    and ``default`` when none of them sets it."""
+    is_list = name in LIST_SETTINGS
+    if flag is not None and (list(flag) if is_list else flag):
+        return (list(flag) if is_list else str(flag)), "flag"
+    raw = env.get(ENV_VARIABLES[name], "")
+    if is_list and _split(raw):
+        return _split(raw), "env"
+    if not is_list and raw:
+        return raw, "env"
+    if file.get(name) is not None:
+        return (file.items(name) if is_list else file.text(name)), "file"
+    return None, "default"
 
 
 @dataclass(frozen=True)
@@ -50,11 +79,17 @@ class Settings:
     """Machine output (the command line's ``--json``)."""
     verbosity: int = 0
     """-1 with ``-q``, 0 by default, 1 and more with ``-v``."""
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    """Where each setting came from, by name (missing: ``default``)."""
+    config_file: Path | None = None
+    """The config file that was read (whether or not it exists)."""
 
     def node_config(self, *, long_running: bool, download_dir: Path | None = None) -> NodeConfig:
         """The node configuration; short-lived commands take any free port unless told otherwise."""
         host, port = self.listen
-        if not long_running and not self.listen_given:
+        # A port given for this run (flag, environment) is used as given; the config file's
+        # is for the long-running node, which a short command must not collide with.
+        if not long_running and self.sources.get("listen", "default") not in ("flag", "env"):
             port = 0
         # Every peer on a loopback address shares one IP: the per-IP DHT cap would hide them.
         loopback = ipaddress.ip_address(host).is_loopback
@@ -72,30 +107,52 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
                    bootstrap: Sequence[str] = (), announce: Sequence[str] = (),
                    download_dir: str | Path | None = None, json: bool = False, verbose: int = 0,
                    quiet: bool = False, env: Mapping[str, str],
-                   app_dir: str = "p2p") -> Settings:
-    """Merge options over environment variables over defaults.
+                   app_dir: str = "p2p", config: ConfigFile | None = None) -> Settings:
+    """Merge options over environment variables over the config file over defaults.
 
-    ``app_dir`` names the default state directory (the daemon keeps its own).
-    Raises :class:`BadInput` for malformed input and :class:`~p2p.errors.NetworkError`
-    for a host name that does not resolve.
+    ``config`` is the config file's contents; None reads the file that ``env`` names
+    (:func:`p2p.config.config_path`). ``app_dir`` names the default state directory (the
+    daemon keeps its own). Raises :class:`BadInput` for malformed input (a config file's
+    too) and :class:`~p2p.errors.NetworkError` for a host name that does not resolve.
     """
-    state = state_dir or env.get(ENV_STATE_DIR) or platformdirs.user_data_dir(app_dir)
-    downloads = download_dir or env.get(ENV_DOWNLOAD_DIR) or Path.cwd()
-    listen_text = listen or env.get(ENV_LISTEN)
+    if config is None:
+        path: Path | None = config_path(env)
+        file = load_config(config_path(env))
+    else:
+        path, file = config.path, config
+    flags: dict[str, str | Sequence[str] | None] = {
+        "state_dir": None if state_dir is None else str(state_dir), "listen": listen,
+        "bootstrap": bootstrap, "announce": announce,
+        "download_dir": None if download_dir is None else str(download_dir)}
+    chosen = {name: choose(name, flags[name], env, file) for name in ENV_VARIABLES}
+    sources = {name: source for name, (_, source) in chosen.items()}
+
+    def text(name: str) -> str | None:
+        value = chosen[name][0]
+        return value if isinstance(value, str) else None
+
+    def items(name: str) -> list[str]:
+        value = chosen[name][0]
+        return value if isinstance(value, list) else []
+
+    state = text("state_dir") or platformdirs.user_data_dir(app_dir)
+    downloads = text("download_dir") or Path.cwd()
+    listen_text = text("listen")
     listen_addr = (parse_address(listen_text, what="listen address", default_port=DEFAULT_PORT)
                    if listen_text else ("0.0.0.0", DEFAULT_PORT))
-    boot_texts = list(bootstrap) or _split(env.get(ENV_BOOTSTRAP, ""))
-    announce_texts = list(announce) or _split(env.get(ENV_ANNOUNCE, ""))
     boots = tuple(parse_address(b, what="bootstrap address", default_port=DEFAULT_PORT)
-                  for b in boot_texts)
+                  for b in items("bootstrap"))
     announces = tuple(parse_address(a, what="announce address", default_port=listen_addr[1] or None)
-                      for a in announce_texts)
+                      for a in items("announce"))
     for host, port in boots + announces:
         if port == 0 or is_unspecified(host):
             raise BadInput(f"{format_address((host, port))} is not an address a peer can be reached at")
-    return Settings(state_dir=Path(state).expanduser(), listen=listen_addr,
+    # Absolute, so every path a command prints (`id --json`, `config show`) names one place
+    # whatever folder a script later runs in.
+    return Settings(state_dir=Path(state).expanduser().absolute(), listen=listen_addr,
                     listen_given=bool(listen_text), bootstrap=boots, announce=announces,
-                    download_dir=Path(downloads).expanduser(), json=json, verbosity=-1 if quiet else verbose)
+                    download_dir=Path(downloads).expanduser().absolute(), json=json,
+                    verbosity=-1 if quiet else verbose, sources=sources, config_file=path)
 
 
 def _split(text: str) -> list[str]:

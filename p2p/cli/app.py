@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -11,27 +12,42 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .. import EXIT_OK, EXIT_USAGE, BadInput, build_settings, describe, environment, exit_code_for
-from . import commands, demo
+from .. import (
+    EXIT_OK,
+    EXIT_USAGE,
+    BadInput,
+    ConfigFile,
+    PortInUse,
+    build_settings,
+    config_path,
+    describe,
+    environment,
+    exit_code_for,
+)
+from . import commands, demo, ports
+from . import config as config_command
 from .commands import Run
-from .output import Output
+from .output import Output, to_json
 
 PROG = "p2p"
 
 EXIT_CODES = """\
 exit codes:
   0    success (share, serve and fetch --seed also exit 0 when stopped by Ctrl-C or SIGTERM)
-  1    internal error (a bug, or an unusable state directory)
+  1    internal error: a bug, and nothing else (please report it, with -v output)
   2    bad usage or malformed input (a bad id, ticket, address or option)
   3    content not found (no provider answered within --timeout)
   4    integrity or signature failure (bad chunks, a bad signature, a publisher other than --from)
   5    network failure (cannot bind, nobody reachable, no running node to ask)
-  6    busy: a node of this state directory runs already (commands go through it)
+  6    local problem (a node already running on this state directory, an unusable
+       state directory, a destination that exists or cannot be written, a full disk)
   130  interrupted (Ctrl-C; SIGTERM gives 143); a fetch resumes where it stopped
 
-environment:
+environment and config file:
   P2P_STATE_DIR, P2P_LISTEN, P2P_BOOTSTRAP (comma-separated), P2P_ANNOUNCE_ADDR
-  (comma-separated); an option given on the command line wins.
+  (comma-separated), P2P_DOWNLOAD_DIR; P2P_CONFIG names the config file (default:
+  `p2p config path`). An option on the command line wins over its environment
+  variable, which wins over the config file, which wins over the default.
 """
 
 Command = Callable[[Run, argparse.Namespace], Awaitable[int]]
@@ -94,11 +110,20 @@ def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
                        default=default(False), help="only results and errors")
 
 
+class UsageExit(SystemExit):
+    """argparse refused the command line (exit 2); the message is kept for ``--json``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         # argparse's own errors: usage line, then one plain line, exit 2.
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        raise UsageExit(message)
 
 
 def _add_finding(p: argparse.ArgumentParser, timeout_help: str) -> None:
@@ -129,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("share", commands.cmd_share, "share a file or folder, print its id and a ticket, serve it",
                 "Hash, sign, store and announce PATH; print its content id and a ticket; then serve "
-                "until Ctrl-C or SIGTERM (exit 0).")
+                "until Ctrl-C or SIGTERM (exit 0). A folder share holds its readable regular files "
+                "only: symlinks (not followed), folders with no file below them, files and "
+                "folders it may not read, and sockets, FIFOs and devices are left out, and a "
+                "warning counts them.")
     p.add_argument("path", metavar="PATH", help="file or folder to share (served in place)")
     p.add_argument("--no-serve", action="store_true", help="add to the library and exit")
 
@@ -189,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file size, e.g. 64M, 1G, 500K or bytes (default 512M)")
 
     _add_download_commands(command, subs.choices["fetch"])
+    p = command("config", config_command.cmd_config, "show or change the config file",
+                "The config file (TOML): `path` prints where it is, `show` the settings in force "
+                "and where each comes from (flag, env, file, default), `set KEY VALUE` and "
+                "`unset KEY` change it (values are checked first).")
+    p.epilog = config_command.describe_keys() + "\n\n" + EXIT_CODES
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
+    actions.add_parser("path", help="print the config file's path")
+    actions.add_parser("show", help="the settings in force and their sources")
+    q = actions.add_parser("set", help="set KEY to VALUE (a list key: one HOST:PORT, or several "
+                                       "comma-separated; '' empties it)")
+    q.add_argument("key", metavar="KEY")
+    q.add_argument("value", metavar="VALUE")
+    q = actions.add_parser("unset", help="remove KEY (its environment variable or default applies)")
+    q.add_argument("key", metavar="KEY")
+    for action in actions.choices.values():
+        _add_shared(action, sub=True)
 
     for sub in subs.choices.values():
         _add_shared(sub, sub=True)
@@ -232,10 +276,15 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
             merged[name] = main_value + (sub_value or 0)
         else:
             merged[name] = sub_value if sub_value not in (None, False) else main_value
+    args.shared = merged
+    env = environment()
+    # `p2p config` must work on a config file that does not read (it is how one repairs it):
+    # it reads the file itself, key by key.
+    config = ConfigFile(config_path(env), {}) if args.command == "config" else None
     settings = build_settings(state_dir=merged["state_dir"], listen=merged["listen"],
                               bootstrap=merged["bootstrap"], announce=merged["announce_addr"],
                               json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
-                              env=environment())
+                              env=env, config=config)
     out = Output(json_mode=settings.json, verbosity=settings.verbosity)
     return args, Run(settings, out)
 
@@ -281,22 +330,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2p`` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
+    json_mode = "--json" in argv  # until the settings say so (they may fail to build)
+    args = None
     try:
-        args = None
         args, run = parse(argv)
         verbose = run.settings.verbosity > 0
+        json_mode = run.settings.json
         _setup_logging(run.settings.verbosity)
         return asyncio.run(_run(args.func, run, args))
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+    except UsageExit as exc:
+        if json_mode:
+            _json_error(exc.message, EXIT_USAGE, "usage")
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse: --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except BaseException as exc:
         code = exit_code(exc)
-        if isinstance(exc, Interrupted | KeyboardInterrupt) and code != EXIT_OK:
-            hint = (" (the download keeps its progress: run the same fetch again to resume)"
-                    if getattr(args, "func", None) is commands.cmd_fetch else "")
-            print(f"{PROG}: interrupted{hint}", file=sys.stderr)
-        elif not isinstance(exc, Interrupted | KeyboardInterrupt):
-            if verbose and not isinstance(exc, BadInput):
-                traceback.print_exception(exc, file=sys.stderr)
-            print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
+        if isinstance(exc, Interrupted | KeyboardInterrupt):
+            if code != EXIT_OK:
+                fetching = getattr(args, "func", None) is commands.cmd_fetch
+                hint = (" (the download keeps its progress: run the same fetch again to resume)"
+                        if fetching else "")
+                print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+                if json_mode:
+                    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+                    _emit({"event": "interrupted", "signal": signal.Signals(signum).name,
+                           "exit_code": code, "resumable": fetching})
+            return code
+        if verbose and not isinstance(exc, BadInput):
+            traceback.print_exception(exc, file=sys.stderr)
+        message = message_for(exc)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if json_mode:
+            _json_error(message, code, _kind(exc))
         return code
+
+
+def message_for(exc: BaseException) -> str:
+    """The one line a person reads: :func:`p2p.describe`, and for a port in use who holds it
+    and what to do."""
+    inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
+    text = describe(inner)
+    if isinstance(inner, PortInUse) and inner.port:
+        text += "; " + ports.advice(inner.port, inner.transport)
+    elif isinstance(inner, PortInUse):
+        text += "; pick another port with --listen HOST:PORT"
+    return text
+
+
+def _kind(exc: BaseException) -> str:
+    """The error's kind for ``--json``: the family a script branches on."""
+    inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
+    code = exit_code(inner)
+    return {EXIT_USAGE: "bad_input", 3: "not_found", 4: "integrity", 5: "network",
+            6: "local"}.get(code, "internal")
+
+
+def _json_error(message: str, code: int, kind: str) -> None:
+    _emit({"event": "error", "error": message, "kind": kind, "exit_code": code})
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, whatever state the command was in (a pipe closed: given up)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(to_json(obj) + "\n")
+        sys.stdout.flush()

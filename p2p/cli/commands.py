@@ -189,6 +189,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         seconds = time.monotonic() - started
         manifest = result.manifest
         info = control.share_info(node, result, seconds, serving=not args.no_serve)
+        info["left_out"] = result.left_out.to_json()
         if args.no_serve and run.settings.listen[1]:
             # This process is about to exit: point the ticket at the port `p2p serve` uses.
             info["ticket"] = str(make_ticket(result.content_id, manifest.publisher,
@@ -196,7 +197,10 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
                                               for host, _ in node.addresses()]))
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
-                     f"{manifest.chunk_count} chunks) in {seconds:.1f} s")
+                     f"{plural(manifest.chunk_count, 'chunk')}) in {seconds:.1f} s")
+        if result.left_out.total:
+            run.out.note(f"p2p: warning: left out {result.left_out.describe()} (a folder share "
+                         "holds readable regular files only; see `p2p share --help`)")
         _warn_alone(run, node)
         if args.no_serve:
             return 0
@@ -523,15 +527,18 @@ async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
             _warn_bootstrap(run, node)
             summary = node.dht_summary()
         source = "fresh node (no node running for this state directory)"
-    buckets = [n for n in summary.buckets if n]
+    buckets = [(i, n) for i, n in enumerate(summary.buckets) if n]
     lines = [f"source      {source}",
-             f"contacts    {summary.contacts} in {plural(len(buckets), 'non-empty bucket')} {buckets}",
+             f"contacts    {summary.contacts} in {plural(len(buckets), 'non-empty bucket')}",
              f"addresses   {', '.join(format_address(a) for a in summary.addresses)}",
              f"bootstrap   {', '.join(format_address(a) for a in summary.bootstrap) or '(none)'}"]
     if summary.bootstrap_error:
         lines.append(f"bootstrap error: {summary.bootstrap_error}")
-    lines.append(f"records     {summary.records}")
+    lines.append("records     " + (", ".join(plural(n, f"{kind} record")
+                                             for kind, n in summary.records.items()) or "none"))
     lines.append(f"uptime      {human_seconds(summary.uptime)}")
+    if buckets:
+        lines += ["", f"{'BUCKET':>6}  {'CONTACTS':>8}"] + [f"{i:>6}  {n:>8}" for i, n in buckets]
     run.out.result({**summary.to_json(), "source": source}, "\n".join(lines))
     return 0
 

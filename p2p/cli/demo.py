@@ -45,6 +45,7 @@ from .. import (
     PeerId,
     human_bytes,
     human_seconds,
+    plural,
 )
 from .commands import Run
 from .progress import following
@@ -123,9 +124,9 @@ class SwarmView:
             table.add_row(name, peer.short(), str(n), human_bytes(self.bytes[peer]),
                           Text("█" * filled + "·" * (BAR_WIDTH - filled), style="green"))
         done = sum(self.chunks.values())
-        status = Text(f"{done}/{self.total_chunks} chunks verified  "
+        status = Text(f"{done}/{plural(self.total_chunks, 'chunk')} verified  "
                       f"{human_bytes(self.rate)}/s  ETA {human_seconds(self.eta)}  "
-                      f"{self.peers} peers  {self.failed} failed")
+                      f"{plural(self.peers, 'peer')}  {self.failed} failed")
         return Group(table, status)
 
 
@@ -143,7 +144,7 @@ async def cmd_demo(run: Run, args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             seeders = await stack.enter_async_context(_seeders(base, args.peers, source))
             boot = (("127.0.0.1", seeders["bootstrap"]),)
-            out.note(f"bootstrap node on 127.0.0.1:{seeders['bootstrap']}; {args.peers} seeders "
+            out.note(f"bootstrap node on 127.0.0.1:{seeders['bootstrap']}; {plural(args.peers, 'seeder')} "
                      f"sharing the file (in their own process)")
             content_id = ContentId.parse(seeders["content_id"])
             out.note(f"content id {content_id}")
@@ -206,6 +207,6 @@ def _summary_text(s: dict[str, Any]) -> str:
     lines = [f"downloaded {human_bytes(s['bytes'])} in {s['seconds']:.2f} s: "
              f"{s['throughput_mib_s']} MiB/s from {s['peers_used']} of {s['seeders']} seeders",
              "chunks per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(s["chunks_by_peer"].items())),
-             f"all {s['chunks']} chunks verified: {'yes' if s['verified'] else 'NO'}",
+             f"all {plural(s['chunks'], 'chunk')} verified: {'yes' if s['verified'] else 'NO'}",
              f"byte-identical to the original: {'yes' if s['identical'] else 'NO'}"]
     return "\n".join(lines)

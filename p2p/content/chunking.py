@@ -145,11 +145,19 @@ _IN_FLIGHT_PER_WORKER = 2
 taken in order, and bounds the memory and descriptors held (one file open per running task)."""
 
 
-def _hash_small(paths: Sequence[str | Path]) -> list[FileInfo]:
-    """Hash each whole small file (a task of :func:`hash_files`)."""
-    infos = []
+def _hash_small(paths: Sequence[str | Path], skip_unreadable: bool = False) -> list[FileInfo | None]:
+    """Hash each whole small file (a task of :func:`hash_files`); None for a file we may not
+    read, when ``skip_unreadable``."""
+    infos: list[FileInfo | None] = []
     for path in paths:
-        with open(path, "rb", buffering=0) as f:
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the with below)
+        except PermissionError:
+            if not skip_unreadable:
+                raise
+            infos.append(None)
+            continue
+        with f:
             data = f.read(SMALL_FILE + 1)
             if len(data) > SMALL_FILE or len(data) != os.fstat(f.fileno()).st_size:
                 raise BadInput(f"{path} changed size while being hashed")
@@ -157,9 +165,17 @@ def _hash_small(paths: Sequence[str | Path]) -> list[FileInfo]:
     return infos
 
 
-def _hash_range(path: str | Path, size: int, chunk: int, first: int, last: int) -> bytes:
-    """The hashes of chunks ``first`` to ``last`` (excluded) of a large file (a task of :func:`hash_files`)."""
-    with open(path, "rb", buffering=0) as f:
+def _hash_range(path: str | Path, size: int, chunk: int, first: int, last: int,
+                skip_unreadable: bool = False) -> bytes | None:
+    """The hashes of chunks ``first`` to ``last`` (excluded) of a large file (a task of
+    :func:`hash_files`); None for a file we may not read, when ``skip_unreadable``."""
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the with below)
+    except PermissionError:
+        if not skip_unreadable:
+            raise
+        return None
+    with f:
         if os.fstat(f.fileno()).st_size != size:
             raise BadInput(f"{path} changed size while being hashed")
         start = first * chunk
@@ -177,8 +193,13 @@ def hash_files(
     progress: Callable[[int], None] | None = None,
     *,
     threads: int | None = None,
+    unreadable: set[int] | None = None,
 ) -> list[FileInfo]:
     """Hash every file of ``paths`` (in that order) with one pool of threads (BLAKE3 releases the GIL).
+
+    With ``unreadable`` given, a file we may not read (permission denied) is left out of the
+    result and its position added to that set, rather than raising: found when it is
+    opened, so a folder whose files are all readable pays no extra call per file.
 
     Small files (up to :data:`SMALL_FILE`) are hashed many to a task; a large file is split into
     tasks of :data:`_HASH_BATCH_BYTES`; tasks of consecutive files run side by side, so a folder of
@@ -197,6 +218,11 @@ def hash_files(
     workers = threads or os.cpu_count() or 1
     pending: deque[tuple[Future[Any], Callable[[Any], int]]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
+    skip_unreadable = unreadable is not None
+    skipped: set[int] = unreadable if unreadable is not None else set()
+
+    def skip(pos: int) -> None:
+        skipped.add(pos)
 
     def submit(done: Callable[[Any], int], fn: Callable[..., Any], *args: Any) -> None:
         while len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
@@ -219,12 +245,14 @@ def hash_files(
                 return
             positions, nbytes = batch, batch_bytes
 
-            def done(found: list[FileInfo]) -> int:
+            def done(found: list[FileInfo | None]) -> int:
                 for pos, info in zip(positions, found, strict=True):
+                    if info is None:
+                        skip(pos)
                     infos[pos] = info
                 return nbytes
 
-            submit(done, _hash_small, [paths[pos] for pos in positions])
+            submit(done, _hash_small, [paths[pos] for pos in positions], skip_unreadable)
             batch, batch_bytes = [], 0
 
         for pos, path in enumerate(paths):
@@ -244,14 +272,20 @@ def hash_files(
                 for first in range(0, count, per_batch):
                     last = min(count, first + per_batch)
 
-                    def done(hashes: bytes, pos: int = pos, size: int = size, chunk: int = chunk,
-                             first: int = first, last: int = last, count: int = count) -> int:
-                        parts[pos].append(hashes)
+                    def done(hashes: bytes | None, pos: int = pos, size: int = size,
+                             chunk: int = chunk, first: int = first, last: int = last,
+                             count: int = count) -> int:
+                        if hashes is None:
+                            skip(pos)
+                        elif pos not in skipped:
+                            parts[pos].append(hashes)
                         if last == count:
-                            infos[pos] = FileInfo(size, chunk, b"".join(parts.pop(pos)))
+                            found = parts.pop(pos)
+                            if pos not in skipped:
+                                infos[pos] = FileInfo(size, chunk, b"".join(found))
                         return min(size, last * chunk) - first * chunk
 
-                    submit(done, _hash_range, path, size, chunk, first, last)
+                    submit(done, _hash_range, path, size, chunk, first, last, skip_unreadable)
         flush()
         while pending:
             take()
@@ -259,7 +293,7 @@ def hash_files(
         for future, _ in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
-    assert all(info is not None for info in infos)
+    assert all(info is not None for pos, info in enumerate(infos) if pos not in skipped)
     return [info for info in infos if info is not None]
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..encoding import b32decode, b32encode
+from ..encoding import b32_problem, b32decode, b32encode, kind_of, pasted
 from ..errors import BadInput, DecodeError
 
 CONTENT_ID_PREFIX = "p2pc1"
 DIGEST_LEN = 32
+ID_BODY_CHARS = 52
+"""Base32 characters of a 32-byte digest (no padding)."""
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -44,17 +46,24 @@ class ContentId:
 
     @classmethod
     def parse(cls, text: str) -> ContentId:
-        """Parse the text form. Raises :class:`BadInput` saying what is wrong."""
-        text = text.strip()
+        """Parse the text form (spaces and line breaks pasted inside it are dropped). Raises
+        :class:`BadInput` saying what is wrong: another kind of text (a peer id), a truncated,
+        over-long or mistyped id."""
+        text = pasted(text)
         if not text.lower().startswith(CONTENT_ID_PREFIX):
+            kind = kind_of(text)
+            if kind == "a peer id":
+                raise BadInput(f"{text[:60]!r} is a peer id (it names a peer, as `p2p id` "
+                               f"prints it), not a content id: a content id starts with "
+                               f"{CONTENT_ID_PREFIX!r}, as `p2p share` prints it")
             if text.lower().startswith("p2pc"):
                 raise BadInput(f"unsupported content id format {text[:5]!r} (this version reads {CONTENT_ID_PREFIX!r})")
             raise BadInput(f"not a content id (expected text starting with {CONTENT_ID_PREFIX!r}): {text[:60]!r}")
         body = text[len(CONTENT_ID_PREFIX):]
         try:
             digest = b32decode(body, "content id")
-        except DecodeError as exc:
-            raise BadInput(f"malformed content id {text[:60]!r}: {exc}") from None
+        except DecodeError:
+            raise BadInput(f"{b32_problem(body, ID_BODY_CHARS, 'content id')}: {text[:60]!r}") from None
         if len(digest) != DIGEST_LEN:
-            raise BadInput(f"malformed content id {text[:60]!r}: wrong length")
+            raise BadInput(f"{b32_problem(body, ID_BODY_CHARS, 'content id')}: {text[:60]!r}")
         return cls(digest)

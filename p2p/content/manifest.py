@@ -37,6 +37,7 @@ and the publisher is the required one (:class:`WrongPublisher`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -386,26 +387,81 @@ def sign_manifest(identity: Identity, kind: str, name: str, entries: Sequence[Fi
     return Manifest(kind, name, ordered, identity.peer_id, signature, listing)
 
 
-def scan_directory(root: Path) -> list[tuple[str, str]]:
-    """The regular files under ``root`` as (relative ``/`` path, path), sorted.
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """What a folder share leaves out, counted, so the person is told (the rule is in
+    docs/cli.md, *What a folder share leaves out*).
+
+    A manifest lists regular files only: a link could point anywhere (outside the folder,
+    at a device), a folder is only the path of the files in it, and a file we may not read
+    cannot be hashed or served.
+    """
+
+    symlinks: int = 0
+    """Symbolic links, to files or folders: not followed."""
+    empty_folders: int = 0
+    """Folders with no shared file anywhere below them (the manifest has no entry for them)."""
+    unreadable: int = 0
+    """Files and folders we may not read (permission denied)."""
+    special: int = 0
+    """Sockets, FIFOs and device files."""
+
+    @property
+    def total(self) -> int:
+        """Everything left out."""
+        return self.symlinks + self.empty_folders + self.unreadable + self.special
+
+    def describe(self) -> str:
+        """'2 symlinks, 1 empty folder and 1 unreadable file or folder' ('' when nothing)."""
+        parts = [f"{n} {word if n == 1 else many}" for n, word, many in (
+            (self.symlinks, "symlink", "symlinks"),
+            (self.empty_folders, "empty folder", "empty folders"),
+            (self.unreadable, "unreadable file or folder", "unreadable files or folders"),
+            (self.special, "special file (socket, FIFO or device)",
+             "special files (sockets, FIFOs or devices)")) if n]
+        return f"{', '.join(parts[:-1])} and {parts[-1]}" if len(parts) > 1 else "".join(parts)
+
+    def to_json(self) -> dict[str, int]:
+        """The ``left_out`` object of ``p2p share --json``."""
+        return {"symlinks": self.symlinks, "empty_folders": self.empty_folders,
+                "unreadable": self.unreadable, "special": self.special}
+
+
+def scan_directory(root: Path) -> tuple[list[tuple[str, str]], LeftOut]:
+    """The regular files under ``root`` as (relative ``/`` path, path), sorted, and what was
+    left out.
 
     Symlinks and special files are skipped (sharing what a link points to
-    would surprise people); every name must pass the same path check a
+    would surprise people), and so are folders we may not list; folders with no
+    file below them have no entry in a manifest. Each is counted in the
+    :class:`LeftOut`. Every name must pass the same path check a
     downloader applies, so what we publish can be fetched. Paths are text, not
     :class:`~pathlib.Path` objects: a folder of a million files holds a million.
     """
     found: list[tuple[str, str]] = []
-    folders = [("", os.fspath(root))]
+    symlinks = unreadable = special = 0
+    parents: list[int] = [-1]
+    """The parent of each folder seen, by index (the root is 0): marking a folder that holds
+    a file walks up until a folder already marked, so the count costs one step per folder."""
+    kept = bytearray(1)
+    folders = [("", os.fspath(root), 0)]
     while folders:  # os.scandir, not os.walk: the entry types come with the listing, no lstat per file
-        prefix, folder = folders.pop()
+        prefix, folder, index = folders.pop()
         try:
             listing = os.scandir(folder)
         except OSError:
-            continue  # an unreadable folder is skipped, as os.walk does
+            unreadable += 1  # a folder we may not list is skipped, as os.walk does
+            kept[index] = 1  # and not counted again as empty
+            continue
         with listing:
+            has_file = False
             for item in listing:
-                if item.is_dir(follow_symlinks=False):
-                    folders.append((prefix + item.name + "/", item.path))
+                if item.is_symlink():
+                    symlinks += 1
+                elif item.is_dir(follow_symlinks=False):
+                    parents.append(index)
+                    kept.append(0)
+                    folders.append((prefix + item.name + "/", item.path, len(parents) - 1))
                 elif item.is_file(follow_symlinks=False):
                     rel = prefix + item.name
                     try:
@@ -413,8 +469,43 @@ def scan_directory(root: Path) -> list[tuple[str, str]]:
                     except UnsafePath as exc:
                         raise BadInput(f"cannot share {item.path}: {exc}") from None
                     found.append((rel, item.path))
+                    has_file = True
+                else:
+                    special += 1
+            up = index if has_file else -1
+            while up >= 0 and not kept[up]:
+                kept[up] = 1
+                up = parents[up]
     found.sort()
-    return found
+    empty = len(kept) - 1 - sum(kept[1:])  # the root itself is not counted
+    return found, LeftOut(symlinks=symlinks, empty_folders=empty, unreadable=unreadable,
+                          special=special)
+
+
+def build_share_manifest(
+    path: Path,
+    identity: Identity,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Manifest, Sequence[tuple[FileEntry, Path]], LeftOut]:
+    """:func:`build_manifest`, and what a folder share left out (:class:`LeftOut`): the
+    scan's skips plus the files we may not read, found while hashing."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise BadInput(f"{path} is neither a file nor a folder")
+        entry = FileEntry(path.name, hash_file(path, progress))
+        return sign_manifest(identity, "file", path.name, [entry]), [(entry, path)], LeftOut()
+    files, left_out = scan_directory(path)  # one pool of hashing threads for the whole folder
+    unreadable: set[int] = set()
+    infos = hash_files([full for _, full in files], progress, unreadable=unreadable)
+    if unreadable:
+        files = [f for pos, f in enumerate(files) if pos not in unreadable]
+        left_out = dataclasses.replace(left_out, unreadable=left_out.unreadable + len(unreadable))
+    entries = [FileEntry(rel, info) for (rel, _), info in zip(files, infos, strict=True)]
+    del infos, files  # a million-file folder: each list is hundreds of MiB
+    name = path.resolve().name or "root"
+    manifest = sign_manifest(identity, "dir", name, entries)
+    return manifest, FolderFiles(path, manifest.entries), left_out
 
 
 class FolderFiles(Sequence[tuple[FileEntry, Path]]):
@@ -452,16 +543,5 @@ def build_manifest(
     :meth:`~p2p.store.Store.add_share` needs only the folder). ``progress(n)`` gets
     bytes hashed.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = scan_directory(path)
-        infos = hash_files([full for _, full in files], progress)  # one pool for the whole folder
-        entries = [FileEntry(rel, info) for (rel, _), info in zip(files, infos, strict=True)]
-        del infos, files  # a million-file folder: each list is hundreds of MiB
-        name = path.resolve().name or "root"
-        manifest = sign_manifest(identity, "dir", name, entries)
-        return manifest, FolderFiles(path, manifest.entries)
-    if not path.is_file():
-        raise BadInput(f"{path} is neither a file nor a folder")
-    entry = FileEntry(path.name, hash_file(path, progress))
-    return sign_manifest(identity, "file", path.name, [entry]), [(entry, path)]
+    manifest, files, _ = build_share_manifest(path, identity, progress)
+    return manifest, files

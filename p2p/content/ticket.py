@@ -19,7 +19,9 @@ from ..encoding import (
     expect_bytes,
     expect_int,
     expect_list,
+    kind_of,
     pack,
+    pasted,
     unpack_canonical,
 )
 from ..errors import BadInput, DecodeError
@@ -55,9 +57,15 @@ class Ticket:
 
     @classmethod
     def parse(cls, text: str) -> Ticket:
-        """Parse a ticket. Raises :class:`BadInput` saying what is wrong."""
-        text = text.strip()
+        """Parse a ticket (spaces and line breaks pasted inside it are dropped). Raises
+        :class:`BadInput` saying what is wrong; a ticket that does not decode is called
+        truncated or mistyped, the two ways a pasted one goes wrong."""
+        text = pasted(text)
         if not text.lower().startswith(TICKET_PREFIX):
+            kind = kind_of(text)
+            if kind is not None:
+                raise BadInput(f"{text[:60]!r} is {kind}, not a ticket (a ticket starts with "
+                               f"{TICKET_PREFIX!r})")
             raise BadInput(f"not a ticket (expected text starting with {TICKET_PREFIX!r}): {text[:60]!r}")
         if len(text) > 2048:
             raise BadInput("ticket too long")
@@ -75,7 +83,7 @@ class Ticket:
             return cls(ContentId(expect_bytes(cid, 32, "ticket content id")),
                        PeerId(expect_bytes(pub, 32, "ticket publisher")), tuple(addresses))
         except DecodeError as exc:
-            raise BadInput(f"malformed ticket: {exc}") from None
+            raise BadInput(f"malformed ticket: {exc} (truncated or mistyped? copy it whole, again)") from None
 
 
 def make_ticket(content_id: ContentId, publisher: PeerId, addresses: Sequence[tuple[str, int]]) -> Ticket:
@@ -93,8 +101,9 @@ def make_ticket(content_id: ContentId, publisher: PeerId, addresses: Sequence[tu
 
 
 def parse_id_or_ticket(text: str) -> tuple[ContentId, Ticket | None]:
-    """What ``p2p fetch`` accepts: a content id or a ticket. Raises :class:`BadInput`."""
-    stripped = text.strip()
+    """What ``p2p fetch`` accepts: a content id or a ticket, as pasted (spaces and line breaks
+    inside are dropped). Raises :class:`BadInput`."""
+    stripped = pasted(text)
     if stripped.lower().startswith(TICKET_PREFIX):
         ticket = Ticket.parse(stripped)
         return ticket.content_id, ticket

@@ -23,7 +23,14 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from ..address import Address, format_address, from_sockaddr, normalize_host, primary_ip
-from ..errors import BadInput, IntegrityError, NetworkError, NotFound, RemoteProtocolError
+from ..errors import (
+    BadInput,
+    IntegrityError,
+    NetworkError,
+    NotFound,
+    PortInUse,
+    RemoteProtocolError,
+)
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
 from .config import DHTConfig
@@ -206,6 +213,9 @@ class DHT:
                 if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
                     continue
                 where = ", ".join(format_address((h, config.port)) for h in hosts)
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"cannot bind DHT socket {where}: the UDP port is in use",
+                                    config.port, "udp") from exc
                 raise NetworkError(f"cannot bind DHT socket {where}: {exc}") from exc
         dht = cls(identity, config, server, server.protocol, records, cache)
         try:

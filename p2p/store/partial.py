@@ -46,7 +46,15 @@ from typing import TYPE_CHECKING
 from ..bitfield import bit_count, bit_get, bit_set
 from ..content import ContentId, Manifest, check_relative_path, open_under
 from ..durable import fsync_dir, sync_filesystem
-from ..errors import ContentChanged, DiskFull, NotFound, StateDirLocked, StoreError, UnsafePath
+from ..errors import (
+    ContentChanged,
+    DestinationExists,
+    DiskFull,
+    NotFound,
+    StateDirLocked,
+    StoreError,
+    UnsafePath,
+)
 from .chunks import ChunkMap
 from .descriptors import DescriptorCache
 from .directio import DirectWriter
@@ -391,7 +399,7 @@ class PartialDownload:
             while self._users:  # a duplicate end-game copy still being written, a read, a sync
                 self._life.wait()
             if self.dest.exists():
-                raise StoreError(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
+                raise DestinationExists(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
             aside: list[str] = []
             for i, entry in enumerate(self.manifest.entries):
                 if self.selected is not None and i not in self.selected:

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
 from ..address import Address, format_address, from_sockaddr
-from ..errors import ContentChanged, LocalProtocolError, NetworkError, NotFound, RemoteProtocolError
+from ..errors import (
+    ContentChanged,
+    LocalProtocolError,
+    NetworkError,
+    NotFound,
+    PortInUse,
+    RemoteProtocolError,
+)
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
 from .errors import ClosedByUs, ConnectionLost
@@ -583,6 +590,8 @@ def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, int, tuple[A
     except OSError as exc:
         for sock in sockets:
             sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"cannot listen on {where}: the port is in use", chosen, "tcp") from exc
         raise NetworkError(f"cannot listen on {where}: {exc}") from exc
     return sockets
 

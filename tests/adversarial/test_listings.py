@@ -10,6 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -102,7 +103,9 @@ async def test_a_hostile_listing_is_refused_by_ls_and_fetch_and_nothing_is_writt
         # v1: the manifest is refused as it decodes and its sender banned; listed: the root is
         # valid, the listing matches its signed hashes and breaks the rule.
         assert ("listing" if form == "listed" else "banned") in result.stderr
-    assert listed.stdout == ""
+    # With --json the refusal is one error object on stdout, and nothing else is there.
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == [
+        {"event": "error", "error": ANY, "kind": "integrity", "exit_code": 4}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "looker", "work"]
     assert list(work.iterdir()) == []
     with Library.open(tmp_path / "dl") as library:

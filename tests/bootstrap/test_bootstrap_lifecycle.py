@@ -164,4 +164,4 @@ async def test_port_in_use_and_unusable_state_dir_give_one_clear_line(tmp_path: 
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     code, lines = await refused(tmp_path, "--listen", "127.0.0.1:0", "--state-dir", str(not_a_dir))
-    assert code == 1 and len(lines) == 1 and "state directory" in lines[0], lines
+    assert code == 6 and len(lines) == 1 and "state directory" in lines[0], lines

@@ -112,7 +112,7 @@ def test_one_map_from_errors_to_exit_codes() -> None:
     assert code(WrongPublisher("x")) == 4
     assert code(NetworkError("x")) == 5
     assert code(control.NoRunningNode("x")) == 5
-    assert code(StoreError("x")) == 1
+    assert code(StoreError("x")) == 6  # a local problem, not a bug
     assert code(RuntimeError("bug")) == 1
     assert code(KeyboardInterrupt()) == 130
     assert code(app.Interrupted(signal.SIGINT, serving=False)) == 130

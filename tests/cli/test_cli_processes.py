@@ -90,7 +90,7 @@ def test_malformed_input_exits_2_with_one_clear_line(cli: CLI, tmp_path: Path) -
     state = ["--state-dir", str(tmp_path / "state" / "x")]
     cases = {
         ("fetch", "not-an-id"): "not a content id",
-        ("fetch", "p2pc1!!!!"): "malformed content id",
+        ("fetch", "p2pc1!!!!"): "mistyped content id: '!'",
         ("fetch", "p2pt1aaaa"): "malformed ticket",
         ("fetch", "p2pc1" + "a" * 52, "--from", "someone"): "not a peer id",
         ("fetch", "p2pc1" + "a" * 52, "--peer", "nowhere"): "peer address",

@@ -44,22 +44,27 @@ def _valid() -> str:
     [
         pytest.param("", "not a content id", id="empty"),
         pytest.param("hello", "not a content id", id="garbage"),
-        pytest.param("p2pk" + _valid()[5:], "not a content id", id="peer-id-prefix"),
+        pytest.param("p2pk" + _valid()[5:], "is a peer id .*not a content id", id="peer-id-prefix"),
         pytest.param("p2pc2" + _valid()[5:], "unsupported content id format 'p2pc2'", id="version-2"),
         pytest.param("p2pc" + _valid()[5:], "unsupported content id format", id="no-version"),
-        pytest.param("p2pc1", "malformed content id", id="prefix-only"),
-        pytest.param(_valid()[:-1] + "0", "malformed content id", id="bad-char-0"),
-        pytest.param(_valid()[:-1] + "-", "malformed content id", id="bad-char-dash"),
-        pytest.param(_valid()[:30] + "=" + _valid()[31:], "malformed content id", id="bad-char-eq"),
-        pytest.param(_valid()[:-1], "malformed content id", id="one-char-short"),
-        pytest.param(_valid()[:-4], "wrong length", id="too-short"),
-        pytest.param(_valid() + "aaaaaaaa", "wrong length", id="too-long"),
-        pytest.param(_valid()[:-1] + "b", "not canonical", id="trailing-bits"),
+        pytest.param("p2pc1", "truncated content id: 0 of its 52", id="prefix-only"),
+        pytest.param(_valid()[:-1] + "0", "mistyped content id: '0' .character 52", id="bad-char-0"),
+        pytest.param(_valid()[:-1] + "-", "mistyped content id: '-'", id="bad-char-dash"),
+        pytest.param(_valid()[:30] + "=" + _valid()[31:], "mistyped content id: '='", id="bad-char-eq"),
+        pytest.param(_valid()[:-1], "truncated content id: 51 of its 52", id="one-char-short"),
+        pytest.param(_valid()[:-4], "truncated content id: 48 of its 52", id="too-short"),
+        pytest.param(_valid() + "aaaaaaaa", "content id too long: 60 characters", id="too-long"),
+        pytest.param(_valid()[:-1] + "b", "mistyped content id: its last character", id="trailing-bits"),
     ],
 )
 def test_bad_content_id_text(text: str, message: str) -> None:
     with pytest.raises(BadInput, match=message):
         ContentId.parse(text)
+
+
+def test_spaces_and_line_breaks_pasted_inside_are_dropped() -> None:
+    text = _valid()
+    assert ContentId.parse(f"  {text[:20]}\n {text[20:40]}\r\n\t{text[40:]} \n") == ContentId.parse(text)
 
 
 def test_ticket_prefix_is_not_a_content_id() -> None:

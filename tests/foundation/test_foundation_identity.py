@@ -198,22 +198,26 @@ def _valid_text() -> str:
     ("text", "reason"),
     [
         pytest.param("", "not a peer id", id="empty"),
-        pytest.param("p2pc1" + "a" * 52, "not a peer id", id="content-id-prefix"),
+        pytest.param("p2pc1" + "a" * 52, "is a content id, not a peer id", id="content-id-prefix"),
         pytest.param("xyzk" + _valid_text()[4:], "not a peer id", id="wrong-prefix"),
         pytest.param(_valid_text()[4:], "not a peer id", id="no-prefix"),
-        pytest.param(_valid_text()[:-1] + "1", "malformed peer id", id="bad-char-1"),
-        pytest.param(_valid_text()[:-1] + "!", "malformed peer id", id="bad-char-bang"),
-        pytest.param(_valid_text()[:20] + " " + _valid_text()[20:], "malformed", id="inner-space"),
-        pytest.param(_valid_text()[:-1], "malformed peer id", id="one-char-short"),
-        pytest.param(_valid_text()[:-4], "wrong length", id="29-bytes"),
-        pytest.param(_valid_text() + "aaaaaaaa", "wrong length", id="37-bytes"),
-        pytest.param("p2pk", "malformed peer id", id="prefix-only"),
-        pytest.param("p2pk" + "a" * 51 + "b", "not canonical", id="trailing-bits"),
+        pytest.param(_valid_text()[:-1] + "1", "mistyped peer id: '1'", id="bad-char-1"),
+        pytest.param(_valid_text()[:-1] + "!", "mistyped peer id: '!'", id="bad-char-bang"),
+        pytest.param(_valid_text()[:-1], "truncated peer id: 51 of its 52", id="one-char-short"),
+        pytest.param(_valid_text()[:-4], "truncated peer id: 48 of its 52", id="29-bytes"),
+        pytest.param(_valid_text() + "aaaaaaaa", "peer id too long", id="37-bytes"),
+        pytest.param("p2pk", "truncated peer id: 0 of its 52", id="prefix-only"),
+        pytest.param("p2pk" + "a" * 51 + "b", "mistyped peer id: its last character", id="trailing-bits"),
     ],
 )
 def test_bad_peer_id_text(text: str, reason: str) -> None:
     with pytest.raises(BadInput, match=reason):
         PeerId.parse(text)
+
+
+def test_a_peer_id_pasted_with_spaces_and_line_breaks_inside_is_accepted() -> None:
+    text = _valid_text()
+    assert PeerId.parse(text[:20] + " " + text[20:40] + "\n  " + text[40:]) == PeerId.parse(text)
 
 
 @given(keys, st.integers(1, 15))

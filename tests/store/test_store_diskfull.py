@@ -37,7 +37,7 @@ def test_write_chunk_raises_disk_full_and_committed_progress_survives(
     assert lines[0] == "opened 0"
     [full] = [line for line in lines if line.startswith("diskfull")]
     _, exit_code, message = full.split(" ", 2)
-    assert exit_code == "1" and "space" in message
+    assert exit_code == "6" and "space" in message  # a local problem, not a bug
     wrote = [int(line.split()[1]) for line in lines if line.startswith("wrote")]
     assert wrote == list(range(limit_chunks))
     assert lines[-1] == f"committed {limit_chunks}"
