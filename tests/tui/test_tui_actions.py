@@ -1,5 +1,5 @@
 """Pause, resume and cancel a running download through the Transfers tab's key bindings,
-against a real seeder node on 127.0.0.1."""
+against a real seeder node on 127.0.0.1. Cancelling asks first (it deletes data)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from p2p.content import ContentId
 from p2p.node import Node
 from p2p.store import PARTIAL_SUFFIX
 from tui.app import P2PApp, build_app
 from tui.model import TransferRow
+from tui.screens import ConfirmScreen
 from tui.widgets import TransfersView
 
 from .conftest import make_file, node_config, wait_until
@@ -56,6 +57,18 @@ async def wait_for_pushes(app: P2PApp, pilot: Pilot[None], count: int) -> list[t
     view.watch(view, "rows", lambda rows: pushes.append(rows), init=False)
     await wait_until(pilot, lambda: len(pushes) >= count, seconds=30)
     return pushes
+
+
+async def confirm_cancel(app: P2PApp, pilot: Pilot[None], answer: str) -> str:
+    """Press x, wait for the question, answer it (``confirm-ok`` or ``confirm-back``);
+    returns the question's text."""
+    await pilot.press("x")
+    await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+    screen = app.screen
+    body = str(screen.query_one("#confirm-body", Static).content)
+    await pilot.click(f"#{answer}")
+    await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+    return body
 
 
 def row_of(app: P2PApp, cid: ContentId) -> TransferRow:
@@ -119,7 +132,8 @@ async def test_cancel_deletes_partial_data_and_forgets_the_download(base: Path) 
         assert partial == dest.with_name(dest.name + PARTIAL_SUFFIX)
         assert partial.exists()
 
-        await pilot.press("x")
+        body = await confirm_cancel(app, pilot, "confirm-ok")
+        assert "partial data is deleted" in body and str(partial) in body
 
         await wait_until(pilot, lambda: node.library.download(cid) is None
                          and not partial.exists() and cid not in node.downloading(), seconds=30)
@@ -138,10 +152,27 @@ async def test_cancel_removes_the_transfer_from_the_view(base: Path) -> None:
         node = app.node
         assert node is not None
 
-        await pilot.press("x")
+        await confirm_cancel(app, pilot, "confirm-ok")
 
         await wait_until(pilot, lambda: node.library.download(cid) is None, seconds=30)
         await wait_for_pushes(app, pilot, 5)
         assert app.transfers.row(cid) is None
         assert app.transfers.rows() == []
         assert app.main.query_one(TransfersView).query_one(DataTable).row_count == 0
+
+
+async def test_cancel_answered_back_keeps_the_download(base: Path) -> None:
+    async with fetching(base) as (app, pilot, cid, _):
+        node = app.node
+        assert node is not None
+        info = node.library.download(cid)
+        assert info is not None
+
+        body = await confirm_cancel(app, pilot, "confirm-back")
+        assert "big.bin" in body or str(info.partial) in body
+
+        # Still running and its partial data still there, through several refreshes.
+        await wait_for_pushes(app, pilot, 3)
+        assert cid in node.downloading()
+        assert info.partial.exists()
+        assert app.transfers.row(cid) is not None
