@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -114,6 +115,7 @@ class NodeSnapshot(Message):
     """Periodic local state of the node, read in a worker."""
 
     at: float
+    """``time.monotonic()`` when the reading began (a cancel after it is newer news)."""
     shares: list[ShareInfo]
     downloads: list[DownloadInfo]
     peers: list[PeerInfo]
@@ -266,6 +268,8 @@ class P2PApp(App[None]):
         self._looked_up: dict[ContentId, float] = {}
         self._tickets: dict[ContentId, Ticket] = {}
         self._library: list[LibraryRow] = []
+        self._cancelled: dict[ContentId, float] = {}
+        """When (``time.monotonic()``) each download was cancelled here."""
         self._stopped = False
         self._stop_signals = 0
         self.failed: BaseException | None = None
@@ -459,6 +463,7 @@ class P2PApp(App[None]):
         if node is None or self._stopped:
             return
         library = node.library
+        began = time.monotonic()
         try:
             shares = await asyncio.to_thread(library.shares)
             downloads = await asyncio.to_thread(library.downloads)
@@ -474,15 +479,23 @@ class P2PApp(App[None]):
             return
         dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id),
                                    format_address(node.listen_address()))
-        self.post_message(NodeSnapshot(time.monotonic(), shares, downloads, node.peers(), bans,
+        self.post_message(NodeSnapshot(began, shares, downloads, node.peers(), bans,
                                        dht, running, held))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
         if self.views_gone:
             return
+        # A reading that began before a cancel still lists the cancelled download: it must
+        # not bring it back.
+        def current(cid: ContentId) -> bool:
+            return self._cancelled.get(cid, -math.inf) < snap.at
+
+        downloads = [d for d in snap.downloads if current(d.content_id)]
         for cid, (count, held) in snap.held.items():
+            if not current(cid):
+                continue
             self.transfers.set_held(cid, count, held)
-        self.transfers.merge_store(snap.downloads, snap.running)
+        self.transfers.merge_store(downloads, snap.running)
         self.push_transfers()
         self.peers.update(snap.peers, snap.bans, time.time())
         self.main.query_one(PeersView).rows = tuple(self.peers.rows())
@@ -493,7 +506,7 @@ class P2PApp(App[None]):
             rows.append(LibraryRow(s.content_id, s.name, s.size, s.origin,
                                    self.providers.get(s.content_id)))
             listed.add(s.content_id)
-        for d in snap.downloads:
+        for d in downloads:
             if d.content_id not in listed:
                 rows.append(LibraryRow(d.content_id, d.name, d.size, f"download: {d.state}",
                                        self.providers.get(d.content_id)))
@@ -693,6 +706,7 @@ class P2PApp(App[None]):
                 if not await self.push_screen_wait(question):
                     return
                 await node.cancel(cid)
+                self._cancelled[cid] = time.monotonic()
                 self.transfers.forget(cid)
                 self.push_transfers()
                 self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else
