@@ -256,7 +256,8 @@ class ChunkMap(Widget):
         text = Text(no_wrap=True, overflow="crop")
         cells = self.cells()
         if not cells:
-            return Text("no transfer selected", style="dim")
+            # Nothing selected, or a transfer whose list of chunks never arrived.
+            return Text("no chunks to show", style="dim")
         for i, (state, owner) in enumerate(cells):
             glyph, style = GLYPHS[state]
             if state == Cell.VERIFIED and owner:

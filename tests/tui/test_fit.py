@@ -215,3 +215,16 @@ async def test_share_picker_opens_at_the_current_folder(tmp_path: Path,
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, ShareScreen))
         assert not isinstance(app.screen, FetchScreen)
+
+
+async def test_log_level_key_works_with_the_level_select_focused() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SMALL) as pilot:
+        await feed(pilot)
+        await pilot.press("5")
+        await pilot.pause()
+        log = app.main.query_one(LogView)
+        assert log.level == "info"
+        await pilot.press("e")
+        assert log.level == "warning"
+        assert [e.level for e in log.shown_entries()] == ["warning"]
