@@ -141,6 +141,9 @@ class StatusLine(Widget):
 
 CELL_PADDING = 2
 """Columns a data table adds around each cell (one each side)."""
+SCROLLBAR = 2
+"""Columns a data table's vertical scroll bar takes once its rows outgrow it: kept free, so
+the last column is not cut when it appears."""
 NAME_MIN = 20
 """Characters a name keeps in a table before the view drops columns or shortens ids."""
 
@@ -156,7 +159,7 @@ def room_left(width: int, labels: Sequence[str], rows: Sequence[Sequence[str | T
     used = 0
     for i, label in enumerate(labels):
         used += max([cell_len(label), *(_cell_width(r[i]) for r in rows)]) + CELL_PADDING
-    return width - used - CELL_PADDING
+    return width - used - CELL_PADDING - SCROLLBAR
 
 
 def _cell_width(cell: str | Text) -> int:
@@ -347,6 +350,8 @@ def transfer_detail(r: TransferRow | None) -> Text:
         if r.bytes_done:
             text.append(f"{human_bytes(r.bytes_done)} of ")
         text.append(f"{human_bytes(r.size)} · {r.peers} {'peer' if r.peers == 1 else 'peers'}")
+        if r.rate > 0:
+            text.append(f" · {human_rate(r.rate)}")
     else:
         text.append("size unknown: its list of chunks never arrived", style="dim")
     text.append(f"  {r.content_id}", style="dim")
