@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from p2p import (
     BadInput,
@@ -47,6 +48,7 @@ from p2p import (
     PeerBanned,
     PeerConnected,
     PeerDropped,
+    PeerId,
     PeerInfo,
     Selection,
     Shared,
@@ -58,12 +60,22 @@ from p2p import (
     format_address,
     human_bytes,
     parse_id_or_ticket,
+    plural,
 )
 from p2p import describe as describe_error
 
-from .model import DhtData, LibraryRow, Peers, Transfers
-from .screens import FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
-from .widgets import DhtView, LibraryView, LogEntry, LogView, PeersView, TransfersView
+from .model import DhtData, LibraryRow, Peers, TransferRow, Transfers
+from .screens import ConfirmScreen, FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
+from .widgets import (
+    DhtView,
+    LibraryView,
+    LogEntry,
+    LogView,
+    PeersView,
+    StatusLine,
+    StatusPart,
+    TransfersView,
+)
 
 BATCH_WINDOW = 0.1
 """Seconds the event reader gathers events before posting one message (keeps the UI light)."""
@@ -72,6 +84,10 @@ PROVIDER_LOOKUP_EVERY = 60.0
 """Seconds between DHT provider lookups for the library's items."""
 
 TABS = ("library", "transfers", "peers", "dht", "log")
+
+SHORT_WINDOW = 30
+"""Rows below which the header goes (the status line says the same): 24-row terminals keep
+their lines for the views."""
 
 
 # -- messages from workers --------------------------------------------------------------------
@@ -100,6 +116,7 @@ class NodeSnapshot(Message):
     """Periodic local state of the node, read in a worker."""
 
     at: float
+    """``time.monotonic()`` when the reading began (a cancel after it is newer news)."""
     shares: list[ShareInfo]
     downloads: list[DownloadInfo]
     peers: list[PeerInfo]
@@ -115,6 +132,41 @@ class ProvidersFound(Message):
 
     content_id: ContentId
     count: int | None
+
+
+def status_parts(snap: NodeSnapshot, downloading: int) -> list[StatusPart]:
+    """The status line's figures, most important first (a narrow window drops the last)."""
+    try:
+        peer = PeerId.parse(snap.dht.peer_id).short()
+    except BadInput:
+        peer = snap.dht.peer_id[:8]
+    return [
+        StatusPart(f"peer {peer}", f"peer {peer}"),
+        StatusPart(snap.dht.listen, snap.dht.listen),
+        StatusPart(f"{len(snap.shares)} shared", f"{len(snap.shares)} shared"),
+        StatusPart(f"{downloading} downloading", f"{downloading} fetching"),
+        StatusPart(plural(len(snap.peers), "connection"), f"{len(snap.peers)} conn"),
+        StatusPart(plural(snap.dht.contacts, "DHT contact"), f"{snap.dht.contacts} DHT"),
+    ]
+
+
+def cancel_question(cid: ContentId, row: TransferRow | None, info: DownloadInfo | None,
+                    partial_exists: bool) -> tuple[ConfirmScreen, bool]:
+    """The question ``x`` asks before it cancels ``cid``, naming what goes, and whether data
+    on disk is deleted (``partial_exists``: the download's partial file or folder is there)."""
+    name = row.name if row is not None else cid.short()
+    if partial_exists and info is not None:
+        held = (f"{row.done_chunks} of {plural(row.chunk_count, 'chunk')}"
+                if row is not None and row.size_known else "what it holds")
+        body = f"The download stops and its partial data is deleted: {info.partial} ({held})."
+        if info.state == "selected":
+            body += f" The files already in {info.dest} stay."
+        body += " To keep the data, pause instead (p)."
+        return ConfirmScreen(f"Cancel {name}?", body, "Delete data", danger=True), True
+    body = "Nothing on disk is deleted"
+    if info is not None and info.state in ("complete", "selected"):
+        body += f": {info.dest} stays"
+    return ConfirmScreen(f"Remove {name} from Transfers?", body + ".", "Remove"), False
 
 
 def coalesce(events: Sequence[Event]) -> list[Event]:
@@ -186,6 +238,7 @@ class P2PApp(App[None]):
 
     TITLE = "p2p"
     CSS_PATH = "app.tcss"
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (SHORT_WINDOW, "-tall")]
     COMMANDS = App.COMMANDS | {P2PCommands}
     BINDINGS = [
         Binding("s", "share", "Share"),
@@ -207,7 +260,8 @@ class P2PApp(App[None]):
         self.node: Node | None = node
         self._owns_node = node is None
         self.refresh_interval = refresh_interval
-        self.picker_root = picker_root or Path.home()
+        self.picker_root = picker_root
+        """Where the share picker opens; None: the current folder when it opens."""
         self._start_node = start_node
         self.transfers = Transfers()
         self.peers = Peers()
@@ -215,6 +269,8 @@ class P2PApp(App[None]):
         self._looked_up: dict[ContentId, float] = {}
         self._tickets: dict[ContentId, Ticket] = {}
         self._library: list[LibraryRow] = []
+        self._cancelled: dict[ContentId, float] = {}
+        """When (``time.monotonic()``) each download was cancelled here."""
         self._stopped = False
         self._stop_signals = 0
         self.failed: BaseException | None = None
@@ -227,7 +283,7 @@ class P2PApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("starting…", id="status")
+        yield StatusLine(id="status")
         with TabbedContent(id="tabs", initial="library"):
             with TabPane("Library [1]", id="library"):
                 yield LibraryView(id="library-view")
@@ -239,7 +295,7 @@ class P2PApp(App[None]):
                 yield DhtView(id="dht-view")
             with TabPane("Log [5]", id="log"):
                 yield LogView(id="log-view")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     @property
     def views_gone(self) -> bool:
@@ -322,7 +378,7 @@ class P2PApp(App[None]):
         assert node is not None
         listen = ", ".join(format_address(a) for a in node.listen_addresses())
         self.sub_title = f"peer {node.peer_id.short()} on {listen}"
-        self.main.query_one("#status", Static).update(f"peer {node.peer_id}  listening on {listen}")
+        self.main.query_one(StatusLine).say(f"peer {node.peer_id.short()} listening on {listen}")
         self.log_line("info", f"node {node.peer_id} listening on {listen}")
         self.set_interval(self.refresh_interval, self.refresh_snapshot)
         self.refresh_snapshot()
@@ -333,7 +389,7 @@ class P2PApp(App[None]):
         if self.views_gone:
             return
         reason = describe_error(message.error)
-        self.main.query_one("#status", Static).update(f"the node could not start: {reason}")
+        self.main.query_one(StatusLine).say(f"the node could not start: {reason}")
         self.log_line("error", f"the node could not start: {reason}")
         self.notify(reason, title="Node failed", severity="error", timeout=30)
 
@@ -348,7 +404,7 @@ class P2PApp(App[None]):
         self.workers.cancel_group(self, "node")
 
     async def action_quit(self) -> None:
-        self.main.query_one("#status", Static).update("stopping…")
+        self.main.query_one(StatusLine).say("stopping…")
         await self.stop_node()
         self.exit()
 
@@ -411,6 +467,7 @@ class P2PApp(App[None]):
         if node is None or self._stopped:
             return
         library = node.library
+        began = time.monotonic()
         try:
             shares = await asyncio.to_thread(library.shares)
             downloads = await asyncio.to_thread(library.downloads)
@@ -426,15 +483,23 @@ class P2PApp(App[None]):
             return
         dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id),
                                    format_address(node.listen_address()))
-        self.post_message(NodeSnapshot(time.monotonic(), shares, downloads, node.peers(), bans,
+        self.post_message(NodeSnapshot(began, shares, downloads, node.peers(), bans,
                                        dht, running, held))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
         if self.views_gone:
             return
+        # A reading that began before a cancel still lists the cancelled download: it must
+        # not bring it back.
+        def current(cid: ContentId) -> bool:
+            return self._cancelled.get(cid, -math.inf) < snap.at
+
+        downloads = [d for d in snap.downloads if current(d.content_id)]
         for cid, (count, held) in snap.held.items():
+            if not current(cid):
+                continue
             self.transfers.set_held(cid, count, held)
-        self.transfers.merge_store(snap.downloads, snap.running)
+        self.transfers.merge_store(downloads, snap.running)
         self.push_transfers()
         self.peers.update(snap.peers, snap.bans, time.time())
         self.main.query_one(PeersView).rows = tuple(self.peers.rows())
@@ -445,7 +510,7 @@ class P2PApp(App[None]):
             rows.append(LibraryRow(s.content_id, s.name, s.size, s.origin,
                                    self.providers.get(s.content_id)))
             listed.add(s.content_id)
-        for d in snap.downloads:
+        for d in downloads:
             if d.content_id not in listed:
                 rows.append(LibraryRow(d.content_id, d.name, d.size, f"download: {d.state}",
                                        self.providers.get(d.content_id)))
@@ -457,14 +522,8 @@ class P2PApp(App[None]):
             if now - self._looked_up.get(cid, -PROVIDER_LOOKUP_EVERY) >= PROVIDER_LOOKUP_EVERY:
                 self._looked_up[cid] = now
                 self.lookup_providers(cid)
-        node = self.node
-        if node is not None:
-            listen = format_address(node.listen_address())
-            active = sum(1 for r in self.transfers.rows() if r.state == "active")
-            self.main.query_one("#status", Static).update(
-                f"peer {node.peer_id.short()} · {listen} · {len(snap.shares)} shared · "
-                f"{active} downloading · {sum(1 for p in snap.peers)} connections · "
-                f"{snap.dht.contacts} DHT contacts")
+        downloading = sum(1 for r in self.transfers.rows() if r.state == "active")
+        self.main.query_one(StatusLine).show(status_parts(snap, downloading))
 
     @work(group="providers")
     async def lookup_providers(self, cid: ContentId) -> None:
@@ -549,7 +608,7 @@ class P2PApp(App[None]):
     # -- share and fetch ---------------------------------------------------------------------------
 
     def action_share(self) -> None:
-        self.push_screen(ShareScreen(self.picker_root), self._share_picked)
+        self.push_screen(ShareScreen(self.picker_root or Path.cwd()), self._share_picked)
 
     def _share_picked(self, path: Path | None) -> None:
         if path is not None:
@@ -647,13 +706,24 @@ class P2PApp(App[None]):
                 node.start_fetch(ticket if ticket is not None else cid)
                 self.notify(f"Resuming {cid.short()}…")
             case "cancel":
+                question, deletes = await self._cancel_question(node, cid)
+                if not await self.push_screen_wait(question):
+                    return
                 await node.cancel(cid)
+                self._cancelled[cid] = time.monotonic()
                 self.transfers.forget(cid)
                 self.push_transfers()
-                self.notify(f"Cancelled {cid.short()}; partial data deleted")
+                self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else
+                            f"Removed {cid.short()} from Transfers; nothing deleted")
             case "files":
                 self.pick_files(cid)
         self.refresh_snapshot()
+
+    async def _cancel_question(self, node: Node, cid: ContentId) -> tuple[ConfirmScreen, bool]:
+        info = await asyncio.to_thread(node.library.download, cid)
+        partial = info.partial if info is not None else None
+        held = partial is not None and await asyncio.to_thread(partial.exists)
+        return cancel_question(cid, self.transfers.row(cid), info, held)
 
     def pick_files(self, cid: ContentId) -> None:
         """Let the person tick the files of ``cid``: a running download changes what it
@@ -714,15 +784,19 @@ class P2PApp(App[None]):
             for b in bindings:
                 if isinstance(b, tuple):
                     b = Binding(*b)
-                out.append((self.get_key_display(b), b.description or b.action))
+                out.append((self.get_key_display(b), b.tooltip or b.description or b.action))
             return out
 
+        everywhere = [k for k, b in zip(keys(self.BINDINGS), self.BINDINGS, strict=True)
+                      if not (isinstance(b, Binding) and b.action.startswith("tab("))]
         return [
-            ("Everywhere", [*keys(self.BINDINGS), ("ctrl+p", "command palette"), ("tab", "next widget")]),
+            ("Everywhere", [*everywhere, ("1-5", "views, by their tab number"),
+                            ("ctrl+p", "command palette"),
+                            ("tab", "next widget")]),
+            ("Dialogs", [("enter", "confirm"), ("escape", "cancel")]),
             ("Library", keys(LibraryView.BINDINGS)),
             ("Transfers", keys(TransfersView.BINDINGS)),
             ("Log", keys(LogView.BINDINGS)),
-            ("Dialogs", [("enter", "confirm"), ("escape", "cancel")]),
         ]
 
     def action_help(self) -> None:

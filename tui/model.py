@@ -99,15 +99,24 @@ class TransferRow:
     rates: tuple[float, ...] = ()
 
     @property
+    def size_known(self) -> bool:
+        """The listing arrived (or the download finished): chunk count and size are real.
+        A fetch that failed before (not found, refused) knows neither."""
+        return self.chunk_count > 0 or self.state in ("complete", "selected")
+
+    @property
     def fraction(self) -> float:
-        """Share of chunks verified (0..1)."""
-        return 1.0 if self.chunk_count == 0 else self.done_chunks / self.chunk_count
+        """Share of chunks verified (0..1); 0 while the size is unknown, 1 for a finished
+        empty file or folder."""
+        if self.chunk_count == 0:
+            return 1.0 if self.state in ("complete", "selected") else 0.0
+        return self.done_chunks / self.chunk_count
 
 
 @dataclass
 class _Transfer:
     content_id: ContentId
-    name: str = "?"
+    name: str = ""
     size: int = 0
     chunk_count: int = 0
     done_chunks: int = 0
@@ -132,7 +141,8 @@ class _Transfer:
             self.owners = [None] * count
 
     def row(self) -> TransferRow:
-        return TransferRow(self.content_id, self.name, self.size, self.done_chunks,
+        # A fetch that failed before its listing arrived has no name yet: show its id.
+        return TransferRow(self.content_id, self.name or self.content_id.short(), self.size, self.done_chunks,
                            self.chunk_count, self.bytes_done, self.rate, self.eta, self.peers,
                            self.state, self.error, tuple(self.rates))
 

@@ -1,4 +1,6 @@
-"""Modal screens: share picker, fetch dialog, file picker, help. They return plain values to the app."""
+"""Modal screens: share picker, fetch dialog, file picker, confirmation, help. They return
+plain values to the app. Each fits a window of 80x24 (the smallest common terminal): lists
+and trees take the height that is left, buttons stay on screen."""
 
 from __future__ import annotations
 
@@ -18,8 +20,17 @@ from textual.widgets.selection_list import Selection as Option
 from p2p import BadInput, Manifest, human_bytes, parse_id_or_ticket
 
 
+def home_contracted(path: Path) -> str:
+    """``path`` with the home folder written ``~`` (shorter in a narrow dialog)."""
+    try:
+        return str(Path("~") / path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 class ShareScreen(ModalScreen[Path | None]):
-    """Pick a file or folder to share: browse the tree or type a path."""
+    """Pick a file or folder to share: browse the tree (it opens at ``root``, the current
+    folder; "Parent" climbs) or type a path."""
 
     BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
 
@@ -28,17 +39,35 @@ class ShareScreen(ModalScreen[Path | None]):
         self.root = root
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog", classes="dialog"):
-            yield Label("Share a file or folder", classes="title")
+        with Vertical(id="dialog", classes="dialog share"):
+            yield Label("Share a file or folder", id="share-title", classes="title", markup=False)
             yield DirectoryTree(self.root, id="share-tree")
             yield Input(placeholder="path to a file or folder", id="share-path")
-            yield Static("", id="share-error", classes="error")
+            yield Static("", id="share-error", classes="error", markup=False)
             with Horizontal(classes="buttons"):
+                yield Button("Parent", id="share-up", classes="left")
                 yield Button("Share", variant="primary", id="share-ok")
                 yield Button("Cancel", id="share-cancel")
 
     def on_mount(self) -> None:
         self.query_one("#share-path", Input).focus()
+        self._show_folder()
+
+    def folder(self) -> Path:
+        """The folder the tree shows."""
+        return Path(self.query_one(DirectoryTree).path)
+
+    def _show_folder(self) -> None:
+        self.query_one("#share-title", Label).update(
+            f"Share a file or folder in {home_contracted(self.folder())}")
+
+    @on(Button.Pressed, "#share-up")
+    def _climb(self) -> None:
+        tree = self.query_one(DirectoryTree)
+        here = self.folder().resolve()
+        if here.parent != here:
+            tree.path = here.parent
+            self._show_folder()
 
     @on(DirectoryTree.FileSelected)
     @on(DirectoryTree.DirectorySelected)
@@ -98,7 +127,7 @@ class FetchScreen(ModalScreen[str | PickFiles | None]):
         with Vertical(id="dialog", classes="dialog"):
             yield Label("Fetch by content id or ticket", classes="title")
             yield Input(placeholder="p2p… id or ticket", id="fetch-input")
-            yield Static("", id="fetch-error", classes="error")
+            yield Static("", id="fetch-error", classes="error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Fetch", variant="primary", id="fetch-ok", disabled=True)
                 yield Button("Pick files…", id="fetch-pick", disabled=True)
@@ -136,6 +165,12 @@ class FetchScreen(ModalScreen[str | PickFiles | None]):
             self.dismiss(PickFiles(text.strip()))
 
 
+FILES_CHROME = 10
+"""Rows of the file picker around its list: border, padding, title, summary, buttons."""
+FILES_MIN = 4
+"""Rows the file list keeps however small the window (two files and its border)."""
+
+
 class FilesScreen(ModalScreen[frozenset[str] | None]):
     """Tick the files of a folder to fetch, before or during its download. Returns the
     ticked relative paths (never none: a download wants at least one file), or None."""
@@ -152,11 +187,11 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
         """The download runs: the choice applies to it at once (else it starts with it)."""
 
     def compose(self) -> ComposeResult:
-        options = [Option(f"{human_bytes(e.info.size):>10}  {e.path}", e.path,
+        options = [Option(Text(f"{human_bytes(e.info.size):>10}  {e.path}"), e.path,
                           self.ticked is None or e.path in self.ticked)
                    for e in self.manifest.entries]
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(f"Files of {self.manifest.name}", classes="title")
+            yield Label(f"Files of {self.manifest.name}", classes="title", markup=False)
             yield SelectionList[str](*options, id="files-list")
             yield Static("", id="files-summary", classes="hint")
             with Horizontal(classes="buttons"):
@@ -169,6 +204,12 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
     def on_mount(self) -> None:
         self.query_one("#files-list", SelectionList).focus()
         self._summarize()
+
+    def on_resize(self) -> None:
+        # The list takes what the window leaves (a height: auto dialog cannot give it 1fr),
+        # so the summary and the buttons stay on screen however many files there are.
+        room = self.size.height - FILES_CHROME
+        self.query_one("#files-list", SelectionList).styles.max_height = max(FILES_MIN, room)
 
     def chosen(self) -> frozenset[str]:
         """The paths ticked now."""
@@ -202,8 +243,46 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
         self.dismiss(None)
 
 
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before something that cannot be undone (deleting a download's data). Back has
+    the focus, so a stray enter deletes nothing."""
+
+    BINDINGS = [Binding("escape", "back", "Back")]
+
+    def __init__(self, title: str, body: str, confirm: str, *, danger: bool = False) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm = confirm
+        self.danger = danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog confirm"):
+            yield Label(self.title_text, classes="title", markup=False)
+            yield Static(self.body, id="confirm-body", markup=False)
+            with Horizontal(classes="buttons"):
+                yield Button(self.confirm, variant="error" if self.danger else "primary",
+                             id="confirm-ok")
+                yield Button("Back", id="confirm-back")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-back", Button).focus()
+
+    @on(Button.Pressed, "#confirm-ok")
+    def _confirm(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#confirm-back")
+    def action_back(self) -> None:
+        self.dismiss(False)
+
+
+HELP_KEY_WIDTH = 7
+"""Room for the widest key name shown (``ctrl+p``, ``escape``), right-aligned."""
+
+
 class HelpScreen(ModalScreen[None]):
-    """Every binding, by view."""
+    """Every binding, by view, in two columns (the whole list fits 80x24)."""
 
     BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
 
@@ -211,18 +290,30 @@ class HelpScreen(ModalScreen[None]):
         super().__init__()
         self.sections = sections
 
-    def compose(self) -> ComposeResult:
+    @staticmethod
+    def column(sections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> Text:
+        """Sections one under the other: a title, then key and description per line."""
         text = Text()
-        for title, bindings in self.sections:
+        for i, (title, bindings) in enumerate(sections):
+            if i:
+                text.append("\n")
             text.append(f"{title}\n", style="bold underline")
             for key, description in bindings:
-                text.append(f"  {key:>14}  ", style="bold #4e9af1")
+                text.append(f"{key:>{HELP_KEY_WIDTH}}  ", style="bold #4e9af1")
                 text.append(f"{description}\n")
-            text.append("\n")
+        text.rstrip()
+        return text
+
+    def compose(self) -> ComposeResult:
+        # Split where the two columns come out closest in height.
+        heights = [len(b) + 2 for _, b in self.sections]
+        split = min(range(1, len(self.sections) + 1),
+                    key=lambda n: abs(sum(heights[:n]) - sum(heights[n:])))
         with Vertical(id="dialog", classes="dialog help"):
             yield Label("Keys", classes="title")
-            with VerticalScroll():
-                yield Static(text, id="help-body")
+            with VerticalScroll(), Horizontal(id="help-columns"):
+                yield Static(self.column(self.sections[:split]), id="help-left")
+                yield Static(self.column(self.sections[split:]), id="help-right")
             yield Label("escape closes · ctrl+p opens the command palette", classes="hint")
 
     def action_close(self) -> None:

@@ -1,4 +1,5 @@
-"""Snapshots of every view, rendered from fixed data through the app's own message handlers."""
+"""Snapshots of every view and dialog at 80x24 (the smallest common terminal) and 200x60,
+rendered from fixed data through the app's own message handlers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import DirectoryTree, Input
 
 from p2p import (
     Ban,
@@ -15,6 +16,7 @@ from p2p import (
     ChunkRequested,
     ChunkVerified,
     ContentId,
+    DownloadFailed,
     DownloadInfo,
     DownloadProgress,
     DownloadStarted,
@@ -27,14 +29,16 @@ from p2p import (
 )
 from p2p.content import FileEntry, hash_bytes, sign_manifest
 from p2p.identity import Identity
-from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app
+from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app, cancel_question
 from tui.model import DhtData
 from tui.screens import FilesScreen
 from tui.widgets import TransfersView
 
-SIZE = (120, 36)
-SIZES = [SIZE, (80, 24)]
-"""The usual window and the smallest common terminal."""
+from .conftest import wait_until
+
+SIZES = [(80, 24), (200, 60)]
+"""The smallest common terminal and a large one."""
+IDS = ["80x24", "200x60"]
 T0 = 1_700_000_000.0
 
 ALICE = PeerId(bytes([1]) * 32)
@@ -95,8 +99,9 @@ def snapshot(at: float, scale: int) -> NodeSnapshot:
     return NodeSnapshot(at, shares, downloads, peers, bans, dht, {MOVIE}, {})
 
 
-def fixed_app() -> P2PApp:
-    app = build_app(NodeConfig(state_dir=Path("/nonexistent/state")), start_node=False)
+def fixed_app(picker_root: Path | None = None) -> P2PApp:
+    app = build_app(NodeConfig(state_dir=Path("/nonexistent/state")), start_node=False,
+                    picker_root=picker_root)
     app.clock = lambda: "12:00:00"
     return app
 
@@ -124,22 +129,92 @@ def run_before(keys: str = "", then: Any = None) -> Any:
     return before
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["120x36", "80x24"])
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
 @pytest.mark.parametrize("key", ["1", "2", "3", "4", "5"],
                          ids=["library", "transfers", "peers", "dht", "log"])
 def test_view(snap_compare: Any, key: str, size: tuple[int, int]) -> None:
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before(key))
 
 
-def test_fetch_dialog_with_error(snap_compare: Any) -> None:
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_fetch_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> None:
     async def type_bad(pilot: Pilot[Any]) -> None:
         pilot.app.screen.query_one("#fetch-input", Input).value = "p2pt1notaticket"
 
-    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("f", type_bad))
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("f", type_bad))
 
 
-def test_help(snap_compare: Any) -> None:
-    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("?"))
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_help(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("?"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_share_picker(snap_compare: Any, size: tuple[int, int], tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The share picker over a fixed folder (under a home set for the test, so its title
+    reads the same on every machine): tree, path input, error line and buttons."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / "files"
+    for name in ["music/a.flac", "photos/b.jpg", "notes.txt", "report.pdf"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+
+    async def loaded(pilot: Pilot[Any]) -> None:
+        tree = pilot.app.screen.query_one(DirectoryTree)
+        await wait_until(pilot, lambda: len(tree.root.children) == 4)
+
+    assert snap_compare(fixed_app(root), terminal_size=size, run_before=run_before("s", loaded))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_cancel_question(snap_compare: Any, size: tuple[int, int]) -> None:
+    """What x asks before it deletes a download's partial data."""
+    info = DownloadInfo(MOVIE, "movie.mkv", 300 * MIB, 300, 200, "active",
+                        Path("/dl/movie.mkv"), Path("/dl/movie.mkv.p2p-partial"), None)
+
+    async def ask(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, P2PApp)
+        question, deletes = cancel_question(MOVIE, app.transfers.row(MOVIE), info, True)
+        assert deletes
+        app.push_screen(question)
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("2", ask))
+
+
+LOST = ContentId(bytes([11]) * 32)
+BROKEN = ContentId(bytes([12]) * 32)
+BROKEN_REASON = ("integrity: chunk 17 failed verification from every peer that has it "
+                 "(3 peers tried, each struck); the download stopped so nothing unverified "
+                 "is written")
+
+
+def failed_events() -> list[Any]:
+    """A fetch that found nobody (no listing: size unknown) and one that failed midway."""
+    return [
+        DownloadFailed(LOST, f"not found: no peer provides {LOST} (asked 20 DHT nodes)", 3,
+                       at=T0),
+        DownloadStarted(BROKEN, "holiday-photos-2026-summer-archive.tar", 80 * MIB, 80,
+                        held=0, held_indexes=(), at=T0),
+        *(ChunkVerified(BROKEN, i, ALICE, MIB, at=T0) for i in range(30)),
+        DownloadFailed(BROKEN, BROKEN_REASON, 5, at=T0),
+    ]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_transfers_failed_and_not_found(snap_compare: Any, size: tuple[int, int]) -> None:
+    """States as whole words, a not-found fetch with an empty bar, the failed one's whole
+    reason in the detail pane."""
+    async def failed(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, P2PApp)
+        app.on_node_events(NodeEvents(failed_events()))
+        await pilot.press("2")
+        app.main.query_one(TransfersView).select(BROKEN)
+        await pilot.pause()
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", failed))
 
 
 BIG = ContentId(bytes([10]) * 32)
@@ -157,7 +232,7 @@ def big_transfer_events() -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("size", SIZES, ids=["120x36", "80x24"])
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_transfers_with_a_100k_chunk_map(snap_compare: Any, size: tuple[int, int]) -> None:
     async def big(pilot: Pilot[Any]) -> None:
         app = pilot.app
@@ -174,14 +249,33 @@ def test_transfers_with_a_100k_chunk_map(snap_compare: Any, size: tuple[int, int
     assert snap_compare(fixed_app(), terminal_size=size, run_before=big)
 
 
-def test_files_picker(snap_compare: Any) -> None:
-    """The file picker of a folder download: some files ticked, the summary below."""
+def album(count: int = 5) -> Any:
+    """A signed folder manifest: five named files, or ``count`` numbered ones."""
     paths = ["docs/guide.pdf", "docs/notes.txt", "music/01 intro.flac", "music/02 theme.flac",
              "video/trailer.mkv"]
+    if count != len(paths):
+        paths = [f"disc {i // 10 + 1}/track {i:02d} [live].flac" for i in range(count)]
     entries = [FileEntry(p, hash_bytes(bytes(1000 * (i + 1)))) for i, p in enumerate(paths)]
-    manifest = sign_manifest(Identity.from_seed(b"\x01" * 32), "dir", "album", entries)
+    return paths, sign_manifest(Identity.from_seed(b"\x01" * 32), "dir", "album", entries)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_files_picker(snap_compare: Any, size: tuple[int, int]) -> None:
+    """The file picker of a folder download: some files ticked, the summary below."""
+    paths, manifest = album()
 
     async def pick(pilot: Pilot[Any]) -> None:
         pilot.app.push_screen(FilesScreen(manifest, frozenset(paths[2:4]), running=True))
 
-    assert snap_compare(fixed_app(), terminal_size=SIZE, run_before=run_before("", pick))
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", pick))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_files_picker_long_list(snap_compare: Any, size: tuple[int, int]) -> None:
+    """Forty files: the list scrolls, the summary and buttons stay on screen."""
+    paths, manifest = album(40)
+
+    async def pick(pilot: Pilot[Any]) -> None:
+        pilot.app.push_screen(FilesScreen(manifest, frozenset(paths[:3])))
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", pick))
