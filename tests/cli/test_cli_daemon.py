@@ -17,7 +17,7 @@ from cliproc import CLI, Proc, make_file
 from test_cli_processes import MiB, share
 
 from p2p import parse_id_or_ticket
-from p2p.exitcodes import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
+from p2p.exitcodes import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_LOCAL
 
 
 def serve(cli: CLI, name: str) -> tuple[Proc, dict[str, Any]]:
@@ -206,7 +206,7 @@ def test_the_destination_is_settled_before_a_byte_moves(cli: CLI, tmp_path: Path
     differs = tmp_path / "differs.bin"
     differs.write_bytes(b"not the song")
     refused = cli.run("fetch", ticket, "-o", str(differs), *other_state)
-    assert refused.returncode == EXIT_USAGE, refused.stderr
+    assert refused.returncode == EXIT_LOCAL, refused.stderr  # a local problem you can fix
     assert "--rename" in refused.stderr and "differs (1).bin" in refused.stderr
     assert differs.read_bytes() == b"not the song"
     assert not list(tmp_path.glob("differs*.p2p-partial"))
