@@ -25,8 +25,8 @@ torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
     python bench/folder.py                     # 10,000 x 4 KiB and 100,000 mixed
     python bench/folder.py --quick             # about a minute: 5,000 x 4 KiB, 5,000 mixed
     python bench/folder.py --files-mixed 20000 --cases mixed
-    python bench/folder.py --cases small --cprofile /tmp/prof   # cProfile of the downloader
-                                                               # (/tmp/prof) and seeder 0
+    python bench/folder.py --cases small --cprofile PREFIX     # cProfile of the downloader
+                                                               # (PREFIX) and seeder 0 (PREFIX.seed0)
 
 A folder our manifest cannot describe (too many entries or bytes of hashes) makes the
 seeders refuse to share it: the case is reported as refused, with the seeder's error, and

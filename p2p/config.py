@@ -19,11 +19,9 @@ Nothing here reads the process environment or the clock: the environment is pass
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any
 import platformdirs
 
 from .address import parse_address
+from .durable import write_atomic
 from .errors import BadInput
 
 __all__ = [
@@ -343,19 +342,7 @@ def _toml_string(text: str) -> str:
 
 
 def save_config(config: ConfigFile, path: Path) -> None:
-    """Write ``config`` to ``path`` atomically (folders made as needed, mode 0600: the
-    file may name private hosts)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dump_config(config.values)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``config`` to ``path`` atomically (:func:`~p2p.durable.write_atomic`: folders made
+    as needed, mode 0600, as the file may name private hosts)."""
+    write_atomic(path, dump_config(config.values).encode("utf-8"), 0o600)
 

@@ -229,13 +229,15 @@ class Node:
         """Load identity and store, listen on TCP and UDP, join the DHT, announce shares."""
         cfg = self.config
         self._lock_fd = await asyncio.to_thread(_lock_state_dir, Path(cfg.state_dir))
+        opened = False
         try:
             self._identity = await asyncio.to_thread(load_or_create, cfg.state_dir)
             self._saved_contacts = await asyncio.to_thread(_saved_contacts, cfg.state_dir / ROUTING_FILE)
             self._store = Store(cfg.state_dir)
-        except BaseException:
-            self._unlock()
-            raise
+            opened = True
+        finally:
+            if not opened:  # the lock is released on any failure, Ctrl-C included
+                self._unlock()
         try:
             await self._bind()
         except BaseException:
