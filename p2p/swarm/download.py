@@ -235,8 +235,11 @@ class Download:
         self._listing_bytes: bytearray | None = None
         """The fetched listing, handed to the store with the manifest."""
         self._decoding_listing = False
-        """Every listing chunk verified, the listing being decoded: the manifest timeout does
-        not run (nothing is awaited of any peer) and another root starts no second fetch."""
+        """Every listing chunk verified (or the stored copy being read), the listing being
+        decoded: the manifest timeout does not run (nothing is awaited of any peer) and another
+        root starts no second fetch."""
+        self._root_senders: list[PeerId] = []
+        """Peers whose root came while the stored listing was being read (sources if it fails)."""
         self._listing_at = 0.0
         """When the listing fetch started or last verified a chunk (the manifest timeout counts
         from it: a large listing on a slow link is not cut off while it moves)."""
@@ -1009,15 +1012,32 @@ class Download:
         one starts the listing's fetch, unless the listing is held here already (a resume)."""
         fetch = self._listing_fetch
         if self._decoding_listing:
-            return  # the whole listing is in hand
+            self._root_senders.append(state.peer)  # a source, should the stored copy not do
+            return  # the whole listing is in hand (or being read from the store)
         if fetch is None:
-            stored = self.store.stored_listing(root)
-            if stored is not None:
-                self._have_manifest(stored)
-                return
-            self._listing_fetch = fetch = ListingFetch(root)
-            self._listing_at = self._clock()
+            self._decoding_listing = True
+            self._root_senders = [state.peer]
+            self._spawn(self._stored_or_fetch(root), "stored listing")
+            return
         fetch.add_peer(state.peer)
+        self._ask_listing()
+
+    async def _stored_or_fetch(self, root: ListedRoot) -> None:
+        """Use the listing held here (a resume), read and checked off the event loop (a million
+        entries take seconds), or else fetch it from the peers that sent the root."""
+        try:
+            stored = await self._loop.run_in_executor(self._pool, self.store.stored_listing, root)
+        finally:
+            self._decoding_listing = False
+        if stored is not None:
+            self._have_manifest(stored)
+            return
+        self._listing_fetch = fetch = ListingFetch(root)
+        self._listing_at = self._clock()
+        for peer in self._root_senders:
+            if peer in self._peers:
+                fetch.add_peer(peer)
+        self._root_senders = []
         self._ask_listing()
 
     def _ask_listing(self) -> None:
