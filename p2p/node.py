@@ -263,8 +263,13 @@ class Node:
             if cfg.resume_downloads:
                 for info in self._store.downloads():
                     if info.state in RESUMABLE:
+                        try:
+                            selection = self._stored_selection(info.content_id)
+                        except NotFound as exc:
+                            self._log("warning", f"not resuming {info.name}: {exc}")
+                            continue
                         self._log("info", f"resuming {info.name} ({info.content_id.short()})")
-                        self.start_fetch(info.content_id, info.dest)
+                        self.start_fetch(info.content_id, info.dest, selection=selection)
                         self.resumed.append(info.content_id)
         except BaseException:  # cancelled while joining: close what is open, then go on failing
             await self.aclose()
@@ -584,6 +589,7 @@ class Node:
         placed = self._placed_selection(options)
         if placed is not None:
             return self._result(options.content_id, placed, None, started, options.selection)
+        options = self._widened(options)
         download = self._new_download(options, rename=rename)
         task = asyncio.current_task()
         assert task is not None
@@ -750,6 +756,38 @@ class Node:
             return info.dest
         return None  # fetched (the files there are checked again, only what is missing comes)
 
+    def _stored_selection(self, content_id: ContentId) -> Selection | None:
+        """The files the download of ``content_id`` wants, as its record says (what a resumed
+        download asks for); None: every file. Raises :class:`NotFound` when they cannot be
+        told (a listed folder whose listing is lost here)."""
+        entries = self._store.download_selection(content_id)
+        if entries is None:
+            return None
+        manifest = self._store.get_manifest(content_id)
+        assert manifest is not None  # download_selection() read the entries from it
+        return Selection.of_paths(manifest.entries[i].path for i in entries)
+
+    def _widened(self, options: FetchOptions) -> FetchOptions:
+        """A fetch of some files of a download that wants some files already (an earlier
+        fetch's, the ticks of the terminal app, or what a resumed one wanted) wants both:
+        the selection recorded with the download widens, it never silently narrows. A fetch
+        of every file wants every file; a stream wants its own file only (its chunks come
+        first); a download that wanted every file is narrowed by a fetch of some (as before)."""
+        if options.selection.everything or options.sequential:
+            return options
+        info = self._store.download_info(options.content_id)
+        if info is None or info.state == "complete" or info.selection is None:
+            return options
+        manifest = self._store.get_manifest(options.content_id)
+        if manifest is None:
+            return options  # fetched first; the selection asked for is what it wants
+        picked = set(options.selection.check(manifest))  # a typo is said, before the union
+        before = set(self._store.download_selection(options.content_id) or ())
+        if before <= picked:
+            return options
+        paths = [manifest.entries[i].path for i in sorted(picked | before)]
+        return dataclasses.replace(options, selection=Selection.of_paths(paths))
+
     def _sealed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
             self._log("warning", f"could not sync a finished download to disk: {future.exception()}")
@@ -857,7 +895,8 @@ class Node:
         if info.state == "selected":
             raise BadInput(f"the selected files of {info.name} are in place at {info.dest}; "
                            "fetch it again (without --include) for the rest")
-        self.start_fetch(content_id, info.dest, timeout=timeout)
+        self.start_fetch(content_id, info.dest, timeout=timeout,
+                         selection=self._stored_selection(content_id))
         return info.state
 
     async def join(self, content_id: ContentId) -> None:
@@ -904,8 +943,11 @@ class Node:
         """The destination check of :meth:`fetch`, run once the manifest is verified and
         before any chunk is asked for: the path to download into."""
         info = self._store.download_info(options.content_id)
-        if info is not None and info.state == "selected":
-            return dest  # its selected files are in place there; the store gathers them back
+        if info is not None and (info.state == "selected" or (
+                info.placed is not None and info.state != "complete")):
+            # Files of it are in place there (the folder is the person's): it goes on around
+            # them, at its recorded destination (the store's open_download()).
+            return dest
         resuming = info is not None and info.state != "complete" and info.partial.exists()
         if resuming:
             assert info is not None

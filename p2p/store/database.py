@@ -27,11 +27,12 @@ from ..errors import DiskFull, StoreError
 from ..identity import PeerId
 from .serving import SharedFile
 
-__all__ = ["BUSY_TIMEOUT_MS", "DB_FILE", "SCHEMA_VERSION", "Database", "DownloadInfo", "ShareInfo"]
+__all__ = ["BUSY_TIMEOUT_MS", "DB_FILE", "SCHEMA_VERSION", "Database", "DownloadInfo", "DownloadRecord",
+           "ShareInfo"]
 
 DB_FILE = "store.sqlite3"
 """The database's file name in the state directory."""
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema this version writes. Older databases are migrated forward when opened
 (:data:`_MIGRATIONS`); a newer one is refused rather than misread."""
 BUSY_TIMEOUT_MS = 10_000
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS downloads (
     content_id BLOB PRIMARY KEY REFERENCES manifests(content_id),
     dest TEXT NOT NULL, partial TEXT NOT NULL, state TEXT NOT NULL,
     bitfield BLOB NOT NULL, done_chunks INTEGER NOT NULL, started REAL NOT NULL,
-    updated REAL NOT NULL, error TEXT);
+    updated REAL NOT NULL, error TEXT, selection BLOB, placed BLOB);
 CREATE TABLE IF NOT EXISTS download_sources (
     content_id BLOB NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL, added REAL NOT NULL,
     PRIMARY KEY (content_id, host, port));
@@ -74,6 +75,17 @@ def _add_share_identity(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE share_files ADD COLUMN {column} INTEGER")
 
 
+def _add_download_files(db: sqlite3.Connection) -> None:
+    """4 -> 5: a download records which files it wants (``selection``) and which files it put
+    in place at its destination (``placed``), one bit per manifest entry. NULL for older rows:
+    every file wanted, and for a ``selected`` one the files in place are those its recorded
+    bitfield holds whole (:meth:`Store.open_download <p2p.store.Store.open_download>`)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(downloads)")}
+    for column in ("selection", "placed"):
+        if column not in have:
+            db.execute(f"ALTER TABLE downloads ADD COLUMN {column} BLOB")
+
+
 _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     # 1 -> 2: the table of known peers was written by nothing and read by nothing.
     1: ("DROP TABLE IF EXISTS peers",),
@@ -82,6 +94,7 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
     # in place at dest, the rest not fetched), which older versions would resume as if its
     # partial data held every recorded chunk: they must refuse the database instead.
     3: (),
+    4: (_add_download_files,),
 }
 """For each old schema version, the statements that bring it to the next one."""
 
@@ -136,6 +149,32 @@ class DownloadInfo:
     """Where the data is written until then: ``dest`` + ``.p2p-partial`` (a file or a folder)."""
     error: str | None
     """Why it failed (for ``"failed"``), or None."""
+    selection: bytes | None = None
+    """The files it wants, one bit per manifest entry (the :mod:`p2p.bitfield` layout); None:
+    every file. A node that resumes it asks for these files only."""
+    placed: bytes | None = None
+    """The files it put in place at :attr:`dest`, one bit per entry (whole when they landed;
+    the person may have changed them since); None: none. Such a download keeps its folder
+    at :attr:`dest` while it fetches more, and the partial folder holds only the files it is
+    still writing."""
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """What :meth:`Database.download_record` returns: where a download writes, and what it has."""
+
+    dest: Path
+    """Where the result goes."""
+    partial: Path
+    """Where the data is written until it is whole."""
+    bits: bytes
+    """The recorded bitfield (chunks written and synced)."""
+    state: str
+    """The recorded state (see :attr:`DownloadInfo.state`)."""
+    selection: bytes | None
+    """:attr:`DownloadInfo.selection`."""
+    placed: bytes | None
+    """:attr:`DownloadInfo.placed`."""
 
 
 class Database:
@@ -304,27 +343,51 @@ class Database:
 
     # -- downloads -----------------------------------------------------------------------
 
-    def download_record(self, cid: bytes) -> tuple[Path, Path, bytes] | None:
-        """(destination, partial path, recorded bitfield) of the download ``cid``, or None."""
-        rows = self._query("SELECT dest, partial, bitfield FROM downloads WHERE content_id=?", (cid,))
+    def download_record(self, cid: bytes) -> DownloadRecord | None:
+        """The record of the download ``cid``, or None."""
+        rows = self._query("SELECT dest, partial, bitfield, state, selection, placed FROM downloads "
+                           "WHERE content_id=?", (cid,))
         if not rows:
             return None
-        return Path(str(rows[0][0])), Path(str(rows[0][1])), bytes(rows[0][2])
+        dest, partial, bits, state, selection, placed = rows[0]
+        return DownloadRecord(Path(str(dest)), Path(str(partial)), bytes(bits), str(state),
+                              None if selection is None else bytes(selection),
+                              None if placed is None else bytes(placed))
 
     def has_download(self, cid: bytes) -> bool:
         """Whether a download of ``cid`` is recorded (in any state)."""
         return bool(self._query("SELECT 1 FROM downloads WHERE content_id=?", (cid,)))
 
     def start_download(self, cid: bytes, dest: Path, partial: Path, bits: bytes, done: int,
-                       now: float) -> None:
-        """Record the download ``cid`` as active (new, or resumed with ``bits``); the manifest
-        is already stored. A resumed download keeps its start time."""
+                       now: float, selection: bytes | None = None) -> None:
+        """Record the download ``cid`` as active (new, or resumed with ``bits``), wanting the
+        files ``selection`` (None: every one); the manifest is already stored. A resumed
+        download keeps its start time and the files it placed."""
         with self._tx() as db:
-            db.execute("INSERT INTO downloads VALUES (?,?,?,?,?,?,?,?,NULL) ON CONFLICT(content_id) "
+            db.execute("INSERT INTO downloads VALUES (?,?,?,?,?,?,?,?,NULL,?,NULL) "
+                       "ON CONFLICT(content_id) "
                        "DO UPDATE SET dest=excluded.dest, partial=excluded.partial, state='active', "
                        "bitfield=excluded.bitfield, done_chunks=excluded.done_chunks, "
-                       "updated=excluded.updated, error=NULL",
-                       (cid, str(dest), str(partial), "active", bits, done, now, now))
+                       "updated=excluded.updated, error=NULL, selection=excluded.selection",
+                       (cid, str(dest), str(partial), "active", bits, done, now, now, selection))
+
+    def save_selection(self, cid: bytes, selection: bytes | None, now: float) -> None:
+        """Record the files the download ``cid`` wants (None: every one)."""
+        with self._tx() as db:
+            db.execute("UPDATE downloads SET selection=?, updated=? WHERE content_id=?",
+                       (selection, now, cid))
+
+    def save_placed(self, cid: bytes, placed: bytes | None, now: float, *,
+                    bits: bytes | None = None, done: int = 0, state: str | None = None) -> None:
+        """Record the files the download ``cid`` put in place at its destination, and with
+        ``bits`` (``done`` of them set) and ``state``, its bitfield and state in the same
+        transaction."""
+        with self._tx() as db:
+            db.execute("UPDATE downloads SET placed=?, updated=? WHERE content_id=?",
+                       (placed, now, cid))
+            if bits is not None and state is not None:
+                db.execute("UPDATE downloads SET bitfield=?, done_chunks=?, state=?, error=NULL "
+                           "WHERE content_id=?", (bits, done, state, cid))
 
     def save_bits(self, cid: bytes, bits: bytes, done: int, state: str, now: float,
                   error: str | None = None) -> None:
@@ -361,10 +424,13 @@ class Database:
     def downloads(self, cid: bytes | None = None) -> list[DownloadInfo]:
         """Every download (or only the one of ``cid``), oldest first."""
         sql = ("SELECT d.content_id, m.name, m.size, m.chunks, d.done_chunks, d.state, d.dest, "
-               "d.partial, d.error FROM downloads d JOIN manifests m USING (content_id)")
+               "d.partial, d.error, d.selection, d.placed FROM downloads d "
+               "JOIN manifests m USING (content_id)")
         rows = (self._query(sql + " ORDER BY d.started") if cid is None
                 else self._query(sql + " WHERE content_id=?", (cid,)))
-        return [DownloadInfo(ContentId(r[0]), r[1], r[2], r[3], r[4], r[5], Path(r[6]), Path(r[7]), r[8])
+        return [DownloadInfo(ContentId(r[0]), r[1], r[2], r[3], r[4], r[5], Path(r[6]), Path(r[7]), r[8],
+                             None if r[9] is None else bytes(r[9]),
+                             None if r[10] is None else bytes(r[10]))
                 for r in rows]
 
     def recorded_bitfield(self, cid: bytes) -> tuple[int, bytes] | None:

@@ -22,9 +22,14 @@ first chunk is written (:meth:`PartialDownload.finalize` creates the empty ones)
 Some files of a folder (:attr:`PartialDownload.selected`): only their chunks are written, so
 no other file is created or preallocated, and :meth:`~PartialDownload.finalize` puts the
 folder in place once they are whole, recorded as ``selected`` (not a share: the rest is
-missing); a file unticked before it was whole waits in the partial folder. A later fetch of
-more of it gathers both back under the partial name and checks every file again
-(:meth:`Store.open_download <p2p.store.Store.open_download>`).
+missing) with the files it placed (:attr:`PartialDownload.placed`); a file unticked before it
+was whole waits in the partial folder. From then on the folder at the destination is the
+person's: a later fetch of more of it leaves it where it is, reads the files there (checked
+again: the person may have changed them) and writes only the files still missing, in the
+partial folder, which then holds nothing but bytes that download wrote and has not completed.
+Each file lands in the folder once it is whole. So cancelling that fetch (deleting its partial
+data) or killing it loses nothing that was in place, and never touches a file the program did
+not put there.
 
 A download holds an exclusive ``flock`` on its partial file, so a second process fetching
 the same content gets :class:`~p2p.errors.StateDirLocked` instead of corrupting it.
@@ -38,6 +43,7 @@ import fcntl
 import os
 import resource
 import signal
+import stat
 import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -119,7 +125,8 @@ class PartialDownload:
 
     def __init__(self, store: Store, manifest: Manifest, chunk_map: ChunkMap, dest: Path,
                  partial_path: Path, bits: bytearray, *, direct_io: bool = True,
-                 selected: Collection[int] | None = None) -> None:
+                 selected: Collection[int] | None = None,
+                 placed: Collection[int] | None = None) -> None:
         self.store = store
         """The store that opened this download, and records its progress."""
         self.manifest = manifest
@@ -136,6 +143,18 @@ class PartialDownload:
         """True when the partial data existed before (a resume): :meth:`recover` is worth running."""
         self.selected: frozenset[int] | None = None if selected is None else frozenset(selected)
         """The entries (files) wanted; None: every one. See :meth:`select`."""
+        self.placed: frozenset[int] | None = None if placed is None else frozenset(placed)
+        """The entries an earlier run put in place at :attr:`dest` (None: none, and nothing
+        of this download is there). Such a download keeps that folder where it is: the files
+        found whole there are read in place (:meth:`recover`), only the others are written in
+        the partial folder, and :meth:`finalize` moves each into the folder when it is whole.
+        A file in the way at the destination is replaced only if it is one of these (the
+        person asked for it again); any other is refused, never overwritten."""
+        self._in_place: set[int] = set()
+        """Entries whose whole file is at :attr:`dest` (found by :meth:`recover`): read from
+        there, never written."""
+        self._dest_fd = -1
+        """A descriptor of the folder at :attr:`dest`, when :attr:`placed` and it is there."""
         self._committed = bytes(bits)
         self._dirty: set[int] = set()
         """Entries written since the last commit snapshot (guarded by ``_bits_lock``, with the bits)."""
@@ -190,8 +209,12 @@ class PartialDownload:
 
     def select(self, entries: Collection[int] | None) -> None:
         """Want only ``entries`` from now on (None: every file): a running download's selection
-        changed. Chunks already held stay held."""
-        self.selected = None if entries is None else frozenset(entries)
+        changed, and is recorded (a node that resumes the download asks for these). Chunks
+        already held stay held."""
+        selected = None if entries is None else frozenset(entries)
+        if selected != self.selected:
+            self.store._save_selection(self.content_id.digest, self.manifest, selected)
+        self.selected = selected
 
     def _entry_whole(self, entry: int) -> bool:
         start = self.chunk_map.starts[entry]
@@ -201,8 +224,13 @@ class PartialDownload:
     def _open(self) -> None:
         is_dir = self.manifest.kind == "dir"
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.resumed = self.partial_path.exists()
+        # Files placed earlier are checked again where they are: worth a recover() even
+        # when nothing is being written yet.
+        self.resumed = self.partial_path.exists() or self.placed is not None
         nofollow = getattr(os, "O_NOFOLLOW", 0)
+        if is_dir and self.placed is not None:
+            with contextlib.suppress(OSError):  # gone, or no longer a folder: nothing is in place
+                self._dest_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | nofollow)
         if is_dir:
             self.partial_path.mkdir(exist_ok=True)
             self._lock_fd = os.open(self.partial_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -236,6 +264,8 @@ class PartialDownload:
     def _open_entry(self, entry: int, flags: int) -> int:
         """Open entry ``entry``'s partial file (the cache's opener): under the partial folder with
         :func:`open_under` (no symlink followed), a new file preallocated when there is room."""
+        if entry in self._in_place:  # whole at the destination: read there, never written
+            return _open_existing(self._dest_fd, self.manifest.entries[entry].path, os.O_RDONLY)
         if self.manifest.kind == "file":
             fd = os.open(self.partial_path, (flags & ~os.O_CREAT) | getattr(os, "O_NOFOLLOW", 0))
         else:
@@ -341,6 +371,8 @@ class PartialDownload:
         """
         found = []
         with self._using(StoreError(f"{self.partial_path} is closed")):
+            if self._dest_fd >= 0:
+                found += self._recover_in_place()
             absent = -1  # an entry whose file was never created: opening it would make its folders
             for index in range(self.chunk_map.count):
                 if bit_get(self.bits, index):
@@ -365,6 +397,55 @@ class PartialDownload:
             self.commit()
         return found
 
+    def _recover_in_place(self) -> list[int]:
+        """The files at the destination (a folder this download placed files in): each one
+        whole there is read in place from now on; the verified chunks of one wanted but no
+        longer whole (changed by the person) are copied into the partial folder, which is
+        where the file is completed (the copy at the destination is left as it is until the
+        whole file replaces it). A file also in the partial folder is taken from there."""
+        found: list[int] = []
+        for i, entry in enumerate(self.manifest.entries):
+            if _exists_under(self._lock_fd, entry.path):
+                continue  # being written in the partial folder: the loop in recover() checks it
+            try:
+                fd = _open_existing(self._dest_fd, entry.path, os.O_RDONLY)
+            except (OSError, UnsafePath):
+                continue  # not there (or through a link): fetched if wanted
+            try:
+                found_stat = os.fstat(fd)
+                if not stat.S_ISREG(found_stat.st_mode):
+                    continue  # a folder (say) where the file goes: finalize() says so
+                wanted = self.selected is None or i in self.selected
+                whole_size = found_stat.st_size == entry.info.size
+                good = self._good_chunks(i, fd) if whole_size or wanted else []
+                if whole_size and len(good) == entry.info.chunk_count:
+                    self._in_place.add(i)
+                    with self._bits_lock:
+                        for index in good:
+                            bit_set(self.bits, index)
+                    found += good
+                    continue
+                if wanted and good:
+                    for index in good:
+                        span = self.chunk_map.locate(index)
+                        self.write_chunk(index, os.pread(fd, span.length, span.offset))
+                    found += good
+            finally:
+                os.close(fd)
+        return found
+
+    def _good_chunks(self, entry: int, fd: int) -> list[int]:
+        """The chunks of ``entry`` whose bytes in the file open as ``fd`` verify."""
+        start = self.chunk_map.starts[entry]
+        size = os.fstat(fd).st_size
+        good = []
+        for index in range(start, start + self.manifest.entries[entry].info.chunk_count):
+            span = self.chunk_map.locate(index)
+            if span.offset + span.length <= size and \
+                    self.chunk_map.verify(index, os.pread(fd, span.length, span.offset)):
+                good.append(index)
+        return good
+
     def _read_written(self, entry: int, offset: int, length: int) -> bytes | None:
         """``length`` bytes at ``offset`` of an existing partial file, or None if it is shorter."""
         with self._files.use(entry) as file:
@@ -373,7 +454,7 @@ class PartialDownload:
             return os.pread(file.fd, length, offset)
 
     def finalize(self) -> Path:
-        """Every chunk is held (of the selected files): rename into place, record it, serve it.
+        """Every chunk is held (of the selected files): put the files in place, record it, serve it.
 
         Returns the final path. The bytes are in the page cache (or on disk,
         written directly), which survives a killed process; making them durable
@@ -383,30 +464,44 @@ class PartialDownload:
         read re-hashes its chunk, so a file torn by an OS crash is never served
         as this content.
 
-        With a selection, the folder put in place holds the selected files and any other
-        file already whole (an earlier, wider selection's); a file neither selected nor whole
-        (unticked while it downloaded) is kept aside, in a partial folder of its own at
-        :attr:`partial_path`, so no torn file lands at the destination and no verified chunk
-        is lost. Unless every file is whole, the download is recorded as ``selected`` before
-        anything moves (a crash in between resumes from wherever the files are) and is not
-        served (a share is whole content).
+        The first time, the partial folder is renamed into place. With a selection, the
+        folder put in place holds the selected files and any other file already whole; a
+        file neither selected nor whole (unticked while it downloaded) is kept aside, in a
+        partial folder of its own at :attr:`partial_path`, so no torn file lands at the
+        destination and no verified chunk is lost. Unless every file is whole, the download
+        is recorded as ``selected``, with the files it placed, before anything moves (a
+        crash in between resumes from wherever the files are) and is not served (a share
+        is whole content).
 
-        Raises :class:`~p2p.errors.StoreError` if the destination exists already.
+        Once files of it are in place (:attr:`placed`), the folder stays where it is: each
+        file now whole in the partial folder is moved into it (recorded as placed first),
+        replacing a file in the way only if this download put that one there.
+
+        Raises :class:`~p2p.errors.DestinationExists` if the destination holds something
+        else (the partial data is kept).
         """
         with self._life:
             if not self.selection_complete:
                 raise StoreError("finalize() before every chunk is held")
             while self._users:  # a duplicate end-game copy still being written, a read, a sync
                 self._life.wait()
-            if self.dest.exists():
+            into_place = self._dest_fd >= 0
+            if not into_place and (self.dest.exists() or self.dest.is_symlink()):
                 raise DestinationExists(f"{self.dest} already exists; not overwriting it (the download is kept in {self.partial_path})")
             aside: list[str] = []
+            landing: list[int] = []  # files of the partial folder that go to the destination
             for i, entry in enumerate(self.manifest.entries):
+                if i in self._in_place:
+                    continue  # whole where it belongs already
                 if self.selected is not None and i not in self.selected:
-                    if entry.info.size and not self._entry_whole(i) and \
-                            _exists_under(self._lock_fd, entry.path):
+                    if not entry.info.size or not _exists_under(self._lock_fd, entry.path):
+                        continue  # empty or never written: absent
+                    if self._entry_whole(i):
+                        landing.append(i)  # whole: it comes along
+                    else:
                         aside.append(entry.path)
-                    continue  # whole: it comes along; empty or never written: absent
+                    continue
+                landing.append(i)
                 if self.manifest.kind == "dir" and entry.info.size:
                     with contextlib.suppress(OSError):  # most files are whole: no need to open them
                         if os.stat(entry.path, dir_fd=self._lock_fd, follow_symlinks=False).st_size == entry.info.size:
@@ -415,19 +510,49 @@ class PartialDownload:
                     if os.fstat(file.fd).st_size != entry.info.size:
                         os.ftruncate(file.fd, entry.info.size)  # short writes
             whole = self.complete
-            if not whole:
-                self.store._save_bits(self.content_id.digest, bytes(self.bits), "selected")
-                self._files.close()  # files set aside must not stay open under their old names
-            os.rename(self.partial_path, self.dest)
-            if aside:
-                self.partial_path.mkdir()
-                move_between(self.dest, self.partial_path, aside)
+            placed = (self.placed or frozenset()) | frozenset(landing)
+            cid = self.content_id.digest
+            self._files.close()  # nothing stays open under a name it is about to leave
+            if into_place:
+                self._move_into_place(landing, placed)
+                if not whole:
+                    self.store._save_bits(cid, bytes(self.bits), "selected")
+            else:
+                if not whole:
+                    self.store._save_placed(cid, self.manifest, placed,
+                                            bits=bytes(self.bits), state="selected")
+                os.rename(self.partial_path, self.dest)
+                if aside:
+                    self.partial_path.mkdir()
+                    move_between(self.dest, self.partial_path, aside)
             if whole:
-                self.store._save_bits(self.content_id.digest, bytes(self.bits), "complete")
+                self.store._save_bits(cid, bytes(self.bits), "complete")
             self.close()
         if whole:
             self.store.add_share(self.manifest, root=self.dest, origin="downloaded")
         return self.dest
+
+    def _move_into_place(self, landing: list[int], placed: frozenset[int]) -> None:
+        """Move the files ``landing`` from the partial folder into the folder at the
+        destination, recorded as placed first (a crash in between finds each file where it
+        is). A file in the way there is replaced only if this download put it there; anything
+        else is refused before a file moves."""
+        mine = self.placed or frozenset()
+        for i in landing:
+            path = self.manifest.entries[i].path
+            there = _in_the_way(self._dest_fd, path)
+            if there is not None and not (there[0] == path and i in mine and stat.S_ISREG(there[1].st_mode)):
+                raise DestinationExists(
+                    f"{self.dest / there[0]} is in the way and is not a file this download put there; "
+                    f"not overwriting it: move it away and fetch again (the download is kept in "
+                    f"{self.partial_path})")
+        self.store._save_placed(self.content_id.digest, self.manifest, placed)
+        paths = [self.manifest.entries[i].path for i in landing]
+        if paths:
+            move_between(self.partial_path, self.dest, paths,
+                         replace={self.manifest.entries[i].path for i in landing if i in mine})
+        with contextlib.suppress(OSError):
+            self.partial_path.rmdir()  # empty now (unless files wait aside in it)
 
     def close(self) -> None:
         """Release files and the lock (progress stays recorded). Idempotent; waits for writes in progress."""
@@ -447,19 +572,24 @@ class PartialDownload:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)
                 self._lock_fd = -1
+            if self._dest_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._dest_fd)
+                self._dest_fd = -1
 
 
-def move_between(src: Path, dst: Path, paths: list[str]) -> None:
+def move_between(src: Path, dst: Path, paths: list[str], *, replace: Collection[str] = ()) -> None:
     """Move each file of ``paths`` (relative) from under the folder ``src`` to the same place
     under the folder ``dst`` (folders made as needed; a file already at ``dst`` stays where
-    it is), then remove the folders left empty in ``src``. No symlink is followed on either
-    side. Both folders are synced before it returns."""
+    it is, unless its path is in ``replace``: then it is replaced), then remove the folders
+    left empty in ``src``. No symlink is followed on either side. Both folders are synced
+    before it returns."""
     src_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
     try:
         dst_fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for rel in paths:
-                _move_one(src_fd, dst_fd, rel)
+                _move_one(src_fd, dst_fd, rel, rel in replace)
             os.fsync(dst_fd)
             os.fsync(src_fd)
         finally:
@@ -468,7 +598,7 @@ def move_between(src: Path, dst: Path, paths: list[str]) -> None:
         os.close(src_fd)
 
 
-def _move_one(src_fd: int, dst_fd: int, relpath: str) -> None:
+def _move_one(src_fd: int, dst_fd: int, relpath: str, replace: bool = False) -> None:
     parts = check_relative_path(relpath)
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     src_dirs = [src_fd]  # src_dirs[k] is the folder holding parts[k]
@@ -492,8 +622,10 @@ def _move_one(src_fd: int, dst_fd: int, relpath: str) -> None:
                 os.close(dst_dir)
             dst_dir = nextfd
         try:
-            os.stat(parts[-1], dir_fd=dst_dir, follow_symlinks=False)
+            found = os.stat(parts[-1], dir_fd=dst_dir, follow_symlinks=False)
         except FileNotFoundError:
+            found = None
+        if found is None or (replace and stat.S_ISREG(found.st_mode)):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(parts[-1], parts[-1], src_dir_fd=src_dirs[-1], dst_dir_fd=dst_dir)
         for depth in range(len(parts) - 2, -1, -1):
@@ -506,6 +638,63 @@ def _move_one(src_fd: int, dst_fd: int, relpath: str) -> None:
             os.close(fd)
         if dst_dir != dst_fd:
             os.close(dst_dir)
+
+
+def _open_existing(root_fd: int, relpath: str, flags: int) -> int:
+    """Open the existing file ``relpath`` under the folder open as ``root_fd`` with ``flags``:
+    no folder is made and no link followed (:class:`~p2p.errors.UnsafePath` for one);
+    ``OSError`` (``FileNotFoundError``...) when it is not there."""
+    parts = check_relative_path(relpath)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    dirfd = root_fd
+    try:
+        for part in parts[:-1]:
+            try:
+                nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(f"{part!r} is a link or not a folder") from None
+                raise
+            if dirfd != root_fd:
+                os.close(dirfd)
+            dirfd = nextfd
+        try:
+            return os.open(parts[-1], flags | nofollow, dir_fd=dirfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"{relpath!r} is a symlink") from None
+            raise
+    finally:
+        if dirfd != root_fd:
+            os.close(dirfd)
+
+
+def _in_the_way(root_fd: int, relpath: str) -> tuple[str, os.stat_result] | None:
+    """What is in the way of a file at ``relpath`` under the folder open as ``root_fd``: (its
+    relative path, its own stat, not a link's target) for the file there or for whatever
+    stands where one of its folders should be (a link, a file); None when nothing is."""
+    parts = relpath.split("/")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    dirfd = root_fd
+    try:
+        for depth, part in enumerate(parts[:-1], 1):
+            try:
+                found = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISDIR(found.st_mode):
+                return "/".join(parts[:depth]), found
+            nextfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dirfd)
+            if dirfd != root_fd:
+                os.close(dirfd)
+            dirfd = nextfd
+        try:
+            return relpath, os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    finally:
+        if dirfd != root_fd:
+            os.close(dirfd)
 
 
 def _exists_under(root_fd: int, relpath: str) -> bool:

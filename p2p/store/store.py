@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
-from ..bitfield import bit_count, bitfield_new, full_bitfield
+from ..bitfield import bit_count, bit_get, bit_indexes, bit_set, bitfield_new, full_bitfield
 from ..content import ContentId, FileEntry, FileInfo, ListedRoot, Manifest, decode_manifest
 from ..durable import write_atomic
 from ..errors import (
@@ -27,13 +27,12 @@ from ..errors import (
     IntegrityError,
     NotFound,
     StateDirLocked,
-    StoreError,
     UnsafePath,
 )
 from ..identity import PeerId
 from .chunks import ChunkMap
-from .database import Database, DownloadInfo, ShareInfo
-from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz, move_between
+from .database import Database, DownloadInfo, DownloadRecord, ShareInfo
+from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz
 from .serving import SharedFile
 
 __all__ = ["Store"]
@@ -325,12 +324,14 @@ class Store:
 
         Takes an exclusive lock (:class:`StateDirLocked` if another process
         holds it). An existing partial download of the same content resumes
-        from its recorded bitfield. ``selected``: the entries (files) wanted, None for all.
+        from its recorded bitfield. ``selected``: the entries (files) wanted, None for all;
+        recorded with the download (:meth:`download_selection`).
 
-        A download whose selected files were put in place earlier (state ``selected``)
-        resumes from there: the folder goes back to its partial name, and the caller's
-        :meth:`~PartialDownload.recover` checks every file in it again (the person may have
-        changed them since), so what is whole is kept and only the rest is fetched.
+        A download that put files in place earlier (a fetch of some files; its record says
+        which) resumes around them: its folder stays at its recorded destination, and the
+        caller's :meth:`~PartialDownload.recover` checks every file there and in the partial
+        folder again (the person may have changed them since), so what is whole is kept and
+        only the rest is fetched, into the partial folder.
         """
         cid = manifest.content_id.digest
         with self._lock:
@@ -340,43 +341,60 @@ class Store:
             self._keep_manifest(manifest)
             record = self._db.download_record(cid)
             _, cmap = self._chunk_map(cid)
-            if record is not None and self._was_selected(cid):
-                dest, partial_path, _ = record
-                self._gather_selection(manifest, dest, partial_path)
+            placed = None if record is None else _placed_entries(record, manifest, cmap)
+            if record is not None and placed is not None:
+                dest, partial_path = record.dest, record.partial
                 bits = bitfield_new(cmap.count)  # recover() finds what is there, checked
-            elif record is not None and record[1].exists():
-                dest, partial_path, recorded = record
-                bits = bytearray(recorded)
+            elif record is not None and record.partial.exists():
+                dest, partial_path = record.dest, record.partial
+                bits = bytearray(record.bits)
             else:
                 dest = Path(dest).resolve()
                 partial_path = dest.with_name(dest.name + PARTIAL_SUFFIX)
                 bits = bitfield_new(cmap.count)
-            self._db.start_download(cid, dest, partial_path, bytes(bits), bit_count(bits), self._clock())
+            self._db.start_download(cid, dest, partial_path, bytes(bits), bit_count(bits), self._clock(),
+                                    _entry_bits(manifest, selected))
+            if placed is not None and record is not None and record.placed is None:
+                self._db.save_placed(cid, _entry_bits(manifest, placed), self._clock())
             partial = PartialDownload(self, manifest, cmap, dest, partial_path, bits,
-                                      selected=selected)
+                                      selected=selected, placed=placed)
             self._active[cid] = partial
             return partial
 
-    def _was_selected(self, cid: bytes) -> bool:
-        info = next(iter(self._db.downloads(cid)), None)
-        return info is not None and info.state == "selected"
+    def download_selection(self, content_id: ContentId | bytes) -> list[int] | None:
+        """The entries (files) the download of ``content_id`` wants, as recorded; None when it
+        wants every file (or there is no such download)."""
+        cid = _raw(content_id)
+        record = self._db.download_record(cid)
+        if record is None or record.selection is None:
+            return None
+        manifest = self.get_manifest(cid)
+        if manifest is None:
+            raise NotFound(f"the listing of {cid.hex()[:16]} is missing or damaged here: the "
+                           "files its download wants cannot be told")
+        return _entries_of(record.selection, len(manifest.entries))
 
-    @staticmethod
-    def _gather_selection(manifest: Manifest, dest: Path, partial_path: Path) -> None:
-        """A download that put its selected files at ``dest`` (the rest, if any, waiting in
-        ``partial_path``) resumes: everything goes back under ``partial_path``. Whatever is
-        missing (the person deleted the folder, a crash came between the record and the
-        moves) is simply not there; the caller's recover() checks what is."""
-        if not dest.is_dir() or dest.is_symlink():
-            return
-        if partial_path.exists():
-            move_between(partial_path, dest, [e.path for e in manifest.entries])
-            try:
-                partial_path.rmdir()
-            except OSError as exc:
-                raise StoreError(f"cannot resume into {partial_path}: it holds files that are "
-                                 f"not this download's ({exc.strerror})") from None
-        os.rename(dest, partial_path)
+    def placed_files(self, content_id: ContentId | bytes) -> list[int] | None:
+        """The entries the download of ``content_id`` put in place at its destination (whole
+        when they landed), as recorded; None when none did (or there is no such download)."""
+        cid = _raw(content_id)
+        record = self._db.download_record(cid)
+        manifest = self.get_manifest(cid)
+        if record is None or manifest is None:
+            return None
+        placed = _placed_entries(record, manifest, ChunkMap(manifest))
+        return None if placed is None else sorted(placed)
+
+    def _save_selection(self, cid: bytes, manifest: Manifest, selected: Collection[int] | None) -> None:
+        """Record a running download's wanted files (called by its :class:`PartialDownload`)."""
+        self._db.save_selection(cid, _entry_bits(manifest, selected), self._clock())
+
+    def _save_placed(self, cid: bytes, manifest: Manifest, placed: Collection[int], *,
+                     bits: bytes | None = None, state: str | None = None) -> None:
+        """Record the files a running download put in place (called by its
+        :class:`PartialDownload`), with its bitfield and state when given."""
+        self._db.save_placed(cid, _entry_bits(manifest, placed), self._clock(), bits=bits,
+                             done=0 if bits is None else bit_count(bits), state=state)
 
     def _save_bits(self, cid: bytes, bits: bytes, state: str, error: str | None = None) -> None:
         """Record a running download's bitfield (called by its :class:`PartialDownload`)."""
@@ -395,14 +413,24 @@ class Store:
     def remove_download(self, content_id: ContentId | bytes, *, delete: bool = True) -> Path | None:
         """Forget a download (cancel) and delete its partial data, or with ``delete=False``
         leave it where it is (a later fetch to the same place checks it and reuses what
-        verifies). Returns the partial path if there was data there, else None."""
-        path = self._db.remove_download(_raw(content_id))
+        verifies). Returns the partial path if there was data there, else None.
+
+        Only the partial data goes: files an earlier fetch of some of its files put in place
+        at the destination stay (they were whole, and the folder is the person's), and in a
+        partial folder only the download's own files (the manifest's paths) are deleted, with
+        the folders left empty; anything else found there is left, and so is its folder."""
+        cid = _raw(content_id)
+        manifest = self.get_manifest(cid) if delete and self._db.has_download(cid) else None
+        path = self._db.remove_download(cid)
         if path is None or not (path.exists() or path.is_symlink()):
             return None
         if not delete:
             return path
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+            if manifest is not None and manifest.kind == "dir":
+                _delete_partial_folder(path, {entry.path for entry in manifest.entries})
+            else:  # its listing is lost here: which files are its own cannot be told
+                shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -487,6 +515,52 @@ def _read_listing(path: Path, listing: FileInfo, index: int) -> bytes:
     if not listing.verify_chunk(index, data):
         raise NotFound("listing damaged on disk")
     return data
+
+
+def _delete_partial_folder(root: Path, paths: Collection[str]) -> None:
+    """Delete the files of ``paths`` (relative) found under the partial folder ``root``, then
+    every folder left empty, ``root`` last; nothing else (no link is followed or deleted)."""
+    for dirpath, _dirs, filenames in os.walk(root, topdown=False):
+        folder = Path(dirpath)
+        rel = folder.relative_to(root).as_posix()
+        for name in filenames:
+            file = folder / name
+            if (name if rel == "." else f"{rel}/{name}") in paths and not file.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # empty now, unless something not its own is in it
+
+
+def _entry_bits(manifest: Manifest, entries: Collection[int] | None) -> bytes | None:
+    """``entries`` of ``manifest`` as a bitfield of one bit per entry (None: every entry)."""
+    if entries is None:
+        return None
+    bits = bitfield_new(len(manifest.entries))
+    for i in entries:
+        bit_set(bits, i)
+    return bytes(bits)
+
+
+def _entries_of(bits: bytes, count: int) -> list[int]:
+    """The entries set in a bitfield of ``count`` entries (bits past the end, or a field too
+    short, as a damaged row would have, are ignored)."""
+    return [i for i in bit_indexes(bits, min(count, len(bits) * 8)) if i < count]
+
+
+def _placed_entries(record: DownloadRecord, manifest: Manifest, cmap: ChunkMap) -> frozenset[int] | None:
+    """The files a download put in place at its destination, or None if none. A download
+    recorded ``selected`` by schema 4 (which did not record them) placed exactly the files
+    its bitfield held whole."""
+    if manifest.kind != "dir":
+        return None
+    if record.placed is not None:
+        return frozenset(_entries_of(record.placed, len(manifest.entries)))
+    if record.state != "selected" or len(record.bits) * 8 < cmap.count:
+        return None
+    return frozenset(i for i, entry in enumerate(manifest.entries)
+                     if all(bit_get(record.bits, c) for c in
+                            range(cmap.starts[i], cmap.starts[i] + entry.info.chunk_count)))
 
 
 def _raw(content_id: ContentId | bytes) -> bytes:

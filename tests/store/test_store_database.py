@@ -56,7 +56,7 @@ def test_a_schema_1_state_directory_opens_and_keeps_everything_but_the_peers_tab
         assert store.read_chunk(manifest.content_id.digest, 3) == src.read_bytes()[3 * CHUNK:]
         assert store.is_banned(banned)
     assert "peers" not in tables(state / DB_FILE)
-    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "4"
+    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "5"
     Store(state).close()  # and it opens again, already migrated
 
 
@@ -121,7 +121,7 @@ def test_a_schema_2_share_is_served_with_every_chunk_hashed_until_shared_again(
         cid = manifest.content_id.digest
         assert store.read_chunk(cid, 1) == src.read_bytes()[CHUNK:2 * CHUNK]
         assert calls == [1]
-    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "4"
+    assert schema(state / DB_FILE) == str(SCHEMA_VERSION) == "5"
 
 
 def test_a_newer_schema_is_refused_not_misread(tmp_path: Path) -> None:

@@ -66,16 +66,23 @@ def test_selected_files_alone_are_put_in_place_and_a_wider_download_reuses_them(
         assert set_bits(bits) == {*wanted, stray}
         assert store.shares() == []  # some files only: not served as the content
 
-    # A later run wants everything: the files in place and the one set aside go back to the
-    # partial folder, are checked again, and only the rest is written.
+    # A later run wants everything: the files in place stay where they are and are checked
+    # again there, the one set aside is checked in the partial folder, and only the rest is
+    # written, in the partial folder (which holds nothing else) until it is whole.
     with Store(tmp_path / "state") as store:
         partial = store.open_download(manifest, tmp_path / "ignored")
-        assert partial.dest == dest.resolve() and partial.resumed and not dest.exists()
+        assert partial.dest == dest.resolve() and partial.resumed
         assert sorted(partial.recover()) == sorted([*wanted, stray])  # checked, not trusted
+        assert files_under(dest) == {"a/big.bin": CONTENT["a/big.bin"], "a/empty": b""}
         missing = [i for i in range(partial.chunk_map.count) if not partial.has(i)]
         assert set(missing).isdisjoint([*wanted, stray])
         for i in missing:
             partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
+        assert set(files_under(partial.partial_path)) == {"b.bin", "c/d/e.txt", "z.txt"}
+        assert files_under(dest) == {"a/big.bin": CONTENT["a/big.bin"], "a/empty": b""}
+        # Served while it runs: a chunk of a file in place is read (and checked) there.
+        assert store.read_chunk(manifest.content_id.digest, wanted[0]) == \
+            chunk_bytes(partial.chunk_map, src, wanted[0])
         partial.finalize()
         assert files_under(dest) == CONTENT
         assert not partial.partial_path.exists()

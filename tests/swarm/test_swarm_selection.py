@@ -249,10 +249,6 @@ async def test_a_selection_deleted_or_cut_short_since_it_was_placed_is_fetched_a
     assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in ("docs/a.txt", "music/c.bin")}
 
 
-@pytest.mark.xfail(strict=True, reason="a fetch of more files of a download whose selected files "
-                   "were put in place moves that folder back to its partial name; cancelling it "
-                   "deletes the partial folder, so the files placed before (and any file the "
-                   "person added to the folder since) are deleted with it")
 async def test_cancelling_a_wider_fetch_keeps_the_files_an_earlier_fetch_put_in_place(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_folder(tmp_path / "src" / "album")
