@@ -125,7 +125,7 @@ def library_rows(library: Library, running: set[ContentId] | None) -> dict[str, 
         state, note = d.state, d.error
         if running is not None and d.content_id in running:
             state = "active"
-        elif state in ("active", "interrupted", "paused", "failed") and not (
+        elif state in ("active", "interrupted", "paused", "failed") and d.placed is None and not (
                 d.partial.exists() or d.partial.is_symlink()):
             # Its partial data was deleted: nothing is held, whatever the record says.
             state, note = "gone", "partial data deleted: `p2p rm ID` forgets it, `p2p resume ID` starts over"

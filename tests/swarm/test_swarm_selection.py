@@ -16,13 +16,13 @@ from p2p.content import manifest as manifest_module
 from p2p.content.manifest import LISTED_FORMAT_VERSION
 from p2p.content.select import Selection
 from p2p.errors import BadInput
-from p2p.events import ChunkUploaded, DownloadStarted, Event
+from p2p.events import ChunkUploaded, DownloadCompleted, DownloadFailed, DownloadStarted, Event
 from p2p.node import Node
 from p2p.store.chunks import ChunkMap
 from p2p.store.partial import PartialDownload
 from p2p.swarm.download import Download
 
-from .conftest import MiB, drain, make_file, running_nodes, wait_for
+from .conftest import MiB, drain, make_file, node_config, running_nodes, wait_for
 
 FILES = {"docs/a.txt": 300_000, "docs/deep/b.bin": 2 * MiB + 5, "docs/deep/skip.tmp": 200_000,
          "music/c.bin": 3 * MiB, "top.bin": 1 * MiB + 1, "empty": 0}
@@ -313,3 +313,48 @@ async def test_ticks_changed_while_the_files_are_put_in_place_are_not_reported_a
             fetch.cancel()
     assert files_under(result.path) == {"top.bin": (src / "top.bin").read_bytes()}
     assert (result.files, result.size) == (1, FILES["top.bin"])
+
+
+async def test_a_selected_download_resumed_by_a_restarted_node_fetches_only_its_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selection is recorded with the download: a node that starts again and resumes it
+    (issue 15's resume at start) asks for those files only, not the whole folder."""
+    src = make_folder(tmp_path / "src" / "album")
+    release = threading.Event()
+    check = Download._check_and_write
+    hold = -1
+
+    def held_check(self: Download, index: int, payload: Any) -> bool:
+        if index == hold:
+            release.wait(30)
+        return check(self, index, payload)
+
+    monkeypatch.setattr(Download, "_check_and_write", held_check)
+    picked = {"docs/a.txt", "top.bin"}
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed"]) as (seed,):
+        cid = (await seed.share(src)).content_id
+        dest = tmp_path / "out" / "album"
+        hold = max(chunks_of(seed, cid, {"top.bin"}))
+        async with Node(node_config(tmp_path, "dl")) as dl:
+            with dl.events.subscribed() as sub:
+                fetch = asyncio.create_task(dl.fetch(cid, dest, peers=[seed.listen_address()],
+                                                     selection=Selection.of_paths(picked)))
+                try:
+                    await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                    assert await dl.pause(cid)
+                finally:
+                    release.set()
+                    fetch.cancel()
+            dl.mark_resumable(cid)
+        with seed.events.subscribed() as up:
+            dl = Node(node_config(tmp_path, "dl", resume_downloads=True))
+            with dl.events.subscribed() as sub:
+                async with dl:
+                    assert dl.resumed == [cid]
+                    await wait_for(sub, lambda e: isinstance(e, DownloadCompleted | DownloadFailed))
+                    await dl.join(cid)
+                    [info] = dl.library.downloads()
+            sent = uploaded(drain(up), cid.digest)
+    assert info.state == "selected"
+    assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in picked}
+    assert set(sent) <= chunks_of(seed, cid, picked)  # nothing of the other files
