@@ -13,6 +13,10 @@ Modes (each prints one line per step, flushed, so the parent can follow it):
     Set RLIMIT_FSIZE to LIMIT, open the download (print ``opened SIZE``, the partial file's
     size), write chunks in order, committing every EVERY; on DiskFull print
     ``diskfull EXIT_CODE MESSAGE`` and ``committed N``.
+``widen STATE MANIFEST SOURCE DEST``
+    Open the download of every file of a folder (SOURCE: the original folder), check what is
+    there, write half of the chunks still missing and commit; print ``written N``, then wait
+    until killed.
 ``open-many BASE COUNT``
     For each of BASE/0 ... BASE/COUNT-1: print ``ready``, wait for a line on stdin, open
     (and close) a Store there, printing ``error K MESSAGE`` if that fails.
@@ -239,6 +243,19 @@ def _fill(state: str, manifest_path: str, source: str, dest: str, limit: str, ev
     store.close()
 
 
+def _widen(state: str, manifest_path: str, source: str, dest: str) -> None:
+    manifest = Manifest.decode(Path(manifest_path).read_bytes())
+    store = Store(Path(state))
+    partial = store.open_download(manifest, Path(dest))
+    partial.recover()
+    missing = [i for i in range(partial.chunk_map.count) if not partial.has(i)]
+    for index in missing[:len(missing) // 2]:
+        partial.write_chunk(index, chunk_bytes(partial.chunk_map, Path(source), index))
+    partial.commit()
+    _say(f"written {len(missing) // 2}")
+    sys.stdin.buffer.read()
+
+
 def _populate(state: str, work: str, tag: str, count: str) -> None:
     me = Identity.generate()
     base = Path(work) / tag
@@ -271,6 +288,6 @@ def _open_many(base: str, count: str) -> None:
 
 
 if __name__ == "__main__":
-    modes = {"hold": _hold, "crash": _crash, "fill": _fill, "populate": _populate,
+    modes = {"hold": _hold, "crash": _crash, "fill": _fill, "populate": _populate, "widen": _widen,
              "open-many": _open_many}
     modes[sys.argv[1]](*sys.argv[2:])

@@ -13,7 +13,7 @@ from p2p.errors import StoreError
 from p2p.identity import Identity
 from p2p.store import Store
 
-from .storeproc import CHUNK, chunk_bytes, make_bytes, set_bits
+from .storeproc import CHUNK, Child, chunk_bytes, make_bytes, save_manifest, set_bits
 
 ME = Identity.generate()
 
@@ -149,3 +149,56 @@ def test_finalize_before_the_selected_files_are_whole_is_refused(
         partial.select(None)
         assert not partial.selection_complete
         partial.close()
+
+
+def test_a_wider_download_killed_midway_keeps_the_files_in_place_and_resumes(
+        tmp_path: Path, folder: tuple[Path, Manifest]) -> None:
+    """A real process fetching the rest of a folder whose selected files are in place is
+    SIGKILLed: the files in place (and one the person added) are still there, and the next
+    run completes the folder without losing them."""
+    src, manifest = folder
+    dest = tmp_path / "dl" / "photos"
+    picked = Selection(include=("a/**",)).check(manifest)
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest, selected=picked)
+        for i in partial.chunk_map.chunks_of(picked):
+            partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
+        partial.finalize()
+    (dest / "mine.txt").write_text("mine")
+    with Child("widen", tmp_path / "state", save_manifest(manifest, tmp_path / "m"), src, dest) as child:
+        assert child.line().startswith("written ")
+        child.kill()
+    assert (dest / "mine.txt").read_text() == "mine"
+    assert (dest / "a" / "big.bin").read_bytes() == CONTENT["a/big.bin"]
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest)
+        partial.recover()
+        for i in range(partial.chunk_map.count):
+            if not partial.has(i):
+                partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
+        partial.finalize()
+        [info] = store.downloads()
+        assert info.state == "complete"
+    assert files_under(dest) == {**CONTENT, "mine.txt": b"mine"}
+
+
+def test_deleting_a_cancelled_wider_download_keeps_what_was_in_place(
+        tmp_path: Path, folder: tuple[Path, Manifest]) -> None:
+    src, manifest = folder
+    dest = tmp_path / "dl" / "photos"
+    picked = Selection(include=("b.bin",)).check(manifest)
+    with Store(tmp_path / "state") as store:
+        partial = store.open_download(manifest, dest, selected=picked)
+        for i in partial.chunk_map.chunks_of(picked):
+            partial.write_chunk(i, chunk_bytes(partial.chunk_map, src, i))
+        partial.finalize()
+        partial = store.open_download(manifest, dest)
+        partial.recover()
+        missing = [i for i in range(partial.chunk_map.count) if not partial.has(i)]
+        partial.write_chunk(missing[0], chunk_bytes(partial.chunk_map, src, missing[0]))
+        partial.commit()
+        (partial.partial_path / "not-mine.txt").write_text("x")
+        partial.close()
+        assert store.remove_download(manifest.content_id) == partial.partial_path
+    assert files_under(dest) == {"b.bin": CONTENT["b.bin"]}
+    assert files_under(partial.partial_path) == {"not-mine.txt": b"x"}  # not its own: left
