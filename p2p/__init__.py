@@ -22,7 +22,7 @@ from .config import (
     set_config_value,
     unset_config_value,
 )
-from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
+from .content import ContentId, LeftOut, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
 from .control import control_endpoint, decode_event, encode_event, library_rows, share_info
 from .control import socket_address as control_socket_address
@@ -137,6 +137,7 @@ __all__ = [
     "FetchResult",
     "InsecureKeyFile",
     "IntegrityError",
+    "LeftOut",
     "Library",
     "LocalProtocolError",
     "LogMessage",

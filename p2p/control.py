@@ -147,7 +147,8 @@ def share_info(node: Node, result: Any, seconds: float, serving: bool) -> dict[s
             "listen": format_address(node.listen_address()),
             "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
-            "hash_seconds": round(seconds, 3), "serving": serving}
+            "hash_seconds": round(seconds, 3), "serving": serving,
+            "left_out": result.left_out.to_json()}
 
 
 def encode_event(event: Event) -> dict[str, Any]:

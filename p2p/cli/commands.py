@@ -23,6 +23,7 @@ from .. import (
     BadInput,
     ContentId,
     DHTSummary,
+    LeftOut,
     Library,
     Node,
     NodeConfig,
@@ -178,6 +179,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         run.out.note(f"shared {info['name']} ({human_bytes(info['size'])}, "
                      f"{plural(info['chunks'], 'chunk')}) in {info['hash_seconds']:.1f} s; the "
                      f"running node of {state} serves it on {', '.join(info['listening'])}")
+        _warn_left_out(run, info)
         return 0
     config = run.settings.node_config(long_running=not args.no_serve)
     async with running_node(run, config, endpoint=not args.no_serve,
@@ -189,26 +191,40 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         seconds = time.monotonic() - started
         manifest = result.manifest
         info = control.share_info(node, result, seconds, serving=not args.no_serve)
-        info["left_out"] = result.left_out.to_json()
-        if args.no_serve and run.settings.listen[1]:
-            # This process is about to exit: point the ticket at the port `p2p serve` uses.
-            info["ticket"] = str(make_ticket(result.content_id, manifest.publisher,
-                                             [(host, run.settings.listen[1])
-                                              for host, _ in node.addresses()]))
+        if args.no_serve:
+            info = _unserved_share(info, result.content_id, manifest.publisher)
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
                      f"{plural(manifest.chunk_count, 'chunk')}) in {seconds:.1f} s")
-        if result.left_out.total:
-            run.out.note(f"p2p: warning: left out {result.left_out.describe()} (a folder share "
-                         "holds readable regular files only; see `p2p share --help`)")
-        _warn_alone(run, node)
+        _warn_left_out(run, info)
         if args.no_serve:
+            run.out.note(f"p2p: note: not served now (--no-serve): `p2p serve` for {state} "
+                         "serves and announces it; this ticket names no address, so a fetch "
+                         "of it finds the content through the DHT while that node runs")
             return 0
+        _warn_alone(run, node)
         listening = ", ".join(format_address(a) for a in node.listen_addresses())
         run.out.note(f"serving on {listening} as {node.peer_id.short()}; "
                      "Ctrl-C to stop")
         await serve_until_signalled(run, node)
     return 0
+
+
+def _warn_left_out(run: Run, info: dict[str, Any]) -> None:
+    """The warning of a folder share that left things out (``info["left_out"]``, the same
+    through a running node and from a node of its own)."""
+    left_out = LeftOut.from_json(info.get("left_out") or {})
+    if left_out.total:
+        run.out.note(f"p2p: warning: left out {left_out.describe()} (a folder share "
+                     "holds readable regular files only; see `p2p share --help`)")
+
+
+def _unserved_share(info: dict[str, Any], content_id: ContentId, publisher: PeerId) -> dict[str, Any]:
+    """What ``share --no-serve`` with no node running reports: nothing serves the content
+    once this process exits, so its ticket carries no address (an address would send
+    fetchers to a port nobody listens on) and nothing is announced."""
+    return {**info, "ticket": str(make_ticket(content_id, publisher, [])), "serving": False,
+            "announced": False, "addresses": [], "listen": None, "listening": []}
 
 
 def _tree_size(path: Path) -> int:
