@@ -148,7 +148,8 @@ def share_info(node: Node, result: Any, seconds: float, serving: bool) -> dict[s
             "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
             "hash_seconds": round(seconds, 3), "serving": serving,
-            "left_out": result.left_out.to_json()}
+            "left_out": result.left_out.to_json(),
+            "bootstrap_error": None if node.dht_summary().contacts else node.bootstrap_error}
 
 
 def encode_event(event: Event) -> dict[str, Any]:

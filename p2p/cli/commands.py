@@ -94,10 +94,22 @@ def _warn_alone(run: Run, node: Node) -> None:
                      "peer through its tickets only")
 
 
-def _warn_bootstrap(run: Run, node: Node) -> None:
-    if node.bootstrap_error:
+def _warn_bootstrap(run: Run, node: Node, *, by_id: bool = False) -> None:
+    """Say so when the bootstrap nodes did not answer. ``by_id``: what follows can only work
+    through the DHT, so it fails with that very message (exit 5): no warning first."""
+    if node.bootstrap_failure is not None:
+        if not by_id:
+            run.out.note(f"p2p: warning: {node.bootstrap_failure}; going on without the DHT "
+                         "(tickets and --peer addresses still work)")
+    elif node.bootstrap_error:
         run.out.note(f"p2p: warning: could not join the DHT through the bootstrap nodes: "
                      f"{node.bootstrap_error}")
+
+
+def _by_id(target: str, peers: list[tuple[str, int]]) -> bool:
+    """Whether a fetch or listing of ``target`` can find its peers only through the DHT."""
+    _, ticket = parse_id_or_ticket(target)
+    return not peers and (ticket is None or not ticket.addresses)
 
 
 async def serve_until_signalled(run: Run, node: Node) -> None:
@@ -180,6 +192,9 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
                      f"{plural(info['chunks'], 'chunk')}) in {info['hash_seconds']:.1f} s; the "
                      f"running node of {state} serves it on {', '.join(info['listening'])}")
         _warn_left_out(run, info)
+        if info.get("bootstrap_error"):
+            run.out.note(f"p2p: warning: the running node has no DHT: {info['bootstrap_error']}; "
+                         "only the ticket leads others to it")
         return 0
     config = run.settings.node_config(long_running=not args.no_serve)
     async with running_node(run, config, endpoint=not args.no_serve,
@@ -290,7 +305,7 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         return 0
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
-        _warn_bootstrap(run, node)
+        _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
                 result = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
@@ -398,7 +413,7 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: Conte
         run.out.note(f"streamed {human_bytes(kept.stat().st_size)}; the file is also at {kept}")
         return 0
     async with running_node(run, config) as node:
-        _warn_bootstrap(run, node)
+        _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         # stdout carries the file alone: progress (and --json records) go to stderr.
         try:
             with node.events.subscribed() as sub, FetchView(status, content_id) as view:
@@ -465,7 +480,7 @@ async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         config = run.settings.node_config(long_running=False)
         async with running_node(run, config, serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
             manifest = await node.listing(args.target, publisher=publisher, peers=peers,
                                           timeout=args.timeout)
         listed = {"name": manifest.name, "kind": manifest.kind, "size": manifest.total_size,
@@ -578,7 +593,7 @@ async def cmd_publish(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         _need_bootstrap(run, "publish")
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=True)
             published = await node.publish(args.name, content_id)
         record = {"publisher": str(published.publisher), "name": published.name,
                   "content_id": str(ContentId(published.content_id)), "seq": published.seq}
@@ -599,7 +614,7 @@ async def cmd_resolve(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         _need_bootstrap(run, "resolve")
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=True)
             found = await node.resolve(publisher, name)
         record = {"publisher": str(found.publisher), "name": found.name,
                   "content_id": str(ContentId(found.content_id)), "seq": found.seq}
