@@ -267,8 +267,21 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
                          "running (`p2p ls` shows them, `p2p pause ID` stops one)")
         if shares:
             _warn_alone(run, node)
+            await _warn_unhealthy(run, node)
         await serve_until_signalled(run, node)
     return 0
+
+
+async def _warn_unhealthy(run: Run, node: Node) -> None:
+    """At ``serve`` start, one warning per share whose files moved, changed or vanished
+    (checked in a thread: a ``stat`` per file). Such a share stays in the library; the
+    first request for a chunk of a changed file withdraws it (see ``p2p ls``)."""
+    rows = await asyncio.to_thread(control.library_rows, node.library, set(), checked=True)
+    for row in rows["shares"]:
+        if row["status"] != "ok":
+            run.out.note(f"p2p: warning: {row['status']}: {row['name']} ({row['path']}): "
+                         f"{row['note']}; `p2p share PATH` shares it as it is now, "
+                         "`p2p unshare ID` forgets it")
 
 
 # -- fetch ------------------------------------------------------------------------------
@@ -446,15 +459,16 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
         # No node answers: a recorded 'active' download is not running (its node was
         # killed), unless a node without a control socket (a plain `p2p fetch`) runs it.
         holder = control.running(state)
-        with Library.open(state) as library:
-            rows = control.library_rows(library, None if holder else set())
+        rows = await asyncio.to_thread(_offline_rows, state, None if holder else set())
     shares, downloads = rows["shares"], rows["downloads"]
     lines = []
     if shares:
         lines.append("SHARED")
         for row in shares:
+            status = row.get("status", "ok")
             lines.append(f"  {row['content_id']}  {human_bytes(row['size']):>10}  "
-                         f"{row['origin']:<10}  {row['path']}")
+                         f"{row['origin']:<10}  {status:<7}  {row['path']}"
+                         + (f"  ({row['note']})" if row.get("note") else ""))
     if downloads:
         lines.append("DOWNLOADS")
         for row in downloads:
@@ -466,6 +480,13 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
     run.out.result({"shares": shares, "downloads": downloads},
                    "\n".join(lines) if lines else "nothing shared or downloaded yet")
     return 0
+
+
+def _offline_rows(state: Path, running: set[ContentId] | None) -> dict[str, Any]:
+    """``p2p ls`` with no node to ask: the library read here, each share's files checked
+    (blocking: called in a thread)."""
+    with Library.open(state) as library:
+        return control.library_rows(library, running, checked=True)
 
 
 async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
