@@ -22,7 +22,7 @@ from .config import (
     set_config_value,
     unset_config_value,
 )
-from .content import ContentId, Manifest, Ticket, make_ticket, parse_id_or_ticket
+from .content import ContentId, LeftOut, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
 from .control import control_endpoint, decode_event, encode_event, library_rows, share_info
 from .control import socket_address as control_socket_address
@@ -32,6 +32,7 @@ from .errors import (
     AlreadyDownloading,
     BadInput,
     BadSignature,
+    BootstrapUnreachable,
     ContentChanged,
     ContentIdMismatch,
     DecodeError,
@@ -112,6 +113,7 @@ __all__ = [
     "BadInput",
     "BadSignature",
     "Ban",
+    "BootstrapUnreachable",
     "ChannelRecord",
     "ChunkFailed",
     "ChunkRequested",
@@ -137,6 +139,7 @@ __all__ = [
     "FetchResult",
     "InsecureKeyFile",
     "IntegrityError",
+    "LeftOut",
     "Library",
     "LocalProtocolError",
     "LogMessage",

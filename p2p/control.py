@@ -113,13 +113,22 @@ def node_identity(node: Node) -> dict[str, Any]:
             "addresses": [format_address(a) for a in node.addresses()]}
 
 
-def library_rows(library: Library, running: set[ContentId] | None) -> dict[str, Any]:
+def library_rows(library: Library, running: set[ContentId] | None, *,
+                 checked: bool = False) -> dict[str, Any]:
     """What ``p2p ls`` lists: shares and downloads, each download with the state a person
     should read. ``running``: the downloads a live node runs now (None when it is not known
-    whether one runs; the recorded states are then shown as they are)."""
-    shares = [{"content_id": str(s.content_id), "name": s.name, "kind": s.kind, "size": s.size,
-               "chunks": s.chunks, "path": str(s.root), "origin": s.origin,
-               "publisher": str(s.publisher)} for s in library.shares()]
+    whether one runs; the recorded states are then shown as they are). ``checked``: each
+    share also says whether its files are as shared (``status``: ``ok``, ``changed`` or
+    ``missing``, with counts; a ``stat`` per file, so call it in a thread)."""
+    shares = []
+    for s in library.shares():
+        row: dict[str, Any] = {"content_id": str(s.content_id), "name": s.name, "kind": s.kind,
+                               "size": s.size, "chunks": s.chunks, "path": str(s.root),
+                               "origin": s.origin, "publisher": str(s.publisher)}
+        if checked:
+            health = library.share_health(s.content_id)
+            row.update(health.to_json(), note=health.describe())
+        shares.append(row)
     downloads = []
     for d in library.downloads():
         state, note = d.state, d.error
@@ -147,7 +156,9 @@ def share_info(node: Node, result: Any, seconds: float, serving: bool) -> dict[s
             "listen": format_address(node.listen_address()),
             "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
-            "hash_seconds": round(seconds, 3), "serving": serving}
+            "hash_seconds": round(seconds, 3), "serving": serving,
+            "left_out": result.left_out.to_json(),
+            "bootstrap_error": None if node.dht_summary().contacts else node.bootstrap_error}
 
 
 def encode_event(event: Event) -> dict[str, Any]:
@@ -223,7 +234,8 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
         case "id":
             return node_identity(node)
         case "ls":
-            return library_rows(node.library, node.downloading())
+            return await asyncio.to_thread(library_rows, node.library, node.downloading(),
+                                           checked=True)
         case "verify":
             return (await node.verify(_cid(request))).to_json()
         case "unshare":

@@ -28,6 +28,8 @@ front end: interrupts, bugs) to exit codes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class P2PError(Exception):
     """Base of every error this library raises on purpose."""
@@ -108,6 +110,19 @@ class NetworkError(P2PError):
     """
 
     exit_code = 5
+
+
+class BootstrapUnreachable(NetworkError):
+    """None of the bootstrap nodes given (``--bootstrap``, ``P2P_BOOTSTRAP``, the config file)
+    answered: the address is wrong, nothing listens there (a refused port looks the same
+    over UDP), or a firewall is in the way. Content can still be fetched by ticket or with
+    ``--peer``; finding it by id alone needs a bootstrap node that answers."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = tuple(failures)
+        """(the address as given, why it failed) per bootstrap node."""
+        super().__init__("could not reach " + " nor ".join(
+            f"the bootstrap node {where} ({why})" for where, why in self.failures))
 
 
 class PortInUse(NetworkError):

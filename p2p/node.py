@@ -43,6 +43,7 @@ from .dht.state import load_routing_table
 from .errors import (
     AlreadyDownloading,
     BadInput,
+    BootstrapUnreachable,
     ContentChanged,
     DestinationExists,
     NetworkError,
@@ -208,6 +209,8 @@ class Node:
         self._hosts: tuple[str, ...] = ()
         self._peer_lookups: dict[PeerId, tuple[float, asyncio.Task[list[Address]]]] = {}
         self.bootstrap_error: str | None = None
+        self.bootstrap_failure: BootstrapUnreachable | None = None
+        """Set when none of the bootstrap nodes answered at start (each named, with why)."""
         self._lock_fd = -1
         self._close_done = asyncio.Event()
         """Set once :meth:`aclose` has finished (a second call waits for it)."""
@@ -254,6 +257,8 @@ class Node:
                     await self._dht.bootstrap(cfg.bootstrap)
                 except P2PError as exc:
                     self.bootstrap_error = str(exc)
+                    if isinstance(exc, BootstrapUnreachable):
+                        self.bootstrap_failure = exc
                     self._log("warning", f"bootstrap failed: {exc}")
             if cfg.announce_shares:
                 # Our current addresses, so a peer whose provider record is stale finds us.
@@ -589,6 +594,7 @@ class Node:
         placed = self._placed_selection(options)
         if placed is not None:
             return self._result(options.content_id, placed, None, started, options.selection)
+        self._require_dht(options.peers)
         options = self._widened(options)
         download = self._new_download(options, rename=rename)
         task = asyncio.current_task()
@@ -1006,6 +1012,7 @@ class Node:
         if held is not None:
             held.verify(options.content_id, options.publisher)
             return held
+        self._require_dht(options.peers)
         return await self._new_download(options, listing=True).fetch_manifest()
 
     def _new_download(self, options: FetchOptions, *, listing: bool = False,
@@ -1077,6 +1084,17 @@ class Node:
             self._rates.sample(loop.time(), self._connections())
             await asyncio.sleep(RATE_SAMPLE)
 
+    def _require_dht(self, addresses: Sequence[Address]) -> None:
+        """Raise :class:`BootstrapUnreachable` (exit 5, naming each bootstrap node) when what
+        is asked can only be done through the DHT and the DHT is out of reach: no address to
+        dial (no ticket address, no ``--peer``, none recorded), no peer connected, no DHT
+        contact, and none of the bootstrap nodes answered at start. Waiting out the timeout
+        could only end in "not found", which would name the wrong cause."""
+        failure = self.bootstrap_failure
+        if failure is None or addresses or self._connections() or self._dht.summary().contacts:
+            return
+        raise BootstrapUnreachable(failure.failures)
+
     def dht_summary(self) -> DHTSummary:
         """Routing-table size per bucket, records held, bootstrap status, our addresses."""
         stats = self._dht.summary()
@@ -1111,10 +1129,12 @@ class Node:
 
     async def publish(self, name: str, content_id: ContentId) -> ChannelRecord:
         """Point our channel ``name`` at ``content_id`` (a signed, sequenced DHT record)."""
+        self._require_dht(())
         return await self._dht.put_channel(self._identity, name, content_id.digest)
 
     async def resolve(self, publisher: PeerId, name: str) -> ChannelRecord:
         """The content id ``publisher`` currently names ``name``. Raises :class:`NotFound`."""
+        self._require_dht(())
         return await self._dht.get_channel(publisher, name)
 
     # -- server events ------------------------------------------------------------------------

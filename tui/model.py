@@ -383,6 +383,9 @@ class LibraryRow:
     """``shared``, ``downloaded`` or a download's state (``active``, ``paused``...)."""
     providers: int | None = None
     """Peers providing it according to the DHT (None until looked up)."""
+    status: str = ""
+    """For a share: ``ok``, ``changed`` or ``missing`` (``ShareHealth.status``, from
+    ``Library.share_health`` run in a worker); "" when not checked."""
 
 
 @dataclass(frozen=True)

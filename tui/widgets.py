@@ -198,7 +198,8 @@ class LibraryView(Vertical):
         labels = ["Size", "Origin", "Providers", "Content id"]
 
         def cells(r: LibraryRow, full_id: bool) -> list[str]:
-            return [human_bytes(r.size), r.origin, "-" if r.providers is None else str(r.providers),
+            origin = r.origin if r.status in ("", "ok") else f"{r.origin}, {r.status}"
+            return [human_bytes(r.size), origin, "-" if r.providers is None else str(r.providers),
                     str(r.content_id) if full_id else r.content_id.short()]
 
         full_id = room_left(self.size.width, labels, [cells(r, True) for r in rows]) >= NAME_MIN

@@ -23,6 +23,7 @@ from .. import (
     BadInput,
     ContentId,
     DHTSummary,
+    LeftOut,
     Library,
     Node,
     NodeConfig,
@@ -93,10 +94,22 @@ def _warn_alone(run: Run, node: Node) -> None:
                      "peer through its tickets only")
 
 
-def _warn_bootstrap(run: Run, node: Node) -> None:
-    if node.bootstrap_error:
+def _warn_bootstrap(run: Run, node: Node, *, by_id: bool = False) -> None:
+    """Say so when the bootstrap nodes did not answer. ``by_id``: what follows can only work
+    through the DHT, so it fails with that very message (exit 5): no warning first."""
+    if node.bootstrap_failure is not None:
+        if not by_id:
+            run.out.note(f"p2p: warning: {node.bootstrap_failure}; going on without the DHT "
+                         "(tickets and --peer addresses still work)")
+    elif node.bootstrap_error:
         run.out.note(f"p2p: warning: could not join the DHT through the bootstrap nodes: "
                      f"{node.bootstrap_error}")
+
+
+def _by_id(target: str, peers: list[tuple[str, int]]) -> bool:
+    """Whether a fetch or listing of ``target`` can find its peers only through the DHT."""
+    _, ticket = parse_id_or_ticket(target)
+    return not peers and (ticket is None or not ticket.addresses)
 
 
 async def serve_until_signalled(run: Run, node: Node) -> None:
@@ -178,6 +191,10 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         run.out.note(f"shared {info['name']} ({human_bytes(info['size'])}, "
                      f"{plural(info['chunks'], 'chunk')}) in {info['hash_seconds']:.1f} s; the "
                      f"running node of {state} serves it on {', '.join(info['listening'])}")
+        _warn_left_out(run, info)
+        if info.get("bootstrap_error"):
+            run.out.note(f"p2p: warning: the running node has no DHT: {info['bootstrap_error']}; "
+                         "only the ticket leads others to it")
         return 0
     config = run.settings.node_config(long_running=not args.no_serve)
     async with running_node(run, config, endpoint=not args.no_serve,
@@ -189,26 +206,40 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         seconds = time.monotonic() - started
         manifest = result.manifest
         info = control.share_info(node, result, seconds, serving=not args.no_serve)
-        info["left_out"] = result.left_out.to_json()
-        if args.no_serve and run.settings.listen[1]:
-            # This process is about to exit: point the ticket at the port `p2p serve` uses.
-            info["ticket"] = str(make_ticket(result.content_id, manifest.publisher,
-                                             [(host, run.settings.listen[1])
-                                              for host, _ in node.addresses()]))
+        if args.no_serve:
+            info = _unserved_share(info, result.content_id, manifest.publisher)
         run.out.result(info, f"content id  {info['content_id']}\nticket      {info['ticket']}")
         run.out.note(f"shared {manifest.name} ({human_bytes(manifest.total_size)}, "
                      f"{plural(manifest.chunk_count, 'chunk')}) in {seconds:.1f} s")
-        if result.left_out.total:
-            run.out.note(f"p2p: warning: left out {result.left_out.describe()} (a folder share "
-                         "holds readable regular files only; see `p2p share --help`)")
-        _warn_alone(run, node)
+        _warn_left_out(run, info)
         if args.no_serve:
+            run.out.note(f"p2p: note: not served now (--no-serve): `p2p serve` for {state} "
+                         "serves and announces it; this ticket names no address, so a fetch "
+                         "of it finds the content through the DHT while that node runs")
             return 0
+        _warn_alone(run, node)
         listening = ", ".join(format_address(a) for a in node.listen_addresses())
         run.out.note(f"serving on {listening} as {node.peer_id.short()}; "
                      "Ctrl-C to stop")
         await serve_until_signalled(run, node)
     return 0
+
+
+def _warn_left_out(run: Run, info: dict[str, Any]) -> None:
+    """The warning of a folder share that left things out (``info["left_out"]``, the same
+    through a running node and from a node of its own)."""
+    left_out = LeftOut.from_json(info.get("left_out") or {})
+    if left_out.total:
+        run.out.note(f"p2p: warning: left out {left_out.describe()} (a folder share "
+                     "holds readable regular files only; see `p2p share --help`)")
+
+
+def _unserved_share(info: dict[str, Any], content_id: ContentId, publisher: PeerId) -> dict[str, Any]:
+    """What ``share --no-serve`` with no node running reports: nothing serves the content
+    once this process exits, so its ticket carries no address (an address would send
+    fetchers to a port nobody listens on) and nothing is announced."""
+    return {**info, "ticket": str(make_ticket(content_id, publisher, [])), "serving": False,
+            "announced": False, "addresses": [], "listen": None, "listening": []}
 
 
 def _tree_size(path: Path) -> int:
@@ -236,8 +267,21 @@ async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
                          "running (`p2p ls` shows them, `p2p pause ID` stops one)")
         if shares:
             _warn_alone(run, node)
+            await _warn_unhealthy(run, node)
         await serve_until_signalled(run, node)
     return 0
+
+
+async def _warn_unhealthy(run: Run, node: Node) -> None:
+    """At ``serve`` start, one warning per share whose files moved, changed or vanished
+    (checked in a thread: a ``stat`` per file). Such a share stays in the library; the
+    first request for a chunk of a changed file withdraws it (see ``p2p ls``)."""
+    rows = await asyncio.to_thread(control.library_rows, node.library, set(), checked=True)
+    for row in rows["shares"]:
+        if row["status"] != "ok":
+            run.out.note(f"p2p: warning: {row['status']}: {row['name']} ({row['path']}): "
+                         f"{row['note']}; `p2p share PATH` shares it as it is now, "
+                         "`p2p unshare ID` forgets it")
 
 
 # -- fetch ------------------------------------------------------------------------------
@@ -274,7 +318,7 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         return 0
     config = run.settings.node_config(long_running=args.seed)
     async with running_node(run, config, endpoint=args.seed) as node:
-        _warn_bootstrap(run, node)
+        _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
                 result = await node.fetch(args.target, dest, publisher=publisher, peers=peers,
@@ -382,7 +426,7 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: Conte
         run.out.note(f"streamed {human_bytes(kept.stat().st_size)}; the file is also at {kept}")
         return 0
     async with running_node(run, config) as node:
-        _warn_bootstrap(run, node)
+        _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         # stdout carries the file alone: progress (and --json records) go to stderr.
         try:
             with node.events.subscribed() as sub, FetchView(status, content_id) as view:
@@ -415,15 +459,16 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
         # No node answers: a recorded 'active' download is not running (its node was
         # killed), unless a node without a control socket (a plain `p2p fetch`) runs it.
         holder = control.running(state)
-        with Library.open(state) as library:
-            rows = control.library_rows(library, None if holder else set())
+        rows = await asyncio.to_thread(_offline_rows, state, None if holder else set())
     shares, downloads = rows["shares"], rows["downloads"]
     lines = []
     if shares:
         lines.append("SHARED")
         for row in shares:
+            status = row.get("status", "ok")
             lines.append(f"  {row['content_id']}  {human_bytes(row['size']):>10}  "
-                         f"{row['origin']:<10}  {row['path']}")
+                         f"{row['origin']:<10}  {status:<7}  {row['path']}"
+                         + (f"  ({row['note']})" if row.get("note") else ""))
     if downloads:
         lines.append("DOWNLOADS")
         for row in downloads:
@@ -435,6 +480,13 @@ async def cmd_ls(run: Run, args: argparse.Namespace) -> int:
     run.out.result({"shares": shares, "downloads": downloads},
                    "\n".join(lines) if lines else "nothing shared or downloaded yet")
     return 0
+
+
+def _offline_rows(state: Path, running: set[ContentId] | None) -> dict[str, Any]:
+    """``p2p ls`` with no node to ask: the library read here, each share's files checked
+    (blocking: called in a thread)."""
+    with Library.open(state) as library:
+        return control.library_rows(library, running, checked=True)
 
 
 async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
@@ -449,7 +501,7 @@ async def _ls_remote(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         config = run.settings.node_config(long_running=False)
         async with running_node(run, config, serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
             manifest = await node.listing(args.target, publisher=publisher, peers=peers,
                                           timeout=args.timeout)
         listed = {"name": manifest.name, "kind": manifest.kind, "size": manifest.total_size,
@@ -562,7 +614,7 @@ async def cmd_publish(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         _need_bootstrap(run, "publish")
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=True)
             published = await node.publish(args.name, content_id)
         record = {"publisher": str(published.publisher), "name": published.name,
                   "content_id": str(ContentId(published.content_id)), "seq": published.seq}
@@ -583,7 +635,7 @@ async def cmd_resolve(run: Run, args: argparse.Namespace) -> int:
     except control.NoRunningNode:
         _need_bootstrap(run, "resolve")
         async with running_node(run, run.settings.node_config(long_running=False), serves=False) as node:
-            _warn_bootstrap(run, node)
+            _warn_bootstrap(run, node, by_id=True)
             found = await node.resolve(publisher, name)
         record = {"publisher": str(found.publisher), "name": found.name,
                   "content_id": str(ContentId(found.content_id)), "seq": found.seq}

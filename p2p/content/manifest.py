@@ -426,6 +426,17 @@ class LeftOut:
         return {"symlinks": self.symlinks, "empty_folders": self.empty_folders,
                 "unreadable": self.unreadable, "special": self.special}
 
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> LeftOut:
+        """The counts of :meth:`to_json` (from a running node's answer); a count missing or
+        not a count is 0."""
+
+        def count(key: str) -> int:
+            value = obj.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+        return cls(count("symlinks"), count("empty_folders"), count("unreadable"), count("special"))
+
 
 def scan_directory(root: Path) -> tuple[list[tuple[str, str]], LeftOut]:
     """The regular files under ``root`` as (relative ``/`` path, path), sorted, and what was

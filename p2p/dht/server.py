@@ -25,6 +25,7 @@ from kademlia.node import Node
 from ..address import Address, format_address, from_sockaddr, normalize_host, primary_ip
 from ..errors import (
     BadInput,
+    BootstrapUnreachable,
     IntegrityError,
     NetworkError,
     NotFound,
@@ -34,7 +35,7 @@ from ..errors import (
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
 from .config import DHTConfig
-from .errors import NoContacts, StaleSequence, StateFileError
+from .errors import NoContacts, RPCTimeout, StaleSequence, StateFileError
 from .lookup import Lookup, ProviderMerge, RoundTrips, Unreachable
 from .protocol import P2PProtocol
 from .records import (
@@ -367,33 +368,47 @@ class DHT:
         Hostnames are resolved here (one address per family this node listens on);
         addresses of a family it does not listen on are skipped. A node given at an
         IPv4 and an IPv6 address becomes one contact with both. Raises
-        :class:`NetworkError` if ``addrs`` is not empty and no node answered with a
-        valid identity.
+        :class:`~p2p.errors.BootstrapUnreachable`, naming each address and why it failed,
+        if ``addrs`` is not empty and no node answered with a valid identity.
         """
         if not addrs:
             return 0
-        resolved = await self._resolve(addrs)
+        resolved, failures = await self._resolve(addrs)
         results = await asyncio.gather(
-            *(self._protocol.call_identify(a, None) for a in resolved), return_exceptions=True
+            *(self._protocol.call_identify(a, None) for _, a in resolved), return_exceptions=True
         )
         verified = 0
-        for result in results:
+        for (given, _), result in zip(resolved, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, NetworkError | RemoteProtocolError | IntegrityError):
                     raise result
+                failures.append((given, self._why_unanswered(result)))
                 continue
             self._protocol.admit(result)
             verified += 1
         if not verified:
-            raise NetworkError(f"no bootstrap node answered ({len(addrs)} tried)")
+            raise BootstrapUnreachable(_by_address(addrs, failures))
         await self._join()
         return verified
 
-    async def _resolve(self, addrs: Sequence[tuple[str, int]]) -> list[Address]:
+    def _why_unanswered(self, exc: BaseException) -> str:
+        """Why a bootstrap node did not become a contact, in the words of the message."""
+        if isinstance(exc, RPCTimeout):
+            return f"no answer within {self._config.rpc_timeout:g} s"
+        if isinstance(exc, RemoteProtocolError | IntegrityError):
+            return f"it answered, but not as a DHT node that proves its key: {exc}"
+        return str(exc)
+
+    async def _resolve(self, addrs: Sequence[tuple[str, int]]
+                       ) -> tuple[list[tuple[str, Address]], list[tuple[str, str]]]:
+        """(the address as given, a literal address to ask) for each usable address, and
+        (the address as given, why not) for each that gave none."""
         loop = asyncio.get_running_loop()
         families = set(self._protocol.transports)
-        out: list[Address] = []
+        out: list[tuple[str, Address]] = []
+        failures: list[tuple[str, str]] = []
         for host, port in addrs:
+            given = format_address((host, port))
             try:
                 literal = [(normalize_host(host), port)]
             except BadInput:
@@ -401,6 +416,7 @@ class DHT:
                     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
                 except OSError as exc:
                     log.warning("DHT: cannot resolve %s: %s", host, exc)
+                    failures.append((given, f"cannot resolve {host}: {exc.strerror or exc}"))
                     continue
                 literal = [from_sockaddr(info[4]) for info in infos]
             picked: set[int] = set()
@@ -408,11 +424,12 @@ class DHT:
                 version = ip_version(addr[0])
                 if version in families and version not in picked:
                     picked.add(version)
-                    out.append(addr)
+                    out.append((given, addr))
             if not picked:
                 log.warning("DHT: bootstrap %s has no address of a family this node listens on",
-                            format_address((host, port)))
-        return out
+                            given)
+                failures.append((given, "no address of a family this node listens on"))
+        return out, failures
 
     async def _join(self) -> None:
         with contextlib.suppress(NoContacts):
@@ -836,6 +853,18 @@ class DHT:
                 await self.announce_peer(self._peer_addresses)
             except NetworkError as exc:
                 log.warning("DHT: peer record re-announce failed: %s", exc)
+
+
+def _by_address(addrs: Sequence[tuple[str, int]], failures: Sequence[tuple[str, str]]
+                ) -> list[tuple[str, str]]:
+    """One reason per bootstrap address, in the order given (a node reached at none of its
+    IPv4 and IPv6 addresses: its reasons joined)."""
+    reasons: dict[str, list[str]] = {}
+    for given, why in failures:
+        if why not in reasons.setdefault(given, []):
+            reasons[given].append(why)
+    ordered = dict.fromkeys(format_address(a) for a in addrs)
+    return [(given, "; ".join(reasons.get(given) or ["no answer"])) for given in ordered]
 
 
 def _provider(signed: SignedRecord) -> ProviderRecord:

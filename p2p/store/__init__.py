@@ -34,6 +34,7 @@ from ..bitfield import bit_count, bit_get, bit_set, bitfield_new, full_bitfield
 from .chunks import ChunkMap
 from .database import DB_FILE, DownloadInfo, ShareInfo
 from .partial import PARTIAL_SUFFIX, PartialDownload, seal
+from .serving import ShareHealth
 from .store import Store
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ChunkMap",
     "DownloadInfo",
     "PartialDownload",
+    "ShareHealth",
     "ShareInfo",
     "Store",
     "bit_count",

@@ -11,6 +11,16 @@ recorded (:meth:`SharedFile.record`). Every read checks them (:meth:`SharedFile.
   that set the mtime back, a row recorded before ctimes were): each chunk is re-hashed
   before it is served, and a chunk that no longer matches ends the share.
 
+What serving does with a file that changed or vanished: its chunks are refused
+(``Reject CHANGED``: the downloader is told this peer no longer has it) and, from the
+first such refusal, the whole share is withdrawn (not announced again, gone from the
+library): a content id names every byte of every file, so a share with one file changed
+no longer holds what its id names. Until a chunk of it is asked for, the share stays in
+the library and ``p2p ls``, ``p2p serve`` and the terminal app show it ``changed`` or
+``missing`` (:func:`check_share`, a ``stat`` per file: size and mtime against what was
+recorded, no hashing; ``p2p verify ID`` hashes). A file on a drive that is not mounted
+is ``missing`` until the drive is back.
+
 The receiver checks every chunk anyway and strikes the sender of a bad one, so skipping
 the hash costs honest users nothing and saves the seeder a hash of every byte it serves
 (docs/PROTOCOL.md, Threats).
@@ -19,14 +29,16 @@ the hash costs honest users nothing and saves the seeder a hash of every byte it
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..buffers import BufferPool
 from ..content import FileInfo
 from ..errors import ContentChanged
 
-__all__ = ["SharedFile"]
+__all__ = ["ShareHealth", "SharedFile", "check_share"]
 
 READ_POOL = BufferPool()
 """Chunks read to be served: sealed for sending straight after, so the same few buffers
@@ -85,3 +97,59 @@ class SharedFile:
         if got != length:
             return None  # cut short since the fstat
         return data if untouched or info.verify_chunk(index, data) else None
+
+    def state(self) -> str:
+        """``ok``, ``changed`` (size or mtime not as recorded) or ``missing`` (gone, or not
+        reachable any more: a folder above it renamed, a permission taken away): one
+        ``stat``, no read."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return "missing"
+        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            return "changed"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class ShareHealth:
+    """How a share's files stand against what was recorded when it was shared."""
+
+    files: int
+    """Files the share serves."""
+    changed: int = 0
+    """Files whose size or mtime is not the one recorded."""
+    missing: int = 0
+    """Files that are gone (or can no longer be reached)."""
+
+    @property
+    def status(self) -> str:
+        """``ok``; ``missing`` when any file is gone; else ``changed`` when any changed."""
+        return "missing" if self.missing else "changed" if self.changed else "ok"
+
+    def describe(self) -> str:
+        """What a person reads: '' when ok, else e.g. '2 of 10 files changed, 1 missing'."""
+        if self.status == "ok":
+            return ""
+        if self.files == 1:
+            return "the file changed since it was shared" if self.changed else "the file is gone"
+        parts = [f"{n} {word}" for n, word in ((self.changed, "changed"), (self.missing, "missing")) if n]
+        first, *rest = parts
+        count, _, word = first.partition(" ")
+        return ", ".join([f"{count} of {self.files:,} files {word}", *rest])
+
+    def to_json(self) -> dict[str, Any]:
+        """The status fields of a share row of ``p2p ls --json``."""
+        return {"status": self.status, "files": self.files, "changed_files": self.changed,
+                "missing_files": self.missing}
+
+
+def check_share(files: Iterable[SharedFile]) -> ShareHealth:
+    """Stat every file of a share (blocking: run it in a thread for a large one)."""
+    total = changed = missing = 0
+    for file in files:
+        total += 1
+        state = file.state()
+        changed += state == "changed"
+        missing += state == "missing"
+    return ShareHealth(total, changed, missing)

@@ -33,12 +33,15 @@ from ..identity import PeerId
 from .chunks import ChunkMap
 from .database import Database, DownloadInfo, DownloadRecord, ShareInfo
 from .partial import PARTIAL_SUFFIX, PartialDownload, ignore_sigxfsz
-from .serving import SharedFile
+from .serving import SharedFile, ShareHealth, check_share
 
 __all__ = ["Store"]
 
 SHARE_FILE_BLOCK = 256
 """Share entries read from the database together (see :meth:`Store._share_file`)."""
+SHARE_CHECK_BLOCK = 4096
+"""Share entries read at a time by :meth:`Store.share_health`: a folder of 100,000 files
+is checked in 25 range queries, never holding all its rows at once."""
 LISTINGS_DIR = "listings"
 """Folder of the state directory holding listed directories' listings, one file per listing
 named by its id in hex (the database row holds the root)."""
@@ -223,6 +226,19 @@ class Store:
     def shares(self) -> list[ShareInfo]:
         """Everything this node serves in full."""
         return self._db.shares()
+
+    def share_health(self, content_id: ContentId | bytes) -> ShareHealth:
+        """How the files of a share stand against what was recorded (a ``stat`` per file,
+        no hashing; blocking: a front end calls it in a thread). See :mod:`.serving`."""
+        cid = _raw(content_id)
+
+        def files() -> Iterator[SharedFile]:
+            first = 0
+            while block := self._db.share_files_from(cid, first, SHARE_CHECK_BLOCK):
+                yield from (block[i] for i in sorted(block))
+                first += SHARE_CHECK_BLOCK
+
+        return check_share(files())
 
     def is_shared(self, content_id: ContentId | bytes) -> bool:
         """Whether ``content_id`` is served in full."""
