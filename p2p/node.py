@@ -1121,7 +1121,7 @@ class Node:
                 self._hosts, servers), servers, self._dialbacks)
             self.reachability = verdict
             if self.config.dht_mode == "auto":
-                self._dht.set_client_mode(not verdict.reachable)
+                await self._dht.set_client_mode(not verdict.reachable)
             return verdict
 
     async def _keep_checking(self) -> None:

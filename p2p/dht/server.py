@@ -380,13 +380,13 @@ class DHT:
         """Whether we run as a DHT client (our datagrams keep us out of routing tables)."""
         return self._protocol.client_mode
 
-    def set_client_mode(self, client: bool) -> None:
+    async def set_client_mode(self, client: bool) -> None:
         """Run as a client (``True``) or a server. Becoming a server looks up our own id
-        once, so that the nodes on the way learn of us (an owned task)."""
+        once, so that the nodes on the way learn of us (they verify us and add us)."""
         was = self._protocol.client_mode
         self._protocol.client_mode = client
         if was and not client and not self._closed and len(self._protocol.router):
-            self._spawn(self._join(), "join as a server")
+            await self._join()
 
     def set_dialer(self, dialer: Callable[[Address, bytes], Any], attempts: int) -> None:
         """Serve ``dialback`` requests with ``dialer(address, public_key)`` (a coroutine
