@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cliproc import CLI, Proc, clean_env
