@@ -86,7 +86,7 @@ async def test_the_answer_is_small() -> None:
 
 async def test_dialbacks_are_rate_limited_per_ip() -> None:
     clock = FakeClock()
-    async with serving(monotonic_clock=clock) as (node, dialer), raw_peer() as raw:
+    async with serving(monotonic_clock=clock) as (node, _dialer), raw_peer() as raw:
         me = Identity.generate()
         statuses = [(await ask(raw, node, me, V4))[1][0] for _ in range(int(DIALBACK_BURST) + 1)]
         assert statuses == [DIALBACK_ACCEPTED] * int(DIALBACK_BURST) + [DIALBACK_BUSY]
