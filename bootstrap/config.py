@@ -76,6 +76,10 @@ class DaemonConfig:
     """Datagrams one IP may send in a burst before the rate applies."""
     save_interval: float = DEFAULT_SAVE_INTERVAL
     """Seconds between routing-table saves while running (it is also saved on shutdown)."""
+    observer: Address | None = None
+    """A second address or port of this host (UDP) that tells peers where it sees them, and the
+    address the second dial-back comes from: with it, peers of a network with this daemon as
+    its only bootstrap learn their NAT's kind (docs/PROTOCOL.md, Reachability)."""
 
     @property
     def state_path(self) -> Path:
@@ -96,6 +100,8 @@ class DaemonConfig:
             dht_rate_limit_burst=self.rate_limit_burst,
             dht_save_interval=self.save_interval,
             agent=f"{PROG}/0.1",
+            dht_mode="server",
+            dht_observer=self.observer,
         )
 
 
@@ -169,6 +175,9 @@ def _parser() -> _Parser:
                    help=f"datagram burst allowed from one IP (default {DEFAULT_RATE_LIMIT_BURST:g})")
     p.add_argument("--save-interval", metavar="SECONDS",
                    help=f"seconds between routing-table saves (default {DEFAULT_SAVE_INTERVAL:g})")
+    p.add_argument("--observer", metavar="HOST:PORT",
+                   help="a second address or port (UDP) that tells peers where it sees them; "
+                   "dial-backs also come from its address (default: off)")
     return p
 
 
@@ -231,7 +240,10 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     text = get("save_interval")
     save_interval = (_positive_float(text, flag("save_interval")) if text is not None
                      else DEFAULT_SAVE_INTERVAL)
+    observer_text = ns.observer if ns.observer is not None else env.get(ENV_PREFIX + "OBSERVER")
+    observer = _address(observer_text, flag("observer")) if observer_text else None
     return DaemonConfig(
+        observer=observer,
         listen=listen, state_dir=state_dir, metrics=metrics, bootstrap=bootstrap,
         log_level=log_level, log_format=log_format, max_contacts_per_ip=max_contacts,
         rate_limit_per_ip=rate, rate_limit_burst=burst, save_interval=save_interval,

@@ -88,6 +88,7 @@ from .exitcodes import (
 from .identity import PeerId
 from .library import Ban, DownloadInfo, Library, ShareInfo
 from .node import DEFAULT_PORT, Node, NodeConfig
+from .reachability import Reachability
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, Verdict, VerifyReport
 from .settings import Settings, build_settings, environment
 from .units import human_bytes, human_rate, human_seconds, plural
@@ -155,6 +156,7 @@ __all__ = [
     "PeerId",
     "PeerInfo",
     "PortInUse",
+    "Reachability",
     "RemoteProtocolError",
     "Selection",
     "Settings",

@@ -69,7 +69,7 @@ _MAX_SUN_PATH = 100
 """Unix socket paths longer than this (the kernel allows 107 bytes) are reached through /proc."""
 
 COMMANDS = ("id", "peers", "dht", "ls", "share", "fetch", "listing", "verify", "unshare",
-            "rm", "pause", "resume", "publish", "resolve")
+            "rm", "pause", "resume", "publish", "resolve", "netcheck")
 """Every request a running node answers (see :func:`_answer` for their fields)."""
 
 _FORWARDED: dict[str, type[Event]] = {cls.__name__: cls for cls in (
@@ -268,6 +268,8 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
                                         str(request.get("name", "")))
             return {"publisher": str(record.publisher), "name": record.name,
                     "content_id": str(ContentId(record.content_id)), "seq": record.seq}
+        case "netcheck":
+            return (await node.netcheck()).to_json()
         case other:
             raise BadInput(f"unknown control command {other!r} (known: {', '.join(COMMANDS)})")
 

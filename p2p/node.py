@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import netcheck
 from .address import Address, format_address, normalize_host, primary_ip
 from .bitfield import bit_get
 from .content import (
@@ -68,6 +69,8 @@ from .events import (
 )
 from .identity import Identity, PeerId, load_or_create
 from .library import Library
+from .netcheck import DialBackWatch
+from .reachability import NOT_CHECKED, Reachability
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, VerifyReport
 from .store import Store, seal
 from .store.chunks import ChunkMap
@@ -146,6 +149,18 @@ class NodeConfig:
     announce_shares: bool = True
     """Announce the library on the DHT at start. Off for short-lived commands, whose port
     is gone a moment later (their records would send peers to a dead address)."""
+    dht_mode: str = "server"
+    """How this node takes part in the DHT: ``server`` (others add it to their routing
+    tables), ``client`` (it queries and announces but is never added: a node others cannot
+    reach), or ``auto``: a client until dial-backs prove it reachable (a node with no
+    bootstrap is the first of its network and a server). See docs/PROTOCOL.md, Reachability."""
+    dht_observer: Address | None = None
+    """A second UDP endpoint (another address of this host, or another port) that answers
+    where it sees a peer, and the address the second dial-back comes from: lets a network with
+    one bootstrap tell peers their NAT's kind."""
+    reachability_interval: float = 1800.0
+    """Seconds between reachability re-checks of an ``auto`` node (also re-checked at once when
+    the address the DHT observes us at changes)."""
     resume_downloads: bool = False
     """Resume at start the downloads that were running when the last node of this state
     directory stopped (:data:`RESUMABLE`). On for long-running nodes (``p2p serve``, the
@@ -218,6 +233,10 @@ class Node:
         """The downloads this node resumed when it started (:attr:`NodeConfig.resume_downloads`)."""
         self._closing = False
         """Set while :meth:`aclose` stops the downloads: they are ``interrupted``, not paused."""
+        self._dialbacks = DialBackWatch()
+        self.reachability: Reachability = NOT_CHECKED
+        """The latest reachability verdict (:meth:`netcheck`): what the DHT mode follows."""
+        self._checking: asyncio.Lock | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -251,6 +270,7 @@ class Node:
             raise
         self._started = True
         self._spawn(self._sample_rates(), "peer rates")
+        self._start_reachability()
         try:
             if cfg.bootstrap:
                 try:
@@ -296,7 +316,9 @@ class Node:
                                    rate_limit_burst=cfg.dht_rate_limit_burst,
                                    save_interval=cfg.dht_save_interval,
                                    announce_addrs=cfg.announce_addrs,
-                                   state_path=cfg.state_dir / ROUTING_FILE)
+                                   state_path=cfg.state_dir / ROUTING_FILE,
+                                   client_mode=_starts_as_client(cfg),
+                                   observer=cfg.dht_observer)
             try:
                 self._dht = await DHT.open(self._identity, dht_config)
             except NetworkError as exc:
@@ -1137,11 +1159,55 @@ class Node:
         self._require_dht(())
         return await self._dht.get_channel(publisher, name)
 
+    # -- reachability (docs/PROTOCOL.md, Reachability) ----------------------------------------
+
+    def _start_reachability(self) -> None:
+        """Serve dial-backs; an ``auto`` node checks its own reachability now and keeps
+        re-checking (an owned task)."""
+        observer = self.config.dht_observer
+        self._dht.set_dialer(netcheck.dialer(self._identity, observer[0] if observer else None,
+                                             self.config.agent), netcheck.DIAL_SOURCES)
+        if self.config.dht_mode == "auto" and self.config.bootstrap:
+            self._spawn(self._keep_checking(), "reachability checks")
+
+    async def netcheck(self) -> Reachability:
+        """Check now whether others can reach this node (dial-backs by the bootstrap nodes and
+        routing-table contacts), remember the verdict and, for an ``auto`` node, run the DHT
+        as a server only when reachable. Never raises for the network's failures."""
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        async with self._checking:
+            servers = list(self.config.bootstrap) + self._dht.server_addresses(netcheck.MAX_SERVERS)
+            servers = [s for s in servers if s not in self.listen_addresses()]
+            verdict = await netcheck.check(self._dht, self.port, netcheck.local_hosts(
+                self._hosts, servers), servers, self._dialbacks)
+            self.reachability = verdict
+            if self.config.dht_mode == "auto":
+                await self._dht.set_client_mode(not verdict.reachable)
+            return verdict
+
+    async def _keep_checking(self) -> None:
+        """Check at start, then every ``reachability_interval`` or when the DHT's observed
+        address changes, whichever comes first."""
+        seen = self._dht.reachable_addresses()
+        waited = 0.0
+        step = min(60.0, self.config.reachability_interval)
+        while True:
+            if waited == 0.0:
+                verdict = await self.netcheck()
+                self._log("info", f"reachability: {verdict.reachability}")
+            await asyncio.sleep(step)
+            waited += step
+            now = self._dht.reachable_addresses()
+            if now != seen or waited >= self.config.reachability_interval:
+                seen, waited = now, 0.0
+
     # -- server events ------------------------------------------------------------------------
 
     def _on_server_event(self, event: Any) -> None:
         match event:
             case wire_server.PeerConnected(peer=peer, address=address):
+                self._dialbacks.inbound(peer, address)
                 self.events.publish(PeerConnected(peer, address, inbound=True))
             case wire_server.PeerDisconnected(peer=peer, reason=reason) if peer is not None:
                 self.events.publish(PeerDropped(peer, reason))
@@ -1152,6 +1218,14 @@ class Node:
                 self.events.publish(ChunkUploaded(peer, cid, index, nbytes))
             case _:
                 pass
+
+
+def _starts_as_client(config: NodeConfig) -> bool:
+    """Whether the DHT starts in client mode: ``client``, or ``auto`` with a bootstrap (until
+    a check proves it reachable; a node with no bootstrap is the first of its network)."""
+    if config.dht_mode not in ("server", "client", "auto"):
+        raise BadInput(f"dht_mode must be server, client or auto, not {config.dht_mode!r}")
+    return config.dht_mode == "client" or (config.dht_mode == "auto" and bool(config.bootstrap))
 
 
 def _parse_target(target: str | ContentId | Ticket) -> tuple[ContentId, Ticket | None]:

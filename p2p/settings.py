@@ -100,6 +100,9 @@ class Settings:
             announce_addrs=self.announce,
             download_dir=download_dir if download_dir is not None else self.download_dir,
             max_contacts_per_ip=None if loopback else NodeConfig.max_contacts_per_ip,
+            # A long-running node is a DHT server once dial-backs prove it reachable; a
+            # short-lived one is gone too soon to be anyone's contact.
+            dht_mode="auto" if long_running else "client",
         )
 
 

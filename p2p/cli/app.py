@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("dht", commands.cmd_dht, "routing-table summary",
             "Routing-table summary of the running node of this state directory; with none running, "
             "of a short-lived node that joins through --bootstrap now.")
+    command("netcheck", commands.cmd_netcheck, "can others reach this peer? (public, NAT, firewall-only)",
+            "Ask DHT nodes to dial this peer back from addresses it never sent to, and where they "
+            "see it: prints public, nat (with the NAT's mapping and filtering as far as they "
+            "show), firewall-only or unknown, with the evidence. Asks the running node of this "
+            "state directory; with none running, a short-lived node on the configured port.")
     p = command("verify", commands.cmd_verify, "re-hash the local copy of some content (exit 4 if bad)")
     p.add_argument("id", metavar="ID", help="content id (or an unambiguous prefix of one held here)")
     p = command("unshare", commands.cmd_unshare, "stop serving some content (files stay)")

@@ -29,6 +29,7 @@ from .. import (
     NodeConfig,
     NotFound,
     PeerId,
+    Reachability,
     Selection,
     Settings,
     VerifyReport,
@@ -592,6 +593,34 @@ async def cmd_dht(run: Run, args: argparse.Namespace) -> int:
     if buckets:
         lines += ["", f"{'BUCKET':>6}  {'CONTACTS':>8}"] + [f"{i:>6}  {n:>8}" for i, n in buckets]
     run.out.result({**summary.to_json(), "source": source}, "\n".join(lines))
+    return 0
+
+
+async def cmd_netcheck(run: Run, args: argparse.Namespace) -> int:
+    """Whether others can reach this peer (public, NAT and its kind, firewall-only, unknown),
+    asked of the running node, or of a short-lived node on the configured port."""
+    try:
+        found = await control.query(run.settings.state_dir, {"cmd": "netcheck"})
+        verdict = Reachability.from_json(found)
+        source = "checked by the running node of this state directory"
+    except control.NoRunningNode:
+        config = dataclasses.replace(run.settings.node_config(long_running=True),
+                                     dht_mode="client")
+        async with running_node(run, config, serves=False) as node:
+            _warn_bootstrap(run, node)
+            verdict = await node.netcheck()
+            source = f"checked by a short-lived node on port {node.port}"
+    obj = verdict.to_json()
+    obj["evidence"] = [source, *obj["evidence"]]
+    nat = verdict.nat
+    present = {True: "yes", False: "no", None: "unknown"}[nat.get("present")]
+    lines = [f"reachability  {verdict.reachability}",
+             f"nat           {present}" + (f" (we appear as {nat['external']})"
+                                           if nat.get("external") else ""),
+             f"mapping       {nat.get('mapping', 'unknown')}",
+             f"filtering     {nat.get('filtering', 'unknown')}",
+             "evidence:"] + [f"  - {line}" for line in obj["evidence"]]
+    run.out.result(obj, "\n".join(lines))
     return 0
 
 

@@ -63,6 +63,14 @@ class DHTConfig:
     """Requests that may wait for an answer at once; more are refused with ``Overloaded``."""
     max_pending_verifications: int = 64
     """Identity checks of new contacts running at once; newcomers beyond that are ignored."""
+    client_mode: bool = False
+    """Run as a DHT client: query and announce, but mark every datagram so that no node adds
+    us to its routing table (a node not known to be reachable; see docs/PROTOCOL.md,
+    Reachability). :meth:`DHT.set_client_mode` changes it while running."""
+    observer: tuple[str, int] | None = None
+    """A second UDP endpoint (a literal IP and a port, another address of this host or
+    another port) that answers ``identify`` only, so that a peer asking both learns its NAT's
+    mapping behaviour from a single server (a network with one bootstrap)."""
     wall_clock: Clock = time.time
     """Unix time in seconds: signs records' expiry and checks the expiry of records received
     and held. Tests pass a fake clock to expire records without waiting."""
@@ -74,6 +82,13 @@ class DHTConfig:
 
     def __post_init__(self) -> None:
         bind_hosts(self.host)
+        if self.observer is not None:
+            try:
+                normalize_host(self.observer[0])
+            except BadInput:
+                raise BadInput("observer: a literal IP address and a port") from None
+            if not 0 <= self.observer[1] <= 65535:
+                raise BadInput("observer port must be in 0..65535")
         if not 1 <= self.ksize <= 32:
             raise BadInput("ksize must be in 1..32 (a reply of k contacts must fit a datagram)")
         if not 1 <= self.alpha <= self.ksize:

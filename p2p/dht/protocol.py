@@ -75,6 +75,16 @@ REQUEST = 0x10
 """Type byte of a request. The library uses 0x00/0x01: stock nodes and ours ignore each other."""
 RESPONSE = 0x11
 """Type byte of a response."""
+REQUEST_CLIENT = 0x12
+"""Type byte of a request from a node in client mode (not known to be reachable, BEP 43's
+read-only flag, libp2p's client mode): it is answered, but its sender never enters the
+routing table."""
+RESPONSE_CLIENT = 0x13
+"""Type byte of a response from a node in client mode: used, but its sender never enters
+the routing table (and leaves it, if it was there)."""
+MAX_CLIENTS = 4096
+"""Addresses remembered as client-mode senders (LRU): a datagram marked client from an
+address keeps its node out of the table even when a later reply of it is unmarked."""
 MSG_ID_LEN = 20
 HEADER_LEN = 1 + MSG_ID_LEN
 MAX_DATAGRAM = 8192
@@ -96,7 +106,8 @@ MAX_REMEMBERED_HOSTS = 4096
 """Source hosts whose normalised form is remembered (the memo is emptied when full)."""
 
 # name -> number of arguments including the sender's node id. Nothing else is callable.
-RPC_ARITY: dict[str, int] = {"ping": 1, "identify": 2, "find_node": 2, "put": 3, "get": 3}
+RPC_ARITY: dict[str, int] = {"ping": 1, "identify": 2, "find_node": 2, "put": 3, "get": 3,
+                             "dialback": 4}
 TOKEN_RPCS = frozenset({"find_node", "get"})
 """RPCs that take one more, trailing argument, an address token, and whose reply to that shape
 is ``[reply, token, complete]``: the two whose answer can exceed the amplification budget."""
@@ -120,6 +131,28 @@ TOKEN_PERSON = b"p2p dht token v1"
 keyed hash."""
 TOKEN_CACHE_SIZE = 4096
 """Tokens held for other nodes' addresses (LRU): a few lookups' worth of nodes, about 1 MB."""
+DIALBACK_ACCEPTED = 0
+DIALBACK_REFUSED_ADDRESS = 1
+"""The address to dial is not the requester's own source IP: a node dials back only the IP a
+request came from, so nobody can aim our connections at a third party."""
+DIALBACK_BUSY = 2
+"""The per-IP or global dial-back budget is spent; ask again later."""
+DIALBACK_UNAVAILABLE = 3
+"""This node does not dial back (a DHT without a TCP dialer, in tests or tools)."""
+DIALBACK_INTERVAL = 10.0
+"""Seconds per dial-back one IP (an IPv4 address or IPv6 /64) earns: a check needs one per
+server, a re-check every few minutes is plenty; a flood of requests gets BUSY."""
+DIALBACK_BURST = 3.0
+"""Dial-backs one IP may ask for at once (a netcheck right after the node's own start-up
+check, with one retry)."""
+DIALBACK_GLOBAL_RATE = 5.0
+"""Dial-back requests per second accepted from everyone together: each one costs a TCP
+handshake or two, which must stay a small share of a node's work."""
+DIALBACK_MAX_RUNNING = 16
+"""Dial-backs in progress at once (each bounded by its dialer's timeout)."""
+MAX_OBSERVERS = 2
+"""Extra observer endpoints a ``dialback`` reply names (see ``DHTConfig.observer``)."""
+
 IDENTIFY_REQUEST_SIZE = HEADER_LEN + len(pack(["identify", [bytes(NODE_ID_LEN), bytes(NONCE_LEN)]]))
 """Bytes of our ``identify`` challenge (88): counted against the budget of the request that
 made a sender a candidate contact."""
@@ -287,6 +320,38 @@ class _Socket(asyncio.DatagramProtocol):
         self._protocol.socket_lost(self._version, exc)
 
 
+class ObserverSocket(asyncio.DatagramProtocol):
+    """A second UDP endpoint of a node (another address or port) that answers ``identify``
+    only, from itself: a node that asked our main socket and this one learns whether its NAT
+    maps one socket to one external port for every destination (endpoint-independent
+    mapping) or not. Everything else sent here is dropped. Same size gate and rate limit as
+    the main socket; the answer (about 150 bytes to an 88-byte request) stays within the
+    anti-amplification factor."""
+
+    def __init__(self, protocol: P2PProtocol) -> None:
+        self._protocol = protocol
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+    def datagram_received(self, data: bytes, sockaddr: Any) -> None:
+        proto = self._protocol
+        try:
+            addr = proto._source(sockaddr)
+            reply = proto.observe_request(data, addr)
+        except Exception:  # the per-datagram edge, as on the main socket
+            proto.counters.rejected["internal_error"] += 1
+            log.exception("DHT observer: error while handling a datagram from %s", sockaddr)
+            return
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+
 class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
     """One node's UDP endpoint: answers our five RPCs and sends requests for the lookups.
 
@@ -332,6 +397,20 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         self._verifying: set[tuple[bytes, Address]] = set()
         self._head_checks: set[bytes] = set()
         self._tasks = TaskOwner("DHT protocol", log)
+        self.client_mode = config.client_mode
+        """Mark our requests and replies as a client's (see :data:`REQUEST_CLIENT`)."""
+        self.clients: collections.OrderedDict[Address, None] = collections.OrderedDict()
+        """Addresses whose latest datagram was marked client: never admitted to the table."""
+        self.dialer: Callable[[Address, bytes], Coroutine[Any, Any, None]] | None = None
+        """Dials ``(ip, port)`` over TCP expecting the peer with that public key, from a
+        source other than our DHT address (set by the node; None: we do not dial back)."""
+        self.dial_attempts = 1
+        """Distinct sources ``dialer`` dials from (told to the requester)."""
+        self.observer_addresses: tuple[Address, ...] = ()
+        """Our extra UDP endpoints that answer ``identify`` (named in ``dialback`` replies)."""
+        self._dialback_ip = RateLimiter(1.0 / DIALBACK_INTERVAL, DIALBACK_BURST)
+        self._dialback_all = RateLimiter(DIALBACK_GLOBAL_RATE, DIALBACK_GLOBAL_RATE)
+        self._dialbacks = 0
         self._deadlines: collections.deque[tuple[float, bytes]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._shut = False
@@ -443,12 +522,57 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         kind = data[0]
         msg_id = bytes(data[1:HEADER_LEN])
         payload = data[HEADER_LEN:]
-        if kind == REQUEST:
-            self._accept_request(msg_id, payload, addr)
-        elif kind == RESPONSE:
-            self._accept_response(msg_id, payload, addr)
+        if kind in (REQUEST, RESPONSE):
+            if self.clients:
+                self.clients.pop(addr, None)
+        elif kind in (REQUEST_CLIENT, RESPONSE_CLIENT):
+            self._note_client(addr)
         else:
-            self._reject("unknown_type")
+            return self._reject("unknown_type")
+        if kind in (REQUEST, REQUEST_CLIENT):
+            self._accept_request(msg_id, payload, addr)
+        else:
+            self._accept_response(msg_id, payload, addr)
+
+    def observe_request(self, data: bytes, addr: Address) -> bytes | None:
+        """The answer of an :class:`ObserverSocket` to ``data`` from ``addr``: the signed
+        ``identify`` reply for an ``identify`` request, else None (dropped)."""
+        if not HEADER_LEN < len(data) <= MAX_DATAGRAM or data[0] not in (REQUEST, REQUEST_CLIENT):
+            self._reject("observer_dropped")
+            return None
+        if self.limiter is not None and not self.limiter.allow(ip_group(addr[0]), self.monotonic()):
+            self._reject("rate_limited")
+            return None
+        try:
+            name, args = expect_list(unpack(data[HEADER_LEN:], max_bin=64, max_str=64,
+                                            max_array=4), 2, "request")
+            if name != "identify":
+                raise DecodeError("observer: identify only")
+            sender_id, nonce = expect_list(args, 2, "identify arguments")
+            result = self.rpc_identify(addr, expect_bytes(sender_id, NODE_ID_LEN, "sender id"),
+                                       nonce)
+        except RemoteProtocolError:
+            self._reject("observer_dropped")
+            return None
+        self.counters.received["observe"] += 1
+        kind = RESPONSE_CLIENT if self.client_mode else RESPONSE
+        return bytes([kind]) + data[1:HEADER_LEN] + pack(result)
+
+    def _note_client(self, addr: Address) -> None:
+        """``addr`` speaks as a client: remember it, and take it out of the table."""
+        if addr in self.clients:
+            self.clients.move_to_end(addr)
+            return
+        self.clients[addr] = None
+        self.clients.move_to_end(addr)
+        if len(self.clients) > MAX_CLIENTS:
+            self.clients.popitem(last=False)
+        for contact in self.router.contacts():
+            if contact.knows(addr):
+                if not contact.forget(addr):
+                    self.router.remove_contact(contact)
+                self.counters.events["clients_removed"] += 1
+                break
 
     def _accept_request(self, msg_id: bytes, payload: bytes, addr: Address) -> None:
         try:
@@ -488,17 +612,19 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                     lists, complete = self._shape(
                         self.rpc_get(addr, sender_id, args[1], args[2]), room, tokened, 1)
                     result = self._tokened(lists, addr, tokened, complete)
+                case "dialback":
+                    result = self.rpc_dialback(addr, sender_id, *args[1:])
                 case _:  # pragma: no cover - RPC_ARITY and this match list the same names
                     return self._reject("unknown_rpc")
         except RemoteProtocolError:
             return self._reject("bad_arguments")
-        reply = bytes([RESPONSE]) + msg_id + pack(result)
+        reply = bytes([RESPONSE_CLIENT if self.client_mode else RESPONSE]) + msg_id + pack(result)
         if not proven and len(reply) > budget:
             # Never for our RPCs (their replies are shaped or small); a guard for new ones.
             return self._reject("amplification")
         self.counters.received[name] += 1
         self._send(reply, addr)
-        if sender_id == self.source_node.id:
+        if sender_id == self.source_node.id or addr in self.clients:
             return
         if proven or len(reply) + IDENTIFY_REQUEST_SIZE <= budget:
             self.welcome_if_new(Node(sender_id, addr[0], addr[1]))
@@ -669,6 +795,44 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
                 contacts.pop()
         return [raws, contacts]
 
+    def rpc_dialback(self, sender: Address, nodeid: bytes, pubkey: Any, host: Any,
+                     port: Any) -> list[Any]:
+        """Open a TCP connection to ``host:port`` from another source, expecting the peer with
+        key ``pubkey`` there: ``[status, attempts, [[host, port], ...] observer endpoints]``.
+
+        ``host`` must be the IP the request came from (never a third party's) and
+        ``pubkey`` must be the key of the sender's node id; the dial runs in a task of ours,
+        after the answer, within the per-IP and global budgets (docs/PROTOCOL.md,
+        Reachability).
+        """
+        pubkey = expect_bytes(pubkey, PUBLIC_KEY_LEN, "dialback key")
+        if node_id_for(pubkey) != nodeid:
+            raise DecodeError("dialback: the key is not the sender's")
+        target = check_address(host, port, "dialback address")
+        observers = [[h, p] for h, p in self.observer_addresses[:MAX_OBSERVERS]]
+        if target[0] != sender[0]:
+            self.counters.rejected["dialback_third_party"] += 1
+            return [DIALBACK_REFUSED_ADDRESS, 0, observers]
+        if self.dialer is None or self._shut:
+            return [DIALBACK_UNAVAILABLE, 0, observers]
+        now = self.monotonic()
+        if (self._dialbacks >= DIALBACK_MAX_RUNNING
+                or not self._dialback_ip.allow(ip_group(sender[0]), now)
+                or not self._dialback_all.allow("*", now)):
+            self.counters.rejected["dialback_busy"] += 1
+            return [DIALBACK_BUSY, 0, observers]
+        self._dialbacks += 1
+        self.counters.events["dialbacks"] += 1
+        self.spawn(self._dial_back(self.dialer, target, pubkey), "dial back")
+        return [DIALBACK_ACCEPTED, self.dial_attempts, observers]
+
+    async def _dial_back(self, dialer: Callable[[Address, bytes], Coroutine[Any, Any, None]],
+                         target: Address, pubkey: bytes) -> None:
+        try:
+            await dialer(target, pubkey)
+        finally:
+            self._dialbacks -= 1
+
     # the library's own RPCs are not dispatched; these make them inert should anything call them
     def rpc_store(self, *args: Any) -> bool:
         """Disabled: the library's unauthenticated store."""
@@ -703,7 +867,8 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
             self.counters.events["overloaded"] += 1
             raise Overloaded("too many DHT requests in flight")
         msg_id = os.urandom(MSG_ID_LEN)
-        datagram = bytes([REQUEST]) + msg_id + pack([name, [self.source_node.id, *args]])
+        kind = REQUEST_CLIENT if self.client_mode else REQUEST
+        datagram = bytes([kind]) + msg_id + pack([name, [self.source_node.id, *args]])
         if len(datagram) > MAX_DATAGRAM:
             raise ValueError(f"request {name} is larger than {MAX_DATAGRAM} bytes")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -809,6 +974,26 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         Raises :class:`IdentityMismatch`, :class:`BadSignature`, :class:`DecodeError`,
         :class:`RPCTimeout`.
         """
+        node, _pubkey, _observed = await self.identify(addr, expected_id)
+        return node
+
+    async def call_dialback(self, addr: Address, pubkey: bytes, target: Address
+                            ) -> tuple[int, int, list[Address]]:
+        """Ask the node at ``addr`` to dial us back at ``target`` over TCP:
+        ``(status, attempts, observer endpoints)``. Raises like :meth:`_request`."""
+        reply = await self._request(addr, "dialback", pubkey, target[0], target[1])
+        status, attempts, observers = expect_list(reply, 3, "dialback reply")
+        status = expect_int(status, 0, 255, "dialback status")
+        attempts = expect_int(attempts, 0, 8, "dialback attempts")
+        found = []
+        for item in expect_list(observers, what="observers")[:MAX_OBSERVERS]:
+            host, port = expect_list(item, 2, "observer")
+            found.append(check_address(host, port, "observer"))
+        return status, attempts, found
+
+    async def identify(self, addr: Address, expected_id: bytes | None
+                       ) -> tuple[Any, bytes, Address]:
+        """:meth:`call_identify`, also returning the key and where ``addr`` saw us."""
         nonce = os.urandom(NONCE_LEN)
         reply = await self._request(addr, "identify", nonce)
         pubkey, sig, obs_host, obs_port = expect_list(reply, 4, "identify reply")
@@ -826,14 +1011,14 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         # The observed address is one vote about where we are, never a reason to refuse the
         # contact: one peer's word (true or not) must not lock out the honest ones.
         self.observed.observe(addr, observed, self.monotonic())
-        return Node(node_id, addr[0], addr[1])
+        return Node(node_id, addr[0], addr[1]), pubkey, observed
 
     # -- routing table admission --------------------------------------------------------------
 
     def welcome_if_new(self, node: Any) -> None:
         """Refresh a known contact, or verify an unknown one (or a known one at a new
         address) before it may enter the table or gain the address."""
-        if node.id == self.source_node.id or self._shut:
+        if node.id == self.source_node.id or self._shut or (node.ip, node.port) in self.clients:
             return
         known = self.router.get(node.id)
         if known is not None and known.knows((node.ip, node.port)):
@@ -862,6 +1047,10 @@ class P2PProtocol(KademliaProtocol):  # type: ignore[misc]
         """Put a node whose key was just verified at ``(node.ip, node.port)`` into the table,
         or give the contact with its id that address (replacing one of the same family)."""
         address = (node.ip, node.port)
+        if address in self.clients:
+            # It proved its key, but speaks as a client: not reachable, never a contact.
+            self.counters.events["clients_not_admitted"] += 1
+            return
         self.failures.pop((node.id, address), None)
         self.counters.events["contacts_verified"] += 1
         known = self.router.get(node.id)

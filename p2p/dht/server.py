@@ -37,7 +37,7 @@ from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import NoContacts, RPCTimeout, StaleSequence, StateFileError
 from .lookup import Lookup, ProviderMerge, RoundTrips, Unreachable
-from .protocol import P2PProtocol
+from .protocol import ObserverSocket, P2PProtocol
 from .records import (
     KIND_CHANNEL,
     KIND_PEER,
@@ -105,6 +105,8 @@ class P2PServer(Server):  # type: ignore[misc]
         self._config = config
         self._records = records
         self._verify_cache = verify_cache
+        self.observer: asyncio.DatagramTransport | None = None
+        """The socket of ``config.observer``, if any."""
 
     def _create_protocol(self) -> P2PProtocol:
         return P2PProtocol(self.node, self.storage, self.ksize, identity=self._identity,
@@ -136,6 +138,16 @@ class P2PServer(Server):  # type: ignore[misc]
                         await protocol.closed.wait()
             raise
         self.transport = protocol.transport
+        observer = self._config.observer
+        if observer is not None:
+            try:
+                sock = _bound_socket(observer[0], observer[1])
+                self.observer, _ = await loop.create_datagram_endpoint(
+                    lambda: ObserverSocket(protocol), sock=sock)
+            except BaseException:
+                self.stop()
+                raise
+            protocol.observer_addresses = (from_sockaddr(sock.getsockname()),)
 
     async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
         """The library's entry point: one socket on ``interface``."""
@@ -145,6 +157,8 @@ class P2PServer(Server):  # type: ignore[misc]
         """Close every socket (the library closes only one)."""
         if self.protocol is not None:
             self.protocol.close_sockets()
+        if self.observer is not None:
+            self.observer.close()
 
     def refresh_table(self, interval: float = 0.0) -> None:
         """Disabled: the library re-arms an hourly ``call_later`` and a fire-and-forget task;
@@ -359,6 +373,56 @@ class DHT:
                     if found is not None:
                         return found
         return None
+
+    # -- reachability (docs/PROTOCOL.md, Reachability) ------------------------------------------
+
+    @property
+    def client_mode(self) -> bool:
+        """Whether we run as a DHT client (our datagrams keep us out of routing tables)."""
+        return self._protocol.client_mode
+
+    async def set_client_mode(self, client: bool) -> None:
+        """Run as a client (``True``) or a server. Becoming a server looks up our own id
+        once, so that the nodes on the way learn of us (they verify us and add us)."""
+        was = self._protocol.client_mode
+        self._protocol.client_mode = client
+        if was and not client and not self._closed and len(self._protocol.router):
+            await self._join()
+
+    def set_dialer(self, dialer: Callable[[Address, bytes], Any], attempts: int) -> None:
+        """Serve ``dialback`` requests with ``dialer(address, public_key)`` (a coroutine
+        function that dials from ``attempts`` distinct sources, none of them our DHT address)."""
+        self._protocol.dialer = dialer
+        self._protocol.dial_attempts = attempts
+
+    async def observe(self, addr: Address) -> tuple[bytes, Address, Address]:
+        """Ask the node (or observer endpoint) at ``addr`` where it sees us: ``(its public
+        key, our address as it saw it, our socket it saw)``. Raises :class:`NetworkError`
+        (no answer), :class:`RemoteProtocolError` or :class:`IntegrityError` (a bad answer)."""
+        _node, pubkey, observed = await self._protocol.identify(addr, None)
+        local = self._protocol.bound.get(ip_version(addr[0]))
+        if local is None:  # pragma: no cover - identify went out through that family's socket
+            raise NetworkError(f"no IPv{ip_version(addr[0])} socket")
+        return pubkey, observed, local
+
+    async def request_dialback(self, addr: Address, target: Address
+                               ) -> tuple[int, int, list[Address]]:
+        """Ask the node at ``addr`` to dial our TCP port at ``target`` (our IP as it sees
+        it): ``(status, attempts, its observer endpoints)``; see
+        :meth:`P2PProtocol.rpc_dialback`."""
+        return await self._protocol.call_dialback(addr, self._identity.public_key, target)
+
+    def server_addresses(self, limit: int) -> list[Address]:
+        """Up to ``limit`` routing-table contacts (at an address of each): nodes that may
+        serve a dial-back."""
+        out: list[Address] = []
+        for node in self._protocol.router.contacts():
+            for addr in addresses_of(node).values():
+                out.append(addr)
+                break
+            if len(out) >= limit:
+                break
+        return out
 
     # -- joining ---------------------------------------------------------------------------------------
 
