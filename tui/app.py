@@ -659,7 +659,7 @@ class P2PApp(App[None]):
             if paths is not None:
                 self.start_fetch(text, Selection.of_paths(paths))
 
-        self.push_screen(FilesScreen(manifest), picked)
+        self.push_screen(FilesScreen.of(manifest), picked)
 
     def start_fetch(self, text: str, selection: Selection | None = None) -> ContentId | None:
         """Start downloading an id or ticket (only the files ``selection`` picks, if given);
@@ -756,7 +756,7 @@ class P2PApp(App[None]):
             if paths is not None:
                 self.apply_files(cid, paths)
 
-        self.push_screen(FilesScreen(manifest, ticked, running=download is not None), picked)
+        self.push_screen(FilesScreen.of(manifest, ticked, running=download is not None), picked)
 
     def apply_files(self, cid: ContentId, paths: frozenset[str]) -> None:
         """Fetch exactly ``paths`` of ``cid``: now, if it runs; else by resuming it."""
