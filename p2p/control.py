@@ -29,10 +29,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import attach
 from .address import format_address, parse_address
 from .content import ContentId, parse_id_or_ticket
 from .content.select import Selection
@@ -69,8 +70,9 @@ _MAX_SUN_PATH = 100
 """Unix socket paths longer than this (the kernel allows 107 bytes) are reached through /proc."""
 
 COMMANDS = ("id", "peers", "dht", "ls", "share", "fetch", "listing", "verify", "unshare",
-            "rm", "pause", "resume", "publish", "resolve", "netcheck")
-"""Every request a running node answers (see :func:`_answer` for their fields)."""
+            "rm", "pause", "resume", "publish", "resolve", "netcheck", *attach.ATTACH_COMMANDS)
+"""Every request a running node answers (see :func:`_answer` for their fields, and
+:mod:`p2p.attach` for those of a front end attached to the node)."""
 
 _FORWARDED: dict[str, type[Event]] = {cls.__name__: cls for cls in (
     DownloadStarted, ChunkVerified, ChunkFailed, DownloadProgress, DownloadCompleted,
@@ -170,9 +172,10 @@ def encode_event(event: Event) -> dict[str, Any]:
     return out
 
 
-def decode_event(obj: dict[str, Any]) -> Event | None:
-    """The node event an interim line carries (None for any other line, or an unknown type)."""
-    cls = _FORWARDED.get(str(obj.get("node_event")))
+def decode_event(obj: dict[str, Any], known: Mapping[str, type[Event]] | None = None) -> Event | None:
+    """The node event an interim line carries (None for any other line, or an unknown type).
+    ``known``: the event types to read, by name (default: those a fetch forwards)."""
+    cls = (_FORWARDED if known is None else known).get(str(obj.get("node_event")))
     if cls is None:
         return None
     kwargs: dict[str, Any] = {}
@@ -202,6 +205,11 @@ class _Channel:
     def send(self, obj: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, RuntimeError):  # the client left: its op is cancelled
             self._writer.write(_line(obj).encode() + b"\n")
+
+    async def drain(self) -> None:
+        """Wait until the client took what was sent (or left)."""
+        with contextlib.suppress(OSError, RuntimeError):
+            await self._writer.drain()
 
     async def heartbeat(self) -> None:
         while True:
@@ -270,6 +278,9 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
                     "content_id": str(ContentId(record.content_id)), "seq": record.seq}
         case "netcheck":
             return (await node.netcheck()).to_json()
+        case cmd if cmd in attach.ATTACH_COMMANDS:
+            return await attach.answer(node, request, lambda e: channel.send(encode_event(e)),
+                                       channel.drain)
         case other:
             raise BadInput(f"unknown control command {other!r} (known: {', '.join(COMMANDS)})")
 

@@ -823,13 +823,15 @@ class Node:
     def start_fetch(self, target: str | ContentId | Ticket, dest: Path | None = None, *,
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
                     timeout: float = 30.0, selection: Selection | None = None,
-                    rename: bool = False) -> ContentId:
+                    rename: bool = False, download_dir: Path | None = None) -> ContentId:
         """Start a download owned by the node (the terminal app's way); returns its id at once.
 
         ``selection``: only some files (see :meth:`fetch`; :meth:`select` changes it while
-        it runs). Raises :class:`BadInput` for a malformed target, before anything starts.
+        it runs). ``download_dir``: where it goes without ``dest`` (default: the node's).
+        Raises :class:`BadInput` for a malformed target, before anything starts.
         """
-        options = self._options(target, dest, publisher, peers, timeout, selection=selection)
+        options = self._options(target, dest, publisher, peers, timeout, selection=selection,
+                                download_dir=download_dir)
         if options.content_id in self._downloads:
             return options.content_id
 
@@ -837,7 +839,7 @@ class Node:
             with contextlib.suppress(P2PError):
                 await self.fetch(options.content_id, options.dest, publisher=publisher,
                                  peers=options.peers, timeout=timeout, selection=selection,
-                                 rename=rename)
+                                 rename=rename, download_dir=options.download_dir)
 
         self._spawn(run(), f"fetch {options.content_id.short()}")
         return options.content_id

@@ -1,6 +1,8 @@
-"""``p2p-tui``: a node run in-process, its swarm made visible.
+"""``p2p-tui``: a node made visible, its swarm too.
 
-The app owns one node. Node work runs in workers; the node's events arrive as
+The app drives one node through a :class:`~tui.link.NodeLink`: one it starts in-process,
+or, when the state directory's node already runs (``p2p serve``), that one, attached
+through its control socket. Node work runs in workers; the node's events arrive as
 Textual messages from a single reader worker (progress coalesced); the views
 only ever get plain data from the app (attributes down) and post requests up.
 """
@@ -53,9 +55,7 @@ from p2p import (
     Selection,
     Shared,
     ShareInfo,
-    Subscription,
     Ticket,
-    control_endpoint,
     exit_code_for,
     format_address,
     human_bytes,
@@ -64,6 +64,7 @@ from p2p import (
 )
 from p2p import describe as describe_error
 
+from .link import EventSource, LocalLink, NodeGone, NodeLink, open_link
 from .model import DhtData, LibraryRow, Peers, TransferRow, Transfers
 from .screens import ConfirmScreen, FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
 from .widgets import (
@@ -102,6 +103,13 @@ class NodeFailed(Message):
     """The node could not start."""
 
     error: BaseException
+
+
+@dataclass
+class NodeStopped(Message):
+    """The node the app was attached to stopped."""
+
+    reason: str
 
 
 @dataclass
@@ -257,8 +265,9 @@ class P2PApp(App[None]):
                  start_node: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.node: Node | None = node
-        self._owns_node = node is None
+        self.link: NodeLink | None = None if node is None else LocalLink(node, owned=False)
+        """How the app reaches its node (None until it started or attached, and once an
+        attached node stopped)."""
         self.refresh_interval = refresh_interval
         self.picker_root = picker_root
         """Where the share picker opens; None: the current folder when it opens."""
@@ -309,6 +318,11 @@ class P2PApp(App[None]):
         """The screen holding the views (modal dialogs may sit above it)."""
         return self.screen_stack[0]
 
+    @property
+    def node(self) -> Node | None:
+        """The node, when it runs in this process."""
+        return self.link.node if isinstance(self.link, LocalLink) else None
+
     def on_mount(self) -> None:
         self.main.query_one("#library-table").focus()
         if self._start_node:
@@ -341,48 +355,63 @@ class P2PApp(App[None]):
 
     @work(exclusive=True, group="node", exit_on_error=False)
     async def run_node(self) -> None:
-        """Start the node (unless given one), then read its events until the app stops."""
-        if self.node is None:
-            node = Node(self.config)
-            self.node = node
+        """Start the node (or attach to the running one; unless given one), then read its
+        events until the app stops."""
+        if self.link is None:
             try:
-                await node.start()
+                self.link = await open_link(self.config)
             except (P2PError, OSError) as exc:  # the node's own worker: reported, then shown
-                self.node = None
                 self.post_message(NodeFailed(exc))
                 return
-        node = self.node
-        sub = node.events.subscribe()
+        link = self.link
         try:
-            # A node the app started serves the control socket: the command line's
-            # `p2p share`, `fetch`, `ls` of this state directory go through it.
-            async with control_endpoint(node) if self._owns_node else contextlib.nullcontext():
+            async with link.serve() as events:
                 self.post_message(NodeReady())
-                await self._read_events(sub)
-        finally:
-            sub.close()
+                await self._read_events(events)
+        except NodeGone as exc:
+            self.post_message(NodeStopped(str(exc)))
 
-    async def _read_events(self, sub: Subscription) -> None:
+    async def _read_events(self, sub: EventSource) -> None:
         while True:
             batch = [await sub.get()]
             # Gather for a moment so a fast download costs a few messages a second, not thousands.
             await asyncio.sleep(BATCH_WINDOW)
-            while len(batch) < BATCH_MAX and (event := sub.get_nowait()) is not None:
-                batch.append(event)
-            self.post_message(NodeEvents(coalesce(batch)))
+            try:
+                while len(batch) < BATCH_MAX and (event := sub.get_nowait()) is not None:
+                    batch.append(event)
+            finally:  # what came before the node stopped is still shown
+                self.post_message(NodeEvents(coalesce(batch)))
 
     def on_node_ready(self, _: NodeReady) -> None:
         if self.views_gone:
             return
-        node = self.node
-        assert node is not None
-        listen = ", ".join(format_address(a) for a in node.listen_addresses())
-        self.sub_title = f"peer {node.peer_id.short()} on {listen}"
-        self.main.query_one(StatusLine).say(f"peer {node.peer_id.short()} listening on {listen}")
-        self.log_line("info", f"node {node.peer_id} listening on {listen}")
+        link = self.link
+        assert link is not None
+        listen = ", ".join(link.listen)
+        peer = link.peer_id.short()
+        if link.attached is None:
+            self.sub_title = f"peer {peer} on {listen}"
+            self.main.query_one(StatusLine).say(f"peer {peer} listening on {listen}")
+            self.log_line("info", f"node {link.peer_id} listening on {listen}")
+        else:
+            self.sub_title = f"attached to {link.attached} · peer {peer} on {listen}"
+            self.main.query_one(StatusLine).say(f"attached to the running node ({link.attached})")
+            self.log_line("info", f"attached to the running node of {self.config.state_dir} "
+                                  f"({link.attached}): peer {link.peer_id} on {listen}; "
+                                  "quitting leaves it running")
         self.set_interval(self.refresh_interval, self.refresh_snapshot)
         self.refresh_snapshot()
         self.ready.set()
+
+    def on_node_stopped(self, message: NodeStopped) -> None:
+        self.link = None
+        self.sub_title = "not connected: the node stopped"
+        if self.views_gone:
+            return
+        self.main.query_one(StatusLine).say(f"{message.reason} · q quits")
+        self.log_line("error", message.reason)
+        self.notify(f"{message.reason}. Start it again (p2p serve) and reopen the app.",
+                    title="Node stopped", severity="error", timeout=30)
 
     def on_node_failed(self, message: NodeFailed) -> None:
         self.failed = message.error
@@ -398,9 +427,8 @@ class P2PApp(App[None]):
         if self._stopped:
             return
         self._stopped = True
-        node = self.node
-        if node is not None and self._owns_node:
-            await node.aclose()  # first: its downloads (and its clients') are 'interrupted'
+        if self.link is not None:
+            await self.link.aclose()  # first: an own node's downloads are 'interrupted'
         self.workers.cancel_group(self, "node")
 
     async def action_quit(self) -> None:
@@ -463,28 +491,21 @@ class P2PApp(App[None]):
     @work(exclusive=True, group="refresh")
     async def refresh_snapshot(self) -> None:
         """Read the node's local state (library, peers, bans, DHT) and post it."""
-        node = self.node
-        if node is None or self._stopped:
+        link = self.link
+        if link is None or self._stopped:
             return
-        library = node.library
         began = time.monotonic()
         try:
-            shares = await asyncio.to_thread(library.shares)
-            downloads = await asyncio.to_thread(library.downloads)
-            bans = await asyncio.to_thread(library.bans)
-            running = node.downloading()
-            held: dict[ContentId, tuple[int, list[int]]] = {}
-            for info in downloads:
-                if info.content_id not in self.transfers and info.content_id not in running:
-                    held[info.content_id] = await asyncio.to_thread(library.held_chunks,
-                                                                    info.content_id)
+            state = await link.state({row.content_id for row in self.transfers.rows()})
+        except NodeGone:
+            return  # the event reader says so
         except P2PError as exc:  # a busy or failing state directory: say so, try again later
             self.log_line("warning", f"could not read the library: {describe_error(exc)}")
             return
-        dht = DhtData.from_summary(node.dht_summary(), str(node.peer_id),
-                                   format_address(node.listen_address()))
-        self.post_message(NodeSnapshot(began, shares, downloads, node.peers(), bans,
-                                       dht, running, held))
+        dht = DhtData.from_summary(state.dht, str(state.peer_id),
+                                   state.listen[0] if state.listen else "")
+        self.post_message(NodeSnapshot(began, state.shares, state.downloads, state.peers,
+                                       state.bans, dht, state.running, state.held))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
         if self.views_gone:
@@ -528,11 +549,11 @@ class P2PApp(App[None]):
     @work(group="providers")
     async def lookup_providers(self, cid: ContentId) -> None:
         """Count the providers the DHT knows for ``cid``."""
-        node = self.node
-        if node is None:
+        link = self.link
+        if link is None:
             return
         try:
-            count = await node.count_providers(cid)
+            count = await link.count_providers(cid)
         except P2PError:
             self.post_message(ProvidersFound(cid, None))
             return
@@ -545,6 +566,13 @@ class P2PApp(App[None]):
         self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
                                     self.providers.get(r.content_id)) for r in self._library]
         self.main.query_one(LibraryView).rows = tuple(self._library)
+
+    def _linked(self) -> NodeLink | None:
+        """The node's link, or None after saying why there is none."""
+        if self.link is None:
+            self.notify("The node stopped" if self.ready.is_set() else
+                        "The node is not running yet", severity="warning")
+        return self.link
 
     # -- library actions ---------------------------------------------------------------------------
 
@@ -561,13 +589,14 @@ class P2PApp(App[None]):
             case "lookup":
                 self.lookup_providers(cid)
 
-    def copy_ticket(self, cid: ContentId) -> None:
+    @work(group="library")
+    async def copy_ticket(self, cid: ContentId) -> None:
         """Copy the ticket of ``cid`` to the clipboard and show it."""
-        node = self.node
-        if node is None:
+        link = self._linked()
+        if link is None:
             return
         try:
-            ticket = str(node.ticket(cid))
+            ticket = await link.ticket(cid)
         except P2PError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -577,12 +606,12 @@ class P2PApp(App[None]):
     @work(group="library")
     async def verify(self, cid: ContentId) -> None:
         """Re-hash the local copy of ``cid`` and report."""
-        node = self.node
-        if node is None:
+        link = self._linked()
+        if link is None:
             return
         self.notify(f"Verifying {cid.short()}…")
         try:
-            report = await node.verify(cid)
+            report = await link.verify(cid)
         except P2PError as exc:
             self.notify(str(exc), title="Verify failed", severity="error")
             return
@@ -597,10 +626,14 @@ class P2PApp(App[None]):
     @work(group="library")
     async def unshare(self, cid: ContentId) -> None:
         """Stop serving ``cid``."""
-        node = self.node
-        if node is None:
+        link = self._linked()
+        if link is None:
             return
-        removed = node.unshare(cid)
+        try:
+            removed = await link.unshare(cid)
+        except P2PError as exc:
+            self.notify(str(exc), title="Unshare failed", severity="error")
+            return
         self.notify(f"{cid.short()} is no longer shared" if removed else
                     f"{cid.short()} was not shared")
         self.refresh_snapshot()
@@ -617,17 +650,16 @@ class P2PApp(App[None]):
     @work(group="share")
     async def share(self, path: Path) -> None:
         """Hash, sign and announce ``path`` (a failed announce is retried by the node)."""
-        node = self.node
-        if node is None:
-            self.notify("The node is not running yet", severity="warning")
+        link = self._linked()
+        if link is None:
             return
         self.notify(f"Hashing {path.name}…")
         try:
-            result = await node.share(path)
+            name, ticket = await link.share(path)
         except (P2PError, OSError) as exc:
             self.notify(str(exc), title="Share failed", severity="error")
             return
-        self.notify(str(result.ticket), title=f"Shared {result.manifest.name}", timeout=15)
+        self.notify(ticket, title=f"Shared {name}", timeout=15)
         self.refresh_snapshot()
 
     def action_fetch(self) -> None:
@@ -643,14 +675,12 @@ class P2PApp(App[None]):
     async def pick_then_fetch(self, text: str) -> None:
         """Fetch and verify only the listing of ``text``, let the person tick files, then
         start the download of those."""
-        node = self.node
-        if node is None:
-            self.notify("The node is not running yet", severity="warning")
+        link = self._linked()
+        if link is None:
             return
         self.notify("Fetching the list of files…")
         try:
-            cid, ticket = parse_id_or_ticket(text)
-            manifest = await node.listing(ticket if ticket is not None else cid)
+            name, files = await link.listing(text.strip())
         except P2PError as exc:
             self.notify(str(exc), title="Cannot list the files", severity="error")
             return
@@ -659,28 +689,36 @@ class P2PApp(App[None]):
             if paths is not None:
                 self.start_fetch(text, Selection.of_paths(paths))
 
-        self.push_screen(FilesScreen(manifest), picked)
+        self.push_screen(FilesScreen(name, files), picked)
 
     def start_fetch(self, text: str, selection: Selection | None = None) -> ContentId | None:
         """Start downloading an id or ticket (only the files ``selection`` picks, if given);
         show it in Transfers."""
-        node = self.node
-        if node is None:
-            self.notify("The node is not running yet", severity="warning")
+        if self._linked() is None:
             return None
         try:
             cid, ticket = parse_id_or_ticket(text)
-            node.start_fetch(ticket if ticket is not None else cid, selection=selection)
         except BadInput as exc:
             self.notify(str(exc), title="Cannot fetch", severity="error")
             return None
         if ticket is not None:
             self._tickets[cid] = ticket
+        self._start(cid, text.strip(), selection)
         self.log_line("info", f"fetching {cid}")
         self.notify(f"Fetching {cid.short()}…")
         self.action_tab("transfers")
         self.call_after_refresh(self.main.query_one(TransfersView).select, cid)
         return cid
+
+    @work(group="fetch")
+    async def _start(self, cid: ContentId, target: str, selection: Selection | None) -> None:
+        link = self.link
+        if link is None:
+            return
+        try:
+            await link.start_fetch(target, selection)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot fetch", severity="error")
 
     # -- transfer actions -------------------------------------------------------------------------
 
@@ -691,89 +729,74 @@ class P2PApp(App[None]):
     @work(group="transfers")
     async def transfer_action(self, action: str, cid: ContentId) -> None:
         """Pause, resume or cancel a download."""
-        node = self.node
-        if node is None:
+        link = self._linked()
+        if link is None:
             return
-        match action:
-            case "pause":
-                if not await node.pause(cid):
-                    self.notify(f"{cid.short()} is not running", severity="warning")
-            case "resume":
-                if cid in node.downloading():
-                    self.notify(f"{cid.short()} is already running")
-                    return
-                ticket = self._tickets.get(cid)
-                node.start_fetch(ticket if ticket is not None else cid)
-                self.notify(f"Resuming {cid.short()}…")
-            case "cancel":
-                question, deletes = await self._cancel_question(node, cid)
-                if not await self.push_screen_wait(question):
-                    return
-                await node.cancel(cid)
-                self._cancelled[cid] = time.monotonic()
-                self.transfers.forget(cid)
-                self.push_transfers()
-                self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else
-                            f"Removed {cid.short()} from Transfers; nothing deleted")
-            case "files":
-                self.pick_files(cid)
+        try:
+            match action:
+                case "pause":
+                    if not await link.pause(cid):
+                        self.notify(f"{cid.short()} is not running", severity="warning")
+                case "resume":
+                    ticket = self._tickets.get(cid)
+                    if not await link.start_fetch(str(ticket if ticket is not None else cid), None):
+                        self.notify(f"{cid.short()} is already running")
+                        return
+                    self.notify(f"Resuming {cid.short()}…")
+                case "cancel":
+                    question, deletes = await self._cancel_question(link, cid)
+                    if not await self.push_screen_wait(question):
+                        return
+                    await link.cancel(cid)
+                    self._cancelled[cid] = time.monotonic()
+                    self.transfers.forget(cid)
+                    self.push_transfers()
+                    self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else
+                                f"Removed {cid.short()} from Transfers; nothing deleted")
+                case "files":
+                    await self.pick_files(link, cid)
+        except P2PError as exc:
+            self.notify(str(exc), title=f"Cannot {action}", severity="error")
         self.refresh_snapshot()
 
-    async def _cancel_question(self, node: Node, cid: ContentId) -> tuple[ConfirmScreen, bool]:
-        info = await asyncio.to_thread(node.library.download, cid)
+    async def _cancel_question(self, link: NodeLink, cid: ContentId) -> tuple[ConfirmScreen, bool]:
+        # Read now, not from the last snapshot: a download that just started has a partial.
+        state = await link.state({cid, *(row.content_id for row in self.transfers.rows())})
+        info = next((d for d in state.downloads if d.content_id == cid), None)
         partial = info.partial if info is not None else None
         held = partial is not None and await asyncio.to_thread(partial.exists)
         return cancel_question(cid, self.transfers.row(cid), info, held)
 
-    def pick_files(self, cid: ContentId) -> None:
+    async def pick_files(self, link: NodeLink, cid: ContentId) -> None:
         """Let the person tick the files of ``cid``: a running download changes what it
         fetches at once; a stopped one resumes with the ticked files."""
-        node = self.node
-        if node is None:
+        try:
+            choice = await link.files(cid)
+        except P2PError as exc:
+            self.notify(str(exc), severity="warning")
             return
-        manifest = node.library.manifest(cid)
-        if manifest is None:
-            self.notify("The list of files is not known yet", severity="warning")
-            return
-        download = node.download(cid)
-        ticked: frozenset[str] | None = None
-        if download is not None and download.selected_paths is not None:
-            ticked = frozenset(download.selected_paths)
-        elif download is None:
-            info = node.library.download(cid)
-            if info is not None and info.state == "selected":
-                # Stopped with some files in place: those are ticked (the rest is to pick).
-                held = set(node.library.held_chunks(cid)[1])
-                first, whole = 0, set()
-                for entry in manifest.entries:
-                    count = entry.info.chunk_count
-                    if count and all(i in held for i in range(first, first + count)):
-                        whole.add(entry.path)
-                    first += count
-                ticked = frozenset(whole)
 
         def picked(paths: frozenset[str] | None) -> None:
             if paths is not None:
                 self.apply_files(cid, paths)
 
-        self.push_screen(FilesScreen(manifest, ticked, running=download is not None), picked)
+        self.push_screen(FilesScreen(choice.name, choice.files, choice.ticked,
+                                     running=choice.running), picked)
 
-    def apply_files(self, cid: ContentId, paths: frozenset[str]) -> None:
+    @work(group="transfers")
+    async def apply_files(self, cid: ContentId, paths: frozenset[str]) -> None:
         """Fetch exactly ``paths`` of ``cid``: now, if it runs; else by resuming it."""
-        node = self.node
-        if node is None:
+        link = self._linked()
+        if link is None:
             return
-        selection = Selection.of_paths(paths)
+        ticket = self._tickets.get(cid)
         try:
-            if cid in node.downloading():
-                node.select(cid, selection)
-                self.notify(f"{len(paths)} files of {cid.short()} selected")
-            else:
-                ticket = self._tickets.get(cid)
-                node.start_fetch(ticket if ticket is not None else cid, selection=selection)
-                self.notify(f"Fetching {len(paths)} files of {cid.short()}…")
+            running = await link.select(cid, paths, None if ticket is None else str(ticket))
         except P2PError as exc:
             self.notify(str(exc), title="Cannot pick those files", severity="error")
+            return
+        self.notify(f"{len(paths)} files of {cid.short()} selected" if running else
+                    f"Fetching {len(paths)} files of {cid.short()}…")
 
     # -- help and palette ---------------------------------------------------------------------------
 

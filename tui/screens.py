@@ -14,10 +14,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, DirectoryTree, Input, Label, SelectionList, Static
-from textual.widgets.selection_list import Selection as Option
+from textual.widgets import Button, DirectoryTree, Input, Label, Static
 
 from p2p import BadInput, Manifest, human_bytes, parse_id_or_ticket
+
+from .picker import FileIndex, FileTree
 
 
 def home_contracted(path: Path) -> str:
@@ -166,33 +167,40 @@ class FetchScreen(ModalScreen[str | PickFiles | None]):
 
 
 FILES_CHROME = 10
-"""Rows of the file picker around its list: border, padding, title, summary, buttons."""
+"""Rows of the file picker around its tree: border, padding, title, summary, buttons."""
 FILES_MIN = 4
-"""Rows the file list keeps however small the window (two files and its border)."""
+"""Rows the file tree keeps however small the window (two lines and its border)."""
 
 
 class FilesScreen(ModalScreen[frozenset[str] | None]):
-    """Tick the files of a folder to fetch, before or during its download. Returns the
-    ticked relative paths (never none: a download wants at least one file), or None."""
+    """Tick the files of a folder to fetch, before or during its download, in a tree:
+    folders open and close, ticking a folder ticks everything under it. Returns the ticked
+    relative paths (never none: a download wants at least one file), or None."""
 
-    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel"),
+                Binding("a", "all", "All", show=False),
+                Binding("n", "none", "None", show=False)]
 
-    def __init__(self, manifest: Manifest, ticked: frozenset[str] | None = None, *,
-                 running: bool = False) -> None:
+    def __init__(self, name: str, files: Sequence[tuple[str, int]],
+                 ticked: frozenset[str] | None = None, *, running: bool = False) -> None:
         super().__init__()
-        self.manifest = manifest
-        self.ticked = ticked
-        """Ticked at first; None: every file."""
+        self.folder_name = name
+        self.index = FileIndex(files, ticked)
+        """The files and their ticks (None ticked at first: every file)."""
         self.running = running
         """The download runs: the choice applies to it at once (else it starts with it)."""
 
+    @classmethod
+    def of(cls, manifest: Manifest, ticked: frozenset[str] | None = None, *,
+           running: bool = False) -> FilesScreen:
+        """The picker for the files of ``manifest``."""
+        return cls(manifest.name, [(e.path, e.info.size) for e in manifest.entries], ticked,
+                   running=running)
+
     def compose(self) -> ComposeResult:
-        options = [Option(Text(f"{human_bytes(e.info.size):>10}  {e.path}"), e.path,
-                          self.ticked is None or e.path in self.ticked)
-                   for e in self.manifest.entries]
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(f"Files of {self.manifest.name}", classes="title", markup=False)
-            yield SelectionList[str](*options, id="files-list")
+            yield Label(f"Files of {self.folder_name}", classes="title", markup=False)
+            yield FileTree(self.index, id="files-list")
             yield Static("", id="files-summary", classes="hint")
             with Horizontal(classes="buttons"):
                 yield Button("Apply" if self.running else "Fetch", variant="primary",
@@ -202,35 +210,37 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
                 yield Button("Cancel", id="files-cancel")
 
     def on_mount(self) -> None:
-        self.query_one("#files-list", SelectionList).focus()
+        self.query_one("#files-list", FileTree).focus()
         self._summarize()
 
     def on_resize(self) -> None:
-        # The list takes what the window leaves (a height: auto dialog cannot give it 1fr),
+        # The tree takes what the window leaves (a height: auto dialog cannot give it 1fr),
         # so the summary and the buttons stay on screen however many files there are.
         room = self.size.height - FILES_CHROME
-        self.query_one("#files-list", SelectionList).styles.max_height = max(FILES_MIN, room)
+        self.query_one("#files-list", FileTree).styles.max_height = max(FILES_MIN, room)
 
     def chosen(self) -> frozenset[str]:
         """The paths ticked now."""
-        return frozenset(self.query_one("#files-list", SelectionList).selected)
+        return self.index.chosen()
 
-    @on(SelectionList.SelectedChanged)
+    @on(FileTree.Changed)
     def _summarize(self) -> None:
-        chosen = self.chosen()
-        size = sum(e.info.size for e in self.manifest.entries if e.path in chosen)
+        index = self.index
+        count, size = index.ticks(index.root)
         self.query_one("#files-summary", Static).update(
-            f"{len(chosen)} of {len(self.manifest.entries)} files, {human_bytes(size)} of "
-            f"{human_bytes(self.manifest.total_size)} · space ticks a file")
-        self.query_one("#files-ok", Button).disabled = not chosen
+            f"{count:,} of {len(index):,} files, {human_bytes(size)} of "
+            f"{human_bytes(index.size_of(index.root))} · space ticks")
+        self.query_one("#files-ok", Button).disabled = not count
 
     @on(Button.Pressed, "#files-all")
-    def _all(self) -> None:
-        self.query_one("#files-list", SelectionList).select_all()
+    def action_all(self) -> None:
+        self.index.set_all(True)
+        self.query_one("#files-list", FileTree).changed()
 
     @on(Button.Pressed, "#files-none")
-    def _none(self) -> None:
-        self.query_one("#files-list", SelectionList).deselect_all()
+    def action_none(self) -> None:
+        self.index.set_all(False)
+        self.query_one("#files-list", FileTree).changed()
 
     @on(Button.Pressed, "#files-ok")
     def _confirm(self) -> None:

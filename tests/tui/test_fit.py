@@ -162,7 +162,7 @@ def test_cancel_question_says_what_goes() -> None:
 async def open_dialog(pilot: Pilot[Any], which: str) -> None:
     app = pilot.app
     if which == "files":
-        app.push_screen(FilesScreen(album(40)[1]))
+        app.push_screen(FilesScreen.of(album(40)[1]))
     elif which == "question":
         info = DownloadInfo(MOVIE, "movie.mkv", 300 * MIB, 300, 200, "active",
                             Path("/dl/movie.mkv"), Path("/dl/movie.mkv.p2p-partial"), None)

@@ -265,17 +265,30 @@ def test_files_picker(snap_compare: Any, size: tuple[int, int]) -> None:
     paths, manifest = album()
 
     async def pick(pilot: Pilot[Any]) -> None:
-        pilot.app.push_screen(FilesScreen(manifest, frozenset(paths[2:4]), running=True))
+        pilot.app.push_screen(FilesScreen.of(manifest, frozenset(paths[2:4]), running=True))
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", pick))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_files_picker_long_list(snap_compare: Any, size: tuple[int, int]) -> None:
-    """Forty files: the list scrolls, the summary and buttons stay on screen."""
+    """Forty files in four folders, one partly ticked: the summary and buttons stay on screen."""
     paths, manifest = album(40)
 
     async def pick(pilot: Pilot[Any]) -> None:
-        pilot.app.push_screen(FilesScreen(manifest, frozenset(paths[:3])))
+        pilot.app.push_screen(FilesScreen.of(manifest, frozenset(paths[:3])))
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", pick))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_files_tree_opened(snap_compare: Any, size: tuple[int, int]) -> None:
+    """The tree with a folder opened and partly ticked: [-] on it, counts and sizes beside."""
+    paths, manifest = album()
+
+    async def pick(pilot: Pilot[Any]) -> None:
+        pilot.app.push_screen(FilesScreen.of(manifest, frozenset(paths[2:3])))
+        await pilot.pause()
+        await pilot.press("down", "right", "down")  # open music/, the cursor on its first file
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", pick))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from textual import events
-from textual.widgets import Button, Input, SelectionList
+from textual.widgets import Button, Input
 
 from p2p.content.select import Selection
 from p2p.node import Node
@@ -72,11 +72,11 @@ async def test_files_ticked_during_a_download_change_what_it_fetches(
                 await pilot.press("t")
                 await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen))
                 picker = app.screen
-                listing = picker.query_one("#files-list", SelectionList)
-                assert listing.selected == ["top.bin"]  # what the download wants now
+                assert isinstance(picker, FilesScreen)
+                assert picker.chosen() == {"top.bin"}  # what the download wants now
                 assert picker.query_one("#files-ok", Button).label.plain == "Apply"
-                await pilot.press("space")  # the first row: docs/a.txt
-                assert set(listing.selected) == {"docs/a.txt", "top.bin"}
+                await pilot.press("space")  # the first row: the folder docs/, with a.txt in it
+                assert picker.chosen() == {"docs/a.txt", "top.bin"}
                 await pilot.click("#files-ok")
                 download = app.node.download(cid)
                 assert download is not None
@@ -97,8 +97,8 @@ async def test_files_ticked_during_a_download_change_what_it_fetches(
                 await wait_until(pilot, lambda: cid not in app.node.downloading() if app.node else False)
                 await pilot.press("t")
                 await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen))
-                listing = app.screen.query_one("#files-list", SelectionList)
-                assert set(listing.selected) == {"docs/a.txt", "top.bin"}
+                assert isinstance(app.screen, FilesScreen)
+                assert app.screen.chosen() == {"docs/a.txt", "top.bin"}
                 assert app.screen.query_one("#files-ok", Button).label.plain == "Fetch"
                 await pilot.click("#files-all")
                 await pilot.click("#files-ok")
@@ -128,14 +128,14 @@ async def test_files_picked_before_the_download_are_the_only_ones_fetched(base: 
             await pilot.click("#fetch-pick")
             await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), seconds=30)
             picker = app.screen
-            listing = picker.query_one("#files-list", SelectionList)
-            assert set(listing.selected) == set(FILES)  # every file ticked at first
+            assert isinstance(picker, FilesScreen)
+            assert picker.chosen() == set(FILES)  # every file ticked at first
             assert app.node.library.download(cid) is None  # only the listing so far
             await pilot.click("#files-none")
             assert picker.query_one("#files-ok", Button).disabled  # nothing ticked: no fetch
-            listing.focus()  # back from the button to the list
-            await pilot.press("down", "space")  # the second row: music/c.bin
-            assert listing.selected == ["music/c.bin"]
+            picker.query_one("#files-list").focus()  # back from the button to the tree
+            await pilot.press("down", "space")  # the second row: the folder music/
+            assert picker.chosen() == {"music/c.bin"}
             await pilot.click("#files-ok")
 
             def done() -> bool:
