@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -83,6 +84,9 @@ BATCH_WINDOW = 0.1
 BATCH_MAX = 5000
 PROVIDER_LOOKUP_EVERY = 60.0
 """Seconds between DHT provider lookups for the library's items."""
+HEALTH_CHECK_EVERY = 30.0
+"""Seconds between checks that shared files are as shared (a ``stat`` per file: cheap, but
+not for every one-second refresh of a 100,000-file share)."""
 
 TABS = ("library", "transfers", "peers", "dht", "log")
 
@@ -132,6 +136,13 @@ class NodeSnapshot(Message):
     dht: DhtData
     running: set[ContentId] = field(default_factory=set)
     held: dict[ContentId, tuple[int, list[int]]] = field(default_factory=dict)
+
+
+@dataclass
+class HealthChecked(Message):
+    """Each share's ``ok``, ``changed`` or ``missing``."""
+
+    status: dict[ContentId, str]
 
 
 @dataclass
@@ -275,6 +286,9 @@ class P2PApp(App[None]):
         self.transfers = Transfers()
         self.peers = Peers()
         self.providers: dict[ContentId, int | None] = {}
+        self.health: dict[ContentId, str] = {}
+        """Each share's ``ok``/``changed``/``missing``, from the last health check."""
+        self._health_at = -math.inf
         self._looked_up: dict[ContentId, float] = {}
         self._tickets: dict[ContentId, Ticket] = {}
         self._library: list[LibraryRow] = []
@@ -529,7 +543,8 @@ class P2PApp(App[None]):
         listed: set[ContentId] = set()
         for s in snap.shares:
             rows.append(LibraryRow(s.content_id, s.name, s.size, s.origin,
-                                   self.providers.get(s.content_id)))
+                                   self.providers.get(s.content_id),
+                                   self.health.get(s.content_id, "")))
             listed.add(s.content_id)
         for d in downloads:
             if d.content_id not in listed:
@@ -543,6 +558,9 @@ class P2PApp(App[None]):
             if now - self._looked_up.get(cid, -PROVIDER_LOOKUP_EVERY) >= PROVIDER_LOOKUP_EVERY:
                 self._looked_up[cid] = now
                 self.lookup_providers(cid)
+        if snap.shares and now - self._health_at >= HEALTH_CHECK_EVERY:
+            self._health_at = now
+            self.check_health()
         downloading = sum(1 for r in self.transfers.rows() if r.state == "active")
         self.main.query_one(StatusLine).show(status_parts(snap, downloading))
 
@@ -559,13 +577,40 @@ class P2PApp(App[None]):
             return
         self.post_message(ProvidersFound(cid, count))
 
+    @work(exclusive=True, group="health")
+    async def check_health(self) -> None:
+        """Whether each share's files are as shared (shown as the Library's status)."""
+        link = self.link
+        if link is None:
+            return
+        try:
+            found = await link.health()
+        except P2PError as exc:  # a busy state directory, a node gone: try again later
+            self.log_line("warning", f"could not check the shared files: {describe_error(exc)}")
+            return
+        self.post_message(HealthChecked(found))
+
+    def on_health_checked(self, message: HealthChecked) -> None:
+        if self.views_gone:
+            return
+        for cid, status in message.status.items():
+            if status != "ok" and self.health.get(cid, "ok") == "ok":
+                self.log_line("warning", f"{cid.short()}: its shared files are {status}: "
+                                         "serving what is intact, `p2p verify` re-hashes")
+        self.health = message.status
+        self._relist()
+
+    def _relist(self) -> None:
+        self._library = [dataclasses.replace(r, providers=self.providers.get(r.content_id),
+                                             status=self.health.get(r.content_id, r.status))
+                         for r in self._library]
+        self.main.query_one(LibraryView).rows = tuple(self._library)
+
     def on_providers_found(self, message: ProvidersFound) -> None:
         if self.views_gone:
             return
         self.providers[message.content_id] = message.count
-        self._library = [LibraryRow(r.content_id, r.name, r.size, r.origin,
-                                    self.providers.get(r.content_id)) for r in self._library]
-        self.main.query_one(LibraryView).rows = tuple(self._library)
+        self._relist()
 
     def _linked(self) -> NodeLink | None:
         """The node's link, or None after saying why there is none."""

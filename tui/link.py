@@ -89,6 +89,10 @@ class NodeLink(Protocol):
     async def state(self, known: set[ContentId]) -> NodeState:
         """The node's local state (see :func:`p2p.attach.read_state`)."""
 
+    async def health(self) -> dict[ContentId, str]:
+        """Each share's ``ok``, ``changed`` or ``missing`` (a ``stat`` per shared file, off
+        the event loop: call it now and then, not every refresh)."""
+
     async def count_providers(self, cid: ContentId) -> int:
         """How many providers the DHT names for ``cid``."""
 
@@ -157,6 +161,15 @@ class LocalLink:
 
     async def state(self, known: set[ContentId]) -> NodeState:
         return await read_state(self.node, known)
+
+    async def health(self) -> dict[ContentId, str]:
+        library = self.node.library
+
+        def check() -> dict[ContentId, str]:
+            return {s.content_id: library.share_health(s.content_id).status
+                    for s in library.shares()}
+
+        return await asyncio.to_thread(check)
 
     async def count_providers(self, cid: ContentId) -> int:
         return await self.node.count_providers(cid)
@@ -298,6 +311,14 @@ class AttachedLink:
             return decode_snapshot(data)
         except (KeyError, ValueError, TypeError) as exc:
             raise NetworkError(f"the node sent a snapshot this app cannot read: {exc}") from None
+
+    async def health(self) -> dict[ContentId, str]:
+        rows = await self._ask({"cmd": "ls"})
+        try:
+            return {ContentId.parse(r["content_id"]): str(r.get("status", ""))
+                    for r in rows["shares"]}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise NetworkError(f"the node sent a library this app cannot read: {exc}") from None
 
     async def count_providers(self, cid: ContentId) -> int:
         return int((await self._ask({"cmd": "providers", "content_id": str(cid)}))["count"])
