@@ -66,15 +66,16 @@ def test_an_interrupted_json_command_says_so_on_stdout(cli: CLI, tmp_path: Path)
     address = str(boot.json()["listen"])
     fetch = cli.start("fetch", "p2pc1" + "a" * 52, "--json", "--timeout", "60",
                       "--bootstrap", address, *cli.node_args("fetcher"))
-    # Await the fetcher joining the DHT (the bootstrap node sees its contact): it is then in
-    # its search, with its signal handlers in place.
+    # Await the fetcher's provider search reaching the bootstrap node (it answered a `get`):
+    # the fetcher is then in its search, with its signal handlers in place. (A fetcher is a
+    # DHT client: it never enters the bootstrap node's routing table, so contacts stay 0.)
     deadline = time.monotonic() + WAIT
     while True:
         seen = cli.run("dht", "--json", "--state-dir", str(tmp_path / "state" / "boot"))
         assert seen.returncode == 0, seen.stderr
-        if json.loads(seen.stdout)["contacts"] >= 1:
+        if json.loads(seen.stdout)["stats"].get("rpcs_received", {}).get("get", 0) >= 1:
             break
-        assert time.monotonic() < deadline, "the fetcher never joined the DHT"
+        assert time.monotonic() < deadline, "the fetcher's search never reached the DHT"
     fetch.send(signal.SIGINT)
     assert fetch.wait() == 130, fetch.err()
     obj = fetch.last_json()
