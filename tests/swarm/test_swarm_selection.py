@@ -358,3 +358,48 @@ async def test_a_selected_download_resumed_by_a_restarted_node_fetches_only_its_
     assert info.state == "selected"
     assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in picked}
     assert set(sent) <= chunks_of(seed, cid, picked)  # nothing of the other files
+
+
+async def test_p2p_resume_of_a_paused_selected_download_on_a_restarted_node_fetches_only_its_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``p2p resume ID`` (Node.resume, what the control socket calls) on a node started again
+    asks for the recorded selection, not the whole folder."""
+    src = make_folder(tmp_path / "src" / "album")
+    release = threading.Event()
+    check = Download._check_and_write
+    hold = -1
+
+    def held_check(self: Download, index: int, payload: Any) -> bool:
+        if index == hold:
+            release.wait(30)
+        return check(self, index, payload)
+
+    monkeypatch.setattr(Download, "_check_and_write", held_check)
+    picked = {"docs/a.txt", "top.bin"}
+    async with asyncio.timeout(60), running_nodes(tmp_path, ["seed"]) as (seed,):
+        cid = (await seed.share(src)).content_id
+        dest = tmp_path / "out" / "album"
+        hold = max(chunks_of(seed, cid, {"top.bin"}))
+        async with Node(node_config(tmp_path, "dl")) as dl:
+            with dl.events.subscribed() as sub:
+                fetch = asyncio.create_task(dl.fetch(cid, dest, peers=[seed.listen_address()],
+                                                     selection=Selection.of_paths(picked)))
+                try:
+                    await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                    assert await dl.pause(cid)
+                finally:
+                    release.set()
+                    fetch.cancel()
+        with seed.events.subscribed() as up:
+            dl = Node(node_config(tmp_path, "dl", resume_downloads=True))
+            with dl.events.subscribed() as sub:
+                async with dl:
+                    assert dl.resumed == []  # paused: not resumed by itself
+                    assert dl.resume(cid) == "paused"
+                    await wait_for(sub, lambda e: isinstance(e, DownloadCompleted | DownloadFailed))
+                    await dl.join(cid)
+                    [info] = dl.library.downloads()
+            sent = uploaded(drain(up), cid.digest)
+    assert info.state == "selected"
+    assert files_under(dest) == {rel: (src / rel).read_bytes() for rel in picked}
+    assert set(sent) <= chunks_of(seed, cid, picked)  # nothing of the other files
