@@ -7,6 +7,7 @@ The app runs headless in a process of its own (Textual's test driver), which pri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
@@ -66,3 +67,40 @@ def test_the_command_line_goes_through_the_terminal_apps_node(cli: CLI, tmp_path
     assert app.line().strip() == "stopped"
     assert app.wait() == 0, app.err()
     assert not (state / "control.sock").exists()
+
+
+async def test_the_terminal_app_attaches_to_a_running_serve_and_leaves_it_running(
+        cli: CLI, tmp_path: Path) -> None:
+    """``p2p-tui`` on the state directory of a running ``p2p serve`` drives that node through
+    its control socket: a share made in the app is the node's (``p2p ls`` lists it), the
+    Library shows it, and quitting the app leaves the node serving."""
+    from p2p import NodeConfig
+    from tui.app import build_app
+    from tui.link import AttachedLink
+
+    state = tmp_path / "state" / "node"
+    serve = cli.start("serve", "--json", "--state-dir", str(state), "--listen", "127.0.0.1:0")
+    peer_id = str(serve.json()["peer_id"])
+    src = make_file(tmp_path / "notes.bin", 1 << 20)
+    config = NodeConfig(state_dir=state, host="127.0.0.1", port=0, download_dir=tmp_path / "dl",
+                        max_contacts_per_ip=None)
+    app = build_app(config, refresh_interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        async with asyncio.timeout(30):
+            await app.ready.wait()
+        link = app.link
+        assert isinstance(link, AttachedLink)
+        assert str(link.peer_id) == peer_id
+        assert "attached" in str(app.sub_title)
+        name, ticket = await link.share(src)
+        assert name == "notes.bin" and ticket.startswith("p2p")
+        listed = cli.run("ls", "--json", "--state-dir", str(state))
+        assert listed.returncode == 0, listed.stderr
+        assert [s["name"] for s in json.loads(listed.stdout)["shares"]] == ["notes.bin"]
+        async with asyncio.timeout(30):
+            while not any(r.name == "notes.bin" for r in app._library):
+                await pilot.pause(0.05)
+        await app.action_quit()
+    peers = cli.run("peers", "--json", "--state-dir", str(state))
+    assert peers.returncode == 0, peers.stderr  # the node still runs: its control socket answers
+    assert serve.stop() == 0
