@@ -184,7 +184,18 @@ def test_unpack_canonical_mutated_encoding_is_canonical_or_refused(
     except DecodeError:
         return
     assert pack(decoded) == bytes(data)
-    assert decoded != value
+    # Compared with types: 0 == False in Python, yet they are different values on the wire.
+    assert _typed(decoded) != _typed(value)
+
+
+def _typed(value: object) -> object:
+    """``value`` with the type of every part beside it, so that equal-comparing values of
+    different types (0 and False, 1.0 and 1) are told apart."""
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_typed(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((_typed(k), _typed(v)) for k, v in value.items()))
+    return (type(value).__name__, value)
 
 
 # -- field checks -----------------------------------------------------------------------
