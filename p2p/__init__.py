@@ -89,7 +89,7 @@ from .library import Ban, DownloadInfo, Library, ShareInfo
 from .node import DEFAULT_PORT, Node, NodeConfig
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, Verdict, VerifyReport
 from .settings import Settings, build_settings, environment
-from .units import human_bytes, human_rate, human_seconds, plural
+from .units import format_rate, human_bytes, human_rate, human_seconds, parse_rate, plural
 
 __version__ = "0.1.0"
 
@@ -179,6 +179,7 @@ __all__ = [
     "environment",
     "exit_code_for",
     "format_address",
+    "format_rate",
     "human_bytes",
     "human_rate",
     "human_seconds",
@@ -187,6 +188,7 @@ __all__ = [
     "make_ticket",
     "parse_address",
     "parse_id_or_ticket",
+    "parse_rate",
     "plural",
     "save_config",
     "set_config_value",
