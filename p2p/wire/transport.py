@@ -133,6 +133,9 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._down = tuple(down)
         self._write_held = False
         """Waiting for an upload limit's turn (the peer is not to blame)."""
+        self._write_granted = False
+        """A turn came: the next piece goes whatever the balance (each waiter woken in a
+        round moves one turn, so the first in the queue cannot starve the others)."""
         self._read_held = False
         """Reading paused until a download limit's turn."""
         self._stall_reported = False
@@ -284,12 +287,13 @@ class WireProtocol(asyncio.BufferedProtocol):
         size = WRITE_PIECE
         for throttle in self._up:
             if throttle.limit.rate > 0:
-                if not throttle.allows():
+                if not self._write_granted and not throttle.allows():
                     if not self._write_held:
                         self._write_held = True
                         throttle.wait(self._write_turn)
                     return 0
                 size = min(size, throttle.quantum)
+        self._write_granted = False
         return size
 
     def _charge_write(self, nbytes: int) -> None:
@@ -300,6 +304,7 @@ class WireProtocol(asyncio.BufferedProtocol):
     def _write_turn(self) -> None:
         """An upload limit's turn came: write on."""
         self._write_held = False
+        self._write_granted = True
         self._push()
 
     def _charge_read(self, nbytes: int) -> None:
@@ -322,8 +327,7 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     def _read_turn(self) -> None:
         """A download limit's turn came: read on, unless another limit (or the queue) holds it."""
-        self._read_held = False
-        self._hold_reading()
+        self._read_held = False  # this turn's read goes; the next charge checks again
         transport = self.transport
         if not (self._read_held or self.reading_paused) and transport is not None \
                 and not transport.is_closing():
