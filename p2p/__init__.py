@@ -91,7 +91,7 @@ from .node import DEFAULT_PORT, Node, NodeConfig
 from .reachability import Reachability
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, Verdict, VerifyReport
 from .settings import Settings, build_settings, environment
-from .units import human_bytes, human_rate, human_seconds, plural
+from .units import format_rate, human_bytes, human_rate, human_seconds, parse_rate, plural
 
 __version__ = "0.1.0"
 
@@ -184,6 +184,7 @@ __all__ = [
     "environment",
     "exit_code_for",
     "format_address",
+    "format_rate",
     "human_bytes",
     "human_rate",
     "human_seconds",
@@ -192,6 +193,7 @@ __all__ = [
     "make_ticket",
     "parse_address",
     "parse_id_or_ticket",
+    "parse_rate",
     "plural",
     "save_config",
     "set_config_value",

@@ -33,6 +33,7 @@ import platformdirs
 from .address import parse_address
 from .durable import write_atomic
 from .errors import BadInput
+from .units import parse_rate
 
 __all__ = [
     "CONFIG_FILE",
@@ -132,6 +133,12 @@ def _positive(text: str, what: str) -> float:
     return int(value) if value.is_integer() else value
 
 
+def _rate(text: str, what: str) -> str:
+    """A bandwidth limit (``5MiB/s``, ``500KiB/s``, ``0`` for none), stored as typed."""
+    parse_rate(text, what)
+    return text.strip()
+
+
 def _positive_or_none(text: str, what: str) -> float | str:
     return "none" if text.strip().lower() == "none" else _positive(text, what)
 
@@ -170,6 +177,9 @@ CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
         is_list=True),
     Key("download_dir", "where fetches go when no destination is given", _folder),
     Key("state_dir", "identity, database and control socket", _folder),
+    Key("max_upload_rate", "upload limit of long-running commands (5MiB/s, 500KiB/s; 0: none)",
+        _rate),
+    Key("max_download_rate", "download limit of long-running commands (0: none)", _rate),
     Key("daemon.listen", "p2p-bootstrap's UDP address (a literal IP)", _address),
     Key("daemon.state_dir", "p2p-bootstrap's identity and routing table", _folder),
     Key("daemon.bootstrap", "other nodes p2p-bootstrap joins on start (a list)", _addresses,
@@ -187,10 +197,7 @@ CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
 )}
 """Every key, by name. A key is here only when something reads it."""
 
-RESERVED_KEYS: dict[str, str] = {
-    "max_upload_rate": "bandwidth limits are not implemented yet",
-    "max_download_rate": "bandwidth limits are not implemented yet",
-}
+RESERVED_KEYS: dict[str, str] = {}
 """Names kept for settings still to come. Setting one is refused with this reason rather
 than stored: a limit that is written down but not held would mislead whoever set it."""
 

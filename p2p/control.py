@@ -54,6 +54,7 @@ from .exitcodes import EXIT_INTERRUPTED, EXIT_NETWORK, EXIT_USAGE, describe, exi
 from .identity import PeerId
 from .library import Library
 from .node import Node
+from .units import parse_rate
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ _MAX_SUN_PATH = 100
 """Unix socket paths longer than this (the kernel allows 107 bytes) are reached through /proc."""
 
 COMMANDS = ("id", "peers", "dht", "ls", "share", "fetch", "listing", "verify", "unshare",
-            "rm", "pause", "resume", "publish", "resolve", "netcheck", *attach.ATTACH_COMMANDS)
+            "rm", "pause", "resume", "publish", "resolve", "netcheck", "limit",
+            *attach.ATTACH_COMMANDS)
 """Every request a running node answers (see :func:`_answer` for their fields, and
 :mod:`p2p.attach` for those of a front end attached to the node)."""
 
@@ -271,6 +273,8 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
             record = await node.publish(str(request.get("name", "")), _cid(request))
             return {"publisher": str(record.publisher), "name": record.name,
                     "content_id": str(ContentId(record.content_id)), "seq": record.seq}
+        case "limit":
+            return node_limits(node, request)
         case "resolve":
             record = await node.resolve(PeerId.parse(str(request.get("publisher", ""))),
                                         str(request.get("name", "")))
@@ -283,6 +287,31 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
                                        channel.drain)
         case other:
             raise BadInput(f"unknown control command {other!r} (known: {', '.join(COMMANDS)})")
+
+
+def _rate(request: dict[str, Any], key: str) -> float | None:
+    """A rate field of a request: bytes per second (a number, or text as typed), or None."""
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadInput(f"{key}: expected a rate, got {value!r}")
+    return parse_rate(str(value), key)
+
+
+def node_limits(node: Node, request: dict[str, Any]) -> dict[str, Any]:
+    """``limit``: change what the request gives (``up``, ``down``; with ``content_id``, that
+    download's own ``down``), then answer the limits in force (:meth:`Node.limits`)."""
+    up, down = _rate(request, "up"), _rate(request, "down")
+    if request.get("content_id"):
+        if up is not None:
+            raise BadInput("a download has no upload limit of its own: --up is the node's "
+                           "(give it without an ID)")
+        if down is not None:
+            node.set_download_limit(_cid(request), down)
+    else:
+        node.set_limits(up=up, down=down)
+    return node.limits()
 
 
 def _finding(request: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +359,8 @@ async def _fetch(node: Node, request: dict[str, Any], channel: _Channel) -> dict
             result = await node.fetch(target, _path(request, "dest"), **_finding(request),
                                       selection=selection, download_dir=_path(request, "download_dir"),
                                       rename=bool(request.get("rename")),
-                                      sequential=bool(request.get("sequential")))
+                                      sequential=bool(request.get("sequential")),
+                                      max_download_rate=_rate(request, "max_download_rate") or 0.0)
         finally:
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -77,6 +77,7 @@ from .store.chunks import ChunkMap
 from .swarm.download import Download, FetchOptions
 from .tasks import TaskOwner
 from .wire import server as wire_server
+from .wire.bandwidth import Bandwidth, Throttle
 from .wire.messages import Message
 from .wire.transport import connect
 
@@ -165,6 +166,11 @@ class NodeConfig:
     """Resume at start the downloads that were running when the last node of this state
     directory stopped (:data:`RESUMABLE`). On for long-running nodes (``p2p serve``, the
     terminal app), off for a command's own short-lived node."""
+    max_upload_rate: float = 0.0
+    """Bytes per second this node sends to all its peers together (ciphertext, handshakes
+    included); 0 is no limit. :meth:`Node.set_limits` changes it while the node runs."""
+    max_download_rate: float = 0.0
+    """Bytes per second this node receives from all its peers together; 0 is no limit."""
 
 
 class _AlreadyThere(Exception):
@@ -237,6 +243,10 @@ class Node:
         self.reachability: Reachability = NOT_CHECKED
         """The latest reachability verdict (:meth:`netcheck`): what the DHT mode follows."""
         self._checking: asyncio.Lock | None = None
+        self.bandwidth = Bandwidth(config.max_upload_rate, config.max_download_rate)
+        """The node's upload and download limits, over every peer connection."""
+        self._download_limits: dict[ContentId, Throttle] = {}
+        """Each running download's own download limit (rate 0: none but the node's)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -307,7 +317,7 @@ class Node:
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             server = wire_server.Server(self._identity, self._store, cfg.server_limits,
                                         agent=cfg.agent, on_event=self._on_server_event,
-                                        clock=cfg.clock)
+                                        clock=cfg.clock, bandwidth=self.bandwidth)
             port = await server.start(hosts, cfg.port)
             dht_config = DHTConfig(host=hosts[0] if len(hosts) == 1 else hosts, port=port, ksize=20,
                                    max_contacts_per_ip=cfg.max_contacts_per_ip,
@@ -359,6 +369,7 @@ class Node:
         self._pool.shutdown(wait=True)
         self._sync_pool.shutdown(wait=True)  # finishes pending seals: finished downloads become durable
         self._store.close()
+        self.bandwidth.close()
         self._unlock()
 
     @property
@@ -582,7 +593,7 @@ class Node:
                     publisher: PeerId | None = None, peers: Sequence[Address] = (),
                     timeout: float = 30.0, sequential: bool = False,
                     selection: Selection | None = None, download_dir: Path | None = None,
-                    rename: bool = False) -> FetchResult:
+                    rename: bool = False, max_download_rate: float = 0.0) -> FetchResult:
         """Download ``target`` (an id, a ticket or their text); returns where it is and how it came.
 
         The destination is ``dest`` (an existing folder: ``dest/NAME``), else
@@ -603,6 +614,9 @@ class Node:
         recorded as ``selected``, not served. A later fetch of more files (or all) resumes
         it: the files already there are checked again and kept, only the rest is fetched.
         Raises :class:`BadInput` when the selection picks no file of the content.
+
+        ``max_download_rate``: bytes per second for this download alone, on top of the
+        node's limit (0: none); :meth:`set_download_limit` changes it while it runs.
         """
         started = asyncio.get_running_loop().time()
         options = self._options(target, dest, publisher, peers, timeout, sequential, selection,
@@ -618,6 +632,7 @@ class Node:
             return self._result(options.content_id, placed, None, started, options.selection)
         self._require_dht(options.peers)
         options = self._widened(options)
+        self._download_limits[options.content_id] = Throttle(max_download_rate, name="download")
         download = self._new_download(options, rename=rename)
         task = asyncio.current_task()
         assert task is not None
@@ -650,6 +665,9 @@ class Node:
             raise
         finally:
             self._downloads.pop(options.content_id, None)
+            throttle = self._download_limits.pop(options.content_id, None)
+            if throttle is not None:
+                throttle.close()
 
     async def stream(self, target: str | ContentId | Ticket,
                      write: Callable[[bytes | memoryview], Awaitable[None]],
@@ -1052,11 +1070,15 @@ class Node:
             async for record in self._dht.iter_providers(cid.digest):
                 yield record.peer_id, record.addresses, True
 
+        own = self._download_limits.get(options.content_id)
+        limits: dict[str, Any] = {"up": (self.bandwidth.up,),
+                                  "down": (self.bandwidth.down,) + ((own,) if own is not None else ())}
+
         async def dial(addr: Address, peer: PeerId | None, first: Sequence[Message]) -> Any:
             try:
                 return await connect(addr[0], addr[1], self._identity, expected_peer=peer,
                                      listen_addrs=self.addresses(), agent=self.config.agent,
-                                     first=first)
+                                     first=first, **limits)
             except NetworkError:
                 if peer is None:
                     raise
@@ -1068,7 +1090,7 @@ class Node:
                     with contextlib.suppress(NetworkError):
                         return await connect(fresh[0], fresh[1], self._identity,
                                              expected_peer=peer, listen_addrs=self.addresses(),
-                                             agent=self.config.agent, first=first)
+                                             agent=self.config.agent, first=first, **limits)
                 raise
 
         def on_manifest(manifest: Manifest) -> None:
@@ -1203,6 +1225,31 @@ class Node:
             now = self._dht.reachable_addresses()
             if now != seen or waited >= self.config.reachability_interval:
                 seen, waited = now, 0.0
+
+    # -- bandwidth limits -----------------------------------------------------------------------
+
+    def limits(self) -> dict[str, Any]:
+        """The limits in force (``p2p limit``): the node's, in bytes per second (0: none) with
+        the bytes moved under them, and each running download's own."""
+        return {"up": self.bandwidth.up.to_json(), "down": self.bandwidth.down.to_json(),
+                "downloads": {str(cid): throttle.to_json()
+                              for cid, throttle in self._download_limits.items()}}
+
+    def set_limits(self, *, up: float | None = None, down: float | None = None) -> None:
+        """Change the node's upload and/or download limit now (0: none); every connection,
+        open or to come, counts against the new rate at once."""
+        if up is not None:
+            self.bandwidth.up.set_rate(up)
+        if down is not None:
+            self.bandwidth.down.set_rate(down)
+
+    def set_download_limit(self, content_id: ContentId, rate: float) -> None:
+        """Change a running download's own limit (0: only the node's applies). Raises
+        :class:`NotFound` when this node does not run that download."""
+        throttle = self._download_limits.get(content_id)
+        if throttle is None:
+            raise NotFound(f"{content_id} is not being downloaded by this node")
+        throttle.set_rate(rate)
 
     # -- server events ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from .. import (
     environment,
     exit_code_for,
 )
-from . import commands, demo, ports
+from . import commands, demo, limit, ports
 from . import config as config_command
 from .commands import Run
 from .output import Output, to_json
@@ -45,7 +45,7 @@ exit codes:
 
 environment and config file:
   P2P_STATE_DIR, P2P_LISTEN, P2P_BOOTSTRAP (comma-separated), P2P_ANNOUNCE_ADDR
-  (comma-separated), P2P_DOWNLOAD_DIR; P2P_CONFIG names the config file (default:
+  (comma-separated), P2P_DOWNLOAD_DIR, P2P_MAX_UPLOAD_RATE, P2P_MAX_DOWNLOAD_RATE; P2P_CONFIG names the config file (default:
   `p2p config path`). An option on the command line wins over its environment
   variable, which wins over the config file, which wins over the default.
 """
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file size, e.g. 64M, 1G, 500K or bytes (default 512M)")
 
     _add_download_commands(command, subs.choices["fetch"])
+    limit.add_commands(command, [subs.choices[name] for name in ("share", "serve", "fetch")])
     p = command("config", config_command.cmd_config, "show or change the config file",
                 "The config file (TOML): `path` prints where it is, `show` the settings in force "
                 "and where each comes from (flag, env, file, default), `set KEY VALUE` and "
@@ -289,6 +290,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
     settings = build_settings(state_dir=merged["state_dir"], listen=merged["listen"],
                               bootstrap=merged["bootstrap"], announce=merged["announce_addr"],
                               json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
+                              max_upload_rate=getattr(args, "max_upload_rate", None),
+                              max_download_rate=getattr(args, "max_download_rate", None),
                               env=env, config=config)
     out = Output(json_mode=settings.json, verbosity=settings.verbosity)
     return args, Run(settings, out)

@@ -41,7 +41,7 @@ from .. import (
     parse_id_or_ticket,
     plural,
 )
-from . import control
+from . import control, limit
 from .output import Output
 from .progress import FetchView, UploadView, following, hashing_bar
 
@@ -173,6 +173,7 @@ async def cmd_share(run: Run, args: argparse.Namespace) -> int:
         raise BadInput(f"{path}: no such file or folder")
     total = _tree_size(path)
     state = run.settings.state_dir
+    limit.through_running_node(run, every=True)
     try:
         with hashing_bar(run.out, f"hashing {path.name}", total) as progress:
             hashed = 0
@@ -307,6 +308,7 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
                "publisher": str(publisher) if publisher else None,
                "peers": [format_address(p) for p in peers], "timeout": args.timeout,
                "include": list(args.include), "exclude": list(args.exclude), "rename": rename}
+    request.update(limit.through_running_node(run))
     try:
         with FetchView(run.out, content_id) as view:
             record = await control.query(state, request, _events_to(view))

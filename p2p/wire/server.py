@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
+from .bandwidth import Bandwidth
 from .errors import ClosedByUs, ConnectionLost
 from .messages import (
     PROTOCOL_VERSION,
@@ -240,9 +241,11 @@ class Server:
     def __init__(self, identity: Identity, source: ChunkSource, limits: ServerLimits = DEFAULT_LIMITS,
                  *, listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                  on_event: Callable[[ServerEvent], None] | None = None,
-                 cipher: str = "AESGCM", clock: Callable[[], float] | None = None) -> None:
+                 cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
+                 bandwidth: Bandwidth | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
-        a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`."""
+        a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
+        ``bandwidth``: the node's limits, which every accepted connection counts against."""
         self.identity = identity
         self.source = source
         self.limits = limits
@@ -258,6 +261,7 @@ class Server:
         self._links: dict[WireProtocol, _Link] = {}
         self._admission = Admission(limits)
         self._closed = False
+        self._bandwidth = bandwidth
 
     # -- listening -------------------------------------------------------------------------
 
@@ -334,9 +338,12 @@ class Server:
 
     def _make_protocol(self) -> WireProtocol:
         # No session yet: _accept creates it only for a connection it admits.
+        bandwidth = self._bandwidth
         return WireProtocol(max_send_buffer=self.limits.max_send_buffer,
                             max_receive_queue=self.limits.max_receive_queue,
-                            on_made=self._accept, on_write_paused=self._write_paused)
+                            on_made=self._accept, on_write_paused=self._write_paused,
+                            up=() if bandwidth is None else (bandwidth.up,),
+                            down=() if bandwidth is None else (bandwidth.down,))
 
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]

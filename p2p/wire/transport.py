@@ -19,6 +19,12 @@ so ``pause_writing``/``resume_writing`` say exactly that). The socket takes most
 whole; at most the tail of one piece per "socket full" is copied into the transport's
 buffer (Python 3.11's transport copies everything it cannot send at once: a 1 MiB chunk
 written whole into a full socket cost a second copy of every byte served).
+
+Bandwidth limits (:mod:`p2p.wire.bandwidth`) apply here, where ciphertext meets the
+socket, so encryption overhead, handshakes and every peer count: a protocol given upload
+throttles writes a piece only when each allows it (and charges it); one given download
+throttles charges every read and pauses reading while one of them is overdrawn. Without a
+limit set, this costs one attribute test per piece or read.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable, Sequence
 from ..address import format_address, from_sockaddr
 from ..errors import NetworkError
 from ..identity import Identity, PeerId
+from .bandwidth import Throttle
 from .errors import ClosedByUs, ConnectionLost, LocalProtocolError, RemoteProtocolError
 from .messages import PROTOCOL_VERSION, Bitfield, Data, Goodbye, Hello, Manifest, Message
 from .session import RECV_BUFFER, Session, State
@@ -79,12 +86,17 @@ class WireProtocol(asyncio.BufferedProtocol):
     callback sees the peer's address first, then gives the connection a session
     (:meth:`attach`) or refuses it (:meth:`abort`), so a refused connection costs no key
     and no buffer.
+
+    ``up`` and ``down`` are the bandwidth limits the connection's bytes count against
+    (the node's, and a download's own); ``on_write_paused`` is told when bytes wait because
+    the peer does not take them, not while a limit of ours holds them.
     """
 
     def __init__(self, session: Session | None = None, *, max_send_buffer: int = MAX_SEND_BUFFER,
                  max_receive_queue: int = MAX_RECEIVE_QUEUE,
                  on_made: Callable[[WireProtocol], None] | None = None,
-                 on_write_paused: Callable[[WireProtocol, bool], None] | None = None) -> None:
+                 on_write_paused: Callable[[WireProtocol, bool], None] | None = None,
+                 up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> None:
         loop = asyncio.get_running_loop()
         self._session = session
         self.transport: asyncio.Transport | None = None
@@ -117,6 +129,17 @@ class WireProtocol(asyncio.BufferedProtocol):
         """The transport holds bytes the socket has not taken (its buffer is not empty)."""
         self._streak = 0
         """Messages handed out since the reader last waited or yielded."""
+        self._up = tuple(up)
+        self._down = tuple(down)
+        self._write_held = False
+        """Waiting for an upload limit's turn (the peer is not to blame)."""
+        self._write_granted = False
+        """A turn came: the next piece goes whatever the balance (each waiter woken in a
+        round moves one turn, so the first in the queue cannot starve the others)."""
+        self._read_held = False
+        """Reading paused until a download limit's turn."""
+        self._stall_reported = False
+        """What ``on_write_paused`` was last told."""
 
     @property
     def session(self) -> Session:
@@ -153,12 +176,20 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """The session's receive buffer: the socket writes ciphertext straight into it."""
-        return self.session.get_buffer(sizehint)
+        """The session's receive buffer: the socket writes ciphertext straight into it (at
+        most one turn's worth under a download limit)."""
+        buf = self.session.get_buffer(sizehint)
+        if self._down:
+            for throttle in self._down:
+                if throttle.limit.rate > 0 and len(buf) > throttle.quantum:
+                    buf = buf[:throttle.quantum]
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Decrypt what arrived and queue the messages it completed."""
         self.bytes_received += nbytes
+        if self._down:
+            self._charge_read(nbytes)
         try:
             msgs = self.session.buffer_updated(nbytes)
         except RemoteProtocolError as exc:
@@ -178,7 +209,8 @@ class WireProtocol(asyncio.BufferedProtocol):
             self._wake()
         if (self.queued_bytes > self._max_queue or self.session.stalled) and not self.reading_paused:
             assert self.transport is not None
-            self.transport.pause_reading()
+            if not self._read_held:
+                self.transport.pause_reading()
             self.reading_paused = True
 
     def eof_received(self) -> bool:
@@ -205,6 +237,10 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._small.clear()
         self.pending_bytes = 0
         self._resume_drain()
+        for throttle in self._up:
+            throttle.discard(self._write_turn)
+        for throttle in self._down:
+            throttle.discard(self._read_turn)
 
     def pause_writing(self) -> None:
         """The socket did not take everything: the transport holds the rest."""
@@ -226,17 +262,76 @@ class WireProtocol(asyncio.BufferedProtocol):
             self.pending_bytes = 0
         else:
             write = transport.write
+            up = self._up
+            size = WRITE_PIECE
             while pending and not self._transport_busy:
+                if up and not (size := self._write_allowance()):
+                    break  # an upload limit's turn comes later (_write_turn)
                 view = pending[0]
-                if len(view) <= WRITE_PIECE:
+                if len(view) <= size:
                     pending.popleft()
                     piece = view
                 else:
-                    piece = view[:WRITE_PIECE]
-                    pending[0] = view[WRITE_PIECE:]
+                    piece = view[:size]
+                    pending[0] = view[size:]
                 self.pending_bytes -= len(piece)
                 write(piece)  # may call pause_writing() (-> _transport_busy) at once
+                if up:
+                    self._charge_write(len(piece))
         self._check_paused()
+
+    # -- bandwidth limits ----------------------------------------------------------------
+
+    def _write_allowance(self) -> int:
+        """Bytes the next write may carry under the upload limits; 0: wait for a turn."""
+        size = WRITE_PIECE
+        for throttle in self._up:
+            if throttle.limit.rate > 0:
+                if not self._write_granted and not throttle.allows():
+                    if not self._write_held:
+                        self._write_held = True
+                        throttle.wait(self._write_turn)
+                    return 0
+                size = min(size, throttle.quantum)
+        self._write_granted = False
+        return size
+
+    def _charge_write(self, nbytes: int) -> None:
+        for throttle in self._up:
+            if throttle.limit.rate > 0:
+                throttle.charge(nbytes)
+
+    def _write_turn(self) -> None:
+        """An upload limit's turn came: write on."""
+        self._write_held = False
+        self._write_granted = True
+        self._push()
+
+    def _charge_read(self, nbytes: int) -> None:
+        """Charge a read to the download limits; pause reading while one is overdrawn."""
+        for throttle in self._down:
+            if throttle.limit.rate > 0:
+                throttle.charge(nbytes)
+        self._hold_reading()
+
+    def _hold_reading(self) -> None:
+        if self._read_held:
+            return
+        for throttle in self._down:
+            if throttle.limit.rate > 0 and not throttle.allows():
+                self._read_held = True
+                if not self.reading_paused and self.transport is not None:
+                    self.transport.pause_reading()
+                throttle.wait(self._read_turn)
+                return
+
+    def _read_turn(self) -> None:
+        """A download limit's turn came: read on, unless another limit (or the queue) holds it."""
+        self._read_held = False  # this turn's read goes; the next charge checks again
+        transport = self.transport
+        if not (self._read_held or self.reading_paused) and transport is not None \
+                and not transport.is_closing():
+            transport.resume_reading()
 
     def hand_over_pending(self) -> None:
         """Give the transport everything queued at once (before closing it: the transport
@@ -245,7 +340,10 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._take_small()
         if transport is not None and not transport.is_closing():
             while self._pending:
-                transport.write(self._pending.popleft())
+                piece = self._pending.popleft()
+                transport.write(piece)
+                if self._up:
+                    self._charge_write(len(piece))
         self._pending.clear()
         self.pending_bytes = 0
 
@@ -257,13 +355,16 @@ class WireProtocol(asyncio.BufferedProtocol):
             queued += self.transport.get_write_buffer_size()
         if not self.write_paused and queued > self._max_send:
             self.write_paused = True
-            if self._on_write_paused is not None:
-                self._on_write_paused(self, True)
         elif self.write_paused and queued <= self._max_send // 4:
             self.write_paused = False
             self._resume_drain()
+        # The peer is to blame only for bytes it does not take, not for those our own upload
+        # limit holds (a slow limit must not look like a stalled reader).
+        stalled = self.write_paused and not self._write_held
+        if stalled is not self._stall_reported:
+            self._stall_reported = stalled
             if self._on_write_paused is not None:
-                self._on_write_paused(self, False)
+                self._on_write_paused(self, stalled)
 
     # -- used by Connection ----------------------------------------------------------------
 
@@ -332,7 +433,8 @@ class WireProtocol(asyncio.BufferedProtocol):
         if self.reading_paused and self.queued_bytes <= self._max_queue // 2 \
                 and not self.session.stalled:
             self.reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
+            if self.transport is not None and not self.transport.is_closing() \
+                    and not self._read_held:
                 self.transport.resume_reading()
 
     def abort(self, exc: Exception) -> None:
@@ -540,7 +642,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   timeout: float = 10.0, cipher: str = "AESGCM",  # the API shape the download engine asked for
                   max_send_buffer: int = MAX_SEND_BUFFER,
                   max_receive_queue: int = MAX_RECEIVE_QUEUE,
-                  source: str | None = None, first: Sequence[Message] = ()) -> Connection:
+                  source: str | None = None, first: Sequence[Message] = (),
+                  up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
 
     ``first`` are sent right after our Hello, with the last handshake message, without
@@ -549,7 +652,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     ``host`` is an IPv4 or IPv6 literal (``::1``, no brackets) or a name. Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
     another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
-    ``source`` binds the local end to that address (any port) first.
+    ``source`` binds the local end to that address (any port) first. ``up`` and ``down``:
+    the bandwidth limits its bytes count against (:class:`WireProtocol`).
     """
     loop = asyncio.get_running_loop()
     hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
@@ -561,7 +665,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
             try:
                 _raw, proto = await loop.create_connection(
                     lambda: WireProtocol(session, max_send_buffer=max_send_buffer,
-                                         max_receive_queue=max_receive_queue), host, port,
+                                         max_receive_queue=max_receive_queue, up=up,
+                                         down=down), host, port,
                     local_addr=None if source is None else (source, 0))
                 transport = proto.transport
             except OSError as exc:

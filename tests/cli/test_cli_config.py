@@ -34,10 +34,10 @@ def test_config_set_writes_the_file_under_xdg_config_home(cli: CLI, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "xdg" / "p2p" / "config.toml").read_text().count('bootstrap = ["127.0.0.1:7473"]') == 1
     assert show(cli, env=env)["settings"]["bootstrap"] == ["127.0.0.1:7473"]
-    # A mistyped key, a reserved one and a bad value: exit 2, one line each, file unchanged.
+    # A mistyped key, a malformed rate and a bad value: exit 2, one line each, file unchanged.
     before = (tmp_path / "xdg" / "p2p" / "config.toml").read_text()
     for args, says in [(("bootstrp", "x"), "unknown config key 'bootstrp'"),
-                       (("max_upload_rate", "5MiB/s"), "not implemented yet"),
+                       (("max_upload_rate", "5 parsecs"), "expected a rate such as 5MiB/s"),
                        (("listen", "127.0.0.1:70000"), "between 0 and 65535")]:
         bad = cli.run("config", "set", *args, env=env)
         assert bad.returncode == 2 and says in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -69,7 +69,7 @@ def test_set_checks_values_and_a_list_key_takes_one_or_several(tmp_path: Path) -
                              ("daemon.log_level", "loud", "expected one of"),
                              ("daemon.rate_limit_burst", "-1", "positive number"),
                              ("bootstrp", "x", "unknown config key 'bootstrp'"),
-                             ("max_upload_rate", "5MiB/s", "not implemented yet")]:
+                             ("max_upload_rate", "5 parsecs", "expected a rate such as 5MiB/s")]:
         with pytest.raises(BadInput, match=says):
             set_config_value(empty, name, text)
     assert unset_config_value(set_config_value(empty, "listen", "127.0.0.1:1"), "listen").values == {}
@@ -83,7 +83,7 @@ def test_load_names_the_file_and_the_key(tmp_path: Path) -> None:
                        ("bootstrap = [1, 2]", "bootstrap in .*: expected a list"),
                        ('listen = "127.0.0.1:99999"', "listen in .*config.toml"),
                        ('daemon = "x"', r"\[daemon\] must be a table"),
-                       ('max_download_rate = "1MiB/s"', "reserved")]:
+                       ('max_download_rate = "1 MiB/h"', "max_download_rate in .*expected a rate")]:
         path.write_text(text)
         with pytest.raises(BadInput, match=says):
             load_config(path)
@@ -122,7 +122,8 @@ def test_build_settings_layers_the_file_under_env_and_flags(tmp_path: Path) -> N
     assert s.listen == ("127.0.0.5", 7005) and s.bootstrap == (("127.0.0.9", 9009),)
     assert s.download_dir == tmp_path / "env"
     assert s.sources == {"state_dir": "flag", "listen": "file", "bootstrap": "file",
-                         "announce": "default", "download_dir": "env"}
+                         "announce": "default", "download_dir": "env",
+                         "max_upload_rate": "default", "max_download_rate": "default"}
     # The file's port is the long-running node's: a short command takes a free one, an
     # explicitly given port is used as given.
     assert s.node_config(long_running=True).port == 7005

@@ -1,0 +1,106 @@
+"""Bandwidth limits on real connections between nodes in one process (127.0.0.1, port 0).
+
+The assertions are on the limiter's own accounting, not on wall-clock speed: what it
+charged (every byte the connections moved) can never exceed what its rate allowed over
+the time it was charging, plus one second of burst and one turn per connection. A slower
+machine only moves fewer bytes, so the bound holds under any load; a limit that was not
+applied where bytes move breaks it (the transfer then runs at loopback speed). The
+accuracy of the rate itself is measured by ``bench/limits.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from p2p.events import ChunkVerified, DownloadStarted
+from p2p.node import Node
+from p2p.wire.bandwidth import RateLimit
+
+from .conftest import MiB, make_file, node_config, wait_for
+
+RATE = 4 * MiB
+SIZE = 12 * MiB
+"""Three seconds at the rate: well past the one-second burst, so the limit must hold back."""
+
+
+def assert_held(limit: RateLimit, moved: int, connections: int = 1) -> None:
+    """The limiter charged at least ``moved`` bytes and no more than its rate allowed."""
+    assert limit.spent >= moved  # ciphertext: the payload plus framing and encryption
+    assert limit.waits > 0, "the limit never held anything back"
+    assert limit.started is not None and limit.last is not None
+    allowed = limit.burst + limit.rate * (limit.last - limit.started) + limit.quantum * connections
+    assert limit.spent <= allowed, (limit.spent, allowed)
+
+
+async def test_an_upload_limit_holds_the_seeders_sending(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", SIZE)
+    async with asyncio.timeout(60), \
+            Node(node_config(tmp_path, "seed", max_upload_rate=RATE)) as seeder:
+        cid = (await seeder.share(source)).content_id
+        async with Node(node_config(tmp_path, "dl")) as dl:
+            result = await dl.fetch(str(cid), tmp_path / "out.bin",
+                                    peers=[seeder.listen_address()], timeout=30)
+            assert result.path.read_bytes() == source.read_bytes()
+            assert dl.bandwidth.down.limit.spent == 0  # no limit there: not even counted
+        assert_held(seeder.bandwidth.up.limit, SIZE)
+        assert seeder.limits()["up"]["rate"] == RATE
+
+
+async def test_a_download_limit_holds_the_receivers_reading(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", SIZE)
+    async with asyncio.timeout(60), Node(node_config(tmp_path, "seed")) as seeder:
+        cid = (await seeder.share(source)).content_id
+        async with Node(node_config(tmp_path, "dl", max_download_rate=RATE)) as dl:
+            result = await dl.fetch(str(cid), tmp_path / "out.bin",
+                                    peers=[seeder.listen_address()], timeout=30)
+            assert result.path.read_bytes() == source.read_bytes()
+            assert_held(dl.bandwidth.down.limit, SIZE)
+        assert seeder.bandwidth.up.limit.spent == 0
+
+
+async def test_a_downloads_own_limit_holds_and_changes_while_it_runs(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", SIZE)
+    async with asyncio.timeout(60), Node(node_config(tmp_path, "seed")) as seeder:
+        cid = (await seeder.share(source)).content_id
+        async with Node(node_config(tmp_path, "dl")) as dl:
+            with dl.events.subscribed() as sub:
+                fetching = asyncio.get_running_loop().create_task(dl.fetch(
+                    str(cid), tmp_path / "out.bin", peers=[seeder.listen_address()],
+                    timeout=30, max_download_rate=RATE // 2))
+                try:
+                    await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                    shown = dl.limits()["downloads"][str(cid)]
+                    assert shown["rate"] == RATE // 2
+                    own = dl._download_limits[cid].limit
+                    dl.set_download_limit(cid, RATE)  # live: the open connection follows
+                    assert own.rate == RATE
+                    result = await fetching
+                finally:
+                    fetching.cancel()
+            assert result.path.read_bytes() == source.read_bytes()
+            assert_held(own, 0)
+            assert own.spent >= SIZE - 2 * MiB  # most of it came under the download's limit
+            assert dl.bandwidth.down.limit.spent == 0  # the node's own: none set
+            assert str(cid) not in dl.limits()["downloads"]  # gone with its download
+
+
+async def test_lifting_a_limit_wakes_what_it_held(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", SIZE)
+    # 64 KiB/s: the 12 MiB would take three minutes; lifting the limit finishes it at once.
+    async with asyncio.timeout(60), \
+            Node(node_config(tmp_path, "seed", max_upload_rate=64 * 1024)) as seeder:
+        cid = (await seeder.share(source)).content_id
+        async with Node(node_config(tmp_path, "dl")) as dl:
+            with dl.events.subscribed() as sub:
+                fetching = asyncio.get_running_loop().create_task(dl.fetch(
+                    str(cid), tmp_path / "out.bin", peers=[seeder.listen_address()], timeout=30))
+                try:
+                    await wait_for(sub, lambda e: isinstance(e, ChunkVerified))
+                    assert seeder.bandwidth.up.limit.waits > 0  # a chunk is more than 64 KiB
+                    seeder.set_limits(up=0)
+                    result = await fetching
+                finally:
+                    fetching.cancel()
+            assert result.path.read_bytes() == source.read_bytes()
+            assert seeder.bandwidth.up.limit.waiting == 0
