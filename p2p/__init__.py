@@ -10,6 +10,7 @@ DHT, the wire, the swarm) is the node's business.
 Test doubles for code built on this library live in :mod:`p2p.testing`.
 """
 
+from . import attach
 from .address import Address, format_address, parse_address
 from .config import (
     CONFIG_KEYS,
@@ -25,6 +26,7 @@ from .config import (
 from .content import ContentId, LeftOut, Manifest, Ticket, make_ticket, parse_id_or_ticket
 from .content.select import Selection
 from .control import control_endpoint, decode_event, encode_event, library_rows, share_info
+from .control import query as control_query
 from .control import socket_address as control_socket_address
 from .control import socket_path as control_socket
 from .dht import ChannelRecord
@@ -35,6 +37,7 @@ from .errors import (
     BootstrapUnreachable,
     ContentChanged,
     ContentIdMismatch,
+    ControlError,
     DecodeError,
     DestinationExists,
     DiskFull,
@@ -42,6 +45,7 @@ from .errors import (
     IntegrityError,
     LocalProtocolError,
     NetworkError,
+    NoRunningNode,
     NotFound,
     P2PError,
     PortInUse,
@@ -124,6 +128,7 @@ __all__ = [
     "ContentChanged",
     "ContentId",
     "ContentIdMismatch",
+    "ControlError",
     "DHTSummary",
     "DecodeError",
     "DestinationExists",
@@ -146,6 +151,7 @@ __all__ = [
     "LogMessage",
     "Manifest",
     "NetworkError",
+    "NoRunningNode",
     "Node",
     "NodeConfig",
     "NotFound",
@@ -173,9 +179,11 @@ __all__ = [
     "VerifyReport",
     "WrongPublisher",
     "__version__",
+    "attach",
     "build_settings",
     "config_path",
     "control_endpoint",
+    "control_query",
     "control_socket",
     "control_socket_address",
     "decode_event",

@@ -29,7 +29,7 @@ control socket's: one JSON request, interim lines, one answer):
     a ticket with the node's addresses; how many providers the DHT names.
 
 Decoders for every answer sit beside their encoders; the client is
-:mod:`p2p.cli.control` (:func:`~p2p.cli.control.query`).
+:func:`p2p.control.query`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The local control endpoint of a running node (its client is :mod:`p2p.cli.control`).
+"""The local control endpoint of a running node, and its client (:func:`query`).
 
 One node runs per state directory (it holds ``<state_dir>/node.lock``). A long-running
 one -- ``p2p serve``, ``p2p share`` while it serves, ``p2p fetch --seed``, the terminal
@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from . import attach
 from .address import format_address, parse_address
 from .content import ContentId, parse_id_or_ticket
 from .content.select import Selection
-from .errors import BadInput, P2PError, StateDirLocked
+from .errors import BadInput, ControlError, NetworkError, NoRunningNode, P2PError, StateDirLocked
 from .events import (
     ChunkFailed,
     ChunkVerified,
@@ -490,3 +490,50 @@ async def _is_live(path: Path) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+async def query(state_dir: Path, request: dict[str, Any],
+                on_line: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """Ask the running node of ``state_dir``; interim lines (events, progress) go to
+    ``on_line``. Raises :class:`NoRunningNode` if there is none, :class:`ControlError` with
+    the node's exit code when it refuses. Cancelling the caller closes the connection, which
+    stops the operation on the node (a fetch is paused)."""
+    path = socket_path(state_dir)
+    try:
+        with socket_address(path) as where:
+            reader, writer = await asyncio.open_unix_connection(where, limit=1 << 24)
+    except OSError:
+        raise NoRunningNode(
+            f"no node is running for the state directory {state_dir} "
+            "(start one with `p2p serve`, `p2p share PATH` or `p2p fetch --seed ID`)") from None
+    try:
+        writer.write(_line(request).encode() + b"\n")
+        await writer.drain()
+        while True:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                line = await reader.readline()
+            if not line:
+                raise NetworkError(f"the node of {state_dir} closed the connection without "
+                                   "answering (it stopped, or see its log)")
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                raise NetworkError(f"the node of {state_dir} sent a malformed answer") from None
+            if not isinstance(reply, dict):
+                raise NetworkError(f"the node of {state_dir} sent a malformed answer")
+            if "ok" in reply:
+                break
+            if on_line is not None:
+                on_line(reply)
+    except (OSError, TimeoutError) as exc:
+        raise NetworkError(f"the node of {state_dir} did not answer: {exc or 'timed out'}") from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")), int(reply.get("exit_code", 1)))
+    return reply.get("result")

@@ -112,6 +112,18 @@ class NetworkError(P2PError):
     exit_code = 5
 
 
+class NoRunningNode(NetworkError):
+    """No node of this state directory is running (nothing answers on its control socket)."""
+
+
+class ControlError(P2PError):
+    """The running node refused a control request; carries the exit code it chose."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class BootstrapUnreachable(NetworkError):
     """None of the bootstrap nodes given (``--bootstrap``, ``P2P_BOOTSTRAP``, the config file)
     answered: the address is wrong, nothing listens there (a refused port looks the same

@@ -16,33 +16,25 @@ from typing import Any, Protocol
 
 from p2p import (
     ContentId,
+    ControlError,
     Event,
     EventsDropped,
     NetworkError,
     Node,
     NodeConfig,
+    NoRunningNode,
     P2PError,
     PeerId,
     Selection,
     StateDirLocked,
     VerifyReport,
+    attach,
+    control_endpoint,
+    control_query,
     decode_event,
     format_address,
     parse_id_or_ticket,
 )
-from p2p.attach import (
-    STREAMED,
-    FileChoice,
-    NodeState,
-    decode_file_choice,
-    decode_snapshot,
-    file_choice,
-    read_state,
-    select,
-    start,
-)
-from p2p.cli.control import ControlError, NoRunningNode, query
-from p2p.control import control_endpoint
 
 ATTACH_WAIT = 10.0
 """Seconds to wait for the control socket of a node that holds the state directory but is
@@ -86,7 +78,7 @@ class NodeLink(Protocol):
     async def aclose(self) -> None:
         """Stop the node if the app owns it; an attached node goes on."""
 
-    async def state(self, known: set[ContentId]) -> NodeState:
+    async def state(self, known: set[ContentId]) -> attach.NodeState:
         """The node's local state (see :func:`p2p.attach.read_state`)."""
 
     async def health(self) -> dict[ContentId, str]:
@@ -120,7 +112,7 @@ class NodeLink(Protocol):
     async def cancel(self, cid: ContentId) -> None:
         """Stop a download and delete its partial data."""
 
-    async def files(self, cid: ContentId) -> FileChoice:
+    async def files(self, cid: ContentId) -> attach.FileChoice:
         """The files of a folder download and which are ticked."""
 
     async def select(self, cid: ContentId, paths: frozenset[str], target: str | None) -> bool:
@@ -159,8 +151,8 @@ class LocalLink:
         if self.owned:
             await self.node.aclose()  # its downloads (and its clients') are 'interrupted'
 
-    async def state(self, known: set[ContentId]) -> NodeState:
-        return await read_state(self.node, known)
+    async def state(self, known: set[ContentId]) -> attach.NodeState:
+        return await attach.read_state(self.node, known)
 
     async def health(self) -> dict[ContentId, str]:
         library = self.node.library
@@ -192,7 +184,7 @@ class LocalLink:
         return manifest.name, [(e.path, e.info.size) for e in manifest.entries]
 
     async def start_fetch(self, target: str, selection: Selection | None) -> bool:
-        return start(self.node, target, selection)[1]
+        return attach.start(self.node, target, selection)[1]
 
     async def pause(self, cid: ContentId) -> bool:
         return await self.node.pause(cid)
@@ -200,11 +192,11 @@ class LocalLink:
     async def cancel(self, cid: ContentId) -> None:
         await self.node.cancel(cid)
 
-    async def files(self, cid: ContentId) -> FileChoice:
-        return await file_choice(self.node, cid)
+    async def files(self, cid: ContentId) -> attach.FileChoice:
+        return await attach.file_choice(self.node, cid)
 
     async def select(self, cid: ContentId, paths: frozenset[str], target: str | None) -> bool:
-        return select(self.node, cid, paths, target)
+        return attach.select(self.node, cid, paths, target)
 
 
 class RemoteEvents:
@@ -262,7 +254,7 @@ class AttachedLink:
         while True:
             holder = Node.running_holder(config.state_dir)
             try:
-                identity = await query(config.state_dir, {"cmd": "id"})
+                identity = await control_query(config.state_dir, {"cmd": "id"})
             except NoRunningNode:
                 if holder is None or loop.time() >= deadline:
                     raise
@@ -272,7 +264,7 @@ class AttachedLink:
 
     async def _ask(self, request: dict[str, Any]) -> Any:
         try:
-            return await query(self.config.state_dir, request)
+            return await control_query(self.config.state_dir, request)
         except NoRunningNode as exc:
             raise NodeGone(f"the node ({self.attached}) is no longer running") from exc
 
@@ -281,13 +273,13 @@ class AttachedLink:
         events = RemoteEvents()
 
         def line(obj: dict[str, Any]) -> None:
-            event = decode_event(obj, STREAMED)
+            event = decode_event(obj, attach.STREAMED)
             if event is not None:
                 events.put(event)
 
         async def pump() -> None:
             try:
-                await query(self.config.state_dir, {"cmd": "events"}, line)
+                await control_query(self.config.state_dir, {"cmd": "events"}, line)
                 reason = "it ended the event stream"
             except ControlError as exc:
                 reason = str(exc)
@@ -305,10 +297,10 @@ class AttachedLink:
     async def aclose(self) -> None:
         return  # the node is not ours: it keeps running
 
-    async def state(self, known: set[ContentId]) -> NodeState:
+    async def state(self, known: set[ContentId]) -> attach.NodeState:
         data = await self._ask({"cmd": "snapshot", "known": sorted(str(c) for c in known)})
         try:
-            return decode_snapshot(data)
+            return attach.decode_snapshot(data)
         except (KeyError, ValueError, TypeError) as exc:
             raise NetworkError(f"the node sent a snapshot this app cannot read: {exc}") from None
 
@@ -357,8 +349,8 @@ class AttachedLink:
     async def cancel(self, cid: ContentId) -> None:
         await self._ask({"cmd": "cancel", "content_id": str(cid)})
 
-    async def files(self, cid: ContentId) -> FileChoice:
-        return decode_file_choice(await self._ask({"cmd": "files", "content_id": str(cid)}))
+    async def files(self, cid: ContentId) -> attach.FileChoice:
+        return attach.decode_file_choice(await self._ask({"cmd": "files", "content_id": str(cid)}))
 
     async def select(self, cid: ContentId, paths: frozenset[str], target: str | None) -> bool:
         request: dict[str, Any] = {"cmd": "select", "content_id": str(cid), "paths": sorted(paths),
