@@ -78,6 +78,11 @@ class MessageType(enum.IntEnum):
     PING = 11
     PONG = 12
     GOODBYE = 13
+    RESERVE = 14
+    RELAY_STATUS = 15
+    CONNECT = 16
+    STOP = 17
+    ACCEPT = 18
 
 
 class RejectReason(enum.IntEnum):
@@ -95,6 +100,27 @@ class RejectReason(enum.IntEnum):
     """Not sent on the wire today; reserved so clients can share one code space."""
     INTERNAL = 6
     """The server could not read the chunk (an I/O error on its side)."""
+
+
+class RelayCode(enum.IntEnum):
+    """The outcome a :class:`RelayStatus` reports (Circuit Relay v2's codes, our numbers).
+    Unknown codes decode as plain ints (treat as a refusal)."""
+
+    OK = 0
+    NO_RESERVATION = 1
+    """The target holds no reservation on this relay (it cannot be reached through it)."""
+    RESOURCE_LIMIT_EXCEEDED = 2
+    """A relay limit (reservations, circuits, per peer, per IP) is reached; try later or elsewhere."""
+    PERMISSION_DENIED = 3
+    """This relay does not serve the request (relaying is off, or it refuses this peer)."""
+    CONNECTION_FAILED = 4
+    """The target did not open its side of the circuit in time."""
+
+
+TOKEN_LEN = 16
+"""A circuit token: random, names one pending circuit between the relay and its target."""
+MAX_RELAY_ADDRS = 4
+"""Addresses a relay names for itself in a RelayStatus (v4 + v6, a spare)."""
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -211,12 +237,66 @@ class Goodbye:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Ask the relay for a reservation (or to refresh the one held on this connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """The relay's answer to Reserve, Connect or Accept (docs/PROTOCOL.md, Relays)."""
+
+    code: int
+    """:class:`RelayCode` (OK or why not)."""
+    reason: str
+    """For people and logs: which limit, which peer."""
+    ttl: int = 0
+    """Reserve: seconds the reservation lasts from now (refresh before). Else 0."""
+    relay_addrs: tuple[tuple[str, int], ...] = ()
+    """Reserve: where the relay accepts connections (what relay hints carry)."""
+    observed: tuple[str, int] | None = None
+    """Reserve: the address the relay sees this connection come from."""
+    limit_seconds: int = 0
+    """Connect/Accept: the longest the circuit may last (0: no limit)."""
+    limit_bytes: int = 0
+    """Connect/Accept: bytes the circuit may carry, both ways together (0: no limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Dialler -> relay: splice this connection to ``target`` (which holds a reservation)."""
+
+    target: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Relay -> target over its reservation: ``source`` wants a circuit; open a new connection
+    to the relay and send Accept(token) on it."""
+
+    source: PeerId
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Target -> relay on a new connection: this connection is the target's side of the
+    circuit named ``token``."""
+
+    token: bytes
+
+
 Message = (Hello | GetManifest | Manifest | GetBitfield | Bitfield | Have | Request | Data
-           | Reject | Cancel | Ping | Pong | Goodbye)
+           | Reject | Cancel | Ping | Pong | Goodbye | Reserve | RelayStatus | Connect | Stop
+           | Accept)
+RELAY_MESSAGES = (Reserve, Connect, Accept)
+"""Messages a relay answers: a server hands a connection whose first request is one of
+these to its relay (docs/PROTOCOL.md, Relays)."""
 
 _U32 = struct.Struct(">I")
 _DATA_HEAD = struct.Struct(">IB32sI")  # frame length, type, content id, index
 _MAX_U64 = (1 << 64) - 1
+_MAX_U32 = (1 << 32) - 1
 
 
 # -- encoding -----------------------------------------------------------------------------
@@ -282,10 +362,38 @@ def _fields(msg: Message) -> tuple[MessageType, list[Any]]:
         case Pong(nonce):
             return MessageType.PONG, [_nonce_out(nonce)]
         case Goodbye(reason):
-            if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON:
-                reason = reason.encode("utf-8", "ignore")[:MAX_REASON].decode("utf-8", "ignore")
-            return MessageType.GOODBYE, [reason]
+            return MessageType.GOODBYE, [_reason_out(reason)]
+        case Reserve():
+            return MessageType.RESERVE, []
+        case RelayStatus(code, reason, ttl, addrs, observed, seconds, nbytes):
+            if not 0 <= code <= 255 or not 0 <= ttl <= _MAX_U32 or not 0 <= seconds <= _MAX_U32 \
+                    or not 0 <= nbytes <= _MAX_U64 or len(addrs) > MAX_RELAY_ADDRS:
+                raise LocalProtocolError("RelayStatus breaks a wire limit")
+            for host, port in (*addrs, *(() if observed is None else (observed,))):
+                if not host or len(host.encode()) > MAX_HOST or not 0 < port <= 0xFFFF:
+                    raise LocalProtocolError(f"bad relay address {host!r}:{port}")
+            return MessageType.RELAY_STATUS, [
+                int(code), _reason_out(reason), ttl, [[h, p] for h, p in addrs],
+                None if observed is None else [observed[0], observed[1]], seconds, nbytes]
+        case Connect(target):
+            return MessageType.CONNECT, [target.key]
+        case Stop(source, token):
+            return MessageType.STOP, [source.key, _token_out(token)]
+        case Accept(token):
+            return MessageType.ACCEPT, [_token_out(token)]
     raise LocalProtocolError(f"not a wire message: {type(msg).__name__}")
+
+
+def _reason_out(reason: str) -> str:
+    if len(reason.encode("utf-8", "surrogatepass")) > MAX_REASON:
+        reason = reason.encode("utf-8", "ignore")[:MAX_REASON].decode("utf-8", "ignore")
+    return reason
+
+
+def _token_out(token: bytes) -> bytes:
+    if not isinstance(token, bytes) or len(token) != TOKEN_LEN:
+        raise LocalProtocolError(f"a circuit token is {TOKEN_LEN} bytes")
+    return token
 
 
 def _cid_out(cid: bytes) -> bytes:
@@ -479,7 +587,41 @@ def _decode_fields(mtype: int, value: Any) -> Message:
         case MessageType.GOODBYE:
             (reason,) = expect_list(value, 1, "Goodbye")
             return Goodbye(encoding.expect_str(reason, MAX_REASON, "Goodbye.reason"))
+        case MessageType.RESERVE:
+            expect_list(value, 0, "Reserve")
+            return Reserve()
+        case MessageType.RELAY_STATUS:
+            code, reason, ttl, addrs, observed, seconds, nbytes = expect_list(value, 7, "RelayStatus")
+            items = expect_list(addrs, None, "RelayStatus.relay_addrs")
+            if len(items) > MAX_RELAY_ADDRS:
+                raise DecodeError("RelayStatus: too many relay addresses")
+            return RelayStatus(
+                expect_int(code, 0, 255, "RelayStatus.code"),
+                encoding.expect_str(reason, MAX_REASON, "RelayStatus.reason"),
+                expect_int(ttl, 0, _MAX_U32, "RelayStatus.ttl"),
+                tuple(_address_in(item, "RelayStatus address") for item in items),
+                None if observed is None else _address_in(observed, "RelayStatus.observed"),
+                expect_int(seconds, 0, _MAX_U32, "RelayStatus.limit_seconds"),
+                expect_int(nbytes, 0, _MAX_U64, "RelayStatus.limit_bytes"))
+        case MessageType.CONNECT:
+            (target,) = expect_list(value, 1, "Connect")
+            return Connect(PeerId(encoding.expect_bytes(target, PUBLIC_KEY_LEN, "Connect.target")))
+        case MessageType.STOP:
+            source, token = expect_list(value, 2, "Stop")
+            return Stop(PeerId(encoding.expect_bytes(source, PUBLIC_KEY_LEN, "Stop.source")),
+                        encoding.expect_bytes(token, TOKEN_LEN, "Stop.token"))
+        case MessageType.ACCEPT:
+            (token,) = expect_list(value, 1, "Accept")
+            return Accept(encoding.expect_bytes(token, TOKEN_LEN, "Accept.token"))
     raise DecodeError(f"unknown message type {mtype}")
+
+
+def _address_in(item: Any, what: str) -> tuple[str, int]:
+    host, port = encoding.expect_list(item, 2, what)
+    host = encoding.expect_str(host, MAX_HOST, f"{what} host")
+    if not host:
+        raise DecodeError(f"{what}: empty host")
+    return host, encoding.expect_int(port, 1, 0xFFFF, f"{what} port")
 
 
 def _cid_in(value: Any) -> bytes:

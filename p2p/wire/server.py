@@ -21,7 +21,7 @@ import math
 import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from ..address import Address, format_address, from_sockaddr
 from ..errors import (
@@ -38,13 +38,19 @@ from .bandwidth import Bandwidth
 from .errors import ClosedByUs, ConnectionLost
 from .messages import (
     PROTOCOL_VERSION,
+    RELAY_MESSAGES,
+    Accept,
     Bitfield,
+    Connect,
     Data,
     Have,
     Hello,
     Manifest,
+    Message,
     Reject,
     RejectReason,
+    RelayCode,
+    RelayStatus,
     Request,
 )
 from .serving import (
@@ -60,7 +66,10 @@ from .serving import (
 )
 from .serving import State as ServedState
 from .session import Session
-from .transport import Connection, WireProtocol
+from .transport import Connection, WireProtocol, adopt
+
+if TYPE_CHECKING:
+    from .relay import RelayService
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -104,6 +113,10 @@ class PeerConnected:
 
     peer: PeerId
     address: tuple[str, int]
+    via: PeerId | None = None
+    """The relay the connection came through (a circuit), None when direct."""
+    connection: Connection | None = None
+    """The connection itself (for a direct-path upgrade over a circuit)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,8 @@ class ConnectionInfo:
     receive_buffered: int
     """Bytes held on the receive side (queued messages, partial records and frames)."""
     pending_requests: int
+    via: PeerId | None = None
+    """The relay this connection runs through (a circuit); None when direct."""
 
 
 class _Link:
@@ -242,10 +257,12 @@ class Server:
                  *, listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                  on_event: Callable[[ServerEvent], None] | None = None,
                  cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
-                 bandwidth: Bandwidth | None = None) -> None:
+                 bandwidth: Bandwidth | None = None, relay: RelayService | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
         a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
-        ``bandwidth``: the node's limits, which every accepted connection counts against."""
+        ``bandwidth``: the node's limits, which every accepted connection counts against.
+        ``relay``: serves the connections whose first request is a relay request
+        (docs/PROTOCOL.md, Relays); without one they are refused PERMISSION_DENIED."""
         self.identity = identity
         self.source = source
         self.limits = limits
@@ -262,6 +279,7 @@ class Server:
         self._admission = Admission(limits)
         self._closed = False
         self._bandwidth = bandwidth
+        self.relay = relay
 
     # -- listening -------------------------------------------------------------------------
 
@@ -347,10 +365,19 @@ class Server:
 
     def _accept(self, proto: WireProtocol) -> None:
         ip = proto.address[0]
-        refusal = "connection limit reached" if self._closed else self._admission.refusal(ip, self._clock())
-        if refusal is None and self._admission.full and not self._admission.could_evict_for(ip):
+        relayed = proto.via is not None
+        if relayed:
+            # A circuit: the socket is the relay's, so per-IP limits would count the relay;
+            # the relay holds its own per-peer and per-IP limits. Only the total applies.
+            full = self._closed or len(self._links) >= self.limits.max_connections
+            refusal = "connection limit reached" if full else None
+        else:
+            refusal = "connection limit reached" if self._closed else self._admission.refusal(ip, self._clock())
+        if relayed or refusal is not None:
+            pass
+        elif self._admission.full and not self._admission.could_evict_for(ip):
             refusal = "connection limit reached"  # its network holds its share already
-        elif refusal is None and self._admission.full:
+        elif self._admission.full:
             # Full: the oldest handshake, else the longest idle session, of a network that
             # holds at least two more connections than the newcomer's, makes room.
             now = self._clock()
@@ -375,19 +402,32 @@ class Server:
             proto.abort(ClosedByUs(refusal))
             return
         assert self._loop is not None
-        proto.attach(Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
-                             recv_buffer=self.limits.receive_buffer,
-                             max_frame=self.limits.max_frame))
+        session = Session(self.identity, self._hello, initiator=False, cipher=self._cipher,
+                          recv_buffer=self.limits.receive_buffer, max_frame=self.limits.max_frame)
+        if not relayed:
+            # A dialler's Connect and a target's Accept end this session: the bytes after
+            # them are a relay circuit's (p2p.wire.relay), not ours to decrypt.
+            session.stop_on = (Connect, Accept)
+        proto.attach(session)
         link = _Link(proto, ServedPeer(self.limits, self._clock()), self._loop, self._clock)
         self._links[proto] = link
-        self._admission.add(ip)
+        if not relayed:
+            self._admission.add(ip)
         link.arm()
         self._tasks.spawn(self._run(link), f"serve {format_address(proto.address)}")
 
     def _forget(self, link: _Link) -> None:
         if self._links.pop(link.proto, None) is None:
             return
-        self._admission.remove(link.proto.address[0])
+        if link.proto.via is None:
+            self._admission.remove(link.proto.address[0])
+
+    def adopt(self, transport: asyncio.Transport, unread: bytes, via: PeerId) -> None:
+        """Serve a relay circuit's socket (our side of it, :mod:`p2p.wire.reservation`) as an
+        accepted connection: the responder's handshake runs on it, then chunks as usual."""
+        proto = self._make_protocol()
+        proto.via = via
+        adopt(transport, proto, unread)
 
     def _write_paused(self, proto: WireProtocol, paused: bool) -> None:
         link = self._links.get(proto)
@@ -435,7 +475,7 @@ class Server:
         conn = link.conn = Connection(proto)
         link.rules.handshake_done(link.now())
         link.arm()
-        self._emit(PeerConnected(conn.remote_peer, proto.address))
+        self._emit(PeerConnected(conn.remote_peer, proto.address, proto.via, conn))
         async with asyncio.TaskGroup() as group:
             group.create_task(self._guarded(link, self._send_chunks(link, conn)))
             await self._guarded(link, self._read_requests(link, conn))
@@ -456,12 +496,30 @@ class Server:
             log.exception("error serving %s", format_address(link.proto.address))
             link.end(f"internal error: {exc!r}", goodbye=True)
 
+    async def _relay(self, link: _Link, conn: Connection, first: Message) -> None:
+        """Hand the connection to the relay: it is no longer the chunk server's (no slot,
+        no idle timer: the relay holds it to its own limits)."""
+        link.disarm()
+        self._forget(link)
+        if self.relay is None or conn.via is not None:
+            reason = "this node does not relay" if self.relay is None else "no relaying over a circuit"
+            await conn.send(RelayStatus(int(RelayCode.PERMISSION_DENIED), reason))
+            link.end(reason, goodbye=True)
+            return
+        await self.relay.handle(conn, first)
+        link.end("relay connection ended", goodbye=True)
+
     async def _read_requests(self, link: _Link, conn: Connection) -> None:
         rules, source = link.rules, self.source
+        first = True
         while link.reason is None:
             msg = await conn.receive()
             if link.reason is not None:
                 return  # ended while this message was queued: it is not served
+            if first and isinstance(msg, RELAY_MESSAGES):
+                await self._relay(link, conn, msg)
+                return
+            first = False
             action = rules.receive(msg, link.now())
             link.arm()
             if rules.queued:
@@ -551,7 +609,7 @@ class Server:
         """A snapshot of the connections that finished the handshake and are still served."""
         return [ConnectionInfo(c.remote_peer, c.remote_address, c.bytes_sent, c.bytes_received,
                                c.remote_hello.listen_addrs, c.write_buffer_size,
-                               c.receive_buffered, link.rules.inflight)
+                               c.receive_buffered, link.rules.inflight, c.via)
                 for link in self._links.values()
                 if (c := link.conn) is not None and link.reason is None]
 

@@ -144,6 +144,12 @@ class Session:
         self.stalled = False
         """Whole records wait in the buffer because :data:`DECODE_AHEAD` messages are
         queued: call :meth:`decode_more` once they are taken (and read no more until then)."""
+        self.stop_on: tuple[type, ...] = ()
+        """Message types after whose record the session stops decoding: what follows is
+        not ours (a relay circuit's spliced bytes, docs/PROTOCOL.md, Relays);
+        :meth:`take_unread` hands it over."""
+        self.stopped = False
+        """A :attr:`stop_on` message arrived: nothing more is decoded."""
         if initiator:
             self._queue_handshake(self._hs.write_message(b""))  # -> e (no payload: nothing is secret yet)
 
@@ -250,6 +256,8 @@ class Session:
         """Decode records already received (after :attr:`stalled`); returns their messages."""
         if self.state is State.CLOSED:
             raise LocalProtocolError("session is closed")
+        if self.stopped:
+            return []
         try:
             self._process()
         except RemoteProtocolError:
@@ -265,6 +273,20 @@ class Session:
             raise RemoteProtocolError("stream truncated in the middle of a record or frame")
         self.state = State.CLOSED
 
+    def take_unread(self) -> bytes:
+        """After :attr:`stopped`: the received bytes after the record that stopped the
+        session (they belong to whatever runs on the connection next). Closes the session.
+        Raises :class:`RemoteProtocolError` if that record ended inside a frame."""
+        if not self.stopped:
+            raise LocalProtocolError("the session has not stopped")
+        if self._hdr or self._frame is not None:
+            self.state = State.CLOSED
+            raise RemoteProtocolError("a frame continues past the record that ends the session")
+        unread = bytes(self._rview[self._rstart:self._rend])
+        self._rstart = self._rend = 0
+        self.state = State.CLOSED
+        return unread
+
     @property
     def pending_receive(self) -> int:
         """Bytes held for incomplete records and frames (for memory accounting)."""
@@ -274,6 +296,8 @@ class Session:
         view, pos, end = self._rview, self._rstart, self._rend
         self.stalled = False
         while end - pos >= 2:
+            if self.stopped:
+                break  # the rest is another protocol's bytes (take_unread)
             if len(self._events) >= DECODE_AHEAD:
                 self.stalled = True
                 self._rstart = pos
@@ -301,6 +325,8 @@ class Session:
             else:
                 self._transport_record(view[start:pos])
         self._rstart = pos
+        if self.stopped:
+            return  # keep the unread bytes where they are
         if pos == end:
             self._rstart = self._rend = 0
         elif len(self._rbuf) - end < MAX_MESSAGE + 2:
@@ -424,3 +450,5 @@ class Session:
         if isinstance(msg, Hello):
             raise RemoteProtocolError("second Hello")
         self._events.append(msg)
+        if self.stop_on and isinstance(msg, self.stop_on):
+            self.stopped = True

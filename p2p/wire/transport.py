@@ -140,6 +140,9 @@ class WireProtocol(asyncio.BufferedProtocol):
         """Reading paused until a download limit's turn."""
         self._stall_reported = False
         """What ``on_write_paused`` was last told."""
+        self.via: PeerId | None = None
+        """The relay this connection runs through (a circuit), or None when direct."""
+        self._detached = False
 
     @property
     def session(self) -> Session:
@@ -200,6 +203,44 @@ class WireProtocol(asyncio.BufferedProtocol):
         if not self.ready.done() and self.session.remote_hello is not None:
             self.ready.set_result(None)
         self._queue_messages(msgs)
+        if self.session.stopped and not self.reading_paused and self.transport is not None:
+            # What follows is not this session's: leave it in the kernel until detach().
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def feed(self, data: bytes) -> None:
+        """Bytes another protocol read from this socket before handing it over: processed
+        as if they had just arrived."""
+        view = memoryview(data)
+        while len(view) and self.error is None:
+            buf = self.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            if n == 0:
+                self._fail(LocalProtocolError("no room for handed-over bytes"))
+                return
+            buf[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Give up the socket after the session stopped (:attr:`Session.stop_on`): returns
+        the transport (reading paused) and the bytes already read past the session's last
+        record, for the protocol that runs next on it (a relay circuit's spliced stream).
+        Raises :class:`RemoteProtocolError` if the peer cut a frame at that point."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.error is not None:
+            raise ConnectionLost("cannot hand over: the connection is closed")
+        self._send_small()  # anything this session still had to say goes first
+        self.hand_over_pending()
+        unread = self.session.take_unread()
+        if not self.reading_paused:
+            transport.pause_reading()
+            self.reading_paused = True
+        self._detached = True
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        return transport, unread
 
     def _queue_messages(self, msgs: list[Message]) -> None:
         if msgs:
@@ -215,7 +256,7 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         """The peer closed its side: clean if on a record and frame boundary."""
-        if self._session is None:
+        if self._session is None or self._detached:
             return False
         try:
             self._session.receive_eof()
@@ -227,6 +268,8 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is gone: wake everyone waiting."""
+        if self._detached:
+            return
         if exc is not None:
             self._set_error(ConnectionLost(f"connection lost: {exc}"))
         else:
@@ -526,8 +569,20 @@ class Connection:
         self.remote_hello: Hello = session.remote_hello
         """The remote's Hello (version, listen addresses, agent)."""
         self.remote_address: tuple[str, int] = protocol.address
-        """The remote socket address."""
+        """The remote socket address (a relay's, for a circuit)."""
+        self.via: PeerId | None = protocol.via
+        """The relay's peer id when this connection is a relay circuit; None when direct."""
         self._closed = False
+
+    @property
+    def path(self) -> str:
+        """``direct`` or ``relayed`` (the hole-punching upgrade may add ``punched``)."""
+        return "direct" if self.via is None else "relayed"
+
+    @property
+    def protocol(self) -> WireProtocol:
+        """The shell under this connection (a relay hands its socket over through it)."""
+        return self._p
 
     @property
     def bytes_sent(self) -> int:
@@ -643,7 +698,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   max_send_buffer: int = MAX_SEND_BUFFER,
                   max_receive_queue: int = MAX_RECEIVE_QUEUE,
                   source: str | None = None, first: Sequence[Message] = (),
-                  up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> Connection:
+                  up: Sequence[Throttle] = (), down: Sequence[Throttle] = (),
+                  stop_on: tuple[type, ...] = ()) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
 
     ``first`` are sent right after our Hello, with the last handshake message, without
@@ -653,12 +709,14 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
     another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
     ``source`` binds the local end to that address (any port) first. ``up`` and ``down``:
-    the bandwidth limits its bytes count against (:class:`WireProtocol`).
+    the bandwidth limits its bytes count against (:class:`WireProtocol`). ``stop_on``:
+    message types after which the session stops (:attr:`Session.stop_on`, relay circuits).
     """
     loop = asyncio.get_running_loop()
     hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
     session = Session(identity, hello, initiator=True, expected_peer=expected_peer,
                       cipher=cipher, recv_buffer=RECV_BUFFER, first=first)
+    session.stop_on = stop_on
     transport: asyncio.Transport | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -681,3 +739,44 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
             transport.abort()
         raise
     return Connection(proto)
+
+
+async def connect_over(transport: asyncio.Transport, unread: bytes, identity: Identity, *,
+                       expected_peer: PeerId, via: PeerId,
+                       listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
+                       timeout: float = 10.0, cipher: str = "AESGCM",
+                       first: Sequence[Message] = (),
+                       up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> Connection:
+    """Run the dialler's side of the handshake over a socket another protocol handed over
+    (a relay circuit: ``via`` is the relay), as :func:`connect` does over a fresh one.
+
+    Raises as :func:`connect` does; the transport is closed on failure.
+    """
+    hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
+    session = Session(identity, hello, initiator=True, expected_peer=expected_peer,
+                      cipher=cipher, recv_buffer=RECV_BUFFER, first=first)
+    proto = WireProtocol(session, up=up, down=down)
+    proto.via = via
+    adopt(transport, proto, unread)
+    try:
+        async with asyncio.timeout(timeout):
+            await proto.ready
+    except TimeoutError:
+        transport.abort()
+        raise NetworkError(f"no handshake with {expected_peer.short()} through relay "
+                           f"{via.short()} within {timeout} s") from None
+    except BaseException:
+        transport.abort()
+        raise
+    return Connection(proto)
+
+
+def adopt(transport: asyncio.Transport, proto: WireProtocol, unread: bytes) -> None:
+    """Make ``proto`` the protocol of a handed-over socket: it sees ``unread`` first, then
+    reads on."""
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    if unread:
+        proto.feed(unread)
+    if not transport.is_closing() and not proto.reading_paused:
+        transport.resume_reading()

@@ -1,0 +1,235 @@
+"""The relay's clients: a dialler opening a circuit, and a node keeping a reservation.
+
+:func:`open_circuit` dials a peer through a relay (docs/PROTOCOL.md, Relays): Connect on a
+new connection to the relay, then, once the relay answers OK, a fresh Noise XX handshake
+with the target over the same socket, checking the target's peer id. The returned
+:class:`~p2p.wire.transport.Connection` is an ordinary one (``via`` names the relay).
+
+:class:`HeldReservation` keeps a reservation on one relay for as long as it runs: it
+reserves, pings every :data:`~p2p.wire.circuits.KEEPALIVE_INTERVAL`, refreshes before the
+reservation expires, reconnects when the relay goes away, and for each Stop the relay
+sends it opens the target's side of the circuit and hands the socket to ``on_circuit``
+(the node's chunk server, which then runs the responder's handshake on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..address import Address, format_address
+from ..errors import NetworkError
+from ..identity import Identity, PeerId
+from ..tasks import TaskOwner
+from .bandwidth import Throttle
+from .circuits import KeepaliveRules
+from .errors import ClosedByUs, ConnectionLost, RemoteProtocolError
+from .messages import Accept, Connect, Message, Ping, Pong, RelayCode, RelayStatus, Reserve, Stop
+from .transport import Connection, connect, connect_over
+
+__all__ = ["RETRY_MAX", "RETRY_MIN", "HeldReservation", "RelayRefused", "open_circuit"]
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 1.0
+"""Seconds before a node tries its relay again after losing or failing a reservation."""
+RETRY_MAX = 60.0
+"""The longest wait between reservation attempts (doubling from :data:`RETRY_MIN`)."""
+RELAY_TIMEOUT = 10.0
+"""Seconds for the relay to answer a Reserve, Connect or Accept (the relay waits up to
+ACCEPT_TIMEOUT, 10 s, for a target; a dialler waits that and the handshake)."""
+
+OnCircuit = Callable[[asyncio.Transport, bytes, PeerId, PeerId], None]
+"""``(socket, bytes already read, relay, source)``: the target's side of a new circuit."""
+
+
+class RelayRefused(NetworkError):
+    """A relay said no (its reason says which limit, or that the peer holds no reservation
+    there): try another relay or address."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refused(status: RelayStatus, relay: str) -> RelayRefused:
+    try:
+        name = RelayCode(status.code).name
+    except ValueError:
+        name = f"code {status.code}"
+    return RelayRefused(f"relay {relay} refused: {name}: {status.reason}", status.code)
+
+
+async def _status(conn: Connection, relay: str) -> RelayStatus:
+    """The relay's RelayStatus (the next message); raises :class:`RelayRefused` unless OK."""
+    try:
+        async with asyncio.timeout(RELAY_TIMEOUT):
+            msg = await conn.receive()
+    except TimeoutError:
+        conn.abort("relay did not answer")
+        raise NetworkError(f"relay {relay} did not answer within {RELAY_TIMEOUT} s") from None
+    except (ConnectionLost, ClosedByUs) as exc:
+        raise NetworkError(f"relay {relay}: {exc}") from None
+    if not isinstance(msg, RelayStatus):
+        conn.abort("expected RelayStatus")
+        raise RemoteProtocolError(f"relay {relay} sent {type(msg).__name__}, not RelayStatus")
+    if msg.code != RelayCode.OK:
+        await conn.aclose("refused")
+        raise _refused(msg, relay)
+    return msg
+
+
+async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId,
+                       identity: Identity, *, listen_addrs: Sequence[Address] = (),
+                       agent: str = "p2p/0.1", timeout: float = 10.0,
+                       first: Sequence[Message] = (), up: Sequence[Throttle] = (),
+                       down: Sequence[Throttle] = ()) -> Connection:
+    """Connect to ``target`` through the relay at ``relay`` (whose peer id, when known, is
+    checked). ``first`` are the messages sent with our Hello inside the circuit, as with
+    :func:`~p2p.wire.transport.connect`.
+
+    Raises :class:`RelayRefused` (NO_RESERVATION, a limit...), :class:`~p2p.errors.NetworkError`
+    when the relay or the target cannot be reached, :class:`WrongPeer` when the far end is
+    not ``target``.
+    """
+    where = format_address(relay)
+    outer = await connect(relay[0], relay[1], identity, expected_peer=relay_peer, agent=agent,
+                          timeout=timeout, first=(Connect(target),), stop_on=(RelayStatus,))
+    await _status(outer, where)
+    transport, unread = outer.protocol.detach()
+    return await connect_over(transport, unread, identity, expected_peer=target,
+                              via=outer.remote_peer, listen_addrs=listen_addrs, agent=agent,
+                              timeout=timeout, first=first, up=up, down=down)
+
+
+@dataclass(frozen=True)
+class RelayHint:
+    """How to reach a peer that holds a reservation: the relay's peer id and address."""
+
+    relay: PeerId
+    address: Address
+
+
+class HeldReservation:
+    """Keeps a reservation on the relay at ``address`` while :meth:`run` runs."""
+
+    def __init__(self, identity: Identity, address: Address, on_circuit: OnCircuit, *,
+                 agent: str = "p2p/0.1", relay_peer: PeerId | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._identity = identity
+        self.address = address
+        """The relay's address we dial (what our relay hints name)."""
+        self._on_circuit = on_circuit
+        self._agent = agent
+        self.relay_peer = relay_peer
+        """The relay's peer id (learnt from the first handshake when not given)."""
+        self._clock = clock
+        self.status: RelayStatus | None = None
+        """The relay's last OK to our Reserve (its addresses, where it sees us)."""
+        self.error: str | None = None
+        """Why the last attempt failed (None while reserved)."""
+        self.reserved = asyncio.Event()
+        """Set while a reservation is held."""
+        self._tasks = TaskOwner(f"reservation {format_address(address)}", log)
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    @property
+    def hint(self) -> RelayHint | None:
+        """Our relay hint while reserved, else None."""
+        if self.reserved.is_set() and self.relay_peer is not None:
+            return RelayHint(self.relay_peer, self.address)
+        return None
+
+    async def run(self) -> None:
+        """Reserve, keep the reservation, and reserve again whenever it is lost; until
+        cancelled."""
+        wait = RETRY_MIN
+        try:
+            while True:
+                try:
+                    await self._hold()
+                    wait = RETRY_MIN
+                except (NetworkError, RemoteProtocolError, ConnectionLost, ClosedByUs) as exc:
+                    self.error = str(exc)
+                    log.info("relay %s: %s", format_address(self.address), exc)
+                finally:
+                    self.reserved.clear()
+                await asyncio.sleep(wait)
+                wait = min(RETRY_MAX, wait * 2)
+        finally:
+            await self._tasks.aclose()
+
+    async def _hold(self) -> None:
+        where = format_address(self.address)
+        conn = await connect(self.address[0], self.address[1], self._identity,
+                             expected_peer=self.relay_peer, agent=self._agent,
+                             first=(Reserve(),), timeout=RELAY_TIMEOUT)
+        try:
+            status = await _status(conn, where)
+            self.relay_peer = conn.remote_peer
+            self.status = status
+            self.error = None
+            self.reserved.set()
+            log.info("reserved on relay %s for %d s (seen at %s)", where, status.ttl,
+                     format_address(status.observed) if status.observed else "?")
+            rules = KeepaliveRules(self._now(), status.ttl)
+            loop = asyncio.get_running_loop()
+            nonce = 0
+            while True:
+                delay = max(0.0, rules.next_deadline() - self._now())
+                try:
+                    async with asyncio.timeout_at(loop.time() + delay):
+                        msg = await conn.receive()
+                except TimeoutError:
+                    msg = None
+                if msg is not None:
+                    rules.heard(self._now())
+                    match msg:
+                        case Stop(source=source, token=token):
+                            self._tasks.spawn(self._accept(source, token),
+                                              f"circuit from {source.short()}")
+                        case RelayStatus(code=code, ttl=ttl) if code == RelayCode.OK:
+                            self.status = msg
+                            rules.reserved(self._now(), ttl)
+                        case RelayStatus():
+                            raise _refused(msg, where)
+                        case Ping(nonce=n):
+                            await conn.send(Pong(n))
+                        case Pong():
+                            pass
+                        case _:
+                            raise RemoteProtocolError(
+                                f"relay {where} sent {type(msg).__name__} on a reservation")
+                match rules.due(self._now()):
+                    case "dead":
+                        raise NetworkError(f"relay {where} stopped answering")
+                    case "refresh":
+                        await conn.send(Reserve())
+                    case "ping":
+                        nonce += 1
+                        await conn.send(Ping(nonce))
+                    case _:
+                        pass
+        finally:
+            self.reserved.clear()
+            await conn.aclose("reservation ends")
+
+    async def _accept(self, source: PeerId, token: bytes) -> None:
+        """Open our side of the circuit ``source`` asked for and hand it over."""
+        where = format_address(self.address)
+        try:
+            conn = await connect(self.address[0], self.address[1], self._identity,
+                                 expected_peer=self.relay_peer, agent=self._agent,
+                                 first=(Accept(token),), stop_on=(RelayStatus,),
+                                 timeout=RELAY_TIMEOUT)
+            await _status(conn, where)
+            transport, unread = conn.protocol.detach()
+        except (NetworkError, RemoteProtocolError) as exc:
+            log.info("circuit from %s through %s failed: %s", source.short(), where, exc)
+            return
+        assert self.relay_peer is not None
+        self._on_circuit(transport, unread, self.relay_peer, source)
