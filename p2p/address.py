@@ -13,11 +13,16 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import BadInput, NetworkError
+from .identity import PeerId
 
 __all__ = [
     "Address",
+    "RelayHint",
+    "RelayedAddress",
     "format_address",
     "from_sockaddr",
     "is_unspecified",
@@ -28,6 +33,43 @@ __all__ = [
 
 Address = tuple[str, int]
 """(literal IP, port): IPv4 dotted, IPv6 compressed without brackets."""
+
+
+@dataclass(frozen=True)
+class RelayHint:
+    """How to reach a peer that others cannot dial: through the relay ``relay`` at
+    ``address``, where the peer holds a reservation (docs/PROTOCOL.md, Relays)."""
+
+    relay: PeerId
+    address: Address
+
+
+class RelayedAddress(tuple[str, int]):
+    """The relay's ``(host, port)`` standing for ``target`` reached through it: what a
+    download dials like any address, and the node's dialler opens as a circuit. Equal only
+    to the same relay and target (two peers behind one relay are two candidates)."""
+
+    hint: RelayHint
+    target: PeerId
+
+    def __new__(cls, hint: RelayHint, target: PeerId) -> RelayedAddress:
+        self = super().__new__(cls, hint.address)
+        self.hint = hint
+        self.target = target
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, RelayedAddress) and tuple(self) == tuple(other)
+                and self.hint == other.hint and self.target == other.target)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.hint.relay, self.target))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RelayedAddress, (self.hint, self.target))
 
 
 def normalize_host(host: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import netcheck
-from .address import Address, format_address, normalize_host, primary_ip
+from .address import Address, RelayedAddress, RelayHint, format_address, normalize_host, primary_ip
 from .bitfield import bit_get
 from .content import (
     ContentId,
@@ -78,8 +78,11 @@ from .swarm.download import Download, FetchOptions
 from .tasks import TaskOwner
 from .wire import server as wire_server
 from .wire.bandwidth import Bandwidth, Throttle
+from .wire.circuits import RelayLimits
 from .wire.messages import Message
-from .wire.transport import connect
+from .wire.relay import RelayService
+from .wire.reservation import HeldReservation, open_circuit
+from .wire.transport import Connection, connect
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,17 @@ MAX_RENAMES = 10_000
 RESUMABLE = ("active", "interrupted")
 """Download states a long-running node resumes when it starts: running when their node
 stopped (``interrupted``) or was killed (still ``active``); a paused one stays paused."""
+MAX_RESERVATIONS = 2
+"""Relays a node that others cannot reach holds a reservation on at once (what its records'
+relay hints name: one relay can go down)."""
+RELAY_WAIT = 5.0
+"""Seconds a share waits, before it makes its ticket, for a first relay reservation (or a
+verdict that the node is reachable): the ticket must name a way in. A reservation on a
+reachable relay takes a round trip or two."""
+
+CircuitHook = Callable[[Connection, bool], None]
+"""Called with each relay circuit that becomes a connection, and whether it came in: the
+seam where a direct-path upgrade (hole punching) starts (see :meth:`Node.add_circuit_hook`)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,16 @@ class NodeConfig:
     included); 0 is no limit. :meth:`Node.set_limits` changes it while the node runs."""
     max_download_rate: float = 0.0
     """Bytes per second this node receives from all its peers together; 0 is no limit."""
+    relay: bool = False
+    """Serve as a relay for peers others cannot reach (``p2p serve --relay``, the bootstrap
+    daemon): reservations and circuits on the TCP port (docs/PROTOCOL.md, Relays)."""
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    """What a relay gives (reservations, circuits, per peer and IP, time, bytes, rate)."""
+    use_relays: bool = True
+    """An ``auto`` node that is not known to be reachable holds reservations on its relays
+    and names them in its records and tickets instead of its direct addresses."""
+    relays: tuple[Address, ...] = ()
+    """Relays to reserve on; empty: the bootstrap nodes."""
 
 
 class _AlreadyThere(Exception):
@@ -247,6 +271,12 @@ class Node:
         """The node's upload and download limits, over every peer connection."""
         self._download_limits: dict[ContentId, Throttle] = {}
         """Each running download's own download limit (rate 0: none but the node's)."""
+        self.relay: RelayService | None = None
+        """This node's relay service (:attr:`NodeConfig.relay`), else None."""
+        self._reservations: dict[Address, tuple[HeldReservation, asyncio.Task[None]]] = {}
+        self._path_changed = asyncio.Event()
+        """Set when a reservation was granted or the verdict arrived (:meth:`wait_for_path`)."""
+        self._circuit_hooks: list[CircuitHook] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -280,6 +310,8 @@ class Node:
             raise
         self._started = True
         self._spawn(self._sample_rates(), "peer rates")
+        if self.relay is not None:
+            self.relay.start()
         self._start_reachability()
         try:
             if cfg.bootstrap:
@@ -314,10 +346,13 @@ class Node:
         cfg = self.config
         hosts = _bindable(_hosts(cfg.host))
         last: Exception | None = None
+        if cfg.relay:
+            self.relay = RelayService(cfg.relay_limits, addresses=self.addresses, clock=cfg.clock)
         for _ in range(BIND_ATTEMPTS if cfg.port == 0 else 1):
             server = wire_server.Server(self._identity, self._store, cfg.server_limits,
                                         agent=cfg.agent, on_event=self._on_server_event,
-                                        clock=cfg.clock, bandwidth=self.bandwidth)
+                                        clock=cfg.clock, bandwidth=self.bandwidth,
+                                        relay=self.relay)
             port = await server.start(hosts, cfg.port)
             dht_config = DHTConfig(host=hosts[0] if len(hosts) == 1 else hosts, port=port, ksize=20,
                                    max_contacts_per_ip=cfg.max_contacts_per_ip,
@@ -363,7 +398,10 @@ class Node:
         self._closing = True
         for cid in list(self._downloads):
             await self.pause(cid)
+        self._stop_reservations()
         await self._tasks.aclose()
+        if self.relay is not None:
+            await self.relay.aclose()
         await self._server.aclose()
         await self._dht.aclose()
         self._pool.shutdown(wait=True)
@@ -478,6 +516,7 @@ class Node:
             stop.set()
             raise
         await asyncio.to_thread(self._store.add_share, manifest, root=path)
+        await self.wait_for_path(RELAY_WAIT)
         if self.config.announce_shares:  # else the next long-running start announces it
             await self._provide(manifest.content_id)
         self.events.publish(Shared(manifest.content_id, manifest.name, manifest.total_size))
@@ -522,6 +561,87 @@ class Node:
             return []
         return list(record.addresses)
 
+    # -- relays (docs/PROTOCOL.md, Relays) ----------------------------------------------------
+
+    def relay_hints(self) -> list[RelayHint]:
+        """The relays this node holds a reservation on now (what its records and tickets name)."""
+        return [hint for held, _ in self._reservations.values() if (hint := held.hint) is not None]
+
+    def _direct_dialable(self) -> bool:
+        """Whether others may dial our direct addresses: reachable, or not known not to be."""
+        return self.reachability.reachable or self.reachability.reachability == NOT_CHECKED.reachability  # unknown
+
+    def _wants_relays(self) -> bool:
+        """A long-running node (it announces) that is not a declared server, not proven
+        reachable, with relays to ask."""
+        cfg = self.config
+        return (cfg.use_relays and cfg.dht_mode != "server" and cfg.announce_shares
+                and bool(self._relay_addresses()) and not self.reachability.reachable)
+
+    def _relay_addresses(self) -> list[Address]:
+        own = set(self.listen_addresses())
+        return [a for a in (self.config.relays or self.config.bootstrap) if a not in own]
+
+    def _update_reservations(self) -> None:
+        """Hold reservations while others cannot reach us; let them go once they can."""
+        if self.closing:
+            return
+        if not self._wants_relays():
+            self._stop_reservations()
+            self._relays_changed()
+            return
+        for address in self._relay_addresses()[:MAX_RESERVATIONS]:
+            if address in self._reservations:
+                continue
+            held = HeldReservation(self._identity, address, self._circuit_arrived,
+                                   agent=self.config.agent, on_change=self._relays_changed)
+            self._reservations[address] = (held, self._spawn(held.run(), f"reservation {format_address(address)}"))
+        self._relays_changed()
+
+    def _stop_reservations(self) -> None:
+        """Let every reservation go (their tasks are the node's: awaited when it closes)."""
+        held, self._reservations = self._reservations, {}
+        for _, task in held.values():
+            task.cancel()
+
+    def _relays_changed(self) -> None:
+        """A reservation came or went, or the verdict changed: records say so at once."""
+        self._path_changed.set()
+        if self.closing or not self._started:
+            return
+        direct = self._direct_dialable() or not self.relay_hints()
+        if self._dht.set_relays(self.relay_hints(), direct=direct) and self.config.announce_shares:
+            self._spawn(self._dht.reannounce(), "re-announce (relays)")
+
+    async def wait_for_path(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until others have a way in: a relay reservation, or a
+        verdict that we are reachable; at once when this node does not use relays."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._wants_relays() and not self.relay_hints():
+            self._path_changed.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._path_changed.wait()
+            except TimeoutError:
+                return
+
+    def _circuit_arrived(self, transport: asyncio.Transport, unread: bytes, relay: PeerId,
+                         source: PeerId) -> None:
+        """Our side of a circuit a peer opened through one of our relays: served as any
+        inbound connection."""
+        self._server.adopt(transport, unread, relay)
+
+    def add_circuit_hook(self, hook: CircuitHook) -> None:
+        """Call ``hook(connection, inbound)`` for every relay circuit that becomes a
+        connection (dialled by a download, or arrived through a reservation): where a
+        direct-path upgrade (p2p.wire.punch) starts. Hooks must not block."""
+        self._circuit_hooks.append(hook)
+
+    def _circuit_opened(self, conn: Connection, *, inbound: bool) -> None:
+        for hook in self._circuit_hooks:
+            hook(conn, inbound)
+
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
         if publisher is None:
@@ -529,7 +649,12 @@ class Node:
             if manifest is None:
                 raise NotFound(f"{content_id} is not in this node's library")
             publisher = manifest.publisher
-        return make_ticket(content_id, publisher, self.addresses())
+        relays = self.relay_hints()
+        direct = [] if relays and not self._direct_dialable() else self.addresses()
+        ticket = make_ticket(content_id, publisher, direct, relays)
+        if relays and self.peer_id != publisher:
+            ticket = dataclasses.replace(ticket, relayed_peer=self.peer_id)
+        return ticket
 
     def unshare(self, content_id: ContentId) -> bool:
         """Stop serving ``content_id`` (the files stay). True if it was shared."""
@@ -584,6 +709,10 @@ class Node:
             self._store.add_sources(cid, addrs)
         # A resumed download dials the addresses an earlier run was given (a ticket's) again.
         addrs += [a for a in self._store.sources(cid) if a not in addrs]
+        if ticket is not None:
+            # Through the relays the sharer holds reservations on (never stored as sources:
+            # a reservation is short-lived, and the DHT's records name the current ones).
+            addrs = [RelayedAddress(hint, ticket.relay_target) for hint in ticket.relays] + addrs
         return FetchOptions(cid, Path(dest).expanduser() if dest is not None else None,
                             Path(download_dir) if download_dir is not None else self.config.download_dir,
                             publisher, tuple(addrs), timeout, sequential,
@@ -1061,6 +1190,8 @@ class Node:
                       rename: bool = False) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
             for info in self._server.connections():
+                if info.via is not None:
+                    continue  # came through a relay: its socket address is the relay's
                 # Peers already talking to us, at the ports their Hello says they accept on,
                 # but only on the host we see them at: a Hello is an unsigned claim, and a
                 # peer must not make us dial third parties (or resolve names) for it.
@@ -1068,13 +1199,20 @@ class Node:
                 if addrs:
                     yield info.peer, addrs, False  # connected, not known to hold it
             async for record in self._dht.iter_providers(cid.digest):
-                yield record.peer_id, record.addresses, True
+                relayed = [RelayedAddress(hint, record.peer_id) for hint in record.relays]
+                yield record.peer_id, [*record.addresses, *relayed], True
 
         own = self._download_limits.get(options.content_id)
         limits: dict[str, Any] = {"up": (self.bandwidth.up,),
                                   "down": (self.bandwidth.down,) + ((own,) if own is not None else ())}
 
         async def dial(addr: Address, peer: PeerId | None, first: Sequence[Message]) -> Any:
+            if isinstance(addr, RelayedAddress):
+                conn = await open_circuit(addr.hint.address, addr.hint.relay, addr.target,
+                                          self._identity, listen_addrs=self.addresses(),
+                                          agent=self.config.agent, first=first, **limits)
+                self._circuit_opened(conn, inbound=False)
+                return conn
             try:
                 return await connect(addr[0], addr[1], self._identity, expected_peer=peer,
                                      listen_addrs=self.addresses(), agent=self.config.agent,
@@ -1085,7 +1223,7 @@ class Node:
                 # The address (from a provider record, a ticket, a Hello) is stale: the
                 # peer's own signed peer record says where it is now.
                 for fresh in await self._current_addresses(peer):
-                    if fresh == addr:
+                    if fresh == addr or isinstance(fresh, RelayedAddress):
                         continue
                     with contextlib.suppress(NetworkError):
                         return await connect(fresh[0], fresh[1], self._identity,
@@ -1116,11 +1254,11 @@ class Node:
         return self._rates.apply(self._connections())
 
     def _connections(self) -> list[PeerInfo]:
-        out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent)
+        out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent, via=c.via)
                for c in self._server.connections()]
         for download in self.running_downloads():
             out += [PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
-                             conn.bytes_sent, strikes=strikes)
+                             conn.bytes_sent, strikes=strikes, via=getattr(conn, "via", None))
                     for peer, conn, strikes in download.connections()]
         return _merge_connections(out)
 
@@ -1193,6 +1331,9 @@ class Node:
                                              self.config.agent), netcheck.DIAL_SOURCES)
         if self.config.dht_mode == "auto" and self.config.bootstrap:
             self._spawn(self._keep_checking(), "reachability checks")
+        # Not known to be reachable yet: reserve at once, in parallel with the check (a
+        # share's ticket must name a way in; a verdict of "public" lets them go again).
+        self._update_reservations()
 
     async def netcheck(self) -> Reachability:
         """Check now whether others can reach this node (dial-backs by the bootstrap nodes and
@@ -1208,6 +1349,7 @@ class Node:
             self.reachability = verdict
             if self.config.dht_mode == "auto":
                 await self._dht.set_client_mode(not verdict.reachable)
+            self._update_reservations()
             return verdict
 
     async def _keep_checking(self) -> None:
@@ -1255,8 +1397,11 @@ class Node:
 
     def _on_server_event(self, event: Any) -> None:
         match event:
-            case wire_server.PeerConnected(peer=peer, address=address):
-                self._dialbacks.inbound(peer, address)
+            case wire_server.PeerConnected(peer=peer, address=address, via=via, connection=conn):
+                if via is None:
+                    self._dialbacks.inbound(peer, address)  # a circuit proves no reachability
+                elif conn is not None:
+                    self._circuit_opened(conn, inbound=True)
                 self.events.publish(PeerConnected(peer, address, inbound=True))
             case wire_server.PeerDisconnected(peer=peer, reason=reason) if peer is not None:
                 self.events.publish(PeerDropped(peer, reason))

@@ -93,13 +93,24 @@ class PeerInfo:
     """Bytes per second sent, over the same sample."""
     strikes: int = 0
     """Bad chunks this peer sent to a running download."""
+    via: PeerId | None = None
+    """The relay the connection runs through (its ``address`` is then the relay's); None
+    when direct."""
+
+    @property
+    def path(self) -> str:
+        """``direct`` or ``relayed``."""
+        return "direct" if self.via is None else "relayed"
 
     def to_json(self) -> dict[str, Any]:
         """One row of ``p2p peers --json``."""
-        return {"peer_id": str(self.peer), "address": format_address(self.address),
-                "direction": self.direction, "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "rate_in": self.rate_in, "rate_out": self.rate_out,
-                "strikes": self.strikes}
+        row = {"peer_id": str(self.peer), "address": format_address(self.address),
+               "direction": self.direction, "bytes_in": self.bytes_in,
+               "bytes_out": self.bytes_out, "rate_in": self.rate_in, "rate_out": self.rate_out,
+               "strikes": self.strikes, "path": self.path}
+        if self.via is not None:
+            row["via"] = str(self.via)
+        return row
 
 
 Verdict = Literal["ok", "incomplete", "missing", "corrupt"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import blake3
 
+from ..address import RelayHint
 from ..encoding import expect_bytes, expect_int, expect_list, expect_str, pack, unpack_canonical
 from ..errors import BadInput, BadSignature, DecodeError
 from ..identity import NODE_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, PeerId, node_id_for
@@ -54,8 +55,12 @@ CLOCK_SKEW = 600
 buys no life: a node holds a provider record at most ``PROVIDER_TTL`` after it last stored it
 (:data:`p2p.dht.store.PROVIDER_HOLD`)."""
 MAX_ADDRESSES = 4
-"""Addresses per provider/peer record: enough for v4 + v6 + an override, small enough that
-16 records fit one datagram."""
+"""Addresses per provider/peer record (direct ones and relay hints together): enough for
+v4 + v6 + an override, small enough that 16 records fit one datagram."""
+MAX_RELAY_HINTS = 2
+"""Relay hints per record: a node holds reservations on one or two relays. With two hints
+and two direct IPv6 addresses of the longest canonical form (39 characters) a record is
+352 bytes, under :data:`MAX_RECORD_SIZE`."""
 MAX_HOST_LEN = 45  # the longest textual IPv6 address
 MAX_NAME_LEN = 64
 """Channel name length in UTF-8 bytes."""
@@ -72,6 +77,8 @@ class ProviderRecord:
     addresses: tuple[tuple[str, int], ...]
     expires: float
     """Unix time (seconds) after which the record is void."""
+    relays: tuple[RelayHint, ...] = ()
+    """Relays the peer holds a reservation on (when it cannot be dialled directly)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class PeerRecord:
     peer_id: PeerId
     addresses: tuple[tuple[str, int], ...]
     expires: float
+    relays: tuple[RelayHint, ...] = ()
+    """Relays the peer holds a reservation on (when it cannot be dialled directly)."""
 
 
 @dataclass(frozen=True)
@@ -160,25 +169,44 @@ def check_address(host: Any, port: Any, what: str = "address") -> tuple[str, int
     return host, port
 
 
-def _encode_addresses(addresses: Sequence[tuple[str, int]]) -> list[list[str | int]]:
-    if not 1 <= len(addresses) <= MAX_ADDRESSES:
-        raise BadInput(f"a record carries 1..{MAX_ADDRESSES} addresses")
+def _encode_addresses(addresses: Sequence[tuple[str, int]],
+                      relays: Sequence[RelayHint] = ()) -> list[list[str | int | bytes]]:
+    """Direct addresses ``[ip, port]`` first, then relay hints ``[ip, port, relay_key]``."""
+    if not 1 <= len(addresses) + len(relays) <= MAX_ADDRESSES:
+        raise BadInput(f"a record carries 1..{MAX_ADDRESSES} addresses and relay hints")
+    if len(relays) > MAX_RELAY_HINTS:
+        raise BadInput(f"a record carries at most {MAX_RELAY_HINTS} relay hints")
     try:
         checked = [check_address(h, p) for h, p in addresses]
+        hints = [(check_address(*r.address, "relay hint"), r.relay.key) for r in relays]
     except DecodeError as exc:
         raise BadInput(str(exc)) from None
-    return [[h, p] for h, p in checked]
+    out: list[list[str | int | bytes]] = [[h, p] for h, p in checked]
+    out += [[h, p, key] for (h, p), key in hints]
+    return out
 
 
-def _decode_addresses(value: Any) -> tuple[tuple[str, int], ...]:
+def _decode_addresses(value: Any) -> tuple[tuple[tuple[str, int], ...], tuple[RelayHint, ...]]:
+    """(direct addresses, relay hints): a two-element entry is a direct address, a three-
+    element one a relay hint (the format before relays had two-element entries only)."""
     items = expect_list(value, what="addresses")
     if not 1 <= len(items) <= MAX_ADDRESSES:
         raise DecodeError(f"addresses: expected 1..{MAX_ADDRESSES}")
     out = []
+    relays = []
     for item in items:
-        host, port = expect_list(item, 2, "address")
-        out.append(check_address(host, port))
-    return tuple(out)
+        fields = expect_list(item, None, "address")
+        if len(fields) == 2:
+            out.append(check_address(*fields))
+        elif len(fields) == 3:
+            host, port, key = fields
+            relay = PeerId(expect_bytes(key, PUBLIC_KEY_LEN, "relay hint key"))
+            relays.append(RelayHint(relay, check_address(host, port, "relay hint")))
+        else:
+            raise DecodeError("address: expected [ip, port] or [ip, port, relay key]")
+    if len(relays) > MAX_RELAY_HINTS:
+        raise DecodeError(f"addresses: at most {MAX_RELAY_HINTS} relay hints")
+    return tuple(out), tuple(relays)
 
 
 def _check_content_id(content_id: Any) -> None:
@@ -237,30 +265,34 @@ def _expires(now: float, ttl: int) -> int:
 
 def sign_provider(
     identity: Identity, dkey: bytes, addresses: Sequence[tuple[str, int]], now: float,
-    ttl: int = PROVIDER_TTL,
+    ttl: int = PROVIDER_TTL, relays: Sequence[RelayHint] = (),
 ) -> SignedRecord:
-    """A provider record for discovery key ``dkey``: ``identity`` serves it at ``addresses``."""
+    """A provider record for discovery key ``dkey``: ``identity`` serves it at ``addresses``
+    and through ``relays``."""
     expect_bytes(dkey, KEY_LEN, "discovery key")
-    addrs = _encode_addresses(addresses)
+    addrs = _encode_addresses(addresses, relays)
     expires = _expires(now, ttl)
     body = [identity.public_key, addrs, expires]
     sig = identity.sign(PROVIDER_TAG + dkey + pack(body))
     raw = pack([KIND_PROVIDER, *body, sig])
-    rec = ProviderRecord(identity.peer_id, tuple((str(h), int(p)) for h, p in addrs), float(expires))
+    direct, hints = _decode_addresses(addrs)
+    rec = ProviderRecord(identity.peer_id, direct, float(expires), hints)
     return SignedRecord(KIND_PROVIDER, dkey, rec, raw)
 
 
 def sign_peer(
     identity: Identity, addresses: Sequence[tuple[str, int]], now: float, ttl: int = PEER_TTL,
+    relays: Sequence[RelayHint] = (),
 ) -> SignedRecord:
-    """A peer record: ``identity`` is reachable at ``addresses``."""
+    """A peer record: ``identity`` is reachable at ``addresses`` and through ``relays``."""
     key = peer_key(identity.peer_id)
-    addrs = _encode_addresses(addresses)
+    addrs = _encode_addresses(addresses, relays)
     expires = _expires(now, ttl)
     body = [identity.public_key, addrs, expires]
     sig = identity.sign(PEER_TAG + key + pack(body))
     raw = pack([KIND_PEER, *body, sig])
-    rec = PeerRecord(identity.peer_id, tuple((str(h), int(p)) for h, p in addrs), float(expires))
+    direct, hints = _decode_addresses(addrs)
+    rec = PeerRecord(identity.peer_id, direct, float(expires), hints)
     return SignedRecord(KIND_PEER, key, rec, raw)
 
 
@@ -309,17 +341,17 @@ def decode_record(
         case 1 | 2:
             _, author, addrs_v, expires_v, sig = expect_list(fields, 5, "record")
             author = expect_bytes(author, PUBLIC_KEY_LEN, "record author")
-            addrs = _decode_addresses(addrs_v)
+            addrs, relays = _decode_addresses(addrs_v)
             expires = expect_int(expires_v, 0, 2**53, "record expiry")
             body: list[Any] = [author, addrs_v, expires]
             if rkind == KIND_PEER:
                 if key != node_id_for(author):
                     raise InvalidRecord("peer record stored under another peer's key")
                 tag = PEER_TAG
-                rec = PeerRecord(PeerId(author), addrs, float(expires))
+                rec = PeerRecord(PeerId(author), addrs, float(expires), relays)
             else:
                 tag = PROVIDER_TAG
-                rec = ProviderRecord(PeerId(author), addrs, float(expires))
+                rec = ProviderRecord(PeerId(author), addrs, float(expires), relays)
         case 3:
             _, author, name, content_id, seq, expires_v, sig = expect_list(fields, 7, "record")
             author = expect_bytes(author, PUBLIC_KEY_LEN, "record author")

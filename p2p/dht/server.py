@@ -22,7 +22,7 @@ from typing import Any
 from kademlia.network import Server
 from kademlia.node import Node
 
-from ..address import Address, format_address, from_sockaddr, normalize_host, primary_ip
+from ..address import Address, RelayHint, format_address, from_sockaddr, normalize_host, primary_ip
 from ..errors import (
     BadInput,
     BootstrapUnreachable,
@@ -42,6 +42,8 @@ from .records import (
     KIND_CHANNEL,
     KIND_PEER,
     KIND_PROVIDER,
+    MAX_ADDRESSES,
+    MAX_RELAY_HINTS,
     ChannelRecord,
     PeerRecord,
     ProviderRecord,
@@ -185,6 +187,10 @@ class DHT:
         self._monotonic = config.monotonic_clock
         self._tasks = TaskOwner("DHT", log)
         self._provided: dict[bytes, tuple[Address, ...] | None] = {}
+        self._relays: tuple[RelayHint, ...] = ()
+        """Relay hints our records carry (:meth:`set_relays`)."""
+        self._announce_direct = True
+        """Whether our records carry direct addresses too."""
         self._announce_peer = False
         self._peer_addresses: tuple[Address, ...] | None = None
         self._channels: dict[bytes, int] = {}
@@ -614,6 +620,29 @@ class DHT:
             raise NetworkError("no reachable address known yet; set announce_addrs")
         return addrs
 
+    def _record_addresses(self, addresses: Sequence[tuple[str, int]] | None
+                          ) -> tuple[tuple[Address, ...], tuple[RelayHint, ...]]:
+        """What a provider or peer record carries: the direct addresses (none when we are
+        not reachable and hold a relay reservation) and the relay hints (:meth:`set_relays`)."""
+        relays = self._relays[:MAX_RELAY_HINTS]
+        if relays and not self._announce_direct and not addresses:
+            return (), relays
+        addrs = self._addresses(addresses)
+        return addrs[:MAX_ADDRESSES - len(relays)], relays
+
+    def set_relays(self, relays: Sequence[RelayHint], *, direct: bool) -> bool:
+        """From the next announce on, records name these relay hints; ``direct``: whether
+        they also carry our direct addresses (not when nobody can dial them). Returns
+        whether anything changed (the caller may re-announce at once: :meth:`reannounce`)."""
+        new = tuple(relays)[:MAX_RELAY_HINTS]
+        changed = (new, direct) != (self._relays, self._announce_direct)
+        self._relays, self._announce_direct = new, direct
+        return changed
+
+    async def reannounce(self) -> None:
+        """Announce every provided content id and the peer record now (addresses changed)."""
+        await self._reannounce()
+
     # -- providers --------------------------------------------------------------------------------
 
     async def announce(self, content_id: bytes,
@@ -625,8 +654,9 @@ class DHT:
         rest finish in the background). Returns the acks so far. Raises
         :class:`NetworkError` if nobody answered or acknowledged.
         """
-        signed = sign_provider(self._identity, discovery_key(content_id),
-                               self._addresses(addresses), self._wall())
+        addrs, relays = self._record_addresses(addresses)
+        signed = sign_provider(self._identity, discovery_key(content_id), addrs, self._wall(),
+                               relays=relays)
         acks, _ = await self._store(signed, ANNOUNCE_QUORUM)
         if not acks:
             raise NetworkError("no DHT node accepted the provider record")
@@ -715,7 +745,8 @@ class DHT:
         :class:`NetworkError` if none did, :class:`BadInput` for unusable addresses.
         """
         fixed = tuple(addresses) if addresses else None
-        signed = sign_peer(self._identity, self._addresses(fixed), self._wall())
+        addrs, relays = self._record_addresses(fixed)
+        signed = sign_peer(self._identity, addrs, self._wall(), relays=relays)
         self._announce_peer = True
         self._peer_addresses = fixed
         acks, _ = await self._store(signed, ANNOUNCE_QUORUM)

@@ -121,7 +121,10 @@ def _held(signed: SignedRecord, first_stored: float, now: float,
           source: Address | None) -> HeldProvider:
     rec = signed.record
     assert isinstance(rec, ProviderRecord)
-    host = rec.addresses[0][0]
+    # A record of relay hints only (a NATed provider) counts where it came from, else
+    # under its first relay: never all of one relay's peers as one host.
+    host = rec.addresses[0][0] if rec.addresses else (
+        source[0] if source is not None else rec.relays[0].address[0])
     if source is not None and ip_group(source[0]) != ip_group(host):
         # The record names another host than the one that stored it: the claim is free, the
         # source is not (a reply to it reached it), so the record counts where it came from.

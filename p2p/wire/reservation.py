@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from ..address import Address, format_address
+from ..address import Address, RelayHint, format_address
 from ..errors import NetworkError
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
@@ -104,20 +103,13 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
                               timeout=timeout, first=first, up=up, down=down)
 
 
-@dataclass(frozen=True)
-class RelayHint:
-    """How to reach a peer that holds a reservation: the relay's peer id and address."""
-
-    relay: PeerId
-    address: Address
-
-
 class HeldReservation:
     """Keeps a reservation on the relay at ``address`` while :meth:`run` runs."""
 
     def __init__(self, identity: Identity, address: Address, on_circuit: OnCircuit, *,
                  agent: str = "p2p/0.1", relay_peer: PeerId | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self._identity = identity
         self.address = address
         """The relay's address we dial (what our relay hints name)."""
@@ -126,6 +118,8 @@ class HeldReservation:
         self.relay_peer = relay_peer
         """The relay's peer id (learnt from the first handshake when not given)."""
         self._clock = clock
+        self._on_change = on_change
+        """Told when the reservation is granted or lost (the node re-announces)."""
         self.status: RelayStatus | None = None
         """The relay's last OK to our Reserve (its addresses, where it sees us)."""
         self.error: str | None = None
@@ -157,7 +151,7 @@ class HeldReservation:
                     self.error = str(exc)
                     log.info("relay %s: %s", format_address(self.address), exc)
                 finally:
-                    self.reserved.clear()
+                    self._lost()
                 await asyncio.sleep(wait)
                 wait = min(RETRY_MAX, wait * 2)
         finally:
@@ -174,6 +168,7 @@ class HeldReservation:
             self.status = status
             self.error = None
             self.reserved.set()
+            self._changed()
             log.info("reserved on relay %s for %d s (seen at %s)", where, status.ttl,
                      format_address(status.observed) if status.observed else "?")
             rules = KeepaliveRules(self._now(), status.ttl)
@@ -215,8 +210,17 @@ class HeldReservation:
                     case _:
                         pass
         finally:
-            self.reserved.clear()
+            self._lost()
             await conn.aclose("reservation ends")
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    def _lost(self) -> None:
+        if self.reserved.is_set():
+            self.reserved.clear()
+            self._changed()
 
     async def _accept(self, source: PeerId, token: bytes) -> None:
         """Open our side of the circuit ``source`` asked for and hand it over."""

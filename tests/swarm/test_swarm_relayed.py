@@ -1,0 +1,86 @@
+"""A share that others cannot dial, fetched through its relay: real nodes in one process on
+127.0.0.1, port 0. The sharer announces an address where nothing listens (what a NATed
+node's own address is to the others), so only its relay hints lead to it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from p2p.content import Ticket
+from p2p.events import PeerConnected
+from p2p.node import Node
+from p2p.wire.transport import Connection
+
+from .conftest import MiB, make_file, node_config
+
+T = 60
+
+
+def dead_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_share_only_its_relay_reaches_is_fetched_through_it(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "film.bin", 8 * MiB)
+    async with Node(node_config(tmp_path, "relay", relay=True, dht_mode="server")) as relay:
+        boot = [relay.listen_address()]
+        hidden = node_config(tmp_path, "sharer", boot, dht_mode="client",
+                             announce_addrs=(("127.0.0.1", dead_port()),))
+        async with Node(hidden) as sharer:
+            circuits: list[tuple[Connection, bool]] = []
+            sharer.add_circuit_hook(lambda conn, inbound: circuits.append((conn, inbound)))
+            async with asyncio.timeout(T):
+                shared = await sharer.share(source)
+            (hint,) = sharer.relay_hints()
+            assert hint.relay == relay.peer_id and hint.address == relay.listen_address()
+            ticket = Ticket.parse(str(shared.ticket))
+            assert ticket.relays == (hint,)
+            assert relay.relay is not None and relay.relay.reserved() == [sharer.peer_id]
+            async with Node(node_config(tmp_path, "fetcher", boot, dht_mode="client")) as fetcher:
+                sub = fetcher.events.subscribe()
+                async with asyncio.timeout(T):
+                    # By content id: the provider record names the relay hint.
+                    result = await fetcher.fetch(shared.content_id, tmp_path / "out.bin",
+                                                 timeout=T)
+                assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+                assert set(result.chunks_by_peer) == {sharer.peer_id}
+                connected = []
+                while (event := sub.get_nowait()) is not None:
+                    if isinstance(event, PeerConnected):
+                        connected.append(event)
+                assert any(e.peer == sharer.peer_id for e in connected)
+            assert circuits and circuits[0][1] is True
+            assert circuits[0][0].via == relay.peer_id
+            stats = relay.relay.stats()
+            assert stats["circuits_opened"] >= 1
+            assert isinstance(stats["bytes_relayed"], int)
+            assert stats["bytes_relayed"] > 8 * MiB
+
+
+async def test_a_ticket_with_relay_hints_is_enough(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "notes.bin", 1 * MiB, seed=3)
+    async with Node(node_config(tmp_path, "relay", relay=True, dht_mode="server")) as relay:
+        boot = [relay.listen_address()]
+        hidden = node_config(tmp_path, "sharer", boot, dht_mode="client",
+                             announce_addrs=(("127.0.0.1", dead_port()),))
+        async with Node(hidden) as sharer:
+            circuits: list[Connection] = []
+            sharer.add_circuit_hook(lambda conn, _inbound: circuits.append(conn))
+            async with asyncio.timeout(T):
+                shared = await sharer.share(source)
+            # No DHT for the fetcher, and a ticket of relay hints only (what a NATed sharer's
+            # is): the relay is the one way in.
+            made = Ticket.parse(str(shared.ticket))
+            ticket = Ticket.parse(str(Ticket(made.content_id, made.publisher, (), made.relays)))
+            assert ticket.addresses == () and ticket.relays == made.relays
+            async with Node(node_config(tmp_path, "fetcher")) as fetcher:
+                async with asyncio.timeout(T):
+                    result = await fetcher.fetch(ticket, tmp_path / "out.bin", timeout=T)
+            assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+            assert set(result.chunks_by_peer) == {sharer.peer_id}
+            assert [c.via for c in circuits] == [relay.peer_id]
