@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -26,10 +26,12 @@ from p2p import (
     BadInput,
     ConfigFile,
     NodeConfig,
+    RelayLimits,
     Settings,
     config_path,
     load_config,
     parse_address,
+    parse_rate,
 )
 
 PROG = "p2p-bootstrap"
@@ -41,6 +43,10 @@ DEFAULT_MAX_CONTACTS_PER_IP = NodeConfig.max_contacts_per_ip
 DEFAULT_RATE_LIMIT_PER_IP = NodeConfig.dht_rate_limit_per_ip
 DEFAULT_RATE_LIMIT_BURST = NodeConfig.dht_rate_limit_burst
 DEFAULT_SAVE_INTERVAL = NodeConfig.dht_save_interval
+DEFAULT_RELAY_LIMITS = RelayLimits()
+RELAY_COUNTS = ("max_reservations", "max_reservations_per_ip", "max_circuits",
+                "max_circuits_per_peer", "max_circuits_per_ip", "reservation_ttl")
+"""The relay's limits that are positive counts (flags ``--relay-max-circuits`` ...)."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -80,6 +86,11 @@ class DaemonConfig:
     """A second address or port of this host (UDP) that tells peers where it sees them, and the
     address the second dial-back comes from: with it, peers of a network with this daemon as
     its only bootstrap learn their NAT's kind (docs/PROTOCOL.md, Reachability)."""
+    relay: bool = True
+    """Relay for peers others cannot reach (reservations and circuits on the TCP port of
+    ``listen``; docs/PROTOCOL.md, Relays)."""
+    relay_limits: RelayLimits = DEFAULT_RELAY_LIMITS
+    """What the relay gives: reservations, circuits, per peer and IP, time, bytes, rate."""
 
     @property
     def state_path(self) -> Path:
@@ -102,6 +113,8 @@ class DaemonConfig:
             agent=f"{PROG}/0.1",
             dht_mode="server",
             dht_observer=self.observer,
+            relay=self.relay,
+            relay_limits=self.relay_limits,
         )
 
 
@@ -178,7 +191,68 @@ def _parser() -> _Parser:
     p.add_argument("--observer", metavar="HOST:PORT",
                    help="a second address or port (UDP) that tells peers where it sees them; "
                    "dial-backs also come from its address (default: off)")
+    relay = p.add_argument_group("relay", "the relay for peers others cannot reach (on by default)")
+    relay.add_argument("--no-relay", action="store_true",
+                       help="do not relay (also P2P_BOOTSTRAP_RELAY=off, relay = false)")
+    limits = DEFAULT_RELAY_LIMITS
+    for name, doc in (("max_reservations", "reservations held at once"),
+                      ("max_reservations_per_ip", "reservations from one IP (an IPv6 /64)"),
+                      ("max_circuits", "circuits open at once"),
+                      ("max_circuits_per_peer", "circuits one peer takes part in"),
+                      ("max_circuits_per_ip", "circuits dialled from one IP"),
+                      ("reservation_ttl", "seconds a reservation lasts unless refreshed")):
+        relay.add_argument(f"--relay-{name.replace('_', '-')}", metavar="N",
+                           help=f"{doc} (default {getattr(limits, name)})")
+    relay.add_argument("--relay-circuit-seconds", metavar="SECONDS",
+                       help=f"longest a circuit lasts; 0: no limit (default {limits.circuit_seconds})")
+    relay.add_argument("--relay-circuit-bytes", metavar="SIZE",
+                       help="bytes one circuit carries, both ways (4GiB, 512MiB; 0: no limit; "
+                       "default 4GiB)")
+    relay.add_argument("--relay-rate", metavar="RATE",
+                       help="bytes per second relayed over every circuit together "
+                       "(5MiB/s; default 0: no limit)")
     return p
+
+
+def _relay_limits(get: Callable[[str], str | None]) -> RelayLimits:
+    """The relay's limits from flags, environment and the config file (over the defaults)."""
+    changes: dict[str, int | float] = {}
+    for name in RELAY_COUNTS:
+        text = get(f"relay_{name}")
+        if text is not None:
+            changes[name] = _count(text, f"--relay-{name.replace('_', '-')}")
+    text = get("relay_circuit_seconds")
+    if text is not None:
+        changes["circuit_seconds"] = _count(text, "--relay-circuit-seconds", zero=True)
+    for name, flag_name in (("circuit_bytes", "--relay-circuit-bytes"), ("rate", "--relay-rate")):
+        text = get(f"relay_{name}")
+        if text is not None:
+            try:
+                value = parse_rate(text, flag_name)
+            except BadInput as exc:
+                raise UsageError(str(exc)) from None
+            changes[name] = int(value) if name == "circuit_bytes" else value
+    return dataclasses.replace(DEFAULT_RELAY_LIMITS, **changes)  # type: ignore[arg-type]
+
+
+def _count(text: str, what: str, *, zero: bool = False) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{what}: expected a whole number, got {text!r}") from None
+    if value < (0 if zero else 1):
+        raise UsageError(f"{what}: expected a {'whole number' if zero else 'positive integer'}, "
+                         f"got {text!r}")
+    return value
+
+
+def _switch(text: str, what: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise UsageError(f"{what}: expected on or off, got {text!r}")
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
@@ -242,8 +316,11 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                      else DEFAULT_SAVE_INTERVAL)
     observer_text = ns.observer if ns.observer is not None else env.get(ENV_PREFIX + "OBSERVER")
     observer = _address(observer_text, flag("observer")) if observer_text else None
+    relay_text = "off" if ns.no_relay else (env.get(ENV_PREFIX + "RELAY")
+                                            or config.text(f"{DAEMON_SECTION}.relay"))
+    relay = _switch(relay_text, "--no-relay / relay") if relay_text is not None else True
     return DaemonConfig(
-        observer=observer,
+        observer=observer, relay=relay, relay_limits=_relay_limits(get),
         listen=listen, state_dir=state_dir, metrics=metrics, bootstrap=bootstrap,
         log_level=log_level, log_format=log_format, max_contacts_per_ip=max_contacts,
         rate_limit_per_ip=rate, rate_limit_burst=burst, save_interval=save_interval,

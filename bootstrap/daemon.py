@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -71,6 +72,8 @@ class Ready:
     metrics: Address | None
     restored_contacts: int
     saved_contacts: int
+    relay: bool = False
+    """Whether the daemon relays (reservations and circuits on its TCP port)."""
 
 
 def contact_address(node: Node) -> Address:
@@ -86,7 +89,7 @@ def print_ready(ready: Ready, fmt: str) -> None:
     metrics = format_address(ready.metrics) if ready.metrics else None
     if fmt == "json":
         doc = {"event": "listening", "peer_id": ready.peer_id, "node_id": ready.node_id,
-               "listen": listen, "bootstrap": contact, "metrics": metrics,
+               "listen": listen, "bootstrap": contact, "metrics": metrics, "relay": ready.relay,
                "restored_contacts": ready.restored_contacts,
                "saved_contacts": ready.saved_contacts}
         lines = [json.dumps(doc)]
@@ -133,9 +136,12 @@ class Daemon:
         """Serve /metrics and /healthz if configured."""
         if self.config.metrics is None:
             return
+        relay = self.node.relay
         registry = build_registry(lambda: self.node.dht_summary().stats,
                                   {"peer_id": str(self.node.peer_id)},
-                                  lambda: self.restored_contacts)
+                                  lambda: self.restored_contacts,
+                                  None if relay is None else
+                                  (relay.stats, dataclasses.asdict(relay.limits)))
         host, port = self.config.metrics
         self.metrics = await MetricsServer.open(host, port, registry, self.healthy)
 
@@ -145,7 +151,7 @@ class Daemon:
                      listen=self.node.listen_address(), contact=contact_address(self.node),
                      metrics=self.metrics.address if self.metrics else None,
                      restored_contacts=self.restored_contacts,
-                     saved_contacts=self.saved_contacts)
+                     saved_contacts=self.saved_contacts, relay=self.node.relay is not None)
 
     def log_status(self) -> None:
         """One status line for the operator's journal."""

@@ -83,6 +83,39 @@ class DHTCollector(Collector):
                                   value=s["refused_ip_cap"])
 
 
+class RelayCollector(Collector):
+    """The relay's reservations, circuits, refusals, bytes and limits at each scrape."""
+
+    def __init__(self, stats: Stats, limits: dict[str, float]) -> None:
+        self._stats = stats
+        self._limits = limits
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by the registry for every scrape."""
+        s = self._stats()
+        yield GaugeMetricFamily(f"{NAMESPACE}_relay_reservations",
+                                "Relay reservations held.", value=s["reservations"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_relay_circuits", "Relay circuits open.",
+                                value=s["circuits"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_relay_circuits_pending",
+                                "Relay circuits waiting for their target to accept.",
+                                value=s["pending"])
+        yield CounterMetricFamily(f"{NAMESPACE}_relay_circuits_opened",
+                                  "Relay circuits opened.", value=s["circuits_opened"])
+        yield _labelled(CounterMetricFamily, "relay_circuits_closed",
+                        "Relay circuits ended, by why (closed, bytes, duration, failed).",
+                        "reason", s["circuits_closed"])
+        yield _labelled(CounterMetricFamily, "relay_refused",
+                        "Relay requests refused, by code.", "code", s["refused"])
+        yield CounterMetricFamily(f"{NAMESPACE}_relay_bytes", "Bytes spliced by the relay.",
+                                  value=s["bytes_relayed"])
+        limits = GaugeMetricFamily(f"{NAMESPACE}_relay_limit",
+                                   "The relay's configured limits (0: none).", labels=["limit"])
+        for name, value in sorted(self._limits.items()):
+            limits.add_metric([name], value)
+        yield limits
+
+
 def _labelled(cls: type[CounterMetricFamily], name: str, doc: str, label: str,
               values: dict[str, int]) -> Metric:
     family = cls(f"{NAMESPACE}_{name}", doc, labels=[label])
@@ -91,10 +124,14 @@ def _labelled(cls: type[CounterMetricFamily], name: str, doc: str, label: str,
     return family
 
 
-def build_registry(stats: Stats, info: dict[str, str], restored: Callable[[], int]) -> CollectorRegistry:
-    """A fresh registry holding the DHT collector and this process's CPU/memory metrics."""
+def build_registry(stats: Stats, info: dict[str, str], restored: Callable[[], int],
+                   relay: tuple[Stats, dict[str, float]] | None = None) -> CollectorRegistry:
+    """A fresh registry holding the DHT collector, the relay's (``relay``: its stats and its
+    limits, when the daemon relays) and this process's CPU/memory metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DHTCollector(stats, info, restored))
+    if relay is not None:
+        registry.register(RelayCollector(*relay))
     ProcessCollector(namespace=NAMESPACE, registry=registry)
     return registry
 

@@ -96,6 +96,7 @@ from .reachability import Reachability
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, Verdict, VerifyReport
 from .settings import Settings, build_settings, environment
 from .units import format_rate, human_bytes, human_rate, human_seconds, parse_rate, plural
+from .wire.circuits import RelayLimits
 
 __version__ = "0.1.0"
 
@@ -163,6 +164,7 @@ __all__ = [
     "PeerInfo",
     "PortInUse",
     "Reachability",
+    "RelayLimits",
     "RemoteProtocolError",
     "Selection",
     "Settings",

@@ -139,6 +139,36 @@ def _rate(text: str, what: str) -> str:
     return text.strip()
 
 
+def _switch(text: str, what: str) -> str:
+    """On or off (``true``/``false``, ``yes``/``no``, ``1``/``0`` too), stored as ``on``/``off``."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return "on"
+    if value in ("off", "false", "no", "0"):
+        return "off"
+    raise BadInput(f"{what}: expected on or off, got {text!r}")
+
+
+def _count(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadInput(f"{what}: expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise BadInput(f"{what}: expected a positive integer, got {text!r}")
+    return value
+
+
+def _count_or_zero(text: str, what: str) -> int:
+    return 0 if text.strip() in ("0", "none") else _count(text, what)
+
+
+def _size(text: str, what: str) -> str:
+    """A byte count (``4GiB``, ``512MiB``, ``0`` for none), stored as typed."""
+    parse_rate(text, what)
+    return text.strip()
+
+
 def _positive_or_none(text: str, what: str) -> float | str:
     return "none" if text.strip().lower() == "none" else _positive(text, what)
 
@@ -165,7 +195,9 @@ class Key:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise BadInput(f"{what}: expected a list of HOST:PORT strings")
             return self.parse(value, what)
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if isinstance(value, bool):
+            value = "true" if value else "false"  # a switch's TOML form
+        if not isinstance(value, str | int | float):
             raise BadInput(f"{what}: expected a string or a number")
         return self.parse(str(value), what)
 
@@ -194,6 +226,18 @@ CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
         _positive_or_none),
     Key("daemon.rate_limit_burst", "datagram burst allowed from one IP", _positive),
     Key("daemon.save_interval", "seconds between routing-table saves", _positive),
+    Key("daemon.relay", "relay for peers others cannot reach (on or off; default on)", _switch),
+    Key("daemon.relay_max_reservations", "relay reservations held at once", _count),
+    Key("daemon.relay_max_reservations_per_ip", "relay reservations from one IP", _count),
+    Key("daemon.relay_max_circuits", "relay circuits open at once", _count),
+    Key("daemon.relay_max_circuits_per_peer", "relay circuits one peer takes part in", _count),
+    Key("daemon.relay_max_circuits_per_ip", "relay circuits dialled from one IP", _count),
+    Key("daemon.relay_reservation_ttl", "seconds a relay reservation lasts unless refreshed",
+        _count),
+    Key("daemon.relay_circuit_seconds", "longest a relay circuit lasts, seconds (0: none)",
+        _count_or_zero),
+    Key("daemon.relay_circuit_bytes", "bytes one relay circuit may carry (4GiB; 0: none)", _size),
+    Key("daemon.relay_rate", "bytes per second relayed over all circuits (0: none)", _rate),
 )}
 """Every key, by name. A key is here only when something reads it."""
 

@@ -183,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with -o -: stream this file of a folder (its path as `p2p ls ID` prints it)")
     p.add_argument("--seed", action="store_true", help="keep serving after the download, until Ctrl-C")
 
-    command("serve", commands.cmd_serve, "seed everything in the store until signalled",
-            "Seed everything in the library until Ctrl-C or SIGTERM (exit 0). With an empty "
-            "library, this is a DHT bootstrap node.")
+    p = command("serve", commands.cmd_serve, "seed everything in the store until signalled",
+                "Seed everything in the library until Ctrl-C or SIGTERM (exit 0). With an empty "
+                "library, this is a DHT bootstrap node. --relay also relays for peers others "
+                "cannot reach (a node with a public address; limits: the daemon's defaults).")
+    p.add_argument("--relay", action="store_true",
+                   help="relay for peers behind NATs (reservations and circuits on the TCP port)")
     p = command("ls", commands.cmd_ls, "list shares and downloads, or the files of remote content",
                 "Without ID-or-TICKET: shares and downloads with their state (works offline). With "
                 "one: the files of that content, one per line with its size (paths relative to the "

@@ -252,18 +252,23 @@ def _tree_size(path: Path) -> int:
 
 async def cmd_serve(run: Run, args: argparse.Namespace) -> int:
     """Seed everything in the store until signalled (with an empty store: a DHT bootstrap node)."""
-    async with running_node(run, run.settings.node_config(long_running=True), endpoint=True,
-                            resume=True) as node:
+    config = run.settings.node_config(long_running=True)
+    if getattr(args, "relay", False):
+        config = dataclasses.replace(config, relay=True)
+    async with running_node(run, config, endpoint=True, resume=True) as node:
         _warn_bootstrap(run, node)
         shares = node.library.shares()
         resumed = [str(cid) for cid in node.resumed]
         info = {"peer_id": str(node.peer_id), "listen": format_address(node.listen_address()),
                 "listening": [format_address(a) for a in node.listen_addresses()],
                 "addresses": [format_address(a) for a in node.addresses()],
-                "shares": len(shares), "resumed": resumed}
+                "shares": len(shares), "resumed": resumed, "relay": node.relay is not None}
         run.out.result(info, f"serving {plural(len(shares), 'share')} as {node.peer_id} "
                              f"on {', '.join(format_address(a) for a in node.listen_addresses())}; "
                              "Ctrl-C to stop")
+        if node.relay is not None:
+            run.out.note("relaying for peers others cannot reach (their reservations and "
+                         "circuits come in on the TCP port)")
         if resumed:
             run.out.note(f"resuming {plural(len(resumed), 'download')} its last run left "
                          "running (`p2p ls` shows them, `p2p pause ID` stops one)")
