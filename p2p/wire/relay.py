@@ -82,6 +82,8 @@ class _End(asyncio.Protocol):
         """Not read: the other socket does not take what we send it."""
         self.held_by_rate = False
         """Not read: the relay's rate limit is overdrawn."""
+        self.eof = False
+        """This side closed its sending half."""
 
     def start(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -91,12 +93,16 @@ class _End(asyncio.Protocol):
         self.splice.forward(self, data)
 
     def eof_received(self) -> bool:
-        # A half-close goes through: the other side sees EOF where this side sent it.
+        # A half-close goes through: the other side sees EOF where this side sent it. Once
+        # both sides have closed their halves, the circuit is over.
+        self.eof = True
         other = self.other
-        if other is not None and other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
-            return True
-        return False
+        if other is None or other.eof or other.transport is None \
+                or not other.transport.can_write_eof():
+            self.splice.end("closed")
+            return False
+        other.transport.write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.splice.end("closed")

@@ -5,8 +5,10 @@ the bootstrap daemon on it at 203.0.113.10 with its observer endpoint at 203.0.1
 one host, either on the bridge itself (public, 203.0.113.20) or at 10.0.1.2 behind a router
 (203.0.113.1) whose firewall drops unsolicited inbound traffic and which does nft
 ``masquerade`` (endpoint-independent mapping), ``masquerade fully-random`` (symmetric), or
-no NAT at all (firewall-only). The documentation range stands for the internet: nothing
-here may judge by address class. Needs root, ``ip netns`` and ``nft``; skipped otherwise.
+no NAT at all (firewall-only). The relay test puts two hosts behind two such routers
+(10.0.1.2 behind 203.0.113.1, 10.0.2.2 behind 203.0.113.2) with the bootstrap daemon as
+their relay. The documentation range stands for the internet: nothing here may judge by
+address class. Needs root, ``ip netns`` and ``nft``; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
-from cliproc import CLI, Proc, clean_env
+from cliproc import CLI, Proc, clean_env, make_file
 
+from p2p.content import Ticket
 from p2p.identity import PeerId, node_id_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -30,6 +34,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 PORT = 7473
 BOOT, BOOT2 = "203.0.113.10", "203.0.113.11"
 ROUTER, PUBLIC_HOST, LAN_HOST = "203.0.113.1", "203.0.113.20", "10.0.1.2"
+ROUTER_B = "203.0.113.2"
+METRICS = 9464
+"""The daemon's metrics port, on the loopback of its own namespace."""
 
 FIREWALL = """
 table inet fw {
@@ -54,66 +61,136 @@ def run(*args: str, stdin: str | None = None) -> None:
                    input=stdin)
 
 
-@contextlib.contextmanager
-def lab(kind: str) -> Iterator[dict[str, str]]:
-    """The topology for ``kind`` (public, cone, symmetric, firewall-only): namespace names
-    by role (``boot``, ``host``); everything is deleted on the way out, failing or not."""
+class Namespaces:
+    """Builds a lab's namespaces under one per-run prefix and removes every one it made."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.names: dict[str, str] = {}
+        """Namespace name by role (``inet``, ``boot``, ``host``, ``rtr``, ...)."""
+        self._made: list[str] = []
+
+    def add(self, role: str) -> str:
+        name = self.names[role] = f"{self.tag}{role}"
+        run("ip", "netns", "add", name)
+        self._made.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def internet(self) -> None:
+        """The "internet" bridge (skips the test when namespaces cannot be made here)."""
+        try:
+            self.add("i")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"`ip netns add` does not work here: {exc.stderr.strip()}")
+        self.names["inet"] = self.names["i"]
+        run("ip", "-n", self.names["inet"], "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.names["inet"], "link", "set", "br0", "up")
+
+    def wan(self, role: str, index: int, addr: str) -> None:
+        """``role``'s interface ``wan`` on the bridge, at ``addr``."""
+        name, inet = self.names[role], self.names["inet"]
+        run("ip", "-n", name, "link", "add", "wan", "type", "veth", "peer", "name",
+            f"v{index}", "netns", inet)
+        run("ip", "-n", inet, "link", "set", f"v{index}", "master", "br0", "up")
+        run("ip", "-n", name, "addr", "add", f"{addr}/24", "dev", "wan")
+        run("ip", "-n", name, "link", "set", "wan", "up")
+
+    def behind(self, host: str, router: str, index: int, router_addr: str, lan: str,
+               kind: str) -> None:
+        """``host`` at ``lan``.2 behind ``router`` (``router_addr`` on the bridge, ``lan``.1
+        inside): a firewall that drops unsolicited inbound, and the NAT ``kind`` (cone,
+        symmetric, firewall-only)."""
+        self.add(router)
+        self.wan(router, index, router_addr)
+        rtr, hst = self.names[router], self.names[host]
+        run("ip", "-n", rtr, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", hst)
+        run("ip", "-n", rtr, "addr", "add", f"{lan}.1/24", "dev", "lan")
+        run("ip", "-n", rtr, "link", "set", "lan", "up")
+        run("ip", "-n", hst, "addr", "add", f"{lan}.2/24", "dev", "eth0")
+        run("ip", "-n", hst, "link", "set", "eth0", "up")
+        run("ip", "-n", hst, "route", "add", "default", "via", f"{lan}.1")
+        run("ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "netns", "exec", rtr, "nft", "-f", "-", stdin=FIREWALL)
+        if kind == "firewall-only":
+            run("ip", "-n", self.names["boot"], "route", "add", f"{lan}.0/24", "via", router_addr)
+        else:
+            flags = "fully-random" if kind == "symmetric" else ""
+            run("ip", "netns", "exec", rtr, "nft", NAT.format(flags=flags))
+
+    def remove(self) -> None:
+        for name in reversed(self._made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
+                           check=False)
+
+
+def need_netns() -> None:
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             pytest.skip(f"`{tool}` is not installed")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
-    tag = f"rch{os.getpid() % 100000}{kind[:2]}"
-    names = {"inet": f"{tag}i", "boot": f"{tag}b", "host": f"{tag}h", "rtr": f"{tag}r"}
-    made: list[str] = []
 
-    def ns(role: str) -> None:
-        run("ip", "netns", "add", names[role])
-        made.append(names[role])
-        run("ip", "-n", names[role], "link", "set", "lo", "up")
 
-    def wan(role: str, index: int, addr: str) -> None:
-        run("ip", "-n", names[role], "link", "add", "wan", "type", "veth", "peer", "name",
-            f"v{index}", "netns", names["inet"])
-        run("ip", "-n", names["inet"], "link", "set", f"v{index}", "master", "br0", "up")
-        run("ip", "-n", names[role], "addr", "add", f"{addr}/24", "dev", "wan")
-        run("ip", "-n", names[role], "link", "set", "wan", "up")
+def boot_namespace(lab: Namespaces) -> None:
+    """The bootstrap daemon's namespace: two public addresses (the second for the observer)."""
+    lab.add("boot")
+    lab.wan("boot", 1, BOOT)
+    run("ip", "-n", lab.names["boot"], "addr", "add", f"{BOOT2}/24", "dev", "wan")
 
+
+@contextlib.contextmanager
+def lab(kind: str) -> Iterator[dict[str, str]]:
+    """The topology for ``kind`` (public, cone, symmetric, firewall-only): namespace names
+    by role (``boot``, ``host``); everything is deleted on the way out, failing or not."""
+    need_netns()
+    made = Namespaces(f"rch{os.getpid() % 100000}{kind[:2]}")
     try:
-        try:
-            ns("inet")
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"`ip netns add` does not work here: {exc.stderr.strip()}")
-        run("ip", "-n", names["inet"], "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", names["inet"], "link", "set", "br0", "up")
-        ns("boot")
-        wan("boot", 1, BOOT)
-        run("ip", "-n", names["boot"], "addr", "add", f"{BOOT2}/24", "dev", "wan")
-        ns("host")
+        made.internet()
+        boot_namespace(made)
         if kind == "public":
-            wan("host", 2, PUBLIC_HOST)
+            made.add("host")
+            made.wan("host", 2, PUBLIC_HOST)
         else:
-            ns("rtr")
-            wan("rtr", 3, ROUTER)
-            run("ip", "-n", names["rtr"], "link", "add", "lan", "type", "veth", "peer", "name",
-                "eth0", "netns", names["host"])
-            run("ip", "-n", names["rtr"], "addr", "add", "10.0.1.1/24", "dev", "lan")
-            run("ip", "-n", names["rtr"], "link", "set", "lan", "up")
-            run("ip", "-n", names["host"], "addr", "add", f"{LAN_HOST}/24", "dev", "eth0")
-            run("ip", "-n", names["host"], "link", "set", "eth0", "up")
-            run("ip", "-n", names["host"], "route", "add", "default", "via", "10.0.1.1")
-            run("ip", "netns", "exec", names["rtr"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            run("ip", "netns", "exec", names["rtr"], "nft", "-f", "-", stdin=FIREWALL)
-            if kind == "firewall-only":
-                run("ip", "-n", names["boot"], "route", "add", "10.0.1.0/24", "via", ROUTER)
-            else:
-                flags = "fully-random" if kind == "symmetric" else ""
-                run("ip", "netns", "exec", names["rtr"], "nft", NAT.format(flags=flags))
-        yield names
+            made.add("host")
+            made.behind("host", "rtr", 3, ROUTER, "10.0.1", kind)
+        yield made.names
     finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
-                           check=False)
+        made.remove()
+
+
+@contextlib.contextmanager
+def nat_pair(kind_a: str, kind_b: str) -> Iterator[dict[str, str]]:
+    """Two hosts, ``hosta`` at 10.0.1.2 behind ``rtra`` (203.0.113.1, NAT ``kind_a``) and
+    ``hostb`` at 10.0.2.2 behind ``rtrb`` (203.0.113.2, ``kind_b``), and the bootstrap on
+    the bridge; everything is deleted on the way out."""
+    need_netns()
+    made = Namespaces(f"rly{os.getpid() % 100000}")
+    try:
+        made.internet()
+        boot_namespace(made)
+        made.add("hosta")
+        made.behind("hosta", "rtra", 3, ROUTER, "10.0.1", kind_a)
+        made.add("hostb")
+        made.behind("hostb", "rtrb", 4, ROUTER_B, "10.0.2", kind_b)
+        yield made.names
+    finally:
+        made.remove()
+
+
+def relay_metrics(names: dict[str, str]) -> dict[str, float]:
+    """The daemon's ``p2p_bootstrap_relay_*`` samples (scraped from inside its namespace)."""
+    code = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{METRICS}/metrics', timeout=10).read().decode())")
+    done = subprocess.run([*on(names["boot"]), sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=30, check=True)
+    out = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("p2p_bootstrap_relay_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def on(name: str) -> list[str]:
@@ -121,11 +198,11 @@ def on(name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def daemon(cli: CLI, names: dict[str, str]) -> Iterator[Proc]:
+def daemon(cli: CLI, names: dict[str, str], *extra: str) -> Iterator[Proc]:
     """The bootstrap daemon in ``boot``, ready; killed at the end if still running."""
     argv = [*on(names["boot"]), sys.executable, "-m", "bootstrap", "--listen", f"{BOOT}:{PORT}",
             "--observer", f"{BOOT2}:{PORT}", "--state-dir", str(cli.tmp / "boot"),
-            "--log-format", "json"]
+            "--log-format", "json", *extra]
     proc = Proc(argv, clean_env(), cli.tmp)
     cli.procs.append(proc)
     assert proc.json()["event"] == "listening"
@@ -212,3 +289,47 @@ def test_firewall_only_host(cli: CLI) -> None:
         verdict = netcheck(cli, names, "once")
         assert verdict["reachability"] == "firewall-only", verdict
         assert verdict["nat"]["present"] is False, verdict  # type: ignore[index]
+
+
+def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -> None:
+    # Cone NAT for the sharer, symmetric for the fetcher: no direct path exists (both
+    # firewalls drop unsolicited inbound), so every byte crosses the bootstrap's relay.
+    size = 3 << 20
+    with nat_pair("cone", "symmetric") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        source = make_file(cli.tmp / "src" / "film.bin", size, seed=16)
+        boot = f"{BOOT}:{PORT}"
+        share = cli.start("share", "--json", str(source), "--state-dir", str(cli.tmp / "a"),
+                          "--listen", f"0.0.0.0:{PORT}", "--bootstrap", boot,
+                          prefix=on(names["hosta"]))
+        info = share.json_until(lambda obj: "ticket" in obj, timeout=40)
+        printed = time.monotonic()
+        ticket = Ticket.parse(info["ticket"])
+        assert [(str(h.relay), h.address) for h in ticket.relays] == [
+            (relay_id(cli), (BOOT, PORT))], ticket
+        # By ticket: reachable through the relay at once.
+        done = cli.run("fetch", info["ticket"], "-o", str(cli.tmp / "by-ticket.bin"), "--json",
+                       "--state-dir", str(cli.tmp / "b"), "--bootstrap", boot, "--timeout", "20",
+                       prefix=on(names["hostb"]), timeout=40)
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - printed < 10, "not reachable through the relay within 10 s"
+        assert (cli.tmp / "by-ticket.bin").read_bytes() == source.read_bytes()
+        # By content id (another fetcher: the first holds it now): the provider record's
+        # relay hint leads there too.
+        done = cli.run("fetch", info["content_id"], "-o", str(cli.tmp / "by-id.bin"), "--json",
+                       "--state-dir", str(cli.tmp / "c"), "--bootstrap", boot, "--timeout", "20",
+                       prefix=on(names["hostb"]), timeout=40)
+        assert done.returncode == 0, done.stderr
+        assert (cli.tmp / "by-id.bin").read_bytes() == source.read_bytes()
+        metrics = relay_metrics(names)
+        assert metrics["p2p_bootstrap_relay_reservations"] == 1, metrics
+        assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 2, metrics
+        assert metrics["p2p_bootstrap_relay_bytes_total"] > 2 * size, metrics
+        assert share.stop() == 0, share.err()
+
+
+def relay_id(cli: CLI) -> str:
+    """The bootstrap daemon's peer id (its state directory's identity)."""
+    done = cli.run("--state-dir", str(cli.tmp / "boot"), "id", "--json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["peer_id"])
