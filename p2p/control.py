@@ -160,6 +160,8 @@ def share_info(node: Node, result: Any, seconds: float, serving: bool) -> dict[s
             "listen": format_address(node.listen_address()),
             "listening": [format_address(a) for a in node.listen_addresses()],
             "addresses": [format_address(a) for a in node.addresses()],
+            "relays": [{"relay": str(h.relay), "address": format_address(h.address)}
+                       for h in node.relay_hints()],
             "hash_seconds": round(seconds, 3), "serving": serving,
             "left_out": result.left_out.to_json(),
             "bootstrap_error": None if node.dht_summary().contacts else node.bootstrap_error}

@@ -40,6 +40,10 @@ RELAY_TIMEOUT = 10.0
 """Seconds for the relay to answer a Reserve, Connect or Accept (the relay waits up to
 ACCEPT_TIMEOUT, 10 s, for a target; a dialler waits that and the handshake)."""
 
+MAX_ACCEPTING = 8
+"""Circuits a node opens its side of at once: a relay that sends a flood of Stops cannot
+make it open a connection for each (the rest are ignored; their diallers time out)."""
+
 OnCircuit = Callable[[asyncio.Transport, bytes, PeerId, PeerId], None]
 """``(socket, bytes already read, relay, source)``: the target's side of a new circuit."""
 
@@ -127,6 +131,8 @@ class HeldReservation:
         self.reserved = asyncio.Event()
         """Set while a reservation is held."""
         self._tasks = TaskOwner(f"reservation {format_address(address)}", log)
+        self._accepting = 0
+        """Circuits whose side we are opening now (at most :data:`MAX_ACCEPTING`)."""
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -185,8 +191,13 @@ class HeldReservation:
                     rules.heard(self._now())
                     match msg:
                         case Stop(source=source, token=token):
-                            self._tasks.spawn(self._accept(source, token),
-                                              f"circuit from {source.short()}")
+                            if self._accepting < MAX_ACCEPTING:
+                                self._accepting += 1
+                                self._tasks.spawn(self._accept(source, token),
+                                                  f"circuit from {source.short()}")
+                            else:
+                                log.info("relay %s: ignoring a Stop, %d circuits being opened",
+                                         where, self._accepting)
                         case RelayStatus(code=code, ttl=ttl) if code == RelayCode.OK:
                             self.status = msg
                             rules.reserved(self._now(), ttl)
@@ -224,6 +235,12 @@ class HeldReservation:
 
     async def _accept(self, source: PeerId, token: bytes) -> None:
         """Open our side of the circuit ``source`` asked for and hand it over."""
+        try:
+            await self._open_side(source, token)
+        finally:
+            self._accepting -= 1
+
+    async def _open_side(self, source: PeerId, token: bytes) -> None:
         where = format_address(self.address)
         try:
             conn = await connect(self.address[0], self.address[1], self._identity,
@@ -232,7 +249,7 @@ class HeldReservation:
                                  timeout=RELAY_TIMEOUT)
             await _status(conn, where)
             transport, unread = conn.protocol.detach()
-        except (NetworkError, RemoteProtocolError) as exc:
+        except (NetworkError, RemoteProtocolError, ConnectionLost, ClosedByUs) as exc:
             log.info("circuit from %s through %s failed: %s", source.short(), where, exc)
             return
         assert self.relay_peer is not None

@@ -166,3 +166,50 @@ def test_store_providers_merge_one_per_peer_and_cap() -> None:
 def test_wall_clock_is_sane() -> None:
     # the records use Unix seconds; a test machine with a broken clock would fail everything
     assert time.time() > NOW - 10 * 365 * 86400
+
+
+# -- relay hints (docs/PROTOCOL.md, Relays) -------------------------------------------------
+
+
+def test_relay_hints_round_trip_and_old_records_still_parse() -> None:
+    from p2p.address import RelayHint
+    from p2p.dht.records import MAX_RELAY_HINTS, ProviderRecord
+
+    me, relay = Identity.generate(), Identity.generate()
+    dkey = discovery_key(os.urandom(32))
+    hint = RelayHint(relay.peer_id, ("203.0.113.10", 7473))
+    signed = sign_provider(me, dkey, (), NOW, relays=(hint,))
+    rec = decode_record(signed.raw, dkey, NOW, VerifyCache()).record
+    assert isinstance(rec, ProviderRecord)
+    assert rec.addresses == () and rec.relays == (hint,)
+    assert unpack(signed.raw, max_bin=64)[2] == [["203.0.113.10", 7473, relay.public_key]]
+    # The layout before relays: [[ip, port], ...] only, parsed as it always was.
+    body = [me.public_key, [["192.0.2.7", 4000]], int(NOW) + 60]
+    old = pack([1, *body, me.sign(b"p2p-dht-provider-v1\x00" + dkey + pack(body))])
+    rec = decode_record(old, dkey, NOW, VerifyCache()).record
+    assert isinstance(rec, ProviderRecord)
+    assert rec.addresses == (("192.0.2.7", 4000),) and rec.relays == ()
+    # Worst case: the longest canonical IPv6 text for two direct addresses and two hints.
+    v6 = "2001:db8:ffff:ffff:ffff:ffff:ffff:fff"
+    big = sign_peer(me, [(v6 + "1", 65535), (v6 + "2", 65535)], NOW,
+                    relays=[RelayHint(relay.peer_id, (v6 + "3", 65535))] * MAX_RELAY_HINTS)
+    assert len(big.raw) <= MAX_RECORD_SIZE
+    with pytest.raises(BadInput, match="relay hints"):
+        sign_peer(me, [], NOW, relays=[hint] * (MAX_RELAY_HINTS + 1))
+
+
+def test_a_relay_only_record_counts_where_it_came_from() -> None:
+    from p2p.address import RelayHint
+
+    store = RecordStore()
+    dkey = discovery_key(os.urandom(32))
+    relay = Identity.generate().peer_id
+    hint = RelayHint(relay, ("203.0.113.10", 7473))
+    # A crowd of relay-only records from one network fills the key ...
+    for i in range(MAX_PROVIDERS_PER_KEY):
+        signed = sign_provider(Identity.generate(), dkey, (), NOW, relays=(hint,))
+        assert store.put(signed, NOW, source=(f"198.51.100.{i + 1}", 7473)) == PutStatus.OK
+    # ... and a NATed provider of another network behind the same relay still gets in: each
+    # counts where it came from, not under the relay's address they all name.
+    newcomer = sign_provider(Identity.generate(), dkey, (), NOW, relays=(hint,))
+    assert store.put(newcomer, NOW, source=("192.0.2.5", 7473)) == PutStatus.OK

@@ -152,3 +152,25 @@ def test_any_ip_survives_a_ticket(ip: ipaddress.IPv4Address | ipaddress.IPv6Addr
 def test_ticket_built_with_a_bracketed_host_can_be_printed() -> None:
     ticket = Ticket(CID, PUB, (("[2001:db8::1]", 80),))
     assert Ticket.parse(str(ticket)).addresses == (("2001:db8::1", 80),)
+
+
+def test_relay_hints_in_tickets_and_tickets_without_them() -> None:
+    from p2p.address import RelayHint
+
+    relay, holder = PeerId(bytes(range(64, 96))), PeerId(bytes(range(96, 128)))
+    hint = RelayHint(relay, ("203.0.113.10", 7473))
+    ticket = make_ticket(CID, PUB, [("10.0.1.2", 7473)], [hint])
+    again = Ticket.parse(str(ticket))
+    assert again == ticket and again.relays == (hint,) and again.relay_target == PUB
+    # A node re-sharing someone else's content names itself as the one behind the relay.
+    other = Ticket(CID, PUB, (), (hint,), relayed_peer=holder)
+    assert Ticket.parse(str(other)).relay_target == holder
+    # A ticket from before relays: two-element entries only.
+    old = _ticket_text([CID.digest, PUB.key, [[bytes([192, 0, 2, 7]), 4000]]])
+    parsed = Ticket.parse(old)
+    assert parsed.addresses == (("192.0.2.7", 4000),) and parsed.relays == ()
+    # Relay hints take their room first: the rest of MAX_TICKET_ADDRS goes to addresses.
+    many = [(f"192.0.2.{i}", 4000) for i in range(1, 20)]
+    assert len(make_ticket(CID, PUB, many, [hint]).addresses) == MAX_TICKET_ADDRS - 1
+    with pytest.raises(BadInput, match="malformed"):
+        Ticket.parse(_ticket_text([CID.digest, PUB.key, [[bytes(4), 1, b"short"]]]))
