@@ -158,3 +158,42 @@ def test_the_terminal_app_reads_the_same_file(tmp_path: Path) -> None:
     flagged = config_from_args(["--state-dir", str(tmp_path / "s"), "--download-dir",
                                 str(tmp_path / "x")], env | {"P2P_BOOTSTRAP": "127.0.0.1:7011"})
     assert flagged.bootstrap == (("127.0.0.1", 7011),) and flagged.download_dir == tmp_path / "x"
+
+
+def test_daemon_relay_keys_are_checked() -> None:
+    from p2p.config import ConfigFile, set_config_value
+
+    empty = ConfigFile.empty()
+    assert set_config_value(empty, "daemon.relay", "false").get("daemon.relay") == "off"
+    assert set_config_value(empty, "daemon.relay_rate", "5MiB/s").get("daemon.relay_rate") == "5MiB/s"
+    assert set_config_value(empty, "daemon.relay_max_circuits", "3").get(
+        "daemon.relay_max_circuits") == 3
+    with pytest.raises(BadInput, match="on or off"):
+        set_config_value(empty, "daemon.relay", "maybe")
+    with pytest.raises(BadInput, match="positive integer"):
+        set_config_value(empty, "daemon.relay_max_circuits", "0")
+
+
+def test_daemon_relay_settings_flag_over_environment_over_file(tmp_path: Path) -> None:
+    from p2p.config import ConfigFile
+
+    file = ConfigFile(None, {"daemon.relay_max_circuits": 5, "daemon.relay_rate": "1MiB/s"})
+    base = ["--state-dir", str(tmp_path)]
+    config = parse_daemon(base, {}, file)
+    assert config.relay is True  # on by default
+    assert config.relay_limits.max_circuits == 5 and config.relay_limits.rate == 1 << 20
+    config = parse_daemon([*base, "--relay-max-circuits", "7", "--relay-circuit-bytes", "1GiB"],
+                          {"P2P_BOOTSTRAP_RELAY_MAX_CIRCUITS": "6"}, file)
+    assert config.relay_limits.max_circuits == 7 and config.relay_limits.circuit_bytes == 1 << 30
+    assert parse_daemon(base, {"P2P_BOOTSTRAP_RELAY_MAX_CIRCUITS": "6"}, file
+                        ).relay_limits.max_circuits == 6
+    assert parse_daemon([*base, "--no-relay"], {}, file).relay is False
+    assert parse_daemon(base, {"P2P_BOOTSTRAP_RELAY": "off"}, file).relay is False
+    assert parse_daemon(base, {}, ConfigFile(None, {"daemon.relay": "off"})).relay is False
+    assert parse_daemon([*base, "--relay-circuit-seconds", "0"], {}, file
+                        ).relay_limits.circuit_seconds == 0
+    with pytest.raises(BadInput, match="--relay-max-circuits"):
+        parse_daemon([*base, "--relay-max-circuits", "0"], {}, file)
+    with pytest.raises(BadInput, match="--relay-rate"):
+        parse_daemon([*base, "--relay-rate", "fast"], {}, file)
+    assert config.node_config().relay is True
