@@ -615,10 +615,12 @@ class Node:
 
     async def wait_for_path(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until others have a way in: a relay reservation, or a
-        verdict that we are reachable; at once when this node does not use relays."""
+        verdict that we are reachable; at once when this node does not use relays, and once
+        every relay has refused or failed (there is no way in through them for now)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._wants_relays() and not self.relay_hints():
+        while (self._wants_relays() and not self.relay_hints()
+               and not all(held.attempts for held, _ in self._reservations.values())):
             self._path_changed.clear()
             try:
                 async with asyncio.timeout_at(deadline):

@@ -219,6 +219,9 @@ class RelayService:
         self._reserved: dict[PeerId, Connection] = {}
         self._pending: dict[bytes, asyncio.Future[tuple[Connection, asyncio.Future[str]]]] = {}
         self._splices: dict[bytes, _Splice] = {}
+        self._no_circuits = asyncio.Event()
+        """Set while no circuit is spliced (:meth:`wait_no_circuits`)."""
+        self._no_circuits.set()
         self._tasks = TaskOwner("relay", log)
         self._started = False
         self._closed = False
@@ -339,6 +342,7 @@ class RelayService:
             self._pending.pop(circuit.token, None)
         splice = _Splice(self, circuit)
         self._splices[circuit.token] = splice
+        self._no_circuits.clear()
         try:
             await conn.send(self._circuit_status())
             splice.join(conn, target_conn)
@@ -348,6 +352,8 @@ class RelayService:
             raise
         finally:
             self._splices.pop(circuit.token, None)
+            if not self._splices:
+                self._no_circuits.set()
             if not finished.done():
                 finished.set_result(splice.done.result() if splice.done.done() else "failed")
         log.debug("circuit %s -> %s ended (%s, %d bytes)", circuit.source.short(),
@@ -405,6 +411,10 @@ class RelayService:
                 "circuits_opened": self.table.circuits_opened,
                 "circuits_closed": dict(self.table.circuits_closed),
                 "bytes_relayed": self.table.bytes_relayed, "rate": self.throttle.rate}
+
+    async def wait_no_circuits(self) -> None:
+        """Return once no circuit is spliced (tests, and a shutdown that lets them finish)."""
+        await self._no_circuits.wait()
 
     def reserved(self) -> list[PeerId]:
         """Peers holding a reservation now."""

@@ -131,6 +131,9 @@ class HeldReservation:
         self.reserved = asyncio.Event()
         """Set while a reservation is held."""
         self._tasks = TaskOwner(f"reservation {format_address(address)}", log)
+        self.attempts = 0
+        """Attempts that failed so far (one, and a waiting share knows there is no way in
+        through this relay for now)."""
         self._accepting = 0
         """Circuits whose side we are opening now (at most :data:`MAX_ACCEPTING`)."""
 
@@ -155,9 +158,11 @@ class HeldReservation:
                     wait = RETRY_MIN
                 except (NetworkError, RemoteProtocolError, ConnectionLost, ClosedByUs) as exc:
                     self.error = str(exc)
+                    self.attempts += 1
                     log.info("relay %s: %s", format_address(self.address), exc)
                 finally:
                     self._lost()
+                    self._changed()
                 await asyncio.sleep(wait)
                 wait = min(RETRY_MAX, wait * 2)
         finally:
@@ -229,9 +234,7 @@ class HeldReservation:
             self._on_change()
 
     def _lost(self) -> None:
-        if self.reserved.is_set():
-            self.reserved.clear()
-            self._changed()
+        self.reserved.clear()
 
     async def _accept(self, source: PeerId, token: bytes) -> None:
         """Open our side of the circuit ``source`` asked for and hand it over."""

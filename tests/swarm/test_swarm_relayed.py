@@ -8,6 +8,9 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
+from p2p import RelayLimits
 from p2p.content import Ticket
 from p2p.events import PeerConnected
 from p2p.node import Node
@@ -84,3 +87,38 @@ async def test_a_ticket_with_relay_hints_is_enough(tmp_path: Path) -> None:
             assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
             assert set(result.chunks_by_peer) == {sharer.peer_id}
             assert [c.via for c in circuits] == [relay.peer_id]
+
+
+@pytest.mark.slow
+async def test_the_default_limits_let_a_relayed_fetch_of_more_than_a_gib_complete(
+        tmp_path: Path) -> None:
+    size = (1 << 30) + 64 * MiB
+    source = make_file(tmp_path / "src" / "disk.img", size, seed=7)
+    async with Node(node_config(tmp_path, "relay", relay=True, dht_mode="server")) as relay:
+        assert relay.relay is not None and relay.relay.limits == RelayLimits()
+        boot = [relay.listen_address()]
+        hidden = node_config(tmp_path, "sharer", boot, dht_mode="client",
+                             announce_addrs=(("127.0.0.1", dead_port()),))
+        async with Node(hidden) as sharer:
+            async with asyncio.timeout(T):
+                shared = await sharer.share(source)
+            made = Ticket.parse(str(shared.ticket))
+            ticket = Ticket(made.content_id, made.publisher, (), made.relays)
+            async with Node(node_config(tmp_path, "fetcher")) as fetcher:
+                async with asyncio.timeout(4 * T):
+                    result = await fetcher.fetch(ticket, tmp_path / "out.img", timeout=T)
+        assert result.size == size
+        stats = relay.relay.stats()
+        assert stats["circuits_closed"] in ({}, {"closed": 1})  # never cut by a limit
+        assert isinstance(stats["bytes_relayed"], int) and stats["bytes_relayed"] > size
+    assert _same_file(tmp_path / "out.img", source)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(8 * MiB), fb.read(8 * MiB)
+            if x != y:
+                return False
+            if not x:
+                return True

@@ -446,3 +446,55 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="rate"):
         RelayLimits(rate=-1)
     assert RelayLimits().circuit_bytes >= 2 << 30  # a 1 GiB relayed fetch fits by default
+
+
+# -- the end of a circuit, and the session that hands its socket over --------------------------
+
+
+async def test_a_circuit_ends_when_either_side_closes(lab: Lab) -> None:
+    await lab.reserve()
+    conn = await lab.dial()
+    assert await fetch_chunks(conn) == (CHUNK, CHUNK[::-1])
+    assert lab.service.stats()["circuits"] == 1
+    await conn.aclose()
+    async with asyncio.timeout(T):
+        await lab.service.wait_no_circuits()
+    assert lab.service.stats()["circuits"] == 0
+    assert lab.service.stats()["circuits_closed"] == {"closed": 1}
+
+
+def test_a_session_stops_after_its_last_record_and_hands_over_the_rest() -> None:
+    from .test_session import opened
+
+    a, b, _, _ = opened()
+    b.stop_on = (Connect,)
+    target = Identity.generate().peer_id
+    a.send(Connect(target))
+    data = bytes(a.data_to_send()) + b"\x00\x30" + b"spliced bytes, not ours" * 2
+    # Fed in two pieces split inside the record: the stop still falls after it.
+    msgs = b.receive_data(data[:7]) + b.receive_data(data[7:])
+    assert msgs == [Connect(target)] and b.stopped
+    assert b.take_unread() == data[data.index(b"\x00\x30"):]
+
+
+def test_malformed_relay_frames_are_the_peers_fault() -> None:
+    from p2p.encoding import pack
+    from p2p.wire.errors import RemoteProtocolError
+    from p2p.wire.messages import MessageType
+
+    def frame(mtype: int, body: object) -> bytes:
+        return bytes((mtype,)) + pack(body)
+
+    bad = [
+        frame(MessageType.CONNECT, [b"short"]),
+        frame(MessageType.CONNECT, [bytes(32), 1]),
+        frame(MessageType.STOP, [bytes(32), bytes(15)]),
+        frame(MessageType.ACCEPT, ["text, not bytes"]),
+        frame(MessageType.RESERVE, [1]),
+        frame(MessageType.RELAY_STATUS, [0, "ok", 1, [["h", 0]], None, 0, 0]),
+        frame(MessageType.RELAY_STATUS, [0, "ok", 1, [["h", 1]] * 5, None, 0, 0]),
+        frame(MessageType.RELAY_STATUS, [256, "ok", 1, [], None, 0, 0]),
+    ]
+    for raw in bad:
+        with pytest.raises(RemoteProtocolError):
+            decode(raw)
