@@ -133,3 +133,32 @@ async def test_aclose_is_idempotent_and_cancels_everything() -> None:
         assert d.protocol.closed.is_set() and not d.listening
         with pytest.raises(NetworkError, match="closed"):
             await d.announce(os.urandom(32))
+
+
+async def test_a_node_behind_a_relay_announces_relay_hints_instead_of_its_addresses() -> None:
+    from p2p.address import RelayHint
+
+    async with network(4) as nodes:
+        hidden, reader = nodes[2], nodes[3]
+        hint = RelayHint(Identity.generate().peer_id, ("203.0.113.10", 7473))
+        cid = os.urandom(32)
+        assert hidden.set_relays([hint], direct=False)
+        assert not hidden.set_relays([hint], direct=False)  # no change: nothing to re-announce
+        async with asyncio.timeout(30):
+            await hidden.provide(cid)
+            await hidden.announce_peer()
+            (found,) = await reader.find_providers(cid)
+            peer = await reader.find_peer(hidden._identity.peer_id)
+        assert found.addresses == () and found.relays == (hint,)
+        assert peer.addresses == () and peer.relays == (hint,)
+        # Reachable again (or unknown): direct addresses alongside the hint, then alone.
+        hidden.set_relays([hint], direct=True)
+        async with asyncio.timeout(30):
+            await hidden.reannounce()
+            (found,) = await reader.find_providers(cid)
+        assert found.addresses and found.relays == (hint,)
+        hidden.set_relays([], direct=True)
+        async with asyncio.timeout(30):
+            await hidden.reannounce()
+            (found,) = await reader.find_providers(cid)
+        assert found.addresses and found.relays == ()
