@@ -26,6 +26,7 @@ __all__ = [
     "ACCEPT_TIMEOUT",
     "KEEPALIVE_INTERVAL",
     "KEEPALIVE_TIMEOUT",
+    "MIN_REFRESH",
     "REFRESH_AT",
     "RESERVATION_IDLE_TIMEOUT",
     "Circuit",
@@ -48,6 +49,9 @@ RESERVATION_IDLE_TIMEOUT = 3 * KEEPALIVE_INTERVAL
 pings (a node that vanished without a FIN must not hold a slot for an hour)."""
 REFRESH_AT = 0.75
 """Fraction of the reservation's lifetime after which the node refreshes it."""
+MIN_REFRESH = 60.0
+"""The soonest a node refreshes its reservation, whatever lifetime the relay grants: a relay
+that grants a few seconds (or none) cannot make it send Reserve in a loop."""
 ACCEPT_TIMEOUT = 10.0
 """Seconds a target has, after the relay sent it Stop, to open its side of the circuit;
 then the dialler is told CONNECTION_FAILED."""
@@ -301,7 +305,7 @@ class KeepaliveRules:
     def __init__(self, now: float, ttl: float) -> None:
         self.last_ping = now
         self.last_heard = now
-        self.refresh_at = now + ttl * REFRESH_AT
+        self.refresh_at = now + max(MIN_REFRESH, ttl * REFRESH_AT)
 
     def heard(self, now: float) -> None:
         """Something (a Pong, a Stop, a status) arrived from the relay."""
@@ -310,7 +314,7 @@ class KeepaliveRules:
     def reserved(self, now: float, ttl: float) -> None:
         """The relay granted or refreshed the reservation for ``ttl`` seconds."""
         self.last_heard = now
-        self.refresh_at = now + ttl * REFRESH_AT
+        self.refresh_at = now + max(MIN_REFRESH, ttl * REFRESH_AT)
 
     def due(self, now: float) -> str | None:
         """``dead`` (reconnect), ``refresh`` (send Reserve), ``ping`` or None."""

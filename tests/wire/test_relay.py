@@ -23,6 +23,7 @@ from p2p.wire.circuits import (
     ACCEPT_TIMEOUT,
     KEEPALIVE_INTERVAL,
     KEEPALIVE_TIMEOUT,
+    MIN_REFRESH,
     RESERVATION_IDLE_TIMEOUT,
     Circuit,
     KeepaliveRules,
@@ -429,6 +430,7 @@ def test_per_ip_limits_count_an_ipv6_64_as_one_host() -> None:
 
 
 def test_keepalive_rules_ping_refresh_and_give_up() -> None:
+    assert KeepaliveRules(0.0, ttl=0.0).refresh_at == MIN_REFRESH  # a hostile relay's TTL
     rules = KeepaliveRules(0.0, ttl=100.0)
     assert rules.next_deadline() == KEEPALIVE_INTERVAL
     assert rules.due(KEEPALIVE_INTERVAL - 0.1) is None
@@ -437,6 +439,8 @@ def test_keepalive_rules_ping_refresh_and_give_up() -> None:
     assert rules.due(75.0) == "refresh"  # 75% of the 100 s lifetime
     rules.reserved(75.5, 100.0)
     assert rules.refresh_at == 75.5 + 75.0
+    rules.reserved(75.5, 1.0)  # a lifetime too short to honour
+    assert rules.refresh_at == 75.5 + MIN_REFRESH
     assert rules.due(75.5 + KEEPALIVE_TIMEOUT) == "dead"
 
 
