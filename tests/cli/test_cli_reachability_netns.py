@@ -333,3 +333,41 @@ def relay_id(cli: CLI) -> str:
     done = cli.run("--state-dir", str(cli.tmp / "boot"), "id", "--json")
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout)["peer_id"])
+
+
+def test_a_relay_at_its_limit_refuses_new_circuits_and_keeps_serving_the_open_one(cli: CLI) -> None:
+    size = 6 << 20
+    with nat_pair("cone", "cone") as names, \
+            daemon(cli, names, "--relay-max-circuits", "1", "--metrics", f"127.0.0.1:{METRICS}"):
+        source = make_file(cli.tmp / "src" / "big.bin", size, seed=17)
+        boot = f"{BOOT}:{PORT}"
+        share = cli.start("share", "--json", str(source), "--state-dir", str(cli.tmp / "a"),
+                          "--listen", f"0.0.0.0:{PORT}", "--bootstrap", boot,
+                          prefix=on(names["hosta"]))
+        info = share.json_until(lambda obj: "ticket" in obj, timeout=40)
+        # One slow fetch holds the relay's only circuit (512 KiB/s for 6 MiB: 12 s) ...
+        slow = cli.start("fetch", info["ticket"], "-o", str(cli.tmp / "slow.bin"), "--json",
+                         "--state-dir", str(cli.tmp / "b"), "--bootstrap", boot,
+                         "--max-download-rate", "512KiB/s", prefix=on(names["hostb"]))
+        slow.json_until(lambda obj: obj.get("event") == "started", timeout=30)
+        # ... so a second is refused, with the relay's reason, and fails at once ...
+        refused = cli.run("fetch", info["ticket"], "-o", str(cli.tmp / "refused.bin"),
+                          "--state-dir", str(cli.tmp / "c"), "--timeout", "20",
+                          prefix=on(names["hostb"]), timeout=40)
+        assert refused.returncode == 5, refused.stderr
+        assert "RESOURCE_LIMIT_EXCEEDED: relay full: 1 circuits open" in refused.stderr, refused.stderr
+        # ... a peer holding no reservation cannot be reached through the relay at all ...
+        ticket = Ticket.parse(info["ticket"])
+        nobody = Ticket(ticket.content_id, PeerId(os.urandom(32)), (), ticket.relays)
+        unreserved = cli.run("fetch", str(nobody), "-o", str(cli.tmp / "nobody.bin"),
+                             "--state-dir", str(cli.tmp / "d"), "--timeout", "20",
+                             prefix=on(names["hostb"]), timeout=40)
+        assert unreserved.returncode == 5, unreserved.stderr
+        assert "NO_RESERVATION" in unreserved.stderr, unreserved.stderr
+        # ... and the open circuit is served to the end.
+        assert slow.wait(timeout=60) == 0, slow.err()
+        assert (cli.tmp / "slow.bin").read_bytes() == source.read_bytes()
+        metrics = relay_metrics(names)
+        assert metrics['p2p_bootstrap_relay_refused_total{code="RESOURCE_LIMIT_EXCEEDED"}'] >= 1
+        assert metrics['p2p_bootstrap_relay_refused_total{code="NO_RESERVATION"}'] >= 1
+        assert share.stop() == 0, share.err()
