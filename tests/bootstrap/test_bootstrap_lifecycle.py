@@ -165,3 +165,54 @@ async def test_port_in_use_and_unusable_state_dir_give_one_clear_line(tmp_path: 
     not_a_dir.write_text("x")
     code, lines = await refused(tmp_path, "--listen", "127.0.0.1:0", "--state-dir", str(not_a_dir))
     assert code == 6 and len(lines) == 1 and "state directory" in lines[0], lines
+
+
+async def test_the_daemon_relays_by_default_with_its_limits_and_metrics(tmp_path: Path) -> None:
+    from p2p.identity import Identity
+    from p2p.wire.messages import RelayCode, RelayStatus, Reserve
+    from p2p.wire.transport import connect
+
+    async with running(tmp_path, tmp_path / "state", *LOOPBACK_FLAGS,
+                       "--relay-max-reservations", "1", "--relay-rate", "5MiB/s") as daemon:
+        assert daemon.announce["relay"] is True
+        host, port = daemon.addr  # the relay is on the TCP port of the same number
+        held = await connect(host, port, Identity.generate(), first=(Reserve(),))
+        other = await connect(host, port, Identity.generate(), first=(Reserve(),))
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                granted, refused = await held.receive(), await other.receive()
+            assert isinstance(granted, RelayStatus) and granted.code == RelayCode.OK
+            assert granted.observed is not None and granted.observed[0] == "127.0.0.1"
+            assert isinstance(refused, RelayStatus)
+            assert refused.code == RelayCode.RESOURCE_LIMIT_EXCEEDED
+            assert "1 reservations held" in refused.reason
+            samples = await scrape(daemon.metrics)
+        finally:
+            await held.aclose()
+            await other.aclose()
+        assert value(samples, "p2p_bootstrap_relay_reservations") == 1
+        assert value(samples, "p2p_bootstrap_relay_refused_total",
+                     code="RESOURCE_LIMIT_EXCEEDED") == 1
+        assert value(samples, "p2p_bootstrap_relay_limit", limit="max_reservations") == 1
+        assert value(samples, "p2p_bootstrap_relay_limit", limit="rate") == 5 << 20
+        assert value(samples, "p2p_bootstrap_relay_limit", limit="circuit_bytes") == 4 << 30
+        assert await daemon.stop() == 0
+
+
+async def test_a_daemon_with_no_relay_refuses_reservations(tmp_path: Path) -> None:
+    from p2p.identity import Identity
+    from p2p.wire.messages import RelayCode, RelayStatus, Reserve
+    from p2p.wire.transport import connect
+
+    async with running(tmp_path, tmp_path / "state", *LOOPBACK_FLAGS, "--no-relay") as daemon:
+        assert daemon.announce["relay"] is False
+        conn = await connect(*daemon.addr, Identity.generate(), first=(Reserve(),))
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                status = await conn.receive()
+        finally:
+            await conn.aclose()
+        assert isinstance(status, RelayStatus) and status.code == RelayCode.PERMISSION_DENIED
+        samples = await scrape(daemon.metrics)
+        assert not [name for name, _ in samples if name.startswith("p2p_bootstrap_relay_")]
+        assert await daemon.stop() == 0
