@@ -131,6 +131,8 @@ class HeldReservation:
         self.reserved = asyncio.Event()
         """Set while a reservation is held."""
         self._tasks = TaskOwner(f"reservation {format_address(address)}", log)
+        self.granted = False
+        """The current attempt was granted (a reservation lost after that is retried soon)."""
         self.attempts = 0
         """Attempts that failed so far (one, and a waiting share knows there is no way in
         through this relay for now)."""
@@ -153,13 +155,18 @@ class HeldReservation:
         wait = RETRY_MIN
         try:
             while True:
+                self.granted = False
                 try:
                     await self._hold()
-                    wait = RETRY_MIN
                 except (NetworkError, RemoteProtocolError, ConnectionLost, ClosedByUs) as exc:
                     self.error = str(exc)
                     self.attempts += 1
-                    log.info("relay %s: %s", format_address(self.address), exc)
+                    if self.granted:  # lost after it was held: try again soon
+                        wait = RETRY_MIN
+                    log.log(logging.INFO if self.attempts == 1 else logging.DEBUG,
+                            "relay %s: %s", format_address(self.address), exc)
+                    if isinstance(exc, RelayRefused) and exc.code == RelayCode.PERMISSION_DENIED:
+                        wait = RETRY_MAX  # it does not relay: ask again only now and then
                 finally:
                     self._lost()
                     self._changed()
@@ -178,6 +185,7 @@ class HeldReservation:
             self.relay_peer = conn.remote_peer
             self.status = status
             self.error = None
+            self.granted = True
             self.reserved.set()
             self._changed()
             log.info("reserved on relay %s for %d s (seen at %s)", where, status.ttl,

@@ -502,3 +502,25 @@ def test_malformed_relay_frames_are_the_peers_fault() -> None:
     for raw in bad:
         with pytest.raises(RemoteProtocolError):
             decode(raw)
+
+
+async def test_a_reservation_the_relay_dropped_is_taken_again(lab: Lab) -> None:
+    changes: asyncio.Queue[bool] = asyncio.Queue()
+    held = HeldReservation(lab.target_id, lab.relay_addr,
+                           lambda t, unread, relay, _src: lab.target.adopt(t, unread, relay),
+                           on_change=lambda: changes.put_nowait(held.reserved.is_set()))
+    task = asyncio.get_running_loop().create_task(held.run())
+    lab.holders.append((held, task))
+    async with asyncio.timeout(T):
+        assert await changes.get() is True
+        # Silent past the relay's idle timeout (its clock moved; ours did not ping yet).
+        lab.clock.advance(RESERVATION_IDLE_TIMEOUT)
+        lab.service.handle_timers()
+        assert await changes.get() is False
+        assert held.hint is None
+        while not await changes.get():  # reconnects after RETRY_MIN
+            pass
+    assert held.hint is not None and lab.service.reserved() == [lab.target_id.peer_id]
+    conn = await lab.dial()
+    assert await fetch_chunks(conn) == (CHUNK, CHUNK[::-1])
+    await conn.aclose()
