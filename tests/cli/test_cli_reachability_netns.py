@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 from cliproc import CLI, Proc, clean_env
+from testbed import need_tools
 
 from p2p.identity import PeerId, node_id_for
 
@@ -58,11 +58,7 @@ def run(*args: str, stdin: str | None = None) -> None:
 def lab(kind: str) -> Iterator[dict[str, str]]:
     """The topology for ``kind`` (public, cone, symmetric, firewall-only): namespace names
     by role (``boot``, ``host``); everything is deleted on the way out, failing or not."""
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    need_tools("ip", "nft")
     tag = f"rch{os.getpid() % 100000}{kind[:2]}"
     names = {"inet": f"{tag}i", "boot": f"{tag}b", "host": f"{tag}h", "rtr": f"{tag}r"}
     made: list[str] = []
