@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     BadInput,
@@ -391,7 +392,7 @@ def _kind(exc: BaseException) -> str:
     inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
     code = exit_code(inner)
     return {EXIT_USAGE: "bad_input", 3: "not_found", 4: "integrity", 5: "network",
-            6: "local"}.get(code, "internal")
+            6: "local", EXIT_INTERRUPTED: "interrupted", 143: "interrupted"}.get(code, "internal")
 
 
 def _json_error(message: str, code: int, kind: str) -> None:

@@ -11,6 +11,7 @@ accuracy of the rate itself is measured by ``bench/limits.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,3 +144,36 @@ async def test_two_downloaders_share_one_upload_limit_evenly(tmp_path: Path) -> 
                     fetch.cancel()
                 await asyncio.gather(*fetches, return_exceptions=True)
         assert min(got) / max(got) >= 0.9, got  # each about half (one write per turn split it 1:2)
+
+
+async def test_a_downloads_own_limit_is_kept_across_pause_resume_and_restart(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "big.bin", SIZE)
+    slow = 256 * 1024  # 12 MiB would take 48 s: it is surely running at every step below
+    async with asyncio.timeout(60), Node(node_config(tmp_path, "seed")) as seeder:
+        cid = (await seeder.share(source)).content_id
+        dl_config = node_config(tmp_path, "dl")
+        async with Node(dl_config) as dl:
+            with dl.events.subscribed() as sub:
+                fetching = asyncio.get_running_loop().create_task(dl.fetch(
+                    str(cid), tmp_path / "out.bin", peers=[seeder.listen_address()],
+                    timeout=30, max_download_rate=slow))
+                await wait_for(sub, lambda e: isinstance(e, ChunkVerified))
+                assert await dl.pause(cid)
+                assert fetching.cancelled()
+                assert dl.stopped_why(cid) == "paused"
+                assert str(cid) not in dl.limits()["downloads"]
+                assert dl.resume(cid) == "paused"  # owned by the node now
+                await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                assert dl.limits()["downloads"][str(cid)]["rate"] == slow
+                assert dl.stopped_why(cid) is None
+        # Stopped with the node (interrupted), resumed by the next one: still its own limit.
+        async with Node(dataclasses.replace(dl_config, resume_downloads=True)) as again:
+            with again.events.subscribed() as sub:
+                if cid not in again.downloading():
+                    await wait_for(sub, lambda e: isinstance(e, DownloadStarted))
+                assert again.limits()["downloads"][str(cid)]["rate"] == slow
+                again.set_download_limit(cid, 0)  # lifted: finishes at loopback speed
+                await again.join(cid)
+            info = again.library.download(cid)
+            assert info is not None and info.state == "complete", info
+        assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
