@@ -19,6 +19,7 @@ from .. import (
     BadInput,
     ConfigFile,
     PortInUse,
+    __version__,
     build_settings,
     config_path,
     describe,
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Peer-to-peer, content-addressed file sharing.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_shared(parser, sub=False)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                  parser_class=_Parser)

@@ -91,7 +91,9 @@ def _warn_alone(run: Run, node: Node) -> None:
     """Say so when no DHT node is known: then only a ticket leads others to this peer."""
     if not run.dht_warned and node.dht_summary().contacts == 0:
         run.dht_warned = True
-        run.out.note("p2p: note: no DHT node known (no --bootstrap): others can reach this "
+        why = ("none of the bootstrap nodes answered" if run.settings.bootstrap
+               else "no --bootstrap")
+        run.out.note(f"p2p: note: no DHT node known ({why}): others can reach this "
                      "peer through its tickets only")
 
 
