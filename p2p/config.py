@@ -32,7 +32,7 @@ import platformdirs
 
 from .address import parse_address
 from .durable import write_atomic
-from .errors import BadInput
+from .errors import BadInput, P2PError
 from .units import parse_rate
 
 __all__ = [
@@ -347,6 +347,14 @@ def set_config_value(config: ConfigFile, name: str, text: str) -> ConfigFile:
     takes one address or several, comma-separated, and an empty text clears it)."""
     key = _key(name, "p2p config set")
     value = key.parse(text, name)
+    if name in ("listen", f"{DAEMON_SECTION}.listen") and isinstance(value, str):
+        # A listen address is this machine's own: a name that does not resolve here now
+        # would stop every command that reads the file, so it is refused at once.
+        try:
+            parse_address(value, what=f"{name} address", default_port=0)
+        except P2PError as exc:
+            raise BadInput(f"{exc}; give an address of this machine (0.0.0.0:7473, "
+                           "127.0.0.1:7473) or a name that resolves to one") from None
     return ConfigFile(config.path, {**config.values, name: value})
 
 

@@ -423,7 +423,7 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
-        _reply(writer, _outcome(op, request, stopping or node.closing))
+        _reply(writer, _outcome(node, op, request, stopping or node.closing))
         with contextlib.suppress(OSError):
             await writer.drain()
 
@@ -454,16 +454,30 @@ async def control_endpoint(node: Node) -> AsyncIterator[Path | None]:
         await server.wait_closed()
 
 
-def _outcome(op: asyncio.Task[Any], request: dict[str, Any], stopping: bool) -> dict[str, Any]:
+_STOPPED = {
+    "paused": "the download was paused (`p2p resume ID` goes on with it)",
+    "removed": "the download was removed (`p2p rm`): nothing more is fetched",
+    "cancelled": "the download was cancelled and its partial data deleted",
+}
+"""What a client following a fetch is told when a request stopped it (:meth:`Node.stopped_why`)."""
+
+
+def _outcome(node: Node, op: asyncio.Task[Any], request: dict[str, Any],
+             stopping: bool) -> dict[str, Any]:
     """The answer line for a finished operation."""
     if op.cancelled():
         if stopping:
             return {"ok": False, "exit_code": EXIT_NETWORK,
                     "error": "the running node is stopping; its downloads resume when it starts again"}
-        cid = request.get("target", "")
-        return {"ok": False, "exit_code": EXIT_INTERRUPTED,
-                "error": "the download was paused (`p2p resume ID` goes on with it)" if
-                request.get("cmd") == "fetch" else f"stopped: {request.get('cmd')} {cid}".strip()}
+        target = request.get("target", "")
+        if request.get("cmd") != "fetch":
+            return {"ok": False, "exit_code": EXIT_INTERRUPTED,
+                    "error": f"stopped: {request.get('cmd')} {target}".strip()}
+        why = None
+        with contextlib.suppress(P2PError, ValueError):
+            why = node.stopped_why(parse_id_or_ticket(str(target))[0])
+        return {"ok": False, "exit_code": EXIT_INTERRUPTED, "stopped": why or "paused",
+                "error": _STOPPED.get(why or "paused", _STOPPED["paused"])}
     exc = op.exception()
     if exc is None:
         return {"ok": True, "result": op.result()}

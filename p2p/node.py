@@ -15,6 +15,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -270,6 +271,7 @@ class Node:
         self.bandwidth = Bandwidth(config.max_upload_rate, config.max_download_rate)
         """The node's upload and download limits, over every peer connection."""
         self._download_limits: dict[ContentId, Throttle] = {}
+        self._stopped_why: dict[ContentId, str] = {}
         """Each running download's own download limit (rate 0: none but the node's)."""
         self.relay: RelayService | None = None
         """This node's relay service (:attr:`NodeConfig.relay`), else None."""
@@ -748,7 +750,9 @@ class Node:
         Raises :class:`BadInput` when the selection picks no file of the content.
 
         ``max_download_rate``: bytes per second for this download alone, on top of the
-        node's limit (0: none); :meth:`set_download_limit` changes it while it runs.
+        node's limit (0: the one it had when it last stopped, if any); it is recorded with
+        the download and kept across pause, resume and restarts; :meth:`set_download_limit`
+        changes it while it runs.
         """
         started = asyncio.get_running_loop().time()
         options = self._options(target, dest, publisher, peers, timeout, sequential, selection,
@@ -764,11 +768,18 @@ class Node:
             return self._result(options.content_id, placed, None, started, options.selection)
         self._require_dht(options.peers)
         options = self._widened(options)
+        # The download's own limit: the one given, else the one it had when it stopped
+        # (pause, resume and restarts keep it), recorded before a byte moves.
+        if max_download_rate > 0:
+            self._store.set_download_rate(options.content_id, max_download_rate)
+        else:
+            max_download_rate = self._store.download_rate(options.content_id)
         self._download_limits[options.content_id] = Throttle(max_download_rate, name="download")
         download = self._new_download(options, rename=rename)
         task = asyncio.current_task()
         assert task is not None
         self._downloads[options.content_id] = (download, task)
+        self._stopped_why.pop(options.content_id, None)
         try:
             try:
                 path = await download.run()
@@ -797,6 +808,8 @@ class Node:
             raise
         finally:
             self._downloads.pop(options.content_id, None)
+            if self._store.download_info(options.content_id) is None:  # never began, or rm
+                self._store.set_download_rate(options.content_id, 0)
             throttle = self._download_limits.pop(options.content_id, None)
             if throttle is not None:
                 throttle.close()
@@ -994,11 +1007,14 @@ class Node:
         self._spawn(run(), f"fetch {options.content_id.short()}")
         return options.content_id
 
-    async def pause(self, content_id: ContentId) -> bool:
-        """Pause a running download (progress kept). True if one was running."""
+    async def pause(self, content_id: ContentId, *, why: str = "paused") -> bool:
+        """Pause a running download (progress kept). True if one was running. ``why`` is what
+        :meth:`stopped_why` tells whoever waited for it (``paused``, ``removed``,
+        ``cancelled``)."""
         entry = self._downloads.get(content_id)
         if entry is None:
             return False
+        self._stopped_why[content_id] = why
         entry[1].cancel()
         with contextlib.suppress(asyncio.CancelledError, P2PError):
             await entry[1]
@@ -1006,7 +1022,7 @@ class Node:
 
     async def cancel(self, content_id: ContentId) -> None:
         """Stop a download and delete its partial data."""
-        await self.pause(content_id)
+        await self.pause(content_id, why="cancelled")
         self._dht.unprovide(content_id.digest)
         self._store.remove_download(content_id)
 
@@ -1023,7 +1039,7 @@ class Node:
             raise BadInput(f"{info.name} is complete at {info.dest}; rm --delete only deletes "
                            "partial data. `p2p rm ID` forgets it and stops serving it (the file "
                            "stays); delete the file yourself if you no longer want it")
-        await self.pause(content_id)
+        await self.pause(content_id, why="removed")
         if info.state == "complete":
             self.unshare(content_id)
         self._dht.unprovide(content_id.digest)
@@ -1085,6 +1101,12 @@ class Node:
         entry = self._downloads.get(content_id)
         if entry is not None:
             await asyncio.wait([entry[1]])
+
+    def stopped_why(self, content_id: ContentId) -> str | None:
+        """Why the last run of this download was stopped by a request (``paused``,
+        ``removed``, ``cancelled``), or None: it was not (it ended by itself, or its node is
+        stopping). A front end that followed the download says so instead of guessing."""
+        return self._stopped_why.get(content_id)
 
     def download(self, content_id: ContentId) -> Download | None:
         """The running download of ``content_id``, if any (for live views)."""
@@ -1395,6 +1417,7 @@ class Node:
         if throttle is None:
             raise NotFound(f"{content_id} is not being downloaded by this node")
         throttle.set_rate(rate)
+        self._store.set_download_rate(content_id, rate)  # kept when it resumes
 
     # -- server events ------------------------------------------------------------------------
 
@@ -1627,13 +1650,18 @@ def _holder_text(fd: int) -> str:
     return f"pid {lines[0]}" + (f", {lines[1]}" if len(lines) > 1 and lines[1] else "")
 
 
+_COMMAND_WORD = re.compile(r"[a-z][a-z-]*")
+
+
 def _program() -> str:
     """This process as a person would name it: ``p2p serve``, ``p2p-tui``."""
     argv = sys.argv
     first = Path(argv[0]).name if argv else "python"
     if first == "__main__.py":
         first = {"cli": "p2p", "tui": "p2p-tui"}.get(Path(argv[0]).parent.name, Path(argv[0]).parent.name)
-    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    # the command is the first plain word: an option's value before it (`--state-dir DIR`,
+    # `--listen HOST:PORT`) is a path or an address, not a word
+    command = next((a for a in argv[1:] if _COMMAND_WORD.fullmatch(a)), "")
     return f"{first} {command}".strip() if first == "p2p" else first
 
 

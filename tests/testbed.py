@@ -42,3 +42,22 @@ def make_file(path: Path, size: int, seed: int | bytes = 1) -> Path:
         for offset in range(0, size, piece):
             f.write(stream.digest(length=min(piece, size - offset), seek=offset))
     return path
+
+
+def need_tools(*tools: str) -> None:
+    """Skip the test when a system tool it drives (``ip``, ``nft``) is missing, or when it is
+    not run as root; under CI (``CI`` set, where ``.ci/run`` installs them) fail instead, so
+    the network-namespace cases are never skipped unseen."""
+    import os
+    import shutil
+
+    import pytest
+
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    reason = (f"`{'`, `'.join(missing)}` not installed" if missing
+              else "network namespaces need root" if os.geteuid() != 0 else None)
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run the network-namespace tests", pytrace=False)
+    pytest.skip(reason)

@@ -13,11 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     BadInput,
     ConfigFile,
     PortInUse,
+    __version__,
     build_settings,
     config_path,
     describe,
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Peer-to-peer, content-addressed file sharing.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_shared(parser, sub=False)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                  parser_class=_Parser)
@@ -394,7 +397,7 @@ def _kind(exc: BaseException) -> str:
     inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1 else exc
     code = exit_code(inner)
     return {EXIT_USAGE: "bad_input", 3: "not_found", 4: "integrity", 5: "network",
-            6: "local"}.get(code, "internal")
+            6: "local", EXIT_INTERRUPTED: "interrupted", 143: "interrupted"}.get(code, "internal")
 
 
 def _json_error(message: str, code: int, kind: str) -> None:

@@ -91,7 +91,9 @@ def _warn_alone(run: Run, node: Node) -> None:
     """Say so when no DHT node is known: then only a ticket leads others to this peer."""
     if not run.dht_warned and node.dht_summary().contacts == 0:
         run.dht_warned = True
-        run.out.note("p2p: note: no DHT node known (no --bootstrap): others can reach this "
+        why = ("none of the bootstrap nodes answered" if run.settings.bootstrap
+               else "no --bootstrap")
+        run.out.note(f"p2p: note: no DHT node known ({why}): others can reach this "
                      "peer through its tickets only")
 
 
@@ -305,6 +307,12 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
         raise BadInput("--file picks the file to stream with -o -; to fetch some files of a "
                        "folder, use --include PATH")
     dest = Path(args.output).expanduser() if args.output else None
+    if dest is not None and args.output.endswith(("/", os.sep)) and not dest.is_dir():
+        # `-o DIR/` names a folder to fetch into (DIR/NAME), made if it is not there yet
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise BadInput(f"-o {args.output}: {dest} exists and is not a folder") from None
     rename = bool(getattr(args, "rename", False))
     state = run.settings.state_dir
     request = {"cmd": "fetch", "target": args.target,
@@ -325,7 +333,9 @@ async def cmd_fetch(run: Run, args: argparse.Namespace) -> int:
             run.out.note(f"the running node of {state} seeds it")
         return 0
     config = run.settings.node_config(long_running=args.seed)
-    async with running_node(run, config, endpoint=args.seed) as node:
+    # A fetch holds the state directory for as long as it runs: it serves the control
+    # socket so that other commands (and the terminal app) go through it meanwhile.
+    async with running_node(run, config, endpoint=True) as node:
         _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         with node.events.subscribed() as sub, FetchView(run.out, content_id) as view:
             async with following(sub, view.handle):
@@ -433,7 +443,7 @@ async def _fetch_to_stdout(run: Run, args: argparse.Namespace, content_id: Conte
             return 0
         run.out.note(f"streamed {human_bytes(kept.stat().st_size)}; the file is also at {kept}")
         return 0
-    async with running_node(run, config) as node:
+    async with running_node(run, config, endpoint=True) as node:
         _warn_bootstrap(run, node, by_id=_by_id(args.target, peers))
         # stdout carries the file alone: progress (and --json records) go to stderr.
         try:

@@ -18,6 +18,7 @@ from .. import (
     config_path,
     environment,
     format_address,
+    format_rate,
     load_config,
     save_config,
     set_config_value,
@@ -64,6 +65,8 @@ def _show(run: Run, args: argparse.Namespace) -> int:
         "bootstrap": [_addr(a) for a in settings.bootstrap],
         "announce": [_addr(a) for a in settings.announce],
         "download_dir": str(settings.download_dir),
+        "max_upload_rate": settings.max_upload_rate,  # bytes per second (0: none)
+        "max_download_rate": settings.max_download_rate,
     }
     sources = {name: settings.sources.get(name, "default") for name in effective}
     daemon = {name.partition(".")[2]: file.get(name) for name in CONFIG_KEYS
@@ -71,8 +74,9 @@ def _show(run: Run, args: argparse.Namespace) -> int:
     lines = [f"# {settings.config_file}" + ("" if file.values or _exists(file) else
                                              " (not there yet)")]
     for name, value in effective.items():
-        shown = ", ".join(value) or "(none)" if isinstance(value, list) else value
-        lines.append(f"{name:<13} {shown}  ({sources[name]})")
+        shown = (", ".join(value) or "(none)" if isinstance(value, list)
+                 else format_rate(value) if name.startswith("max_") else value)
+        lines.append(f"{name:<17} {shown}  ({sources[name]})")
     if daemon:
         lines.append(f"[{DAEMON_SECTION}] (p2p-bootstrap; flags and P2P_BOOTSTRAP_* win)")
         lines += [f"{name:<20} {value}" for name, value in daemon.items()]

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS download_sources (
     PRIMARY KEY (content_id, host, port));
 CREATE TABLE IF NOT EXISTS listings (
     listing_id BLOB PRIMARY KEY, content_id BLOB NOT NULL REFERENCES manifests(content_id));
+CREATE TABLE IF NOT EXISTS download_limits (
+    content_id BLOB PRIMARY KEY, rate REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS bans (
     peer_id BLOB PRIMARY KEY, reason TEXT NOT NULL, banned_at REAL NOT NULL, until REAL);
 """
@@ -408,7 +410,24 @@ class Database:
             row = db.execute("SELECT partial FROM downloads WHERE content_id=?", (cid,)).fetchone()
             db.execute("DELETE FROM downloads WHERE content_id=?", (cid,))
             db.execute("DELETE FROM download_sources WHERE content_id=?", (cid,))
+            db.execute("DELETE FROM download_limits WHERE content_id=?", (cid,))
         return Path(str(row[0])) if row else None
+
+    def set_download_rate(self, cid: bytes, rate: float) -> None:
+        """Record the download's own limit in bytes per second (0: none), kept across pause,
+        resume and restarts. (A table of its own, which older versions of this schema
+        ignore: they then apply only the node's limits.)"""
+        with self._tx() as db:
+            if rate > 0:
+                db.execute("INSERT INTO download_limits VALUES (?, ?) ON CONFLICT(content_id) "
+                           "DO UPDATE SET rate=excluded.rate", (cid, float(rate)))
+            else:
+                db.execute("DELETE FROM download_limits WHERE content_id=?", (cid,))
+
+    def download_rate(self, cid: bytes) -> float:
+        """The download's own recorded limit (0: none)."""
+        rows = self._query("SELECT rate FROM download_limits WHERE content_id=?", (cid,))
+        return float(rows[0][0]) if rows else 0.0
 
     def add_sources(self, cid: bytes, addrs: Sequence[tuple[str, int]], now: float) -> None:
         """Remember addresses to fetch ``cid`` from; ones already known keep their age."""

@@ -452,6 +452,15 @@ class Store:
                 path.unlink()
         return path
 
+    def set_download_rate(self, content_id: ContentId | bytes, rate: float) -> None:
+        """Record a download's own limit (bytes per second, 0: none): a resumed download, in
+        this node or the next, keeps it."""
+        self._db.set_download_rate(_raw(content_id), rate)
+
+    def download_rate(self, content_id: ContentId | bytes) -> float:
+        """A download's own recorded limit (0: none)."""
+        return self._db.download_rate(_raw(content_id))
+
     def adopt_download(self, manifest: Manifest, dest: Path) -> None:
         """Record ``manifest`` as downloaded and complete at ``dest``, which already holds it
         (the caller checked every chunk there): served from there like a finished download."""

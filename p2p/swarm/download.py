@@ -309,6 +309,8 @@ class Download:
         self._dropped_otherwise = False
         self._lost: tuple[PeerId, str] | None = None
         self._lost_has_it = True
+        self._lost_at: float | None = None
+        """When the last peer the transfer counted on was lost, leaving none (None: not so)."""
         self._transfer_at = 0.0
         """When the transfer started (the scheduler came to be)."""
         """The last peer the download lost for a reason worth saying (:meth:`_lose`)."""
@@ -576,9 +578,34 @@ class Download:
         ``has_it``: False when the peer no longer has the content (then, left with no peer,
         the download ends as not found rather than as a network failure)."""
         self._lost_has_it = has_it
+        # Not dialled again by the next round: it just failed us, and a look for others
+        # must not end by reconnecting to it (a frozen peer's kernel still accepts).
+        self._backoff[state.address] = (1, self._clock() + DIAL_BACKOFF)
         self._drop(state.peer, reason, notable=True)
         if not self._tasks.closed:
             self._spawn(state.conn.aclose(reason), "close lost peer")
+        if not self._peers and self.manifest is not None:
+            self._lost_at = self._clock()
+            self._check_lost()
+
+    def _check_lost(self) -> None:
+        """Fail at once when the transfer lost its last peer (it stopped answering, or its
+        copy changed) and a look for others since found nobody: the person is told which
+        peer went and why within seconds, not after the whole timeout as data nobody sent.
+        Without discovery (a ticket and no DHT) nobody else can turn up, so that is now."""
+        lost_at = self._lost_at
+        if lost_at is None or self._lost is None or self._peers or self._dialing \
+                or self._unsettled or not self._round_done or self.scheduler is None \
+                or self.partial is None:
+            return
+        if self._providers is not None and self._round_started < lost_at:
+            return  # the next round (REDISCOVER_INTERVAL) may find another provider
+        peer, reason = self._lost
+        scheduler = self.scheduler
+        kept = f"progress is kept ({scheduler.wanted_held}/{scheduler.wanted_count} chunks)"
+        error = NetworkError if self._lost_has_it else NotFound
+        self._fail(error(f"no peer left to download {self.content_id} from: the last one, "
+                         f"{peer.short()}, {reason}, and no other was found; {kept}"))
 
     def _silent_peers(self, now: float) -> list[_Peer]:
         scheduler = self.scheduler
@@ -636,7 +663,7 @@ class Download:
                 f"{_peers(count)} that offered {self.content_id} sent chunks that fail "
                 f"verification and {'was' if count == 1 else 'were'} banned; no other peer "
                 f"has it; {kept}")
-        if alone:
+        if alone or (not self._peers and self._lost is not None):
             lost = f" (the last one, {self._lost[0].short()}, {self._lost[1]})" if self._lost else ""
             error = NetworkError if self._lost_has_it else NotFound
             return error(f"no peer to download {self.content_id} from for {timeout:g} s{lost}; {kept}")
@@ -729,6 +756,7 @@ class Download:
                 log.debug("provider lookup for %s: %s", self.content_id.short(), exc)
             self._round_done = True
             self._check_unreachable()
+            self._check_lost()
             # Look again later for new providers (partial seeders appear as they start).
             self._rediscover.clear()
             self._rediscover_at = self._clock() + REDISCOVER_INTERVAL
@@ -789,6 +817,7 @@ class Download:
             slots.release()
         if conn is None:
             self._check_unreachable()
+            self._check_lost()
             self._update()  # the no-peer timeout may be due now
             return
         self._backoff.pop(addr, None)
@@ -807,6 +836,7 @@ class Download:
         self._peers[remote] = state
         self._connected_addrs.add(addr)
         self._alone_since = None
+        self._lost_at = None
         self._spawn(self._serve_peer(state), f"peer {remote.short()}")
         self._join_scheduler(state)
         self._update()

@@ -16,10 +16,11 @@ How a connection uses one (:mod:`p2p.wire.transport`):
   pauses the socket until the balance is back (TCP flow control then slows the peer).
 
 Fairness: whoever takes the balance below zero waits, and when the balance is back
-every waiter is woken together, each moving at most one :attr:`RateLimit.quantum`
-before it waits again. Each connection moving through one limit thus gets one quantum
-per round, in turn, whatever the order they came in: two transfers under one limit
-share it (per connection) instead of the first starving the second.
+every waiter is woken together, each moving one :attr:`RateLimit.quantum` of bytes
+(over as many queued pieces as that takes) before it waits again. Each connection moving
+through one limit thus gets the same bytes per round, whatever the order they came in and
+whatever the sizes of its pieces: two transfers under one limit share it evenly (per
+connection) instead of the first starving the second.
 
 The burst: the balance never grows above :attr:`RateLimit.burst`, one second of the
 rate (:data:`BURST_SECONDS`), so an idle link cannot save up more than that.

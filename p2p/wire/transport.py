@@ -133,7 +133,8 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._down = tuple(down)
         self._write_held = False
         """Waiting for an upload limit's turn (the peer is not to blame)."""
-        self._write_granted = False
+        self._write_grant = 0
+        """Bytes left of the upload limits' turn this connection was given (0: none)."""
         """A turn came: the next piece goes whatever the balance (each waiter woken in a
         round moves one turn, so the first in the queue cannot starve the others)."""
         self._read_held = False
@@ -326,28 +327,36 @@ class WireProtocol(asyncio.BufferedProtocol):
     # -- bandwidth limits ----------------------------------------------------------------
 
     def _write_allowance(self) -> int:
-        """Bytes the next write may carry under the upload limits; 0: wait for a turn."""
+        """Bytes the next write may carry under the upload limits; 0: wait for a turn.
+
+        A turn is worth one quantum of bytes, whatever the sizes of the queued pieces: two
+        connections under one limit move the same bytes per round (deficit round robin), not
+        the same number of writes."""
         size = WRITE_PIECE
         for throttle in self._up:
             if throttle.limit.rate > 0:
-                if not self._write_granted and not throttle.allows():
+                if self._write_grant <= 0 and not throttle.allows():
                     if not self._write_held:
                         self._write_held = True
                         throttle.wait(self._write_turn)
                     return 0
                 size = min(size, throttle.quantum)
-        self._write_granted = False
+        if self._write_grant > 0:
+            size = min(size, self._write_grant)
         return size
 
     def _charge_write(self, nbytes: int) -> None:
         for throttle in self._up:
             if throttle.limit.rate > 0:
                 throttle.charge(nbytes)
+        if self._write_grant:
+            self._write_grant = max(0, self._write_grant - nbytes)
 
     def _write_turn(self) -> None:
-        """An upload limit's turn came: write on."""
+        """An upload limit's turn came: write on, one quantum's worth."""
         self._write_held = False
-        self._write_granted = True
+        self._write_grant = min((t.quantum for t in self._up if t.limit.rate > 0),
+                                default=WRITE_PIECE)
         self._push()
 
     def _charge_read(self, nbytes: int) -> None:

@@ -34,11 +34,23 @@ def test_config_set_writes_the_file_under_xdg_config_home(cli: CLI, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "xdg" / "p2p" / "config.toml").read_text().count('bootstrap = ["127.0.0.1:7473"]') == 1
     assert show(cli, env=env)["settings"]["bootstrap"] == ["127.0.0.1:7473"]
+    # The limits are settings in force too: shown with where they came from.
+    assert cli.run("config", "set", "max_upload_rate", "5MiB/s", env=env).returncode == 0
+    shown = show(cli, env=env)
+    assert shown["settings"]["max_upload_rate"] == 5 * 1024 * 1024
+    assert shown["sources"]["max_upload_rate"] == "file"
+    assert shown["settings"]["max_download_rate"] == 0 and shown["sources"]["max_download_rate"] == "default"
+    text = cli.run("config", "show", env=env).stdout
+    assert "max_upload_rate   5.0 MiB/s  (file)" in text, text
+    assert cli.run("config", "unset", "max_upload_rate", env=env).returncode == 0
     # A mistyped key, a malformed rate and a bad value: exit 2, one line each, file unchanged.
     before = (tmp_path / "xdg" / "p2p" / "config.toml").read_text()
     for args, says in [(("bootstrp", "x"), "unknown config key 'bootstrp'"),
                        (("max_upload_rate", "5 parsecs"), "expected a rate such as 5MiB/s"),
-                       (("listen", "127.0.0.1:70000"), "between 0 and 65535")]:
+                       (("listen", "127.0.0.1:70000"), "between 0 and 65535"),
+                       # this machine's own address: a name that does not resolve is refused
+                       # now, not found out by every later command
+                       (("listen", "no-such-host.invalid:7473"), "an address of this machine")]:
         bad = cli.run("config", "set", *args, env=env)
         assert bad.returncode == 2 and says in bad.stderr and len(bad.stderr.splitlines()) == 1
     assert (tmp_path / "xdg" / "p2p" / "config.toml").read_text() == before
@@ -71,7 +83,8 @@ def test_precedence_table_flag_env_file_default(cli: CLI, tmp_path: Path, flag: 
                  else ("default", 0))
     got = show(cli, *args, env=env)
     assert got["sources"] == {"state_dir": source, "listen": source, "bootstrap": source,
-                              "announce": "default", "download_dir": "default"}
+                              "announce": "default", "download_dir": "default",
+                              "max_upload_rate": "default", "max_download_rate": "default"}
     if n:
         assert got["settings"]["listen"] == f"127.0.0.{n}:700{n}"
         assert got["settings"]["bootstrap"] == [f"127.0.0.{n}:900{n}"]
@@ -116,3 +129,9 @@ def test_the_daemon_reads_its_table_and_refuses_a_bad_one(cli: CLI, tmp_path: Pa
     assert daemon.returncode == 2, daemon.stderr
     lines = daemon.stderr.splitlines()
     assert len(lines) == 1 and "daemon.listen" in lines[0] and "config.toml" in lines[0]
+
+
+def test_version(cli: CLI) -> None:
+    got = cli.run("--version")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().startswith("p2p ") and got.stdout.strip()[4:5].isdigit(), got.stdout

@@ -131,11 +131,15 @@ def test_ctrl_c_pauses_the_nodes_download_and_rm_keeps_or_deletes(cli: CLI, tmp_
     started = resumed.json_until(lambda o: o.get("event") == "started")
     seeder.send(signal.SIGSTOP)
     assert started["resumed_chunks"] > 0
-    resumed.send(signal.SIGINT)
-    assert resumed.wait() == EXIT_INTERRUPTED
+    # Removed from another terminal while it runs: the fetching client is told that, not
+    # that it was paused.
     deleted = cli.run("rm", "--delete", "--json", str(info["content_id"]), *state(cli, "home"))
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout)["deleted"] is True
+    assert resumed.wait() == EXIT_INTERRUPTED
+    told = resumed.last_json()
+    assert told["kind"] == "interrupted", told
+    assert "removed (`p2p rm`)" in told["error"] and "paused" not in told["error"], told
     assert not partial.exists() and not dest.exists()
     seeder.send(signal.SIGCONT)
 
@@ -253,3 +257,26 @@ def test_ls_says_so_when_a_partial_was_deleted(cli: CLI, tmp_path: Path) -> None
     line = next(li for li in text.stdout.splitlines() if info["content_id"] in li)
     assert "gone" in line and "partial data deleted" in line and "%" not in line, line
     assert "failed" not in line and "active" not in line
+
+
+def test_a_plain_fetch_serves_the_control_socket_while_it_runs(cli: CLI, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "slow.bin", 16 * MiB)
+    seeder, info = share(cli, "seed", src, "--max-upload-rate", "2MiB/s")
+    out = tmp_path / "new-folder" / "deeper"
+    fetch = cli.start("fetch", str(info["ticket"]), "-o", f"{out}/", "--json",
+                      *state(cli, "home"), "--listen", "127.0.0.1:0")
+    try:
+        fetch.json_until(lambda o: o.get("event") == "progress" and o["fetched_chunks"] >= 1)
+        # Other commands on its state directory go through it, not "no node is running".
+        ident = cli.run("id", "--json", *state(cli, "home"))
+        assert ident.returncode == 0, ident.stderr
+        assert json.loads(ident.stdout)["running"], ident.stdout
+        peers = cli.run("peers", "--json", *state(cli, "home"))
+        assert peers.returncode == 0, peers.stderr
+        assert str(info["peer_id"]) in peers.stdout
+        assert fetch.wait() == 0, fetch.err()
+    finally:
+        fetch.kill()
+        seeder.kill()
+    # `-o DIR/` named a folder that was not there: made, and the file put inside it.
+    assert (out / "slow.bin").read_bytes() == src.read_bytes()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from cliproc import CLI, make_file
+from testbed import need_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -37,10 +37,7 @@ def ip(*args: str) -> None:
 def lab(tag: str, families: Sequence[tuple[bool, bool]]) -> Iterator[list[str]]:
     """One namespace per entry of ``families`` (has IPv4?, has IPv6?): host N at 10.77.0.N/24
     and/or fd77::N/64, joined by a bridge in a namespace of its own; always removed."""
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    need_tools("ip")
     bridge_ns = f"{tag}br"
     names = [f"{tag}h{i}" for i in range(1, len(families) + 1)]
     made: list[str] = []

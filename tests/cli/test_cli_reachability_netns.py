@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from cliproc import CLI, Proc, clean_env, make_file
+from testbed import need_tools
 
 from p2p.content import Ticket
 from p2p.identity import PeerId, node_id_for
@@ -125,14 +125,6 @@ class Namespaces:
                            check=False)
 
 
-def need_netns() -> None:
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-
-
 def boot_namespace(lab: Namespaces) -> None:
     """The bootstrap daemon's namespace: two public addresses (the second for the observer)."""
     lab.add("boot")
@@ -144,7 +136,7 @@ def boot_namespace(lab: Namespaces) -> None:
 def lab(kind: str) -> Iterator[dict[str, str]]:
     """The topology for ``kind`` (public, cone, symmetric, firewall-only): namespace names
     by role (``boot``, ``host``); everything is deleted on the way out, failing or not."""
-    need_netns()
+    need_tools("ip", "nft")
     made = Namespaces(f"rch{os.getpid() % 100000}{kind[:2]}")
     try:
         made.internet()
@@ -165,7 +157,7 @@ def nat_pair(kind_a: str, kind_b: str) -> Iterator[dict[str, str]]:
     """Two hosts, ``hosta`` at 10.0.1.2 behind ``rtra`` (203.0.113.1, NAT ``kind_a``) and
     ``hostb`` at 10.0.2.2 behind ``rtrb`` (203.0.113.2, ``kind_b``), and the bootstrap on
     the bridge; everything is deleted on the way out."""
-    need_netns()
+    need_tools("ip", "nft")
     made = Namespaces(f"rly{os.getpid() % 100000}")
     try:
         made.internet()
