@@ -317,6 +317,17 @@ def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -
         assert metrics["p2p_bootstrap_relay_reservations"] == 1, metrics
         assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 2, metrics
         assert metrics["p2p_bootstrap_relay_bytes_total"] > 2 * size, metrics
+        # Once its check says NAT, the sharer's tickets name the relay instead of addresses
+        # nobody outside can dial.
+        checked = cli.run("--state-dir", str(cli.tmp / "a"), "netcheck", "--json",
+                          prefix=on(names["hosta"]), timeout=40)
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout)["reachability"] == "nat", checked.stdout
+        again = cli.run("--state-dir", str(cli.tmp / "a"), "share", "--json", str(source),
+                        prefix=on(names["hosta"]), timeout=40)
+        assert again.returncode == 0, again.stderr
+        later = Ticket.parse(json.loads(again.stdout.splitlines()[-1])["ticket"])
+        assert later.addresses == () and later.relays == ticket.relays, later
         assert share.stop() == 0, share.err()
 
 
