@@ -158,7 +158,7 @@ def nat_pair(kind_a: str, kind_b: str) -> Iterator[dict[str, str]]:
     ``hostb`` at 10.0.2.2 behind ``rtrb`` (203.0.113.2, ``kind_b``), and the bootstrap on
     the bridge; everything is deleted on the way out."""
     need_tools("ip", "nft")
-    made = Namespaces(f"rly{os.getpid() % 100000}")
+    made = Namespaces(f"rly{os.getpid() % 100000}{kind_a[0]}{kind_b[0]}")
     try:
         made.internet()
         boot_namespace(made)
