@@ -19,8 +19,10 @@ from p2p.identity import PeerId
 from p2p.wire.errors import RemoteProtocolError
 from p2p.wire.messages import (
     FRAME_HEADER,
+    Accept,
     Bitfield,
     Cancel,
+    Connect,
     Data,
     GetBitfield,
     GetManifest,
@@ -33,7 +35,10 @@ from p2p.wire.messages import (
     Ping,
     Pong,
     Reject,
+    RelayStatus,
     Request,
+    Reserve,
+    Stop,
     decode,
     encode,
 )
@@ -131,6 +136,15 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ping, u64),
     st.builds(Pong, u64),
     st.builds(Goodbye, st.text(max_size=64)),
+    st.builds(Reserve),
+    st.builds(RelayStatus, st.integers(0, 255), st.text(max_size=64), st.integers(0, 2**32 - 1),
+              st.lists(st.tuples(st.text(min_size=1, max_size=40), st.integers(1, 0xFFFF)),
+                       max_size=4).map(tuple),
+              st.none() | st.tuples(st.text(min_size=1, max_size=40), st.integers(1, 0xFFFF)),
+              st.integers(0, 2**32 - 1), u64),
+    st.builds(Connect, cids.map(PeerId)),
+    st.builds(Stop, cids.map(PeerId), st.binary(min_size=16, max_size=16)),
+    st.builds(Accept, st.binary(min_size=16, max_size=16)),
 )
 
 
@@ -153,6 +167,17 @@ def fields_of(msg: Message) -> list[object]:
             return [nonce]
         case Goodbye(reason):
             return [reason]
+        case Reserve():
+            return []
+        case RelayStatus(code, reason, ttl, addrs, observed, seconds, nbytes):
+            return [code, reason, ttl, [[h, p] for h, p in addrs],
+                    None if observed is None else [observed[0], observed[1]], seconds, nbytes]
+        case Connect(target):
+            return [target.key]
+        case Stop(source, token):
+            return [source.key, token]
+        case Accept(token):
+            return [token]
     raise AssertionError(msg)
 
 
@@ -160,7 +185,9 @@ _TYPES = {Hello: MessageType.HELLO, GetManifest: MessageType.GET_MANIFEST,
           Manifest: MessageType.MANIFEST, GetBitfield: MessageType.GET_BITFIELD,
           Bitfield: MessageType.BITFIELD, Have: MessageType.HAVE, Request: MessageType.REQUEST,
           Reject: MessageType.REJECT, Cancel: MessageType.CANCEL, Ping: MessageType.PING,
-          Pong: MessageType.PONG, Goodbye: MessageType.GOODBYE}
+          Pong: MessageType.PONG, Goodbye: MessageType.GOODBYE, Reserve: MessageType.RESERVE,
+          RelayStatus: MessageType.RELAY_STATUS, Connect: MessageType.CONNECT,
+          Stop: MessageType.STOP, Accept: MessageType.ACCEPT}
 
 
 # -- the properties ---------------------------------------------------------------------------------
