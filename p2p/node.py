@@ -569,6 +569,13 @@ class Node:
         """The relays this node holds a reservation on now (what its records and tickets name)."""
         return [hint for held, _ in self._reservations.values() if (hint := held.hint) is not None]
 
+    def observed_by_relays(self) -> list[Address]:
+        """Where our relays see our reservation connections come from (the NAT's external
+        address and port for them): what a direct-path upgrade exchanges with the peer."""
+        return [held.status.observed for held, _ in self._reservations.values()
+                if held.reserved.is_set() and held.status is not None
+                and held.status.observed is not None]
+
     def _direct_dialable(self) -> bool:
         """Whether others may dial our direct addresses: reachable, or not known not to be."""
         return self.reachability.reachable or self.reachability.reachability == NOT_CHECKED.reachability  # unknown

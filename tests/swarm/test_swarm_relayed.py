@@ -41,6 +41,7 @@ async def test_a_share_only_its_relay_reaches_is_fetched_through_it(tmp_path: Pa
                 shared = await sharer.share(source)
             (hint,) = sharer.relay_hints()
             assert hint.relay == relay.peer_id and hint.address == relay.listen_address()
+            assert [host for host, _ in sharer.observed_by_relays()] == ["127.0.0.1"]
             ticket = Ticket.parse(str(shared.ticket))
             assert ticket.relays == (hint,)
             assert relay.relay is not None and relay.relay.reserved() == [sharer.peer_id]
