@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -330,12 +331,20 @@ async def test_a_circuit_is_cut_at_its_duration_limit() -> None:
 
 
 async def test_the_global_rate_limit_slows_the_splice_but_the_transfer_completes() -> None:
-    async for lab in make_lab(RelayLimits(rate=4 << 20)):
+    rate = 128 * 1024  # a second's burst, then the rest at this rate
+    async for lab in make_lab(RelayLimits(rate=rate)):
         await lab.reserve()
         conn = await lab.dial()
+        started = time.monotonic()
         assert await fetch_chunks(conn) == (CHUNK, CHUNK[::-1])
+        elapsed = time.monotonic() - started
         await conn.aclose()
-        assert lab.service.stats()["rate"] == 4 << 20
+        assert lab.service.stats()["rate"] == rate
+        moved = lab.service.throttle.to_json()["bytes"]
+        assert moved > 2 * len(CHUNK)
+        # It cannot have been faster than the bucket allows: a second's burst, the rate over
+        # the time taken, and the one read (at most 256 KiB) that overdraws it.
+        assert elapsed >= (moved - rate - 256 * 1024) / rate > 1.0
 
 
 # -- hostile clients ------------------------------------------------------------------------
