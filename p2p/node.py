@@ -550,6 +550,9 @@ class Node:
         cid = content_id.digest
         count = manifest.chunk_count
         held = self._store.bitfield(cid)
+        if held is None and self._store.download_info(content_id) is None:
+            raise NotFound(f"{content_id} is neither shared nor downloaded here any more (it was "
+                           "unshared or removed; `p2p ls` lists what is): there is nothing to verify")
         bad: list[int] = []
         good = missing = 0
         for index in range(count):
