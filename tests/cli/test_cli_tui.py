@@ -92,8 +92,9 @@ async def test_the_terminal_app_attaches_to_a_running_serve_and_leaves_it_runnin
         assert isinstance(link, AttachedLink)
         assert str(link.peer_id) == peer_id
         assert "attached" in str(app.sub_title)
-        name, ticket = await link.share(src)
-        assert name == "notes.bin" and ticket.startswith("p2p")
+        outcome = await link.share(src)
+        assert outcome.name == "notes.bin" and outcome.ticket.startswith("p2p")
+        assert outcome.left_out.total == 0
         listed = cli.run("ls", "--json", "--state-dir", str(state))
         assert listed.returncode == 0, listed.stderr
         assert [s["name"] for s in json.loads(listed.stdout)["shares"]] == ["notes.bin"]

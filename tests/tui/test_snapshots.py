@@ -3,6 +3,7 @@ rendered from fixed data through the app's own message handlers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ from p2p import (
 from p2p.content import FileEntry, hash_bytes, sign_manifest
 from p2p.identity import Identity
 from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app, cancel_question
+from tui.link import Limits
 from tui.model import DhtData
-from tui.screens import FilesScreen
+from tui.screens import FilesScreen, LimitScreen
 from tui.widgets import TransfersView
 
 from .conftest import wait_until
@@ -142,6 +144,21 @@ def test_fetch_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> No
         pilot.app.screen.query_one("#fetch-input", Input).value = "p2pt1notaticket"
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("f", type_bad))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_limit_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> None:
+    """The limits dialog over a node with an upload limit (the status line names it), a
+    mistyped download rate named inline and Set disabled."""
+    async def limited(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, P2PApp)
+        app.on_node_snapshot(dataclasses.replace(snapshot(104.0, 3), limits=Limits(up=5 * MIB)))
+        app.push_screen(LimitScreen(Limits(up=5 * MIB)))
+        await pilot.pause()
+        app.screen.query_one("#limit-down", Input).value = "fast"
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", limited))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
