@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -200,6 +201,40 @@ def status_parts(snap: NodeSnapshot, downloading: int) -> list[StatusPart]:
     ]
 
 
+_REFUSED = re.compile(r"^(?P<what>.+ already exists and is not this content); not overwriting it"
+                      r"\..*save it as (?P<q>['\"])(?P<name>.+?)(?P=q)", re.DOTALL)
+"""A download refused because a different file is where it would go, and the name the
+node would give it instead (``NAME (1).EXT``): :meth:`p2p.Node.fetch`'s message."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A download refused at its destination: a different file is there."""
+
+    what: str
+    """``PATH already exists and is not this content``."""
+    new_name: str
+    """The name it can have beside it instead (``NAME (1).EXT``)."""
+
+    @classmethod
+    def of(cls, error: str) -> Refusal | None:
+        """The refusal a download failure's ``error`` tells of, or None for another failure."""
+        match = _REFUSED.match(error)
+        return None if match is None else cls(match["what"], match["name"])
+
+    @property
+    def reason(self) -> str:
+        """The failure as the app says it: its own way out, not the command line's flags."""
+        return f"{self.what}; not overwriting it (r offers to save it as {self.new_name!r})"
+
+    def question(self) -> ConfirmScreen:
+        """The dialog offering the new name."""
+        return ConfirmScreen(
+            "A different file is already there",
+            f"{self.what}: it is not overwritten. Save the download beside it as "
+            f"{self.new_name!r}?", f"Rename to {self.new_name}", back="Cancel")
+
+
 def left_out_warning(name: str, outcome: ShareOutcome) -> str | None:
     """The warning of a folder share that left things out, or None when it left nothing."""
     if not outcome.left_out.total:
@@ -334,6 +369,10 @@ class P2PApp(App[None]):
         self._library: list[LibraryRow] = []
         self._cancelled: dict[ContentId, float] = {}
         """When (``time.monotonic()``) each download was cancelled here."""
+        self._started: dict[ContentId, tuple[str, Selection | None]] = {}
+        """The target and selection of each fetch started from this app (to start again)."""
+        self._refused: dict[ContentId, Refusal] = {}
+        """Downloads refused at their destination, until renamed or cancelled."""
         self._stopped = False
         self._stop_signals = 0
         self.failed: BaseException | None = None
@@ -500,6 +539,8 @@ class P2PApp(App[None]):
             return
         transfers_changed = peers_changed = library_changed = False
         for event in message.events:
+            if isinstance(event, DownloadFailed):
+                event = self._refusal(event)
             if self.transfers.apply(event):
                 transfers_changed = True
             match event:
@@ -519,6 +560,40 @@ class P2PApp(App[None]):
             self.main.query_one(PeersView).rows = tuple(self.peers.rows())
         if library_changed:
             self.refresh_snapshot()
+
+    def _refusal(self, event: DownloadFailed) -> DownloadFailed:
+        """A download refused at its destination: the app's own reason and, for a fetch
+        started here, the offer of a new name."""
+        refusal = Refusal.of(event.error)
+        if refusal is None:
+            return event
+        cid = event.content_id
+        first = cid not in self._refused
+        self._refused[cid] = refusal
+        if first and cid in self._started:
+            self.offer_rename(cid)
+        return dataclasses.replace(event, error=refusal.reason)
+
+    @work(group="rename")
+    async def offer_rename(self, cid: ContentId) -> None:
+        """Ask whether a download refused at its destination goes beside it under a new name;
+        if so, start it again that way."""
+        refusal = self._refused.get(cid)
+        link = self._linked()
+        if refusal is None or link is None:
+            return
+        if not await self.push_screen_wait(refusal.question()):
+            return
+        ticket = self._tickets.get(cid)
+        target, selection = self._started.get(cid, (str(ticket if ticket is not None else cid), None))
+        try:
+            await link.start_fetch(target, selection, rename=True)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot fetch", severity="error")
+            return
+        self._refused.pop(cid, None)
+        self.log_line("info", f"fetching {cid.short()} as {refusal.new_name}")
+        self.notify(f"Fetching {cid.short()} as {refusal.new_name}…")
 
     def log_line(self, level: str, message: str) -> None:
         """Add a line to the log view."""
@@ -799,6 +874,8 @@ class P2PApp(App[None]):
             return None
         if ticket is not None:
             self._tickets[cid] = ticket
+        self._started[cid] = (text.strip(), selection)
+        self._refused.pop(cid, None)
         self._start(cid, text.strip(), selection)
         self.log_line("info", f"fetching {cid}")
         self.notify(f"Fetching {cid.short()}…")
@@ -865,6 +942,8 @@ class P2PApp(App[None]):
                 case "pause":
                     if not await link.pause(cid):
                         self.notify(f"{cid.short()} is not running", severity="warning")
+                case "resume" if cid in self._refused:
+                    self.offer_rename(cid)  # as it was, it would be refused again
                 case "resume":
                     ticket = self._tickets.get(cid)
                     if not await link.start_fetch(str(ticket if ticket is not None else cid), None):
@@ -877,6 +956,7 @@ class P2PApp(App[None]):
                         return
                     await link.cancel(cid)
                     self._cancelled[cid] = time.monotonic()
+                    self._refused.pop(cid, None)
                     self.transfers.forget(cid)
                     self.push_transfers()
                     self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else

@@ -141,8 +141,11 @@ class NodeLink(Protocol):
     async def listing(self, target: str) -> tuple[str, list[tuple[str, int]]]:
         """The verified listing of ``target``: (name, [(path, size)])."""
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
-        """Start downloading ``target``; False when it was running already."""
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
+        """Start downloading ``target``; False when it was running already. ``rename``: a
+        different file where it goes stays, and the download goes beside it as
+        ``NAME (1).EXT`` (else it fails, refused)."""
 
     async def pause(self, cid: ContentId) -> bool:
         """Pause a running download; False when none ran."""
@@ -228,8 +231,9 @@ class LocalLink:
         manifest = await self.node.listing(target)
         return manifest.name, [(e.path, e.info.size) for e in manifest.entries]
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
-        return attach.start(self.node, target, selection)[1]
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
+        return attach.start(self.node, target, selection, rename=rename)[1]
 
     async def pause(self, cid: ContentId) -> bool:
         return await self.node.pause(cid)
@@ -392,10 +396,13 @@ class AttachedLink:
     def _download_dir(self) -> str:
         return str(Path(self.config.download_dir).expanduser().resolve())
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
         parse_id_or_ticket(target)  # a malformed one is refused here, as in-process
         request: dict[str, Any] = {"cmd": "start", "target": target,
                                    "download_dir": self._download_dir()}
+        if rename:
+            request["rename"] = True
         if selection is not None and selection.paths is not None:
             request["paths"] = sorted(selection.paths)
         return bool((await self._ask(request))["started"])

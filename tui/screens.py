@@ -339,17 +339,19 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask before something that cannot be undone (deleting a download's data). Back has
-    the focus, so a stray enter deletes nothing."""
+    """Ask before something that cannot be undone (deleting a download's data) or that the
+    person should choose (a new name). Back has the focus, so a stray enter does nothing."""
 
     BINDINGS = [Binding("escape", "back", "Back")]
 
-    def __init__(self, title: str, body: str, confirm: str, *, danger: bool = False) -> None:
+    def __init__(self, title: str, body: str, confirm: str, *, danger: bool = False,
+                 back: str = "Back") -> None:
         super().__init__()
         self.title_text = title
         self.body = body
         self.confirm = confirm
         self.danger = danger
+        self.back = back
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog confirm"):
@@ -358,7 +360,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(classes="buttons"):
                 yield Button(self.confirm, variant="error" if self.danger else "primary",
                              id="confirm-ok")
-                yield Button("Back", id="confirm-back")
+                yield Button(self.back, id="confirm-back")
 
     def on_mount(self) -> None:
         self.query_one("#confirm-back", Button).focus()
