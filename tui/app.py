@@ -88,6 +88,7 @@ from .widgets import (
     StatusLine,
     StatusPart,
     TransfersView,
+    fit,
 )
 
 BATCH_WINDOW = 0.1
@@ -207,6 +208,11 @@ _REFUSED = re.compile(r"^(?P<what>.+ already exists and is not this content); no
 node would give it instead (``NAME (1).EXT``): :meth:`p2p.Node.fetch`'s message."""
 
 
+RENAME_LABEL = 40
+"""Characters of the new name on the rename button (the whole name is in the question):
+the button and Cancel stay inside a dialog of 80 columns."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A download refused at its destination: a different file is there."""
@@ -232,7 +238,7 @@ class Refusal:
         return ConfirmScreen(
             "A different file is already there",
             f"{self.what}: it is not overwritten. Save the download beside it as "
-            f"{self.new_name!r}?", f"Rename to {self.new_name}", back="Cancel")
+            f"{self.new_name!r}?", f"Rename to {fit(self.new_name, RENAME_LABEL)}", back="Cancel")
 
 
 def left_out_warning(name: str, outcome: ShareOutcome) -> str | None:

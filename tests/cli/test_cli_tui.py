@@ -164,3 +164,53 @@ async def test_the_terminal_app_shows_and_sets_the_limits_of_a_running_serve(
             "album: left out 1 symlink (a folder share holds readable regular files only)"]
         await app.action_quit()
     assert serve.stop() == 0
+
+
+async def test_a_refused_fetch_through_a_running_serve_offers_a_new_name(
+        cli: CLI, tmp_path: Path) -> None:
+    """Attached to a running ``p2p serve``, a fetch whose destination holds a different file
+    is refused by that node; the app's dialog offers "Rename to notes (1).bin" and the
+    download then goes beside the other file (the ``start`` request's ``rename``)."""
+    import filecmp
+
+    from textual.widgets import Button
+
+    from p2p import NodeConfig
+    from p2p.node import Node
+    from tui.app import build_app
+    from tui.link import AttachedLink
+    from tui.screens import ConfirmScreen
+
+    source = make_file(tmp_path / "files" / "notes.bin", 256 * 1024)
+    downloads = tmp_path / "dl"
+    other = make_file(downloads / "notes.bin", 1000, seed=2)
+    state = tmp_path / "state" / "node"
+    serve = cli.start("serve", "--json", "--state-dir", str(state), "--listen", "127.0.0.1:0")
+    serve.json()
+    seed_config = NodeConfig(state_dir=tmp_path / "seed", host="127.0.0.1", port=0,
+                             download_dir=tmp_path / "seed-dl", max_contacts_per_ip=None)
+    async with Node(seed_config) as seed:
+        result = await seed.share(source)
+        config = NodeConfig(state_dir=state, host="127.0.0.1", port=0, download_dir=downloads,
+                            max_contacts_per_ip=None)
+        app = build_app(config, refresh_interval=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            async with asyncio.timeout(60):
+                await app.ready.wait()
+                assert isinstance(app.link, AttachedLink)
+                app.start_fetch(str(result.ticket))
+                while not isinstance(app.screen, ConfirmScreen):
+                    await pilot.pause(0.05)
+                dialog = app.screen
+                while not dialog.query("#confirm-ok"):
+                    await pilot.pause(0.05)
+                rename = dialog.query_one("#confirm-ok", Button)
+                assert str(rename.label) == "Rename to notes (1).bin"
+                rename.focus()
+                await pilot.press("enter")
+                while not any(r.state == "complete" for r in app.transfers.rows()):
+                    await pilot.pause(0.05)
+            assert filecmp.cmp(downloads / "notes (1).bin", source, shallow=False)
+            assert other.stat().st_size == 1000
+            await app.action_quit()
+    assert serve.stop() == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DirectoryTree, Input
+from textual.widgets import Button, DirectoryTree, Input
 
 from p2p import (
     Ban,
@@ -30,7 +30,7 @@ from p2p import (
 )
 from p2p.content import FileEntry, hash_bytes, sign_manifest
 from p2p.identity import Identity
-from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app, cancel_question
+from tui.app import NodeEvents, NodeSnapshot, P2PApp, Refusal, build_app, cancel_question
 from tui.link import Limits
 from tui.model import DhtData
 from tui.screens import FilesScreen, LimitScreen
@@ -154,9 +154,11 @@ def test_limit_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> No
         app = pilot.app
         assert isinstance(app, P2PApp)
         app.on_node_snapshot(dataclasses.replace(snapshot(104.0, 3), limits=Limits(up=5 * MIB)))
-        app.push_screen(LimitScreen(Limits(up=5 * MIB)))
-        await pilot.pause()
-        app.screen.query_one("#limit-down", Input).value = "fast"
+        dialog = LimitScreen(Limits(up=5 * MIB))
+        app.push_screen(dialog)
+        await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "limit-up")
+        dialog.query_one("#limit-down", Input).value = "fast"
+        await wait_until(pilot, lambda: dialog.query_one("#limit-ok", Button).disabled)
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", limited))
 
@@ -196,6 +198,20 @@ def test_cancel_question(snap_compare: Any, size: tuple[int, int]) -> None:
         question, deletes = cancel_question(MOVIE, app.transfers.row(MOVIE), info, True)
         assert deletes
         app.push_screen(question)
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("2", ask))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_rename_question(snap_compare: Any, size: tuple[int, int]) -> None:
+    """What the app offers when a different file is where a download would go."""
+    refusal = Refusal("/home/me/Downloads/movie.mkv already exists and is not this content",
+                      "movie (1).mkv")
+
+    async def ask(pilot: Pilot[Any]) -> None:
+        pilot.app.push_screen(refusal.question())
+        await wait_until(pilot, lambda: pilot.app.focused is not None
+                         and pilot.app.focused.id == "confirm-back")
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("2", ask))
 
