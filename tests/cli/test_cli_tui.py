@@ -141,13 +141,14 @@ async def test_the_terminal_app_shows_and_sets_the_limits_of_a_running_serve(
             while "↑2.0 MiB/s" not in status.line(78):
                 await pilot.pause(0.05)
             await pilot.press("b")
-            while not isinstance(app.screen, LimitScreen):
+            while not (isinstance(app.screen, LimitScreen) and app.focused is not None
+                       and app.focused.id == "limit-up"):  # composed
                 await pilot.pause(0.05)
             dialog = app.screen
             assert dialog.query_one("#limit-up", Input).value == "2.0 MiB/s"
             assert dialog.query_one("#limit-down", Input).value == "unlimited"
             dialog.query_one("#limit-down", Input).value = "1MiB/s"
-            await pilot.click("#limit-ok")
+            await pilot.press("enter")  # in the upload field: Set
             while "limits up 2.0 MiB/s, down 1.0 MiB/s" not in status.line(200):
                 await pilot.pause(0.05)
         limits = cli.run("limit", "--json", "--state-dir", str(state))
@@ -202,11 +203,13 @@ async def test_a_refused_fetch_through_a_running_serve_offers_a_new_name(
                 while not isinstance(app.screen, ConfirmScreen):
                     await pilot.pause(0.05)
                 dialog = app.screen
-                while not dialog.query("#confirm-ok"):
+                while app.focused is None or app.focused.id != "confirm-back":  # mounted
                     await pilot.pause(0.05)
                 rename = dialog.query_one("#confirm-ok", Button)
                 assert str(rename.label) == "Rename to notes (1).bin"
                 rename.focus()
+                while app.focused is not rename:
+                    await pilot.pause(0.05)
                 await pilot.press("enter")
                 while not any(r.state == "complete" for r in app.transfers.rows()):
                     await pilot.pause(0.05)

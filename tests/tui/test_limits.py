@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Button, Input, Static
 
 from p2p import BadInput, ConfigFile, config_path, load_config, save_config, set_config_value
@@ -21,6 +22,16 @@ from .conftest import node_config, wait_until
 KIB = 1024
 MIB = 1024 * 1024
 SIZE = (80, 24)
+
+
+async def open_limits(app: P2PApp, pilot: Pilot[None]) -> LimitScreen:
+    """Press b and wait for the limits dialog, its upload field focused (composed)."""
+    await pilot.press("b")
+    await wait_until(pilot, lambda: isinstance(app.screen, LimitScreen)
+                     and app.focused is not None and app.focused.id == "limit-up")
+    dialog = app.screen
+    assert isinstance(dialog, LimitScreen)
+    return dialog
 
 
 def test_rate_flags_win_over_environment_over_the_config_file(tmp_path: Path) -> None:
@@ -74,9 +85,7 @@ async def test_the_limit_dialog_shows_and_sets_the_nodes_limits(tmp_path: Path) 
         status = app.main.query_one(StatusLine)
         await wait_until(pilot, lambda: "↑1.0 MiB/s" in status.line(78))
 
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, LimitScreen))
-        dialog = app.screen
+        dialog = await open_limits(app, pilot)
         up, down = dialog.query_one("#limit-up", Input), dialog.query_one("#limit-down", Input)
         assert (up.value, down.value) == ("1.0 MiB/s", "unlimited")
         down.value = "fast"
@@ -85,22 +94,22 @@ async def test_the_limit_dialog_shows_and_sets_the_nodes_limits(tmp_path: Path) 
         assert "download: expected a rate" in str(error.render())
         assert dialog.query_one("#limit-ok", Button).disabled
         down.focus()
+        await wait_until(pilot, lambda: app.focused is down)
         await pilot.press("enter")  # refused: the dialog stays, nothing is sent
         await pilot.pause()
         assert app.screen is dialog and node.limits()["down"]["rate"] == 0
         down.value = "512K"
         await pilot.pause()
         assert str(error.render()) == "" and not dialog.query_one("#limit-ok", Button).disabled
-        await pilot.click("#limit-ok")
+        await pilot.press("enter")  # the field's enter is Set's
         await wait_until(pilot, lambda: node.limits()["down"]["rate"] == 512 * KIB)
         assert node.limits()["up"]["rate"] == 1 * MIB  # left as it was: not changed
         await wait_until(pilot, lambda: "limits up 1.0 MiB/s, down 512.0 KiB/s" in status.line(200))
         assert any("limits set: upload 1.0 MiB/s, download 512.0 KiB/s" in e.message
                    for e in app.main.query_one("#log-view").entries)  # type: ignore[attr-defined]
 
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, LimitScreen))
-        app.screen.query_one("#limit-up", Input).value = "0"
+        dialog = await open_limits(app, pilot)
+        dialog.query_one("#limit-up", Input).value = "0"
         await pilot.press("enter")
         await wait_until(pilot, lambda: node.limits()["up"]["rate"] == 0)
         assert node.limits()["down"]["rate"] == 512 * KIB
@@ -112,9 +121,8 @@ async def test_escape_leaves_the_limits_as_they_were(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, app.ready.is_set)
         assert isinstance(app, P2PApp) and app.node is not None
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, LimitScreen))
-        app.screen.query_one("#limit-up", Input).value = "5M"
+        dialog = await open_limits(app, pilot)
+        dialog.query_one("#limit-up", Input).value = "5M"
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, LimitScreen))
         assert app.node.limits()["up"]["rate"] == 0

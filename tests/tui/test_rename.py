@@ -56,12 +56,13 @@ async def test_a_refused_fetch_offers_a_new_name(tmp_path: Path) -> None:
             await wait_until(pilot, lambda: dialog_of(app) is not None, seconds=30)
             dialog = dialog_of(app)
             assert dialog is not None
+            await wait_until(pilot, lambda: bool(dialog.query("#confirm-back")))  # composed
+            back = dialog.query_one("#confirm-back", Button)
             assert str(dialog.query_one("#confirm-ok", Button).label) == "Rename to notes (1).bin"
-            assert str(dialog.query_one("#confirm-back", Button).label) == "Cancel"
+            assert str(back.label) == "Cancel"
             row = app.transfers.row(cid)
             assert row is not None and row.state == "failed" and row.error is not None
             assert "--rename" not in row.error and "r offers to save it as" in row.error
-            back = dialog.query_one("#confirm-back")
             await wait_until(pilot, lambda: app.focused is back)  # a stray enter renames nothing
             await pilot.press("enter")
             await wait_until(pilot, lambda: dialog_of(app) is None)
@@ -69,6 +70,10 @@ async def test_a_refused_fetch_offers_a_new_name(tmp_path: Path) -> None:
 
             await pilot.press("2", "r")  # resume: as it was it would be refused, so it asks
             await wait_until(pilot, lambda: dialog_of(app) is not None)
+            again = dialog_of(app)
+            assert again is not None
+            await wait_until(pilot, lambda: bool(again.query("#confirm-back"))
+                             and app.focused is again.query_one("#confirm-back"))
             await pilot.press("shift+tab", "enter")  # from Cancel to the rename
             renamed = config.download_dir / "notes (1).bin"
 
