@@ -379,6 +379,8 @@ class P2PApp(App[None]):
         """The target and selection of each fetch started from this app (to start again)."""
         self._refused: dict[ContentId, Refusal] = {}
         """Downloads refused at their destination, until renamed or cancelled."""
+        self._offered: set[ContentId] = set()
+        """Fetches started here whose refusal the rename dialog was shown for."""
         self._stopped = False
         self._stop_signals = 0
         self.failed: BaseException | None = None
@@ -574,11 +576,20 @@ class P2PApp(App[None]):
         if refusal is None:
             return event
         cid = event.content_id
-        first = cid not in self._refused
         self._refused[cid] = refusal
-        if first and cid in self._started:
+        if cid in self._started and cid not in self._offered:
+            self._offered.add(cid)
             self.offer_rename(cid)
         return dataclasses.replace(event, error=refusal.reason)
+
+    def _stored_refusal(self, info: DownloadInfo) -> DownloadInfo:
+        """A download the store records as refused at its destination (in an earlier run,
+        or by the command line): the app's own reason, and r offers the new name."""
+        refusal = Refusal.of(info.error) if info.state == "failed" and info.error else None
+        if refusal is None:
+            return info
+        self._refused[info.content_id] = refusal
+        return dataclasses.replace(info, error=refusal.reason)
 
     @work(group="rename")
     async def offer_rename(self, cid: ContentId) -> None:
@@ -656,7 +667,7 @@ class P2PApp(App[None]):
         def current(cid: ContentId) -> bool:
             return self._cancelled.get(cid, -math.inf) < snap.at
 
-        downloads = [d for d in snap.downloads if current(d.content_id)]
+        downloads = [self._stored_refusal(d) for d in snap.downloads if current(d.content_id)]
         for cid, (count, held) in snap.held.items():
             if not current(cid):
                 continue
@@ -882,6 +893,7 @@ class P2PApp(App[None]):
             self._tickets[cid] = ticket
         self._started[cid] = (text.strip(), selection)
         self._refused.pop(cid, None)
+        self._offered.discard(cid)
         self._start(cid, text.strip(), selection)
         self.log_line("info", f"fetching {cid}")
         self.notify(f"Fetching {cid.short()}…")

@@ -4,6 +4,7 @@ seeder node on 127.0.0.1."""
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 from pathlib import Path
 
@@ -66,6 +67,9 @@ async def test_a_refused_fetch_offers_a_new_name(tmp_path: Path) -> None:
             await wait_until(pilot, lambda: app.focused is back)  # a stray enter renames nothing
             await pilot.press("enter")
             await wait_until(pilot, lambda: dialog_of(app) is None)
+            await pilot.pause(0.5)  # a refresh or two: the store's row says the app's reason too
+            row = app.transfers.row(cid)
+            assert row is not None and row.error is not None and "--rename" not in row.error
             assert not (config.download_dir / "notes (1).bin").exists()
 
             await pilot.press("2", "r")  # resume: as it was it would be refused, so it asks
@@ -85,3 +89,21 @@ async def test_a_refused_fetch_offers_a_new_name(tmp_path: Path) -> None:
             assert filecmp.cmp(renamed, source, shallow=False)
             assert other.stat().st_size == 1000  # the other file is untouched
             await app.action_quit()
+
+
+def test_a_stored_refusal_reads_as_the_apps_own() -> None:
+    """A download the store records as refused (a resumed one whose place was taken): the
+    app's reason in Transfers, and r offers the new name."""
+    from p2p import ContentId, DownloadInfo, NodeConfig
+
+    cid = ContentId(bytes([4]) * 32)
+    error = ("/dl/a.bin already exists and is not this content; not overwriting it. Fetch "
+             "with --rename to save it as 'a (1).bin', or give another place with -o")
+    info = DownloadInfo(cid, "a.bin", 10, 1, 0, "failed", Path("/dl/a.bin"),
+                        Path("/dl/a.bin.part"), error)
+    app = build_app(NodeConfig(state_dir=Path("/nonexistent/state")), start_node=False)
+    shown = app._stored_refusal(info)
+    assert shown.error is not None and "--rename" not in shown.error
+    assert app._refused[cid].new_name == "a (1).bin"
+    other = dataclasses.replace(info, error="integrity: chunk 0 failed")
+    assert app._stored_refusal(other) is other
