@@ -18,6 +18,29 @@ a venv with libtorrent): its default hybrid v1+v2 torrent, and a v1-only one bes
 Time: from the fetch call (add_torrent) to the complete verified folder, measured inside the
 downloader (leecher).
 
+Every contender starts from the same file-system condition:
+
+* **No file is deleted while the run measures.** On ext4 without a journal (this machine's
+  root), creating a file skips every free inode of its block group that was freed recently
+  (``recently_deleted()`` in ``fs/ext4/ialloc.c``: a lookup of the inode-table block per
+  skipped inode), so the contender that follows the deletion of a 10,000-file tree paid up to
+  a few CPU seconds in the kernel that the one before it did not (measured on this VM: 10,000
+  files of 4 KiB created in 0.4-0.7 s, 1.2-2.6 s within 30 s of deleting 10,000 others, sync
+  or not; ``perf``: ``find_get_block_common`` under ``recently_deleted``). Each timed fetch
+  therefore writes into a fresh folder of its own (``runs/CASE-rN-WHO``), and every tree is
+  kept until the end of the run, when the scratch folder is removed whole.
+* **Nothing dirty is left behind.** Right before each timed fetch (seeders up and listening)
+  the bench runs ``sync`` and waits, at most :data:`SETTLE_MAX_S`, until the kernel's dirty and
+  writeback pages are under :data:`SETTLE_DIRTY_MIB`: no contender pays for writing back the
+  previous one's tree (or the seeders' databases).
+* **Order alternates.** Round 1 runs ours, hybrid, v1; round 2 v1, hybrid, ours; and so on:
+  no contender is always first or always last after the other's load.
+
+Each round's figures are printed (with the downloader's user and system CPU seconds, the
+system part being where a file-system effect shows), then per contender the median and the
+spread (min..max); ``ratio_small`` is the hybrid median over ours, and the per-round ratios
+are in the JSON (``ratio_rounds_small``).
+
 Reported per folder: files/s, MiB/s, and the downloader's peak RSS (VmHWM) and peak open
 descriptors (``/proc/PID/fd`` sampled every 5 ms). Targets: at least 2x libtorrent's default
 torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
@@ -30,8 +53,10 @@ torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
 
 A folder our manifest cannot describe (too many entries or bytes of hashes) makes the
 seeders refuse to share it: the case is reported as refused, with the seeder's error, and
-the run goes on. Scratch data lives in a fresh folder in the system temp dir and is removed
-at the end. The last line printed is one JSON object with the figures.
+the run goes on. Scratch data lives in a fresh folder in the system temp dir (``--scratch``
+to choose where) and is removed at the end: it holds every fetched tree of the run (for 3
+rounds of 10,000 x 4 KiB, 9 trees, 360 MiB; of the 100,000-file folder, about 16 GiB). The
+last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -66,6 +91,10 @@ FILES_PER_DIR = 1000
 RSS_TARGET_MIB = 200
 FD_TARGET = 256
 RATIO_TARGET = 2.0
+SETTLE_DIRTY_MIB = 16
+"""Before a timed fetch, the kernel's dirty + writeback pages must be under this (after a sync)."""
+SETTLE_MAX_S = 30.0
+"""The longest wait for :data:`SETTLE_DIRTY_MIB` (other work on the machine may keep writing)."""
 PATCH: list[str] = []
 """``--patch FILE`` for every child of ours (set by main)."""
 PY_SPY: list[str] = []
@@ -138,8 +167,50 @@ def machine_speeds(scratch: Path) -> dict[str, float]:
         os.write(fd, small)
         os.close(fd)
     out["creates_per_s"] = 2000 / (time.perf_counter() - t0)
-    shutil.rmtree(folder)
+    # Kept (removed with the scratch folder at the end): freed inodes would slow the next
+    # creates (see the module docstring).
     return {k: round(v, 2) for k, v in out.items()}
+
+
+# -- the file system's condition ----------------------------------------------------------
+
+
+def dirty_mib() -> float:
+    """The kernel's dirty and writeback pages, MiB (``/proc/meminfo``)."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(value.split()[0])
+    return total / 1024
+
+
+def settle() -> dict[str, float]:
+    """``sync``, then wait (at most :data:`SETTLE_MAX_S`) until the dirty and writeback pages
+    are under :data:`SETTLE_DIRTY_MIB`: each timed fetch starts with nothing of an earlier one
+    left to write back. Returns what it found (for the report)."""
+    t0 = time.perf_counter()
+    before = dirty_mib()
+    os.sync()
+    left = dirty_mib()
+    while left > SETTLE_DIRTY_MIB and time.perf_counter() - t0 < SETTLE_MAX_S:
+        time.sleep(0.1)
+        os.sync()
+        left = dirty_mib()
+    return {"dirty_mib_before": round(before, 1), "dirty_mib_after": round(left, 1),
+            "settle_s": round(time.perf_counter() - t0, 2)}
+
+
+def user_sys_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 # -- sampling a process -------------------------------------------------------------------
@@ -180,6 +251,10 @@ class Result:
     size: int
     peak_rss_mib: float
     peak_fds: int
+    user_s: float = 0.0
+    """The downloader's user CPU seconds (the whole process, up to its result line)."""
+    sys_s: float = 0.0
+    """The downloader's system CPU seconds: where the kernel's share of the work shows."""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -192,7 +267,8 @@ class Result:
 
     def describe(self) -> str:
         return (f"{self.elapsed:.2f}s = {self.files_per_s:,.0f} files/s, {self.mib_s:.1f} MiB/s; "
-                f"peak RSS {self.peak_rss_mib:.0f} MiB, peak fds {self.peak_fds}")
+                f"peak RSS {self.peak_rss_mib:.0f} MiB, peak fds {self.peak_fds}; "
+                f"CPU user {self.user_s:.2f} s, sys {self.sys_s:.2f} s")
 
 
 class Refused(RuntimeError):
@@ -219,17 +295,18 @@ def spawn(cmd: list[str], errlog: Path) -> subprocess.Popen[str]:
 
 def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
              cprofile: str | None) -> Result:
+    """One timed fetch of ``folder`` by our downloader from ``seeders`` seeders; everything
+    it writes (states, the fetched tree) goes under ``scratch``, a fresh folder, and stays."""
     procs: list[subprocess.Popen[str]] = []
+    scratch.mkdir(parents=True)
     try:
         boot_state = scratch / "boot"
-        shutil.rmtree(boot_state, ignore_errors=True)
         procs.append(spawn([sys.executable, str(PEER), "boot", "--state", str(boot_state), *PATCH],
                            scratch / "boot.stderr"))
         boot = str(read_line(procs[0], scratch / "boot.stderr", "the bootstrap node")["port"])
         t0 = time.perf_counter()
         for i in range(seeders):
             state = scratch / f"seed{i}"
-            shutil.rmtree(state, ignore_errors=True)
             procs.append(spawn([sys.executable, str(PEER), "seed", "--state", str(state),
                                 "--file", str(folder), "--boot", boot, *PATCH,
                                 *(["--cprofile", f"{cprofile}.seed0"] if cprofile and i == 0 else [])],
@@ -248,13 +325,12 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
         if len(cids) != 1:
             raise RuntimeError(f"seeders disagree on the content id: {cids}")
         state, dest = scratch / "dl-state", scratch / "dl" / folder.name
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(dest.parent, ignore_errors=True)
         dest.parent.mkdir(parents=True)
         cmd = [sys.executable, str(PEER), "fetch", "--state", str(state), "--dest", str(dest),
                "--content-id", cids.pop(), "--peers", ",".join(ports), "--boot", boot,
                "--size", str(size), "--files", str(files), *PATCH,
                *(["--cprofile", cprofile] if cprofile else [])]
+        settled = settle()
         seed_cpu0 = sum(cpu_s(p.pid) for p in procs[1:])
         dl = spawn(cmd, scratch / "downloader.stderr")
         procs.insert(0, dl)
@@ -274,6 +350,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
                           f"--files-mixed") from None
         finally:
             fds = sampler.stop()
+        user, system = user_sys_s(dl.pid)
         seed_cpu = sum(cpu_s(p.pid) for p in procs[2:]) - seed_cpu0
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
@@ -281,13 +358,13 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
         if not r["ok"]:
             raise RuntimeError(f"the fetched folder is incomplete: {r}")
         res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(dl.pid) / 1024, fds,  # type: ignore[arg-type]
-                     {"cpu": r["cpu"], "loop_cpu": r["loop_cpu"], "seed_cpu": round(seed_cpu, 2),
+                     user, system,
+                     {"cpu": r["cpu"], "loop_cpu": round(float(r["loop_cpu"]), 2),  # type: ignore[arg-type]
+                      "seed_cpu": round(seed_cpu, 2),
                       "chunks_by_peer": r["chunks_by_peer"], "share_s": round(share_s, 2),
-                      "threads_user_sys": r["threads_user_sys"]})
+                      "threads_user_sys": r["threads_user_sys"], **settled})
     finally:
         stop(procs)
-        shutil.rmtree(scratch / "dl", ignore_errors=True)
-        shutil.rmtree(scratch / "dl-state", ignore_errors=True)
     return res
 
 
@@ -309,16 +386,18 @@ def lt_make(lt_python: str, folder: Path, version: str, scratch: Path) -> Path:
 
 def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, seeders: int,
            scratch: Path) -> Result:
+    """One timed fetch of ``folder`` by a libtorrent leecher from ``seeders`` libtorrent
+    seeders, into ``scratch`` (a fresh folder, kept)."""
     procs: list[subprocess.Popen[str]] = []
     leech_dir = scratch / "lt-leech"
-    shutil.rmtree(leech_dir, ignore_errors=True)
-    leech_dir.mkdir()
+    leech_dir.mkdir(parents=True)
     try:
         for i in range(seeders):
             procs.append(spawn([lt_python, str(LT_PEER), "seed", "--torrent", str(torrent),
                                 "--save", str(folder.parent)], scratch / f"lt-seed{i}.stderr"))
         ports = [str(read_line(p, scratch / f"lt-seed{i}.stderr", "a libtorrent seeder")["port"])
                  for i, p in enumerate(procs)]
+        settled = settle()
         leecher = spawn([lt_python, str(LT_PEER), "leech", "--torrent", str(torrent),
                          "--save", str(leech_dir), "--peers", ",".join(ports),
                          "--timeout", str(TIMEOUT)], scratch / "lt-leech.stderr")
@@ -328,12 +407,13 @@ def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, s
             r = read_line(leecher, scratch / "lt-leech.stderr", "the libtorrent leecher")
         finally:
             fds = sampler.stop()
+        user, system = user_sys_s(leecher.pid)
         if not r["ok"]:
             raise RuntimeError(f"the libtorrent leecher timed out: {r}")
-        res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(leecher.pid) / 1024, fds)  # type: ignore[arg-type]
+        res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(leecher.pid) / 1024, fds,  # type: ignore[arg-type]
+                     user, system, settled)
     finally:
         stop(procs)
-        shutil.rmtree(leech_dir, ignore_errors=True)
     return res
 
 
@@ -341,7 +421,15 @@ def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, s
 
 
 def median_result(rs: list[Result]) -> Result:
+    """The round whose time is the median (the upper one of an even count)."""
     return sorted(rs, key=lambda r: r.elapsed)[len(rs) // 2]
+
+
+def spread(rs: list[Result]) -> str:
+    """min..max of the rounds' seconds, and that range as a share of the median."""
+    times = [r.elapsed for r in rs]
+    med = statistics.median(times)
+    return f"[{min(times):.2f}..{max(times):.2f}s, spread {(max(times) - min(times)) / med:.0%}]"
 
 
 def main() -> None:
@@ -363,6 +451,9 @@ def main() -> None:
     ap.add_argument("--py-spy", nargs=2, metavar=("EXE", "PREFIX"),
                     help="record py-spy stacks (collapsed) of the downloader and seeder 0 -> "
                          "PREFIX-downloader.txt, PREFIX-seeder0.txt (every round)")
+    ap.add_argument("--scratch", metavar="DIR",
+                    help="where the scratch folder goes (default: the system temp dir); it holds "
+                         "every tree fetched in the run until the end")
     ap.add_argument("--patch", metavar="FILE",
                     help="run FILE in every child of ours first (measure a library change without editing it)")
     a = ap.parse_args()
@@ -383,7 +474,7 @@ def main() -> None:
         print(f"  no libtorrent python at {a.lt_python}: libtorrent skipped", flush=True)
         lt_ok = False
 
-    scratch = Path(tempfile.mkdtemp(prefix="p2p-folder-"))
+    scratch = Path(tempfile.mkdtemp(prefix="p2p-folder-", dir=a.scratch))
     out: dict[str, object] = {"bench": "folder", "seeders": a.seeders, "runs": a.runs}
     summary: list[str] = []
     try:
@@ -418,47 +509,63 @@ def main() -> None:
             ours: list[Result] = []
             lt: dict[str, list[Result]] = {v: [] for v in torrents}
             refused = None
+            contenders = ["ours", *torrents]
             for rnd in range(a.runs):
-                if refused is None:
-                    try:
-                        r = run_ours(folder, files, size, a.seeders, scratch,
-                                     f"{a.cprofile}-{case}" if a.cprofile and rnd == 0 else None)
-                    except Refused as exc:
-                        refused = str(exc)
-                        print(f"  ours: REFUSED: {refused}", flush=True)
-                    else:
+                # Alternate the order (ours, hybrid, v1, then v1, hybrid, ours...): nobody is
+                # always first, or always right after the other's load.
+                for who in contenders if rnd % 2 == 0 else contenders[::-1]:
+                    run_dir = scratch / "runs" / f"{case}-r{rnd + 1}-{who}"
+                    if who == "ours":
+                        if refused is not None:
+                            continue
+                        try:
+                            r = run_ours(folder, files, size, a.seeders, run_dir,
+                                         f"{a.cprofile}-{case}" if a.cprofile and rnd == 0 else None)
+                        except Refused as exc:
+                            refused = str(exc)
+                            print(f"  ours: REFUSED: {refused}", flush=True)
+                            continue
                         ours.append(r)
                         print(f"  round {rnd + 1}: ours: {r.describe()}; {r.extra}", flush=True)
-                for version, torrent in torrents.items():
-                    r = run_lt(a.lt_python, torrent, folder, files, size, a.seeders, scratch)
-                    lt[version].append(r)
-                    print(f"  round {rnd + 1}: libtorrent {version}: {r.describe()}", flush=True)
+                    else:
+                        r = run_lt(a.lt_python, torrents[who], folder, files, size, a.seeders, run_dir)
+                        lt[who].append(r)
+                        print(f"  round {rnd + 1}: libtorrent {who}: {r.describe()}; {r.extra}",
+                              flush=True)
             line = f"  {case} ({files:,} files, {size / MiB:.0f} MiB):"
             if refused is not None:
                 out[f"refused_{case}"] = refused
                 line += " ours refused"
             if ours:
                 m = median_result(ours)
-                out[f"files_per_s_{case}"] = round(m.files_per_s, 1)
-                out[f"mib_s_{case}"] = round(m.mib_s, 2)
-                out[f"seconds_{case}"] = round(m.elapsed, 2)
+                med = statistics.median(r.elapsed for r in ours)
+                out[f"files_per_s_{case}"] = round(files / med, 1)
+                out[f"mib_s_{case}"] = round(size / MiB / med, 2)
+                out[f"seconds_{case}"] = round(med, 2)
+                out[f"seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in ours]
+                out[f"sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in ours]
                 out[f"peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in ours), 1)
                 out[f"peak_fds_{case}"] = max(r.peak_fds for r in ours)
-                line += f" ours {m.describe()}"
+                line += f" ours {med:.2f}s median {spread(ours)} ({m.describe()})"
             for version, rs in lt.items():
                 lm = median_result(rs)
+                lmed = statistics.median(r.elapsed for r in rs)
                 tag = "" if version == "hybrid" else "_v1"
-                out[f"lt{tag}_files_per_s_{case}"] = round(lm.files_per_s, 1)
-                out[f"lt{tag}_mib_s_{case}"] = round(lm.mib_s, 2)
-                out[f"lt{tag}_peak_rss_mib_{case}"] = round(lm.peak_rss_mib, 1)
-                out[f"lt{tag}_peak_fds_{case}"] = lm.peak_fds
-                line += f"; libtorrent {version} {lm.describe()}"
+                out[f"lt{tag}_files_per_s_{case}"] = round(files / lmed, 1)
+                out[f"lt{tag}_mib_s_{case}"] = round(size / MiB / lmed, 2)
+                out[f"lt{tag}_seconds_{case}"] = round(lmed, 2)
+                out[f"lt{tag}_seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in rs]
+                out[f"lt{tag}_sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in rs]
+                out[f"lt{tag}_peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in rs), 1)
+                out[f"lt{tag}_peak_fds_{case}"] = max(r.peak_fds for r in rs)
+                line += f"; libtorrent {version} {lmed:.2f}s median {spread(rs)} ({lm.describe()})"
                 if ours:
-                    ratio = lm.elapsed / median_result(ours).elapsed
+                    ratio = lmed / statistics.median(r.elapsed for r in ours)
                     out[f"ratio{tag}_{case}"] = round(ratio, 2)
+                    out[f"ratio{tag}_rounds_{case}"] = [round(x.elapsed / o.elapsed, 2)
+                                                       for x, o in zip(rs, ours, strict=False)]
                     line += f" (ours/libtorrent {ratio:.2f}x)"
             summary.append(line)
-            shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
