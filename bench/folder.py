@@ -34,7 +34,8 @@ Every contender starts from the same file-system condition:
   writeback pages are under :data:`SETTLE_DIRTY_MIB`: no contender pays for writing back the
   previous one's tree (or the seeders' databases).
 * **Order alternates.** Round 1 runs ours, hybrid, v1; round 2 v1, hybrid, ours; and so on:
-  no contender is always first or always last after the other's load.
+  no contender is always first or always last after the other's load. ``--baseline TREE``
+  adds ours from another source tree as one more contender (before/after in one run).
 
 Each round's figures are printed (with the downloader's user and system CPU seconds, the
 system part being where a file-system effect shows), then per contender the median and the
@@ -48,6 +49,8 @@ torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
     python bench/folder.py                     # 10,000 x 4 KiB and 100,000 mixed
     python bench/folder.py --quick             # about a minute: 5,000 x 4 KiB, 5,000 mixed
     python bench/folder.py --files-mixed 20000 --cases mixed
+    python bench/folder.py --cases small --runs 3 --no-libtorrent --baseline ../before
+                                               # ours against an earlier tree, interleaved
     python bench/folder.py --cases small --cprofile PREFIX     # cProfile of the downloader
                                                                # (PREFIX) and seeder 0 (PREFIX.seed0)
 
@@ -284,25 +287,28 @@ def read_line(proc: subprocess.Popen[str], errlog: Path, what: str) -> dict[str,
     return json.loads(line)
 
 
-def spawn(cmd: list[str], errlog: Path) -> subprocess.Popen[str]:
+def spawn(cmd: list[str], errlog: Path, tree: str | None = None) -> subprocess.Popen[str]:
+    """Start a child; ``tree``: import ``p2p`` from that source tree instead of this one."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     with open(errlog, "w") as err:
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+                                text=True, env=env)
 
 
 # -- ours ---------------------------------------------------------------------------------
 
 
 def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
-             cprofile: str | None) -> Result:
+             cprofile: str | None, tree: str | None = None) -> Result:
     """One timed fetch of ``folder`` by our downloader from ``seeders`` seeders; everything
-    it writes (states, the fetched tree) goes under ``scratch``, a fresh folder, and stays."""
+    it writes (states, the fetched tree) goes under ``scratch``, a fresh folder, and stays.
+    ``tree``: every process of ours imports ``p2p`` from that source tree (``--baseline``)."""
     procs: list[subprocess.Popen[str]] = []
     scratch.mkdir(parents=True)
     try:
         boot_state = scratch / "boot"
         procs.append(spawn([sys.executable, str(PEER), "boot", "--state", str(boot_state), *PATCH],
-                           scratch / "boot.stderr"))
+                           scratch / "boot.stderr", tree))
         boot = str(read_line(procs[0], scratch / "boot.stderr", "the bootstrap node")["port"])
         t0 = time.perf_counter()
         for i in range(seeders):
@@ -310,7 +316,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
             procs.append(spawn([sys.executable, str(PEER), "seed", "--state", str(state),
                                 "--file", str(folder), "--boot", boot, *PATCH,
                                 *(["--cprofile", f"{cprofile}.seed0"] if cprofile and i == 0 else [])],
-                               scratch / f"seed{i}.stderr"))
+                               scratch / f"seed{i}.stderr", tree))
         ports, cids = [], set()
         for i, p in enumerate(procs[1:]):
             try:
@@ -332,7 +338,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
                *(["--cprofile", cprofile] if cprofile else [])]
         settled = settle()
         seed_cpu0 = sum(cpu_s(p.pid) for p in procs[1:])
-        dl = spawn(cmd, scratch / "downloader.stderr")
+        dl = spawn(cmd, scratch / "downloader.stderr", tree)
         procs.insert(0, dl)
         sampler = Sampler(dl.pid)
         spies = [subprocess.Popen([PY_SPY[0], "record", "--pid", str(pid), "-o", f"{PY_SPY[1]}-{tag}.txt",
@@ -454,6 +460,9 @@ def main() -> None:
     ap.add_argument("--scratch", metavar="DIR",
                     help="where the scratch folder goes (default: the system temp dir); it holds "
                          "every tree fetched in the run until the end")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="also run ours from another source tree (a worktree of an earlier "
+                         "commit), interleaved with the rest: before/after in one run")
     ap.add_argument("--patch", metavar="FILE",
                     help="run FILE in every child of ours first (measure a library change without editing it)")
     a = ap.parse_args()
@@ -507,9 +516,10 @@ def main() -> None:
                         out[f"lt_{version}_refused_{case}"] = str(exc)[-300:]
                         print(f"  libtorrent {version}: REFUSED: {str(exc)[-300:]}", flush=True)
             ours: list[Result] = []
+            base: list[Result] = []
             lt: dict[str, list[Result]] = {v: [] for v in torrents}
             refused = None
-            contenders = ["ours", *torrents]
+            contenders = ["ours", *(["baseline"] if a.baseline else []), *torrents]
             for rnd in range(a.runs):
                 # Alternate the order (ours, hybrid, v1, then v1, hybrid, ours...): nobody is
                 # always first, or always right after the other's load.
@@ -527,6 +537,10 @@ def main() -> None:
                             continue
                         ours.append(r)
                         print(f"  round {rnd + 1}: ours: {r.describe()}; {r.extra}", flush=True)
+                    elif who == "baseline":
+                        r = run_ours(folder, files, size, a.seeders, run_dir, None, a.baseline)
+                        base.append(r)
+                        print(f"  round {rnd + 1}: baseline: {r.describe()}; {r.extra}", flush=True)
                     else:
                         r = run_lt(a.lt_python, torrents[who], folder, files, size, a.seeders, run_dir)
                         lt[who].append(r)
@@ -547,6 +561,14 @@ def main() -> None:
                 out[f"peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in ours), 1)
                 out[f"peak_fds_{case}"] = max(r.peak_fds for r in ours)
                 line += f" ours {med:.2f}s median {spread(ours)} ({m.describe()})"
+            if base:
+                bmed = statistics.median(r.elapsed for r in base)
+                out[f"baseline_seconds_{case}"] = round(bmed, 2)
+                out[f"baseline_seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in base]
+                out[f"baseline_sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in base]
+                out[f"baseline_peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in base), 1)
+                out[f"baseline_peak_fds_{case}"] = max(r.peak_fds for r in base)
+                line += f"; baseline {bmed:.2f}s median {spread(base)}"
             for version, rs in lt.items():
                 lm = median_result(rs)
                 lmed = statistics.median(r.elapsed for r in rs)
