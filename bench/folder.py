@@ -18,6 +18,41 @@ a venv with libtorrent): its default hybrid v1+v2 torrent, and a v1-only one bes
 Time: from the fetch call (add_torrent) to the complete verified folder, measured inside the
 downloader (leecher).
 
+Every contender starts from the same file-system condition:
+
+* **No file is deleted while the run measures.** On ext4 without a journal (this machine's
+  root), creating a file skips every free inode of its block group that was freed recently
+  (``recently_deleted()`` in ``fs/ext4/ialloc.c``: a lookup of the inode-table block per
+  skipped inode), so the contender that follows the deletion of a 10,000-file tree paid up to
+  a few CPU seconds in the kernel that the one before it did not (measured on this VM: 10,000
+  files of 4 KiB created in 0.4-0.7 s, 1.2-2.6 s within 30 s of deleting 10,000 others, sync
+  or not; ``perf``: ``find_get_block_common`` under ``recently_deleted``). Each timed fetch
+  therefore writes into a fresh folder of its own (``runs/CASE-rN-WHO``), and every tree is
+  kept until the end of the run, when the scratch folder is removed whole.
+* **Nobody else's deletions either.** Other processes of the machine make and delete their
+  scratch files in the temp dir all the time (a test suite: tens of thousands a minute), and
+  the previous run's cleanup deleted its trees. Two steps keep that out of the figures:
+  ``runs/`` and ``data/`` are marked top-level (``chattr +T``, :func:`spread_subfolders`), so
+  ext4 places each run's folder in a block group of its own rather than next to the temp
+  dir's; and right before each timed fetch (seeders up and listening) :func:`settle` runs
+  ``sync``, waits (at most :data:`SETTLE_MAX_S`) until the dirty and writeback pages are
+  under :data:`SETTLE_DIRTY_MIB` (no contender writes back the one before), drops the clean
+  page cache (``/proc/sys/vm/drop_caches``, as root; ``--keep-caches`` not to) and reads the
+  shared folder and the seeders' states back in. A freed inode counts as recently deleted
+  only while its inode-table block is cached, so after the drop none does, whatever was
+  deleted before: on this VM, 10,000 files of 4 KiB created right after deleting 10,000
+  others took 1.9 s (1.7 s in the kernel), and 0.29 s after ``sync`` and a drop (0.94 s
+  before any deletion, beside the temp dir's churn). The JSON says which steps the machine
+  took (``spread_subfolders``, ``drop_caches``); the run goes on without them.
+* **Order alternates.** Round 1 runs ours, hybrid, v1; round 2 v1, hybrid, ours; and so on:
+  no contender is always first or always last after the other's load. ``--baseline TREE``
+  adds ours from another source tree as one more contender (before/after in one run).
+
+Each round's figures are printed (with the downloader's user and system CPU seconds, the
+system part being where a file-system effect shows), then per contender the median and the
+spread (min..max); ``ratio_small`` is the hybrid median over ours, and the per-round ratios
+are in the JSON (``ratio_rounds_small``).
+
 Reported per folder: files/s, MiB/s, and the downloader's peak RSS (VmHWM) and peak open
 descriptors (``/proc/PID/fd`` sampled every 5 ms). Targets: at least 2x libtorrent's default
 torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
@@ -25,18 +60,24 @@ torrent in both cases, peak RSS at most 200 MiB, at most 256 descriptors.
     python bench/folder.py                     # 10,000 x 4 KiB and 100,000 mixed
     python bench/folder.py --quick             # about a minute: 5,000 x 4 KiB, 5,000 mixed
     python bench/folder.py --files-mixed 20000 --cases mixed
+    python bench/folder.py --cases small --runs 3 --no-libtorrent --baseline ../before
+                                               # ours against an earlier tree, interleaved
     python bench/folder.py --cases small --cprofile PREFIX     # cProfile of the downloader
                                                                # (PREFIX) and seeder 0 (PREFIX.seed0)
 
 A folder our manifest cannot describe (too many entries or bytes of hashes) makes the
 seeders refuse to share it: the case is reported as refused, with the seeder's error, and
-the run goes on. Scratch data lives in a fresh folder in the system temp dir and is removed
-at the end. The last line printed is one JSON object with the figures.
+the run goes on. Scratch data lives in a fresh folder in the system temp dir (``--scratch``
+to choose where) and is removed at the end: it holds every fetched tree of the run (for 3
+rounds of 10,000 x 4 KiB, 9 trees, 360 MiB; of the 100,000-file folder, about 16 GiB). The
+last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -45,6 +86,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,6 +108,10 @@ FILES_PER_DIR = 1000
 RSS_TARGET_MIB = 200
 FD_TARGET = 256
 RATIO_TARGET = 2.0
+SETTLE_DIRTY_MIB = 16
+"""Before a timed fetch, the kernel's dirty + writeback pages must be under this (after a sync)."""
+SETTLE_MAX_S = 30.0
+"""The longest wait for :data:`SETTLE_DIRTY_MIB` (other work on the machine may keep writing)."""
 PATCH: list[str] = []
 """``--patch FILE`` for every child of ours (set by main)."""
 PY_SPY: list[str] = []
@@ -130,7 +176,7 @@ def machine_speeds(scratch: Path) -> dict[str, float]:
         "blake3_gib_s": rate(MiB, lambda: blake3.blake3(big).digest(), 512) / (1 << 30),
         "blake3_4k_per_s": rate(1, lambda: blake3.blake3(small).digest(), 50_000),
     }
-    folder = scratch / "creates"
+    folder = scratch / "runs" / "creates"  # where the contenders write (spread_subfolders)
     folder.mkdir()
     t0 = time.perf_counter()
     for i in range(2000):
@@ -138,8 +184,94 @@ def machine_speeds(scratch: Path) -> dict[str, float]:
         os.write(fd, small)
         os.close(fd)
     out["creates_per_s"] = 2000 / (time.perf_counter() - t0)
-    shutil.rmtree(folder)
+    # Kept (removed with the scratch folder at the end): freed inodes would slow the next
+    # creates (see the module docstring).
     return {k: round(v, 2) for k, v in out.items()}
+
+
+# -- the file system's condition ----------------------------------------------------------
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+"""``linux/fs.h``: the inode-flags ioctls, and the flag that makes a folder's subfolders top-level."""
+
+
+def spread_subfolders(folder: Path) -> bool:
+    """Mark ``folder`` as a top of a hierarchy (``chattr +T``): ext4 places each new subfolder
+    of it in a block group of its own with many free inodes (the Orlov allocator's rule for
+    top-level folders), instead of next to its parent. Returns whether the file system took it.
+
+    Why: the system temp dir's block groups are where every process of the machine makes and
+    deletes its scratch files, so a tree created next to it skips whatever they freed lately
+    (see the module docstring); one in a group of its own does not, whatever else runs."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags | FS_TOPDIR_FL))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def dirty_mib() -> float:
+    """The kernel's dirty and writeback pages, MiB (``/proc/meminfo``)."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(value.split()[0])
+    return total / 1024
+
+
+DROP_CACHES: list[bool] = []
+"""``[True]`` when each fetch starts with the clean caches dropped (set by main, see :func:`settle`)."""
+
+
+def settle(warm: list[Path]) -> dict[str, float]:
+    """Bring the file system to the same condition before each timed fetch: ``sync``, then
+    wait (at most :data:`SETTLE_MAX_S`) until the dirty and writeback pages are under
+    :data:`SETTLE_DIRTY_MIB`, so nothing of an earlier fetch is left to write back; then (as
+    root, unless ``--keep-caches``) drop the clean page cache and read the files under
+    ``warm`` (the shared folder, the seeders' states) back in: ext4 without a journal skips,
+    on every create, each free inode freed lately whose inode-table block is still cached
+    (see the module docstring), and a dropped cache leaves none of them, whoever deleted
+    what before. Returns what it found (for the report)."""
+    t0 = time.perf_counter()
+    before = dirty_mib()
+    os.sync()
+    left = dirty_mib()
+    while left > SETTLE_DIRTY_MIB and time.perf_counter() - t0 < SETTLE_MAX_S:
+        time.sleep(0.1)
+        os.sync()
+        left = dirty_mib()
+    if DROP_CACHES:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")  # clean page cache only: nothing dirty is lost, nothing is unmounted
+        for top in warm:
+            for dirpath, _, names in os.walk(top):
+                for name in names:
+                    with contextlib.suppress(OSError), open(os.path.join(dirpath, name), "rb") as f:
+                        while f.read(1 << 20):
+                            pass
+    return {"dirty_mib_before": round(before, 1), "dirty_mib_after": round(left, 1),
+            "settle_s": round(time.perf_counter() - t0, 2)}
+
+
+def user_sys_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 # -- sampling a process -------------------------------------------------------------------
@@ -180,6 +312,10 @@ class Result:
     size: int
     peak_rss_mib: float
     peak_fds: int
+    user_s: float = 0.0
+    """The downloader's user CPU seconds (the whole process, up to its result line)."""
+    sys_s: float = 0.0
+    """The downloader's system CPU seconds: where the kernel's share of the work shows."""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -192,7 +328,8 @@ class Result:
 
     def describe(self) -> str:
         return (f"{self.elapsed:.2f}s = {self.files_per_s:,.0f} files/s, {self.mib_s:.1f} MiB/s; "
-                f"peak RSS {self.peak_rss_mib:.0f} MiB, peak fds {self.peak_fds}")
+                f"peak RSS {self.peak_rss_mib:.0f} MiB, peak fds {self.peak_fds}; "
+                f"CPU user {self.user_s:.2f} s, sys {self.sys_s:.2f} s")
 
 
 class Refused(RuntimeError):
@@ -208,32 +345,36 @@ def read_line(proc: subprocess.Popen[str], errlog: Path, what: str) -> dict[str,
     return json.loads(line)
 
 
-def spawn(cmd: list[str], errlog: Path) -> subprocess.Popen[str]:
+def spawn(cmd: list[str], errlog: Path, tree: str | None = None) -> subprocess.Popen[str]:
+    """Start a child; ``tree``: import ``p2p`` from that source tree instead of this one."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     with open(errlog, "w") as err:
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+                                text=True, env=env)
 
 
 # -- ours ---------------------------------------------------------------------------------
 
 
 def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
-             cprofile: str | None) -> Result:
+             cprofile: str | None, tree: str | None = None) -> Result:
+    """One timed fetch of ``folder`` by our downloader from ``seeders`` seeders; everything
+    it writes (states, the fetched tree) goes under ``scratch``, a fresh folder, and stays.
+    ``tree``: every process of ours imports ``p2p`` from that source tree (``--baseline``)."""
     procs: list[subprocess.Popen[str]] = []
+    scratch.mkdir(parents=True)
     try:
         boot_state = scratch / "boot"
-        shutil.rmtree(boot_state, ignore_errors=True)
         procs.append(spawn([sys.executable, str(PEER), "boot", "--state", str(boot_state), *PATCH],
-                           scratch / "boot.stderr"))
+                           scratch / "boot.stderr", tree))
         boot = str(read_line(procs[0], scratch / "boot.stderr", "the bootstrap node")["port"])
         t0 = time.perf_counter()
         for i in range(seeders):
             state = scratch / f"seed{i}"
-            shutil.rmtree(state, ignore_errors=True)
             procs.append(spawn([sys.executable, str(PEER), "seed", "--state", str(state),
                                 "--file", str(folder), "--boot", boot, *PATCH,
                                 *(["--cprofile", f"{cprofile}.seed0"] if cprofile and i == 0 else [])],
-                               scratch / f"seed{i}.stderr"))
+                               scratch / f"seed{i}.stderr", tree))
         ports, cids = [], set()
         for i, p in enumerate(procs[1:]):
             try:
@@ -248,15 +389,14 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
         if len(cids) != 1:
             raise RuntimeError(f"seeders disagree on the content id: {cids}")
         state, dest = scratch / "dl-state", scratch / "dl" / folder.name
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(dest.parent, ignore_errors=True)
         dest.parent.mkdir(parents=True)
         cmd = [sys.executable, str(PEER), "fetch", "--state", str(state), "--dest", str(dest),
                "--content-id", cids.pop(), "--peers", ",".join(ports), "--boot", boot,
                "--size", str(size), "--files", str(files), *PATCH,
                *(["--cprofile", cprofile] if cprofile else [])]
+        settled = settle([folder, scratch])
         seed_cpu0 = sum(cpu_s(p.pid) for p in procs[1:])
-        dl = spawn(cmd, scratch / "downloader.stderr")
+        dl = spawn(cmd, scratch / "downloader.stderr", tree)
         procs.insert(0, dl)
         sampler = Sampler(dl.pid)
         spies = [subprocess.Popen([PY_SPY[0], "record", "--pid", str(pid), "-o", f"{PY_SPY[1]}-{tag}.txt",
@@ -274,6 +414,7 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
                           f"--files-mixed") from None
         finally:
             fds = sampler.stop()
+        user, system = user_sys_s(dl.pid)
         seed_cpu = sum(cpu_s(p.pid) for p in procs[2:]) - seed_cpu0
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
@@ -281,13 +422,13 @@ def run_ours(folder: Path, files: int, size: int, seeders: int, scratch: Path,
         if not r["ok"]:
             raise RuntimeError(f"the fetched folder is incomplete: {r}")
         res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(dl.pid) / 1024, fds,  # type: ignore[arg-type]
-                     {"cpu": r["cpu"], "loop_cpu": r["loop_cpu"], "seed_cpu": round(seed_cpu, 2),
+                     user, system,
+                     {"cpu": r["cpu"], "loop_cpu": round(float(r["loop_cpu"]), 2),  # type: ignore[arg-type]
+                      "seed_cpu": round(seed_cpu, 2),
                       "chunks_by_peer": r["chunks_by_peer"], "share_s": round(share_s, 2),
-                      "threads_user_sys": r["threads_user_sys"]})
+                      "threads_user_sys": r["threads_user_sys"], **settled})
     finally:
         stop(procs)
-        shutil.rmtree(scratch / "dl", ignore_errors=True)
-        shutil.rmtree(scratch / "dl-state", ignore_errors=True)
     return res
 
 
@@ -309,16 +450,18 @@ def lt_make(lt_python: str, folder: Path, version: str, scratch: Path) -> Path:
 
 def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, seeders: int,
            scratch: Path) -> Result:
+    """One timed fetch of ``folder`` by a libtorrent leecher from ``seeders`` libtorrent
+    seeders, into ``scratch`` (a fresh folder, kept)."""
     procs: list[subprocess.Popen[str]] = []
     leech_dir = scratch / "lt-leech"
-    shutil.rmtree(leech_dir, ignore_errors=True)
-    leech_dir.mkdir()
+    leech_dir.mkdir(parents=True)
     try:
         for i in range(seeders):
             procs.append(spawn([lt_python, str(LT_PEER), "seed", "--torrent", str(torrent),
                                 "--save", str(folder.parent)], scratch / f"lt-seed{i}.stderr"))
         ports = [str(read_line(p, scratch / f"lt-seed{i}.stderr", "a libtorrent seeder")["port"])
                  for i, p in enumerate(procs)]
+        settled = settle([folder, scratch])
         leecher = spawn([lt_python, str(LT_PEER), "leech", "--torrent", str(torrent),
                          "--save", str(leech_dir), "--peers", ",".join(ports),
                          "--timeout", str(TIMEOUT)], scratch / "lt-leech.stderr")
@@ -328,12 +471,13 @@ def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, s
             r = read_line(leecher, scratch / "lt-leech.stderr", "the libtorrent leecher")
         finally:
             fds = sampler.stop()
+        user, system = user_sys_s(leecher.pid)
         if not r["ok"]:
             raise RuntimeError(f"the libtorrent leecher timed out: {r}")
-        res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(leecher.pid) / 1024, fds)  # type: ignore[arg-type]
+        res = Result(float(r["elapsed"]), files, size, vm_hwm_kib(leecher.pid) / 1024, fds,  # type: ignore[arg-type]
+                     user, system, settled)
     finally:
         stop(procs)
-        shutil.rmtree(leech_dir, ignore_errors=True)
     return res
 
 
@@ -341,7 +485,15 @@ def run_lt(lt_python: str, torrent: Path, folder: Path, files: int, size: int, s
 
 
 def median_result(rs: list[Result]) -> Result:
+    """The round whose time is the median (the upper one of an even count)."""
     return sorted(rs, key=lambda r: r.elapsed)[len(rs) // 2]
+
+
+def spread(rs: list[Result]) -> str:
+    """min..max of the rounds' seconds, and that range as a share of the median."""
+    times = [r.elapsed for r in rs]
+    med = statistics.median(times)
+    return f"[{min(times):.2f}..{max(times):.2f}s, spread {(max(times) - min(times)) / med:.0%}]"
 
 
 def main() -> None:
@@ -363,6 +515,15 @@ def main() -> None:
     ap.add_argument("--py-spy", nargs=2, metavar=("EXE", "PREFIX"),
                     help="record py-spy stacks (collapsed) of the downloader and seeder 0 -> "
                          "PREFIX-downloader.txt, PREFIX-seeder0.txt (every round)")
+    ap.add_argument("--scratch", metavar="DIR",
+                    help="where the scratch folder goes (default: the system temp dir); it holds "
+                         "every tree fetched in the run until the end")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="also run ours from another source tree (a worktree of an earlier "
+                         "commit), interleaved with the rest: before/after in one run")
+    ap.add_argument("--keep-caches", action="store_true",
+                    help="do not drop the clean page cache before each fetch (see settle(); "
+                         "dropping needs root)")
     ap.add_argument("--patch", metavar="FILE",
                     help="run FILE in every child of ours first (measure a library change without editing it)")
     a = ap.parse_args()
@@ -370,6 +531,8 @@ def main() -> None:
         PATCH[:] = ["--patch", str(Path(a.patch).resolve())]
     if a.py_spy:
         PY_SPY[:] = a.py_spy
+    if not a.keep_caches and os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        DROP_CACHES[:] = [True]
     if a.quick:
         a.files_small, a.files_mixed = 5000, 5000
     cases = [c for c in a.cases.split(",") if c]
@@ -383,10 +546,14 @@ def main() -> None:
         print(f"  no libtorrent python at {a.lt_python}: libtorrent skipped", flush=True)
         lt_ok = False
 
-    scratch = Path(tempfile.mkdtemp(prefix="p2p-folder-"))
-    out: dict[str, object] = {"bench": "folder", "seeders": a.seeders, "runs": a.runs}
+    scratch = Path(tempfile.mkdtemp(prefix="p2p-folder-", dir=a.scratch))
+    out: dict[str, object] = {"bench": "folder", "seeders": a.seeders, "runs": a.runs,
+                              "drop_caches": bool(DROP_CACHES)}
     summary: list[str] = []
     try:
+        for sub in ("data", "runs"):
+            (scratch / sub).mkdir()
+            out["spread_subfolders"] = spread_subfolders(scratch / sub)
         speeds = machine_speeds(scratch)
         out.update(speeds)
         print(f"raw, one thread: AES-256-GCM {speeds['aes_gcm_gib_s']} GiB/s (64 KiB records), "
@@ -416,49 +583,78 @@ def main() -> None:
                         out[f"lt_{version}_refused_{case}"] = str(exc)[-300:]
                         print(f"  libtorrent {version}: REFUSED: {str(exc)[-300:]}", flush=True)
             ours: list[Result] = []
+            base: list[Result] = []
             lt: dict[str, list[Result]] = {v: [] for v in torrents}
             refused = None
+            contenders = ["ours", *(["baseline"] if a.baseline else []), *torrents]
             for rnd in range(a.runs):
-                if refused is None:
-                    try:
-                        r = run_ours(folder, files, size, a.seeders, scratch,
-                                     f"{a.cprofile}-{case}" if a.cprofile and rnd == 0 else None)
-                    except Refused as exc:
-                        refused = str(exc)
-                        print(f"  ours: REFUSED: {refused}", flush=True)
-                    else:
+                # Alternate the order (ours, hybrid, v1, then v1, hybrid, ours...): nobody is
+                # always first, or always right after the other's load.
+                for who in contenders if rnd % 2 == 0 else contenders[::-1]:
+                    run_dir = scratch / "runs" / f"{case}-r{rnd + 1}-{who}"
+                    if who == "ours":
+                        if refused is not None:
+                            continue
+                        try:
+                            r = run_ours(folder, files, size, a.seeders, run_dir,
+                                         f"{a.cprofile}-{case}" if a.cprofile and rnd == 0 else None)
+                        except Refused as exc:
+                            refused = str(exc)
+                            print(f"  ours: REFUSED: {refused}", flush=True)
+                            continue
                         ours.append(r)
                         print(f"  round {rnd + 1}: ours: {r.describe()}; {r.extra}", flush=True)
-                for version, torrent in torrents.items():
-                    r = run_lt(a.lt_python, torrent, folder, files, size, a.seeders, scratch)
-                    lt[version].append(r)
-                    print(f"  round {rnd + 1}: libtorrent {version}: {r.describe()}", flush=True)
+                    elif who == "baseline":
+                        r = run_ours(folder, files, size, a.seeders, run_dir, None, a.baseline)
+                        base.append(r)
+                        print(f"  round {rnd + 1}: baseline: {r.describe()}; {r.extra}", flush=True)
+                    else:
+                        r = run_lt(a.lt_python, torrents[who], folder, files, size, a.seeders, run_dir)
+                        lt[who].append(r)
+                        print(f"  round {rnd + 1}: libtorrent {who}: {r.describe()}; {r.extra}",
+                              flush=True)
             line = f"  {case} ({files:,} files, {size / MiB:.0f} MiB):"
             if refused is not None:
                 out[f"refused_{case}"] = refused
                 line += " ours refused"
             if ours:
                 m = median_result(ours)
-                out[f"files_per_s_{case}"] = round(m.files_per_s, 1)
-                out[f"mib_s_{case}"] = round(m.mib_s, 2)
-                out[f"seconds_{case}"] = round(m.elapsed, 2)
+                med = statistics.median(r.elapsed for r in ours)
+                out[f"files_per_s_{case}"] = round(files / med, 1)
+                out[f"mib_s_{case}"] = round(size / MiB / med, 2)
+                out[f"seconds_{case}"] = round(med, 2)
+                out[f"seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in ours]
+                out[f"sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in ours]
                 out[f"peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in ours), 1)
                 out[f"peak_fds_{case}"] = max(r.peak_fds for r in ours)
-                line += f" ours {m.describe()}"
+                line += f" ours {med:.2f}s median {spread(ours)} ({m.describe()})"
+            if base:
+                bmed = statistics.median(r.elapsed for r in base)
+                out[f"baseline_seconds_{case}"] = round(bmed, 2)
+                out[f"baseline_seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in base]
+                out[f"baseline_sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in base]
+                out[f"baseline_peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in base), 1)
+                out[f"baseline_peak_fds_{case}"] = max(r.peak_fds for r in base)
+                line += f"; baseline {bmed:.2f}s median {spread(base)}"
             for version, rs in lt.items():
                 lm = median_result(rs)
+                lmed = statistics.median(r.elapsed for r in rs)
                 tag = "" if version == "hybrid" else "_v1"
-                out[f"lt{tag}_files_per_s_{case}"] = round(lm.files_per_s, 1)
-                out[f"lt{tag}_mib_s_{case}"] = round(lm.mib_s, 2)
-                out[f"lt{tag}_peak_rss_mib_{case}"] = round(lm.peak_rss_mib, 1)
-                out[f"lt{tag}_peak_fds_{case}"] = lm.peak_fds
-                line += f"; libtorrent {version} {lm.describe()}"
+                out[f"lt{tag}_files_per_s_{case}"] = round(files / lmed, 1)
+                out[f"lt{tag}_mib_s_{case}"] = round(size / MiB / lmed, 2)
+                out[f"lt{tag}_seconds_{case}"] = round(lmed, 2)
+                out[f"lt{tag}_seconds_rounds_{case}"] = [round(r.elapsed, 2) for r in rs]
+                out[f"lt{tag}_sys_s_rounds_{case}"] = [round(r.sys_s, 2) for r in rs]
+                out[f"lt{tag}_peak_rss_mib_{case}"] = round(max(r.peak_rss_mib for r in rs), 1)
+                out[f"lt{tag}_peak_fds_{case}"] = max(r.peak_fds for r in rs)
+                line += f"; libtorrent {version} {lmed:.2f}s median {spread(rs)} ({lm.describe()})"
                 if ours:
-                    ratio = lm.elapsed / median_result(ours).elapsed
+                    ratio = lmed / statistics.median(r.elapsed for r in ours)
                     out[f"ratio{tag}_{case}"] = round(ratio, 2)
+                    out[f"ratio{tag}_rounds_{case}"] = [round(x.elapsed / o.elapsed, 2)
+                                                       for x, o in zip(rs, ours, strict=False)]
                     line += f" (ours/libtorrent {ratio:.2f}x)"
             summary.append(line)
-            shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

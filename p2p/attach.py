@@ -13,9 +13,10 @@ control socket's: one JSON request, interim lines, one answer):
 ``events``
     every node event of :data:`STREAMED` as an interim line
     (:func:`p2p.control.encode_event`), until the client leaves or the node stops; no answer.
-``start`` ``{"target": ID-or-TICKET, "paths": [...]?, "download_dir": ABS?}``
+``start`` ``{"target": ID-or-TICKET, "paths": [...]?, "download_dir": ABS?, "rename": BOOL?}``
     start a download owned by the node and answer at once: ``{"content_id", "started"}``
-    (``started`` false: it was running already).
+    (``started`` false: it was running already). ``rename``: a different file where it would
+    go is kept and the download goes beside it as ``NAME (1).EXT`` (else it fails, refused).
 ``select`` ``{"content_id", "target"?, "paths": [...], "download_dir"?}``
     fetch exactly these files: the running download changes at once, a stopped one starts
     with them; answers ``{"content_id", "running"}`` (true: it was running).
@@ -252,13 +253,14 @@ def decode_file_choice(data: dict[str, Any]) -> FileChoice:
 
 
 def start(node: Node, target: str, selection: Selection | None = None,
-          download_dir: Path | None = None) -> tuple[ContentId, bool]:
+          download_dir: Path | None = None, *, rename: bool = False) -> tuple[ContentId, bool]:
     """Start downloading ``target`` (an id or a ticket) on ``node``; (its id, False when it
-    was running already). Raises :class:`BadInput` for a malformed target."""
+    was running already). ``rename``: beside a different file already at the destination,
+    as ``NAME (1).EXT``. Raises :class:`BadInput` for a malformed target."""
     cid, _ = parse_id_or_ticket(target)
     if cid in node.downloading():
         return cid, False
-    node.start_fetch(target, selection=selection, download_dir=download_dir)
+    node.start_fetch(target, selection=selection, download_dir=download_dir, rename=rename)
     return cid, True
 
 
@@ -316,7 +318,7 @@ async def answer(node: Node, request: dict[str, Any], send_event: Callable[[Even
             paths = _paths(request)
             cid, started = start(node, str(request.get("target", "")),
                                  None if paths is None else Selection.of_paths(paths),
-                                 _dir(request))
+                                 _dir(request), rename=bool(request.get("rename")))
             return {"content_id": str(cid), "started": started}
         case "select":
             cid = _cid(request)

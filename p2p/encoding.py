@@ -37,8 +37,13 @@ def _check(value: Any, depth: int) -> None:
         return
     if kind is list or kind is tuple:
         # A flat list of scalars in one pass: a listing of a million entries is checked in a
-        # second, not in a call per value.
-        if all(type(item) in _SCALARS for item in value):
+        # second, not in a call per value. A plain loop, not all() over a generator: most
+        # lists checked are a few values (a file's id, an entry), where the generator's own
+        # cost was most of the check.
+        for item in value:
+            if type(item) not in _SCALARS:
+                break
+        else:
             return
         for item in value:
             _check(item, depth + 1)

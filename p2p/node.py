@@ -685,6 +685,9 @@ class Node:
         cid = content_id.digest
         count = manifest.chunk_count
         held = self._store.bitfield(cid)
+        if held is None and self._store.download_info(content_id) is None:
+            raise NotFound(f"{content_id} is neither shared nor downloaded here any more (it was "
+                           "unshared or removed; `p2p ls` lists what is): there is nothing to verify")
         bad: list[int] = []
         good = missing = 0
         for index in range(count):
@@ -1006,10 +1009,16 @@ class Node:
             return options.content_id
 
         async def run() -> None:
-            with contextlib.suppress(P2PError):
+            try:
                 await self.fetch(options.content_id, options.dest, publisher=publisher,
                                  peers=options.peers, timeout=timeout, selection=selection,
                                  rename=rename, download_dir=options.download_dir)
+            except P2PError as exc:
+                # Nobody awaits this fetch: a refusal before any transfer (a destination
+                # holding something else, content needing a DHT there is not) is told as
+                # the failure event the front end follows, like one during the transfer.
+                if not getattr(exc, "_p2p_published", False):
+                    self.events.publish(DownloadFailed(options.content_id, str(exc), exc.exit_code))
 
         self._spawn(run(), f"fetch {options.content_id.short()}")
         return options.content_id
@@ -1203,6 +1212,7 @@ class Node:
         if self._store.download_info(content_id) is not None and not isinstance(exc, AlreadyDownloading):
             self._store.set_download_state(content_id, "failed", str(exc))
         self.events.publish(DownloadFailed(content_id, str(exc), exc.exit_code))
+        exc._p2p_published = True  # type: ignore[attr-defined]  # (start_fetch: told once)
 
     async def listing(self, target: str | ContentId | Ticket, *, publisher: PeerId | None = None,
                       peers: Sequence[Address] = (), timeout: float = 30.0) -> Manifest:

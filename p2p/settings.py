@@ -150,6 +150,9 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
         return value if isinstance(value, list) else []
 
     state = text("state_dir") or platformdirs.user_data_dir(app_dir)
+    if Path(state).expanduser().exists() and not Path(state).expanduser().is_dir():
+        raise BadInput(f"the state directory {state} is not a folder "
+                       f"({_where('state_dir', sources['state_dir'], path)})")
     downloads = text("download_dir") or Path.cwd()
     listen_text = text("listen")
     listen_addr = (parse_address(listen_text, what="listen address", default_port=DEFAULT_PORT)

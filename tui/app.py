@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -59,15 +60,25 @@ from p2p import (
     Ticket,
     exit_code_for,
     format_address,
+    format_rate,
     human_bytes,
     parse_id_or_ticket,
     plural,
 )
 from p2p import describe as describe_error
 
-from .link import EventSource, LocalLink, NodeGone, NodeLink, open_link
-from .model import DhtData, LibraryRow, Peers, TransferRow, Transfers
-from .screens import ConfirmScreen, FetchScreen, FilesScreen, HelpScreen, PickFiles, ShareScreen
+from .link import EventSource, Limits, LocalLink, NodeGone, NodeLink, ShareOutcome, open_link
+from .model import DhtData, LibraryRow, Peers, TransferRow, Transfers, counted
+from .screens import (
+    ConfirmScreen,
+    FetchScreen,
+    FilesScreen,
+    HelpScreen,
+    LimitScreen,
+    NewLimits,
+    PickFiles,
+    ShareScreen,
+)
 from .widgets import (
     DhtView,
     LibraryView,
@@ -77,6 +88,7 @@ from .widgets import (
     StatusLine,
     StatusPart,
     TransfersView,
+    fit,
 )
 
 BATCH_WINDOW = 0.1
@@ -136,6 +148,8 @@ class NodeSnapshot(Message):
     dht: DhtData
     running: set[ContentId] = field(default_factory=set)
     held: dict[ContentId, tuple[int, list[int]]] = field(default_factory=dict)
+    limits: Limits | None = None
+    """The node's bandwidth limits (None: they could not be read this time)."""
 
 
 @dataclass
@@ -153,20 +167,86 @@ class ProvidersFound(Message):
     count: int | None
 
 
+def limits_part(limits: Limits | None) -> StatusPart | None:
+    """The status line's figure for the bandwidth limits in force, or None when there are
+    none (``limits up 5.0 MiB/s, down 1.0 MiB/s``, short ``↑5.0 MiB/s ↓1.0 MiB/s``)."""
+    if limits is None:
+        return None
+    set_ = [(word, arrow, rate) for word, arrow, rate in
+            (("up", "↑", limits.up), ("down", "↓", limits.down)) if rate > 0]
+    if not set_:
+        return None
+    return StatusPart("limits " + ", ".join(f"{w} {format_rate(r)}" for w, _, r in set_),
+                      " ".join(f"{a}{format_rate(r)}" for _, a, r in set_))
+
+
 def status_parts(snap: NodeSnapshot, downloading: int) -> list[StatusPart]:
     """The status line's figures, most important first (a narrow window drops the last)."""
     try:
         peer = PeerId.parse(snap.dht.peer_id).short()
     except BadInput:
         peer = snap.dht.peer_id[:8]
-    return [
+    parts = [
         StatusPart(f"peer {peer}", f"peer {peer}"),
         StatusPart(snap.dht.listen, snap.dht.listen),
         StatusPart(f"{len(snap.shares)} shared", f"{len(snap.shares)} shared"),
         StatusPart(f"{downloading} downloading", f"{downloading} fetching"),
+    ]
+    limits = limits_part(snap.limits)
+    if limits is not None:  # a limit explains a slow transfer: before the counts
+        parts.append(limits)
+    return [
+        *parts,
         StatusPart(plural(len(snap.peers), "connection"), f"{len(snap.peers)} conn"),
         StatusPart(plural(snap.dht.contacts, "DHT contact"), f"{snap.dht.contacts} DHT"),
     ]
+
+
+_REFUSED = re.compile(r"^(?P<what>.+ already exists and is not this content); not overwriting it"
+                      r"\..*save it as (?P<q>['\"])(?P<name>.+?)(?P=q)", re.DOTALL)
+"""A download refused because a different file is where it would go, and the name the
+node would give it instead (``NAME (1).EXT``): :meth:`p2p.Node.fetch`'s message."""
+
+
+RENAME_LABEL = 40
+"""Characters of the new name on the rename button (the whole name is in the question):
+the button and Cancel stay inside a dialog of 80 columns."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A download refused at its destination: a different file is there."""
+
+    what: str
+    """``PATH already exists and is not this content``."""
+    new_name: str
+    """The name it can have beside it instead (``NAME (1).EXT``)."""
+
+    @classmethod
+    def of(cls, error: str) -> Refusal | None:
+        """The refusal a download failure's ``error`` tells of, or None for another failure."""
+        match = _REFUSED.match(error)
+        return None if match is None else cls(match["what"], match["name"])
+
+    @property
+    def reason(self) -> str:
+        """The failure as the app says it: its own way out, not the command line's flags."""
+        return f"{self.what}; not overwriting it (r offers to save it as {self.new_name!r})"
+
+    def question(self) -> ConfirmScreen:
+        """The dialog offering the new name."""
+        return ConfirmScreen(
+            "A different file is already there",
+            f"{self.what}: it is not overwritten. Save the download beside it as "
+            f"{self.new_name!r}?", f"Rename to {fit(self.new_name, RENAME_LABEL)}", back="Cancel")
+
+
+def left_out_warning(name: str, outcome: ShareOutcome) -> str | None:
+    """The warning of a folder share that left things out, or None when it left nothing."""
+    if not outcome.left_out.total:
+        return None
+    return (f"{name}: left out {outcome.left_out.describe()} (a folder share holds readable "
+            "regular files only)")
 
 
 def cancel_question(cid: ContentId, row: TransferRow | None, info: DownloadInfo | None,
@@ -206,7 +286,7 @@ def describe(event: Event) -> tuple[str, str] | None:
         case Shared(content_id=cid, name=name, size=size):
             return "info", f"shared {name} ({human_bytes(size)}) as {cid}"
         case DownloadStarted(content_id=cid, name=name, chunk_count=count, held=held):
-            return "info", f"download {name} [{cid.short()}]: {count} chunks, {held} held"
+            return "info", f"download {name} [{cid.short()}]: {counted(count, 'chunk')}, {held:,} held"
         case DownloadCompleted(content_id=cid, path=path, seconds=seconds):
             return "info", f"download {cid.short()} complete in {seconds:.1f} s: {path}"
         case DownloadFailed(content_id=cid, error=error):
@@ -221,7 +301,7 @@ def describe(event: Event) -> tuple[str, str] | None:
         case PeerBanned(peer=peer, reason=reason):
             return "warning", f"peer {peer.short()} banned: {reason}"
         case EventsDropped(count=count):
-            return "warning", f"the app fell behind and skipped {count} events"
+            return "warning", f"the app fell behind and skipped {counted(count, 'event')}"
         case _:
             return None
 
@@ -262,6 +342,7 @@ class P2PApp(App[None]):
     BINDINGS = [
         Binding("s", "share", "Share"),
         Binding("f", "fetch", "Fetch"),
+        Binding("b", "limits", "Limits", tooltip="Bandwidth limits"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
         Binding("1", "tab('library')", "Library", show=False),
@@ -294,6 +375,12 @@ class P2PApp(App[None]):
         self._library: list[LibraryRow] = []
         self._cancelled: dict[ContentId, float] = {}
         """When (``time.monotonic()``) each download was cancelled here."""
+        self._started: dict[ContentId, tuple[str, Selection | None]] = {}
+        """The target and selection of each fetch started from this app (to start again)."""
+        self._refused: dict[ContentId, Refusal] = {}
+        """Downloads refused at their destination, until renamed or cancelled."""
+        self._offered: set[ContentId] = set()
+        """Fetches started here whose refusal the rename dialog was shown for."""
         self._stopped = False
         self._stop_signals = 0
         self.failed: BaseException | None = None
@@ -460,6 +547,8 @@ class P2PApp(App[None]):
             return
         transfers_changed = peers_changed = library_changed = False
         for event in message.events:
+            if isinstance(event, DownloadFailed):
+                event = self._refusal(event)
             if self.transfers.apply(event):
                 transfers_changed = True
             match event:
@@ -479,6 +568,49 @@ class P2PApp(App[None]):
             self.main.query_one(PeersView).rows = tuple(self.peers.rows())
         if library_changed:
             self.refresh_snapshot()
+
+    def _refusal(self, event: DownloadFailed) -> DownloadFailed:
+        """A download refused at its destination: the app's own reason and, for a fetch
+        started here, the offer of a new name."""
+        refusal = Refusal.of(event.error)
+        if refusal is None:
+            return event
+        cid = event.content_id
+        self._refused[cid] = refusal
+        if cid in self._started and cid not in self._offered:
+            self._offered.add(cid)
+            self.offer_rename(cid)
+        return dataclasses.replace(event, error=refusal.reason)
+
+    def _stored_refusal(self, info: DownloadInfo) -> DownloadInfo:
+        """A download the store records as refused at its destination (in an earlier run,
+        or by the command line): the app's own reason, and r offers the new name."""
+        refusal = Refusal.of(info.error) if info.state == "failed" and info.error else None
+        if refusal is None:
+            return info
+        self._refused[info.content_id] = refusal
+        return dataclasses.replace(info, error=refusal.reason)
+
+    @work(group="rename")
+    async def offer_rename(self, cid: ContentId) -> None:
+        """Ask whether a download refused at its destination goes beside it under a new name;
+        if so, start it again that way."""
+        refusal = self._refused.get(cid)
+        link = self._linked()
+        if refusal is None or link is None:
+            return
+        if not await self.push_screen_wait(refusal.question()):
+            return
+        ticket = self._tickets.get(cid)
+        target, selection = self._started.get(cid, (str(ticket if ticket is not None else cid), None))
+        try:
+            await link.start_fetch(target, selection, rename=True)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot fetch", severity="error")
+            return
+        self._refused.pop(cid, None)
+        self.log_line("info", f"fetching {cid.short()} as {refusal.new_name}")
+        self.notify(f"Fetching {cid.short()} as {refusal.new_name}…")
 
     def log_line(self, level: str, message: str) -> None:
         """Add a line to the log view."""
@@ -518,8 +650,14 @@ class P2PApp(App[None]):
             return
         dht = DhtData.from_summary(state.dht, str(state.peer_id),
                                    state.listen[0] if state.listen else "")
+        try:
+            limits: Limits | None = await link.limits()
+        except NodeGone:
+            return
+        except P2PError:  # the status line shows no limits this time
+            limits = None
         self.post_message(NodeSnapshot(began, state.shares, state.downloads, state.peers,
-                                       state.bans, dht, state.running, state.held))
+                                       state.bans, dht, state.running, state.held, limits))
 
     def on_node_snapshot(self, snap: NodeSnapshot) -> None:
         if self.views_gone:
@@ -529,7 +667,7 @@ class P2PApp(App[None]):
         def current(cid: ContentId) -> bool:
             return self._cancelled.get(cid, -math.inf) < snap.at
 
-        downloads = [d for d in snap.downloads if current(d.content_id)]
+        downloads = [self._stored_refusal(d) for d in snap.downloads if current(d.content_id)]
         for cid, (count, held) in snap.held.items():
             if not current(cid):
                 continue
@@ -662,7 +800,8 @@ class P2PApp(App[None]):
             return
         match report.verdict:
             case "ok":
-                self.notify(f"{cid.short()}: all {report.chunks} chunks good", title="Verified")
+                self.notify(f"{cid.short()}: all {counted(report.chunks, 'chunk')} good",
+                            title="Verified")
             case "incomplete":
                 self.notify(report.summary(), title="Verified (download not finished)")
             case _:
@@ -700,11 +839,15 @@ class P2PApp(App[None]):
             return
         self.notify(f"Hashing {path.name}…")
         try:
-            name, ticket = await link.share(path)
+            outcome = await link.share(path)
         except (P2PError, OSError) as exc:
             self.notify(str(exc), title="Share failed", severity="error")
             return
-        self.notify(ticket, title=f"Shared {name}", timeout=15)
+        self.notify(outcome.ticket, title=f"Shared {outcome.name}", timeout=15)
+        warning = left_out_warning(outcome.name, outcome)
+        if warning is not None:
+            self.log_line("warning", warning)
+            self.notify(warning, title="Left out of the share", severity="warning", timeout=15)
         self.refresh_snapshot()
 
     def action_fetch(self) -> None:
@@ -748,6 +891,9 @@ class P2PApp(App[None]):
             return None
         if ticket is not None:
             self._tickets[cid] = ticket
+        self._started[cid] = (text.strip(), selection)
+        self._refused.pop(cid, None)
+        self._offered.discard(cid)
         self._start(cid, text.strip(), selection)
         self.log_line("info", f"fetching {cid}")
         self.notify(f"Fetching {cid.short()}…")
@@ -764,6 +910,38 @@ class P2PApp(App[None]):
             await link.start_fetch(target, selection)
         except P2PError as exc:
             self.notify(str(exc), title="Cannot fetch", severity="error")
+
+    # -- bandwidth limits ---------------------------------------------------------------------------
+
+    def action_limits(self) -> None:
+        self.edit_limits()
+
+    @work(exclusive=True, group="limits")
+    async def edit_limits(self) -> None:
+        """Show the node's bandwidth limits in a dialog and set what the person changes."""
+        link = self._linked()
+        if link is None:
+            return
+        try:
+            current = await link.limits()
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot read the limits", severity="error")
+            return
+        chosen: NewLimits | None = await self.push_screen_wait(LimitScreen(current))
+        if chosen is None:
+            return
+        if chosen.up is None and chosen.down is None:
+            self.notify("Limits unchanged")
+            return
+        try:
+            limits = await link.set_limits(chosen.up, chosen.down)
+        except P2PError as exc:
+            self.notify(str(exc), title="Cannot set the limits", severity="error")
+            return
+        text = f"upload {format_rate(limits.up)}, download {format_rate(limits.down)}"
+        self.log_line("info", f"limits set: {text}")
+        self.notify(text, title="Limits set")
+        self.refresh_snapshot()
 
     # -- transfer actions -------------------------------------------------------------------------
 
@@ -782,6 +960,8 @@ class P2PApp(App[None]):
                 case "pause":
                     if not await link.pause(cid):
                         self.notify(f"{cid.short()} is not running", severity="warning")
+                case "resume" if cid in self._refused:
+                    self.offer_rename(cid)  # as it was, it would be refused again
                 case "resume":
                     ticket = self._tickets.get(cid)
                     if not await link.start_fetch(str(ticket if ticket is not None else cid), None):
@@ -794,6 +974,7 @@ class P2PApp(App[None]):
                         return
                     await link.cancel(cid)
                     self._cancelled[cid] = time.monotonic()
+                    self._refused.pop(cid, None)
                     self.transfers.forget(cid)
                     self.push_transfers()
                     self.notify(f"Cancelled {cid.short()}; partial data deleted" if deletes else
@@ -840,8 +1021,9 @@ class P2PApp(App[None]):
         except P2PError as exc:
             self.notify(str(exc), title="Cannot pick those files", severity="error")
             return
-        self.notify(f"{len(paths)} files of {cid.short()} selected" if running else
-                    f"Fetching {len(paths)} files of {cid.short()}…")
+        files = counted(len(paths), "file")
+        self.notify(f"{files} of {cid.short()} selected" if running else
+                    f"Fetching {files} of {cid.short()}…")
 
     # -- help and palette ---------------------------------------------------------------------------
 
@@ -875,6 +1057,8 @@ class P2PApp(App[None]):
         cmds: list[tuple[str, str, Callable[[], Any]]] = [
             ("Share a file or folder", "Hash, sign and announce it", self.action_share),
             ("Fetch by id or ticket", "Download content from the swarm", self.action_fetch),
+            ("Bandwidth limits", "Show or change the upload and download limits",
+             self.action_limits),
             ("Help: keys", "List every binding", self.action_help),
             ("Refresh", "Re-read library, peers and DHT now", self.refresh_snapshot),
         ]

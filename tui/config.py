@@ -9,6 +9,9 @@ from pathlib import Path
 
 from p2p import DEFAULT_PORT, NodeConfig, build_settings, environment
 
+RATE_HELP = "e.g. 5MiB/s, 500KiB/s; K, M, G are powers of 1024; 0 = no limit"
+"""How a rate is written (the command line's ``p2p limit`` reads the same)."""
+
 
 def parser() -> argparse.ArgumentParser:
     """The ``p2p-tui`` argument parser."""
@@ -27,12 +30,20 @@ def parser() -> argparse.ArgumentParser:
                         "(env P2P_ANNOUNCE_ADDR)")
     p.add_argument("--download-dir", type=Path, default=None,
                    help="where fetches go (env P2P_DOWNLOAD_DIR; default: the current folder)")
+    limits = p.add_argument_group("bandwidth limits (change them live with b in the app)")
+    limits.add_argument("--max-upload-rate", metavar="RATE", default=None,
+                        help="what this node sends to all peers together (env "
+                             f"P2P_MAX_UPLOAD_RATE; {RATE_HELP})")
+    limits.add_argument("--max-download-rate", metavar="RATE", default=None,
+                        help="what this node receives from all peers together (env "
+                             "P2P_MAX_DOWNLOAD_RATE)")
     return p
 
 
 def config_from_args(argv: Sequence[str] | None = None,
                      environ: Mapping[str, str] | None = None) -> NodeConfig:
-    """Build the node's configuration with the one settings builder (flags, environment, defaults).
+    """Build the node's configuration with the one settings builder: flags over the
+    environment over the config file over defaults, as the command line does.
 
     Raises :class:`~p2p.BadInput` for malformed input and :class:`~p2p.NetworkError` for a
     host name that does not resolve.
@@ -41,6 +52,8 @@ def config_from_args(argv: Sequence[str] | None = None,
     settings = build_settings(state_dir=args.state_dir, listen=args.listen,
                               bootstrap=[b for b in args.bootstrap if b.strip()],
                               announce=args.announce_addr, download_dir=args.download_dir,
+                              max_upload_rate=args.max_upload_rate,
+                              max_download_rate=args.max_download_rate,
                               env=environment() if environ is None else environ)
     # A long-running node: it resumes the downloads its last run left running.
     return dataclasses.replace(settings.node_config(long_running=True), resume_downloads=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from p2p import (
     ControlError,
     Event,
     EventsDropped,
+    LeftOut,
     NetworkError,
     Node,
     NodeConfig,
@@ -47,6 +49,34 @@ QUEUE = 10_000
 
 class NodeGone(NetworkError):
     """The node the app was attached to stopped (or its control socket broke)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The node's bandwidth limits in force, bytes per second (0: none)."""
+
+    up: float = 0.0
+    """What the node sends to all peers together."""
+    down: float = 0.0
+    """What it receives from all peers together."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Limits:
+        """The node's limits from :meth:`p2p.Node.limits` (or the control socket's ``limit``
+        answer, the same object). Raises :class:`NetworkError` for one this app cannot read."""
+        try:
+            return cls(float(data["up"]["rate"]), float(data["down"]["rate"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NetworkError(f"the node sent limits this app cannot read: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ShareOutcome:
+    """What a share made: the content's name, its ticket, and what a folder share left out."""
+
+    name: str
+    ticket: str
+    left_out: LeftOut = field(default_factory=LeftOut)
 
 
 class EventSource(Protocol):
@@ -97,14 +127,25 @@ class NodeLink(Protocol):
     async def unshare(self, cid: ContentId) -> bool:
         """Stop serving ``cid``; False if it was not shared."""
 
-    async def share(self, path: Path) -> tuple[str, str]:
-        """Share ``path``; (its name, its ticket)."""
+    async def share(self, path: Path) -> ShareOutcome:
+        """Share ``path``: its name, its ticket and what it left out (a folder's links,
+        empty folders, unreadable and special files)."""
+
+    async def limits(self) -> Limits:
+        """The node's bandwidth limits in force."""
+
+    async def set_limits(self, up: float | None, down: float | None) -> Limits:
+        """Change the node's upload and/or download limit now (None: unchanged, 0: none);
+        the limits then in force."""
 
     async def listing(self, target: str) -> tuple[str, list[tuple[str, int]]]:
         """The verified listing of ``target``: (name, [(path, size)])."""
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
-        """Start downloading ``target``; False when it was running already."""
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
+        """Start downloading ``target``; False when it was running already. ``rename``: a
+        different file where it goes stays, and the download goes beside it as
+        ``NAME (1).EXT`` (else it fails, refused)."""
 
     async def pause(self, cid: ContentId) -> bool:
         """Pause a running download; False when none ran."""
@@ -175,16 +216,24 @@ class LocalLink:
     async def unshare(self, cid: ContentId) -> bool:
         return self.node.unshare(cid)
 
-    async def share(self, path: Path) -> tuple[str, str]:
+    async def share(self, path: Path) -> ShareOutcome:
         result = await self.node.share(path)
-        return result.manifest.name, str(result.ticket)
+        return ShareOutcome(result.manifest.name, str(result.ticket), result.left_out)
+
+    async def limits(self) -> Limits:
+        return Limits.from_json(self.node.limits())
+
+    async def set_limits(self, up: float | None, down: float | None) -> Limits:
+        self.node.set_limits(up=up, down=down)
+        return await self.limits()
 
     async def listing(self, target: str) -> tuple[str, list[tuple[str, int]]]:
         manifest = await self.node.listing(target)
         return manifest.name, [(e.path, e.info.size) for e in manifest.entries]
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
-        return attach.start(self.node, target, selection)[1]
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
+        return attach.start(self.node, target, selection, rename=rename)[1]
 
     async def pause(self, cid: ContentId) -> bool:
         return await self.node.pause(cid)
@@ -324,9 +373,21 @@ class AttachedLink:
     async def unshare(self, cid: ContentId) -> bool:
         return bool((await self._ask({"cmd": "unshare", "content_id": str(cid)}))["removed"])
 
-    async def share(self, path: Path) -> tuple[str, str]:
+    async def share(self, path: Path) -> ShareOutcome:
         info = await self._ask({"cmd": "share", "path": str(Path(path).expanduser().resolve())})
-        return str(info["name"]), str(info["ticket"])
+        return ShareOutcome(str(info["name"]), str(info["ticket"]),
+                            LeftOut.from_json(info.get("left_out") or {}))
+
+    async def limits(self) -> Limits:
+        return Limits.from_json(await self._ask({"cmd": "limit"}))
+
+    async def set_limits(self, up: float | None, down: float | None) -> Limits:
+        request: dict[str, Any] = {"cmd": "limit"}
+        if up is not None:
+            request["up"] = up
+        if down is not None:
+            request["down"] = down
+        return Limits.from_json(await self._ask(request))
 
     async def listing(self, target: str) -> tuple[str, list[tuple[str, int]]]:
         info = await self._ask({"cmd": "listing", "target": target})
@@ -335,10 +396,13 @@ class AttachedLink:
     def _download_dir(self) -> str:
         return str(Path(self.config.download_dir).expanduser().resolve())
 
-    async def start_fetch(self, target: str, selection: Selection | None) -> bool:
+    async def start_fetch(self, target: str, selection: Selection | None, *,
+                          rename: bool = False) -> bool:
         parse_id_or_ticket(target)  # a malformed one is refused here, as in-process
         request: dict[str, Any] = {"cmd": "start", "target": target,
                                    "download_dir": self._download_dir()}
+        if rename:
+            request["rename"] = True
         if selection is not None and selection.paths is not None:
             request["paths"] = sorted(selection.paths)
         return bool((await self._ask(request))["started"])

@@ -28,7 +28,14 @@ from p2p import (
     PeerId,
     PeerInfo,
     format_address,
+    plural,
 )
+
+
+def counted(n: int, word: str, many: str | None = None) -> str:
+    """:func:`p2p.plural` with thousands separators: '1 file', '12,345 files'."""
+    return plural(n, word, many).replace(str(n), f"{n:,}", 1)
+
 
 RATE_HISTORY = 60
 """Rate samples kept per transfer for its sparkline."""

@@ -22,6 +22,8 @@ from textual.widgets.tree import TreeNode
 
 from p2p import human_bytes
 
+from .model import counted
+
 PAGE = 500
 """Children a folder shows at a time when opened; a "more" line adds the next page.
 Enough to scroll through by hand, few enough that opening a flat folder of 100,000
@@ -251,7 +253,7 @@ class FileTree(Tree[NodeData]):
             count, size = index.ticks(data)
             box = _BOXES[index.state(data)]
             icon = "▼ " if node.is_expanded else "▶ "
-            stats = f"  {count:,}/{data.count:,} files · {human_bytes(size)} of {human_bytes(index.size_of(data))}"
+            stats = f"  {count:,}/{counted(data.count, 'file')} · {human_bytes(size)} of {human_bytes(index.size_of(data))}"
             return Text.assemble((box, base_style + Style(bold=True)), (icon, base_style),
                                  (f"{data.name}/", style), (stats, base_style + Style(dim=True)))
         box = _BOXES["all" if index.ticked[data] else "none"]

@@ -1,4 +1,4 @@
-"""Modal screens: share picker, fetch dialog, file picker, confirmation, help. They return
+"""Modal screens: share picker, fetch dialog, file picker, limits, confirmation, help. They return
 plain values to the app. Each fits a window of 80x24 (the smallest common terminal): lists
 and trees take the height that is left, buttons stay on screen."""
 
@@ -16,8 +16,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Static
 
-from p2p import BadInput, Manifest, human_bytes, parse_id_or_ticket
+from p2p import BadInput, Manifest, format_rate, human_bytes, parse_id_or_ticket, parse_rate
 
+from .link import Limits
+from .model import counted
 from .picker import FileIndex, FileTree
 
 
@@ -166,6 +168,89 @@ class FetchScreen(ModalScreen[str | PickFiles | None]):
             self.dismiss(PickFiles(text.strip()))
 
 
+def check_rate(text: str, what: str) -> tuple[float | None, str | None]:
+    """A limit as typed in the limits dialog: (bytes per second, None), or (None, the error)."""
+    if not text.strip():
+        return None, f"{what}: type a rate such as 5MiB/s, or 0 for no limit"
+    try:
+        return parse_rate(text, what), None
+    except BadInput as exc:
+        return None, str(exc)
+
+
+@dataclass(frozen=True)
+class NewLimits:
+    """What the limits dialog returns: each limit to set (bytes per second, 0: none), or
+    None where the person left it as it was."""
+
+    up: float | None
+    down: float | None
+
+
+class LimitScreen(ModalScreen[NewLimits | None]):
+    """Show the node's upload and download limits and change them: a rate per field
+    (``5MiB/s``, ``500K``, ``0`` or ``unlimited`` for none), checked as you type."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    FIELDS = (("limit-up", "Upload"), ("limit-down", "Download"))
+
+    def __init__(self, current: Limits) -> None:
+        super().__init__()
+        self.current = current
+        self.shown = {"limit-up": format_rate(current.up), "limit-down": format_rate(current.down)}
+        """The text each field opened with (left as it was: that limit is not changed)."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog limits"):
+            yield Label("Bandwidth limits", classes="title")
+            for field_id, label in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    yield Input(self.shown[field_id], id=field_id, select_on_focus=True)
+            yield Static("", id="limit-error", classes="error", markup=False)
+            yield Static("All peers together, at once · e.g. 5MiB/s, 500K; 0 = none",
+                         classes="hint", markup=False)
+            with Horizontal(classes="buttons"):
+                yield Button("Set", variant="primary", id="limit-ok")
+                yield Button("Cancel", id="limit-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#limit-up", Input).focus()
+
+    def _read(self) -> tuple[NewLimits | None, str | None]:
+        values: dict[str, float | None] = {}
+        for field_id, label in self.FIELDS:
+            text = self.query_one(f"#{field_id}", Input).value
+            if text.strip() == self.shown[field_id]:
+                values[field_id] = None
+                continue
+            rate, error = check_rate(text, label.lower())
+            if error is not None:
+                return None, error
+            values[field_id] = rate
+        return NewLimits(values["limit-up"], values["limit-down"]), None
+
+    @on(Input.Changed)
+    def _validate(self) -> None:
+        _, error = self._read()
+        self.query_one("#limit-error", Static).update(error or "")
+        self.query_one("#limit-ok", Button).disabled = error is not None
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#limit-ok")
+    def _confirm(self) -> None:
+        chosen, error = self._read()
+        if chosen is None:
+            self.query_one("#limit-error", Static).update(error or "")
+            return
+        self.dismiss(chosen)
+
+    @on(Button.Pressed, "#limit-cancel")
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
 FILES_CHROME = 10
 """Rows of the file picker around its tree: border, padding, title, summary, buttons."""
 FILES_MIN = 4
@@ -228,7 +313,7 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
         index = self.index
         count, size = index.ticks(index.root)
         self.query_one("#files-summary", Static).update(
-            f"{count:,} of {len(index):,} files, {human_bytes(size)} of "
+            f"{count:,} of {counted(len(index), 'file')}, {human_bytes(size)} of "
             f"{human_bytes(index.size_of(index.root))} · space ticks")
         self.query_one("#files-ok", Button).disabled = not count
 
@@ -254,17 +339,19 @@ class FilesScreen(ModalScreen[frozenset[str] | None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask before something that cannot be undone (deleting a download's data). Back has
-    the focus, so a stray enter deletes nothing."""
+    """Ask before something that cannot be undone (deleting a download's data) or that the
+    person should choose (a new name). Back has the focus, so a stray enter does nothing."""
 
     BINDINGS = [Binding("escape", "back", "Back")]
 
-    def __init__(self, title: str, body: str, confirm: str, *, danger: bool = False) -> None:
+    def __init__(self, title: str, body: str, confirm: str, *, danger: bool = False,
+                 back: str = "Back") -> None:
         super().__init__()
         self.title_text = title
         self.body = body
         self.confirm = confirm
         self.danger = danger
+        self.back = back
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog confirm"):
@@ -273,7 +360,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(classes="buttons"):
                 yield Button(self.confirm, variant="error" if self.danger else "primary",
                              id="confirm-ok")
-                yield Button("Back", id="confirm-back")
+                yield Button(self.back, id="confirm-back")
 
     def on_mount(self) -> None:
         self.query_one("#confirm-back", Button).focus()

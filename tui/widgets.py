@@ -25,6 +25,7 @@ from .model import (
     LibraryRow,
     PeerRow,
     TransferRow,
+    counted,
     group_cells,
 )
 
@@ -347,10 +348,10 @@ def transfer_detail(r: TransferRow | None) -> Text:
     if r.error:
         text.append(f"{r.state}: {r.error}\n", style="red")
     if r.size_known:
-        text.append(f"{r.done_chunks} of {r.chunk_count} chunks · ")
+        text.append(f"{r.done_chunks:,} of {counted(r.chunk_count, 'chunk')} · ")
         if r.bytes_done:
             text.append(f"{human_bytes(r.bytes_done)} of ")
-        text.append(f"{human_bytes(r.size)} · {r.peers} {'peer' if r.peers == 1 else 'peers'}")
+        text.append(f"{human_bytes(r.size)} · {counted(r.peers, 'peer')}")
         if r.rate > 0:
             text.append(f" · {human_rate(r.rate)}")
     else:
@@ -486,7 +487,7 @@ def peer_detail(r: PeerRow | None) -> Text:
     text.append(str(r.peer), style="bold")
     text.append(f"  {r.direction} {r.address}\n", style="dim")
     text.append(f"received {human_bytes(r.bytes_in)} · sent {human_bytes(r.bytes_out)} · "
-                f"{r.strikes} {'strike' if r.strikes == 1 else 'strikes'}")
+                f"{counted(r.strikes, 'strike')}")
     if r.banned:
         text.append("\n")
         text.append(f"banned: {r.banned}", style="bold red")
@@ -560,6 +561,11 @@ class PeersView(Vertical):
 # -- DHT ------------------------------------------------------------------------------------------
 
 
+def routing_summary(data: DhtData) -> str:
+    """'68 contacts in 8 buckets', '1 contact in 1 bucket'."""
+    return f"{counted(data.contacts, 'contact')} in {counted(len(data.buckets), 'bucket')}"
+
+
 class DhtView(VerticalScroll):
     """Routing table per bucket, records held, bootstrap status, our addresses."""
 
@@ -592,8 +598,7 @@ class DhtView(VerticalScroll):
             text.append(f"{', '.join(data.bootstrap)}: joined\n", style="green")
         text.append("Records    ", style="bold")
         text.append((", ".join(f"{k} {v}" for k, v in data.records) or "none") + "\n")
-        text.append(f"\nRouting table: {data.contacts} contacts in {len(data.buckets)} buckets\n",
-                    style="bold")
+        text.append(f"\nRouting table: {routing_summary(data)}\n", style="bold")
         top = max(data.buckets, default=0) or 1
         for i, n in enumerate(data.buckets):
             text.append(f"  bucket {i:3d} {n:3d} ")

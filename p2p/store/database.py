@@ -291,7 +291,7 @@ class Database:
         order, replacing an earlier record of the same share. ``files`` is taken one at a time
         (it may be a generator): rows are never all in memory."""
         cid = manifest.content_id.digest
-        rows = ((cid, i, str(file.path), file.size, file.mtime_ns, entry.content_id.digest,
+        rows = ((cid, i, file.path, file.size, file.mtime_ns, entry.content_id.digest,
                  file.ctime_ns, file.ino)
                 for i, (entry, file) in enumerate(zip(manifest.entries, files, strict=True)))
         with self._tx() as db:
@@ -322,14 +322,14 @@ class Database:
         """The files the share ``cid`` is served from, one per entry in order (none if not shared)."""
         rows = self._query("SELECT path, size, mtime_ns, ctime_ns, ino FROM share_files "
                            "WHERE content_id=? ORDER BY entry", (cid,))
-        return [SharedFile(Path(str(r[0])), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
+        return [SharedFile(str(r[0]), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
 
     def share_files_from(self, cid: bytes, first: int, count: int) -> dict[int, SharedFile]:
         """Entries ``first`` to ``first + count - 1`` of the share ``cid`` that exist, by entry:
         one range of the primary key, so the cost does not grow with the share's size."""
         rows = self._query("SELECT entry, path, size, mtime_ns, ctime_ns, ino FROM share_files "
                            "WHERE content_id=? AND entry>=? AND entry<?", (cid, first, first + count))
-        return {int(entry): SharedFile(Path(str(path)), int(size), int(mtime_ns), ctime_ns, ino)
+        return {int(entry): SharedFile(str(path), int(size), int(mtime_ns), ctime_ns, ino)
                 for entry, path, size, mtime_ns, ctime_ns, ino in rows}
 
     def file_share(self, file_id: bytes) -> tuple[bytes, int, SharedFile] | None:
@@ -340,7 +340,7 @@ class Database:
         if not rows:
             return None
         cid, entry, path, size, mtime_ns, ctime_ns, ino = rows[0]
-        return bytes(cid), int(entry), SharedFile(Path(str(path)), int(size), int(mtime_ns),
+        return bytes(cid), int(entry), SharedFile(str(path), int(size), int(mtime_ns),
                                                   ctime_ns, ino)
 
     # -- downloads -----------------------------------------------------------------------

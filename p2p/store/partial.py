@@ -61,7 +61,7 @@ from ..errors import (
     StoreError,
     UnsafePath,
 )
-from .chunks import ChunkMap
+from .chunks import ChunkMap, ChunkSpan
 from .descriptors import DescriptorCache
 from .directio import DirectWriter
 
@@ -81,6 +81,11 @@ MAX_OPEN_FOLDERS = 16
 """Folders of a download kept open (a descriptor each), so that creating a file in one costs
 one ``openat``, not one per level of its path: a folder's files are written in rarest-first
 order, spread over all its folders, so this keeps only the recent ones."""
+SMALL_FILE_BYTES = 64 * 1024
+"""A file of a folder smaller than this that one chunk writes whole is created, written and
+closed in one go (:meth:`PartialDownload.write_chunk`): buffered (under
+:data:`~p2p.store.directio.DIRECT_MIN_BYTES` anyway) and synced by the commit's ``syncfs`` or
+reopened for its ``fdatasync``, as an evicted file is."""
 SYNC_EACH_FILES = 16
 """A commit syncs up to this many written files one ``fdatasync`` each; more (a folder of small
 files) in one ``syncfs`` of their file system (:func:`~p2p.durable.sync_filesystem`), which
@@ -161,8 +166,8 @@ class PartialDownload:
         self._files = DescriptorCache(self._open_entry)
         self._folders: dict[str, int] = {}
         """Descriptors of folders of the partial folder, by relative path (:func:`open_under`),
-        at most :data:`MAX_OPEN_FOLDERS`; used only by :meth:`_open_entry`, which the
-        descriptor cache calls under its lock."""
+        at most :data:`MAX_OPEN_FOLDERS`; used only under :attr:`_folders_lock`."""
+        self._folders_lock = threading.Lock()
         self._writer = DirectWriter()
         self._writer.refused = self._writer.refused or not direct_io
         self._preallocating = False
@@ -269,12 +274,7 @@ class PartialDownload:
         if self.manifest.kind == "file":
             fd = os.open(self.partial_path, (flags & ~os.O_CREAT) | getattr(os, "O_NOFOLLOW", 0))
         else:
-            folders = self._folders
-            fd = open_under(self.partial_path, self.manifest.entries[entry].path, flags,
-                            root_fd=self._lock_fd, folders=folders)
-            while len(folders) > MAX_OPEN_FOLDERS:  # oldest first (dicts keep insertion order)
-                with contextlib.suppress(OSError):
-                    os.close(folders.pop(next(iter(folders))))
+            fd = self._open_under(entry, flags)
         size = self.manifest.entries[entry].info.size
         if self._preallocating and flags & os.O_CREAT and size >= PREALLOCATE_MIN_SIZE:
             try:
@@ -285,6 +285,37 @@ class PartialDownload:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # give back what a failed call reserved
         return fd
+
+    def _open_under(self, entry: int, flags: int) -> int:
+        """Open entry ``entry``'s file in the partial folder (:func:`open_under`: no symlink
+        followed), through the recent folders' descriptors."""
+        folders = self._folders
+        with self._folders_lock:
+            fd = open_under(self.partial_path, self.manifest.entries[entry].path, flags,
+                            root_fd=self._lock_fd, folders=folders)
+            while len(folders) > MAX_OPEN_FOLDERS:  # oldest first (dicts keep insertion order)
+                with contextlib.suppress(OSError):
+                    os.close(folders.pop(next(iter(folders))))
+        return fd
+
+    def _small_whole(self, span: ChunkSpan) -> bool:
+        """Whether ``span`` is the whole of a small file of a folder (its only chunk): such a
+        file is created, written and closed at once, not kept open in the descriptor cache
+        (a folder of small files has nothing to gain from keeping them open, and closing
+        them later costs the same call)."""
+        return (span.offset == 0 and span.length < SMALL_FILE_BYTES and self.manifest.kind == "dir"
+                and span.length == self.manifest.entries[span.entry].info.size
+                and span.entry not in self._in_place and not self._writer.takes(span))
+
+    def _write_small_whole(self, span: ChunkSpan, data: bytes | bytearray | memoryview) -> None:
+        fd = self._open_under(span.entry, os.O_WRONLY | os.O_CREAT)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < span.length:
+                written += os.pwrite(fd, view[written:], written)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _using(self, closed_error: Exception) -> Iterator[None]:
@@ -306,9 +337,12 @@ class PartialDownload:
         durable at the next :meth:`commit`.
         """
         span = self.chunk_map.locate(index)
-        with self._using(StoreError(f"{self.partial_path} is closed")), _disk_full(self.partial_path), \
-                self._files.use(span.entry, create=True, direct=self._writer.takes(span)) as file:
-            self._writer.write(span, data, file.fd, file.direct)
+        with self._using(StoreError(f"{self.partial_path} is closed")), _disk_full(self.partial_path):
+            if self._small_whole(span):
+                self._write_small_whole(span, data)
+            else:
+                with self._files.use(span.entry, create=True, direct=self._writer.takes(span)) as file:
+                    self._writer.write(span, data, file.fd, file.direct)
         with self._bits_lock:  # dirty before the bit is seen: a commit that records it syncs the file
             self._dirty.add(span.entry)
             bit_set(self.bits, index)

@@ -114,3 +114,25 @@ def test_pasted_tickets_ids_paths_and_the_dht_table(cli: CLI, tmp_path: Path) ->
     assert "BUCKET  CONTACTS" in dht.stdout
     assert not any(ch in dht.stdout for ch in "{}[]"), dht.stdout
     assert sharer.stop() == 0
+
+
+def test_a_state_directory_that_is_a_file_and_verify_of_unshared_content(cli: CLI,
+                                                                        tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_bytes(b"x")
+    for args, env in [(["--state-dir", str(not_a_folder)], None),
+                      ([], {"P2P_STATE_DIR": str(not_a_folder)})]:
+        got = cli.run(*args, "ls", env=env)
+        assert got.returncode == 2, got.stderr
+        assert f"the state directory {not_a_folder} is not a folder" in got.stderr, got.stderr
+    src = tmp_path / "notes.bin"
+    src.write_bytes(bytes(range(256)) * 4096)
+    state = ["--state-dir", str(tmp_path / "state")]
+    shared = cli.run("share", "--no-serve", "--json", str(src), *state)
+    assert shared.returncode == 0, shared.stderr
+    cid = json.loads(shared.stdout.splitlines()[0])["content_id"]
+    assert cli.run("unshare", cid, *state).returncode == 0
+    # Not "N chunks missing" (an integrity failure): it is simply not here any more.
+    got = cli.run("verify", cid, *state)
+    assert got.returncode == 3, got.stderr
+    assert "neither shared nor downloaded here" in got.stderr, got.stderr

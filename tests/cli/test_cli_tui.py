@@ -92,8 +92,9 @@ async def test_the_terminal_app_attaches_to_a_running_serve_and_leaves_it_runnin
         assert isinstance(link, AttachedLink)
         assert str(link.peer_id) == peer_id
         assert "attached" in str(app.sub_title)
-        name, ticket = await link.share(src)
-        assert name == "notes.bin" and ticket.startswith("p2p")
+        outcome = await link.share(src)
+        assert outcome.name == "notes.bin" and outcome.ticket.startswith("p2p")
+        assert outcome.left_out.total == 0
         listed = cli.run("ls", "--json", "--state-dir", str(state))
         assert listed.returncode == 0, listed.stderr
         assert [s["name"] for s in json.loads(listed.stdout)["shares"]] == ["notes.bin"]
@@ -103,4 +104,116 @@ async def test_the_terminal_app_attaches_to_a_running_serve_and_leaves_it_runnin
         await app.action_quit()
     peers = cli.run("peers", "--json", "--state-dir", str(state))
     assert peers.returncode == 0, peers.stderr  # the node still runs: its control socket answers
+    assert serve.stop() == 0
+
+
+async def test_the_terminal_app_shows_and_sets_the_limits_of_a_running_serve(
+        cli: CLI, tmp_path: Path) -> None:
+    """Attached to ``p2p serve --max-upload-rate 2MiB/s``, the app's status line names that
+    limit and its limits dialog (b) shows it; a download limit set there is the serve's
+    (``p2p limit`` reads it back); a folder shared through it says what it left out."""
+    import os
+
+    from textual.widgets import Input
+
+    from p2p import NodeConfig
+    from tui.app import build_app
+    from tui.link import AttachedLink
+    from tui.screens import LimitScreen
+    from tui.widgets import StatusLine
+
+    mib = 1024 * 1024
+    state = tmp_path / "state" / "node"
+    serve = cli.start("serve", "--json", "--state-dir", str(state), "--listen", "127.0.0.1:0",
+                      "--max-upload-rate", "2MiB/s")
+    serve.json()
+    folder = tmp_path / "album"
+    make_file(folder / "song.flac", 4096)
+    os.symlink(folder / "song.flac", folder / "link.flac")
+    config = NodeConfig(state_dir=state, host="127.0.0.1", port=0, download_dir=tmp_path / "dl",
+                        max_contacts_per_ip=None)
+    app = build_app(config, refresh_interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        async with asyncio.timeout(30):
+            await app.ready.wait()
+            assert isinstance(app.link, AttachedLink)
+            status = app.main.query_one(StatusLine)
+            while "↑2.0 MiB/s" not in status.line(78):
+                await pilot.pause(0.05)
+            await pilot.press("b")
+            while not (isinstance(app.screen, LimitScreen) and app.focused is not None
+                       and app.focused.id == "limit-up"):  # composed
+                await pilot.pause(0.05)
+            dialog = app.screen
+            assert dialog.query_one("#limit-up", Input).value == "2.0 MiB/s"
+            assert dialog.query_one("#limit-down", Input).value == "unlimited"
+            dialog.query_one("#limit-down", Input).value = "1MiB/s"
+            await pilot.press("enter")  # in the upload field: Set
+            while "limits up 2.0 MiB/s, down 1.0 MiB/s" not in status.line(200):
+                await pilot.pause(0.05)
+        limits = cli.run("limit", "--json", "--state-dir", str(state))
+        assert limits.returncode == 0, limits.stderr
+        shown = json.loads(limits.stdout)
+        assert (shown["up"]["rate"], shown["down"]["rate"]) == (2 * mib, 1 * mib)
+
+        app.share(folder)
+        log = app.main.query_one("#log-view")
+        async with asyncio.timeout(30):
+            while not any("left out" in e.message for e in log.entries):  # type: ignore[attr-defined]
+                await pilot.pause(0.05)
+        assert [e.message for e in log.entries if "left out" in e.message] == [  # type: ignore[attr-defined]
+            "album: left out 1 symlink (a folder share holds readable regular files only)"]
+        await app.action_quit()
+    assert serve.stop() == 0
+
+
+async def test_a_refused_fetch_through_a_running_serve_offers_a_new_name(
+        cli: CLI, tmp_path: Path) -> None:
+    """Attached to a running ``p2p serve``, a fetch whose destination holds a different file
+    is refused by that node; the app's dialog offers "Rename to notes (1).bin" and the
+    download then goes beside the other file (the ``start`` request's ``rename``)."""
+    import filecmp
+
+    from textual.widgets import Button
+
+    from p2p import NodeConfig
+    from p2p.node import Node
+    from tui.app import build_app
+    from tui.link import AttachedLink
+    from tui.screens import ConfirmScreen
+
+    source = make_file(tmp_path / "files" / "notes.bin", 256 * 1024)
+    downloads = tmp_path / "dl"
+    other = make_file(downloads / "notes.bin", 1000, seed=2)
+    state = tmp_path / "state" / "node"
+    serve = cli.start("serve", "--json", "--state-dir", str(state), "--listen", "127.0.0.1:0")
+    serve.json()
+    seed_config = NodeConfig(state_dir=tmp_path / "seed", host="127.0.0.1", port=0,
+                             download_dir=tmp_path / "seed-dl", max_contacts_per_ip=None)
+    async with Node(seed_config) as seed:
+        result = await seed.share(source)
+        config = NodeConfig(state_dir=state, host="127.0.0.1", port=0, download_dir=downloads,
+                            max_contacts_per_ip=None)
+        app = build_app(config, refresh_interval=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            async with asyncio.timeout(60):
+                await app.ready.wait()
+                assert isinstance(app.link, AttachedLink)
+                app.start_fetch(str(result.ticket))
+                while not isinstance(app.screen, ConfirmScreen):
+                    await pilot.pause(0.05)
+                dialog = app.screen
+                while app.focused is None or app.focused.id != "confirm-back":  # mounted
+                    await pilot.pause(0.05)
+                rename = dialog.query_one("#confirm-ok", Button)
+                assert str(rename.label) == "Rename to notes (1).bin"
+                rename.focus()
+                while app.focused is not rename:
+                    await pilot.pause(0.05)
+                await pilot.press("enter")
+                while not any(r.state == "complete" for r in app.transfers.rows()):
+                    await pilot.pause(0.05)
+            assert filecmp.cmp(downloads / "notes (1).bin", source, shallow=False)
+            assert other.stat().st_size == 1000
+            await app.action_quit()
     assert serve.stop() == 0

@@ -3,12 +3,13 @@ rendered from fixed data through the app's own message handlers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DirectoryTree, Input
+from textual.widgets import Button, DirectoryTree, Input
 
 from p2p import (
     Ban,
@@ -29,9 +30,10 @@ from p2p import (
 )
 from p2p.content import FileEntry, hash_bytes, sign_manifest
 from p2p.identity import Identity
-from tui.app import NodeEvents, NodeSnapshot, P2PApp, build_app, cancel_question
+from tui.app import NodeEvents, NodeSnapshot, P2PApp, Refusal, build_app, cancel_question
+from tui.link import Limits
 from tui.model import DhtData
-from tui.screens import FilesScreen
+from tui.screens import FilesScreen, LimitScreen
 from tui.widgets import TransfersView
 
 from .conftest import wait_until
@@ -145,6 +147,23 @@ def test_fetch_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> No
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_limit_dialog_with_error(snap_compare: Any, size: tuple[int, int]) -> None:
+    """The limits dialog over a node with an upload limit (the status line names it), a
+    mistyped download rate named inline and Set disabled."""
+    async def limited(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, P2PApp)
+        app.on_node_snapshot(dataclasses.replace(snapshot(104.0, 3), limits=Limits(up=5 * MIB)))
+        dialog = LimitScreen(Limits(up=5 * MIB))
+        app.push_screen(dialog)
+        await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "limit-up")
+        dialog.query_one("#limit-down", Input).value = "fast"
+        await wait_until(pilot, lambda: dialog.query_one("#limit-ok", Button).disabled)
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("", limited))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_help(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("?"))
 
@@ -179,6 +198,20 @@ def test_cancel_question(snap_compare: Any, size: tuple[int, int]) -> None:
         question, deletes = cancel_question(MOVIE, app.transfers.row(MOVIE), info, True)
         assert deletes
         app.push_screen(question)
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("2", ask))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_rename_question(snap_compare: Any, size: tuple[int, int]) -> None:
+    """What the app offers when a different file is where a download would go."""
+    refusal = Refusal("/home/me/Downloads/movie.mkv already exists and is not this content",
+                      "movie (1).mkv")
+
+    async def ask(pilot: Pilot[Any]) -> None:
+        pilot.app.push_screen(refusal.question())
+        await wait_until(pilot, lambda: pilot.app.focused is not None
+                         and pilot.app.focused.id == "confirm-back")
 
     assert snap_compare(fixed_app(), terminal_size=size, run_before=run_before("2", ask))
 
