@@ -577,8 +577,10 @@ class Node:
                 and held.status.observed is not None]
 
     def _direct_dialable(self) -> bool:
-        """Whether others may dial our direct addresses: reachable, or not known not to be."""
-        return self.reachability.reachable or self.reachability.reachability == NOT_CHECKED.reachability  # unknown
+        """Whether others may dial our direct addresses: reachable, or not known not to be
+        (``unknown``: not checked yet, or no evidence either way)."""
+        verdict = self.reachability
+        return verdict.reachable or verdict.reachability == NOT_CHECKED.reachability
 
     def _wants_relays(self) -> bool:
         """A long-running node (it announces) that is not a declared server, not proven
@@ -604,7 +606,8 @@ class Node:
                 continue
             held = HeldReservation(self._identity, address, self._circuit_arrived,
                                    agent=self.config.agent, on_change=self._relays_changed)
-            self._reservations[address] = (held, self._spawn(held.run(), f"reservation {format_address(address)}"))
+            task = self._spawn(held.run(), f"reservation {format_address(address)}")
+            self._reservations[address] = (held, task)
         self._relays_changed()
 
     def _stop_reservations(self) -> None:
