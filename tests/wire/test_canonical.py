@@ -19,6 +19,7 @@ from p2p.identity import PeerId
 from p2p.wire.errors import RemoteProtocolError
 from p2p.wire.messages import (
     FRAME_HEADER,
+    MAX_PUNCH_ADDRS,
     Bitfield,
     Cancel,
     Data,
@@ -27,6 +28,8 @@ from p2p.wire.messages import (
     Goodbye,
     Have,
     Hello,
+    HolePunchConnect,
+    HolePunchSync,
     Manifest,
     Message,
     MessageType,
@@ -131,6 +134,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ping, u64),
     st.builds(Pong, u64),
     st.builds(Goodbye, st.text(max_size=64)),
+    st.builds(HolePunchConnect, st.integers(1, 255),
+              st.lists(st.tuples(st.ip_addresses().filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None).map(str), st.integers(1, 0xFFFF)),
+                       max_size=MAX_PUNCH_ADDRS).map(tuple), st.booleans()),
+    st.builds(HolePunchSync, st.integers(1, 255)),
 )
 
 
@@ -153,6 +160,10 @@ def fields_of(msg: Message) -> list[object]:
             return [nonce]
         case Goodbye(reason):
             return [reason]
+        case HolePunchConnect(round_, addrs, public):
+            return [round_, [[h, p] for h, p in addrs], public]
+        case HolePunchSync(round_):
+            return [round_]
     raise AssertionError(msg)
 
 
@@ -160,7 +171,9 @@ _TYPES = {Hello: MessageType.HELLO, GetManifest: MessageType.GET_MANIFEST,
           Manifest: MessageType.MANIFEST, GetBitfield: MessageType.GET_BITFIELD,
           Bitfield: MessageType.BITFIELD, Have: MessageType.HAVE, Request: MessageType.REQUEST,
           Reject: MessageType.REJECT, Cancel: MessageType.CANCEL, Ping: MessageType.PING,
-          Pong: MessageType.PONG, Goodbye: MessageType.GOODBYE}
+          Pong: MessageType.PONG, Goodbye: MessageType.GOODBYE,
+          HolePunchConnect: MessageType.HOLE_PUNCH_CONNECT,
+          HolePunchSync: MessageType.HOLE_PUNCH_SYNC}
 
 
 # -- the properties ---------------------------------------------------------------------------------
