@@ -538,6 +538,10 @@ class Connection:
         """The remote's Hello (version, listen addresses, agent)."""
         self.remote_address: tuple[str, int] = protocol.address
         """The remote socket address."""
+        local = protocol.transport.get_extra_info("sockname") if protocol.transport else None
+        self.local_address: tuple[str, int] = \
+            from_sockaddr(local) if isinstance(local, tuple) else ("", 0)
+        """Our end's socket address (its port is the listen port on a punched connection)."""
         self._closed = False
 
     @property
