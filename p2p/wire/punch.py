@@ -811,6 +811,7 @@ class _Shell:
             case _Secured(conn=conn) if conn is not None:
                 self.handshaking -= 1
                 if self.result is None:
+                    conn.punched = True
                     self.result = conn
                     coord.connected()
                 else:

@@ -42,6 +42,8 @@ from .messages import (
     Data,
     Have,
     Hello,
+    HolePunchConnect,
+    HolePunchSync,
     Manifest,
     Reject,
     RejectReason,
@@ -51,6 +53,7 @@ from .serving import (
     EVICTED,
     Admission,
     Drop,
+    PunchSignal,
     Reply,
     SendBitfield,
     SendManifest,
@@ -242,10 +245,15 @@ class Server:
                  *, listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                  on_event: Callable[[ServerEvent], None] | None = None,
                  cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
-                 bandwidth: Bandwidth | None = None) -> None:
+                 bandwidth: Bandwidth | None = None,
+                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], None]
+                 | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
         a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
-        ``bandwidth``: the node's limits, which every accepted connection counts against."""
+        ``bandwidth``: the node's limits, which every accepted connection counts against.
+        ``on_punch``: given the hole punch messages a peer sends (on a relayed session, to
+        the punch's :meth:`p2p.wire.punch.PunchChannel.deliver`); without it they are
+        ignored. It may raise :class:`RemoteProtocolError` to drop the peer."""
         self.identity = identity
         self.source = source
         self.limits = limits
@@ -262,6 +270,7 @@ class Server:
         self._admission = Admission(limits)
         self._closed = False
         self._bandwidth = bandwidth
+        self._on_punch = on_punch
         self._claims: list[Callable[[WireProtocol], bool]] = []
 
     # -- listening -------------------------------------------------------------------------
@@ -506,6 +515,9 @@ class Server:
                     rules.bitfield_sent(cid, held is not None)
                     count, bits = held if held is not None else (0, b"")
                     await conn.send(Bitfield(cid, count, bits))
+                case PunchSignal(message=signal):
+                    if self._on_punch is not None:
+                        self._on_punch(conn, signal)
 
     async def _send_chunks(self, link: _Link, conn: Connection) -> None:
         """Answers queued requests in order, one at a time (a slow reader slows only itself)."""

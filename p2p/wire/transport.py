@@ -542,6 +542,8 @@ class Connection:
         self.local_address: tuple[str, int] = \
             from_sockaddr(local) if isinstance(local, tuple) else ("", 0)
         """Our end's socket address (its port is the listen port on a punched connection)."""
+        self.punched = False
+        """Opened by a hole punch (:func:`p2p.wire.punch.punch`), not by a plain dial."""
         self._closed = False
 
     @property

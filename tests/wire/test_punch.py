@@ -429,3 +429,19 @@ def test_a_malformed_sync_is_the_peers_fault() -> None:
     for fields in ([0], [256], [], [True]):
         with pytest.raises(RemoteProtocolError):
             decode(_body(21, fields))
+
+
+# -- a served relayed session hands punch messages on -------------------------------------------
+
+
+def test_a_server_hands_punch_messages_on_and_charges_them_as_chatter() -> None:
+    from p2p.wire.serving import Drop, PunchSignal, ServedPeer, ServerLimits
+
+    limits = ServerLimits(noop_burst=3, noop_rate=0.001)
+    peer = ServedPeer(limits, 1000.0)
+    peer.handshake_done(1000.0)
+    connect = HolePunchConnect(1, (A_PUBLIC,), False)
+    assert peer.receive(connect, 1000.0) == PunchSignal(connect)
+    assert peer.receive(HolePunchSync(1), 1000.0) == PunchSignal(HolePunchSync(1))
+    assert peer.receive(HolePunchSync(1), 1000.0) == PunchSignal(HolePunchSync(1))
+    assert isinstance(peer.receive(HolePunchSync(1), 1000.0), Drop)  # a flood is a flood

@@ -14,7 +14,7 @@ import pytest
 from p2p.errors import PortInUse
 from p2p.identity import Identity
 from p2p.testing import MemorySource
-from p2p.wire.messages import Ping, Pong
+from p2p.wire.messages import HolePunchConnect, HolePunchSync, Ping, Pong
 from p2p.wire.punch import PunchChannel, PunchConfig, PunchFailed, Role, punch
 from p2p.wire.server import Server
 from p2p.wire.transport import Connection, bound_socket, connect
@@ -62,6 +62,7 @@ async def both(a: asyncio.Task[Connection], b: asyncio.Task[Connection]) -> tupl
 
 
 async def check_session(conn_a: Connection, conn_b: Connection, a: Node, b: Node) -> None:
+    assert conn_a.punched and conn_b.punched
     assert conn_a.remote_peer == b.identity.peer_id
     assert conn_b.remote_peer == a.identity.peer_id
     # One TCP connection between the two listen ports, whichever SYN opened it.
@@ -175,3 +176,25 @@ async def test_the_listener_shares_its_port_with_outbound_sockets_and_no_other_l
                              local_port=a.port)
     assert conn.local_address == (LOOP, a.port)
     await conn.aclose()
+
+
+async def test_the_server_hands_a_peers_punch_messages_to_its_punch() -> None:
+    identity, client = Identity.generate(), Identity.generate()
+    got: asyncio.Queue[tuple[Connection, HolePunchConnect | HolePunchSync]] = asyncio.Queue()
+    server = Server(identity, MemorySource(),
+                    on_punch=lambda conn, msg: got.put_nowait((conn, msg)))
+    _host, port = await server.start(LOOP, 0)
+    try:
+        async with asyncio.timeout(5):
+            conn = await connect(LOOP, port, client, expected_peer=identity.peer_id)
+            await conn.send(HolePunchConnect(1, ((LOOP, 1),), False))
+            await conn.send(HolePunchSync(1))
+            served, first = await got.get()
+            assert served.remote_peer == client.peer_id
+            assert first == HolePunchConnect(1, ((LOOP, 1),), False)
+            assert (await got.get())[1] == HolePunchSync(1)
+            await conn.send(Ping(3))  # and the session goes on
+            assert await conn.receive() == Pong(3)
+        await conn.aclose()
+    finally:
+        await server.aclose()
