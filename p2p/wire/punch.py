@@ -19,12 +19,15 @@ Two parts, as everywhere in the wire layer:
 
 How the relay integration calls it (both peers, once their relayed session is up)::
 
-    channel = PunchChannel(relayed.send)         # the relayed session's Connection.send
-    # ... and the relayed session's reader hands every HolePunchConnect / HolePunchSync
-    # it receives to channel.deliver(msg) (and calls channel.close() when the session ends)
+    # The relayed session carries the punch messages. On the dialler it is our own
+    # Connection through the circuit: its reader hands every HolePunchConnect and
+    # HolePunchSync to channel.deliver(msg), and calls channel.close() when it ends.
+    # On the target it is served by our chunk server: Server(on_punch=...) gets them,
+    # with the connection they came on, to deliver to that connection's channel.
+    channel = PunchChannel(relayed.send)
     try:
         direct = await punch(
-            Role.DIALLER,                        # the side that asked the relay for the circuit
+            Role.DIALLER,                        # or Role.TARGET on the other side
             listen_port=node.port,               # the chunk server's port
             identity=identity, expected_peer=peer_id, signal=channel,
             own_addrs=[observed_by_relay, *listen_addrs],  # what we tell the peer to dial
@@ -34,6 +37,9 @@ How the relay integration calls it (both peers, once their relayed session is up
         )
     except PunchFailed as exc:
         ...                                      # stay on the relay; exc.reason says why
+
+``observed_by_relay`` is only the listen port's public mapping if the connection to the relay
+left from the listen port: dial the relay with ``connect(..., local_port=node.port)``.
 
 The target side (the peer the relay connected to, which holds the reservation) calls it with
 ``Role.TARGET``: it starts the exchange and times the round trip. The dialler is the Noise
