@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 from cliproc import CLI, Proc, clean_env
+from netlab import FIREWALL, NAT, on, run
 from testbed import need_tools
 
 from p2p.identity import PeerId, node_id_for
@@ -30,28 +31,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 PORT = 7473
 BOOT, BOOT2 = "203.0.113.10", "203.0.113.11"
 ROUTER, PUBLIC_HOST, LAN_HOST = "203.0.113.1", "203.0.113.20", "10.0.1.2"
-
-FIREWALL = """
-table inet fw {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    iifname "wan" ct state established,related accept
-    iifname "wan" drop
-  }
-  chain forward {
-    type filter hook forward priority 0; policy drop;
-    iifname "lan" accept
-    ct state established,related accept
-  }
-}
-"""
-NAT = ("add table ip nat; add chain ip nat post {{ type nat hook postrouting priority 100; }}; "
-       "add rule ip nat post oifname \"wan\" masquerade {flags}")
-
-
-def run(*args: str, stdin: str | None = None) -> None:
-    subprocess.run(list(args), check=True, capture_output=True, text=True, timeout=30,
-                   input=stdin)
 
 
 @contextlib.contextmanager
@@ -110,10 +89,6 @@ def lab(kind: str) -> Iterator[dict[str, str]]:
         for name in reversed(made):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
                            check=False)
-
-
-def on(name: str) -> list[str]:
-    return ["ip", "netns", "exec", name]
 
 
 @contextlib.contextmanager
