@@ -288,6 +288,8 @@ class Coordinator:
         self._deadline = math.inf
         self._round = _Round(0)
         self._started = False
+        self._last_attempt: dict[Address, float] = {}
+        """When each address was last dialled: the pace holds across rounds too."""
 
     # -- what it is doing ------------------------------------------------------------------
 
@@ -448,10 +450,10 @@ class Coordinator:
             target.last_error = f"opened, then {error}"
 
     def connected(self) -> None:
-        """A Noise session with the expected peer opened: the punch succeeded."""
-        if self._phase is not _Phase.FAILED:
-            self._phase = _Phase.DONE
-            self.failure = None
+        """A Noise session with the expected peer opened: the punch succeeded (even when
+        that handshake ended after the last round did)."""
+        self._phase = _Phase.DONE
+        self.failure = None
 
     def abort(self, reason: str) -> None:
         """Fail now (the relayed session ended, the shell gave up)."""
@@ -488,7 +490,9 @@ class Coordinator:
         self._phase = _Phase.WINDOW
         self._deadline = math.inf
         r.window_end = now + self.config.dial_window
-        r.targets = [_Target(a, now) for a in self.candidates()] if r.dials else []
+        retry = self.config.retry_interval
+        r.targets = [_Target(a, max(now, self._last_attempt.get(a, -math.inf) + retry))
+                     for a in self.candidates()] if r.dials else []
         return self._due_dials(now)
 
     def _due_dials(self, now: float) -> list[Action]:
@@ -502,6 +506,7 @@ class Coordinator:
             target.in_flight = True
             target.attempts += 1
             target.next_attempt = now + self.config.retry_interval
+            self._last_attempt[target.address] = now
             self.attempts += 1
             # An attempt never outlives the window: the next round starts clean.
             actions.append(Dial(target.address, max(0.0, min(timeout, self._round.window_end - now))))
@@ -772,7 +777,9 @@ class _Shell:
         coord = self.coord
         self.tasks.spawn(self._read_signals(), "signals")
         await self._perform(coord.start(self.now()))
-        while not coord.done:
+        # A handshake that began before the last round ended may still bring it home.
+        while not coord.done or (coord.failure is not None and self.handshaking
+                                 and self.result is None):
             deadline = coord.next_deadline()
             wait = None if deadline is None else max(0.0, deadline - self.now())
             try:
@@ -784,6 +791,8 @@ class _Shell:
             actions = self._handle(event)
             if not coord.done:
                 await self._perform([*actions, *coord.handle_timer(self.now())])
+            elif actions:
+                await self._perform(actions)
         if self.result is None:
             raise PunchFailed(coord.failure or "gave up", rounds=coord.round,
                               attempts=coord.attempts)
@@ -812,7 +821,7 @@ class _Shell:
                 self.handshaking -= 1
                 log.info("hole punch: handshake with %s failed: %s", format_address(address), error)
                 coord.handshake_failed(address, error)
-                if self.initiator and self.backlog:
+                if self.initiator and self.backlog and not coord.done:
                     self._secure(self.backlog.popleft())
             case _Secured(conn=conn) if conn is not None:
                 self.handshaking -= 1

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2p.testing import FakeClock
 from p2p.wire.errors import LocalProtocolError, RemoteProtocolError
@@ -445,3 +447,66 @@ def test_a_server_hands_punch_messages_on_and_charges_them_as_chatter() -> None:
     assert peer.receive(HolePunchSync(1), 1000.0) == PunchSignal(HolePunchSync(1))
     assert peer.receive(HolePunchSync(1), 1000.0) == PunchSignal(HolePunchSync(1))
     assert isinstance(peer.receive(HolePunchSync(1), 1000.0), Drop)  # a flood is a flood
+
+
+# -- whatever a hostile peer sends ---------------------------------------------------------------
+
+_pool = st.sampled_from([B_PUBLIC, B_LAN, ("198.51.100.1", 80), ("198.51.100.2", 443),
+                         ("198.51.100.3", 22), ("0.0.0.0", 1), ("2001:db8::1", 7473)])
+_peer_messages = st.one_of(
+    st.builds(HolePunchConnect, st.integers(1, 5),
+              st.lists(_pool, max_size=MAX_PUNCH_ADDRS).map(tuple), st.booleans()),
+    st.builds(HolePunchSync, st.integers(1, 5)))
+_steps = st.lists(st.one_of(
+    st.tuples(st.just("message"), _peer_messages),
+    st.tuples(st.just("wait"), st.floats(0, 12)),
+    st.tuples(st.just("fail"), st.sampled_from(["refused", "timed out"])),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([Role.DIALLER, Role.TARGET]), st.booleans(), _steps)
+def test_no_peer_can_make_a_punch_dial_more_or_last_longer_than_its_limits(
+        role: Role, public: bool, steps: list[tuple[str, object]]) -> None:
+    config = DEFAULT_CONFIG
+    coord = Coordinator(role, own_addrs=[A_PUBLIC], public=public, peer_observed=[B_PUBLIC])
+    clock = FakeClock()
+    start = clock.now
+    last: dict[tuple[str, int], float] = {}
+    in_flight: list[tuple[str, int]] = []
+    done_at: list[float] = []
+
+    def check(actions: list[Action]) -> None:
+        if coord.done and not done_at:
+            done_at.append(clock.now)
+        for dial in dials(actions):
+            assert dial.address in coord.candidates()
+            assert dial.timeout <= config.attempt_timeout
+            if dial.address in last:
+                assert clock.now - last[dial.address] >= config.retry_interval - 1e-9
+            last[dial.address] = clock.now
+            in_flight.append(dial.address)
+        assert coord.attempts <= config.max_attempts
+        assert len(coord.candidates()) <= config.max_candidates
+        assert len(set(last)) <= config.rounds * config.max_candidates
+
+    def run_timers(until: float) -> None:
+        while (due := coord.next_deadline()) is not None and due <= until:
+            clock.advance(max(0.0, due - clock.now))
+            check(coord.handle_timer(clock.now))
+        clock.advance(max(0.0, until - clock.now))
+        check(coord.handle_timer(clock.now))
+
+    check(coord.start(clock.now))
+    for kind, value in steps:
+        if kind == "message":
+            check(coord.receive(value, clock.now))  # type: ignore[arg-type]
+        elif kind == "wait":
+            run_timers(clock.now + float(value))  # type: ignore[arg-type]
+        elif in_flight:
+            check(coord.dial_failed(in_flight.pop(0), str(value), clock.now))
+    # Whatever came before, silence from here on ends it within the bound.
+    run_timers(start + config.bound())
+    assert coord.done and coord.failure is not None
+    assert done_at[0] <= start + config.bound()
+    assert coord.round <= config.rounds
