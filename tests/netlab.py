@@ -3,9 +3,10 @@
 Importable as ``netlab`` from any test. The topology (docs: the research note's recipe): an
 "internet" bridge in its own namespace; a public host ``boot`` at 203.0.113.10 (and .11);
 and any number of sites, each either a public host on the bridge or a host behind a router
-whose firewall drops unsolicited inbound traffic (never a reset) and which does nft
-``masquerade`` (cone: endpoint-independent, port-preserving), ``masquerade random``
-(symmetric) or no NAT at all (firewall-only). The 203.0.113.0/24 documentation range stands
+whose firewall drops unsolicited inbound traffic and which does nft ``masquerade`` (cone:
+endpoint-independent, port-preserving), ``masquerade random`` (symmetric) or no NAT at all
+(firewall-only); ``cone-rst`` is a cone whose router answers an unsolicited SYN with a reset
+instead of dropping it. The 203.0.113.0/24 documentation range stands
 for the internet. Every namespace carries a per-run prefix and is deleted on the way out,
 failing or not. Needs root, ``ip netns`` and ``nft``: :func:`require` skips otherwise.
 """
@@ -42,7 +43,9 @@ NAT = ("add table ip nat; add chain ip nat post {{ type nat hook postrouting pri
        "add rule ip nat post oifname \"wan\" masquerade {flags}")
 """Source NAT on the router's wan side; ``flags`` "" (cone), "random" or "fully-random"
 (symmetric), "persistent"."""
-NAT_FLAGS = {"cone": "", "symmetric": "random", "fully-random": "fully-random"}
+RESET = 'insert rule inet fw input iifname "wan" meta l4proto tcp ct state new reject with tcp reset'
+"""Makes a router answer an unsolicited SYN with a reset instead of dropping it."""
+NAT_FLAGS = {"cone": "", "cone-rst": "", "symmetric": "random", "fully-random": "fully-random"}
 KINDS = ("public", "firewall-only", *NAT_FLAGS)
 
 
@@ -159,6 +162,8 @@ def lab(tag: str, kinds: Sequence[str]) -> Iterator[Lab]:
                 public = address
             else:
                 run(*on(router), "nft", NAT.format(flags=NAT_FLAGS[kind]))
+            if kind == "cone-rst":
+                run(*on(router), "nft", RESET)
             names.sites[f"h{i}"] = Site(kind, host, address, public, router)
         yield names
     finally:

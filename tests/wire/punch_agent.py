@@ -1,10 +1,13 @@
 """The two programs of the hole punch lab test (test_punch_netns.py), run in namespaces.
 
-``hub HOST PORT``: the public stand-in for a relay. Pairs the first two TCP connections it
-gets, tells each where it saw the other and itself (one line: ``peer_ip peer_port own_ip
-own_port``), then splices their bytes. Prints ``up`` once listening.
+``hub HOST PORT [DELAY]``: the public stand-in for a relay. Pairs the first two TCP
+connections it gets, tells each where it saw the other and itself (one line: ``peer_ip
+peer_port own_ip own_port``), then splices their bytes, each forwarded ``DELAY`` seconds
+after it arrived (latency, which the punch's timing must make up for). Prints ``up`` once
+listening.
 
-``peer ROLE SEED PEER_SEED LAN_IP HUB_HOST HUB_PORT``: a node of the punch. Listens (the
+``peer ROLE SEED PEER_SEED LAN_IP HUB_HOST HUB_PORT [public]``: a node of the punch
+(``public``: it says it is reachable, so the other side dials it). Listens (the
 chunk server) on 0.0.0.0:7473; connects to the hub from that same port; runs Noise XX with the
 other peer through the hub (the relayed session, the dialler as initiator); punches with
 :func:`p2p.wire.punch.punch`, the relayed session as the signal; on success a Ping/Pong goes
@@ -31,20 +34,29 @@ from p2p.wire.transport import Connection, bound_socket, secure
 PORT = 7473
 
 
-async def hub(host: str, port: int) -> None:
+async def hub(host: str, port: int, delay: float) -> None:
     waiting: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     paired = asyncio.Event()
     pumps: list[asyncio.Task[None]] = []
 
+    loop = asyncio.get_running_loop()
+
+    def forward(dst: asyncio.StreamWriter, data: bytes) -> None:
+        if not dst.is_closing():
+            dst.write(data)
+
     async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
+                if delay > 0:
+                    loop.call_later(delay, forward, dst, data)  # in order: equal delays
+                else:
+                    dst.write(data)
+                    await dst.drain()
         except OSError:
             pass
         finally:
-            dst.close()
+            loop.call_later(delay, dst.close)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         waiting.append((reader, writer))
@@ -76,7 +88,7 @@ async def read_line(loop: asyncio.AbstractEventLoop, sock: object) -> str:
 
 
 async def peer(role: Role, seed: bytes, peer_seed: bytes, lan_ip: str, hub_host: str,
-               hub_port: int) -> dict[str, object]:
+               hub_port: int, public: bool) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     identity, other = Identity.from_seed(seed), Identity.from_seed(peer_seed)
     server = Server(identity, MemorySource())
@@ -103,7 +115,8 @@ async def peer(role: Role, seed: bytes, peer_seed: bytes, lan_ip: str, hub_host:
         direct = await punch(role, listen_port=PORT, identity=identity,
                              expected_peer=other.peer_id, signal=channel,
                              own_addrs=[(own_ip, int(own_port)), (lan_ip, PORT)],
-                             peer_observed=[(peer_ip, int(peer_port))], listener=server)
+                             peer_observed=[(peer_ip, int(peer_port))], public=public,
+                             listener=server)
     except PunchFailed as exc:
         return {"event": "failed", "reason": exc.reason, "rounds": exc.rounds,
                 "attempts": exc.attempts, "seconds": time.monotonic() - started}
@@ -134,11 +147,12 @@ async def peer(role: Role, seed: bytes, peer_seed: bytes, lan_ip: str, hub_host:
 
 def main(argv: list[str]) -> None:
     match argv:
-        case ["hub", host, port]:
-            asyncio.run(hub(host, int(port)))
-        case ["peer", role, seed, peer_seed, lan_ip, hub_host, hub_port]:
+        case ["hub", host, port, *delay] if len(delay) <= 1:
+            asyncio.run(hub(host, int(port), float(delay[0]) if delay else 0.0))
+        case ["peer", role, seed, peer_seed, lan_ip, hub_host, hub_port, *flag] \
+                if flag in ([], ["public"]):
             result = asyncio.run(peer(Role(role), bytes.fromhex(seed), bytes.fromhex(peer_seed),
-                                      lan_ip, hub_host, int(hub_port)))
+                                      lan_ip, hub_host, int(hub_port), flag == ["public"]))
             print(json.dumps(result), flush=True)
         case _:
             raise SystemExit(f"usage: {__doc__}")
