@@ -280,7 +280,8 @@ class Coordinator:
         self.own_addrs: tuple[Address, ...] = _addresses(own_addrs)[:MAX_PUNCH_ADDRS]
         self.peer_observed: tuple[Address, ...] = _addresses(peer_observed)
         self.peer_claimed: tuple[Address, ...] = ()
-        """The addresses in the peer's latest Connect."""
+        """The addresses the peer's Connects named, first seen first (a later round's new
+        ones come after the earlier ones, so the candidates never change once full)."""
         self.failure: str | None = None
         """Why the punch failed; None while it runs and once it succeeded."""
         self.attempts = 0
@@ -316,8 +317,8 @@ class Coordinator:
 
     def candidates(self) -> tuple[Address, ...]:
         """The peer's addresses this side dials, in order: observed by the relay first, then
-        the peer's claims; at most ``config.max_candidates``, no duplicates, nothing that
-        cannot be dialled (an unspecified or multicast address, port 0)."""
+        the peer's claims; at most ``config.max_candidates`` over the whole punch, no
+        duplicates, nothing that cannot be dialled (an unspecified or multicast address)."""
         out: list[Address] = []
         for address in (*self.peer_observed, *self.peer_claimed):
             if address not in out and _dialable(address):
@@ -473,7 +474,7 @@ class Coordinator:
         self._deadline = now + self.config.signal_timeout
 
     def _take_claims(self, message: HolePunchConnect) -> None:
-        self.peer_claimed = _addresses(message.addrs)[:MAX_PUNCH_ADDRS]
+        self.peer_claimed = _addresses((*self.peer_claimed, *message.addrs))[:MAX_PUNCH_ADDRS]
 
     def _plan(self, peer_public: bool) -> None:
         """Who dials this round: both, timed, when neither is public; else only the NATed

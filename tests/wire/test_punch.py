@@ -283,6 +283,20 @@ def test_candidates_are_bounded_observed_first_and_only_dialable_literals() -> N
     assert len(a.candidates()) == MAX_CANDIDATES
 
 
+def test_a_later_round_cannot_bring_new_hosts_once_the_candidates_are_full() -> None:
+    a = dialler(peer_observed=[B_PUBLIC])
+    clock = FakeClock()
+    a.start(clock.now)
+    first = tuple((f"198.51.100.{i}", 7473) for i in range(3))
+    a.receive(HolePunchConnect(1, first, False), clock.now)
+    a.receive(HolePunchSync(1), clock.now)
+    a.handle_timer(clock.advance(5))  # the window ends: round 2 next
+    later = tuple((f"192.0.2.{i}", 7473) for i in range(3))
+    a.receive(HolePunchConnect(2, later, False), clock.now)
+    out = dials(a.receive(HolePunchSync(2), clock.advance(0.5)))
+    assert [d.address for d in out] == [B_PUBLIC, *first]
+
+
 def test_inbound_connections_are_claimed_only_from_the_peers_ips_while_it_runs() -> None:
     a = dialler(peer_observed=[B_PUBLIC])
     clock = FakeClock()
@@ -488,7 +502,7 @@ def test_no_peer_can_make_a_punch_dial_more_or_last_longer_than_its_limits(
             in_flight.append(dial.address)
         assert coord.attempts <= config.max_attempts
         assert len(coord.candidates()) <= config.max_candidates
-        assert len(set(last)) <= config.rounds * config.max_candidates
+        assert len(set(last)) <= config.max_candidates  # over the whole punch
 
     def run_timers(until: float) -> None:
         while (due := coord.next_deadline()) is not None and due <= until:
