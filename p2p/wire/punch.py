@@ -116,8 +116,8 @@ continents with a loaded relay is well under this)."""
 HANDSHAKE_TIMEOUT = 5.0
 """Seconds the Noise handshake may take on a socket the punch opened."""
 MAX_CANDIDATES = 4
-"""Addresses dialled per round: the relay's observation of the peer first, then the peer's
-own claims. Bounds how many hosts a hostile peer can make us send SYNs to."""
+"""Distinct addresses one punch dials: the relay's observation of the peer first, then the
+peer's own claims. Bounds how many hosts a hostile peer can make us send SYNs to."""
 MAX_ATTEMPTS = 150
 """Connection attempts (SYNs) per punch, all addresses and rounds together: 25 per address and
 round at the fastest pace, so a peer naming a victim gets it at most this many SYNs."""
