@@ -158,7 +158,7 @@ class PunchConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     """Seconds the Noise handshake may take on an opened socket."""
     max_candidates: int = MAX_CANDIDATES
-    """Addresses of the peer dialled per round."""
+    """Distinct addresses of the peer dialled in the whole punch."""
     max_attempts: int = MAX_ATTEMPTS
     """Connection attempts per punch, over all addresses and rounds."""
 
