@@ -8,19 +8,20 @@ endpoint-independent, port-preserving), ``masquerade random`` (symmetric) or no 
 (firewall-only); ``cone-rst`` is a cone whose router answers an unsolicited SYN with a reset
 instead of dropping it. The 203.0.113.0/24 documentation range stands
 for the internet. Every namespace carries a per-run prefix and is deleted on the way out,
-failing or not. Needs root, ``ip netns`` and ``nft``: :func:`require` skips otherwise.
+failing or not. Needs root, ``ip netns`` and ``nft``: :func:`require` skips otherwise (fails
+under CI).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from testbed import need_tools
 
 BOOT, BOOT2 = "203.0.113.10", "203.0.113.11"
 
@@ -56,12 +57,9 @@ def run(*args: str, stdin: str | None = None) -> None:
 
 
 def require() -> None:
-    """Skip the calling test unless network namespaces and nftables can be used here."""
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    """Skip the calling test unless network namespaces and nftables can be used here; under
+    CI fail instead (:func:`testbed.need_tools`)."""
+    need_tools("ip", "nft")
 
 
 def on(name: str) -> list[str]:
@@ -92,13 +90,6 @@ class Lab:
     prefix: str
     boot: str = ""
     sites: dict[str, Site] = field(default_factory=dict)
-
-    def flush_conntrack(self) -> None:
-        """Forget every NAT mapping (conntrack state survives between tests otherwise)."""
-        for site in self.sites.values():
-            if site.router is not None and shutil.which("conntrack") is not None:
-                subprocess.run([*on(site.router), "conntrack", "-F"], capture_output=True,
-                               timeout=30, check=False)
 
 
 @contextlib.contextmanager
