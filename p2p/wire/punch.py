@@ -290,6 +290,8 @@ class Coordinator:
         self._deadline = math.inf
         self._round = _Round(0)
         self._started = False
+        self._signal_lost: str | None = None
+        """Why the relayed session ended, if it did during a round."""
         self._last_attempt: dict[Address, float] = {}
         """When each address was last dialled: the pace holds across rounds too."""
 
@@ -458,8 +460,19 @@ class Coordinator:
         self.failure = None
 
     def abort(self, reason: str) -> None:
-        """Fail now (the relayed session ended, the shell gave up)."""
+        """Fail now (the shell gave up)."""
         if not self.done:
+            self._fail(reason)
+
+    def signal_lost(self, reason: str) -> None:
+        """The relayed session ended (the peer may have given up a moment before us). Dials
+        under way or due need no signal: a round being dialled (or about to be) runs to its
+        end, then the punch fails; waiting for a message fails now."""
+        if self.done:
+            return
+        if self._phase in (_Phase.TIMER, _Phase.WINDOW):
+            self._signal_lost = reason
+        else:
             self._fail(reason)
 
     # -- internals ---------------------------------------------------------------------------
@@ -520,6 +533,9 @@ class Coordinator:
             self._fail(f"no direct connection after {self._round.number} "
                        f"round{'s' if self._round.number != 1 else ''} of "
                        f"{self.config.dial_window:g} s: {summary}")
+            return []
+        if self._signal_lost is not None:
+            self._fail(f"{self._signal_lost} (after round {self._round.number}: {summary})")
             return []
         log.debug("punch round %d over: %s", self._round.number, summary)
         if self.role is Role.TARGET:
@@ -617,7 +633,7 @@ class PunchChannel:
         self._queue.append(message)
         self._wake()
 
-    def close(self, reason: str = "the relayed session ended") -> None:
+    def close(self, reason: str = "connection closed") -> None:
         """The session is gone: a waiting :meth:`receive` raises ConnectionLost. Idempotent."""
         if self._closed is None:
             self._closed = ConnectionLost(reason)
@@ -712,7 +728,7 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
                 signal: Signal, own_addrs: Sequence[Address] = (),
                 peer_observed: Sequence[Address] = (), public: bool = False,
                 listener: InboundClaims | None = None, config: PunchConfig = DEFAULT_CONFIG,
-                clock: Callable[[], float] | None = None,
+                clock: Callable[[], float] | None = None, source: str | None = None,
                 listen_addrs: Sequence[Address] = (), agent: str = "p2p/0.1") -> Connection:
     """Punch a direct TCP connection to ``expected_peer`` and return it, authenticated.
 
@@ -724,8 +740,9 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
     dial-back proved us reachable (then only the peer dials: reversal). ``listener``: our
     chunk server, so that the peer's SYN that reaches it is taken for the punch instead of
     being served; without one only our own dials can succeed. ``clock``: the time source
-    for the coordinator (default: the event loop's). ``listen_addrs`` and ``agent`` go in
-    our Hello on the direct connection.
+    for the coordinator (default: the event loop's). ``source``: the local address dials
+    leave from (default: any; give the listener's when it listens on one address only).
+    ``listen_addrs`` and ``agent`` go in our Hello on the direct connection.
 
     Raises :class:`PunchFailed` (a :class:`~p2p.errors.NetworkError`) with the reason,
     within ``config.bound()`` seconds. Everything it started is closed when it returns.
@@ -733,7 +750,7 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
     shell = _Shell(role, listen_port, identity, expected_peer, signal, config,
                    Coordinator(role, own_addrs=own_addrs, public=public,
                                peer_observed=peer_observed, config=config),
-                   clock, listen_addrs, agent)
+                   clock, source, listen_addrs, agent)
     remove_claim = listener.claim_inbound(shell.claim) if listener is not None else None
     try:
         return await shell.run()
@@ -749,13 +766,14 @@ class _Shell:
 
     def __init__(self, role: Role, listen_port: int, identity: Identity, expected_peer: PeerId,
                  signal: Signal, config: PunchConfig, coord: Coordinator,
-                 clock: Callable[[], float] | None, listen_addrs: Sequence[Address],
-                 agent: str) -> None:
+                 clock: Callable[[], float] | None, source: str | None,
+                 listen_addrs: Sequence[Address], agent: str) -> None:
         self.loop = asyncio.get_running_loop()
         self.now = clock if clock is not None else self.loop.time
         self.coord = coord
         self.config = config
         self.listen_port = listen_port
+        self.source = source
         self.identity = identity
         self.expected_peer = expected_peer
         self.signal = signal
@@ -806,7 +824,7 @@ class _Shell:
             case _Received(message=message):
                 return coord.receive(message, now)
             case _SignalLost(reason=reason):
-                coord.abort(reason)
+                coord.signal_lost(reason)
             case _Dialled(address=address, sock=None, error=error):
                 return coord.dial_failed(address, error, now)
             case _Dialled(address=address) as dialled:
@@ -842,7 +860,7 @@ class _Shell:
                     try:
                         await self.signal.send(message)
                     except (ConnectionLost, ClosedByUs) as exc:
-                        self.coord.abort(f"the relayed session ended: {exc}")
+                        self.coord.signal_lost(f"the relayed session ended: {exc}")
                         return
                 case Dial(address=address, timeout=timeout):
                     self.tasks.spawn(self._dial(address, timeout), f"dial {format_address(address)}")
@@ -873,7 +891,7 @@ class _Shell:
 
     async def _dial(self, address: Address, timeout: float) -> None:
         try:
-            sock = bound_socket(address[0], self.listen_port)
+            sock = bound_socket(address[0], self.listen_port, source=self.source)
         except OSError as exc:
             self.events.put_nowait(_Dialled(address, None, _error_text(exc)))
             return

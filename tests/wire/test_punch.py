@@ -524,3 +524,28 @@ def test_no_peer_can_make_a_punch_dial_more_or_last_longer_than_its_limits(
     assert coord.done and coord.failure is not None
     assert done_at[0] <= start + config.bound()
     assert coord.round <= config.rounds
+
+
+def test_the_relayed_session_ending_mid_round_lets_the_round_finish() -> None:
+    # The peer gave up a moment before us and closed the relayed session: our dials need it
+    # no more, so the window runs out before the punch fails (a late SYN may still cross).
+    a = dialler(own_addrs=[A_PUBLIC], config=PunchConfig(rounds=3))
+    clock = FakeClock()
+    a.start(clock.now)
+    a.receive(HolePunchConnect(1, (), False), clock.now)
+    assert dials(a.receive(HolePunchSync(1), clock.now)) == [Dial(B_PUBLIC, 1.0)]
+    a.signal_lost("the relayed session ended: connection closed")
+    assert not a.done
+    a.dial_failed(B_PUBLIC, "refused", clock.advance(0.01))
+    assert dials(a.handle_timer(clock.advance(0.19))) == [Dial(B_PUBLIC, 1.0)]
+    a.handle_timer(clock.advance(4.8))
+    assert a.failure is not None
+    assert a.failure.startswith("the relayed session ended: connection closed (after round 1: ")
+    assert a.round == 1  # no second round without the session
+
+
+def test_the_relayed_session_ending_while_waiting_fails_at_once() -> None:
+    coord = Coordinator(Role.TARGET)
+    coord.start(0.0)
+    coord.signal_lost("the relayed session ended: gone")
+    assert coord.failure == "the relayed session ended: gone"

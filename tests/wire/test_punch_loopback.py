@@ -52,7 +52,7 @@ def punch_side(node: Node, peer: Node, role: Role, signal: PunchChannel, *,
         role, listen_port=node.port, identity=node.identity,
         expected_peer=(expect or peer.identity).peer_id, signal=signal,
         own_addrs=[(LOOP, node.port)], peer_observed=[(LOOP, peer.port)], public=public,
-        listener=node.server if listener else None, config=config))
+        listener=node.server if listener else None, config=config, source=LOOP))
 
 
 async def both(a: asyncio.Task[Connection], b: asyncio.Task[Connection]) -> tuple[Connection, Connection]:
@@ -148,7 +148,7 @@ async def test_cancelling_a_punch_closes_what_it_opened(nodes: tuple[Node, Node]
     # Nothing of the punch holds the port any more: a plain connection from it still works.
     async with asyncio.timeout(5):
         conn = await connect(LOOP, a.port, b.identity, expected_peer=a.identity.peer_id,
-                             local_port=b.port)
+                             local_port=b.port, source=LOOP)
     assert conn.local_address == (LOOP, b.port)
     await conn.aclose()
 
@@ -163,8 +163,8 @@ async def test_the_listener_shares_its_port_with_outbound_sockets_and_no_other_l
     assert listening.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     if hasattr(socket, "SO_REUSEPORT"):
         assert listening.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
-    sock = bound_socket(LOOP, a.port)
-    assert sock.getsockname()[1] == a.port
+    sock = bound_socket(LOOP, a.port, source=LOOP)
+    assert sock.getsockname() == (LOOP, a.port)
     sock.close()
     other = Server(Identity.generate(), MemorySource())
     with pytest.raises(PortInUse):
@@ -173,7 +173,7 @@ async def test_the_listener_shares_its_port_with_outbound_sockets_and_no_other_l
     # A connection made from the listen port leaves from it.
     async with asyncio.timeout(5):
         conn = await connect(LOOP, b.port, a.identity, expected_peer=b.identity.peer_id,
-                             local_port=a.port)
+                             local_port=a.port, source=LOOP)
     assert conn.local_address == (LOOP, a.port)
     await conn.aclose()
 
