@@ -65,6 +65,7 @@ from ..address import Address, format_address, normalize_host
 from ..errors import BadInput, NetworkError, RemoteProtocolError
 from ..identity import Identity, PeerId
 from ..tasks import TaskOwner
+from .bandwidth import Throttle
 from .errors import ClosedByUs, ConnectionLost, LocalProtocolError
 from .messages import (
     MAX_PUNCH_ADDRS,
@@ -729,7 +730,8 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
                 peer_observed: Sequence[Address] = (), public: bool = False,
                 listener: InboundClaims | None = None, config: PunchConfig = DEFAULT_CONFIG,
                 clock: Callable[[], float] | None = None, source: str | None = None,
-                listen_addrs: Sequence[Address] = (), agent: str = "p2p/0.1") -> Connection:
+                listen_addrs: Sequence[Address] = (), agent: str = "p2p/0.1",
+                up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> Connection:
     """Punch a direct TCP connection to ``expected_peer`` and return it, authenticated.
 
     ``role``: :attr:`Role.DIALLER` on the side that asked the relay for the circuit,
@@ -742,7 +744,9 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
     being served; without one only our own dials can succeed. ``clock``: the time source
     for the coordinator (default: the event loop's). ``source``: the local address dials
     leave from (default: any; give the listener's when it listens on one address only).
-    ``listen_addrs`` and ``agent`` go in our Hello on the direct connection.
+    ``listen_addrs`` and ``agent`` go in our Hello on the direct connection. ``up`` and
+    ``down``: the bandwidth limits a connection we dialled counts against (one our listener
+    accepted already counts against the listener's).
 
     Raises :class:`PunchFailed` (a :class:`~p2p.errors.NetworkError`) with the reason,
     within ``config.bound()`` seconds. Everything it started is closed when it returns.
@@ -750,7 +754,7 @@ async def punch(role: Role, *, listen_port: int, identity: Identity, expected_pe
     shell = _Shell(role, listen_port, identity, expected_peer, signal, config,
                    Coordinator(role, own_addrs=own_addrs, public=public,
                                peer_observed=peer_observed, config=config),
-                   clock, source, listen_addrs, agent)
+                   clock, source, listen_addrs, agent, (tuple(up), tuple(down)))
     remove_claim = listener.claim_inbound(shell.claim) if listener is not None else None
     try:
         return await shell.run()
@@ -767,13 +771,15 @@ class _Shell:
     def __init__(self, role: Role, listen_port: int, identity: Identity, expected_peer: PeerId,
                  signal: Signal, config: PunchConfig, coord: Coordinator,
                  clock: Callable[[], float] | None, source: str | None,
-                 listen_addrs: Sequence[Address], agent: str) -> None:
+                 listen_addrs: Sequence[Address], agent: str,
+                 throttles: tuple[tuple[Throttle, ...], tuple[Throttle, ...]]) -> None:
         self.loop = asyncio.get_running_loop()
         self.now = clock if clock is not None else self.loop.time
         self.coord = coord
         self.config = config
         self.listen_port = listen_port
         self.source = source
+        self.up, self.down = throttles
         self.identity = identity
         self.expected_peer = expected_peer
         self.signal = signal
@@ -921,7 +927,8 @@ class _Shell:
         try:
             conn = await secure(sock, self.identity, initiator=self.initiator,
                                 expected_peer=self.expected_peer, listen_addrs=self.listen_addrs,
-                                agent=self.agent, timeout=self.config.handshake_timeout)
+                                agent=self.agent, timeout=self.config.handshake_timeout,
+                                up=self.up, down=self.down)
         except (NetworkError, RemoteProtocolError, OSError) as exc:
             self.events.put_nowait(_Secured(address, None, str(exc)))
             return
