@@ -30,6 +30,7 @@ from p2p import (
     config_path,
     load_config,
     parse_address,
+    pick_setting,
 )
 
 PROG = "p2p-bootstrap"
@@ -199,13 +200,11 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
             raise UsageError(str(exc)) from None
 
     def get(name: str) -> str | None:
-        value = getattr(ns, name)
-        if value is not None:
-            return str(value)
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw not in (None, ""):
-            return raw
-        return config.text(f"{DAEMON_SECTION}.{name}")
+        # The front ends' one rule (p2p.pick_setting): flag, then variable, then the file's
+        # [daemon] table, then the default.
+        flag = getattr(ns, name)
+        return pick_setting(None if flag is None else str(flag), ENV_PREFIX + name.upper(),
+                            env, config, f"{DAEMON_SECTION}.{name}")[0]
 
     def flag(name: str) -> str:
         return f"--{name.replace('_', '-')}"
