@@ -32,6 +32,7 @@ from p2p import (
     load_config,
     parse_address,
     parse_rate,
+    pick_setting,
 )
 
 PROG = "p2p-bootstrap"
@@ -273,13 +274,11 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
             raise UsageError(str(exc)) from None
 
     def get(name: str) -> str | None:
-        value = getattr(ns, name)
-        if value is not None:
-            return str(value)
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw not in (None, ""):
-            return raw
-        return config.text(f"{DAEMON_SECTION}.{name}")
+        # The front ends' one rule (p2p.pick_setting): flag, then variable, then the file's
+        # [daemon] table, then the default.
+        flag = getattr(ns, name)
+        return pick_setting(None if flag is None else str(flag), ENV_PREFIX + name.upper(),
+                            env, config, f"{DAEMON_SECTION}.{name}")[0]
 
     def flag(name: str) -> str:
         return f"--{name.replace('_', '-')}"
@@ -316,8 +315,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                      else DEFAULT_SAVE_INTERVAL)
     observer_text = ns.observer if ns.observer is not None else env.get(ENV_PREFIX + "OBSERVER")
     observer = _address(observer_text, flag("observer")) if observer_text else None
-    relay_text = "off" if ns.no_relay else (env.get(ENV_PREFIX + "RELAY")
-                                            or config.text(f"{DAEMON_SECTION}.relay"))
+    relay_text, _ = pick_setting("off" if ns.no_relay else None, ENV_PREFIX + "RELAY", env,
+                                 config, f"{DAEMON_SECTION}.relay")
     relay = _switch(relay_text, "--no-relay / relay") if relay_text is not None else True
     return DaemonConfig(
         observer=observer, relay=relay, relay_limits=_relay_limits(get),

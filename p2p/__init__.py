@@ -94,7 +94,7 @@ from .library import Ban, DownloadInfo, Library, ShareInfo
 from .node import DEFAULT_PORT, Node, NodeConfig
 from .reachability import Reachability
 from .results import DHTSummary, FetchResult, PeerInfo, ShareResult, Verdict, VerifyReport
-from .settings import Settings, build_settings, environment
+from .settings import Settings, build_settings, environment, pick_setting
 from .units import format_rate, human_bytes, human_rate, human_seconds, parse_rate, plural
 from .wire.circuits import RelayLimits
 
@@ -204,6 +204,7 @@ __all__ = [
     "parse_address",
     "parse_id_or_ticket",
     "parse_rate",
+    "pick_setting",
     "plural",
     "save_config",
     "set_config_value",

@@ -50,15 +50,32 @@ def choose(name: str, flag: str | Sequence[str] | None, env: Mapping[str, str],
     empty) over its environment variable (set and not empty) over the config file; None
     and ``default`` when none of them sets it."""
     is_list = name in LIST_SETTINGS
-    if flag is not None and (list(flag) if is_list else flag):
-        return (list(flag) if is_list else str(flag)), "flag"
+    if not is_list:
+        return pick_setting(None if flag is None else str(flag), ENV_VARIABLES[name], env,
+                            file, name)
+    if flag is not None and list(flag):
+        return list(flag), "flag"
     raw = env.get(ENV_VARIABLES[name], "")
-    if is_list and _split(raw):
+    if _split(raw):
         return _split(raw), "env"
-    if not is_list and raw:
-        return raw, "env"
     if file.get(name) is not None:
-        return (file.items(name) if is_list else file.text(name)), "file"
+        return file.items(name), "file"
+    return None, "default"
+
+
+def pick_setting(flag: str | None, variable: str, env: Mapping[str, str], file: ConfigFile,
+                 key: str) -> tuple[str | None, Source]:
+    """The one precedence rule of every front end, for a single-valued setting: the flag
+    (given and not empty) over the environment variable ``variable`` (set and not empty)
+    over the config file's ``key`` (``daemon.listen`` for the daemon's table) over the
+    default (None). Returns the text and where it came from."""
+    if flag:
+        return flag, "flag"
+    raw = env.get(variable, "")
+    if raw:
+        return raw, "env"
+    if file.get(key) is not None:
+        return file.text(key), "file"
     return None, "default"
 
 

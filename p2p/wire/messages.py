@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import content, encoding
+from ..address import normalize_host
 from ..bitfield import bitfield_size, bits_beyond
 from ..errors import DecodeError
 from ..identity import PUBLIC_KEY_LEN, PeerId
@@ -52,6 +53,11 @@ MAX_AGENT = 128
 """Longest agent string in a Hello (for logs and UIs only)."""
 MAX_REASON = 256
 """Longest reason text in a Goodbye."""
+MAX_PUNCH_ADDRS = 8
+"""Addresses in a HolePunchConnect: a node's observed and listen addresses, both families.
+The receiver dials at most ``p2p.wire.punch.MAX_CANDIDATES`` of them."""
+MAX_PUNCH_ROUND = 255
+"""Round numbers travel as u8; the punch itself stops after ``p2p.wire.punch.MAX_ROUNDS``."""
 MAX_CONTROL_BODY = MAX_MANIFEST + 1024
 """Largest msgpack body: a Manifest (the largest non-Data message) plus its fields."""
 FRAME_HEADER = 4
@@ -83,6 +89,9 @@ class MessageType(enum.IntEnum):
     CONNECT = 16
     STOP = 17
     ACCEPT = 18
+    # 14-19 are left free for the relay's messages; hole punching starts at 20.
+    HOLE_PUNCH_CONNECT = 20
+    HOLE_PUNCH_SYNC = 21
 
 
 class RejectReason(enum.IntEnum):
@@ -286,9 +295,36 @@ class Accept:
     token: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class HolePunchConnect:
+    """Hole punching, over a relayed session: where the sender can be dialled directly.
+
+    The peer that starts the punch sends it (and times the answer: the round trip), the other
+    answers with its own (docs/PROTOCOL.md, Hole punching).
+    """
+
+    round: int
+    """Which attempt this is, from 1; the answer repeats it."""
+    addrs: tuple[tuple[str, int], ...]
+    """The sender's addresses (IP literal, port): the ones observers saw it at first, then its
+    listen addresses. Unsigned claims: the receiver dials a bounded few."""
+    public: bool
+    """The sender is reachable (a dial-back proved it): then the other side simply dials it
+    (connection reversal), with no timing."""
+
+
+@dataclass(frozen=True, slots=True)
+class HolePunchSync:
+    """Hole punching: the starter's go. Its receiver dials at once; the sender dials half a
+    round trip later, so that the two SYNs cross."""
+
+    round: int
+    """The round of the HolePunchConnect exchange this follows."""
+
+
 Message = (Hello | GetManifest | Manifest | GetBitfield | Bitfield | Have | Request | Data
            | Reject | Cancel | Ping | Pong | Goodbye | Reserve | RelayStatus | Connect | Stop
-           | Accept)
+           | Accept | HolePunchConnect | HolePunchSync)
 RELAY_MESSAGES = (Reserve, Connect, Accept)
 """Messages a relay answers: a server hands a connection whose first request is one of
 these to its relay (docs/PROTOCOL.md, Relays)."""
@@ -381,6 +417,13 @@ def _fields(msg: Message) -> tuple[MessageType, list[Any]]:
             return MessageType.STOP, [source.key, _token_out(token)]
         case Accept(token):
             return MessageType.ACCEPT, [_token_out(token)]
+        case HolePunchConnect(round_, addrs, public):
+            _check_punch(round_, addrs, public)
+            return MessageType.HOLE_PUNCH_CONNECT, [round_, [[h, p] for h, p in addrs], public]
+        case HolePunchSync(round_):
+            if not 1 <= round_ <= MAX_PUNCH_ROUND:
+                raise LocalProtocolError("hole punch round must be in [1, 255]")
+            return MessageType.HOLE_PUNCH_SYNC, [round_]
     raise LocalProtocolError(f"not a wire message: {type(msg).__name__}")
 
 
@@ -420,6 +463,23 @@ def _check_hello(version: int, addrs: tuple[tuple[str, int], ...], agent: str) -
     for host, port in addrs:
         if not host or len(host.encode()) > MAX_HOST or not 0 < port <= 0xFFFF:
             raise LocalProtocolError(f"bad listen address {host!r}:{port}")
+
+
+def _check_punch(round_: int, addrs: tuple[tuple[str, int], ...], public: bool) -> None:
+    if not 1 <= round_ <= MAX_PUNCH_ROUND or len(addrs) > MAX_PUNCH_ADDRS \
+            or not isinstance(public, bool):
+        raise LocalProtocolError("HolePunchConnect breaks a wire limit")
+    for host, port in addrs:
+        if not _is_canonical_ip(host) or not 0 < port <= 0xFFFF:
+            raise LocalProtocolError(f"bad hole punch address {host!r}:{port}")
+
+
+def _is_canonical_ip(host: str) -> bool:
+    """An IP literal in its one printed form (no names: a punch never resolves one)."""
+    try:
+        return normalize_host(host) == host
+    except ValueError:
+        return False
 
 
 def _check_bitfield(count: int, bits: bytes, error: type[Exception]) -> None:
@@ -613,6 +673,24 @@ def _decode_fields(mtype: int, value: Any) -> Message:
         case MessageType.ACCEPT:
             (token,) = expect_list(value, 1, "Accept")
             return Accept(encoding.expect_bytes(token, TOKEN_LEN, "Accept.token"))
+        case MessageType.HOLE_PUNCH_CONNECT:
+            round_, addrs, public = expect_list(value, 3, "HolePunchConnect")
+            round_ = expect_int(round_, 1, MAX_PUNCH_ROUND, "HolePunchConnect.round")
+            punch_addrs: list[tuple[str, int]] = []
+            for item in expect_list(addrs, None, "HolePunchConnect.addrs"):
+                host, port = expect_list(item, 2, "HolePunchConnect address")
+                host = encoding.expect_str(host, MAX_HOST, "HolePunchConnect address host")
+                if not _is_canonical_ip(host):
+                    raise DecodeError("HolePunchConnect address: not an IP literal in canonical form")
+                punch_addrs.append((host, expect_int(port, 1, 0xFFFF, "HolePunchConnect address port")))
+            if len(punch_addrs) > MAX_PUNCH_ADDRS:
+                raise DecodeError("HolePunchConnect: too many addresses")
+            if not isinstance(public, bool):
+                raise DecodeError("HolePunchConnect.public: expected a boolean")
+            return HolePunchConnect(round_, tuple(punch_addrs), public)
+        case MessageType.HOLE_PUNCH_SYNC:
+            (round_,) = expect_list(value, 1, "HolePunchSync")
+            return HolePunchSync(expect_int(round_, 1, MAX_PUNCH_ROUND, "HolePunchSync.round"))
     raise DecodeError(f"unknown message type {mtype}")
 
 

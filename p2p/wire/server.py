@@ -45,6 +45,8 @@ from .messages import (
     Data,
     Have,
     Hello,
+    HolePunchConnect,
+    HolePunchSync,
     Manifest,
     Message,
     Reject,
@@ -57,6 +59,7 @@ from .serving import (
     EVICTED,
     Admission,
     Drop,
+    PunchSignal,
     Reply,
     SendBitfield,
     SendManifest,
@@ -66,7 +69,7 @@ from .serving import (
 )
 from .serving import State as ServedState
 from .session import Session
-from .transport import Connection, WireProtocol, adopt
+from .transport import REUSE_PORT, Connection, WireProtocol, adopt
 
 if TYPE_CHECKING:
     from .relay import RelayService
@@ -257,10 +260,15 @@ class Server:
                  *, listen_addrs: Sequence[tuple[str, int]] = (), agent: str = "p2p/0.1",
                  on_event: Callable[[ServerEvent], None] | None = None,
                  cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
-                 bandwidth: Bandwidth | None = None, relay: RelayService | None = None) -> None:
+                 bandwidth: Bandwidth | None = None,
+                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], None]
+                 | None = None, relay: RelayService | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
         a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
         ``bandwidth``: the node's limits, which every accepted connection counts against.
+        ``on_punch``: given the hole punch messages a peer sends (on a relayed session, to
+        the punch's :meth:`p2p.wire.punch.PunchChannel.deliver`); without it they are
+        ignored. It may raise :class:`RemoteProtocolError` to drop the peer.
         ``relay``: serves the connections whose first request is a relay request
         (docs/PROTOCOL.md, Relays); without one they are refused PERMISSION_DENIED."""
         self.identity = identity
@@ -280,6 +288,8 @@ class Server:
         self._closed = False
         self._bandwidth = bandwidth
         self.relay = relay
+        self._on_punch = on_punch
+        self._claims: list[Callable[[WireProtocol], bool]] = []
 
     # -- listening -------------------------------------------------------------------------
 
@@ -363,7 +373,28 @@ class Server:
                             up=() if bandwidth is None else (bandwidth.up,),
                             down=() if bandwidth is None else (bandwidth.down,))
 
+    def claim_inbound(self, claim: Callable[[WireProtocol], bool]) -> Callable[[], None]:
+        """Let ``claim`` see each accepted connection first, before admission; returns the
+        function that takes it away again.
+
+        ``claim`` is called with the new connection (its address known, no session yet). If
+        it returns True it has attached a session of its own (:meth:`WireProtocol.attach`)
+        and owns the connection: the server neither counts nor serves it. A hole punch in
+        progress uses this for its peer's SYN that reached our listener, whose Noise role
+        the punch decides (:mod:`p2p.wire.punch`).
+        """
+        self._claims.append(claim)
+
+        def remove() -> None:
+            if claim in self._claims:
+                self._claims.remove(claim)
+        return remove
+
     def _accept(self, proto: WireProtocol) -> None:
+        if not self._closed:
+            for claim in tuple(self._claims):
+                if claim(proto):
+                    return
         ip = proto.address[0]
         relayed = proto.via is not None
         if relayed:
@@ -542,6 +573,9 @@ class Server:
                     rules.bitfield_sent(cid, held is not None)
                     count, bits = held if held is not None else (0, b"")
                     await conn.send(Bitfield(cid, count, bits))
+                case PunchSignal(message=signal):
+                    if self._on_punch is not None:
+                        self._on_punch(conn, signal)
 
     async def _send_chunks(self, link: _Link, conn: Connection) -> None:
         """Answers queued requests in order, one at a time (a slow reader slows only itself)."""
@@ -641,14 +675,20 @@ def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, int, tuple[A
     try:
         for family, proto, sockaddr in targets:
             where = format_address((sockaddr[0], chosen))
-            # The protocol number matters: asyncio turns Nagle's algorithm off only on
-            # sockets that say IPPROTO_TCP (else each small reply can wait 40 ms for an ACK).
-            sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
+            if REUSE_PORT is not None:
+                # With SO_REUSEPORT a second listener on the port would bind too (and share
+                # our connections): a probe without it finds the port taken first, or picks
+                # the free port (port 0) the real socket then binds.
+                probe = _tcp_socket(family, proto, reuse_port=False)
+                try:
+                    probe.bind((sockaddr[0], chosen, *sockaddr[2:]))
+                    if chosen == 0:
+                        chosen = int(probe.getsockname()[1])
+                        where = format_address((sockaddr[0], chosen))
+                finally:
+                    probe.close()
+            sock = _tcp_socket(family, proto, reuse_port=True)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                # One socket per family: an IPv4 peer arrives on the IPv4 socket, as IPv4.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((sockaddr[0], chosen, *sockaddr[2:]))
             if chosen == 0:
                 chosen = int(sock.getsockname()[1])
@@ -659,6 +699,25 @@ def _bind_on_one_port(targets: Sequence[tuple[socket.AddressFamily, int, tuple[A
             raise PortInUse(f"cannot listen on {where}: the port is in use", chosen, "tcp") from exc
         raise NetworkError(f"cannot listen on {where}: {exc}") from exc
     return sockets
+
+
+def _tcp_socket(family: socket.AddressFamily, proto: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket for listening: SO_REUSEADDR (restart over TIME_WAIT), SO_REUSEPORT when
+    asked and available, IPv6-only for AF_INET6."""
+    # The protocol number matters: asyncio turns Nagle's algorithm off only on
+    # sockets that say IPPROTO_TCP (else each small reply can wait 40 ms for an ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and REUSE_PORT is not None:
+            sock.setsockopt(socket.SOL_SOCKET, REUSE_PORT, 1)
+        if family == socket.AF_INET6:
+            # One socket per family: an IPv4 peer arrives on the IPv4 socket, as IPv4.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _unstarted() -> float:

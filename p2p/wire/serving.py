@@ -52,6 +52,8 @@ from .messages import (
     Data,
     GetBitfield,
     GetManifest,
+    HolePunchConnect,
+    HolePunchSync,
     Message,
     Ping,
     Pong,
@@ -67,6 +69,7 @@ __all__ = [
     "Action",
     "Admission",
     "Drop",
+    "PunchSignal",
     "Reply",
     "SendBitfield",
     "SendManifest",
@@ -193,7 +196,15 @@ class SendBitfield:
     content_id: bytes
 
 
-Action = Reply | SendManifest | SendBitfield
+@dataclass(frozen=True, slots=True)
+class PunchSignal:
+    """Hand a hole punch message to the punch running over this connection, if any
+    (:mod:`p2p.wire.punch`; on a relayed session). Charged as a message that changes nothing."""
+
+    message: HolePunchConnect | HolePunchSync
+
+
+Action = Reply | SendManifest | SendBitfield | PunchSignal
 """What :meth:`ServedPeer.receive` asks the shell to do for one message."""
 
 
@@ -293,6 +304,8 @@ class ServedPeer:
                 useful = self._first_ask(4, cid)
             case Ping(nonce=nonce):
                 action = Reply(Pong(nonce))
+            case HolePunchConnect() | HolePunchSync():
+                action = PunchSignal(msg)
             case Data():
                 self.state = State.CLOSED
                 raise RemoteProtocolError("unsolicited Data")

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Sequence
 
 from ..address import format_address, from_sockaddr
@@ -581,12 +583,20 @@ class Connection:
         """The remote socket address (a relay's, for a circuit)."""
         self.via: PeerId | None = protocol.via
         """The relay's peer id when this connection is a relay circuit; None when direct."""
+        local = protocol.transport.get_extra_info("sockname") if protocol.transport else None
+        self.local_address: tuple[str, int] = \
+            from_sockaddr(local) if isinstance(local, tuple) else ("", 0)
+        """Our end's socket address (its port is the listen port on a punched connection)."""
+        self.punched = False
+        """Opened by a hole punch (:func:`p2p.wire.punch.punch`), not by a plain dial."""
         self._closed = False
 
     @property
     def path(self) -> str:
-        """``direct`` or ``relayed`` (the hole-punching upgrade may add ``punched``)."""
-        return "direct" if self.via is None else "relayed"
+        """``relayed`` (a relay circuit), ``punched`` (opened by a hole punch) or ``direct``."""
+        if self.via is not None:
+            return "relayed"
+        return "punched" if self.punched else "direct"
 
     @property
     def protocol(self) -> WireProtocol:
@@ -708,7 +718,8 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
                   max_receive_queue: int = MAX_RECEIVE_QUEUE,
                   source: str | None = None, first: Sequence[Message] = (),
                   up: Sequence[Throttle] = (), down: Sequence[Throttle] = (),
-                  stop_on: tuple[type, ...] = ()) -> Connection:
+                  stop_on: tuple[type, ...] = (),
+                  local_port: int | None = None) -> Connection:
     """Dial ``host:port``, run the handshake and the Hello exchange, and return the connection.
 
     ``first`` are sent right after our Hello, with the last handshake message, without
@@ -717,8 +728,11 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     ``host`` is an IPv4 or IPv6 literal (``::1``, no brackets) or a name. Raises :class:`~p2p.errors.NetworkError` when the peer cannot be reached or the
     handshake takes longer than ``timeout``, :class:`WrongPeer` when it proves
     another identity than ``expected_peer``, :class:`RemoteProtocolError` on garbage.
-    ``source`` binds the local end to that address (any port) first. ``up`` and ``down``:
-    the bandwidth limits its bytes count against (:class:`WireProtocol`). ``stop_on``:
+    ``source`` binds the local end to that address (any port) first; ``local_port`` binds
+    it to that port (our listen port) with :func:`bound_socket`, so that a NAT maps this
+    connection to the public port others see us at (a relay reservation, a hole punch's
+    signalling). ``up`` and ``down``: the bandwidth limits its bytes count against
+    (:class:`WireProtocol`). ``stop_on``:
     message types after which the session stops (:attr:`Session.stop_on`, relay circuits).
     """
     loop = asyncio.get_running_loop()
@@ -730,11 +744,20 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     try:
         async with asyncio.timeout(timeout):
             try:
-                _raw, proto = await loop.create_connection(
-                    lambda: WireProtocol(session, max_send_buffer=max_send_buffer,
-                                         max_receive_queue=max_receive_queue, up=up,
-                                         down=down), host, port,
-                    local_addr=None if source is None else (source, 0))
+                def factory() -> WireProtocol:
+                    return WireProtocol(session, max_send_buffer=max_send_buffer,
+                                        max_receive_queue=max_receive_queue, up=up, down=down)
+                if local_port is None:
+                    _raw, proto = await loop.create_connection(
+                        factory, host, port, local_addr=None if source is None else (source, 0))
+                else:
+                    sock = bound_socket(host, local_port, source=source)
+                    try:
+                        await loop.sock_connect(sock, (host, port))
+                    except BaseException:
+                        sock.close()
+                        raise
+                    _raw, proto = await loop.create_connection(factory, sock=sock)
                 transport = proto.transport
             except OSError as exc:
                 raise NetworkError(f"cannot connect to {format_address((host, port))}: {exc}") from None
@@ -746,6 +769,88 @@ async def connect(host: str, port: int, identity: Identity, *, expected_peer: Pe
     except BaseException:
         if transport is not None:
             transport.abort()
+        raise
+    return Connection(proto)
+
+
+REUSE_PORT: int | None = getattr(socket, "SO_REUSEPORT", None)
+"""``SO_REUSEPORT`` where the platform has it (not on Windows). The chunk server's listener
+sets it, so that outbound sockets may bind the same port (:func:`bound_socket`): a NAT then
+maps the connections we open to the public port observers saw, which a hole punch needs."""
+
+
+def bound_socket(toward: str, port: int, *, source: str | None = None) -> socket.socket:
+    """A non-blocking TCP socket bound to local ``port`` (our listen port), ready to dial
+    ``toward`` (an IP literal: it picks the address family).
+
+    SO_REUSEADDR and SO_REUSEPORT let it share the port with our listener and with other
+    outbound connections (each has its own remote end). Connections opened this way leave a
+    port-preserving NAT from the port others already saw us at, which TCP hole punching
+    needs (docs/PROTOCOL.md, Hole punching). Raises ``OSError`` (``EADDRINUSE`` when the port
+    is held by a socket without SO_REUSEPORT, ``EADDRNOTAVAIL`` when a connection to that
+    same remote end already uses it).
+    """
+    try:
+        v6 = ipaddress.ip_address(toward.strip("[]")).version == 6
+    except ValueError:
+        v6 = ":" in toward
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if REUSE_PORT is not None:
+            sock.setsockopt(socket.SOL_SOCKET, REUSE_PORT, 1)
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((source or ("::" if v6 else "0.0.0.0"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def secure(sock: socket.socket, identity: Identity, *, initiator: bool,
+                 expected_peer: PeerId | None, listen_addrs: Sequence[tuple[str, int]] = (),
+                 agent: str = "p2p/0.1", timeout: float = 10.0, cipher: str = "AESGCM",
+                 max_send_buffer: int = MAX_SEND_BUFFER,
+                 max_receive_queue: int = MAX_RECEIVE_QUEUE,
+                 up: Sequence[Throttle] = (), down: Sequence[Throttle] = ()) -> Connection:
+    """Run the handshake and the Hello exchange over ``sock``, a TCP connection already open
+    (a hole punch's, which either side may have dialled), in the Noise role given by
+    ``initiator``; the connection then owns the socket.
+
+    Raises as :func:`connect` does after the TCP connect: :class:`~p2p.errors.NetworkError`
+    (no handshake within ``timeout``, connection lost), :class:`WrongPeer`,
+    :class:`RemoteProtocolError`. The socket is closed on failure.
+    """
+    loop = asyncio.get_running_loop()
+    hello = Hello(PROTOCOL_VERSION, identity.peer_id, tuple(listen_addrs), agent)
+    session = Session(identity, hello, initiator=initiator, expected_peer=expected_peer,
+                      cipher=cipher, recv_buffer=RECV_BUFFER)
+    try:
+        _raw, proto = await loop.create_connection(
+            lambda: WireProtocol(session, max_send_buffer=max_send_buffer,
+                                 max_receive_queue=max_receive_queue, up=up, down=down),
+            sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return await handshake(proto, timeout=timeout)
+
+
+async def handshake(proto: WireProtocol, *, timeout: float = 10.0) -> Connection:
+    """Wait until ``proto`` (which has its session) finished the handshake and the Hello
+    exchange; the :class:`Connection` then. Aborts the socket on failure or timeout."""
+    try:
+        async with asyncio.timeout(timeout):
+            await proto.ready
+    except TimeoutError:
+        proto.abort(ConnectionLost("handshake timed out"))
+        where = format_address(proto.address)
+        raise NetworkError(f"no handshake with {where} within {timeout} s") from None
+    except BaseException:
+        proto.abort(ConnectionLost("handshake failed"))
         raise
     return Connection(proto)
 

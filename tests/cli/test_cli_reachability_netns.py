@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from cliproc import CLI, Proc, clean_env, make_file
+from netlab import FIREWALL, NAT, on, run
 from testbed import need_tools
 
 from p2p.content import Ticket
@@ -37,28 +38,6 @@ ROUTER, PUBLIC_HOST, LAN_HOST = "203.0.113.1", "203.0.113.20", "10.0.1.2"
 ROUTER_B = "203.0.113.2"
 METRICS = 9464
 """The daemon's metrics port, on the loopback of its own namespace."""
-
-FIREWALL = """
-table inet fw {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    iifname "wan" ct state established,related accept
-    iifname "wan" drop
-  }
-  chain forward {
-    type filter hook forward priority 0; policy drop;
-    iifname "lan" accept
-    ct state established,related accept
-  }
-}
-"""
-NAT = ("add table ip nat; add chain ip nat post {{ type nat hook postrouting priority 100; }}; "
-       "add rule ip nat post oifname \"wan\" masquerade {flags}")
-
-
-def run(*args: str, stdin: str | None = None) -> None:
-    subprocess.run(list(args), check=True, capture_output=True, text=True, timeout=30,
-                   input=stdin)
 
 
 class Namespaces:
@@ -183,10 +162,6 @@ def relay_metrics(names: dict[str, str]) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
-
-
-def on(name: str) -> list[str]:
-    return ["ip", "netns", "exec", name]
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from p2p.identity import PeerId
 from p2p.wire.errors import RemoteProtocolError
 from p2p.wire.messages import (
     FRAME_HEADER,
+    MAX_PUNCH_ADDRS,
     Accept,
     Bitfield,
     Cancel,
@@ -29,6 +30,8 @@ from p2p.wire.messages import (
     Goodbye,
     Have,
     Hello,
+    HolePunchConnect,
+    HolePunchSync,
     Manifest,
     Message,
     MessageType,
@@ -145,6 +148,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Connect, cids.map(PeerId)),
     st.builds(Stop, cids.map(PeerId), st.binary(min_size=16, max_size=16)),
     st.builds(Accept, st.binary(min_size=16, max_size=16)),
+    st.builds(HolePunchConnect, st.integers(1, 255),
+              st.lists(st.tuples(st.ip_addresses().filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None).map(str), st.integers(1, 0xFFFF)),
+                       max_size=MAX_PUNCH_ADDRS).map(tuple), st.booleans()),
+    st.builds(HolePunchSync, st.integers(1, 255)),
 )
 
 
@@ -178,6 +185,10 @@ def fields_of(msg: Message) -> list[object]:
             return [source.key, token]
         case Accept(token):
             return [token]
+        case HolePunchConnect(round_, addrs, public):
+            return [round_, [[h, p] for h, p in addrs], public]
+        case HolePunchSync(round_):
+            return [round_]
     raise AssertionError(msg)
 
 
@@ -187,7 +198,9 @@ _TYPES = {Hello: MessageType.HELLO, GetManifest: MessageType.GET_MANIFEST,
           Reject: MessageType.REJECT, Cancel: MessageType.CANCEL, Ping: MessageType.PING,
           Pong: MessageType.PONG, Goodbye: MessageType.GOODBYE, Reserve: MessageType.RESERVE,
           RelayStatus: MessageType.RELAY_STATUS, Connect: MessageType.CONNECT,
-          Stop: MessageType.STOP, Accept: MessageType.ACCEPT}
+          Stop: MessageType.STOP, Accept: MessageType.ACCEPT,
+          HolePunchConnect: MessageType.HOLE_PUNCH_CONNECT,
+          HolePunchSync: MessageType.HOLE_PUNCH_SYNC}
 
 
 # -- the properties ---------------------------------------------------------------------------------
