@@ -936,7 +936,8 @@ class Node:
             resumed_chunks=max(0, chunks - fetched),
             chunks_by_peer=dict(download.chunks_by_peer) if download is not None else {},
             seconds=asyncio.get_running_loop().time() - started, local=download is None,
-            files=len(entries), complete=complete)
+            files=len(entries), complete=complete,
+            paths=dict(download.paths) if download is not None else {})
 
     def _placed_selection(self, options: FetchOptions) -> Path | None:
         """Where the files ``options`` selects already are, whole, when an earlier fetch of

@@ -61,6 +61,8 @@ class FetchResult:
     """Files put in place (the selected ones, with ``--include``/``--exclude``)."""
     complete: bool = True
     """Every file of the content is here (False: only the selected ones)."""
+    paths: dict[PeerId, str] = field(default_factory=dict)
+    """How each peer that supplied chunks was reached: ``direct``, ``punched`` or ``relayed``."""
 
     @property
     def rate(self) -> float:
@@ -74,7 +76,8 @@ class FetchResult:
                 "peers": len(self.chunks_by_peer), "chunks": self.chunks,
                 "fetched_chunks": self.fetched_chunks, "resumed_chunks": self.resumed_chunks,
                 "files": self.files, "complete": self.complete,
-                "chunks_by_peer": {str(p): n for p, n in self.chunks_by_peer.items()}}
+                "chunks_by_peer": {str(p): n for p, n in self.chunks_by_peer.items()},
+                "paths": {str(p): self.paths.get(p, "direct") for p in self.chunks_by_peer}}
 
 
 @dataclass(frozen=True)

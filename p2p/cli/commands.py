@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import math
@@ -371,8 +372,10 @@ def _report_fetch(run: Run, record: dict[str, Any], selection: Selection) -> Non
         run.out.note(f"held here already: {human_bytes(size)} verified, nothing downloaded")
     else:
         rate = size / seconds if seconds > 0 else 0.0
+        paths = collections.Counter(dict(record.get("paths") or {}).values())
+        how = ", ".join(f"{n} {path}" for path, n in sorted(paths.items()))
         run.out.note(f"verified {human_bytes(size)} in {seconds:.1f} s ({human_bytes(rate)}/s) from "
-                     f"{plural(int(record['peers']), 'peer')}"
+                     f"{plural(int(record['peers']), 'peer')}" + (f" ({how})" if how else "")
                      + (f"; {plural(resumed, 'chunk')} already here" if resumed else ""))
     if not record.get("complete", True):
         run.out.note(f"{plural(int(record.get('files') or 0), 'file')} selected ({selection.describe()}); "
@@ -577,12 +580,15 @@ async def cmd_peers(run: Run, args: argparse.Namespace) -> int:
     """Connected peers of the running node, with rates and strikes."""
     rows = await control.query(run.settings.state_dir, {"cmd": "peers"})
     lines = [f"{'PEER':<10} {'ADDRESS':<22} DIR {'IN':>10} {'OUT':>10} {'RATE IN':>12} "
-             f"{'RATE OUT':>12} STRIKES"]
+             f"{'RATE OUT':>12} STRIKES PATH"]
     for r in rows:
+        path = str(r.get("path", "direct"))
+        if r.get("via"):
+            path += f" via {str(r['via'])[4:12]}"  # the relay's peer id, as PEER shows ids
         lines.append(f"{r['peer_id'][4:12]:<10} {r['address']:<22} {r['direction']:<3} "
                      f"{human_bytes(r['bytes_in']):>10} {human_bytes(r['bytes_out']):>10} "
                      f"{human_bytes(r['rate_in']) + '/s':>12} {human_bytes(r['rate_out']) + '/s':>12} "
-                     f"{r['strikes']}")
+                     f"{r['strikes']:<7} {path}")
     run.out.result({"peers": rows}, "\n".join(lines) if rows else "no peers connected")
     return 0
 

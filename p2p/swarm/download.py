@@ -330,6 +330,8 @@ class Download:
         self._history: collections.deque[tuple[float, int]] = collections.deque()
         self._progress: DownloadProgress | None = None
         self.chunks_by_peer: collections.Counter[PeerId] = collections.Counter()
+        self.paths: dict[PeerId, str] = {}
+        """How each peer was reached (``direct``, ``punched``, ``relayed``), as last connected."""
         self.fetched_this_run = 0
         """Chunks downloaded (verified) by this run: a resumed run never re-fetches recorded ones."""
         self.wasted_bytes = 0
@@ -834,6 +836,7 @@ class Download:
         state = _Peer(conn, remote, asyncio.Queue(), addr, Budget(self._clock()), holds=holds,
                       speculative=speculative, asked_at=asked_at, heard_at=self._clock())
         self._peers[remote] = state
+        self.paths[remote] = str(getattr(conn, "path", "direct"))
         self._connected_addrs.add(addr)
         self._alone_since = None
         self._lost_at = None

@@ -281,6 +281,9 @@ def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -
         assert done.returncode == 0, done.stderr
         assert time.monotonic() - printed < 10, "not reachable through the relay within 10 s"
         assert (cli.tmp / "by-ticket.bin").read_bytes() == source.read_bytes()
+        completed = json.loads(done.stdout.splitlines()[-1])
+        assert completed["event"] == "completed"
+        assert completed["paths"] == {info["peer_id"]: "relayed"}, completed  # said as it came
         # By content id (another fetcher: the first holds it now): the provider record's
         # relay hint leads there too.
         done = cli.run("fetch", info["content_id"], "-o", str(cli.tmp / "by-id.bin"), "--json",

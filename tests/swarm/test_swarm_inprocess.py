@@ -66,9 +66,11 @@ async def test_five_seeders_all_supply_and_file_arrives_identical(
         async with Node(node_config(tmp_path, "dl", boot)) as dl:
             peers = [s.listen_address() for s in seeders] if discovery == "peers" else []
             with dl.events.subscribed() as sub:
-                path = (await dl.fetch(str(cid), tmp_path / "out.bin", peers=peers, timeout=15)).path
+                result = await dl.fetch(str(cid), tmp_path / "out.bin", peers=peers, timeout=15)
                 events = drain(sub)
+    path = result.path
     assert path.read_bytes() == source.read_bytes()
+    assert result.to_json()["paths"] == {str(s.peer_id): "direct" for s in seeders}
     [done] = of(DownloadCompleted, events)
     by_event = Counter(str(e.peer) for e in of(ChunkVerified, events))
     assert done.chunks_by_peer == dict(by_event)

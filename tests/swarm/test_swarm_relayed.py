@@ -53,6 +53,8 @@ async def test_a_share_only_its_relay_reaches_is_fetched_through_it(tmp_path: Pa
                                                  timeout=T)
                 assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
                 assert set(result.chunks_by_peer) == {sharer.peer_id}
+                # how each supplier was reached, as `p2p fetch --json`'s completed event says
+                assert result.to_json()["paths"] == {str(sharer.peer_id): "relayed"}
                 connected = []
                 while (event := sub.get_nowait()) is not None:
                     if isinstance(event, PeerConnected):
@@ -87,6 +89,7 @@ async def test_a_ticket_with_relay_hints_is_enough(tmp_path: Path) -> None:
                     result = await fetcher.fetch(ticket, tmp_path / "out.bin", timeout=T)
             assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
             assert set(result.chunks_by_peer) == {sharer.peer_id}
+            assert result.paths == {sharer.peer_id: "relayed"}
             assert [c.via for c in circuits] == [relay.peer_id]
 
 
