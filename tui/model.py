@@ -340,6 +340,15 @@ class PeerRow:
     connected: bool
     banned: str | None = None
     """The ban reason, when banned."""
+    path: str = "direct"
+    """How the connection runs: ``direct``, ``punched`` (a hole punch) or ``relayed``."""
+    via: PeerId | None = None
+    """The relay it runs through, when relayed."""
+
+    @property
+    def path_text(self) -> str:
+        """The path as the table shows it: ``relayed via ABCDEFGH`` names the relay."""
+        return f"{self.path} via {self.via.short()[:8]}" if self.via is not None else self.path
 
 
 class Peers:
@@ -364,15 +373,17 @@ class Peers:
             live.add(key)
             self._rows[key] = PeerRow(info.peer, format_address(info.address), info.direction,
                                       info.bytes_in, info.bytes_out, info.rate_in, info.rate_out,
-                                      info.strikes, True, banned.get(info.peer))
+                                      info.strikes, True, banned.get(info.peer),
+                                      str(getattr(info, "path", "direct")), info.via)
         for key, row in list(self._rows.items()):
             if key not in live:
                 self._rows[key] = PeerRow(row.peer, row.address, row.direction, row.bytes_in,
                                           row.bytes_out, 0.0, 0.0, row.strikes, False,
-                                          banned.get(row.peer))
+                                          banned.get(row.peer), row.path, row.via)
         for peer, reason in banned.items():
             if not any(k[0] == peer for k in self._rows):
-                self._rows[(peer, "-")] = PeerRow(peer, "-", "-", 0, 0, 0.0, 0.0, 0, False, reason)
+                self._rows[(peer, "-")] = PeerRow(peer, "-", "-", 0, 0, 0.0, 0.0, 0, False, reason,
+                                                  "-")
 
     def rows(self) -> list[PeerRow]:
         """Connected peers first, then recently seen ones."""

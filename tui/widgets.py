@@ -486,7 +486,7 @@ def peer_detail(r: PeerRow | None) -> Text:
     text = Text()
     text.append(str(r.peer), style="bold")
     text.append(f"  {r.direction} {r.address}\n", style="dim")
-    text.append(f"received {human_bytes(r.bytes_in)} · sent {human_bytes(r.bytes_out)} · "
+    text.append(f"{r.path_text} · received {human_bytes(r.bytes_in)} · sent {human_bytes(r.bytes_out)} · "
                 f"{counted(r.strikes, 'strike')}")
     if r.banned:
         text.append("\n")
@@ -508,7 +508,7 @@ class PeersView(Vertical):
     def on_resize(self) -> None:
         self.watch_rows(self.rows)
 
-    WIDE = ("Peer", "Dir", "In", "Out", "Rate in", "Rate out", "Strikes", "Status")
+    WIDE = ("Peer", "Dir", "Path", "In", "Out", "Rate in", "Rate out", "Strikes", "Status")
     NARROW = ("Peer", "Rate in", "Rate out", "Strikes", "Status")
 
     @staticmethod
@@ -521,7 +521,7 @@ class PeersView(Vertical):
         rates: list[str | Text] = [human_rate(r.rate_in), human_rate(r.rate_out), str(r.strikes),
                                    status]
         if wide:
-            return [r.peer.short(), r.direction, human_bytes(r.bytes_in),
+            return [r.peer.short(), r.direction, r.path_text, human_bytes(r.bytes_in),
                     human_bytes(r.bytes_out), *rates]
         return [r.peer.short(), *rates]
 

@@ -91,7 +91,7 @@ def snapshot(at: float, scale: int) -> NodeSnapshot:
         PeerInfo(BOB, ("10.0.0.3", 7473), "out", 60 * MIB * scale, 12_000 * scale,
                  rate_in=30 * MIB, rate_out=6_000, strikes=1),
         PeerInfo(BOB, ("10.0.0.3", 40112), "in", 800 * scale, 9 * MIB * scale,
-                 rate_in=400, rate_out=4.5 * MIB),
+                 rate_in=400, rate_out=4.5 * MIB, via=MALLORY),  # a circuit through a relay
     ]
     bans = [Ban(MALLORY, "sent chunks that fail verification", T0, None)]
     dht = DhtData(node_id="ab" * 32, peer_id=str(ALICE), buckets=(0, 1, 3, 8, 20, 20, 12, 4),

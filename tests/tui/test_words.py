@@ -109,3 +109,11 @@ async def test_a_folder_share_in_the_app_says_what_it_left_out(tmp_path: Path) -
                          "readable regular files only)"]
         assert any("left out 1 symlink" in str(n.message) for n in app._notifications)
         await wait_until(pilot, lambda: any(r.name == "album" for r in app._library))
+
+
+def test_a_peer_rows_path_names_its_relay() -> None:
+    relay = PeerId(bytes(range(32)))
+    assert PeerRow(PEER, "a", "out", 0, 0, 0.0, 0.0, 0, True).path_text == "direct"
+    row = PeerRow(PEER, "a", "in", 0, 0, 0.0, 0.0, 0, True, None, "relayed", relay)
+    assert row.path_text == f"relayed via {relay.short()[:8]}"
+    assert row.path_text in str(peer_detail(row))
