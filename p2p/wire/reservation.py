@@ -26,7 +26,7 @@ from .bandwidth import Throttle
 from .circuits import KeepaliveRules
 from .errors import ClosedByUs, ConnectionLost, RemoteProtocolError
 from .messages import Accept, Connect, Message, Ping, Pong, RelayCode, RelayStatus, Reserve, Stop
-from .transport import Connection, connect, connect_over
+from .transport import Connection, bound_socket, connect, connect_over
 
 __all__ = ["RETRY_MAX", "RETRY_MIN", "HeldReservation", "RelayRefused", "open_circuit"]
 
@@ -88,7 +88,7 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
                        identity: Identity, *, listen_addrs: Sequence[Address] = (),
                        agent: str = "p2p/0.1", timeout: float = 10.0,
                        first: Sequence[Message] = (), up: Sequence[Throttle] = (),
-                       down: Sequence[Throttle] = ()) -> Connection:
+                       down: Sequence[Throttle] = (), local_port: int | None = None) -> Connection:
     """Connect to ``target`` through the relay at ``relay`` (whose peer id, when known, is
     checked). ``first`` are the messages sent with our Hello inside the circuit, as with
     :func:`~p2p.wire.transport.connect`.
@@ -96,15 +96,37 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
     Raises :class:`RelayRefused` (NO_RESERVATION, a limit...), :class:`~p2p.errors.NetworkError`
     when the relay or the target cannot be reached, :class:`WrongPeer` when the far end is
     not ``target``.
+
+    ``local_port``: dial the relay from that port (our listen port, when it can be shared:
+    :func:`shareable_port`), so that the relay's observation of us, which the returned
+    connection's ``observed`` holds, is the NAT's mapping of the listen port.
     """
     where = format_address(relay)
     outer = await connect(relay[0], relay[1], identity, expected_peer=relay_peer, agent=agent,
-                          timeout=timeout, first=(Connect(target),), stop_on=(RelayStatus,))
-    await _status(outer, where)
+                          timeout=timeout, first=(Connect(target),), stop_on=(RelayStatus,),
+                          local_port=local_port)
+    status = await _status(outer, where)
     transport, unread = outer.protocol.detach()
-    return await connect_over(transport, unread, identity, expected_peer=target,
+    conn = await connect_over(transport, unread, identity, expected_peer=target,
                               via=outer.remote_peer, listen_addrs=listen_addrs, agent=agent,
                               timeout=timeout, first=first, up=up, down=down)
+    conn.observed = status.observed
+    return conn
+
+
+def shareable_port(toward: Address, port: int | None) -> int | None:
+    """``port`` if a socket toward ``toward`` can be bound to it beside our listener, else
+    None (an ephemeral port then: the relay sees that mapping, not the listen port's, and a
+    hole punch is less likely to work). The reason is logged at info."""
+    if port is None or port == 0:
+        return None
+    try:
+        bound_socket(toward[0], port).close()
+    except OSError as exc:
+        log.info("cannot dial %s from the listen port %d (%s): using an ephemeral port",
+                 format_address(toward), port, exc)
+        return None
+    return port
 
 
 class HeldReservation:
@@ -113,8 +135,13 @@ class HeldReservation:
     def __init__(self, identity: Identity, address: Address, on_circuit: OnCircuit, *,
                  agent: str = "p2p/0.1", relay_peer: PeerId | None = None,
                  clock: Callable[[], float] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 local_port: int | None = None) -> None:
+        """``local_port``: our listen port, which the reservation connection leaves from
+        when it can be shared (:func:`shareable_port`), so that the relay's ``observed`` is
+        the NAT's mapping of the port peers dial."""
         self._identity = identity
+        self._local_port = local_port
         self.address = address
         """The relay's address we dial (what our relay hints name)."""
         self._on_circuit = on_circuit
@@ -179,7 +206,8 @@ class HeldReservation:
         where = format_address(self.address)
         conn = await connect(self.address[0], self.address[1], self._identity,
                              expected_peer=self.relay_peer, agent=self._agent,
-                             first=(Reserve(),), timeout=RELAY_TIMEOUT)
+                             first=(Reserve(),), timeout=RELAY_TIMEOUT,
+                             local_port=shareable_port(self.address, self._local_port))
         try:
             status = await _status(conn, where)
             self.relay_peer = conn.remote_peer
