@@ -1325,8 +1325,6 @@ class Node:
                                           self._identity, listen_addrs=self.addresses(),
                                           agent=self.config.agent, first=first,
                                           local_port=local, **limits)
-                if local is None:
-                    conn.observed = None  # an ephemeral port's mapping: no use to a punch
                 self._circuit_opened(conn, inbound=False, download=download)
                 return conn
             try:

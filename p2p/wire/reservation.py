@@ -15,8 +15,10 @@ sends it opens the target's side of the circuit and hands the socket to ``on_cir
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..address import Address, RelayHint, format_address
 from ..errors import NetworkError
@@ -102,16 +104,39 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
     connection's ``observed`` holds, is the NAT's mapping of the listen port.
     """
     where = format_address(relay)
-    outer = await connect(relay[0], relay[1], identity, expected_peer=relay_peer, agent=agent,
-                          timeout=timeout, first=(Connect(target),), stop_on=(RelayStatus,),
-                          local_port=local_port)
+    outer, local_port = await _dial_relay(relay, local_port, identity, expected_peer=relay_peer,
+                                          agent=agent, timeout=timeout, first=(Connect(target),),
+                                          stop_on=(RelayStatus,))
     status = await _status(outer, where)
     transport, unread = outer.protocol.detach()
     conn = await connect_over(transport, unread, identity, expected_peer=target,
                               via=outer.remote_peer, listen_addrs=listen_addrs, agent=agent,
                               timeout=timeout, first=first, up=up, down=down)
-    conn.observed = status.observed
+    # From an ephemeral port the relay saw a mapping no punch can use.
+    conn.observed = status.observed if local_port is not None else None
     return conn
+
+
+async def _dial_relay(relay: Address, local_port: int | None, identity: Identity,
+                      **options: Any) -> tuple[Connection, int | None]:
+    """Connect to the relay from ``local_port`` when given, else (or when that four-tuple is
+    taken already: another connection of ours to this relay left from the port) from an
+    ephemeral port; returns the connection and the port it left from (None: ephemeral)."""
+    if local_port is not None:
+        try:
+            return await connect(relay[0], relay[1], identity, local_port=local_port,
+                                 **options), local_port
+        except NetworkError as exc:
+            cause = exc.__context__
+            if not (isinstance(cause, OSError) and cause.errno in _PORT_TAKEN):
+                raise
+            log.info("cannot dial %s from the listen port %d (%s): using an ephemeral port",
+                     format_address(relay), local_port, cause)
+    return await connect(relay[0], relay[1], identity, **options), None
+
+
+_PORT_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+"""What a dial from the shared listen port fails with when that four-tuple is taken."""
 
 
 def shareable_port(toward: Address, port: int | None) -> int | None:
@@ -204,10 +229,9 @@ class HeldReservation:
 
     async def _hold(self) -> None:
         where = format_address(self.address)
-        conn = await connect(self.address[0], self.address[1], self._identity,
-                             expected_peer=self.relay_peer, agent=self._agent,
-                             first=(Reserve(),), timeout=RELAY_TIMEOUT,
-                             local_port=shareable_port(self.address, self._local_port))
+        conn, _ = await _dial_relay(self.address, shareable_port(self.address, self._local_port),
+                                    self._identity, expected_peer=self.relay_peer,
+                                    agent=self._agent, first=(Reserve(),), timeout=RELAY_TIMEOUT)
         try:
             status = await _status(conn, where)
             self.relay_peer = conn.remote_peer

@@ -133,6 +133,8 @@ async def test_a_relayed_fetch_moves_to_a_punched_connection(tmp_path: Path) -> 
         async with Node(hidden) as sharer:
             async with asyncio.timeout(T):
                 shared = await sharer.share(source)
+            # The reservation left from the listen port: the relay saw that port.
+            assert sharer.observed_by_relays() == [("127.0.0.1", sharer.port)]
             async with Node(node_config(tmp_path, "fetcher", boot, dht_mode="client")) as fetcher:
                 sub = fetcher.events.subscribe()
                 async with asyncio.timeout(T):
