@@ -712,7 +712,7 @@ class Node:
         direct.punched = True
         if inbound:
             self._server.serve(direct)
-        elif download is None or not download.move(peer, direct):
+        elif download is None or not download.move(peer, direct, replacing=circuit):
             await direct.aclose("not needed any more")
             return
         self._log("info", f"direct connection to {peer.short()} at "

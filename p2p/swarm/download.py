@@ -850,13 +850,15 @@ class Download:
         self._join_scheduler(state)
         self._update()
 
-    def move(self, peer: PeerId, conn: Any) -> bool:
+    def move(self, peer: PeerId, conn: Any, *, replacing: Any) -> bool:
         """Carry on with ``peer`` over ``conn`` (a direct connection a hole punch opened)
-        instead of its current one (a relay circuit), which is closed: what was in flight on
-        it goes back to the scheduler and is asked again, here or elsewhere. Returns False
-        (and leaves ``conn`` to the caller) when the peer is no longer connected."""
+        instead of ``replacing`` (the relay circuit the punch ran over), which is closed:
+        what was in flight on it goes back to the scheduler and is asked again, here or
+        elsewhere. Returns False (and leaves ``conn`` to the caller) when the peer is no
+        longer connected over ``replacing``."""
         old = self._peers.get(peer)
-        if old is None or self._finished.is_set() or conn.remote_peer != peer:
+        if old is None or old.conn is not replacing or self._finished.is_set() \
+                or conn.remote_peer != peer:
             return False
         old.moved = True
         self._peers.pop(peer)

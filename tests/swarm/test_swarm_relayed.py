@@ -179,7 +179,12 @@ async def test_the_peer_rows_say_punched(tmp_path: Path) -> None:
                 rows = {(str(p.peer), p.direction): p.to_json() for p in sharer.peers()}
                 assert rows[(str(fetcher.peer_id), "in")]["path"] == "punched", rows
                 assert "via" not in rows[(str(fetcher.peer_id), "in")]
-                await fetcher.cancel(shared.content_id)
+                # What was in flight on the circuit when it closed is asked again: the file
+                # is whole.
+                fetcher.set_limits(down=0)
+                async with asyncio.timeout(T):
+                    await fetcher.join(shared.content_id)
+                assert _same_file(tmp_path / "out.bin", source)
 
 
 def _same_file(a: Path, b: Path) -> bool:
