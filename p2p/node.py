@@ -655,9 +655,9 @@ class Node:
 
     def add_circuit_hook(self, hook: CircuitHook) -> None:
         """Call ``hook(connection, inbound)`` for every relay circuit that becomes a
-        connection (dialled by a download, or arrived through a reservation): where a
-        direct-path upgrade (p2p.wire.punch) starts. Hooks must not block nor raise (start
-        an owned task for any work)."""
+        connection (dialled by a download, or arrived through a reservation), after the
+        node has started its own hole punch on it (:attr:`NodeConfig.hole_punching`). Hooks
+        must not block nor raise (start an owned task for any work)."""
         self._circuit_hooks.append(hook)
 
     def _circuit_opened(self, conn: Connection, *, inbound: bool,
