@@ -678,11 +678,15 @@ class Node:
             return self._hosts[0]
         return None
 
-    def _punch_signal(self, conn: Connection, message: Message) -> None:
-        """A hole punch message on a relay circuit (either side's reader hands it here)."""
+    def _punch_signal(self, conn: Connection, message: Message) -> bool:
+        """A hole punch message on a relay circuit (either side's reader hands it here);
+        returns whether a punch on that circuit took it (one that none takes changed
+        nothing: the download charges it to the peer's budget)."""
         channel = self._punch_channels.get(conn)
-        if channel is not None and isinstance(message, HolePunchConnect | HolePunchSync):
-            channel.deliver(message)
+        if channel is None or not isinstance(message, HolePunchConnect | HolePunchSync):
+            return False
+        channel.deliver(message)
+        return True
 
     async def _upgrade(self, circuit: Connection, channel: PunchChannel, inbound: bool,
                        download: Download | None) -> None:

@@ -212,11 +212,12 @@ class Download:
                  pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor,
                  clock: Clock | None = None,
                  place: Callable[[Manifest, Path], Awaitable[Path]] | None = None,
-                 on_punch: Callable[[Any, msg.Message], None] | None = None) -> None:
+                 on_punch: Callable[[Any, msg.Message], bool] | None = None) -> None:
         self.options = options
         self._on_punch = on_punch
         """Given the hole punch messages a peer sends on our connection to it (a relay
-        circuit's), with that connection: the node's punch reads them."""
+        circuit's), with that connection: the node's punch reads them. It returns whether a
+        punch took the message (one no punch takes is charged to the peer's budget)."""
         self._place = place
         """Settles the destination once the manifest is in, before any chunk is asked for: returns
         the path to download into (it may rename), or raises to refuse (see :meth:`Node.fetch`)."""
@@ -1020,8 +1021,7 @@ class Download:
                     self._accept_manifest(state, data)
                 return True
             case msg.HolePunchConnect() | msg.HolePunchSync() if self._on_punch is not None:
-                self._on_punch(state.conn, message)
-                return True
+                return self._on_punch(state.conn, message)
             case msg.Ping(nonce=nonce):
                 # Not queued: a peer that pings but never reads must not grow our memory.
                 state.conn.send_nowait(msg.Pong(nonce))

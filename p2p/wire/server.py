@@ -263,7 +263,7 @@ class Server:
                  on_event: Callable[[ServerEvent], None] | None = None,
                  cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
                  bandwidth: Bandwidth | None = None,
-                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], None]
+                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], object]
                  | None = None, relay: RelayService | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
         a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
