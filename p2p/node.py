@@ -80,9 +80,10 @@ from .tasks import TaskOwner
 from .wire import server as wire_server
 from .wire.bandwidth import Bandwidth, Throttle
 from .wire.circuits import RelayLimits
-from .wire.messages import Message
+from .wire.messages import HolePunchConnect, HolePunchSync, Message
+from .wire.punch import PunchChannel, PunchFailed, Role, punch
 from .wire.relay import RelayService
-from .wire.reservation import HeldReservation, open_circuit
+from .wire.reservation import HeldReservation, open_circuit, shareable_port
 from .wire.transport import Connection, connect
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,9 @@ class NodeConfig:
     and names them in its records and tickets instead of its direct addresses."""
     relays: tuple[Address, ...] = ()
     """Relays to reserve on; empty: the bootstrap nodes."""
+    hole_punching: bool = True
+    """Try a direct connection (TCP hole punching, docs/PROTOCOL.md) to every peer a relay
+    circuit joins us to, and move the transfer to it when it opens."""
 
 
 class _AlreadyThere(Exception):
@@ -279,6 +283,8 @@ class Node:
         self._path_changed = asyncio.Event()
         """Set when a reservation was granted or the verdict arrived (:meth:`wait_for_path`)."""
         self._circuit_hooks: list[CircuitHook] = []
+        self._punch_channels: dict[Connection, PunchChannel] = {}
+        """The relay circuits a hole punch runs over, and its signalling channel on each."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -354,7 +360,7 @@ class Node:
             server = wire_server.Server(self._identity, self._store, cfg.server_limits,
                                         agent=cfg.agent, on_event=self._on_server_event,
                                         clock=cfg.clock, bandwidth=self.bandwidth,
-                                        relay=self.relay)
+                                        relay=self.relay, on_punch=self._punch_signal)
             port = await server.start(hosts, cfg.port)
             dht_config = DHTConfig(host=hosts[0] if len(hosts) == 1 else hosts, port=port, ksize=20,
                                    max_contacts_per_ip=cfg.max_contacts_per_ip,
@@ -605,7 +611,8 @@ class Node:
             if address in self._reservations:
                 continue
             held = HeldReservation(self._identity, address, self._circuit_arrived,
-                                   agent=self.config.agent, on_change=self._relays_changed)
+                                   agent=self.config.agent, on_change=self._relays_changed,
+                                   local_port=self.port)
             task = self._spawn(held.run(), f"reservation {format_address(address)}")
             self._reservations[address] = (held, task)
         self._relays_changed()
@@ -648,14 +655,72 @@ class Node:
 
     def add_circuit_hook(self, hook: CircuitHook) -> None:
         """Call ``hook(connection, inbound)`` for every relay circuit that becomes a
-        connection (dialled by a download, or arrived through a reservation): where a
-        direct-path upgrade (p2p.wire.punch) starts. Hooks must not block nor raise (start
-        an owned task for any work)."""
+        connection (dialled by a download, or arrived through a reservation), after the
+        node has started its own hole punch on it (:attr:`NodeConfig.hole_punching`). Hooks
+        must not block nor raise (start an owned task for any work)."""
         self._circuit_hooks.append(hook)
 
-    def _circuit_opened(self, conn: Connection, *, inbound: bool) -> None:
+    def _circuit_opened(self, conn: Connection, *, inbound: bool,
+                        download: Download | None = None) -> None:
+        if self.config.hole_punching and not self.closing:
+            # Before any bulk data: the punch's messages share the circuit with chunks.
+            channel = self._punch_channels[conn] = PunchChannel(conn.send)
+            conn.protocol.closed.add_done_callback(lambda _: channel.close())
+            self._spawn(self._upgrade(conn, channel, inbound, download),
+                        f"hole punch {conn.remote_peer.short()}")
         for hook in self._circuit_hooks:
             hook(conn, inbound)
+
+    def _punch_source(self) -> str | None:
+        """The address a punch dials from: the listener's when it listens on one address
+        only (it then shares the port with exactly that socket), else any."""
+        if len(self._hosts) == 1 and self._hosts[0] not in ("", "0.0.0.0", "::"):
+            return self._hosts[0]
+        return None
+
+    def _punch_signal(self, conn: Connection, message: Message) -> bool:
+        """A hole punch message on a relay circuit (either side's reader hands it here);
+        returns whether a punch on that circuit took it (one that none takes changed
+        nothing: the download charges it to the peer's budget)."""
+        channel = self._punch_channels.get(conn)
+        if channel is None or not isinstance(message, HolePunchConnect | HolePunchSync):
+            return False
+        channel.deliver(message)
+        return True
+
+    async def _upgrade(self, circuit: Connection, channel: PunchChannel, inbound: bool,
+                       download: Download | None) -> None:
+        """Punch a direct connection to the peer of ``circuit`` and move to it: the
+        reserving side (``inbound``) is the punch's target and serves the direct connection;
+        the dialling side's download carries on over it and closes the circuit. On failure
+        the circuit stays."""
+        peer = circuit.remote_peer
+        own = self.observed_by_relays()
+        if not inbound and circuit.observed is not None and circuit.observed not in own:
+            own.insert(0, circuit.observed)
+        try:
+            direct = await punch(Role.TARGET if inbound else Role.DIALLER,
+                                 listen_port=self.port, identity=self._identity,
+                                 expected_peer=peer, signal=channel,
+                                 own_addrs=[*own, *self.listen_addresses()],
+                                 public=self.reachability.reachable, listener=self._server,
+                                 source=self._punch_source(), listen_addrs=self.addresses(),
+                                 agent=self.config.agent,
+                                 up=(self.bandwidth.up,), down=(self.bandwidth.down,))
+        except PunchFailed as exc:
+            self._log("info", f"no direct connection to {peer.short()}, staying relayed: {exc}")
+            return
+        finally:
+            self._punch_channels.pop(circuit, None)
+            channel.close()
+        direct.punched = True
+        if inbound:
+            self._server.serve(direct)
+        elif download is None or not download.move(peer, direct, replacing=circuit):
+            await direct.aclose("not needed any more")
+            return
+        self._log("info", f"direct connection to {peer.short()} at "
+                          f"{format_address(direct.remote_address)} (hole punched)")
 
     def ticket(self, content_id: ContentId, publisher: PeerId | None = None) -> Ticket:
         """A ticket for content we hold: its id, publisher and our addresses."""
@@ -1254,10 +1319,17 @@ class Node:
 
         async def dial(addr: Address, peer: PeerId | None, first: Sequence[Message]) -> Any:
             if isinstance(addr, RelayedAddress):
+                # From the listen port: the relay's observation of us is then what the
+                # target of a hole punch dials. Not when our reservation on that relay
+                # holds the same four-tuple already (its observation is the same one).
+                local = None
+                if self.config.hole_punching and addr.hint.address not in self._reservations:
+                    local = shareable_port(addr.hint.address, self.port)
                 conn = await open_circuit(addr.hint.address, addr.hint.relay, addr.target,
                                           self._identity, listen_addrs=self.addresses(),
-                                          agent=self.config.agent, first=first, **limits)
-                self._circuit_opened(conn, inbound=False)
+                                          agent=self.config.agent, first=first,
+                                          local_port=local, **limits)
+                self._circuit_opened(conn, inbound=False, download=download)
                 return conn
             try:
                 return await connect(addr[0], addr[1], self._identity, expected_peer=peer,
@@ -1285,10 +1357,12 @@ class Node:
         async def place(manifest: Manifest, dest: Path) -> Path:
             return await self._settle(options, rename, manifest, dest)
 
-        return Download(options, store=self._store, events=self.events, connect=dial,
-                        providers=providers, self_peer=self.peer_id, self_addrs=self.addresses,
-                        on_have=self._server.announce_have, on_manifest=on_manifest, pool=self._pool,
-                        sync_pool=self._sync_pool, clock=self.config.clock, place=place)
+        download = Download(options, store=self._store, events=self.events, connect=dial,
+                            providers=providers, self_peer=self.peer_id,
+                            self_addrs=self.addresses, on_have=self._server.announce_have,
+                            on_manifest=on_manifest, pool=self._pool, sync_pool=self._sync_pool,
+                            clock=self.config.clock, place=place, on_punch=self._punch_signal)
+        return download
 
     # -- peers and the DHT ---------------------------------------------------------------------
 
@@ -1300,11 +1374,13 @@ class Node:
         return self._rates.apply(self._connections())
 
     def _connections(self) -> list[PeerInfo]:
-        out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent, via=c.via)
+        out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent, via=c.via,
+                        punched=c.punched)
                for c in self._server.connections()]
         for download in self.running_downloads():
             out += [PeerInfo(peer, conn.remote_address, "out", conn.bytes_received,
-                             conn.bytes_sent, strikes=strikes, via=getattr(conn, "via", None))
+                             conn.bytes_sent, strikes=strikes, via=getattr(conn, "via", None),
+                             punched=bool(getattr(conn, "punched", False)))
                     for peer, conn, strikes in download.connections()]
         return _merge_connections(out)
 
@@ -1445,8 +1521,9 @@ class Node:
     def _on_server_event(self, event: Any) -> None:
         match event:
             case wire_server.PeerConnected(peer=peer, address=address, via=via, connection=conn):
-                if via is None:
-                    self._dialbacks.inbound(peer, address)  # a circuit proves no reachability
+                if via is None and not (conn is not None and conn.punched):
+                    # Neither a circuit nor a punched connection proves reachability.
+                    self._dialbacks.inbound(peer, address)
                 elif conn is not None:
                     self._circuit_opened(conn, inbound=True)
                 self.events.publish(PeerConnected(peer, address, inbound=True))
@@ -1552,14 +1629,17 @@ class _PeerRates:
 
 
 def _merge_connections(infos: Sequence[PeerInfo]) -> list[PeerInfo]:
-    """One row per (peer, direction): byte counts added up, the worst strike count kept."""
+    """One row per (peer, direction): byte counts added up, the worst strike count kept, the
+    most direct path shown (a circuit and the punched connection replacing it: punched)."""
     merged: dict[tuple[PeerId, str], PeerInfo] = {}
     for info in infos:
         key = (info.peer, info.direction)
         prev = merged.get(key)
+        best = info if prev is None or prev.via is not None else prev
         merged[key] = info if prev is None else dataclasses.replace(
             prev, bytes_in=prev.bytes_in + info.bytes_in, bytes_out=prev.bytes_out + info.bytes_out,
-            strikes=max(prev.strikes, info.strikes))
+            strikes=max(prev.strikes, info.strikes), address=best.address, via=best.via,
+            punched=best.punched)
     return list(merged.values())
 
 

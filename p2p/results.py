@@ -99,11 +99,15 @@ class PeerInfo:
     via: PeerId | None = None
     """The relay the connection runs through (its ``address`` is then the relay's); None
     when direct."""
+    punched: bool = False
+    """A direct connection a hole punch opened (to a peer first reached through a relay)."""
 
     @property
     def path(self) -> str:
-        """``direct`` or ``relayed``."""
-        return "direct" if self.via is None else "relayed"
+        """``direct``, ``punched`` or ``relayed``."""
+        if self.via is not None:
+            return "relayed"
+        return "punched" if self.punched else "direct"
 
     def to_json(self) -> dict[str, Any]:
         """One row of ``p2p peers --json``."""

@@ -192,6 +192,8 @@ class _Peer:
     """When it last sent us anything (see :data:`PEER_SILENCE_TIMEOUT`)."""
     owed_since: float | None = None
     """Since when it has had requests in flight without a pause (None: nothing asked)."""
+    moved: bool = False
+    """Its connection was replaced (:meth:`Download.move`): ending it drops nobody."""
 
 
 class Download:
@@ -209,8 +211,13 @@ class Download:
                  on_manifest: Callable[[Manifest], None],
                  pool: ThreadPoolExecutor, sync_pool: ThreadPoolExecutor,
                  clock: Clock | None = None,
-                 place: Callable[[Manifest, Path], Awaitable[Path]] | None = None) -> None:
+                 place: Callable[[Manifest, Path], Awaitable[Path]] | None = None,
+                 on_punch: Callable[[Any, msg.Message], bool] | None = None) -> None:
         self.options = options
+        self._on_punch = on_punch
+        """Given the hole punch messages a peer sends on our connection to it (a relay
+        circuit's), with that connection: the node's punch reads them. It returns whether a
+        punch took the message (one no punch takes is charged to the peer's budget)."""
         self._place = place
         """Settles the destination once the manifest is in, before any chunk is asked for: returns
         the path to download into (it may rename), or raises to refuse (see :meth:`Node.fetch`)."""
@@ -844,6 +851,40 @@ class Download:
         self._join_scheduler(state)
         self._update()
 
+    def move(self, peer: PeerId, conn: Any, *, replacing: Any) -> bool:
+        """Carry on with ``peer`` over ``conn`` (a direct connection a hole punch opened)
+        instead of ``replacing`` (the relay circuit the punch ran over), which is closed:
+        what was in flight on it goes back to the scheduler and is asked again, here or
+        elsewhere. Returns False (and leaves ``conn`` to the caller) when the peer is no
+        longer connected over ``replacing``."""
+        old = self._peers.get(peer)
+        if old is None or old.conn is not replacing or self._finished.is_set() \
+                or conn.remote_peer != peer:
+            return False
+        old.moved = True
+        self._peers.pop(peer)
+        if self.scheduler is not None:
+            self.scheduler.remove_peer(peer)  # its in-flight chunks are wanted again
+        if self._listing_fetch is not None:
+            self._listing_fetch.remove_peer(peer)
+        self._early_bytes -= sum(len(payload) for payload in old.early.values())
+        old.conn.close_nowait("moved to a direct connection")
+        state = _Peer(conn, peer, asyncio.Queue(), old.address, old.budget, holds=old.holds,
+                      asked_at=self._clock(), heard_at=self._clock(),
+                      manifest_answered=old.manifest_answered)
+        cid = self.content_id.digest
+        if self.manifest is None and not old.manifest_answered:
+            state.outbox.put_nowait(msg.GetManifest(cid))
+        state.outbox.put_nowait(msg.GetBitfield(cid))
+        self._peers[peer] = state
+        self.paths[peer] = str(getattr(conn, "path", "direct"))
+        self._spawn(self._serve_peer(state), f"peer {peer.short()}")
+        self._join_scheduler(state)
+        if self._listing_fetch is not None:
+            self._ask_listing()
+        self._update()
+        return True
+
     async def _connect_in_time(self, addr: Address, peer: PeerId | None,
                                first: Sequence[msg.Message]) -> Any:
         """Dial, abandoned by :meth:`handle_timer` at ``CONNECT_TIMEOUT`` on the download's clock."""
@@ -885,8 +926,9 @@ class Download:
             reason = f"error: {exc}"
         finally:
             writer.cancel()
-            self._peer_slots.release()
-            self._drop(peer, reason)
+            if not state.moved:
+                self._peer_slots.release()
+                self._drop(peer, reason)
             with contextlib.suppress(Exception):
                 await conn.aclose(reason)
 
@@ -978,6 +1020,8 @@ class Download:
                 if data is not None and self.manifest is None:
                     self._accept_manifest(state, data)
                 return True
+            case msg.HolePunchConnect() | msg.HolePunchSync() if self._on_punch is not None:
+                return self._on_punch(state.conn, message)
             case msg.Ping(nonce=nonce):
                 # Not queued: a peer that pings but never reads must not grow our memory.
                 state.conn.send_nowait(msg.Pong(nonce))

@@ -344,7 +344,8 @@ class RelayService:
         self._splices[circuit.token] = splice
         self._no_circuits.clear()
         try:
-            await conn.send(self._circuit_status())
+            # Where we see the dialler: its side of a hole punch tells the target to dial it.
+            await conn.send(self._circuit_status(observed=conn.remote_address))
             splice.join(conn, target_conn)
             why = await asyncio.shield(splice.done)
         except BaseException:
@@ -376,8 +377,8 @@ class RelayService:
         # lives until the circuit ends, so the server does not close the socket under it.
         await finished
 
-    def _circuit_status(self) -> RelayStatus:
-        return RelayStatus(int(RelayCode.OK), "circuit open",
+    def _circuit_status(self, observed: tuple[str, int] | None = None) -> RelayStatus:
+        return RelayStatus(int(RelayCode.OK), "circuit open", observed=observed,
                            limit_seconds=self.limits.circuit_seconds,
                            limit_bytes=self.limits.circuit_bytes)
 

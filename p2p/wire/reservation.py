@@ -15,8 +15,10 @@ sends it opens the target's side of the circuit and hands the socket to ``on_cir
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..address import Address, RelayHint, format_address
 from ..errors import NetworkError
@@ -26,7 +28,7 @@ from .bandwidth import Throttle
 from .circuits import KeepaliveRules
 from .errors import ClosedByUs, ConnectionLost, RemoteProtocolError
 from .messages import Accept, Connect, Message, Ping, Pong, RelayCode, RelayStatus, Reserve, Stop
-from .transport import Connection, connect, connect_over
+from .transport import Connection, bound_socket, connect, connect_over
 
 __all__ = ["RETRY_MAX", "RETRY_MIN", "HeldReservation", "RelayRefused", "open_circuit"]
 
@@ -88,7 +90,7 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
                        identity: Identity, *, listen_addrs: Sequence[Address] = (),
                        agent: str = "p2p/0.1", timeout: float = 10.0,
                        first: Sequence[Message] = (), up: Sequence[Throttle] = (),
-                       down: Sequence[Throttle] = ()) -> Connection:
+                       down: Sequence[Throttle] = (), local_port: int | None = None) -> Connection:
     """Connect to ``target`` through the relay at ``relay`` (whose peer id, when known, is
     checked). ``first`` are the messages sent with our Hello inside the circuit, as with
     :func:`~p2p.wire.transport.connect`.
@@ -96,15 +98,60 @@ async def open_circuit(relay: Address, relay_peer: PeerId | None, target: PeerId
     Raises :class:`RelayRefused` (NO_RESERVATION, a limit...), :class:`~p2p.errors.NetworkError`
     when the relay or the target cannot be reached, :class:`WrongPeer` when the far end is
     not ``target``.
+
+    ``local_port``: dial the relay from that port (our listen port, when it can be shared:
+    :func:`shareable_port`), so that the relay's observation of us, which the returned
+    connection's ``observed`` holds, is the NAT's mapping of the listen port.
     """
     where = format_address(relay)
-    outer = await connect(relay[0], relay[1], identity, expected_peer=relay_peer, agent=agent,
-                          timeout=timeout, first=(Connect(target),), stop_on=(RelayStatus,))
-    await _status(outer, where)
+    outer, local_port = await _dial_relay(relay, local_port, identity, expected_peer=relay_peer,
+                                          agent=agent, timeout=timeout, first=(Connect(target),),
+                                          stop_on=(RelayStatus,))
+    status = await _status(outer, where)
     transport, unread = outer.protocol.detach()
-    return await connect_over(transport, unread, identity, expected_peer=target,
+    conn = await connect_over(transport, unread, identity, expected_peer=target,
                               via=outer.remote_peer, listen_addrs=listen_addrs, agent=agent,
                               timeout=timeout, first=first, up=up, down=down)
+    # From an ephemeral port the relay saw a mapping no punch can use.
+    conn.observed = status.observed if local_port is not None else None
+    return conn
+
+
+async def _dial_relay(relay: Address, local_port: int | None, identity: Identity,
+                      **options: Any) -> tuple[Connection, int | None]:
+    """Connect to the relay from ``local_port`` when given, else (or when that four-tuple is
+    taken already: another connection of ours to this relay left from the port) from an
+    ephemeral port; returns the connection and the port it left from (None: ephemeral)."""
+    if local_port is not None:
+        try:
+            return await connect(relay[0], relay[1], identity, local_port=local_port,
+                                 **options), local_port
+        except NetworkError as exc:
+            cause = exc.__context__
+            if not (isinstance(cause, OSError) and cause.errno in _PORT_TAKEN):
+                raise
+            log.info("cannot dial %s from the listen port %d (%s): using an ephemeral port",
+                     format_address(relay), local_port, cause)
+    return await connect(relay[0], relay[1], identity, **options), None
+
+
+_PORT_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+"""What a dial from the shared listen port fails with when that four-tuple is taken."""
+
+
+def shareable_port(toward: Address, port: int | None) -> int | None:
+    """``port`` if a socket toward ``toward`` can be bound to it beside our listener, else
+    None (an ephemeral port then: the relay sees that mapping, not the listen port's, and a
+    hole punch is less likely to work). The reason is logged at info."""
+    if port is None or port == 0:
+        return None
+    try:
+        bound_socket(toward[0], port).close()
+    except OSError as exc:
+        log.info("cannot dial %s from the listen port %d (%s): using an ephemeral port",
+                 format_address(toward), port, exc)
+        return None
+    return port
 
 
 class HeldReservation:
@@ -113,8 +160,13 @@ class HeldReservation:
     def __init__(self, identity: Identity, address: Address, on_circuit: OnCircuit, *,
                  agent: str = "p2p/0.1", relay_peer: PeerId | None = None,
                  clock: Callable[[], float] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 local_port: int | None = None) -> None:
+        """``local_port``: our listen port, which the reservation connection leaves from
+        when it can be shared (:func:`shareable_port`), so that the relay's ``observed`` is
+        the NAT's mapping of the port peers dial."""
         self._identity = identity
+        self._local_port = local_port
         self.address = address
         """The relay's address we dial (what our relay hints name)."""
         self._on_circuit = on_circuit
@@ -177,9 +229,9 @@ class HeldReservation:
 
     async def _hold(self) -> None:
         where = format_address(self.address)
-        conn = await connect(self.address[0], self.address[1], self._identity,
-                             expected_peer=self.relay_peer, agent=self._agent,
-                             first=(Reserve(),), timeout=RELAY_TIMEOUT)
+        conn, _ = await _dial_relay(self.address, shareable_port(self.address, self._local_port),
+                                    self._identity, expected_peer=self.relay_peer,
+                                    agent=self._agent, first=(Reserve(),), timeout=RELAY_TIMEOUT)
         try:
             status = await _status(conn, where)
             self.relay_peer = conn.remote_peer

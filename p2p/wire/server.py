@@ -179,6 +179,8 @@ class ConnectionInfo:
     pending_requests: int
     via: PeerId | None = None
     """The relay this connection runs through (a circuit); None when direct."""
+    punched: bool = False
+    """Opened by a hole punch (:meth:`Server.serve`)."""
 
 
 class _Link:
@@ -261,7 +263,7 @@ class Server:
                  on_event: Callable[[ServerEvent], None] | None = None,
                  cipher: str = "AESGCM", clock: Callable[[], float] | None = None,
                  bandwidth: Bandwidth | None = None,
-                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], None]
+                 on_punch: Callable[[Connection, HolePunchConnect | HolePunchSync], object]
                  | None = None, relay: RelayService | None = None) -> None:
         """``clock`` is where every deadline's time comes from (default: the event loop's);
         a test passes a :class:`p2p.testing.FakeClock` and calls :meth:`handle_timers`.
@@ -460,6 +462,24 @@ class Server:
         proto.via = via
         adopt(transport, proto, unread)
 
+    def serve(self, conn: Connection) -> None:
+        """Serve an authenticated connection opened elsewhere (a hole punch's, to a peer we
+        serve through a relay): chunks as on any accepted connection, under the same limits.
+        A punched connection counts against the peer's address like an accepted one."""
+        if self._closed or len(self._links) >= self.limits.max_connections:
+            conn.abort("connection limit reached")
+            return
+        assert self._loop is not None
+        proto = conn.protocol
+        link = _Link(proto, ServedPeer(self.limits, self._clock()), self._loop, self._clock)
+        link.conn = conn
+        self._links[proto] = link
+        if proto.via is None:
+            self._admission.add(proto.address[0])
+        link.rules.handshake_done(link.now())
+        link.arm()
+        self._tasks.spawn(self._run(link), f"serve {format_address(proto.address)}")
+
     def _write_paused(self, proto: WireProtocol, paused: bool) -> None:
         link = self._links.get(proto)
         if link is not None:
@@ -502,10 +522,12 @@ class Server:
 
     async def _handshake_and_serve(self, link: _Link) -> None:
         proto = link.proto
-        await proto.ready  # the timer drops the peer if its Hello is late
-        conn = link.conn = Connection(proto)
-        link.rules.handshake_done(link.now())
-        link.arm()
+        if link.conn is None:
+            await proto.ready  # the timer drops the peer if its Hello is late
+            link.conn = Connection(proto)
+            link.rules.handshake_done(link.now())
+            link.arm()
+        conn = link.conn
         self._emit(PeerConnected(conn.remote_peer, proto.address, proto.via, conn))
         async with asyncio.TaskGroup() as group:
             group.create_task(self._guarded(link, self._send_chunks(link, conn)))
@@ -643,7 +665,7 @@ class Server:
         """A snapshot of the connections that finished the handshake and are still served."""
         return [ConnectionInfo(c.remote_peer, c.remote_address, c.bytes_sent, c.bytes_received,
                                c.remote_hello.listen_addrs, c.write_buffer_size,
-                               c.receive_buffered, link.rules.inflight, c.via)
+                               c.receive_buffered, link.rules.inflight, c.via, c.punched)
                 for link in self._links.values()
                 if (c := link.conn) is not None and link.reason is None]
 

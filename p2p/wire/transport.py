@@ -589,6 +589,9 @@ class Connection:
         """Our end's socket address (its port is the listen port on a punched connection)."""
         self.punched = False
         """Opened by a hole punch (:func:`p2p.wire.punch.punch`), not by a plain dial."""
+        self.observed: tuple[str, int] | None = None
+        """On a circuit we dialled: where the relay saw our connection to it come from (what
+        a hole punch tells the peer to dial), when the relay said."""
         self._closed = False
 
     @property

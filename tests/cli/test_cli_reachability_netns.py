@@ -260,7 +260,8 @@ def test_firewall_only_host(cli: CLI) -> None:
 
 def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -> None:
     # Cone NAT for the sharer, symmetric for the fetcher: no direct path exists (both
-    # firewalls drop unsolicited inbound), so every byte crosses the bootstrap's relay.
+    # firewalls drop unsolicited inbound, and the hole punch cannot guess the symmetric
+    # NAT's next port), so every byte crosses the bootstrap's relay.
     size = 3 << 20
     with nat_pair("cone", "symmetric") as names, \
             daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
@@ -291,6 +292,8 @@ def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -
                        prefix=on(names["hostb"]), timeout=40)
         assert done.returncode == 0, done.stderr
         assert (cli.tmp / "by-id.bin").read_bytes() == source.read_bytes()
+        completed = json.loads(done.stdout.splitlines()[-1])
+        assert completed["paths"] == {info["peer_id"]: "relayed"}, completed  # punch failed
         metrics = relay_metrics(names)
         assert metrics["p2p_bootstrap_relay_reservations"] == 1, metrics
         assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 2, metrics
@@ -309,6 +312,33 @@ def test_a_nated_share_is_fetched_by_a_nated_fetch_through_the_relay(cli: CLI) -
         assert share.stop() == 0, share.err()
 
 
+def test_two_cone_nats_punch_a_direct_connection_and_the_fetch_moves_to_it(cli: CLI) -> None:
+    # Cone NAT on both sides: the relay circuit's two ends punch a direct connection
+    # (simultaneous open from their listen ports) and the transfer carries on over it.
+    size = 24 << 20
+    with nat_pair("cone", "cone") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        source = make_file(cli.tmp / "src" / "film.bin", size, seed=18)
+        boot = f"{BOOT}:{PORT}"
+        share = cli.start("share", "--json", str(source), "--state-dir", str(cli.tmp / "a"),
+                          "--listen", f"0.0.0.0:{PORT}", "--bootstrap", boot,
+                          prefix=on(names["hosta"]))
+        info = share.json_until(lambda obj: "ticket" in obj, timeout=40)
+        # By content id: the provider record's relay hint leads to the circuit.
+        done = cli.run("fetch", info["content_id"], "-o", str(cli.tmp / "by-id.bin"), "--json",
+                       "--state-dir", str(cli.tmp / "b"), "--bootstrap", boot, "--timeout", "20",
+                       "--listen", f"0.0.0.0:{PORT}", prefix=on(names["hostb"]), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert (cli.tmp / "by-id.bin").read_bytes() == source.read_bytes()
+        completed = json.loads(done.stdout.splitlines()[-1])
+        assert completed["event"] == "completed"
+        assert completed["paths"] == {info["peer_id"]: "punched"}, (completed, done.stderr)
+        metrics = relay_metrics(names)
+        assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 1, metrics
+        assert metrics["p2p_bootstrap_relay_bytes_total"] < size, metrics  # most came direct
+        assert share.stop() == 0, share.err()
+
+
 def relay_id(cli: CLI) -> str:
     """The bootstrap daemon's peer id (its state directory's identity)."""
     done = cli.run("--state-dir", str(cli.tmp / "boot"), "id", "--json")
@@ -318,7 +348,8 @@ def relay_id(cli: CLI) -> str:
 
 def test_a_relay_at_its_limit_refuses_new_circuits_and_keeps_serving_the_open_one(cli: CLI) -> None:
     size = 6 << 20
-    with nat_pair("cone", "cone") as names, \
+    # The fetcher behind a symmetric NAT: no hole punch replaces the one circuit.
+    with nat_pair("cone", "symmetric") as names, \
             daemon(cli, names, "--relay-max-circuits", "1", "--metrics", f"127.0.0.1:{METRICS}"):
         source = make_file(cli.tmp / "src" / "big.bin", size, seed=17)
         boot = f"{BOOT}:{PORT}"

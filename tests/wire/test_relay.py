@@ -177,6 +177,29 @@ async def test_a_circuit_carries_the_normal_session_and_the_relay_sees_only_ciph
             assert data[start:start + 64] not in lab.spliced
 
 
+async def test_circuits_leave_from_the_listen_port_and_the_relay_says_where_it_sees_them(
+        lab: Lab) -> None:
+    await lab.reserve()
+    me = Identity.generate()
+    listener = Server(me, MemorySource({}, {}))
+    port = (await listener.start("127.0.0.1", 0))[1]
+    try:
+        first = await lab.dial(me, local_port=port)
+        # A second circuit through the same relay cannot use that four-tuple again: it
+        # leaves from an ephemeral port, whose mapping is no use to a punch.
+        second = await lab.dial(me, local_port=port)
+        try:
+            assert first.observed == ("127.0.0.1", port)
+            assert second.observed is None
+            assert await fetch_chunks(first) == (CHUNK, CHUNK[::-1])
+            assert await fetch_chunks(second) == (CHUNK, CHUNK[::-1])
+        finally:
+            await first.aclose()
+            await second.aclose()
+    finally:
+        await listener.aclose()
+
+
 async def test_the_dialler_checks_the_targets_peer_id_inside_the_circuit(lab: Lab) -> None:
     # A reservation held under one id whose circuits end at a server of another identity
     # (what a relay splicing to the wrong peer amounts to): the dialler's handshake inside
