@@ -113,7 +113,7 @@ async def test_two_downloaders_share_one_upload_limit_evenly(tmp_path: Path) -> 
     # 128 KiB chunks: each is sent as one 128 KiB piece and a small one (its record headers),
     # so a turn must be worth the same bytes to each connection, not the same number of writes.
     rate = 8 * MiB  # a turn is then a whole write piece (128 KiB)
-    size = 80 * MiB  # never finished: the test reads a window of 16 MiB out of it
+    size = 80 * MiB  # never finished: the test reads a window of 32 MiB out of it
     sources = [make_file(tmp_path / "src" / f"f{i}.bin", size, seed=i + 1) for i in range(2)]
     roomy = {"max_download_rate": 1024 * MiB}  # far above the rate: only there to count bytes
     async with asyncio.timeout(60), \
@@ -137,7 +137,7 @@ async def test_two_downloaders_share_one_upload_limit_evenly(tmp_path: Path) -> 
 
                 await until(lambda: min(spent()) >= MiB)  # both are moving
                 start = spent()
-                await until(lambda: sum(spent()) - sum(start) >= 16 * MiB)
+                await until(lambda: sum(spent()) - sum(start) >= 32 * MiB)
                 got = [end - begin for begin, end in zip(start, spent(), strict=True)]
             finally:
                 for fetch in fetches:
