@@ -842,15 +842,17 @@ async def secure(sock: socket.socket, identity: Identity, *, initiator: bool,
     return await handshake(proto, timeout=timeout)
 
 
-async def handshake(proto: WireProtocol, *, timeout: float = 10.0) -> Connection:
+async def handshake(proto: WireProtocol, *, timeout: float = 10.0,
+                    who: str | None = None) -> Connection:
     """Wait until ``proto`` (which has its session) finished the handshake and the Hello
-    exchange; the :class:`Connection` then. Aborts the socket on failure or timeout."""
+    exchange; the :class:`Connection` then. Aborts the socket on failure or timeout. ``who``
+    names the far end in the timeout's message (default: its address)."""
     try:
         async with asyncio.timeout(timeout):
             await proto.ready
     except TimeoutError:
         proto.abort(ConnectionLost("handshake timed out"))
-        where = format_address(proto.address)
+        where = who or format_address(proto.address)
         raise NetworkError(f"no handshake with {where} within {timeout} s") from None
     except BaseException:
         proto.abort(ConnectionLost("handshake failed"))
@@ -875,17 +877,8 @@ async def connect_over(transport: asyncio.Transport, unread: bytes, identity: Id
     proto = WireProtocol(session, up=up, down=down)
     proto.via = via
     adopt(transport, proto, unread)
-    try:
-        async with asyncio.timeout(timeout):
-            await proto.ready
-    except TimeoutError:
-        transport.abort()
-        raise NetworkError(f"no handshake with {expected_peer.short()} through relay "
-                           f"{via.short()} within {timeout} s") from None
-    except BaseException:
-        transport.abort()
-        raise
-    return Connection(proto)
+    return await handshake(proto, timeout=timeout,
+                           who=f"{expected_peer.short()} through relay {via.short()}")
 
 
 def adopt(transport: asyncio.Transport, proto: WireProtocol, unread: bytes) -> None:
