@@ -120,6 +120,8 @@ class DownloadProgress(Event):
     """Seconds to completion at the current rate, or None when unknown."""
     peers: int
     """Peers currently supplying this download."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Peer id text -> how each of them is reached: "direct", "punched" or "relayed"."""
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,17 @@ def hashing_bar(out: Output, label: str, total: int) -> Iterator[Callable[[int],
         yield lambda n: bar.advance(task, n)
 
 
+def describe_paths(peers: int, paths: dict[str, str]) -> str:
+    """'3' when every peer is direct; '3 (2 direct, 1 relayed)' when some are not."""
+    counts = Counter(paths.values())
+    if set(counts) <= {"direct"}:
+        return str(peers)
+    order = ("direct", "punched", "relayed")
+    parts = sorted(counts.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                                   else len(order), kv[0]))
+    return f"{peers} ({', '.join(f'{n} {label}' for label, n in parts)})"
+
+
 class FetchView:
     """Shows one download: a bar with rate, ETA and peers (or JSON progress lines), and its totals."""
 
@@ -137,9 +148,10 @@ class FetchView:
                 if self._bar is not None and self._task is not None:
                     self._bar.update(self._task, completed=event.bytes_done,
                                      rate=human_rate(event.rate),
-                                     eta=human_seconds(event.eta), peers=event.peers)
+                                     eta=human_seconds(event.eta),
+                                     peers=describe_paths(event.peers, event.paths))
                 self._json({**self._progress_record(), "rate": event.rate, "eta": event.eta,
-                            "peers": event.peers})
+                            "peers": event.peers, "paths": dict(event.paths)})
             case ChunkFailed(content_id=cid) if cid == self.content_id:
                 self.failed += 1
                 self.out.note(f"chunk {event.index} from {event.peer.short()} failed its hash check; "

@@ -1436,7 +1436,9 @@ class Download:
         # Figures of the files wanted: a bar for three files of a large folder fills up.
         self._progress = DownloadProgress(self.content_id, scheduler.wanted_held,
                                           scheduler.wanted_count, done_bytes, size, rate, eta,
-                                          len(self._peers))
+                                          len(self._peers),
+                                          {str(p): self.paths.get(p, "direct")
+                                           for p in self._peers})
         self.events.publish(self._progress)
 
     async def _complete(self) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from p2p import RelayLimits
 from p2p.content import Ticket
-from p2p.events import LogMessage, PeerConnected, PeerDropped
+from p2p.events import DownloadProgress, LogMessage, PeerConnected, PeerDropped
 from p2p.node import Node
 from p2p.wire.transport import Connection
 
@@ -59,11 +59,15 @@ async def test_a_share_only_its_relay_reaches_is_fetched_through_it(tmp_path: Pa
                 assert set(result.chunks_by_peer) == {sharer.peer_id}
                 # how each supplier was reached, as `p2p fetch --json`'s completed event says
                 assert result.to_json()["paths"] == {str(sharer.peer_id): "relayed"}
-                connected = []
+                connected, progress = [], []
                 while (event := sub.get_nowait()) is not None:
                     if isinstance(event, PeerConnected):
                         connected.append(event)
+                    elif isinstance(event, DownloadProgress):
+                        progress.append(event)
                 assert any(e.peer == sharer.peer_id for e in connected)
+                # the progress line's peers say how they are reached while it runs
+                assert progress and progress[-1].paths == {str(sharer.peer_id): "relayed"}
             assert circuits and circuits[0][1] is True
             assert circuits[0][0].via == relay.peer_id
             stats = relay.relay.stats()
@@ -143,10 +147,13 @@ async def test_a_relayed_fetch_moves_to_a_punched_connection(tmp_path: Path) -> 
                 assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
                 assert set(result.chunks_by_peer) == {sharer.peer_id}
                 assert result.to_json()["paths"] == {str(sharer.peer_id): "punched"}
-                dropped = []
+                dropped, progress = [], []
                 while (event := sub.get_nowait()) is not None:
                     if isinstance(event, PeerDropped) and event.peer == sharer.peer_id:
                         dropped.append(event.reason)
+                    elif isinstance(event, DownloadProgress):
+                        progress.append(event)
+                assert progress and progress[-1].paths == {str(sharer.peer_id): "punched"}
                 assert set(dropped) <= {"download stopped"}  # moving to the direct one drops nobody
             # The sharer served the punched connection as an inbound one.
             assert relay.relay is not None
