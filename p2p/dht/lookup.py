@@ -127,12 +127,18 @@ class Walk:
         """Requests answered."""
         self.failed = 0
         """Requests that failed or timed out, and nodes skipped as recently unreachable."""
+        self._hop: dict[bytes, int] = {}
+        self.rounds = 0
+        """Hops of the deepest answer: a start contact's answer is round 1, the answer of a
+        node it named is round 2, and so on (the asynchronous walk has no lock-step rounds)."""
         self.add(peers)
 
-    def add(self, nodes: Iterable[Any]) -> None:
-        """Candidates learned from a reply (nodes already known are ignored)."""
+    def add(self, nodes: Iterable[Any], hop: int = 1) -> None:
+        """Candidates learned from a reply (nodes already known are ignored); ``hop``: the
+        round in which asking them is (one more than the hop of the node that named them)."""
         for node in nodes:
             if node.id not in self._state:
+                self._hop[node.id] = hop
                 self._state[node.id] = _NEW
                 self._nodes[node.id] = node
                 bisect.insort(self._order, (node.long_id ^ self._target, node.id))
@@ -181,7 +187,9 @@ class Walk:
         sent = self._sent.pop(nid)
         self.answered += 1
         self._state[nid] = _ANSWERED
-        self.add(contacts)
+        hop = self._hop.get(nid, 1)
+        self.rounds = max(self.rounds, hop)
+        self.add(contacts, hop + 1)
         return now - sent
 
     def fail(self, nid: bytes, now: float, timed_out: bool) -> None:
@@ -235,6 +243,11 @@ class Lookup(SpiderCrawl):  # type: ignore[misc]
     def failed(self) -> int:
         """Requests failed, timed out or skipped."""
         return self.walk.failed
+
+    @property
+    def rounds(self) -> int:
+        """Hops of the deepest answer (:attr:`Walk.rounds`)."""
+        return self.walk.rounds
 
     async def find(self) -> list[Any]:
         """Run the walk to completion (or until ``done()`` says enough was found)."""

@@ -203,6 +203,7 @@ class DHT:
         self._closed = False
         self._lookups = 0
         self._lookup_rpcs = 0
+        self._lookup_rounds = 0
         self.state_load_error: str | None = None
         """Why the saved routing table was ignored at start, if it was."""
         self._unreachable = Unreachable()
@@ -543,6 +544,7 @@ class DHT:
         await lookup.find()
         self._lookups += 1
         self._lookup_rpcs += lookup.rpcs
+        self._lookup_rounds += lookup.rounds
         return lookup
 
     async def _lookup_nodes(self, key: bytes) -> list[Any]:
@@ -870,6 +872,7 @@ class DHT:
             outstanding=len(self._protocol._outstanding),
             lookups=self._lookups,
             lookup_rpcs=self._lookup_rpcs,
+            lookup_rounds=self._lookup_rounds,
             refused_ip_cap=router.refused_ip_cap,
             signature_cache_hits=self._verify_cache.hits,
             signature_cache_misses=self._verify_cache.misses,

@@ -72,6 +72,8 @@ class DHTStats:
     """Why the saved routing table was ignored at start, if it was."""
     restored_contacts: int
     """Contacts of the saved routing table that answered re-verification at start."""
+    lookup_rounds: int = 0
+    """Sum over those lookups of their depth in hops (:attr:`p2p.dht.lookup.Walk.rounds`)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``node_id`` in hex, addresses as ``[host, port]`` lists, and
@@ -99,4 +101,5 @@ class DHTStats:
             "provided": self.provided,
             "state_load_error": self.state_load_error,
             "restored_contacts": self.restored_contacts,
+            "lookup_rounds": self.lookup_rounds,
         }
