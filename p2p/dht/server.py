@@ -722,6 +722,8 @@ class DHT:
         try:
             while (item := await queue.get()) is not None:
                 yield item
+            if task.cancelled():  # aclose() ended the walk, not our caller
+                raise NetworkError("the DHT closed during the provider lookup")
             lookup = task.result()
             if (lookup is None or not lookup.answered) and not held:
                 raise NetworkError("no DHT node answered the provider lookup")
