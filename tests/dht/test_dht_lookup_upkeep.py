@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import pytest
 from dhtnet import FakeClock, network
@@ -49,11 +50,15 @@ async def test_a_provider_lookup_cut_short_by_close_raises_network_error() -> No
     clock = FakeClock(100.0)  # no request times out: the walk waits until the close
     async with network(2, monotonic_clock=clock) as nodes:
         asker, hung = nodes
-        hung.protocol.transport.pause_reading()  # a peer that no longer reads its socket
-        lookup = asyncio.ensure_future(asker.find_providers(os.urandom(32)))
-        async with asyncio.timeout(5):
-            while not asker.protocol._outstanding:  # the request to the hung node is out
-                await asyncio.sleep(0)
+        transport = hung.protocol.transport
+        transport.pause_reading()  # a peer that no longer answers: we read its socket instead
+        ours = transport.get_extra_info("socket")
+        with socket.fromfd(ours.fileno(), socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            lookup = asyncio.ensure_future(asker.find_providers(os.urandom(32)))
+            async with asyncio.timeout(5):
+                await asyncio.get_running_loop().sock_recv(sock, 9000)  # the request arrived
+        assert not lookup.done() and asker.protocol._outstanding
         await asker.aclose()
         with pytest.raises(NetworkError, match="closed"):
             async with asyncio.timeout(5):
