@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import multiprocessing as mp
@@ -75,7 +76,8 @@ class Worker:
         self.rng = random.Random(seed * 1000 + index)
         self.cfg = DHTConfig(max_contacts_per_ip=None, rate_limit_per_ip=None,
                              reannounce_interval=opts["reannounce"],
-                             refresh_interval=opts["refresh"], rpc_timeout=opts["rpc_timeout"])
+                             refresh_interval=opts["refresh"], rpc_timeout=opts["rpc_timeout"],
+                             lookup_stall=opts["lookup_stall"])
         self.nodes: list[Any] = []
         self.keep: set[int] = set()  # id() of nodes that must not churn (bootstrap, providers)
         self.boot: tuple[str, int] | None = None
@@ -122,6 +124,20 @@ class Worker:
             todo -= batch
         return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - cpu0}
 
+    async def cmd_settle(self, parallel: int) -> float:
+        """Each node looks up its own id once more, now that everyone has joined: what the
+        first joiners' tables would have learned over the minutes a real network takes to
+        grow (they joined a network of a few nodes). Returns the CPU seconds spent."""
+        cpu0 = cpu_seconds()
+        sem = asyncio.Semaphore(parallel)
+
+        async def one(node: Any) -> None:
+            async with sem:
+                await node._join()
+
+        await asyncio.gather(*(one(n) for n in self.nodes[1 if self.index == 0 else 0:]))
+        return cpu_seconds() - cpu0
+
     async def cmd_provide(self, count: int) -> list[tuple[bytes, Any]]:
         out = []
         pool = [n for n in self.nodes if id(n) not in self.keep]
@@ -145,15 +161,18 @@ class Worker:
 
         before = asker.summary()
         t = time.perf_counter()
+        err = ""
         try:
             found = await asker.find_providers(cid)
             ok = any(r.peer_id == expected for r in found)
-        except P2PError:
-            ok = False
+            if not ok:
+                err = "not found" if not found else "others found"
+        except P2PError as exc:
+            ok, err = False, f"{type(exc).__name__}: {exc}"
         ms = (time.perf_counter() - t) * 1000
         after = asker.summary()
         return {"ok": ok, "ms": ms, "rpcs": after.lookup_rpcs - before.lookup_rpcs,
-                "rounds": after.lookup_rounds - before.lookup_rounds}
+                "rounds": after.lookup_rounds - before.lookup_rounds, "err": err}
 
     async def cmd_lookups(self, jobs: list[tuple[bytes, Any]]) -> dict[str, Any]:
         cpu0 = cpu_seconds()
@@ -213,7 +232,7 @@ class Worker:
 
         async def look() -> None:
             i = 0
-            while time.perf_counter() < end:
+            while jobs and time.perf_counter() < end:
                 cid, exp = jobs[i % len(jobs)]
                 results.append(await self.one_lookup(cid, exp))
                 i += 1
@@ -316,6 +335,7 @@ def summarize(lookups: list[dict[str, Any]]) -> dict[str, Any]:
         "rpcs_mean": round(statistics.mean([x["rpcs"] for x in lookups]), 1) if lookups else None,
         "rounds_median": statistics.median([x["rounds"] for x in lookups]) if lookups else None,
         "rounds_max": max((x["rounds"] for x in lookups), default=None),
+        "failures": dict(collections.Counter(x["err"] for x in lookups if not x["ok"])),
     }
 
 
@@ -325,26 +345,31 @@ def split(n: int, parts: int) -> list[int]:
 
 def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    workers = min(args.workers, max(1, n // 50))
+    workers = min(args.workers, max(2, n // 50))
     reannounce = args.reannounce or args.churn_seconds / 4
-    opts = {"reannounce": reannounce, "refresh": args.refresh, "rpc_timeout": args.rpc_timeout}
+    opts = {"reannounce": reannounce, "refresh": args.refresh, "rpc_timeout": args.rpc_timeout,
+            "lookup_stall": args.lookup_stall}
     pool = Pool(workers, args.seed, opts)
     try:
         t0 = time.perf_counter()
-        boot = pool.call(0, "boot")
-        shares = split(n - 1, workers)
+        boot = pool.call(0, "boot")  # worker 0 hosts the bootstrap alone, as a daemon would
+        shares = [0, *split(n - 1, workers - 1)]
         joins = pool.all("join", [(boot, s, args.join_parallel) for s in shares])
         join_s = time.perf_counter() - t0
+        t_settle = time.perf_counter()
+        settle_cpu = sum(pool.all("settle", [(args.join_parallel,) for _ in range(workers)])
+                         ) if args.settle else 0.0
+        settle_s = time.perf_counter() - t_settle
         stats0 = pool.all("stats", [() for _ in range(workers)])
         provided = []
-        for i, share in enumerate(split(args.providers, workers)):
+        for i, share in enumerate([0, *split(args.providers, workers - 1)]):
             if share:
                 provided += pool.call(i, "provide", share)
 
         def jobs(count: int) -> list[list[tuple[bytes, Any]]]:
             per: list[list[tuple[bytes, Any]]] = [[] for _ in range(workers)]
             for j in range(count):
-                per[rng.randrange(workers)].append(provided[j % len(provided)])
+                per[rng.randrange(1, workers)].append(provided[j % len(provided)])
             return per
 
         t1 = time.perf_counter()
@@ -355,7 +380,7 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         from p2p.dht.records import discovery_key
         keys = [discovery_key(cid) for cid, _ in provided]
         held_before = merge_holders(pool.all("holders", [(keys,) for _ in range(workers)]))
-        churn_jobs = [list(provided) for _ in range(workers)]
+        churn_jobs = [[]] + [list(provided) for _ in range(workers - 1)]
         for j in churn_jobs:
             rng.shuffle(j)
         churn = pool.all("churn", [(args.churn_seconds, j, args.replace) for j in churn_jobs])
@@ -384,10 +409,11 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "nodes": n, "workers": workers, "log2_n": round(math.log2(n), 2),
         "join_total_s": round(join_s, 1),
         "join_cpu_ms_per_node": round(sum(j["cpu"] for j in joins) / n * 1000, 1),
+        "settle_s": round(settle_s, 1), "settle_cpu_ms_per_node": round(settle_cpu / n * 1000, 1),
         "contacts_mean": round(statistics.mean(contacts), 1),
         "contacts_min": min(contacts),
         "join_retries": sum(x["join_retries"] for x in stats1),
-        **s,
+        **{k: v for k, v in s.items() if k != "failures"},
         "static_phase_s": round(static_s, 1),
         "cpu_ms_per_lookup": round(static_cpu / max(1, len(static_l)) * 1000, 1),
         "cpu_us_per_rpc_both_ends": round(static_cpu / max(1, static_rpcs) * 1e6, 1),
@@ -400,9 +426,11 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "churn_success_rate": c["success_rate"],
         "churn_lookup_median_ms": c["lookup_median_ms"],
         "churn_lookup_p90_ms": c["lookup_p90_ms"], "churn_lookup_p99_ms": c["lookup_p99_ms"],
+        "static_failures": s["failures"], "churn_failures": c["failures"],
         "churn_rpcs_per_lookup": c["rpcs_per_lookup"], "churn_rounds_median": c["rounds_median"],
         "churn_cpu_s_per_node": round(sum(x["cpu"] for x in churn) / n, 4),
         "reannounce_s": reannounce, "refresh_s": args.refresh,
+        "lookup_stall_s": args.lookup_stall,
         "records": len(keys),
         "holders_per_record_before": round(statistics.mean(len(h) for h in held_before.values()), 1),
         "holders_departed_share_mean": round(statistics.mean(gone), 3) if gone else None,
@@ -434,7 +462,11 @@ def main() -> None:
                     help="re-announce interval, s (default: a quarter of the churn phase)")
     ap.add_argument("--refresh", type=float, default=900.0, help="bucket refresh interval, s")
     ap.add_argument("--rpc-timeout", type=float, default=1.0)
+    ap.add_argument("--lookup-stall", type=float, default=0.25,
+                    help="ceiling of the adaptive lookup stall, s (DHTConfig.lookup_stall)")
     ap.add_argument("--join-parallel", type=int, default=2, help="joins in flight per worker")
+    ap.add_argument("--settle", type=int, default=0,
+                    help="1: every node looks up its own id again once all have joined")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
@@ -463,8 +495,8 @@ def main() -> None:
     cmd = (f"{Path(sys.executable).name} bench/dht_scale.py --nodes {args.nodes} --workers "
            f"{args.workers} --lookups {args.lookups} --providers {args.providers} --churn-seconds "
            f"{args.churn_seconds:g} --replace {args.replace:g} --refresh {args.refresh:g} "
-           f"--rpc-timeout {args.rpc_timeout:g} --join-parallel {args.join_parallel} "
-           f"--seed {args.seed}" + (f" --reannounce {args.reannounce:g}" if args.reannounce else ""))
+           f"--rpc-timeout {args.rpc_timeout:g} --lookup-stall {args.lookup_stall:g} --join-parallel {args.join_parallel} "
+           f"--settle {args.settle} --seed {args.seed}" + (f" --reannounce {args.reannounce:g}" if args.reannounce else ""))
     print(f"command: {cmd}")
     top = dict(points[-1])
     top.update({"bench": "dht_scale", "aes_gcm_gib_s": speeds["aes_gcm_gib_s"],
