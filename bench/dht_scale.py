@@ -244,7 +244,7 @@ class Worker:
 
     def cmd_stats(self) -> dict[str, Any]:
         contacts = [n.summary().contacts for n in self.nodes]
-        return {"nodes": len(self.nodes), "rss": rss_bytes(), "empty_rss": self.empty_rss,
+        return {"nodes": len(self.nodes), "ids": [n.node_id for n in self.nodes], "rss": rss_bytes(), "empty_rss": self.empty_rss,
                 "cpu": cpu_seconds(), "contacts": contacts,
                 "join_retries": self.join_retries}
 
@@ -380,6 +380,11 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         from p2p.dht.records import discovery_key
         keys = [discovery_key(cid) for cid, _ in provided]
         held_before = merge_holders(pool.all("holders", [(keys,) for _ in range(workers)]))
+        all_ids = [i for st in stats1 for i in st["ids"]]
+        placement = []
+        for key, hs in held_before.items():
+            true_k = set(sorted(all_ids, key=lambda i: int.from_bytes(i, "big") ^ int.from_bytes(key, "big"))[:20])
+            placement.append(len(true_k & set(hs)))
         churn_jobs = [[]] + [list(provided) for _ in range(workers - 1)]
         for j in churn_jobs:
             rng.shuffle(j)
@@ -394,6 +399,9 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
     churn_l = [x for w in churn for x in w["lookups"]]
     after_l = [x for w in after for x in w["lookups"]]
     nodes_now = sum(s["nodes"] for s in stats1)
+    for st in (stats0, stats1, stats2):
+        for part in st:
+            part.pop("ids", None)
     rss = sum(s["rss"] for s in stats1)
     empty = sum(s["empty_rss"] for s in stats1)
     contacts = [c for s in stats0 for c in s["contacts"]]
@@ -433,6 +441,8 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "lookup_stall_s": args.lookup_stall,
         "records": len(keys),
         "holders_per_record_before": round(statistics.mean(len(h) for h in held_before.values()), 1),
+        "holders_in_true_k_closest_mean": round(statistics.mean(placement), 1),
+        "holders_in_true_k_closest_min": min(placement),
         "holders_departed_share_mean": round(statistics.mean(gone), 3) if gone else None,
         "holders_departed_share_max": round(max(gone), 3) if gone else None,
         "after_churn_success_rate": a["success_rate"],
