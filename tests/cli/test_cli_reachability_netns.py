@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from cliproc import CLI, Proc, clean_env, make_file
-from netlab import FIREWALL, NAT, on, run
+from netlab import FIREWALL, NAT, RESET, on, run
 from testbed import need_tools
 
 from p2p.content import Ticket
@@ -79,7 +79,8 @@ class Namespaces:
                kind: str) -> None:
         """``host`` at ``lan``.2 behind ``router`` (``router_addr`` on the bridge, ``lan``.1
         inside): a firewall that drops unsolicited inbound, and the NAT ``kind`` (cone,
-        symmetric, firewall-only)."""
+        symmetric, firewall-only; cone-rst: a cone whose firewall answers an unsolicited SYN
+        with a reset instead of dropping it)."""
         self.add(router)
         self.wan(router, index, router_addr)
         rtr, hst = self.names[router], self.names[host]
@@ -92,6 +93,8 @@ class Namespaces:
         run("ip", "-n", hst, "route", "add", "default", "via", f"{lan}.1")
         run("ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         run("ip", "netns", "exec", rtr, "nft", "-f", "-", stdin=FIREWALL)
+        if kind == "cone-rst":
+            run("ip", "netns", "exec", rtr, "nft", RESET)
         if kind == "firewall-only":
             run("ip", "-n", self.names["boot"], "route", "add", f"{lan}.0/24", "via", router_addr)
         else:
@@ -135,16 +138,21 @@ def lab(kind: str) -> Iterator[dict[str, str]]:
 def nat_pair(kind_a: str, kind_b: str) -> Iterator[dict[str, str]]:
     """Two hosts, ``hosta`` at 10.0.1.2 behind ``rtra`` (203.0.113.1, NAT ``kind_a``) and
     ``hostb`` at 10.0.2.2 behind ``rtrb`` (203.0.113.2, ``kind_b``), and the bootstrap on
-    the bridge; everything is deleted on the way out."""
+    the bridge; a ``public`` host sits on the bridge instead (``hosta`` at 203.0.113.21,
+    ``hostb`` at .22). Everything is deleted on the way out."""
     need_tools("ip", "nft")
-    made = Namespaces(f"rly{os.getpid() % 100000}{kind_a[0]}{kind_b[0]}")
+    made = Namespaces(f"rly{os.getpid() % 100000}{kind_a[0]}{kind_a[-1]}{kind_b[0]}{kind_b[-1]}")
     try:
         made.internet()
         boot_namespace(made)
-        made.add("hosta")
-        made.behind("hosta", "rtra", 3, ROUTER, "10.0.1", kind_a)
-        made.add("hostb")
-        made.behind("hostb", "rtrb", 4, ROUTER_B, "10.0.2", kind_b)
+        for host, router, index, router_addr, lan, kind in (
+                ("hosta", "rtra", 3, ROUTER, "10.0.1", kind_a),
+                ("hostb", "rtrb", 4, ROUTER_B, "10.0.2", kind_b)):
+            made.add(host)
+            if kind == "public":
+                made.wan(host, index, f"203.0.113.{18 + index}")
+            else:
+                made.behind(host, router, index, router_addr, lan, kind)
         yield made.names
     finally:
         made.remove()
@@ -336,6 +344,73 @@ def test_two_cone_nats_punch_a_direct_connection_and_the_fetch_moves_to_it(cli: 
         metrics = relay_metrics(names)
         assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 1, metrics
         assert metrics["p2p_bootstrap_relay_bytes_total"] < size, metrics  # most came direct
+        assert share.stop() == 0, share.err()
+
+
+def share_and_fetch_by_id(cli: CLI, names: dict[str, str], size: int, seed: int
+                          ) -> tuple[dict[str, object], dict[str, object], Proc]:
+    """``p2p share`` on ``hosta``, ``p2p fetch ID`` on ``hostb`` (both on the lab's port,
+    through the bootstrap): the share's ticket line and the fetch's completed event, after
+    checking the bytes; the share is left running."""
+    source = make_file(cli.tmp / "src" / "film.bin", size, seed=seed)
+    boot = f"{BOOT}:{PORT}"
+    share = cli.start("share", "--json", str(source), "--state-dir", str(cli.tmp / "a"),
+                      "--listen", f"0.0.0.0:{PORT}", "--bootstrap", boot,
+                      prefix=on(names["hosta"]))
+    info = share.json_until(lambda obj: "ticket" in obj, timeout=40)
+    done = cli.run("fetch", info["content_id"], "-o", str(cli.tmp / "by-id.bin"), "--json",
+                   "--state-dir", str(cli.tmp / "b"), "--bootstrap", boot, "--timeout", "20",
+                   "--listen", f"0.0.0.0:{PORT}", prefix=on(names["hostb"]), timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert (cli.tmp / "by-id.bin").read_bytes() == source.read_bytes()
+    completed = json.loads(done.stdout.splitlines()[-1])
+    assert completed["event"] == "completed", completed
+    return info, completed, share
+
+
+def test_routers_that_reset_unsolicited_syns_punch_or_fall_back_to_the_relay(cli: CLI) -> None:
+    # Both routers answer an unsolicited SYN with a reset, which also makes the router that
+    # sent it forget the mapping the other side's SYN needed: the punch retries each refused
+    # dial; whether one lands depends on timing this lab cannot set (no netem). Either way
+    # the fetch completes, and the label says which path carried it.
+    size = 8 << 20
+    with nat_pair("cone-rst", "cone-rst") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        info, completed, share = share_and_fetch_by_id(cli, names, size, seed=21)
+        path = completed["paths"]
+        assert path in ({info["peer_id"]: "punched"}, {info["peer_id"]: "relayed"}), completed
+        metrics = relay_metrics(names)
+        assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 1, metrics
+        if path == {info["peer_id"]: "relayed"}:
+            assert metrics["p2p_bootstrap_relay_bytes_total"] > size, metrics
+        assert share.stop() == 0, share.err()
+
+
+def test_a_public_fetcher_is_reached_by_reversal(cli: CLI) -> None:
+    # The sharer is behind a cone NAT, the fetcher public: the fetch reaches the sharer
+    # through its relay, and the punch has the NATed side dial the public one (no
+    # simultaneous open needed), so the bulk moves to a direct connection.
+    size = 24 << 20
+    with nat_pair("cone", "public") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        info, completed, share = share_and_fetch_by_id(cli, names, size, seed=22)
+        assert completed["paths"] == {info["peer_id"]: "punched"}, completed
+        metrics = relay_metrics(names)
+        assert metrics["p2p_bootstrap_relay_circuits_opened_total"] >= 1, metrics
+        assert metrics["p2p_bootstrap_relay_bytes_total"] < size, metrics  # most came direct
+        assert share.stop() == 0, share.err()
+
+
+def test_a_public_sharer_is_fetched_directly(cli: CLI) -> None:
+    # The sharer is public (its dial-back says so): its records carry its address, the NATed
+    # fetcher dials it, and no relay carries anything.
+    size = 4 << 20
+    with nat_pair("public", "cone") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        info, completed, share = share_and_fetch_by_id(cli, names, size, seed=23)
+        assert completed["paths"] == {info["peer_id"]: "direct"}, completed
+        metrics = relay_metrics(names)
+        assert metrics.get("p2p_bootstrap_relay_bytes_total", 0) == 0, metrics
         assert share.stop() == 0, share.err()
 
 
