@@ -286,12 +286,6 @@ class LanDiscovery:
         browser: AsyncServiceBrowser | None = None
         info: AsyncServiceInfo | None = None
         try:
-            info = self._info(AsyncServiceInfo, addrs)
-            await (await azc.async_register_service(info, allow_name_change=True))
-            self.advertised = addrs
-            self.status = "running"
-            self.ready.set()
-
             def changed(zeroconf: Any, service_type: str, name: str,
                         state_change: ServiceStateChange) -> None:
                 gone = state_change is ServiceStateChange.Removed
@@ -300,9 +294,16 @@ class LanDiscovery:
                 except asyncio.QueueFull:
                     self.dropped += 1
 
+            # Browse first: registering waits out the name probe (about a second and a
+            # half), and finding the others need not wait for it.
             browser = AsyncServiceBrowser(azc.zeroconf, self._service, handlers=[changed])
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._resolve(azc, AsyncServiceInfo))
+                info = self._info(AsyncServiceInfo, addrs)
+                await (await azc.async_register_service(info, allow_name_change=True))
+                self.advertised = addrs
+                self.status = "running"
+                self.ready.set()
                 group.create_task(self._watch_interfaces(azc, info, AsyncServiceInfo))
         except (OSError, ZeroconfError) as exc:
             self.status = f"off: multicast failed ({exc})"
