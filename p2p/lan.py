@@ -260,7 +260,8 @@ class LanDiscovery:
         self._pending: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(MAX_PENDING)
         self._networks: list[ipaddress.IPv4Network] = []
         self.ready = asyncio.Event()
-        """Set once the advertisement is registered (or discovery gave up)."""
+        """Set once the advertisement is registered (or discovery gave up); browsing (status
+        ``running``) begins before, as registering waits out the name probe."""
 
     def peers(self) -> list[LanPeer]:
         """The LAN peers kept now."""
@@ -297,12 +298,12 @@ class LanDiscovery:
             # Browse first: registering waits out the name probe (about a second and a
             # half), and finding the others need not wait for it.
             browser = AsyncServiceBrowser(azc.zeroconf, self._service, handlers=[changed])
+            self.status = "running"
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._resolve(azc, AsyncServiceInfo))
                 info = self._info(AsyncServiceInfo, addrs)
                 await (await azc.async_register_service(info, allow_name_change=True))
                 self.advertised = addrs
-                self.status = "running"
                 self.ready.set()
                 group.create_task(self._watch_interfaces(azc, info, AsyncServiceInfo))
         except (OSError, ZeroconfError) as exc:
