@@ -149,6 +149,12 @@ def _switch(text: str, what: str) -> str:
     raise BadInput(f"{what}: expected on or off, got {text!r}")
 
 
+def switch_on(text: str, what: str) -> bool:
+    """Whether a switch's text (``on``/``off``, ``true``/``false``, ...) says on; raises
+    :class:`BadInput` naming ``what`` for anything else."""
+    return _switch(text, what) == "on"
+
+
 def _count(text: str, what: str) -> int:
     try:
         value = int(text)
@@ -212,6 +218,7 @@ CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
     Key("max_upload_rate", "upload limit of long-running commands (5MiB/s, 500KiB/s; 0: none)",
         _rate),
     Key("max_download_rate", "download limit of long-running commands (0: none)", _rate),
+    Key("lan", "find peers on this network with mDNS (on or off; default on)", _switch),
     Key("daemon.listen", "p2p-bootstrap's UDP address (a literal IP)", _address),
     Key("daemon.state_dir", "p2p-bootstrap's identity and routing table", _folder),
     Key("daemon.bootstrap", "other nodes p2p-bootstrap joins on start (a list)", _addresses,

@@ -70,7 +70,7 @@ busy node from a hung one."""
 _MAX_SUN_PATH = 100
 """Unix socket paths longer than this (the kernel allows 107 bytes) are reached through /proc."""
 
-COMMANDS = ("id", "peers", "dht", "ls", "share", "fetch", "listing", "verify", "unshare",
+COMMANDS = ("id", "peers", "lan", "dht", "ls", "share", "fetch", "listing", "verify", "unshare",
             "rm", "pause", "resume", "publish", "resolve", "netcheck", "limit",
             *attach.ATTACH_COMMANDS)
 """Every request a running node answers (see :func:`_answer` for their fields, and
@@ -241,6 +241,11 @@ async def _answer(node: Node, request: dict[str, Any], channel: _Channel) -> Any
     match request.get("cmd"):
         case "peers":
             return [p.to_json() for p in node.peers()]
+        case "lan":
+            contacts = node.lan_contacts()
+            return {"status": node.lan_status,
+                    "peers": [{**p.to_json(), "dht_contact": p.peer in contacts}
+                              for p in node.lan_peers()]}
         case "dht":
             return node.dht_summary().to_json()
         case "id":

@@ -69,6 +69,7 @@ from .events import (
     ShareWithdrawn,
 )
 from .identity import Identity, PeerId, load_or_create
+from .lan import LAN_SERVICE, LanDiscovery, LanPeer
 from .library import Library
 from .netcheck import DialBackWatch
 from .reachability import NOT_CHECKED, Reachability
@@ -200,6 +201,14 @@ class NodeConfig:
     hole_punching: bool = True
     """Try a direct connection (TCP hole punching, docs/PROTOCOL.md) to every peer a relay
     circuit joins us to, and move the transfer to it when it opens."""
+    lan_discovery: bool = False
+    """Advertise this node and browse for others on the LAN with mDNS / DNS-SD
+    (docs/PROTOCOL.md, LAN discovery): LAN peers become DHT contacts and first-hop candidates
+    of every fetch. Off for a library node unless asked; the command line and the terminal
+    app turn it on unless ``--no-lan`` (or ``lan = "off"``, ``P2P_LAN=off``). A node that
+    listens on loopback only never advertises (nothing on the LAN could reach it)."""
+    lan_service: str = LAN_SERVICE
+    """The DNS-SD service type advertised and browsed (tests use their own)."""
 
 
 class _AlreadyThere(Exception):
@@ -285,6 +294,10 @@ class Node:
         self._circuit_hooks: list[CircuitHook] = []
         self._punch_channels: dict[Connection, PunchChannel] = {}
         """The relay circuits a hole punch runs over, and its signalling channel on each."""
+        self._lan: LanDiscovery | None = None
+        self._lan_contacts: set[PeerId] = set()
+        """LAN peers that proved their key to the DHT and became contacts."""
+        self._lan_changed = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -320,6 +333,7 @@ class Node:
         self._spawn(self._sample_rates(), "peer rates")
         if self.relay is not None:
             self.relay.start()
+        self._start_lan()
         self._start_reachability()
         try:
             if cfg.bootstrap:
@@ -882,6 +896,11 @@ class Node:
             raise
         except P2PError as exc:
             self._dht.unprovide(options.content_id.digest)
+            hint = self._not_found_hint(options) if isinstance(exc, NotFound) else None
+            if hint is not None:
+                exc = NotFound(f"{exc}: {hint}")
+                self._record_failure(options.content_id, exc)
+                raise exc from None
             self._record_failure(options.content_id, exc)
             raise
         finally:
@@ -1295,11 +1314,19 @@ class Node:
             held.verify(options.content_id, options.publisher)
             return held
         self._require_dht(options.peers)
-        return await self._new_download(options, listing=True).fetch_manifest()
+        try:
+            return await self._new_download(options, listing=True).fetch_manifest()
+        except NotFound as exc:
+            hint = self._not_found_hint(options)
+            if hint is None:
+                raise
+            raise NotFound(f"{exc}: {hint}") from None
 
     def _new_download(self, options: FetchOptions, *, listing: bool = False,
                       rename: bool = False) -> Download:
         async def providers(cid: ContentId) -> AsyncIterator[tuple[PeerId | None, Sequence[Address], bool]]:
+            for lan in self.lan_peers():
+                yield lan.peer, lan.addresses, False  # on this network, not known to hold it
             for info in self._server.connections():
                 if info.via is not None:
                     continue  # came through a relay: its socket address is the relay's
@@ -1369,9 +1396,87 @@ class Node:
     def peers(self) -> list[PeerInfo]:
         """Connected peers, inbound and outbound, with byte counts, rates and strikes.
 
-        Several connections to one peer in one direction are added up into one row.
+        Several connections to one peer in one direction are added up into one row; a
+        peer found by LAN discovery has ``lan`` set.
         """
-        return self._rates.apply(self._connections())
+        lan = {p.peer for p in self.lan_peers()}
+        return [dataclasses.replace(info, lan=True) if info.peer in lan else info
+                for info in self._rates.apply(self._connections())]
+
+    # -- LAN discovery ----------------------------------------------------------------------
+
+    def _start_lan(self) -> None:
+        cfg = self.config
+        hosts = [h for h in self._hosts if ipaddress.ip_address(h).version == 4]
+        if not cfg.lan_discovery or not hosts or all(
+                ipaddress.ip_address(h).is_loopback for h in hosts):
+            return
+        self._lan = LanDiscovery(self.peer_id, self.port, self.port, hosts=hosts,
+                                 on_found=self._lan_found, on_lost=self._lan_lost,
+                                 service=cfg.lan_service)
+        # In the background: mDNS probing takes a second, and start() must not wait for it.
+        self._spawn(self._lan.run(), "LAN discovery")
+
+    @property
+    def lan_status(self) -> str:
+        """What LAN discovery is doing, in words: ``running``, ``starting``, or why it is off."""
+        if self._lan is not None:
+            return self._lan.status
+        if not self.config.lan_discovery:
+            return "off (--no-lan)"
+        return "off: listening on loopback only"
+
+    def lan_peers(self) -> list[LanPeer]:
+        """The peers LAN discovery found (advertised claims; a dial proves who they are)."""
+        return [] if self._lan is None else self._lan.peers()
+
+    def lan_contacts(self) -> set[PeerId]:
+        """The LAN peers that proved their key to the DHT and are routing-table contacts."""
+        return set(self._lan_contacts)
+
+    async def wait_for_lan_contact(self, peer: PeerId | None = None) -> None:
+        """Return once a LAN peer (``peer``, or any) is a DHT contact (tests, benchmarks)."""
+        while not (self._lan_contacts if peer is None else peer in self._lan_contacts):
+            self._lan_changed.clear()
+            await self._lan_changed.wait()
+
+    def _lan_found(self, found: LanPeer) -> None:
+        self._log("info", f"LAN peer {found.peer.short()} at "
+                          f"{', '.join(format_address(a) for a in found.addresses)}")
+        # A first-hop candidate of every running fetch, at once (not at its next round).
+        for download, _task in list(self._downloads.values()):
+            download.offer(found.peer, found.addresses)
+        if not self._tasks.closed:
+            self._spawn(self._lan_contact(found), "verify a LAN peer")
+        self._lan_changed.set()
+
+    async def _lan_contact(self, found: LanPeer) -> None:
+        if await self._dht.add_contact(found.dht_addresses, found.peer):
+            self._lan_contacts.add(found.peer)
+        self._lan_changed.set()
+
+    def _lan_lost(self, lost: LanPeer) -> None:
+        # Its DHT contact stays: a contact that stops answering is evicted the normal way.
+        self._log("info", f"LAN peer {lost.peer.short()} left")
+        self._lan_changed.set()
+
+    def _not_found_hint(self, options: FetchOptions) -> str | None:
+        """Why nobody was found, when the DHT had no way in: no bootstrap, no address given."""
+        if self.config.bootstrap or options.peers:
+            return None
+        lan = self.lan_peers()
+        if lan:
+            return (f"LAN discovery found {len(lan)} peer(s) and none of them has it; no "
+                    "bootstrap is configured")
+        if self._dht.summary().contacts:
+            return None
+        status = self.lan_status
+        if status in ("running", "starting"):
+            return ("no bootstrap is configured and LAN discovery found no peers on this "
+                    "network (multicast may be blocked here, as on Wi-Fi with client "
+                    "isolation); give --bootstrap HOST:PORT, a ticket, or --peer HOST:PORT")
+        return (f"no bootstrap is configured and LAN discovery is {status}; give --bootstrap "
+                "HOST:PORT, a ticket, or --peer HOST:PORT")
 
     def _connections(self) -> list[PeerInfo]:
         out = [PeerInfo(c.peer, c.address, "in", c.bytes_received, c.bytes_sent, via=c.via,

@@ -101,6 +101,8 @@ class PeerInfo:
     when direct."""
     punched: bool = False
     """A direct connection a hole punch opened (to a peer first reached through a relay)."""
+    lan: bool = False
+    """The peer was found by LAN discovery (mDNS) on this network."""
 
     @property
     def path(self) -> str:
@@ -114,7 +116,8 @@ class PeerInfo:
         row = {"peer_id": str(self.peer), "address": format_address(self.address),
                "direction": self.direction, "bytes_in": self.bytes_in,
                "bytes_out": self.bytes_out, "rate_in": self.rate_in, "rate_out": self.rate_out,
-               "strikes": self.strikes, "path": self.path}
+               "strikes": self.strikes, "path": self.path,
+               "source": "lan" if self.lan else "network"}
         if self.via is not None:
             row["via"] = str(self.via)
         return row

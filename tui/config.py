@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-download-rate", metavar="RATE", default=None,
                         help="what this node receives from all peers together (env "
                              "P2P_MAX_DOWNLOAD_RATE)")
+    p.add_argument("--no-lan", action="store_true",
+                   help="do not advertise or look for peers on this network with mDNS "
+                        "(env P2P_LAN=off; config key lan)")
     return p
 
 
@@ -53,7 +56,7 @@ def config_from_args(argv: Sequence[str] | None = None,
                               bootstrap=[b for b in args.bootstrap if b.strip()],
                               announce=args.announce_addr, download_dir=args.download_dir,
                               max_upload_rate=args.max_upload_rate,
-                              max_download_rate=args.max_download_rate,
+                              max_download_rate=args.max_download_rate, no_lan=args.no_lan,
                               env=environment() if environ is None else environ)
     # A long-running node: it resumes the downloads its last run left running.
     return dataclasses.replace(settings.node_config(long_running=True), resume_downloads=True)

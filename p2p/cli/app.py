@@ -80,7 +80,8 @@ def exit_code(exc: BaseException) -> int:
 
 # -- the parser ------------------------------------------------------------------------------
 
-_SHARED = ("state_dir", "listen", "bootstrap", "announce_addr", "json", "verbose", "quiet")
+_SHARED = ("state_dir", "listen", "bootstrap", "announce_addr", "no_lan", "json", "verbose",
+           "quiet")
 
 
 def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
@@ -104,6 +105,10 @@ def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
                        action="append", default=default([]),
                        help="address to announce instead of the learned one; repeatable "
                             "(env P2P_ANNOUNCE_ADDR)")
+    group.add_argument("--no-lan", dest=prefix + "no_lan", action="store_true",
+                       default=default(False),
+                       help="do not advertise or look for peers on this network with mDNS "
+                            "(env P2P_LAN=off; config key lan)")
     group.add_argument("--json", dest=prefix + "json", action="store_true", default=default(False),
                        help="machine-readable output: one JSON object per line on stdout")
     group.add_argument("-v", "--verbose", dest=prefix + "verbose", action="count",
@@ -298,7 +303,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
                               json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
                               max_upload_rate=getattr(args, "max_upload_rate", None),
                               max_download_rate=getattr(args, "max_download_rate", None),
-                              env=env, config=config)
+                              no_lan=merged["no_lan"], env=env, config=config)
     out = Output(json_mode=settings.json, verbosity=settings.verbosity)
     return args, Run(settings, out)
 

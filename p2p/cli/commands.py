@@ -579,17 +579,30 @@ async def cmd_unshare(run: Run, args: argparse.Namespace) -> int:
 async def cmd_peers(run: Run, args: argparse.Namespace) -> int:
     """Connected peers of the running node, with rates and strikes."""
     rows = await control.query(run.settings.state_dir, {"cmd": "peers"})
+    lan = await control.query(run.settings.state_dir, {"cmd": "lan"})
     lines = [f"{'PEER':<10} {'ADDRESS':<22} DIR {'IN':>10} {'OUT':>10} {'RATE IN':>12} "
              f"{'RATE OUT':>12} STRIKES PATH"]
     for r in rows:
         path = str(r.get("path", "direct"))
         if r.get("via"):
             path += f" via {str(r['via'])[4:12]}"  # the relay's peer id, as PEER shows ids
+        if r.get("source") == "lan":
+            path += " (lan)"
         lines.append(f"{r['peer_id'][4:12]:<10} {r['address']:<22} {r['direction']:<3} "
                      f"{human_bytes(r['bytes_in']):>10} {human_bytes(r['bytes_out']):>10} "
                      f"{human_bytes(r['rate_in']) + '/s':>12} {human_bytes(r['rate_out']) + '/s':>12} "
                      f"{r['strikes']:<7} {path}")
-    run.out.result({"peers": rows}, "\n".join(lines) if rows else "no peers connected")
+    text = "\n".join(lines) if rows else "no peers connected"
+    found = lan["peers"]
+    text += f"\n\nLAN discovery: {lan['status']}"
+    if found:
+        text += "\n" + "\n".join(
+            f"{p['peer_id'][4:12]:<10} {', '.join(p['addresses']):<22} lan "
+            + ("DHT contact" if p["dht_contact"] else "not a DHT contact (a client, or no answer)")
+            for p in found)
+    elif lan["status"] == "running":
+        text += " (no peer found on this network yet)"
+    run.out.result({"peers": rows, "lan": found, "lan_status": lan["status"]}, text)
     return 0
 
 

@@ -67,6 +67,7 @@ def _show(run: Run, args: argparse.Namespace) -> int:
         "download_dir": str(settings.download_dir),
         "max_upload_rate": settings.max_upload_rate,  # bytes per second (0: none)
         "max_download_rate": settings.max_download_rate,
+        "lan": "on" if settings.lan else "off",
     }
     sources = {name: settings.sources.get(name, "default") for name in effective}
     daemon = {name.partition(".")[2]: file.get(name) for name in CONFIG_KEYS

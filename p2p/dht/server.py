@@ -32,7 +32,7 @@ from ..errors import (
     PortInUse,
     RemoteProtocolError,
 )
-from ..identity import Identity, PeerId
+from ..identity import Identity, PeerId, node_id_for
 from ..tasks import TaskOwner
 from .config import DHTConfig
 from .errors import NoContacts, RPCTimeout, StaleSequence, StateFileError
@@ -501,6 +501,32 @@ class DHT:
                             given)
                 failures.append((given, "no address of a family this node listens on"))
         return out, failures
+
+    async def add_contact(self, addrs: Sequence[Address], peer: PeerId) -> bool:
+        """Verify the node of ``peer`` at one of ``addrs`` (it must sign an ``identify`` with
+        that key) and admit it, as a contact learned from the network would be; when the
+        routing table was empty, join through it (look up our own id) and re-announce, so a
+        LAN peer found with no bootstrap configured is a bootstrap. Returns whether it
+        became a contact (False: no answer, another key, or it runs as a DHT client)."""
+        expected = node_id_for(peer.key)
+        families = set(self._protocol.transports)
+        was_empty = not len(self._protocol.router)
+        for addr in addrs:
+            if ip_version(addr[0]) not in families or self._closed:
+                continue
+            try:
+                node = await self._protocol.call_identify(addr, expected)
+            except (NetworkError, RemoteProtocolError, IntegrityError):
+                continue
+            self._protocol.admit(node)
+            if self._protocol.router.get(expected) is None:
+                return False  # it answered as a client: not a contact
+            if was_empty:
+                await self._join()
+                if self._provided or self._announce_peer:
+                    self._spawn(self._reannounce(), "announce through a new first contact")
+            return True
+        return False
 
     async def _join(self) -> None:
         with contextlib.suppress(NoContacts):

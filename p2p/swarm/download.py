@@ -699,6 +699,14 @@ class Download:
                 and isinstance(exc, Exception):
             self._fail(exc)
 
+    def offer(self, peer: PeerId, addrs: Sequence[Address], holds: bool = False) -> None:
+        """Dial ``peer`` at ``addrs`` now, between discovery rounds (a peer that just
+        appeared on the LAN): a candidate like the ones the provider source yields."""
+        if self._finished.is_set():
+            return
+        for addr in addrs:
+            self._add_candidate(peer, addr, holds)
+
     def _add_candidate(self, peer: PeerId | None, addr: Address, holds: bool) -> None:
         if peer is not None and (peer == self._self_peer or peer in self._peers
                                  or self.store.is_banned(peer)):

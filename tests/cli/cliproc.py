@@ -27,8 +27,11 @@ WAIT = 30.0
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment without any P2P_* setting inherited from the person running the tests."""
+    """The environment without any P2P_* setting inherited from the person running the tests,
+    and with LAN discovery off unless ``extra`` turns it on: nodes of unrelated tests on this
+    host's own network must not find each other (the LAN tests run in namespaces)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env["P2P_LAN"] = "off"
     env.update(extra or {})
     return env
 

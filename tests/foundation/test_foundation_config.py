@@ -123,7 +123,8 @@ def test_build_settings_layers_the_file_under_env_and_flags(tmp_path: Path) -> N
     assert s.download_dir == tmp_path / "env"
     assert s.sources == {"state_dir": "flag", "listen": "file", "bootstrap": "file",
                          "announce": "default", "download_dir": "env",
-                         "max_upload_rate": "default", "max_download_rate": "default"}
+                         "max_upload_rate": "default", "max_download_rate": "default",
+                         "lan": "default"}
     # The file's port is the long-running node's: a short command takes a free one, an
     # explicitly given port is used as given.
     assert s.node_config(long_running=True).port == 7005
@@ -197,3 +198,20 @@ def test_daemon_relay_settings_flag_over_environment_over_file(tmp_path: Path) -
     with pytest.raises(BadInput, match="--relay-rate"):
         parse_daemon([*base, "--relay-rate", "fast"], {}, file)
     assert config.node_config().relay is True
+
+
+def test_lan_discovery_is_on_unless_the_flag_env_or_file_turns_it_off(tmp_path: Path) -> None:
+    from p2p.config import ConfigFile as File
+
+    def lan(env: dict[str, str], file: dict[str, str], no_lan: bool = False) -> tuple[bool, bool]:
+        s = build_settings(env=env, config=File(None, file), no_lan=no_lan,
+                           state_dir=tmp_path / "s")
+        return s.lan, s.node_config(long_running=True).lan_discovery
+
+    assert lan({}, {}) == (True, True)
+    assert lan({}, {}, no_lan=True) == (False, False)
+    assert lan({"P2P_LAN": "off"}, {}) == (False, False)
+    assert lan({}, {"lan": "off"}) == (False, False)
+    assert lan({"P2P_LAN": "on"}, {"lan": "off"}) == (True, True)
+    with pytest.raises(BadInput, match="P2P_LAN"):
+        lan({"P2P_LAN": "maybe"}, {})
