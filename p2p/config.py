@@ -219,6 +219,8 @@ CONFIG_KEYS: dict[str, Key] = {key.name: key for key in (
         _rate),
     Key("max_download_rate", "download limit of long-running commands (0: none)", _rate),
     Key("lan", "find peers on this network with mDNS (on or off; default on)", _switch),
+    Key("hole_punch", "try a direct connection to relayed peers (on or off; default on)",
+        _switch),
     Key("daemon.listen", "p2p-bootstrap's UDP address (a literal IP)", _address),
     Key("daemon.state_dir", "p2p-bootstrap's identity and routing table", _folder),
     Key("daemon.bootstrap", "other nodes p2p-bootstrap joins on start (a list)", _addresses,

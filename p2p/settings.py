@@ -24,7 +24,7 @@ from .errors import BadInput
 from .node import DEFAULT_PORT, DUAL_STACK, NodeConfig
 from .units import parse_rate
 
-__all__ = ["ENV_ANNOUNCE", "ENV_BOOTSTRAP", "ENV_DOWNLOAD_DIR", "ENV_LAN", "ENV_LISTEN",
+__all__ = ["ENV_ANNOUNCE", "ENV_BOOTSTRAP", "ENV_DOWNLOAD_DIR", "ENV_HOLE_PUNCH", "ENV_LAN", "ENV_LISTEN",
            "ENV_MAX_DOWNLOAD_RATE", "ENV_MAX_UPLOAD_RATE", "ENV_STATE_DIR", "ENV_VARIABLES", "Settings", "Source", "build_settings", "choose", "environment"]
 
 ENV_STATE_DIR = "P2P_STATE_DIR"
@@ -35,10 +35,11 @@ ENV_DOWNLOAD_DIR = "P2P_DOWNLOAD_DIR"
 ENV_MAX_UPLOAD_RATE = "P2P_MAX_UPLOAD_RATE"
 ENV_MAX_DOWNLOAD_RATE = "P2P_MAX_DOWNLOAD_RATE"
 ENV_LAN = "P2P_LAN"
+ENV_HOLE_PUNCH = "P2P_HOLE_PUNCH"
 ENV_VARIABLES = {"state_dir": ENV_STATE_DIR, "listen": ENV_LISTEN, "bootstrap": ENV_BOOTSTRAP,
                  "announce": ENV_ANNOUNCE, "download_dir": ENV_DOWNLOAD_DIR,
                  "max_upload_rate": ENV_MAX_UPLOAD_RATE, "max_download_rate": ENV_MAX_DOWNLOAD_RATE,
-                 "lan": ENV_LAN}
+                 "lan": ENV_LAN, "hole_punch": ENV_HOLE_PUNCH}
 """The environment variable of each setting (list settings take commas)."""
 LIST_SETTINGS = frozenset({"bootstrap", "announce"})
 
@@ -112,6 +113,9 @@ class Settings:
     """The node's download limit, bytes per second (0: none)."""
     lan: bool = True
     """LAN discovery (mDNS): ``--no-lan``, ``P2P_LAN=off`` or ``lan = "off"`` turn it off."""
+    hole_punch: bool = True
+    """Hole punching over relay circuits: ``--no-hole-punch``, ``P2P_HOLE_PUNCH=off`` or
+    ``hole_punch = "off"`` keep relayed peers relayed."""
 
     def node_config(self, *, long_running: bool, download_dir: Path | None = None) -> NodeConfig:
         """The node configuration; short-lived commands take any free port unless told otherwise."""
@@ -133,7 +137,7 @@ class Settings:
             # short-lived one is gone too soon to be anyone's contact.
             dht_mode="auto" if long_running else "client",
             max_upload_rate=self.max_upload_rate, max_download_rate=self.max_download_rate,
-            lan_discovery=self.lan,
+            lan_discovery=self.lan, hole_punching=self.hole_punch,
         )
 
 
@@ -142,6 +146,7 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
                    download_dir: str | Path | None = None, json: bool = False, verbose: int = 0,
                    quiet: bool = False, max_upload_rate: str | None = None,
                    max_download_rate: str | None = None, no_lan: bool = False,
+                   no_hole_punch: bool = False,
                    env: Mapping[str, str],
                    app_dir: str = "p2p", config: ConfigFile | None = None) -> Settings:
     """Merge options over environment variables over the config file over defaults.
@@ -161,7 +166,7 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
         "bootstrap": bootstrap, "announce": announce,
         "download_dir": None if download_dir is None else str(download_dir),
         "max_upload_rate": max_upload_rate, "max_download_rate": max_download_rate,
-        "lan": "off" if no_lan else None}
+        "lan": "off" if no_lan else None, "hole_punch": "off" if no_hole_punch else None}
     chosen = {name: choose(name, flags[name], env, file) for name in ENV_VARIABLES}
     sources = {name: source for name, (_, source) in chosen.items()}
 
@@ -191,13 +196,15 @@ def build_settings(*, state_dir: str | Path | None = None, listen: str | None = 
     rates = {name: parse_rate(text(name) or "0", _where(name, sources[name], path))
              for name in ("max_upload_rate", "max_download_rate")}
     lan = switch_on(text("lan") or "on", _where("lan", sources["lan"], path))
+    hole_punch = switch_on(text("hole_punch") or "on",
+                           _where("hole_punch", sources["hole_punch"], path))
     # Absolute, so every path a command prints (`id --json`, `config show`) names one place
     # whatever folder a script later runs in.
     return Settings(state_dir=Path(state).expanduser().absolute(), listen=listen_addr,
                     listen_given=bool(listen_text), bootstrap=boots, announce=announces,
                     download_dir=Path(downloads).expanduser().absolute(), json=json,
                     verbosity=-1 if quiet else verbose, sources=sources, config_file=path,
-                    lan=lan, **rates)
+                    lan=lan, hole_punch=hole_punch, **rates)
 
 
 def _where(name: str, source: Source, path: Path | None) -> str:

@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lan", action="store_true",
                    help="do not advertise or look for peers on this network with mDNS "
                         "(env P2P_LAN=off; config key lan)")
+    p.add_argument("--no-hole-punch", action="store_true",
+                   help="keep peers reached through a relay relayed (env P2P_HOLE_PUNCH=off; "
+                        "config key hole_punch)")
     return p
 
 
@@ -57,6 +60,7 @@ def config_from_args(argv: Sequence[str] | None = None,
                               announce=args.announce_addr, download_dir=args.download_dir,
                               max_upload_rate=args.max_upload_rate,
                               max_download_rate=args.max_download_rate, no_lan=args.no_lan,
+                              no_hole_punch=args.no_hole_punch,
                               env=environment() if environ is None else environ)
     # A long-running node: it resumes the downloads its last run left running.
     return dataclasses.replace(settings.node_config(long_running=True), resume_downloads=True)

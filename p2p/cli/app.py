@@ -47,7 +47,7 @@ exit codes:
 
 environment and config file:
   P2P_STATE_DIR, P2P_LISTEN, P2P_BOOTSTRAP (comma-separated), P2P_ANNOUNCE_ADDR
-  (comma-separated), P2P_DOWNLOAD_DIR, P2P_MAX_UPLOAD_RATE, P2P_MAX_DOWNLOAD_RATE; P2P_CONFIG names the config file (default:
+  (comma-separated), P2P_DOWNLOAD_DIR, P2P_MAX_UPLOAD_RATE, P2P_MAX_DOWNLOAD_RATE, P2P_LAN, P2P_HOLE_PUNCH; P2P_CONFIG names the config file (default:
   `p2p config path`). An option on the command line wins over its environment
   variable, which wins over the config file, which wins over the default.
 """
@@ -80,7 +80,7 @@ def exit_code(exc: BaseException) -> int:
 
 # -- the parser ------------------------------------------------------------------------------
 
-_SHARED = ("state_dir", "listen", "bootstrap", "announce_addr", "no_lan", "json", "verbose",
+_SHARED = ("state_dir", "listen", "bootstrap", "announce_addr", "no_lan", "no_hole_punch", "json", "verbose",
            "quiet")
 
 
@@ -109,6 +109,10 @@ def _add_shared(parser: argparse.ArgumentParser, *, sub: bool) -> None:
                        default=default(False),
                        help="do not advertise or look for peers on this network with mDNS "
                             "(env P2P_LAN=off; config key lan)")
+    group.add_argument("--no-hole-punch", dest=prefix + "no_hole_punch", action="store_true",
+                       default=default(False),
+                       help="keep peers reached through a relay relayed: do not try a direct "
+                            "connection (env P2P_HOLE_PUNCH=off; config key hole_punch)")
     group.add_argument("--json", dest=prefix + "json", action="store_true", default=default(False),
                        help="machine-readable output: one JSON object per line on stdout")
     group.add_argument("-v", "--verbose", dest=prefix + "verbose", action="count",
@@ -303,7 +307,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Run]:
                               json=merged["json"], verbose=merged["verbose"], quiet=merged["quiet"],
                               max_upload_rate=getattr(args, "max_upload_rate", None),
                               max_download_rate=getattr(args, "max_download_rate", None),
-                              no_lan=merged["no_lan"], env=env, config=config)
+                              no_lan=merged["no_lan"],
+                              no_hole_punch=merged["no_hole_punch"], env=env, config=config)
     out = Output(json_mode=settings.json, verbosity=settings.verbosity)
     return args, Run(settings, out)
 

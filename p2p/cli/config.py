@@ -68,6 +68,7 @@ def _show(run: Run, args: argparse.Namespace) -> int:
         "max_upload_rate": settings.max_upload_rate,  # bytes per second (0: none)
         "max_download_rate": settings.max_download_rate,
         "lan": "on" if settings.lan else "off",
+        "hole_punch": "on" if settings.hole_punch else "off",
     }
     sources = {name: settings.sources.get(name, "default") for name in effective}
     daemon = {name.partition(".")[2]: file.get(name) for name in CONFIG_KEYS

@@ -85,7 +85,7 @@ def test_precedence_table_flag_env_file_default(cli: CLI, tmp_path: Path, flag: 
     assert got["sources"] == {"state_dir": source, "listen": source, "bootstrap": source,
                               "announce": "default", "download_dir": "default",
                               "max_upload_rate": "default", "max_download_rate": "default",
-                              "lan": "env"}
+                              "lan": "env", "hole_punch": "default"}
     if n:
         assert got["settings"]["listen"] == f"127.0.0.{n}:700{n}"
         assert got["settings"]["bootstrap"] == [f"127.0.0.{n}:900{n}"]

@@ -347,8 +347,8 @@ def test_two_cone_nats_punch_a_direct_connection_and_the_fetch_moves_to_it(cli: 
         assert share.stop() == 0, share.err()
 
 
-def share_and_fetch_by_id(cli: CLI, names: dict[str, str], size: int, seed: int
-                          ) -> tuple[dict[str, object], dict[str, object], Proc]:
+def share_and_fetch_by_id(cli: CLI, names: dict[str, str], size: int, seed: int,
+                          *fetch_args: str) -> tuple[dict[str, object], dict[str, object], Proc]:
     """``p2p share`` on ``hosta``, ``p2p fetch ID`` on ``hostb`` (both on the lab's port,
     through the bootstrap): the share's ticket line and the fetch's completed event, after
     checking the bytes; the share is left running."""
@@ -360,12 +360,25 @@ def share_and_fetch_by_id(cli: CLI, names: dict[str, str], size: int, seed: int
     info = share.json_until(lambda obj: "ticket" in obj, timeout=40)
     done = cli.run("fetch", info["content_id"], "-o", str(cli.tmp / "by-id.bin"), "--json",
                    "--state-dir", str(cli.tmp / "b"), "--bootstrap", boot, "--timeout", "20",
-                   "--listen", f"0.0.0.0:{PORT}", prefix=on(names["hostb"]), timeout=90)
+                   "--listen", f"0.0.0.0:{PORT}", *fetch_args, prefix=on(names["hostb"]),
+                   timeout=90)
     assert done.returncode == 0, done.stderr
     assert (cli.tmp / "by-id.bin").read_bytes() == source.read_bytes()
     completed = json.loads(done.stdout.splitlines()[-1])
     assert completed["event"] == "completed", completed
     return info, completed, share
+
+
+def test_no_hole_punch_keeps_a_relayed_peer_relayed(cli: CLI) -> None:
+    # Two cone NATs punch (the test above); a fetcher that says --no-hole-punch does not
+    # take part, so the sharer's punch finds nobody and every byte crosses the relay.
+    size = 4 << 20
+    with nat_pair("cone", "cone") as names, \
+            daemon(cli, names, "--metrics", f"127.0.0.1:{METRICS}"):
+        info, completed, share = share_and_fetch_by_id(cli, names, size, 24, "--no-hole-punch")
+        assert completed["paths"] == {info["peer_id"]: "relayed"}, completed
+        assert relay_metrics(names)["p2p_bootstrap_relay_bytes_total"] > size
+        assert share.stop() == 0, share.err()
 
 
 def test_routers_that_reset_unsolicited_syns_punch_or_fall_back_to_the_relay(cli: CLI) -> None:

@@ -124,7 +124,7 @@ def test_build_settings_layers_the_file_under_env_and_flags(tmp_path: Path) -> N
     assert s.sources == {"state_dir": "flag", "listen": "file", "bootstrap": "file",
                          "announce": "default", "download_dir": "env",
                          "max_upload_rate": "default", "max_download_rate": "default",
-                         "lan": "default"}
+                         "lan": "default", "hole_punch": "default"}
     # The file's port is the long-running node's: a short command takes a free one, an
     # explicitly given port is used as given.
     assert s.node_config(long_running=True).port == 7005
@@ -215,3 +215,20 @@ def test_lan_discovery_is_on_unless_the_flag_env_or_file_turns_it_off(tmp_path: 
     assert lan({"P2P_LAN": "on"}, {"lan": "off"}) == (True, True)
     with pytest.raises(BadInput, match="P2P_LAN"):
         lan({"P2P_LAN": "maybe"}, {})
+
+
+def test_hole_punching_is_on_unless_the_flag_env_or_file_turns_it_off(tmp_path: Path) -> None:
+    from p2p.config import ConfigFile as File
+
+    def punch(env: dict[str, str], file: dict[str, str], no: bool = False) -> tuple[bool, bool]:
+        s = build_settings(env=env, config=File(None, file), no_hole_punch=no,
+                           state_dir=tmp_path / "s")
+        return s.hole_punch, s.node_config(long_running=False).hole_punching
+
+    assert punch({}, {}) == (True, True)
+    assert punch({}, {}, no=True) == (False, False)
+    assert punch({"P2P_HOLE_PUNCH": "off"}, {}) == (False, False)
+    assert punch({}, {"hole_punch": "off"}) == (False, False)
+    assert punch({"P2P_HOLE_PUNCH": "on"}, {"hole_punch": "off"}) == (True, True)
+    with pytest.raises(BadInput, match="P2P_HOLE_PUNCH"):
+        punch({"P2P_HOLE_PUNCH": "maybe"}, {})
