@@ -179,7 +179,8 @@ def decode_snapshot(data: dict[str, Any]) -> NodeState:
                       "in" if p["direction"] == "in" else "out", int(p["bytes_in"]),
                       int(p["bytes_out"]), float(p.get("rate_in", 0.0)),
                       float(p.get("rate_out", 0.0)), int(p.get("strikes", 0)),
-                      None if p.get("via") is None else PeerId.parse(str(p["via"])))
+                      None if p.get("via") is None else PeerId.parse(str(p["via"])),
+                      punched=p.get("path") == "punched", lan=p.get("source") == "lan")
              for p in data["peers"]]
     bans = [Ban(PeerId.parse(str(b["peer_id"])), str(b["reason"]), float(b["since"]),
                 None if b.get("until") is None else float(b["until"])) for b in data["bans"]]

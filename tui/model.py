@@ -344,11 +344,15 @@ class PeerRow:
     """How the connection runs: ``direct``, ``punched`` (a hole punch) or ``relayed``."""
     via: PeerId | None = None
     """The relay it runs through, when relayed."""
+    lan: bool = False
+    """Found by LAN discovery on this network."""
 
     @property
     def path_text(self) -> str:
-        """The path as the table shows it: ``relayed via ABCDEFGH`` names the relay."""
-        return f"{self.path} via {self.via.short()[:8]}" if self.via is not None else self.path
+        """The path as the table shows it: ``relayed via ABCDEFGH`` names the relay; a peer
+        found on this network says ``direct, LAN``."""
+        text = f"{self.path} via {self.via.short()[:8]}" if self.via is not None else self.path
+        return f"{text}, LAN" if self.lan else text
 
 
 class Peers:
@@ -374,12 +378,13 @@ class Peers:
             self._rows[key] = PeerRow(info.peer, format_address(info.address), info.direction,
                                       info.bytes_in, info.bytes_out, info.rate_in, info.rate_out,
                                       info.strikes, True, banned.get(info.peer),
-                                      str(getattr(info, "path", "direct")), info.via)
+                                      str(getattr(info, "path", "direct")), info.via,
+                                      bool(getattr(info, "lan", False)))
         for key, row in list(self._rows.items()):
             if key not in live:
                 self._rows[key] = PeerRow(row.peer, row.address, row.direction, row.bytes_in,
                                           row.bytes_out, 0.0, 0.0, row.strikes, False,
-                                          banned.get(row.peer), row.path, row.via)
+                                          banned.get(row.peer), row.path, row.via, row.lan)
         for peer, reason in banned.items():
             if not any(k[0] == peer for k in self._rows):
                 self._rows[(peer, "-")] = PeerRow(peer, "-", "-", 0, 0, 0.0, 0.0, 0, False, reason,

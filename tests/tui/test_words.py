@@ -117,3 +117,5 @@ def test_a_peer_rows_path_names_its_relay() -> None:
     row = PeerRow(PEER, "a", "in", 0, 0, 0.0, 0.0, 0, True, None, "relayed", relay)
     assert row.path_text == f"relayed via {relay.short()[:8]}"
     assert row.path_text in str(peer_detail(row))
+    lan = PeerRow(PEER, "10.0.0.5:7473", "out", 0, 0, 0.0, 0.0, 0, True, None, "direct", None, True)
+    assert lan.path_text == "direct, LAN"
